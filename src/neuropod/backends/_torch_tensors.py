@@ -1,0 +1,93 @@
+"""numpy <-> torch conversion without copies, shared by the torch backends."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Mapping, Optional
+
+import numpy as np
+import torch
+
+from ..errors import InferenceError
+from ..spec import numpy_dtype
+from .base import as_string_array, gpu_unavailable_warning
+
+__all__ = ["to_torch", "to_numpy", "choose_device", "input_devices", "apply_thread_options", "load_custom_ops"]
+
+
+def choose_device(visible_gpu: Optional[int]) -> torch.device:
+    """``cuda:N`` when that GPU exists, else the CPU (with a warning if a GPU was asked for)."""
+    if visible_gpu is None:
+        return torch.device("cpu")
+    if torch.cuda.is_available() and visible_gpu < torch.cuda.device_count():
+        return torch.device("cuda", visible_gpu)
+    gpu_unavailable_warning("torch", visible_gpu)
+    return torch.device("cpu")
+
+
+def input_devices(model_device: torch.device, tensor_devices: Mapping[str, str]) -> dict:
+    """Each input's device: the model's GPU for inputs marked GPU, the CPU otherwise."""
+    cpu = torch.device("cpu")
+    return {name: (model_device if device == "GPU" else cpu) for name, device in tensor_devices.items()}
+
+
+def apply_thread_options(intra_op_threads: Optional[int], inter_op_threads: Optional[int]) -> None:
+    # torch's thread pools are per process; the last model loaded with a setting wins.
+    if intra_op_threads:
+        torch.set_num_threads(intra_op_threads)
+    if inter_op_threads:
+        try:
+            torch.set_num_interop_threads(inter_op_threads)
+        except RuntimeError:
+            warnings.warn("torch inter-op threads can only be set before torch runs parallel work; ignored", RuntimeWarning, stacklevel=2)
+
+
+def load_custom_ops(paths: Any) -> None:
+    for path in paths:
+        try:
+            torch.ops.load_library(str(path))
+        except (OSError, RuntimeError) as exc:
+            raise InferenceError(f"custom op {path.name!r} could not be loaded: {exc}") from exc
+
+
+def to_torch(array: np.ndarray, device: torch.device) -> Any:
+    """A torch tensor sharing ``array``'s memory (CPU), or a list of str for strings."""
+    kind = array.dtype.kind
+    if kind == "U":
+        return array.tolist()
+    if array.dtype.name == "bfloat16":
+        tensor = torch.from_numpy(np.ascontiguousarray(array).view(np.uint16)).view(torch.bfloat16)
+    else:
+        if any(s < 0 for s in array.strides):
+            array = np.ascontiguousarray(array)
+        if array.flags.writeable:
+            tensor = torch.from_numpy(array)
+        else:
+            # Read-only arrays (e.g. views of shared memory) are shared as is:
+            # the model must not write to its inputs, which is the contract anyway.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                tensor = torch.from_numpy(array)
+    if device.type != "cpu":
+        tensor = tensor.to(device, non_blocking=True)
+    return tensor
+
+
+def to_numpy(value: Any, name: str) -> np.ndarray:
+    """A numpy array viewing a CPU tensor's memory (copies only from a GPU)."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach()
+        if tensor.device.type != "cpu":
+            tensor = tensor.cpu()
+        if tensor.dtype == torch.bfloat16:
+            return tensor.view(torch.uint16).numpy().view(numpy_dtype("bfloat16"))
+        if tensor.is_conj():
+            tensor = tensor.resolve_conj()
+        return tensor.numpy()
+    if isinstance(value, (list, tuple)):
+        return as_string_array(value)
+    if isinstance(value, (str, bytes)):
+        return as_string_array([value])
+    raise InferenceError(f"output {name!r}: the model returned {type(value).__name__}, expected a tensor or a list of strings")
+
+

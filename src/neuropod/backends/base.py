@@ -1,0 +1,75 @@
+"""The backend contract: load a package's artifact, run it, close it.
+
+A backend converts between numpy arrays and its framework's tensors, without
+copies wherever the framework allows. Inputs it receives were already
+validated against the spec; string inputs arrive as numpy unicode arrays.
+It returns numpy arrays (strings as unicode arrays); the caller validates them.
+"""
+
+from __future__ import annotations
+
+import abc
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional
+
+import numpy as np
+
+from ..package import Package
+
+__all__ = ["Backend", "BackendOptions", "TensorDict", "as_string_array", "gpu_unavailable_warning"]
+
+TensorDict = Dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """Settings every backend honours where its framework has them.
+
+    Attributes:
+        visible_gpu: index of the GPU to run on; None runs on the CPU.
+        intra_op_threads: threads used inside one operator (None: framework default).
+        inter_op_threads: threads running independent operators (None: framework default).
+        extra: backend-specific options passed through ``load_neuropod(**options)``.
+    """
+
+    visible_gpu: Optional[int] = None
+    intra_op_threads: Optional[int] = None
+    inter_op_threads: Optional[int] = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Backend(abc.ABC):
+    """Runs one package's model. Subclasses load in ``__init__``."""
+
+    def __init__(self, package: Package, options: BackendOptions) -> None:
+        self.package = package
+        self.options = options
+
+    @abc.abstractmethod
+    def infer(self, inputs: TensorDict) -> TensorDict:
+        """Run the model on validated inputs; return numpy outputs."""
+
+    def close(self) -> None:
+        """Release the model. Backends holding external resources override this."""
+
+
+def as_string_array(values: Any) -> np.ndarray:
+    """A numpy unicode array from a list of str/bytes (possibly nested) or an array."""
+    array = np.asarray(values)
+    if array.dtype.kind == "S":
+        return np.char.decode(array, "utf-8")
+    if array.dtype.kind == "O":
+        flat = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array.reshape(-1)]
+        return np.array(flat, dtype="U").reshape(array.shape)
+    if array.size == 0 and array.dtype.kind != "U":
+        return array.astype("U")
+    return array
+
+
+def gpu_unavailable_warning(framework: str, visible_gpu: int) -> None:
+    warnings.warn(
+        f"visible_gpu={visible_gpu} was asked for, but {framework} sees no usable GPU; running on the CPU",
+        RuntimeWarning,
+        stacklevel=3,
+    )

@@ -1,0 +1,62 @@
+"""The placeholder backend: random outputs of the declared dtypes and shapes.
+
+Needs no framework, so it also stands in for a real model in tests of
+everything above the backend (out-of-process workers, the server, the CLI).
+``0/config.json`` holds ``{"seed": int, "free_dim_size": int}``.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+
+from ..package import Package
+from ..spec import TensorSpec, numpy_dtype
+from .base import Backend, BackendOptions, TensorDict
+
+__all__ = ["PlaceholderBackend", "DEFAULT_FREE_DIM_SIZE"]
+
+#: Size given to a ``None`` or an output-only symbol.
+DEFAULT_FREE_DIM_SIZE = 2
+_WORDS = np.array(["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"])
+
+
+class PlaceholderBackend(Backend):
+    def __init__(self, package: Package, options: BackendOptions) -> None:
+        super().__init__(package, options)
+        settings = package.backend_config()
+        self.seed = int(settings.get("seed", 0))
+        self.free_dim_size = int(settings.get("free_dim_size", DEFAULT_FREE_DIM_SIZE))
+        self._inputs = package.config.input_spec
+        self._outputs = package.config.output_spec
+
+    def infer(self, inputs: TensorDict) -> TensorDict:
+        symbols: Dict[str, int] = {}
+        for spec in self._inputs:
+            array = inputs.get(spec.name)
+            if array is not None:
+                for dim, size in zip(spec.shape, array.shape):
+                    if isinstance(dim, str):
+                        symbols.setdefault(dim, size)
+        # A fresh generator per call: the same seed and input shapes give the same outputs.
+        rng = np.random.default_rng(self.seed)
+        return {spec.name: self._random(spec, symbols, rng) for spec in self._outputs}
+
+    def _random(self, spec: TensorSpec, symbols: Dict[str, int], rng: np.random.Generator) -> np.ndarray:
+        shape = []
+        for dim in spec.shape:
+            if isinstance(dim, int):
+                shape.append(dim)
+            elif isinstance(dim, str):
+                shape.append(symbols.setdefault(dim, self.free_dim_size))
+            else:
+                shape.append(self.free_dim_size)
+        dtype = spec.dtype
+        if dtype == "string":
+            return rng.choice(_WORDS, size=shape)
+        if dtype == "bool":
+            return rng.random(shape) < 0.5
+        if dtype.startswith(("int", "uint")):
+            return rng.integers(0, 10, size=shape).astype(dtype)
+        return rng.standard_normal(shape).astype(numpy_dtype(dtype))

@@ -1,0 +1,135 @@
+"""The Python backend: packaged code in ``0/code`` with an entrypoint.
+
+``0/config.json`` holds ``entrypoint_package`` and ``entrypoint``. The
+entrypoint is called with the absolute path of ``0/data`` and returns a
+callable that takes the inputs as keyword numpy arrays and returns a dict of
+arrays (torch tensors are converted too: the PyTorch packager uses this
+backend).
+
+Two packages whose code uses the same module names must not collide: the
+package's modules are imported with its code dir first on ``sys.path``, then
+taken out of ``sys.modules`` again (the loaded objects keep them alive), and
+whatever those names held before is put back.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import threading
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Dict, List
+
+import numpy as np
+
+from ..errors import InferenceError, PackageError, RequirementsError
+from ..package import Package
+from .base import Backend, BackendOptions, TensorDict, as_string_array
+
+__all__ = ["PythonBackend", "check_requirements"]
+
+_IMPORT_LOCK = threading.Lock()
+
+
+def check_requirements(requirements: List[str]) -> None:
+    """Check pinned ``name==version`` lines against this environment.
+
+    Raises:
+        RequirementsError: naming every missing or mismatched requirement.
+    """
+    problems = []
+    for line in requirements:
+        name, sep, wanted = line.partition("==")
+        name, wanted = name.strip(), wanted.strip()
+        if not sep or not name or not wanted:
+            raise PackageError(f"requirements: {line!r} is not a pinned 'name==version' line")
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            problems.append(f"{name}=={wanted} (not installed)")
+            continue
+        if installed != wanted:
+            problems.append(f"{name}=={wanted} (found {installed})")
+    if problems:
+        raise RequirementsError(
+            "this Python environment does not meet the package's requirements: " + "; ".join(problems)
+        )
+
+
+def _top_level_names(code_dir: Path) -> List[str]:
+    names = []
+    for entry in code_dir.iterdir():
+        if entry.is_dir() or entry.suffix in (".py", ".so", ".pyc"):
+            names.append(entry.name.split(".")[0])
+    return names
+
+
+def _owned(module_name: str, names: List[str]) -> bool:
+    return any(module_name == n or module_name.startswith(n + ".") for n in names)
+
+
+def _import_entrypoint(code_dir: Path, package_name: str, function_name: str) -> Callable[..., Any]:
+    names = _top_level_names(code_dir) if code_dir.is_dir() else []
+    with _IMPORT_LOCK:
+        saved = {k: v for k, v in sys.modules.items() if _owned(k, names)}
+        for key in saved:
+            del sys.modules[key]
+        sys.path.insert(0, str(code_dir))
+        try:
+            module = importlib.import_module(package_name)
+            entrypoint = getattr(module, function_name)
+        except ImportError as exc:
+            raise PackageError(f"entrypoint package {package_name!r} cannot be imported from {code_dir}: {exc}") from exc
+        except AttributeError:
+            raise PackageError(f"entrypoint {function_name!r} not found in {package_name!r}") from None
+        finally:
+            sys.path.remove(str(code_dir))
+            for key in [k for k in sys.modules if _owned(k, names)]:
+                del sys.modules[key]
+            sys.modules.update(saved)
+    return entrypoint  # type: ignore[no-any-return]
+
+
+def _to_numpy(value: Any, name: str) -> np.ndarray:
+    if type(value).__module__.startswith("torch"):
+        from ._torch_tensors import to_numpy
+
+        return to_numpy(value, name)
+    if isinstance(value, np.ndarray):
+        return as_string_array(value) if value.dtype.kind in "SO" else value
+    array = np.asarray(value)
+    return as_string_array(array) if array.dtype.kind in "SO" else array
+
+
+class PythonBackend(Backend):
+    def __init__(self, package: Package, options: BackendOptions) -> None:
+        super().__init__(package, options)
+        check_requirements(package.requirements())
+        settings = package.backend_config()
+        try:
+            package_name = settings["entrypoint_package"]
+            function_name = settings["entrypoint"]
+        except KeyError as exc:
+            raise PackageError(f"{package.root / '0/config.json'}: missing {exc.args[0]!r}") from None
+        entrypoint = _import_entrypoint(package.code_dir, package_name, function_name)
+        try:
+            self.model = entrypoint(str(package.data_dir.resolve()))
+        except Exception as exc:
+            raise InferenceError(f"entrypoint {package_name}.{function_name} failed: {exc}") from exc
+        if not callable(self.model):
+            raise PackageError(f"entrypoint {package_name}.{function_name} returned {type(self.model).__name__}, not a callable")
+
+    def infer(self, inputs: TensorDict) -> TensorDict:
+        try:
+            result = self.model(**inputs)
+        except Exception as exc:
+            raise InferenceError(f"Python model {self.package.config.name!r} failed: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(result, dict):
+            raise InferenceError(f"Python model {self.package.config.name!r} returned {type(result).__name__}, expected a dict of arrays")
+        return {str(k): _to_numpy(v, str(k)) for k, v in result.items()}
+
+    def close(self) -> None:
+        self.model = None
+
+

@@ -1,0 +1,161 @@
+"""The ``neuropod`` command line.
+
+User errors (a bad path, spec or input) print one line and exit with code 2;
+a failed self-test exits with code 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, Tuple
+
+import click
+import numpy as np
+
+from .errors import NeuropodError, TestMismatchError
+
+__all__ = ["main"]
+
+
+def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library and file errors into one clean line and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except TestMismatchError as exc:
+            click.echo(f"FAILED: {exc}", err=True)
+            sys.exit(1)
+        except (NeuropodError, OSError) as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(package_name="neuropod")
+def main() -> None:
+    """Package, inspect, test and run neuropod models."""
+
+
+def _spec_lines(specs: Any) -> str:
+    return "\n".join(f"    {s.name:<20} {s.dtype:<9} {list(s.shape)}" for s in specs)
+
+
+@main.command()
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@_user_errors
+def inspect(path: str, as_json: bool) -> None:
+    """Show a package's name, platform, specs, devices, files and manifest check."""
+    from .package import open_package
+    from .package.manifest import verify_manifest
+
+    package = open_package(path, verify=False)
+    manifest_state = "verified" if verify_manifest(package.root) else "absent (package predates manifests)"
+    config = package.config
+    if as_json:
+        info = {**config.to_json(), "files": package.files(), "manifest": manifest_state, "root": str(package.root)}
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"name:      {config.name}")
+    click.echo(f"platform:  {config.platform} {config.platform_version_semver}")
+    click.echo(f"inputs:\n{_spec_lines(config.input_spec)}")
+    click.echo(f"outputs:\n{_spec_lines(config.output_spec)}")
+    click.echo("devices:   " + ", ".join(f"{k}={v}" for k, v in config.input_tensor_device.items()))
+    if config.custom_ops:
+        click.echo("custom ops: " + ", ".join(config.custom_ops))
+    click.echo("files:\n" + "\n".join(f"    {f}" for f in package.files()))
+    click.echo(f"manifest:  {manifest_state}")
+
+
+def _parse_inputs(pairs: Tuple[str, ...]) -> Dict[str, np.ndarray]:
+    inputs = {}
+    for pair in pairs:
+        name, sep, file = pair.partition("=")
+        if not sep or not name or not file:
+            raise click.BadParameter(f"{pair!r}: expected NAME=FILE.npy", param_hint="--input")
+        try:
+            inputs[name] = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise click.BadParameter(f"{name}: cannot read {file!r} as .npy: {exc}", param_hint="--input") from None
+    return inputs
+
+
+def _jsonable(array: np.ndarray) -> Dict[str, Any]:
+    values = array.astype(np.float32) if array.dtype.name in ("bfloat16", "float16") else array
+    return {"dtype": str(array.dtype), "shape": list(array.shape), "data": values.tolist()}
+
+
+@main.command()
+@click.argument("path")
+@click.option("--input", "-i", "inputs", multiple=True, metavar="NAME=FILE.npy", help="An input tensor (repeatable).")
+@click.option("--output", "-o", "output_dir", type=click.Path(file_okay=False), help="Write each output to DIR/NAME.npy.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outputs as JSON.")
+@click.option("--use-ope", is_flag=True, help="Run the model in a worker process.")
+@_user_errors
+def infer(path: str, inputs: Tuple[str, ...], output_dir: str, as_json: bool, use_ope: bool) -> None:
+    """Run a package on inputs read from .npy files."""
+    from .loader import load_neuropod
+
+    arrays = _parse_inputs(inputs)
+    with load_neuropod(path, use_ope=use_ope) as model:
+        outputs = model.infer(arrays)
+    if output_dir:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        for name, array in outputs.items():
+            np.save(Path(output_dir) / f"{name}.npy", array, allow_pickle=False)
+    if as_json:
+        click.echo(json.dumps({name: _jsonable(a) for name, a in outputs.items()}))
+    elif not output_dir:
+        for name, array in outputs.items():
+            click.echo(f"{name}: {array.dtype} {list(array.shape)}\n{np.array2string(array, threshold=40)}")
+    else:
+        click.echo(f"wrote {len(outputs)} output(s) to {output_dir}")
+
+
+@main.command()
+@click.argument("path")
+@click.option("--trusted", is_flag=True, help="Allow a legacy pickled test_data.pkl (it runs code when loaded).")
+@_user_errors
+def test(path: str, trusted: bool) -> None:
+    """Re-run a package's stored test data; exit 1 on a mismatch."""
+    from .package import open_package
+    from .selftest import run_self_test
+
+    data = open_package(path).test_data(trusted=trusted)
+    if data is None:
+        raise click.ClickException(f"{path}: the package holds no test data")
+    test_input, expected = data
+    run_self_test(path, test_input, expected or None)
+    click.echo(f"PASSED: {path} ({len(expected)} output(s) checked)")
+
+
+@main.command()
+@click.option("--spec", "spec_file", required=True, type=click.Path(dir_okay=False), help="JSON with input_spec and output_spec.")
+@click.option("--name", "model_name", default=None, help="Model name (default: the spec's 'name', or 'placeholder').")
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed of the outputs.")
+@click.option("--zip/--dir", "as_zip", default=True, show_default=True, help="Write a zip or a directory.")
+@click.argument("out")
+@_user_errors
+def placeholder(spec_file: str, model_name: str, seed: int, as_zip: bool, out: str) -> None:
+    """Generate a placeholder model from a problem definition."""
+    from .packagers.placeholder import create_placeholder_neuropod
+
+    try:
+        spec = json.loads(Path(spec_file).read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise click.ClickException(f"{spec_file}: not valid JSON: {exc}") from None
+    if not isinstance(spec, dict) or "input_spec" not in spec or "output_spec" not in spec:
+        raise click.ClickException(f"{spec_file}: expected a JSON object with 'input_spec' and 'output_spec'")
+    name = model_name or spec.get("name") or "placeholder"
+    create_placeholder_neuropod(out, name, spec["input_spec"], spec["output_spec"], seed=seed, package_as_zip=as_zip)
+    click.echo(f"wrote placeholder model {name!r} to {out}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

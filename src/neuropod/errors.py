@@ -1,0 +1,90 @@
+"""The one exception tree of neuropod.
+
+Every error the library raises derives from :class:`NeuropodError`. Classes
+also derive from the built-in exception the original Neuropod raised in the
+same situation (``ValueError`` for bad specs, inputs and self-test
+mismatches, ``RuntimeError`` for failures while running), so code written
+against the original keeps catching them.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "NeuropodError",
+    "SpecError",
+    "InputValidationError",
+    "OutputValidationError",
+    "PackageError",
+    "ManifestError",
+    "UnsafePackageError",
+    "BackendNotFoundError",
+    "FrameworkNotInstalledError",
+    "RequirementsError",
+    "TestMismatchError",
+    "InferenceError",
+    "WorkerCrashedError",
+    "WorkerTimeoutError",
+    "RemoteError",
+]
+
+
+class NeuropodError(Exception):
+    """Root of every error raised by neuropod."""
+
+
+class SpecError(NeuropodError, ValueError):
+    """A problem definition (tensor spec) is invalid."""
+
+
+class InputValidationError(NeuropodError, ValueError):
+    """Inputs given to ``infer`` do not match the model's input spec."""
+
+
+class OutputValidationError(NeuropodError, ValueError):
+    """A model returned outputs that do not match its output spec."""
+
+
+class PackageError(NeuropodError, ValueError):
+    """A neuropod package is missing, malformed or cannot be read."""
+
+
+class ManifestError(PackageError):
+    """A package's files do not match the hashes in its manifest."""
+
+
+class UnsafePackageError(PackageError):
+    """A package asks for something unsafe (path escape, untrusted pickle)."""
+
+
+class BackendNotFoundError(NeuropodError, ValueError):
+    """No backend is registered for a package's platform."""
+
+
+class FrameworkNotInstalledError(NeuropodError, ImportError):
+    """The framework a backend needs is not installed in this environment."""
+
+
+class RequirementsError(NeuropodError, RuntimeError):
+    """A Python package's pinned requirements are not met here."""
+
+
+class TestMismatchError(NeuropodError, ValueError):
+    """A package's self-test produced outputs that differ from the expected ones."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+
+class InferenceError(NeuropodError, RuntimeError):
+    """The model itself failed while running."""
+
+
+class WorkerCrashedError(InferenceError):
+    """An out-of-process worker died while serving a call."""
+
+
+class WorkerTimeoutError(InferenceError):
+    """An out-of-process worker did not answer within the call's timeout."""
+
+
+class RemoteError(InferenceError):
+    """A remote model server answered with an error."""

@@ -1,0 +1,118 @@
+"""Reading the neuropod package format (a directory or a zip).
+
+See :mod:`neuropod.package.layout` for the files a package holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+
+from ..errors import PackageError
+from . import layout
+from .archive import extract_cached
+from .config import PackageConfig
+from .manifest import verify_manifest
+from .testdata import read_test_data
+
+__all__ = ["Package", "open_package", "PackageConfig", "layout"]
+
+
+@dataclass(frozen=True)
+class Package:
+    """A package on disk, opened and checked.
+
+    Attributes:
+        root: the package directory (the cache directory for a zip).
+        source: the path the caller gave.
+        config: the parsed ``config.json``.
+        has_manifest: whether a manifest was present (and verified, if asked).
+    """
+
+    root: Path
+    source: Path
+    config: PackageConfig
+    has_manifest: bool
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / layout.DATA_DIR
+
+    @property
+    def code_dir(self) -> Path:
+        return self.root / layout.CODE_DIR
+
+    @property
+    def ops_dir(self) -> Path:
+        return self.root / layout.OPS_DIR
+
+    def backend_config(self) -> Dict[str, Any]:
+        """``0/config.json``: backend settings; empty when absent."""
+        path = self.root / layout.BACKEND_CONFIG
+        if not path.exists():
+            return {}
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise PackageError(f"{path}: cannot be read as JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise PackageError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        return data
+
+    def requirements(self) -> List[str]:
+        """Pinned ``name==version`` lines of ``0/requirements.lock``."""
+        path = self.root / layout.REQUIREMENTS
+        if not path.exists():
+            return []
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+
+    def custom_op_paths(self) -> List[Path]:
+        paths = []
+        for name in self.config.custom_ops:
+            path = self.ops_dir / name
+            if not path.is_file():
+                raise PackageError(f"custom op {name!r} is listed in {layout.CONFIG} but {path} is missing")
+            paths.append(path)
+        return paths
+
+    def test_data(self, trusted: bool = False) -> Optional[Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]]:
+        return read_test_data(self.root, trusted=trusted)
+
+    def files(self) -> List[str]:
+        return sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+
+
+def open_package(path: Union[str, os.PathLike], verify: bool = True) -> Package:
+    """Open a package directory or zip.
+
+    A zip is extracted once into a cache keyed by its content hash.
+
+    Args:
+        path: a package directory or zip file.
+        verify: check every file against ``manifest.json`` (refuses tampered,
+            missing or added files).
+
+    Raises:
+        PackageError: the path is not a readable package.
+        ManifestError: a file does not match the manifest.
+        UnsafePackageError: a zip entry would escape the package.
+    """
+    source = Path(path)
+    if source.is_dir():
+        root = source
+    elif source.is_file():
+        if not zipfile.is_zipfile(source):
+            raise PackageError(f"{source}: neither a package directory nor a zip file")
+        root = extract_cached(source)
+    else:
+        raise PackageError(f"{source}: no such package (not a directory or zip file)")
+    config = PackageConfig.read(root)
+    has_manifest = verify_manifest(root) if verify else (root / layout.MANIFEST).exists()
+    return Package(root=root, source=source, config=config, has_manifest=has_manifest)

@@ -1,0 +1,89 @@
+"""Zip packages: deterministic writing and safe, cached extraction."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from ..errors import PackageError, UnsafePackageError
+from . import layout
+from .manifest import sha256_file
+
+__all__ = ["write_zip", "extract_cached", "cache_root"]
+
+
+def cache_root() -> Path:
+    """Where extracted zips live: ``$NEUROPOD_CACHE_DIR`` or ``~/.cache/neuropod``."""
+    base = os.environ.get("NEUROPOD_CACHE_DIR")
+    if base:
+        return Path(base)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "neuropod"
+
+
+def write_zip(source_dir: Path, zip_path: Path) -> None:
+    """Zip ``source_dir`` with sorted entries and fixed timestamps (same tree, same bytes)."""
+    files = sorted(p for p in source_dir.rglob("*") if p.is_file())
+    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in files:
+            info = zipfile.ZipInfo(path.relative_to(source_dir).as_posix(), date_time=layout.ZIP_TIMESTAMP)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            with open(path, "rb") as f:
+                zf.writestr(info, f.read())
+
+
+def _check_entry(info: zipfile.ZipInfo, zip_path: Path) -> None:
+    name = info.filename
+    posix = PurePosixPath(name.replace("\\", "/"))
+    if name.startswith(("/", "\\")) or posix.is_absolute() or (len(name) > 1 and name[1] == ":"):
+        raise UnsafePackageError(f"{zip_path}: entry {name!r} has an absolute path; refusing to extract")
+    if ".." in posix.parts:
+        raise UnsafePackageError(f"{zip_path}: entry {name!r} climbs out of the package with '..'; refusing to extract")
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise UnsafePackageError(f"{zip_path}: entry {name!r} is a symbolic link; refusing to extract")
+
+
+def extract_cached(zip_path: Path) -> Path:
+    """Extract ``zip_path`` once into the cache, keyed by its content hash.
+
+    Every entry is checked before anything is written (no absolute paths, no
+    ``..``, no links). Extraction goes to a temporary sibling that is renamed
+    into place, so a concurrent or interrupted load never sees half a tree.
+    """
+    try:
+        key = sha256_file(zip_path)
+    except OSError as exc:
+        raise PackageError(f"{zip_path}: cannot be read: {exc}") from None
+    target = cache_root() / "packages" / key
+    if (target / layout.CONFIG).exists():
+        return target
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise PackageError(f"{zip_path}: not a valid zip package: {exc}") from None
+    with zf:
+        infos = zf.infolist()
+        for info in infos:
+            _check_entry(info, zip_path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key[:16]}-", dir=target.parent))
+        try:
+            try:
+                zf.extractall(staging)
+            except (zipfile.BadZipFile, OSError, ValueError) as exc:
+                raise PackageError(f"{zip_path}: corrupt zip package: {exc}") from None
+            if not (staging / layout.CONFIG).is_file():
+                raise PackageError(f"{zip_path}: no {layout.CONFIG} at the top of the zip; is this a neuropod package?")
+            try:
+                os.rename(staging, target)
+            except OSError:
+                if not (target / layout.CONFIG).exists():  # lost a race to a complete copy is fine
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target

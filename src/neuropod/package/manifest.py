@@ -1,0 +1,78 @@
+"""``manifest.json``: sha256 hashes of every package file, written and verified."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Dict
+
+from ..errors import ManifestError
+from . import layout
+
+__all__ = ["compute_manifest", "write_manifest", "verify_manifest", "sha256_file"]
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _package_files(root: Path) -> Dict[str, Path]:
+    files = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() or path.is_symlink():
+            rel = path.relative_to(root).as_posix()
+            if rel != layout.MANIFEST:
+                files[rel] = path
+    return files
+
+
+def compute_manifest(root: Path) -> Dict[str, object]:
+    files = _package_files(root)
+    return {"manifest_version": layout.MANIFEST_VERSION, "files": {rel: sha256_file(p) for rel, p in files.items()}}
+
+
+def write_manifest(root: Path) -> None:
+    text = json.dumps(compute_manifest(root), indent=4, sort_keys=True) + "\n"
+    (root / layout.MANIFEST).write_text(text, encoding="utf-8")
+
+
+def verify_manifest(root: Path) -> bool:
+    """Check every file against ``manifest.json``.
+
+    Returns False when the package has no manifest (packages written by the
+    original before manifests existed). A file that was changed, removed or
+    added since packaging is refused with its name.
+
+    Raises:
+        ManifestError: naming the offending file.
+    """
+    path = root / layout.MANIFEST
+    if not path.exists():
+        return False
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        expected = manifest["files"]
+        if not isinstance(expected, dict):
+            raise TypeError("'files' is not an object")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ManifestError(f"{path}: malformed manifest: {exc}") from None
+    actual = _package_files(root)
+    for rel, digest in expected.items():
+        file = actual.get(rel)
+        if file is None:
+            raise ManifestError(f"package file {rel!r} is listed in {layout.MANIFEST} but missing from {root}")
+        if file.is_symlink():
+            raise ManifestError(f"package file {rel!r} is a symbolic link; packages may not contain links")
+        if sha256_file(file) != digest:
+            raise ManifestError(f"package file {rel!r} does not match its sha256 in {layout.MANIFEST} (tampered or corrupt)")
+    extra = sorted(set(actual) - set(expected))
+    if extra:
+        raise ManifestError(f"package file {extra[0]!r} is not listed in {layout.MANIFEST} (added after packaging)")
+    return True
