@@ -32,8 +32,8 @@ def require(module: str) -> Any:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test session extracts zips into its own cache, never the user's."""
-    monkeypatch.setenv("NEUROPOD_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "neuropod-cache"))
+    """Each test extracts zips into its own cache, never the user's."""
+    monkeypatch.setenv("NEUROPOD_CACHE_DIR", str(tmp_path_factory.mktemp("neuropod-cache")))
 
 
 @pytest.fixture

@@ -20,6 +20,12 @@ from .errors import NeuropodError, TestMismatchError
 __all__ = ["main"]
 
 
+class UserError(click.ClickException):
+    """A mistake in what the user asked for: one line on stderr, exit code 2."""
+
+    exit_code = 2
+
+
 def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn library and file errors into one clean line and exit code 2."""
 
@@ -31,7 +37,7 @@ def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             click.echo(f"FAILED: {exc}", err=True)
             sys.exit(1)
         except (NeuropodError, OSError) as exc:
-            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+            raise UserError(f"{type(exc).__name__}: {exc}") from None
 
     return wrapper
 
@@ -129,7 +135,7 @@ def test(path: str, trusted: bool) -> None:
 
     data = open_package(path).test_data(trusted=trusted)
     if data is None:
-        raise click.ClickException(f"{path}: the package holds no test data")
+        raise UserError(f"{path}: the package holds no test data")
     test_input, expected = data
     run_self_test(path, test_input, expected or None)
     click.echo(f"PASSED: {path} ({len(expected)} output(s) checked)")
@@ -149,9 +155,9 @@ def placeholder(spec_file: str, model_name: str, seed: int, as_zip: bool, out: s
     try:
         spec = json.loads(Path(spec_file).read_text(encoding="utf-8"))
     except ValueError as exc:
-        raise click.ClickException(f"{spec_file}: not valid JSON: {exc}") from None
+        raise UserError(f"{spec_file}: not valid JSON: {exc}") from None
     if not isinstance(spec, dict) or "input_spec" not in spec or "output_spec" not in spec:
-        raise click.ClickException(f"{spec_file}: expected a JSON object with 'input_spec' and 'output_spec'")
+        raise UserError(f"{spec_file}: expected a JSON object with 'input_spec' and 'output_spec'")
     name = model_name or spec.get("name") or "placeholder"
     create_placeholder_neuropod(out, name, spec["input_spec"], spec["output_spec"], seed=seed, package_as_zip=as_zip)
     click.echo(f"wrote placeholder model {name!r} to {out}")

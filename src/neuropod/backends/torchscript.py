@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+import warnings
+from typing import Any, List
 
 import torch
 
@@ -31,7 +32,10 @@ class TorchScriptBackend(Backend):
         if not path.exists():
             raise PackageError(f"{path}: TorchScript model file is missing")
         try:
-            self.module = torch.jit.load(str(path), map_location=self.device)
+            with warnings.catch_warnings():
+                # torch marks TorchScript deprecated; the package format still is TorchScript.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.module = torch.jit.load(str(path), map_location=self.device)
         except RuntimeError as exc:
             raise PackageError(f"{path}: torch {torch.__version__} cannot load this TorchScript file: {exc}") from exc
         self.module.eval()

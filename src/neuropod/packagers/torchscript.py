@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -49,8 +50,10 @@ def create_torchscript_neuropod(
             return
         import torch
 
-        scripted = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module)
-        torch.jit.save(scripted, str(target))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated, but it is this format
+            scripted = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module)
+            torch.jit.save(scripted, str(target))
 
     return create_neuropod(
         neuropod_path=neuropod_path, model_name=model_name, platform="torchscript", write_model=write_model, **options

@@ -1,0 +1,91 @@
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import ADDITION_INPUTS, ADDITION_OUTPUTS
+from neuropod.cli import main
+from neuropod.packagers import create_placeholder_neuropod
+
+X = np.arange(6, dtype=np.float32).reshape(2, 3)
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+@pytest.fixture
+def model_path(tmp_path):
+    return create_placeholder_neuropod(
+        tmp_path / "m.zip", "addition", ADDITION_INPUTS, ADDITION_OUTPUTS, test_input_data={"x": X, "y": X}
+    )
+
+
+def test_placeholder_command_writes_a_loadable_package(runner, tmp_path):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"name": "adder", "input_spec": ADDITION_INPUTS, "output_spec": ADDITION_OUTPUTS}))
+    result = runner.invoke(main, ["placeholder", "--spec", str(spec), "--seed", "3", str(tmp_path / "out.zip")])
+    assert result.exit_code == 0, result.output
+    inspected = runner.invoke(main, ["inspect", "--json", str(tmp_path / "out.zip")])
+    info = json.loads(inspected.output)
+    assert info["name"] == "adder" and info["platform"] == "placeholder" and info["manifest"] == "verified"
+
+
+def test_inspect_human_output(runner, model_path):
+    result = runner.invoke(main, ["inspect", str(model_path)])
+    assert result.exit_code == 0, result.output
+    for fragment in ("name:      addition", "platform:  placeholder *", "x", "float32", "['batch', None]", "x=CPU", "test_data.npz", "verified"):
+        assert fragment in result.output
+
+
+def test_infer_reads_npy_and_writes_outputs(runner, model_path, tmp_path):
+    np.save(tmp_path / "x.npy", X)
+    np.save(tmp_path / "y.npy", X)
+    args = ["infer", str(model_path), "-i", f"x={tmp_path / 'x.npy'}", "-i", f"y={tmp_path / 'y.npy'}"]
+    result = runner.invoke(main, args + ["--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)["out"]
+    assert out["shape"] == [2, 2] and out["dtype"] == "float32"
+    result = runner.invoke(main, args + ["--output", str(tmp_path / "outs")])
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "outs" / "out.npy").shape == (2, 2)
+
+
+def test_test_command_passes_and_fails(runner, model_path, tmp_path):
+    assert runner.invoke(main, ["test", str(model_path)]).exit_code == 0
+    # Same problem, stored expectations that the model cannot meet -> exit 1.
+    bad = create_placeholder_neuropod(
+        tmp_path / "bad", "addition", ADDITION_INPUTS, ADDITION_OUTPUTS, test_input_data={"x": X, "y": X},
+        package_as_zip=False,
+    )
+    from neuropod.package.testdata import write_test_data
+    from neuropod.package.manifest import write_manifest
+
+    write_test_data(bad, {"x": X, "y": X}, {"out": X + 100})
+    write_manifest(bad)
+    result = runner.invoke(main, ["test", str(bad)])
+    assert result.exit_code == 1
+    assert "output 'out': expected" in result.output
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["inspect", "/no/such/package"], "no such package"),
+        (["infer", "{model}", "-i", "x"], "expected NAME=FILE.npy"),
+        (["infer", "{model}", "-i", "x=/no/file.npy"], "cannot read"),
+        (["infer", "{model}", "-i", "q={xfile}"], "input 'q' is not in the spec"),
+        (["placeholder", "--spec", "{badspec}", "{tmp}/o"], "tensor 'x': dtype"),
+    ],
+)
+def test_user_errors_are_one_clean_line(runner, model_path, tmp_path, args, fragment):
+    np.save(tmp_path / "x.npy", X)
+    badspec = tmp_path / "bad.json"
+    badspec.write_text(json.dumps({"input_spec": [{"name": "x", "dtype": "complex", "shape": [1]}], "output_spec": []}))
+    args = [a.format(model=model_path, xfile=tmp_path / "x.npy", badspec=badspec, tmp=tmp_path) for a in args]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 2
+    assert fragment in result.output
+    assert "Traceback" not in result.output

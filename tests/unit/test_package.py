@@ -1,0 +1,211 @@
+import json
+import pickle
+import stat
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ADDITION_INPUTS, ADDITION_OUTPUTS
+from neuropod import load_neuropod
+from neuropod.backends import BUILTIN_BACKENDS, BackendInfo, get_backend_class, known_platforms
+from neuropod.errors import (
+    BackendNotFoundError,
+    FrameworkNotInstalledError,
+    ManifestError,
+    PackageError,
+    UnsafePackageError,
+)
+from neuropod.package import open_package
+from neuropod.packagers import create_placeholder_neuropod
+
+X = np.ones((2, 3), np.float32)
+
+
+def _placeholder(path, **kwargs):
+    return create_placeholder_neuropod(path, "addition", ADDITION_INPUTS, ADDITION_OUTPUTS, **kwargs)
+
+
+def test_directory_layout_config_and_manifest(tmp_path):
+    root = _placeholder(tmp_path / "pkg", package_as_zip=False, test_input_data={"x": X, "y": X})
+    config = json.loads((root / "config.json").read_text())
+    assert config["name"] == "addition" and config["platform"] == "placeholder"
+    assert config["input_spec"] == ADDITION_INPUTS and config["output_spec"] == ADDITION_OUTPUTS
+    assert config["platform_version_semver"] == "*" and config["custom_ops"] == []
+    assert config["input_tensor_device"] == {"x": "CPU", "y": "CPU"}
+    # The original's style: 4-space indent, sorted keys.
+    assert (root / "config.json").read_text() == json.dumps(config, indent=4, sort_keys=True) + "\n"
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["manifest_version"] == 1
+    assert set(manifest["files"]) == {"config.json", "0/config.json", "test_data.npz"}
+
+
+def test_zip_is_deterministic(tmp_path):
+    a = _placeholder(tmp_path / "a.zip", seed=1)
+    b = _placeholder(tmp_path / "b.zip", seed=1)
+    assert a.read_bytes() == b.read_bytes()
+    with zipfile.ZipFile(a) as zf:
+        names = zf.namelist()
+        assert names == sorted(names)
+        assert {info.date_time for info in zf.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+
+
+def test_zip_is_extracted_once_into_a_content_keyed_cache(tmp_path):
+    path = _placeholder(tmp_path / "m.zip")
+    first = open_package(path).root
+    second = open_package(path).root
+    assert first == second and first.name != path.name
+    assert sum(1 for _ in first.parent.iterdir()) == 1
+
+
+def test_refuses_existing_target(tmp_path):
+    _placeholder(tmp_path / "m")
+    with pytest.raises(PackageError, match="already exists"):
+        _placeholder(tmp_path / "m")
+
+
+@pytest.mark.parametrize("change", ["modify", "delete", "add"])
+def test_manifest_detects_tampering(tmp_path, change):
+    root = _placeholder(tmp_path / "pkg", package_as_zip=False)
+    target = root / "0" / "config.json"
+    if change == "modify":
+        target.write_text('{"seed": 99}')
+        expected = "'0/config.json' does not match its sha256"
+    elif change == "delete":
+        target.unlink()
+        expected = "'0/config.json' is listed in manifest.json but missing"
+    else:
+        (root / "0" / "code").mkdir()
+        (root / "0" / "code" / "evil.py").write_text("print('hi')")
+        expected = "'0/code/evil.py' is not listed in manifest.json"
+    with pytest.raises(ManifestError) as info:
+        load_neuropod(root)
+    assert expected in str(info.value)
+    if change != "delete":
+        load_neuropod(root, verify_manifest=False).close()  # the check can be skipped
+
+
+def _zip_with(path: Path, entries):
+    with zipfile.ZipFile(path, "w") as zf:
+        for info, data in entries:
+            zf.writestr(info, data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ("../evil.txt", "climbs out of the package"),
+        ("0/../../evil.txt", "climbs out of the package"),
+        ("/etc/evil.txt", "absolute path"),
+    ],
+)
+def test_hostile_zip_entries_are_refused(tmp_path, entry, message):
+    path = _zip_with(tmp_path / "bad.zip", [("config.json", "{}"), (entry, "x")])
+    with pytest.raises(UnsafePackageError, match=message):
+        load_neuropod(path)
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_symlink_zip_entry_is_refused(tmp_path):
+    link = zipfile.ZipInfo("0/data/link")
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    path = _zip_with(tmp_path / "bad.zip", [("config.json", "{}"), (link, "/etc/passwd")])
+    with pytest.raises(UnsafePackageError, match="symbolic link"):
+        load_neuropod(path)
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: p.write_bytes(b"not a zip at all"), "neither a package directory nor a zip"),
+        (lambda p: p.write_bytes(b"PK\x03\x04" + b"\0" * 40), "neither a package directory nor a zip"),
+        (lambda p: _zip_with(p, [("readme.txt", "hi")]), "no config.json"),
+        (lambda p: _zip_with(p, [("config.json", "{not json")]), "cannot be read as JSON"),
+        (lambda p: _zip_with(p, [("config.json", '{"name": "m"}')]), "missing field 'platform'"),
+    ],
+)
+def test_corrupt_packages_get_clear_errors(tmp_path, setup, message):
+    path = tmp_path / "bad.zip"
+    setup(path)
+    with pytest.raises(PackageError, match=message):
+        load_neuropod(path)
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(PackageError, match="no such package"):
+        load_neuropod(tmp_path / "nope")
+
+
+def test_test_data_is_stored_without_pickle_and_round_trips(tmp_path):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    spec_in = [{"name": "s", "dtype": "string", "shape": [None]}, {"name": "h", "dtype": "bfloat16", "shape": [2]}]
+    spec_out = [{"name": "o", "dtype": "int64", "shape": [2]}]
+    h = np.array([1.5, -2.0], dtype=ml_dtypes.bfloat16)
+    root = create_placeholder_neuropod(
+        tmp_path / "p", "m", spec_in, spec_out, package_as_zip=False, test_input_data={"s": np.array([b"a", b"b"]), "h": h}
+    )
+    with np.load(root / "test_data.npz", allow_pickle=False) as npz:  # loads with pickle disabled
+        assert "input/s" in npz.files
+    test_input, test_output = open_package(root).test_data()
+    assert test_input["s"].tolist() == ["a", "b"]
+    assert test_input["h"].dtype == h.dtype and np.array_equal(test_input["h"], h)
+    assert test_output == {}
+
+
+def test_legacy_pickle_needs_trust(tmp_path):
+    root = _placeholder(tmp_path / "p", package_as_zip=False)
+    with open(root / "test_data.pkl", "wb") as f:
+        pickle.dump({"test_input": {"x": X, "y": X}, "test_output": {"out": X}}, f)
+    package = open_package(root, verify=False)
+    with pytest.raises(UnsafePackageError, match="pass trusted=True"):
+        package.test_data()
+    test_input, test_output = package.test_data(trusted=True)
+    assert np.array_equal(test_input["x"], X) and np.array_equal(test_output["out"], X)
+
+
+def test_unknown_platform_lists_known_ones(tmp_path):
+    root = _placeholder(tmp_path / "p", package_as_zip=False)
+    config = json.loads((root / "config.json").read_text())
+    config["platform"] = "caffe"
+    (root / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BackendNotFoundError) as info:
+        load_neuropod(root, verify_manifest=False)
+    assert "'caffe'" in str(info.value) and "torchscript" in str(info.value) and "placeholder" in str(info.value)
+
+
+def test_missing_framework_names_the_extra(monkeypatch):
+    monkeypatch.setitem(
+        BUILTIN_BACKENDS, "fancy", BackendInfo("neuropod.backends.placeholder:PlaceholderBackend", ("no_such_framework_xyz",), "fancy")
+    )
+    with pytest.raises(FrameworkNotInstalledError, match=r"pip install 'neuropod\[fancy\]'"):
+        get_backend_class("fancy")
+
+
+def test_third_party_backend_through_entry_points(tmp_path, monkeypatch):
+    dist = tmp_path / "site" / "echo_backend-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: echo-backend\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[neuropod.backends]\necho = echo_backend_mod:EchoBackend\n")
+    (tmp_path / "site" / "echo_backend_mod.py").write_text(
+        "from neuropod.backends.base import Backend\n"
+        "class EchoBackend(Backend):\n"
+        "    def infer(self, inputs):\n"
+        "        return {'out': inputs['x'] * 10}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert "echo" in known_platforms()
+    root = _placeholder(tmp_path / "p", package_as_zip=False)
+    config = json.loads((root / "config.json").read_text())
+    config["platform"] = "echo"
+    (root / "config.json").write_text(json.dumps(config))
+    with load_neuropod(root, verify_manifest=False) as model:
+        assert np.array_equal(model.infer({"x": X})["out"], X * 10)
+    sys.modules.pop("echo_backend_mod", None)
+
+
+def test_manifest_file_listing_is_stable(tmp_path):
+    root = _placeholder(tmp_path / "p", package_as_zip=False)
+    assert open_package(root).files() == ["0/config.json", "config.json", "manifest.json"]
