@@ -100,7 +100,9 @@ def _jsonable(array: np.ndarray) -> Dict[str, Any]:
 @main.command()
 @click.argument("path")
 @click.option("--input", "-i", "inputs", multiple=True, metavar="NAME=FILE.npy", help="An input tensor (repeatable).")
-@click.option("--output", "-o", "output_dir", type=click.Path(file_okay=False), help="Write each output to DIR/NAME.npy.")
+@click.option(
+    "--output", "-o", "output_dir", type=click.Path(file_okay=False), help="Write each output to DIR/NAME.npy."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the outputs as JSON.")
 @click.option("--use-ope", is_flag=True, help="Run the model in a worker process.")
 @_user_errors
@@ -142,7 +144,9 @@ def test(path: str, trusted: bool) -> None:
 
 
 @main.command()
-@click.option("--spec", "spec_file", required=True, type=click.Path(dir_okay=False), help="JSON with input_spec and output_spec.")
+@click.option(
+    "--spec", "spec_file", required=True, type=click.Path(dir_okay=False), help="JSON with input_spec and output_spec."
+)
 @click.option("--name", "model_name", default=None, help="Model name (default: the spec's 'name', or 'placeholder').")
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed of the outputs.")
 @click.option("--zip/--dir", "as_zip", default=True, show_default=True, help="Write a zip or a directory.")

@@ -25,6 +25,10 @@ __all__ = [
     "WorkerCrashedError",
     "WorkerTimeoutError",
     "RemoteError",
+    "ModelNotFoundError",
+    "ModelNotReadyError",
+    "RequestTooLargeError",
+    "AuthenticationError",
 ]
 
 
@@ -88,3 +92,19 @@ class WorkerTimeoutError(InferenceError):
 
 class RemoteError(InferenceError):
     """A remote model server answered with an error."""
+
+
+class ModelNotFoundError(NeuropodError, LookupError):
+    """A server holds no model (or no version of it) by the name asked for."""
+
+
+class ModelNotReadyError(NeuropodError, RuntimeError):
+    """A served model cannot take requests now (loading, its worker died, shutting down)."""
+
+
+class RequestTooLargeError(InputValidationError):
+    """A request to a server is larger than its configured limit."""
+
+
+class AuthenticationError(NeuropodError, PermissionError):
+    """A request to a server lacks the bearer token it requires, or has a wrong one."""

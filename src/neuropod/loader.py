@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 
@@ -83,14 +83,14 @@ class Neuropod:
         """
         if self._closed:
             raise InputValidationError(f"model {self.name!r} is closed")
-        if not isinstance(inputs, Mapping):
+        if type(inputs) is not dict and not isinstance(inputs, Mapping):
             raise InputValidationError(f"inputs: expected a dict of name -> numpy array, got {type(inputs).__name__}")
         bindings = self._input_validator.validate(inputs) if self.validate else None
         for name in self._string_inputs:
             array = inputs.get(name)
             if array is not None and array.dtype.kind == "S":
                 inputs = {**inputs, name: np.char.decode(array, "utf-8")}
-        outputs = self._executor.infer(dict(inputs))
+        outputs = self._executor.infer(inputs if type(inputs) is dict else dict(inputs))
         if self.validate:
             self._output_validator.validate(outputs, bindings)
         return outputs
@@ -101,7 +101,7 @@ class Neuropod:
             self._closed = True
             self._executor.close()
 
-    def __enter__(self) -> "Neuropod":
+    def __enter__(self) -> Neuropod:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -112,7 +112,7 @@ class Neuropod:
 
 
 def load_neuropod(
-    neuropod_path: Union[str, "os.PathLike[str]"],
+    neuropod_path: Union[str, os.PathLike[str]],
     visible_gpu: Optional[int] = None,
     *,
     use_ope: bool = False,
@@ -158,5 +158,3 @@ def load_neuropod(
         executor = InProcessExecutor(package, backend_options)
     config = package.config
     return Neuropod(executor, config.name, config.platform, config.problem, package=package, validate=validate)
-
-

@@ -125,7 +125,8 @@ def _check_dim(name: str, index: int, dim: Any) -> Dim:
             raise SpecError(f"tensor {name!r}: shape[{index}] is an empty symbol name")
         return dim
     raise SpecError(
-        f"tensor {name!r}: shape[{index}] must be a positive int, None or a symbol string; got {type(dim).__name__} {dim!r}"
+        f"tensor {name!r}: shape[{index}] must be a positive int, None or a symbol string; "
+        f"got {type(dim).__name__} {dim!r}"
     )
 
 
@@ -152,12 +153,14 @@ class TensorSpec:
             raise SpecError(f"tensor {self.name!r}: {exc}") from None
         object.__setattr__(self, "dtype", dtype)
         if isinstance(self.shape, (str, bytes)) or not isinstance(self.shape, Iterable):
-            raise SpecError(f"tensor {self.name!r}: shape must be a list, got {type(self.shape).__name__} {self.shape!r}")
+            raise SpecError(
+                f"tensor {self.name!r}: shape must be a list, got {type(self.shape).__name__} {self.shape!r}"
+            )
         shape = tuple(_check_dim(self.name, i, d) for i, d in enumerate(self.shape))
         object.__setattr__(self, "shape", shape)
 
     @classmethod
-    def from_dict(cls, spec: Mapping[str, Any]) -> "TensorSpec":
+    def from_dict(cls, spec: Mapping[str, Any]) -> TensorSpec:
         """Build from the original's ``{"name", "dtype", "shape"}`` dict form."""
         if isinstance(spec, TensorSpec):
             return spec
@@ -205,7 +208,7 @@ class ProblemDefinition:
         object.__setattr__(self, "outputs", as_specs(self.outputs, "output_spec"))
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ProblemDefinition":
+    def from_dict(cls, data: Mapping[str, Any]) -> ProblemDefinition:
         """Build from ``{"input_spec": [...], "output_spec": [...]}``."""
         for key in ("input_spec", "output_spec"):
             if key not in data:

@@ -55,19 +55,28 @@ class DictInput(torch.nn.Module):
         return {"out": inputs["x"] * 2}
 
 
-TWO_OUTPUTS = [{"name": "total", "dtype": "float32", "shape": ["batch", None]}, {"name": "diff", "dtype": "float32", "shape": ["batch", None]}]
+TWO_OUTPUTS = [
+    {"name": "total", "dtype": "float32", "shape": ["batch", None]},
+    {"name": "diff", "dtype": "float32", "shape": ["batch", None]},
+]
 
 
 def _package(tmp_path, module, input_spec=ADDITION_INPUTS, output_spec=ADDITION_OUTPUTS, name="m", **kwargs):
     return create_torchscript_neuropod(
-        neuropod_path=tmp_path / name, model_name=name, module=torch.jit.script(module),
-        input_spec=input_spec, output_spec=output_spec, **kwargs,
+        neuropod_path=tmp_path / name,
+        model_name=name,
+        module=torch.jit.script(module),
+        input_spec=input_spec,
+        output_spec=output_spec,
+        **kwargs,
     )
 
 
 @pytest.mark.parametrize("as_zip", [True, False])
 def test_addition_with_self_test(tmp_path, as_zip):
-    path = _package(tmp_path, AddDict(), test_input_data={"x": X, "y": Y}, test_expected_out={"out": X + Y}, package_as_zip=as_zip)
+    path = _package(
+        tmp_path, AddDict(), test_input_data={"x": X, "y": Y}, test_expected_out={"out": X + Y}, package_as_zip=as_zip
+    )
     assert path.is_file() == as_zip
     with load_neuropod(path) as model:
         assert model.platform == "torchscript"
@@ -85,9 +94,13 @@ def test_module_path(tmp_path):
     saved = tmp_path / "saved.pt"
     torch.jit.save(torch.jit.script(AddDict()), str(saved))
     path = create_torchscript_neuropod(
-        neuropod_path=tmp_path / "m", model_name="m", module_path=saved,
-        input_spec=ADDITION_INPUTS, output_spec=ADDITION_OUTPUTS,
-        test_input_data={"x": X, "y": Y}, test_expected_out={"out": X + Y},
+        neuropod_path=tmp_path / "m",
+        model_name="m",
+        module_path=saved,
+        input_spec=ADDITION_INPUTS,
+        output_spec=ADDITION_OUTPUTS,
+        test_input_data={"x": X, "y": Y},
+        test_expected_out={"out": X + Y},
     )
     assert (Path(path).stat().st_size) > 0
 

@@ -36,7 +36,16 @@ def test_placeholder_command_writes_a_loadable_package(runner, tmp_path):
 def test_inspect_human_output(runner, model_path):
     result = runner.invoke(main, ["inspect", str(model_path)])
     assert result.exit_code == 0, result.output
-    for fragment in ("name:      addition", "platform:  placeholder *", "x", "float32", "['batch', None]", "x=CPU", "test_data.npz", "verified"):
+    for fragment in (
+        "name:      addition",
+        "platform:  placeholder *",
+        "x",
+        "float32",
+        "['batch', None]",
+        "x=CPU",
+        "test_data.npz",
+        "verified",
+    ):
         assert fragment in result.output
 
 
@@ -57,11 +66,15 @@ def test_test_command_passes_and_fails(runner, model_path, tmp_path):
     assert runner.invoke(main, ["test", str(model_path)]).exit_code == 0
     # Same problem, stored expectations that the model cannot meet -> exit 1.
     bad = create_placeholder_neuropod(
-        tmp_path / "bad", "addition", ADDITION_INPUTS, ADDITION_OUTPUTS, test_input_data={"x": X, "y": X},
+        tmp_path / "bad",
+        "addition",
+        ADDITION_INPUTS,
+        ADDITION_OUTPUTS,
+        test_input_data={"x": X, "y": X},
         package_as_zip=False,
     )
-    from neuropod.package.testdata import write_test_data
     from neuropod.package.manifest import write_manifest
+    from neuropod.package.testdata import write_test_data
 
     write_test_data(bad, {"x": X, "y": X}, {"out": X + 100})
     write_manifest(bad)

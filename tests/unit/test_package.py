@@ -145,7 +145,12 @@ def test_test_data_is_stored_without_pickle_and_round_trips(tmp_path):
     spec_out = [{"name": "o", "dtype": "int64", "shape": [2]}]
     h = np.array([1.5, -2.0], dtype=ml_dtypes.bfloat16)
     root = create_placeholder_neuropod(
-        tmp_path / "p", "m", spec_in, spec_out, package_as_zip=False, test_input_data={"s": np.array([b"a", b"b"]), "h": h}
+        tmp_path / "p",
+        "m",
+        spec_in,
+        spec_out,
+        package_as_zip=False,
+        test_input_data={"s": np.array([b"a", b"b"]), "h": h},
     )
     with np.load(root / "test_data.npz", allow_pickle=False) as npz:  # loads with pickle disabled
         assert "input/s" in npz.files
@@ -178,7 +183,9 @@ def test_unknown_platform_lists_known_ones(tmp_path):
 
 def test_missing_framework_names_the_extra(monkeypatch):
     monkeypatch.setitem(
-        BUILTIN_BACKENDS, "fancy", BackendInfo("neuropod.backends.placeholder:PlaceholderBackend", ("no_such_framework_xyz",), "fancy")
+        BUILTIN_BACKENDS,
+        "fancy",
+        BackendInfo("neuropod.backends.placeholder:PlaceholderBackend", ("no_such_framework_xyz",), "fancy"),
     )
     with pytest.raises(FrameworkNotInstalledError, match=r"pip install 'neuropod\[fancy\]'"):
         get_backend_class("fancy")

@@ -67,12 +67,18 @@ def _validator(*specs, kind="input"):
 
 
 def test_validation_binds_symbols_across_inputs_and_outputs():
-    inputs = _validator({"name": "x", "dtype": "float32", "shape": ["batch", 3]}, {"name": "y", "dtype": "float32", "shape": ["batch", None]})
+    inputs = _validator(
+        {"name": "x", "dtype": "float32", "shape": ["batch", 3]},
+        {"name": "y", "dtype": "float32", "shape": ["batch", None]},
+    )
     outputs = _validator({"name": "out", "dtype": "float32", "shape": ["batch"]}, kind="output")
     bindings = inputs.validate({"x": np.zeros((4, 3), np.float32), "y": np.zeros((4, 7), np.float32)})
     assert bindings == {"batch": 4}
     outputs.validate({"out": np.zeros(4, np.float32)}, bindings)
-    with pytest.raises(OutputValidationError, match="output 'out': symbol 'batch' in dimension 0 is 5, but another tensor bound it to 4"):
+    with pytest.raises(
+        OutputValidationError,
+        match="output 'out': symbol 'batch' in dimension 0 is 5, but another tensor bound it to 4",
+    ):
         outputs.validate({"out": np.zeros(5, np.float32)}, dict(bindings))
 
 
@@ -83,7 +89,10 @@ def test_validation_binds_symbols_across_inputs_and_outputs():
         ({"x": np.zeros((1, 3), np.float64)}, "input 'x': expected dtype float32, got float64"),
         ({"x": np.zeros(3, np.float32)}, "input 'x': expected rank 2"),
         ({"x": np.zeros((1, 4), np.float32)}, "input 'x': expected size 3 in dimension 1"),
-        ({"x": np.zeros((1, 3), np.float32), "y": np.zeros((2, 1), np.float32)}, "input 'y': symbol 'batch' in dimension 0 is 2, but another tensor bound it to 1"),
+        (
+            {"x": np.zeros((1, 3), np.float32), "y": np.zeros((2, 1), np.float32)},
+            "input 'y': symbol 'batch' in dimension 0 is 2, but another tensor bound it to 1",
+        ),
         ({"x": [[1.0, 2.0, 3.0]]}, "input 'x': expected a numpy array, got list"),
         ({"s": np.zeros(2, np.float32)}, "input 's': expected dtype string, got float32"),
     ],
@@ -101,7 +110,9 @@ def test_validation_errors_name_tensor_expected_and_actual(tensors, message):
 
 
 def test_inputs_are_optional_and_strings_accept_unicode_and_bytes():
-    validator = _validator({"name": "s", "dtype": "string", "shape": [None]}, {"name": "x", "dtype": "int8", "shape": []})
+    validator = _validator(
+        {"name": "s", "dtype": "string", "shape": [None]}, {"name": "x", "dtype": "int8", "shape": []}
+    )
     assert validator.validate({}) == {}
     validator.validate({"s": np.array(["a", "bc"])})
     validator.validate({"s": np.array([b"a", b"bc"])})

@@ -19,7 +19,7 @@ import sys
 import threading
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, List
 
 import numpy as np
 
@@ -80,7 +80,9 @@ def _import_entrypoint(code_dir: Path, package_name: str, function_name: str) ->
             module = importlib.import_module(package_name)
             entrypoint = getattr(module, function_name)
         except ImportError as exc:
-            raise PackageError(f"entrypoint package {package_name!r} cannot be imported from {code_dir}: {exc}") from exc
+            raise PackageError(
+                f"entrypoint package {package_name!r} cannot be imported from {code_dir}: {exc}"
+            ) from exc
         except AttributeError:
             raise PackageError(f"entrypoint {function_name!r} not found in {package_name!r}") from None
         finally:
@@ -118,18 +120,22 @@ class PythonBackend(Backend):
         except Exception as exc:
             raise InferenceError(f"entrypoint {package_name}.{function_name} failed: {exc}") from exc
         if not callable(self.model):
-            raise PackageError(f"entrypoint {package_name}.{function_name} returned {type(self.model).__name__}, not a callable")
+            raise PackageError(
+                f"entrypoint {package_name}.{function_name} returned {type(self.model).__name__}, not a callable"
+            )
 
     def infer(self, inputs: TensorDict) -> TensorDict:
         try:
             result = self.model(**inputs)
         except Exception as exc:
-            raise InferenceError(f"Python model {self.package.config.name!r} failed: {type(exc).__name__}: {exc}") from exc
+            raise InferenceError(
+                f"Python model {self.package.config.name!r} failed: {type(exc).__name__}: {exc}"
+            ) from exc
         if not isinstance(result, dict):
-            raise InferenceError(f"Python model {self.package.config.name!r} returned {type(result).__name__}, expected a dict of arrays")
+            raise InferenceError(
+                f"Python model {self.package.config.name!r} returned {type(result).__name__}, expected a dict of arrays"
+            )
         return {str(k): _to_numpy(v, str(k)) for k, v in result.items()}
 
     def close(self) -> None:
         self.model = None
-
-

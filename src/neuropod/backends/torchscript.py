@@ -9,8 +9,16 @@ import torch
 
 from ..errors import InferenceError, PackageError
 from ..package import Package
+from ._torch_tensors import (
+    apply_thread_options,
+    choose_device,
+    freeze_parameters,
+    input_devices,
+    load_custom_ops,
+    to_numpy,
+    to_torch,
+)
 from .base import Backend, BackendOptions, TensorDict
-from ._torch_tensors import apply_thread_options, choose_device, input_devices, load_custom_ops, to_numpy, to_torch
 
 __all__ = ["TorchScriptBackend", "MODEL_FILE"]
 
@@ -26,8 +34,7 @@ class TorchScriptBackend(Backend):
         load_custom_ops(package.custom_op_paths())
         self.device = choose_device(options.visible_gpu)
         self._input_devices = input_devices(self.device, package.config.input_tensor_device)
-        cpu = torch.device("cpu")
-        self._default_device = cpu
+        self._cpu = torch.device("cpu")
         path = package.data_dir / MODEL_FILE
         if not path.exists():
             raise PackageError(f"{path}: TorchScript model file is missing")
@@ -39,16 +46,16 @@ class TorchScriptBackend(Backend):
         except RuntimeError as exc:
             raise PackageError(f"{path}: torch {torch.__version__} cannot load this TorchScript file: {exc}") from exc
         self.module.eval()
+        freeze_parameters(self.module)
         self._takes_dict = _forward_takes_one_dict(self.module)
         self._output_names = [spec.name for spec in package.config.output_spec]
 
     def infer(self, inputs: TensorDict) -> TensorDict:
         devices = self._input_devices
-        cpu = self._default_device
+        cpu = self._cpu
         tensors = {name: to_torch(array, devices.get(name, cpu)) for name, array in inputs.items()}
         try:
-            with torch.no_grad():
-                result = self.module(tensors) if self._takes_dict else self.module(**tensors)
+            result = self.module(tensors) if self._takes_dict else self.module(**tensors)
         except Exception as exc:  # the model's own failure, whatever the framework raised
             raise InferenceError(f"TorchScript model {self.package.config.name!r} failed: {exc}") from exc
         return self._outputs_to_numpy(result)
@@ -67,7 +74,8 @@ class TorchScriptBackend(Backend):
             return {name: to_numpy(value, name) for name, value in zip(names, result)}
         if len(names) != 1:
             raise InferenceError(
-                f"model returned a single {type(result).__name__}, but the output spec names {len(names)} outputs: {names}"
+                f"model returned a single {type(result).__name__}, "
+                f"but the output spec names {len(names)} outputs: {names}"
             )
         return {names[0]: to_numpy(result, names[0])}
 
@@ -85,5 +93,3 @@ def _forward_takes_one_dict(module: Any) -> bool:
     except AttributeError:
         return False
     return len(arguments) == 1 and arguments[0].type.kind() == "DictType"
-
-

@@ -22,5 +22,15 @@ class Executor(abc.ABC):
     def infer(self, inputs: TensorDict) -> TensorDict:
         """Run the model on validated inputs."""
 
+    def ready(self) -> bool:
+        """Whether a call can be served now.
+
+        A model server reports this as the model's readiness and refuses calls
+        (UNAVAILABLE) while it is False. An executor whose worker has died
+        returns False until it has started a replacement on its own, then True
+        again. Executors that cannot lose their model keep this default.
+        """
+        return True
+
     def close(self) -> None:
         """Release the executor's resources; safe to call twice."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..errors import PackageError, SpecError
 from ..spec import ProblemDefinition, TensorSpec
@@ -50,13 +50,15 @@ class PackageConfig:
         input_tensor_device: Optional[Mapping[str, str]] = None,
         default_input_tensor_device: str = "GPU",
         custom_ops: Any = (),
-    ) -> "PackageConfig":
+    ) -> PackageConfig:
         """Canonicalise and check every field, filling per-input devices."""
         if not isinstance(name, str) or not name:
             raise SpecError(f"model_name: expected a non-empty string, got {name!r}")
         problem = ProblemDefinition(input_spec, output_spec)
         if default_input_tensor_device not in DEVICES:
-            raise SpecError(f"default_input_tensor_device: expected 'CPU' or 'GPU', got {default_input_tensor_device!r}")
+            raise SpecError(
+                f"default_input_tensor_device: expected 'CPU' or 'GPU', got {default_input_tensor_device!r}"
+            )
         devices = {spec.name: default_input_tensor_device for spec in problem.inputs}
         for input_name, device in (input_tensor_device or {}).items():
             if input_name not in devices:
@@ -65,11 +67,14 @@ class PackageConfig:
                 raise SpecError(f"input_tensor_device[{input_name!r}]: expected 'CPU' or 'GPU', got {device!r}")
             devices[input_name] = device
         if not isinstance(platform_version_semver, str) or not platform_version_semver.strip():
-            raise SpecError(f"platform_version_semver: expected a version range such as '*' or '>=2.0', got {platform_version_semver!r}")
+            raise SpecError(
+                "platform_version_semver: expected a version range such as '*' or '>=2.0', "
+                f"got {platform_version_semver!r}"
+            )
         return cls(name, platform, problem, platform_version_semver, devices, tuple(custom_ops or ()))
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], source: str = layout.CONFIG) -> "PackageConfig":
+    def from_json(cls, data: Mapping[str, Any], source: str = layout.CONFIG) -> PackageConfig:
         if not isinstance(data, Mapping):
             raise PackageError(f"{source}: expected a JSON object, got {type(data).__name__}")
         for key in ("name", "platform", "input_spec", "output_spec"):
@@ -93,7 +98,7 @@ class PackageConfig:
         )
 
     @classmethod
-    def read(cls, root: Path) -> "PackageConfig":
+    def read(cls, root: Path) -> PackageConfig:
         path = root / layout.CONFIG
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -123,4 +128,3 @@ def write_json(path: Path, data: Any) -> None:
     """Write JSON the way the original did: 4-space indent, sorted keys."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=4, sort_keys=True) + "\n", encoding="utf-8")
-

@@ -71,7 +71,9 @@ def verify_manifest(root: Path) -> bool:
         if file.is_symlink():
             raise ManifestError(f"package file {rel!r} is a symbolic link; packages may not contain links")
         if sha256_file(file) != digest:
-            raise ManifestError(f"package file {rel!r} does not match its sha256 in {layout.MANIFEST} (tampered or corrupt)")
+            raise ManifestError(
+                f"package file {rel!r} does not match its sha256 in {layout.MANIFEST} (tampered or corrupt)"
+            )
     extra = sorted(set(actual) - set(expected))
     if extra:
         raise ManifestError(f"package file {extra[0]!r} is not listed in {layout.MANIFEST} (added after packaging)")

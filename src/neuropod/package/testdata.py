@@ -36,7 +36,9 @@ def write_test_data(root: Path, test_input: Mapping[str, Any], test_output: Opti
             elif array.dtype.kind == "S":
                 array = np.char.decode(array, "utf-8")
             elif array.dtype.kind == "O":
-                raise PackageError(f"test data {prefix} {name!r}: object arrays cannot be stored; use a numeric or string dtype")
+                raise PackageError(
+                    f"test data {prefix} {name!r}: object arrays cannot be stored; use a numeric or string dtype"
+                )
             arrays[key] = array
     arrays[_BF16_KEY] = np.array(bf16, dtype="U")
     np.savez(root / layout.TEST_DATA, **arrays)  # type: ignore[arg-type]

@@ -22,7 +22,9 @@ def _check_entries(data_paths: Sequence[Mapping[str, Any]], code_path_spec: Sequ
             raise PackageError(f"data_paths: packaged_name {entry['packaged_name']!r} must be a relative name")
     for spec in code_path_spec:
         if "python_root" not in spec or "dirs_to_package" not in spec:
-            raise PackageError(f"code_path_spec: each entry needs 'python_root' and 'dirs_to_package', got {dict(spec)!r}")
+            raise PackageError(
+                f"code_path_spec: each entry needs 'python_root' and 'dirs_to_package', got {dict(spec)!r}"
+            )
         for directory in spec["dirs_to_package"]:
             source = Path(spec["python_root"]) / directory
             if not source.is_dir():

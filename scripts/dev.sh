@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One entry point for every developer task; each sets the environment up first.
+#   bash scripts/dev.sh tour    set up, then run the demo tour (examples/tour.py)
+#   bash scripts/dev.sh test    set up, then lint (ruff), type-check (mypy) and run every test
+#   bash scripts/dev.sh setup   only set up .venv (idempotent; fast when nothing changed)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${NEUROPOD_VENV:-.venv}"
+PY="$VENV/bin/python"
+
+setup() {
+  if [ ! -x "$PY" ]; then
+    python3 -m venv "$VENV"
+    "$PY" -m pip install -q --upgrade pip
+  fi
+  # Re-install only when the dependency list changed since the last setup.
+  local stamp="$VENV/.neuropod-setup" want
+  want="$(cat pyproject.toml scripts/dev.sh | sha256sum | cut -c1-16)"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    # Pinned: an unpinned torch would pull a multi-GB CUDA build; 2.13.0 is the CPU build.
+    "$PY" -m pip install -q "torch==2.13.0"
+    "$PY" -m pip install -q -e ".[all,dev]"
+    echo "$want" > "$stamp"
+  fi
+  if [ -f scripts/mlserver-venv.sh ]; then bash scripts/mlserver-venv.sh; fi
+}
+
+run_tests() {
+  export NEUROPOD_REQUIRE_FRAMEWORKS=1  # every framework is installed: a skip for a missing one is a failure
+  "$VENV/bin/ruff" check src tests bench examples
+  "$VENV/bin/mypy"
+  "$PY" -m pytest "$@"
+}
+
+case "${1:-}" in
+  setup) setup ;;
+  tour) setup; "$PY" examples/tour.py ;;
+  test) setup; shift; run_tests "$@" ;;
+  *) echo "usage: bash scripts/dev.sh {tour|test|setup} [pytest args]" >&2; exit 2 ;;
+esac
