@@ -25,10 +25,38 @@ setup() {
   if [ -f scripts/mlserver-venv.sh ]; then bash scripts/mlserver-venv.sh; fi
 }
 
+find_python39() {
+  local candidate
+  for candidate in python3.9 "$(pyenv root 2>/dev/null)"/versions/3.9*/bin/python3.9; do
+    if "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 9)' 2>/dev/null; then
+      echo "$candidate"
+      return
+    fi
+  done
+}
+
+# The library supports Python 3.9 (old-framework workers run there): the
+# framework-free tests run under 3.9 with numpy 1.x as well.
+run_python39_tests() {
+  local py39
+  py39="$(find_python39)"
+  if [ -z "$py39" ]; then
+    echo "note: no Python 3.9 found; skipping the Python 3.9 run" >&2
+    return
+  fi
+  if [ ! -x .venv39/bin/python ]; then
+    "$py39" -m venv .venv39
+    .venv39/bin/python -m pip install -q "numpy<2" click pytest
+  fi
+  .venv39/bin/python -m pip install -q --no-deps -e .
+  .venv39/bin/python -m pytest -q -p no:cacheprovider tests/unit
+}
+
 run_tests() {
   export NEUROPOD_REQUIRE_FRAMEWORKS=1  # every framework is installed: a skip for a missing one is a failure
   "$VENV/bin/ruff" check src tests bench examples
   "$VENV/bin/mypy"
+  if [ $# -eq 0 ]; then run_python39_tests; fi
   "$PY" -m pytest "$@"
 }
 
