@@ -9,6 +9,8 @@ against the original keeps catching them.
 
 from __future__ import annotations
 
+from typing import Optional
+
 __all__ = [
     "NeuropodError",
     "SpecError",
@@ -83,7 +85,14 @@ class InferenceError(NeuropodError, RuntimeError):
 
 
 class WorkerCrashedError(InferenceError):
-    """An out-of-process worker died while serving a call."""
+    """An out-of-process worker died while serving a call.
+
+    Attributes:
+        returncode: the worker's exit status as ``subprocess`` reports it
+            (negative: killed by that signal); None when unknown.
+    """
+
+    returncode: Optional[int] = None
 
 
 class WorkerTimeoutError(InferenceError):
@@ -92,6 +101,28 @@ class WorkerTimeoutError(InferenceError):
 
 class RemoteError(InferenceError):
     """A remote model server answered with an error."""
+
+
+class WorkerError(InferenceError):
+    """Code inside an out-of-process worker raised an exception neuropod does not define.
+
+    (A neuropod error raised in the worker comes back as its own class.)
+
+    Attributes:
+        remote_type: the exception's type name in the worker.
+        remote_traceback: the traceback text from the worker.
+    """
+
+    remote_type: str = ""
+    remote_traceback: str = ""
+
+
+class WireFormatError(NeuropodError, ValueError):
+    """A control message between a parent and its worker is malformed."""
+
+
+class SharedMemoryError(NeuropodError, MemoryError):
+    """Shared memory for a tensor cannot be had (the shm filesystem is full or too small)."""
 
 
 class ModelNotFoundError(NeuropodError, LookupError):

@@ -1,0 +1,240 @@
+"""The protocol-neutral data plane: health, metadata and inference over the repository.
+
+The gRPC and REST adapters turn their messages into the plain objects here
+(:class:`InferRequest`, :class:`InferResponse`, :class:`ModelMetadata`) and
+call :class:`DataPlane`; everything a request means (which model, validation
+against its spec, batching, metrics, readiness, draining at shutdown) is
+decided here once for both protocols.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..errors import InputValidationError, ModelNotReadyError
+from ..spec import TensorSpec
+from .batching import DynamicBatcher
+from .datatypes import DTYPE_TO_DATATYPE
+from .metrics import ServerMetrics
+from .repository import ModelRepository, ServedModel
+from .status import status_for
+
+__all__ = [
+    "InferRequest",
+    "InferResponse",
+    "TensorMetadata",
+    "ModelMetadata",
+    "ServerMetadata",
+    "DataPlane",
+    "EXTENSIONS",
+    "SERVER_NAME",
+]
+
+logger = logging.getLogger("neuropod.serving")
+
+SERVER_NAME = "neuropod"
+#: Protocol extensions the server implements (as listed in server metadata).
+EXTENSIONS = ("binary_tensor_data",)
+
+TensorDict = Dict[str, np.ndarray]
+
+
+@dataclass
+class InferRequest:
+    """One inference request, whatever protocol brought it.
+
+    Attributes:
+        model_name: the model asked for.
+        model_version: its version; empty for the highest.
+        id: the client's request id, echoed in the response.
+        inputs: input name -> numpy array (strings as unicode arrays).
+        outputs: the output names asked for, in order; None for all.
+    """
+
+    model_name: str
+    model_version: str = ""
+    id: str = ""
+    inputs: TensorDict = field(default_factory=dict)
+    outputs: Optional[List[str]] = None
+
+
+@dataclass
+class InferResponse:
+    """The answer to an :class:`InferRequest`; ``outputs`` keeps the order asked for."""
+
+    model_name: str
+    model_version: str
+    id: str
+    outputs: TensorDict
+
+
+@dataclass(frozen=True)
+class TensorMetadata:
+    """A tensor as the protocol describes it; -1 marks a dimension of any size."""
+
+    name: str
+    datatype: str
+    shape: List[int]
+
+    @classmethod
+    def from_spec(cls, spec: TensorSpec) -> "TensorMetadata":
+        # Symbols cannot be expressed in the protocol: they become -1 like None.
+        return cls(spec.name, DTYPE_TO_DATATYPE[spec.dtype], [d if isinstance(d, int) else -1 for d in spec.shape])
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    name: str
+    versions: List[str]
+    platform: str
+    inputs: List[TensorMetadata]
+    outputs: List[TensorMetadata]
+
+
+@dataclass(frozen=True)
+class ServerMetadata:
+    name: str
+    version: str
+    extensions: Sequence[str]
+
+
+class DataPlane:
+    """Health, metadata and inference for the models of one repository.
+
+    Args:
+        repository: the loaded models (the data plane does not close them).
+        metrics: where request counts and latencies go.
+        threads: size of the thread pool that runs model calls.
+    """
+
+    def __init__(self, repository: ModelRepository, metrics: ServerMetrics, threads: int = 4) -> None:
+        self.repository = repository
+        self.metrics = metrics
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="neuropod-infer")
+        self._batchers: Dict[int, DynamicBatcher] = {}
+        for model in repository:
+            if model.settings.max_batch_size:
+                histogram = metrics.batch_size.labels(model.name)
+                self._batchers[id(model)] = DynamicBatcher(
+                    model.infer,
+                    self._pool,
+                    model.settings.max_batch_size,
+                    model.settings.max_queue_delay_ms / 1000.0,
+                    on_batch=histogram.observe,
+                )
+        self._accepting = True
+        self._in_flight = 0
+        self._idle: Optional[asyncio.Event] = None
+
+    # -- health and metadata -------------------------------------------------
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        """Ready when accepting requests and every model is ready."""
+        return self._accepting and all(model.ready() for model in self.repository)
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        """Whether a model can take requests (raises ModelNotFoundError if unknown)."""
+        return self._accepting and self.repository.get(name, version).ready()
+
+    def server_metadata(self) -> ServerMetadata:
+        from .. import __version__
+
+        return ServerMetadata(SERVER_NAME, __version__, EXTENSIONS)
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        model = self.repository.get(name, version)
+        problem = model.neuropod.problem
+        return ModelMetadata(
+            name=model.name,
+            versions=self.repository.versions(name),
+            platform=model.platform,
+            inputs=[TensorMetadata.from_spec(s) for s in problem.inputs],
+            outputs=[TensorMetadata.from_spec(s) for s in problem.outputs],
+        )
+
+    # -- inference ------------------------------------------------------------
+
+    async def infer(self, request: InferRequest, protocol: str) -> InferResponse:
+        """Validate and run one request; errors carry their status in their class."""
+        started = time.perf_counter()
+        model_label = request.model_name
+        try:
+            if not self._accepting:
+                raise ModelNotReadyError("the server is shutting down")
+            model = self.repository.get(request.model_name, request.model_version)
+            self.metrics.requests.labels(model.name, model.version, protocol).inc()
+            self._in_flight += 1
+            try:
+                response = await self._infer(model, request)
+            finally:
+                self._in_flight -= 1
+                if self._in_flight == 0 and self._idle is not None:
+                    self._idle.set()
+        except Exception as exc:
+            code = status_for(exc).http
+            self.metrics.errors.labels(model_label, protocol, str(code)).inc()
+            if code >= 500:
+                logger.warning(
+                    "inference failed",
+                    extra={"model": model_label, "request_id": request.id, "status": code, "error": str(exc)},
+                )
+            raise
+        self.metrics.latency.labels(model.name, protocol).observe(time.perf_counter() - started)
+        return response
+
+    async def _infer(self, model: ServedModel, request: InferRequest) -> InferResponse:
+        model.check_ready()
+        inputs = request.inputs
+        model.input_validator.validate(inputs)
+        wanted = request.outputs
+        if wanted is not None:
+            unknown = [name for name in wanted if name not in model.output_names]
+            if unknown:
+                raise InputValidationError(
+                    f"requested output(s) {', '.join(repr(n) for n in unknown)} not in the spec of model "
+                    f"{model.name!r}; expected any of {', '.join(repr(n) for n in model.output_names)}"
+                )
+        batcher = self._batchers.get(id(model))
+        if batcher is not None and inputs:
+            outputs = await batcher.submit(inputs)
+        else:
+            outputs = await asyncio.get_running_loop().run_in_executor(self._pool, model.infer, inputs)
+        if wanted is not None:
+            missing = [name for name in wanted if name not in outputs]
+            if missing:
+                raise InputValidationError(f"model {model.name!r} returned no output {missing[0]!r} for this request")
+            outputs = {name: outputs[name] for name in wanted}
+        return InferResponse(model.name, model.version, request.id, outputs)
+
+    # -- shutdown -------------------------------------------------------------
+
+    def stop_accepting(self) -> None:
+        """Refuse new requests (UNAVAILABLE / 503) and report not ready."""
+        self._accepting = False
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until no request is in flight (or ``timeout``); True if drained."""
+        self.stop_accepting()
+        if self._in_flight == 0:
+            return True
+        self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        for batcher in self._batchers.values():
+            await batcher.close()
+        self._pool.shutdown(wait=True)

@@ -1,0 +1,132 @@
+"""The gRPC adapter: ``inference.GRPCInferenceService`` over the data plane.
+
+Messages come from :mod:`neuropod.serving.proto` (the project's own copy of
+the KServe v2 proto). Handlers are registered generically by method path, so
+no generated service stubs are needed. Outputs always go back as
+``raw_output_contents`` (what Triton does, and what every v2 client reads).
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any, Awaitable, Callable, Dict, Optional
+
+import grpc
+from grpc import aio
+
+from ..errors import AuthenticationError, InputValidationError
+from . import proto
+from .dataplane import DataPlane, InferRequest
+from .datatypes import datatype_of, decode_contents, decode_raw, encode_raw
+from .status import status_for
+
+__all__ = ["GrpcAdapter", "PROTOCOL"]
+
+PROTOCOL = "grpc"
+
+Handler = Callable[[Any, aio.ServicerContext], Awaitable[Any]]
+
+
+def request_from_message(message: Any) -> InferRequest:
+    """An :class:`InferRequest` from a ``ModelInferRequest`` message."""
+    raw = message.raw_input_contents
+    if raw and len(raw) != len(message.inputs):
+        raise InputValidationError(
+            f"raw_input_contents holds {len(raw)} entries for {len(message.inputs)} inputs; expected one per input"
+        )
+    inputs = {}
+    for index, tensor in enumerate(message.inputs):
+        if tensor.name in inputs:
+            raise InputValidationError(f"input {tensor.name!r} appears more than once")
+        if raw:
+            inputs[tensor.name] = decode_raw(tensor.datatype, tensor.shape, raw[index], tensor.name)
+        else:
+            inputs[tensor.name] = decode_contents(tensor.datatype, tensor.shape, tensor.contents, tensor.name)
+    outputs = [output.name for output in message.outputs] or None
+    return InferRequest(message.model_name, message.model_version, message.id, inputs, outputs)
+
+
+class GrpcAdapter:
+    """Serves the data plane's calls as gRPC methods.
+
+    Args:
+        dataplane: what answers the calls.
+        token: a bearer token every call except health checks must carry
+            (``authorization: Bearer <token>`` metadata); None for none.
+    """
+
+    def __init__(self, dataplane: DataPlane, token: Optional[str] = None) -> None:
+        self.dataplane = dataplane
+        self._expected_auth = f"Bearer {token}".encode() if token else None
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        methods: Dict[str, Any] = {}
+        table = (
+            ("ServerLive", proto.ServerLiveRequest, self.server_live, False),
+            ("ServerReady", proto.ServerReadyRequest, self.server_ready, False),
+            ("ModelReady", proto.ModelReadyRequest, self.model_ready, False),
+            ("ServerMetadata", proto.ServerMetadataRequest, self.server_metadata, True),
+            ("ModelMetadata", proto.ModelMetadataRequest, self.model_metadata, True),
+            ("ModelInfer", proto.ModelInferRequest, self.model_infer, True),
+        )
+        for name, request_class, method, needs_auth in table:
+            methods[name] = grpc.unary_unary_rpc_method_handler(
+                self._guarded(method, needs_auth),
+                request_deserializer=request_class.FromString,
+                response_serializer=lambda message: message.SerializeToString(),
+            )
+        return grpc.method_handlers_generic_handler(proto.SERVICE_NAME, methods)
+
+    def _guarded(self, method: Handler, needs_auth: bool) -> Handler:
+        """Wrap a handler with the token check and the one error-to-status mapping."""
+
+        async def call(request: Any, context: aio.ServicerContext) -> Any:
+            try:
+                if needs_auth and self._expected_auth is not None:
+                    self._check_token(context)
+                return await method(request, context)
+            except Exception as exc:
+                status = status_for(exc)
+                await context.abort(grpc.StatusCode[status.grpc], str(exc))
+
+        return call
+
+    def _check_token(self, context: aio.ServicerContext) -> None:
+        assert self._expected_auth is not None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                given = value.encode() if isinstance(value, str) else value
+                if hmac.compare_digest(given, self._expected_auth):
+                    return
+                break
+        raise AuthenticationError("missing or wrong bearer token (metadata 'authorization: Bearer <token>')")
+
+    async def server_live(self, request: Any, context: aio.ServicerContext) -> Any:
+        return proto.ServerLiveResponse(live=self.dataplane.live())
+
+    async def server_ready(self, request: Any, context: aio.ServicerContext) -> Any:
+        return proto.ServerReadyResponse(ready=self.dataplane.ready())
+
+    async def model_ready(self, request: Any, context: aio.ServicerContext) -> Any:
+        return proto.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))
+
+    async def server_metadata(self, request: Any, context: aio.ServicerContext) -> Any:
+        meta = self.dataplane.server_metadata()
+        return proto.ServerMetadataResponse(name=meta.name, version=meta.version, extensions=list(meta.extensions))
+
+    async def model_metadata(self, request: Any, context: aio.ServicerContext) -> Any:
+        meta = self.dataplane.model_metadata(request.name, request.version)
+        response = proto.ModelMetadataResponse(name=meta.name, versions=meta.versions, platform=meta.platform)
+        for target, tensors in ((response.inputs, meta.inputs), (response.outputs, meta.outputs)):
+            for tensor in tensors:
+                target.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        return response
+
+    async def model_infer(self, request: Any, context: aio.ServicerContext) -> Any:
+        result = await self.dataplane.infer(request_from_message(request), PROTOCOL)
+        response = proto.ModelInferResponse(model_name=result.model_name, model_version=result.model_version, id=result.id)
+        raw = response.raw_output_contents
+        for name, array in result.outputs.items():
+            response.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
+            raw.append(encode_raw(array))
+        return response

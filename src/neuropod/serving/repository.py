@@ -1,0 +1,270 @@
+"""The model repository: which packages a server serves, loaded and ready.
+
+A server serves either one package (named by its config) or a repository
+directory in which each entry is a model named after the entry:
+
+    repo/
+      adder/                 a package directory (version "1")
+      tagger.zip             a zipped package, named without .zip (version "1")
+      ranker/1/ ranker/2/    numbered version folders, each a package
+
+Each model runs in-process or in out-of-process workers, per its
+:class:`ModelSettings`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+
+import numpy as np
+
+from ..errors import ModelNotFoundError, ModelNotReadyError, PackageError, SpecError
+from ..loader import Neuropod, load_neuropod
+from ..package import layout, open_package
+from ..spec import SpecValidator
+
+__all__ = ["ModelSettings", "ServedModel", "ModelRepository", "find_packages", "DEFAULT_VERSION"]
+
+logger = logging.getLogger("neuropod.serving")
+
+#: The version of a model that has no numbered version folders.
+DEFAULT_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """How one model is run by the server.
+
+    Attributes:
+        use_ope: run it in out-of-process workers (needs ``neuropod.executors.ope``);
+            the default runs it in the server process.
+        max_batch_size: merge concurrent requests into calls of up to this
+            many rows (0 turns dynamic batching off). Needs a model whose
+            inputs and outputs all start with one batch symbol.
+        max_queue_delay_ms: how long the first request of a batch waits for
+            others to join it.
+        load_options: more keyword arguments for ``load_neuropod``.
+    """
+
+    use_ope: bool = False
+    max_batch_size: int = 0
+    max_queue_delay_ms: float = 2.0
+    load_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_batch_size, bool) or not isinstance(self.max_batch_size, int) or self.max_batch_size < 0:
+            raise SpecError(f"max_batch_size: expected a non-negative int, got {self.max_batch_size!r}")
+        if not isinstance(self.max_queue_delay_ms, (int, float)) or self.max_queue_delay_ms < 0:
+            raise SpecError(f"max_queue_delay_ms: expected a non-negative number, got {self.max_queue_delay_ms!r}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "model settings") -> "ModelSettings":
+        """Build from a JSON object; unknown keys are refused by name."""
+        known = {"use_ope", "max_batch_size", "max_queue_delay_ms", "load_options"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(f"{where}: unknown setting(s) {', '.join(unknown)}; expected {', '.join(sorted(known))}")
+        return cls(**dict(data))
+
+
+def _batch_symbol(neuropod: Neuropod) -> Optional[str]:
+    """The symbol every input and output starts with, or None if there is none."""
+    specs = list(neuropod.problem.inputs) + list(neuropod.problem.outputs)
+    firsts = {spec.shape[0] if spec.shape else None for spec in specs}
+    if len(firsts) == 1:
+        (first,) = firsts
+        if isinstance(first, str):
+            return first
+    return None
+
+
+class ServedModel:
+    """One version of one model, loaded, with its per-request validation.
+
+    Args:
+        name: the name clients use.
+        version: the version string clients use.
+        neuropod: the loaded model (the server owns it and closes it).
+        settings: how it is run.
+    """
+
+    def __init__(self, name: str, version: str, neuropod: Neuropod, settings: Optional[ModelSettings] = None) -> None:
+        self.name = name
+        self.version = version
+        self.neuropod = neuropod
+        self.settings = settings or ModelSettings()
+        self.input_validator = SpecValidator(neuropod.problem.inputs, "input")
+        self.input_dtypes = {spec.name: spec.dtype for spec in neuropod.problem.inputs}
+        self.output_names = tuple(spec.name for spec in neuropod.problem.outputs)
+        self.batch_symbol = _batch_symbol(neuropod)
+        if self.settings.max_batch_size and self.batch_symbol is None:
+            shapes = ", ".join(f"{s.name} {list(s.shape)}" for s in neuropod.problem.inputs + neuropod.problem.outputs)
+            raise SpecError(
+                f"model {name!r}: dynamic batching needs every input and output to start with the same "
+                f"batch symbol; its specs are: {shapes}"
+            )
+        self._closed = False
+        self._lock = threading.Lock()
+
+    @property
+    def platform(self) -> str:
+        return self.neuropod.platform
+
+    def ready(self) -> bool:
+        """Loaded, not closed, and its executor can take a call now."""
+        if self._closed:
+            return False
+        ready = getattr(self.neuropod.executor, "ready", None)
+        return bool(ready()) if ready is not None else True
+
+    def check_ready(self) -> None:
+        if not self.ready():
+            raise ModelNotReadyError(f"model {self.name!r} version {self.version} is not ready")
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Run the model (blocking; the server calls this from its worker threads)."""
+        self.check_ready()
+        return self.neuropod.infer(inputs)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.neuropod.close()
+
+
+def _is_package(path: Path) -> bool:
+    """A package directory, or a zip (packagers write zips with or without the suffix)."""
+    return (path.is_dir() and (path / layout.CONFIG).is_file()) or (path.is_file() and zipfile.is_zipfile(path))
+
+
+def find_packages(path: Union[str, Path]) -> List[Tuple[Optional[str], str, Path]]:
+    """``(model name, version, package path)`` for each package under ``path``.
+
+    The name is None for a single package (its config names it).
+
+    Raises:
+        PackageError: ``path`` is neither a package nor a directory holding any.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise PackageError(f"{root}: no such package or model repository")
+    if _is_package(root):
+        return [(None, DEFAULT_VERSION, root)]
+    if not root.is_dir():
+        raise PackageError(f"{root}: not a neuropod package (a directory with config.json, or a .zip)")
+    found: List[Tuple[Optional[str], str, Path]] = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if _is_package(entry):
+            found.append((entry.name[:-4] if entry.name.endswith(".zip") else entry.name, DEFAULT_VERSION, entry))
+            continue
+        if entry.is_dir():
+            versions = [child for child in entry.iterdir() if child.name.isdigit() and _is_package(child)]
+            for child in sorted(versions, key=lambda c: int(c.name)):
+                found.append((entry.name, str(int(child.name)), child))
+            if not versions:
+                logger.warning("skipping %s: neither a package nor a folder of numbered versions", entry)
+    if not found:
+        raise PackageError(f"{root}: holds no neuropod packages (expected <model>/ or <model>/<version>/ packages)")
+    return found
+
+
+class ModelRepository:
+    """The models a server serves, by name and version.
+
+    The repository owns the models: :meth:`close` closes them all.
+    """
+
+    def __init__(self) -> None:
+        self._models: Dict[str, Dict[str, ServedModel]] = {}
+
+    @classmethod
+    def from_path(
+        cls,
+        path: Union[str, Path],
+        default_settings: Optional[ModelSettings] = None,
+        model_settings: Optional[Mapping[str, ModelSettings]] = None,
+    ) -> "ModelRepository":
+        """Load every package of a package path or repository directory.
+
+        Args:
+            path: one package, or a repository directory (see the module doc).
+            default_settings: settings for models not named in ``model_settings``.
+            model_settings: per-model settings, by model name.
+        """
+        repository = cls()
+        default_settings = default_settings or ModelSettings()
+        model_settings = model_settings or {}
+        try:
+            for found_name, version, package_path in find_packages(path):
+                name = found_name or open_package(package_path, verify=False).config.name
+                settings = model_settings.get(name, default_settings)
+                neuropod = load_neuropod(package_path, use_ope=settings.use_ope, **dict(settings.load_options))
+                repository.add(ServedModel(name, version, neuropod, settings))
+                logger.info("loaded model", extra={"model": name, "version": version, "path": str(package_path)})
+        except BaseException:
+            repository.close()
+            raise
+        unknown = sorted(set(model_settings) - set(repository.names()))
+        if unknown:
+            repository.close()
+            raise SpecError(f"settings name model(s) the repository does not hold: {', '.join(unknown)}")
+        return repository
+
+    def add(self, model: ServedModel) -> None:
+        versions = self._models.setdefault(model.name, {})
+        if model.version in versions:
+            raise PackageError(f"model {model.name!r} version {model.version} is served twice")
+        versions[model.version] = model
+
+    def names(self) -> List[str]:
+        return list(self._models)
+
+    def versions(self, name: str) -> List[str]:
+        return sorted(self._lookup(name), key=_version_key)
+
+    def _lookup(self, name: str) -> Dict[str, ServedModel]:
+        versions = self._models.get(name)
+        if versions is None:
+            known = ", ".join(repr(n) for n in self._models) or "none"
+            raise ModelNotFoundError(f"no model named {name!r}; this server serves {known}")
+        return versions
+
+    def get(self, name: str, version: str = "") -> ServedModel:
+        """A model's given version, or its highest version when ``version`` is empty.
+
+        Raises:
+            ModelNotFoundError: no such model or version.
+        """
+        versions = self._lookup(name)
+        if not version:
+            return versions[max(versions, key=_version_key)]
+        model = versions.get(version)
+        if model is None:
+            raise ModelNotFoundError(
+                f"model {name!r} has no version {version!r}; it has {', '.join(sorted(versions, key=_version_key))}"
+            )
+        return model
+
+    def __iter__(self) -> Iterator[ServedModel]:
+        for versions in self._models.values():
+            yield from versions.values()
+
+    def close(self) -> None:
+        for model in list(self):
+            try:
+                model.close()
+            except Exception:  # one model failing to close must not keep the others open
+                logger.exception("closing model %s failed", model.name)
+
+
+def _version_key(version: str) -> Tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (-1, version)

@@ -1,0 +1,256 @@
+"""The REST adapter: the KServe v2 HTTP/REST protocol over the data plane (aiohttp).
+
+Routes::
+
+    GET  /v2/health/live            GET  /v2/health/ready        GET /v2
+    GET  /v2/models/{name}[/versions/{version}]
+    GET  /v2/models/{name}[/versions/{version}]/ready
+    POST /v2/models/{name}[/versions/{version}]/infer
+    GET  /metrics                   (Prometheus)
+
+Inference bodies are JSON, or JSON followed by raw tensor bytes (the
+*binary tensor data* extension that tritonclient uses by default): the
+``Inference-Header-Content-Length`` header gives the length of the JSON part,
+an input's ``parameters.binary_data_size`` its bytes in the tail, in input
+order. Outputs go back raw when the request asks (an output's
+``parameters.binary_data`` or the request's ``parameters.binary_data_output``).
+Every failure is answered ``{"error": "..."}`` with the status of its class.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Tuple
+
+from aiohttp import web
+
+from ..errors import AuthenticationError, InputValidationError, RequestTooLargeError
+from .dataplane import DataPlane, InferRequest, InferResponse
+from .datatypes import datatype_of, decode_json, decode_raw, encode_raw, json_values
+from .metrics import CONTENT_TYPE_LATEST
+from .status import status_for
+
+__all__ = ["RestAdapter", "PROTOCOL", "HEADER_LENGTH_HEADER"]
+
+PROTOCOL = "rest"
+#: Length of the JSON part of a body that carries binary tensors after it.
+HEADER_LENGTH_HEADER = "Inference-Header-Content-Length"
+
+_JSON = "application/json"
+_BINARY = "application/octet-stream"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.Response(status=status, text=json.dumps({"error": message}), content_type=_JSON)
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, text=json.dumps(data), content_type=_JSON)
+
+
+def _parameters(obj: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    params = obj.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise InputValidationError(f"{where}: 'parameters' must be a JSON object")
+    return params
+
+
+def split_body(body: bytes, header_length: Optional[str]) -> Tuple[Dict[str, Any], memoryview]:
+    """The JSON part of an inference body and the binary tail after it."""
+    if header_length is None:
+        json_part, tail = body, memoryview(b"")
+    else:
+        try:
+            length = int(header_length)
+        except ValueError:
+            raise InputValidationError(f"{HEADER_LENGTH_HEADER}: expected an integer, got {header_length!r}") from None
+        if not 0 <= length <= len(body):
+            raise InputValidationError(f"{HEADER_LENGTH_HEADER} is {length}, but the body holds {len(body)} bytes")
+        json_part, tail = body[:length], memoryview(body)[length:]
+    try:
+        document = json.loads(json_part)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputValidationError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InputValidationError("request body must be a JSON object with 'inputs'")
+    return document, tail
+
+
+def parse_infer_request(
+    name: str, version: str, document: Mapping[str, Any], tail: memoryview
+) -> Tuple[InferRequest, Dict[str, bool]]:
+    """An :class:`InferRequest` and, per output to return, whether it goes back raw."""
+    raw_inputs = document.get("inputs")
+    if not isinstance(raw_inputs, list):
+        raise InputValidationError("request body: 'inputs' must be a list of tensors")
+    inputs = {}
+    offset = 0
+    for index, tensor in enumerate(raw_inputs):
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+            raise InputValidationError(f"inputs[{index}]: expected an object with name, datatype, shape and data")
+        tensor_name = tensor["name"]
+        datatype, shape = tensor.get("datatype"), tensor.get("shape")
+        if not isinstance(datatype, str) or not isinstance(shape, list):
+            raise InputValidationError(f"input {tensor_name!r}: 'datatype' (a string) and 'shape' (a list) are required")
+        if tensor_name in inputs:
+            raise InputValidationError(f"input {tensor_name!r} appears more than once")
+        size = _parameters(tensor, f"input {tensor_name!r}").get("binary_data_size")
+        if size is not None:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0 or offset + size > len(tail):
+                raise InputValidationError(
+                    f"input {tensor_name!r}: binary_data_size {size!r} does not fit the {len(tail) - offset} bytes left"
+                )
+            inputs[tensor_name] = decode_raw(datatype, shape, tail[offset : offset + size], tensor_name)
+            offset += size
+        elif "data" in tensor:
+            inputs[tensor_name] = decode_json(datatype, shape, tensor["data"], tensor_name)
+        else:
+            raise InputValidationError(f"input {tensor_name!r}: has neither 'data' nor binary_data_size")
+    if offset != len(tail):
+        raise InputValidationError(f"the body holds {len(tail) - offset} binary bytes that no input claims")
+
+    binary_default = bool(_parameters(document, "request").get("binary_data_output", False))
+    requested = document.get("outputs")
+    binary: Dict[str, bool] = {}
+    names: Optional[List[str]] = None
+    if requested is not None:
+        if not isinstance(requested, list):
+            raise InputValidationError("request body: 'outputs' must be a list")
+        names = []
+        for index, output in enumerate(requested):
+            if not isinstance(output, dict) or not isinstance(output.get("name"), str):
+                raise InputValidationError(f"outputs[{index}]: expected an object with a name")
+            names.append(output["name"])
+            binary[output["name"]] = bool(_parameters(output, f"output {output['name']!r}").get("binary_data", binary_default))
+    request_id = document.get("id", "")
+    if not isinstance(request_id, str):
+        raise InputValidationError("request body: 'id' must be a string")
+    binary.setdefault("*", binary_default)  # outputs not named in the request
+    return InferRequest(name, version, request_id, inputs, names or None), binary
+
+
+def render_infer_response(response: InferResponse, binary: Mapping[str, bool]) -> web.Response:
+    """The JSON (and binary tail, for outputs asked raw) of an inference answer."""
+    default = binary.get("*", False)
+    outputs = []
+    chunks = []
+    for name, array in response.outputs.items():
+        entry: Dict[str, Any] = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
+        if binary.get(name, default):
+            chunk = encode_raw(array)
+            chunks.append(chunk)
+            entry["parameters"] = {"binary_data_size": len(chunk)}
+        else:
+            entry["data"] = json_values(array)
+        outputs.append(entry)
+    document: Dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
+    if response.id:
+        document["id"] = response.id
+    document["outputs"] = outputs
+    header = json.dumps(document).encode("utf-8")
+    if not chunks:
+        return web.Response(body=header, content_type=_JSON)
+    return web.Response(
+        body=b"".join([header, *chunks]),
+        content_type=_BINARY,
+        headers={HEADER_LENGTH_HEADER: str(len(header))},
+    )
+
+
+class RestAdapter:
+    """Builds the aiohttp application that serves the data plane over REST.
+
+    Args:
+        dataplane: what answers the calls.
+        max_request_bytes: larger bodies are refused with 413.
+        token: a bearer token every route except ``/v2/health/*`` must carry
+            (``Authorization: Bearer <token>``); None for none.
+    """
+
+    def __init__(self, dataplane: DataPlane, max_request_bytes: int, token: Optional[str] = None) -> None:
+        self.dataplane = dataplane
+        self.max_request_bytes = max_request_bytes
+        self._expected_auth = f"Bearer {token}" if token else None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.max_request_bytes, middlewares=[self._errors_and_auth])
+        app.add_routes(
+            [
+                web.get("/v2/health/live", self.health_live),
+                web.get("/v2/health/ready", self.health_ready),
+                web.get("/v2", self.server_metadata),
+                web.get("/v2/models/{name}", self.model_metadata),
+                web.get("/v2/models/{name}/versions/{version}", self.model_metadata),
+                web.get("/v2/models/{name}/ready", self.model_ready),
+                web.get("/v2/models/{name}/versions/{version}/ready", self.model_ready),
+                web.post("/v2/models/{name}/infer", self.infer),
+                web.post("/v2/models/{name}/versions/{version}/infer", self.infer),
+                web.get("/metrics", self.metrics),
+            ]
+        )
+        return app
+
+    @web.middleware
+    async def _errors_and_auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The one error handler: the status comes from the exception's class."""
+        try:
+            if self._expected_auth is not None and not request.path.startswith("/v2/health/"):
+                given = request.headers.get("Authorization", "")
+                if not hmac.compare_digest(given.encode(), self._expected_auth.encode()):
+                    raise AuthenticationError("missing or wrong bearer token (header 'Authorization: Bearer <token>')")
+            return await handler(request)
+        except web.HTTPRequestEntityTooLarge:
+            exc = RequestTooLargeError(f"request body is larger than the server's limit of {self.max_request_bytes} bytes")
+            return _error(status_for(exc).http, str(exc))
+        except web.HTTPException as exc:  # routing errors (404 path, 405 method) keep their status
+            return _error(exc.status, exc.reason)
+        except Exception as exc:
+            return _error(status_for(exc).http, str(exc))
+
+    async def health_live(self, request: web.Request) -> web.Response:
+        live = self.dataplane.live()
+        return _json({"live": live}, 200 if live else 503)
+
+    async def health_ready(self, request: web.Request) -> web.Response:
+        ready = self.dataplane.ready()
+        return _json({"ready": ready}, 200 if ready else 503)
+
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        meta = self.dataplane.server_metadata()
+        return _json({"name": meta.name, "version": meta.version, "extensions": list(meta.extensions)})
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        meta = self.dataplane.model_metadata(request.match_info["name"], request.match_info.get("version", ""))
+
+        def tensors(items: Any) -> List[Dict[str, Any]]:
+            return [{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in items]
+
+        return _json(
+            {
+                "name": meta.name,
+                "versions": meta.versions,
+                "platform": meta.platform,
+                "inputs": tensors(meta.inputs),
+                "outputs": tensors(meta.outputs),
+            }
+        )
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        ready = self.dataplane.model_ready(request.match_info["name"], request.match_info.get("version", ""))
+        return _json({"name": request.match_info["name"], "ready": ready}, 200 if ready else 503)
+
+    async def infer(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        document, tail = split_body(body, request.headers.get(HEADER_LENGTH_HEADER))
+        infer_request, binary = parse_infer_request(
+            request.match_info["name"], request.match_info.get("version", ""), document, tail
+        )
+        response = await self.dataplane.infer(infer_request, PROTOCOL)
+        return render_infer_response(response, binary)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = self.dataplane.metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,272 @@
+"""The model server: one event loop running the gRPC and REST adapters over one data plane.
+
+Use it from Python::
+
+    with ModelServer.from_path("models/", ServerConfig(grpc_port=0, http_port=0)) as server:
+        print(server.grpc_port, server.http_port)   # the ports actually bound
+
+``start()`` runs the loop in a background thread and returns once both ports
+are bound; ``serve_forever()`` (the ``neuropod serve`` command) runs it in
+the calling thread until SIGINT/SIGTERM. Stopping is graceful: new requests
+are refused with UNAVAILABLE / 503, requests in flight finish (up to the
+grace period), then the listeners close and the models are released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import grpc
+from aiohttp import web
+from grpc import aio
+
+from ..errors import SpecError
+from .dataplane import DataPlane
+from .grpc_adapter import GrpcAdapter
+from .metrics import ServerMetrics
+from .repository import ModelRepository, ModelSettings
+from .rest_adapter import RestAdapter
+
+__all__ = ["ServerConfig", "ModelServer", "DEFAULT_MAX_MESSAGE_BYTES"]
+
+logger = logging.getLogger("neuropod.serving")
+
+#: Largest request or response either protocol accepts unless configured otherwise.
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where and how the server listens.
+
+    Attributes:
+        host: the address to bind; loopback unless told otherwise.
+        grpc_port: the gRPC port (0 picks a free one; None turns gRPC off).
+        http_port: the REST and metrics port (0 picks a free one; None turns REST off).
+        max_message_bytes: requests (and gRPC responses) above this are refused.
+        threads: threads running model calls.
+        token: a bearer token required on every call but health checks.
+        tls_cert: PEM certificate chain file; with ``tls_key`` both ports speak TLS.
+        tls_key: PEM private key file.
+        shutdown_grace_s: how long stopping waits for requests in flight.
+    """
+
+    host: str = "127.0.0.1"
+    grpc_port: Optional[int] = 8001
+    http_port: Optional[int] = 8000
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    threads: int = 4
+    token: Optional[str] = None
+    tls_cert: Optional[str] = None
+    tls_key: Optional[str] = None
+    shutdown_grace_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.grpc_port is None and self.http_port is None:
+            raise SpecError("server config: at least one of grpc_port and http_port is needed")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise SpecError("server config: tls_cert and tls_key go together")
+        if self.max_message_bytes <= 0:
+            raise SpecError(f"max_message_bytes: expected a positive int, got {self.max_message_bytes}")
+        if self.threads <= 0:
+            raise SpecError(f"threads: expected a positive int, got {self.threads}")
+
+
+class ModelServer:
+    """Serves a :class:`ModelRepository` over KServe v2 gRPC and REST.
+
+    The server owns the repository: stopping it closes every model.
+    """
+
+    def __init__(self, repository: ModelRepository, config: Optional[ServerConfig] = None) -> None:
+        self.repository = repository
+        self.config = config or ServerConfig()
+        self.metrics = ServerMetrics()
+        self.dataplane = DataPlane(repository, self.metrics, threads=self.config.threads)
+        self.grpc_port: Optional[int] = None
+        self.http_port: Optional[int] = None
+        self._grpc_server: Optional[aio.Server] = None
+        self._http_runner: Optional[web.AppRunner] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._thread: Optional[threading.Thread] = None
+        self._stopped: Optional[asyncio.Event] = None
+        self._closed = False
+
+    @classmethod
+    def from_path(
+        cls,
+        path: Union[str, Path],
+        config: Optional[ServerConfig] = None,
+        default_settings: Optional[ModelSettings] = None,
+        model_settings: Optional[Mapping[str, ModelSettings]] = None,
+    ) -> "ModelServer":
+        """Load a package or a repository directory and build a server for it."""
+        return cls(ModelRepository.from_path(path, default_settings, model_settings), config)
+
+    # -- lifecycle on the event loop ----------------------------------------
+
+    def _read_tls(self) -> Optional[tuple]:
+        if self.config.tls_cert is None or self.config.tls_key is None:
+            return None
+        return Path(self.config.tls_cert).read_bytes(), Path(self.config.tls_key).read_bytes()
+
+    async def start_async(self) -> None:
+        """Bind both ports and start serving on the running loop."""
+        config = self.config
+        self._stopped = asyncio.Event()
+        tls = self._read_tls()
+        try:
+            if config.grpc_port is not None:
+                options = [
+                    ("grpc.max_receive_message_length", config.max_message_bytes),
+                    ("grpc.max_send_message_length", config.max_message_bytes),
+                    ("grpc.so_reuseport", 0),
+                ]
+                self._grpc_server = aio.server(options=options)
+                self._grpc_server.add_generic_rpc_handlers((GrpcAdapter(self.dataplane, config.token).handler(),))
+                address = f"{_bracketed(config.host)}:{config.grpc_port}"
+                if tls is not None:
+                    credentials = grpc.ssl_server_credentials([(tls[1], tls[0])])
+                    self.grpc_port = self._grpc_server.add_secure_port(address, credentials)
+                else:
+                    self.grpc_port = self._grpc_server.add_insecure_port(address)
+                await self._grpc_server.start()
+            if config.http_port is not None:
+                app = RestAdapter(self.dataplane, config.max_message_bytes, config.token).app()
+                self._http_runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_grace_s)
+                await self._http_runner.setup()
+                ssl_context = None
+                if config.tls_cert is not None:
+                    ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                    ssl_context.load_cert_chain(config.tls_cert, config.tls_key)
+                site = web.TCPSite(self._http_runner, config.host, config.http_port, ssl_context=ssl_context)
+                await site.start()
+                self.http_port = _bound_port(site)
+        except BaseException:
+            await self._close_listeners(0)
+            raise
+        logger.info(
+            "serving",
+            extra={
+                "host": config.host,
+                "grpc_port": self.grpc_port,
+                "http_port": self.http_port,
+                "models": [f"{m.name}:{m.version}" for m in self.repository],
+                "tls": tls is not None,
+                "auth": config.token is not None,
+            },
+        )
+
+    async def stop_async(self, grace: Optional[float] = None) -> None:
+        """Refuse new requests, let those in flight finish, then close everything."""
+        if self._closed:
+            return
+        self._closed = True
+        grace = self.config.shutdown_grace_s if grace is None else grace
+        logger.info("shutting down", extra={"grace_s": grace})
+        drained = await self.dataplane.drain(grace)
+        if not drained:
+            logger.warning("requests still in flight after the grace period; closing anyway")
+        await self._close_listeners(grace if not drained else 1.0)
+        await self.dataplane.close()
+        self.repository.close()
+        if self._stopped is not None:
+            self._stopped.set()
+        logger.info("stopped")
+
+    async def _close_listeners(self, grace: float) -> None:
+        if self._grpc_server is not None:
+            await self._grpc_server.stop(grace)
+            self._grpc_server = None
+        if self._http_runner is not None:
+            await self._http_runner.cleanup()
+            self._http_runner = None
+
+    async def wait_stopped(self) -> None:
+        assert self._stopped is not None
+        await self._stopped.wait()
+
+    # -- blocking front ends -------------------------------------------------
+
+    def start(self) -> "ModelServer":
+        """Serve from a background thread; returns once the ports are bound."""
+        if self._thread is not None:
+            raise RuntimeError("the server is already started")
+        started = threading.Event()
+        failure: list = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self.start_async())
+            except BaseException as exc:
+                failure.append(exc)
+                started.set()
+                loop.close()
+                return
+            started.set()
+            loop.run_until_complete(self.wait_stopped())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="neuropod-server", daemon=True)
+        self._thread.start()
+        started.wait()
+        if failure:
+            self._thread.join()
+            self._thread = None
+            self.repository.close()
+            raise failure[0]
+        return self
+
+    def stop(self, grace: Optional[float] = None) -> None:
+        """Stop a server started with :meth:`start` (graceful; blocks until done)."""
+        if self._thread is None or self._loop is None:
+            return
+        if not self._closed:
+            future = asyncio.run_coroutine_threadsafe(self.stop_async(grace), self._loop)
+            future.result()
+        self._thread.join()
+        self._thread = None
+
+    def serve_forever(self) -> None:
+        """Serve in this thread until SIGINT or SIGTERM, then stop gracefully."""
+
+        async def main() -> None:
+            await self.start_async()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    loop.add_signal_handler(signum, lambda: asyncio.ensure_future(self.stop_async()))
+                except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
+                    pass
+            await self.wait_stopped()
+
+        asyncio.run(main())
+
+    def __enter__(self) -> "ModelServer":
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    server = site._server  # aiohttp exposes the bound sockets only here
+    sockets = getattr(server, "sockets", None) or []
+    for sock in sockets:
+        return int(sock.getsockname()[1])
+    raise RuntimeError("the HTTP listener bound no socket")
