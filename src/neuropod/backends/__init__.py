@@ -41,6 +41,8 @@ BUILTIN_BACKENDS: Dict[str, BackendInfo] = {
     "python": BackendInfo("neuropod.backends.python:PythonBackend"),
     "pytorch": BackendInfo("neuropod.backends.python:PythonBackend"),
     "torchscript": BackendInfo("neuropod.backends.torchscript:TorchScriptBackend", ("torch",), "torch"),
+    "tensorflow": BackendInfo("neuropod.backends.tensorflow:TensorFlowBackend", ("tensorflow",), "tensorflow"),
+    "keras": BackendInfo("neuropod.backends.keras:KerasBackend", ("keras",), "keras"),
 }
 
 

@@ -14,6 +14,8 @@ __all__ = [
     "create_python_neuropod",
     "create_pytorch_neuropod",
     "create_torchscript_neuropod",
+    "create_tensorflow_neuropod",
+    "create_keras_neuropod",
 ]
 
 # public name -> module under neuropod.packagers
@@ -22,6 +24,8 @@ _PACKAGERS: Dict[str, str] = {
     "create_python_neuropod": "python",
     "create_pytorch_neuropod": "python",
     "create_torchscript_neuropod": "torchscript",
+    "create_tensorflow_neuropod": "tensorflow",
+    "create_keras_neuropod": "keras",
 }
 
 

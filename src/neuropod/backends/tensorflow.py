@@ -1,0 +1,297 @@
+"""The TensorFlow backend: a TF1 GraphDef or a TF2 SavedModel, run eagerly through TF2.
+
+Two artifacts are accepted under ``0/data/``:
+
+- ``model.pb``, a (frozen) TF1 ``GraphDef``, with ``0/config.json`` holding
+  ``node_name_mapping`` (spec name -> graph tensor name such as
+  ``"ns/in_x:0"``) and ``init_op_names`` (ops run once after loading; the
+  original wrote ``{}`` when there were none). The graph is imported inside a
+  ``tf.compat.v1.wrap_function`` and pruned to the fed inputs and the spec's
+  outputs, so no global session or default graph is involved.
+- ``savedmodel/``, a TF2 SavedModel served through one of its signatures
+  (``signature_name`` in ``0/config.json``, ``serving_default`` by default);
+  ``node_name_mapping`` there maps spec names to signature input/output names.
+
+Custom ops listed in the package are loaded with ``tf.load_op_library``
+before the model.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from ..errors import InferenceError, InputValidationError, PackageError
+from ..package import Package, layout
+from .base import Backend, BackendOptions, TensorDict, as_string_array, gpu_unavailable_warning
+
+__all__ = [
+    "TensorFlowBackend",
+    "GRAPH_FILE",
+    "SAVED_MODEL_DIR",
+    "DEFAULT_SIGNATURE",
+    "apply_thread_options",
+    "choose_device",
+    "load_custom_ops",
+    "to_tensor",
+    "to_numpy",
+]
+
+GRAPH_FILE = "model.pb"
+SAVED_MODEL_DIR = "savedmodel"
+DEFAULT_SIGNATURE = "serving_default"
+
+
+def apply_thread_options(intra_op_threads: Optional[int], inter_op_threads: Optional[int]) -> None:
+    """Set TF's thread pools; TF fixes them when its runtime starts, so later changes only warn."""
+    settings = (
+        ("intra_op_threads", intra_op_threads, tf.config.threading.set_intra_op_parallelism_threads),
+        ("inter_op_threads", inter_op_threads, tf.config.threading.set_inter_op_parallelism_threads),
+    )
+    for name, value, setter in settings:
+        if not value:
+            continue
+        try:
+            setter(value)
+        except RuntimeError:
+            warnings.warn(
+                f"{name}={value} ignored: TensorFlow's runtime is already initialised in this process and its "
+                "thread pools cannot change (load the model first, or in a worker process with use_ope=True)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+
+def choose_device(visible_gpu: Optional[int]) -> str:
+    """``/GPU:N`` when TF sees that GPU, else ``/CPU:0`` (with a warning if a GPU was asked for)."""
+    if visible_gpu is None:
+        return "/CPU:0"
+    if visible_gpu < len(tf.config.list_physical_devices("GPU")):
+        return f"/GPU:{visible_gpu}"
+    gpu_unavailable_warning("tensorflow", visible_gpu)
+    return "/CPU:0"
+
+
+def load_custom_ops(paths: Iterable[Path]) -> None:
+    for path in paths:
+        try:
+            tf.load_op_library(str(path))
+        except (tf.errors.OpError, OSError, RuntimeError) as exc:
+            raise InferenceError(f"custom op {path.name!r} could not be loaded by TensorFlow: {exc}") from exc
+
+
+def to_tensor(array: np.ndarray) -> Any:
+    """A TF tensor from a numpy array (unicode arrays become tf.string, UTF-8 encoded).
+
+    TF copies the array into its own buffer here: eager tensors own their memory.
+    """
+    return tf.convert_to_tensor(array)
+
+
+def to_numpy(value: Any, name: str) -> np.ndarray:
+    """A numpy array from a TF tensor; strings decoded to unicode.
+
+    ``EagerTensor._numpy()`` views the tensor's buffer; the public ``numpy()``
+    copies it. The tensor is ours alone (a fresh model output), so viewing it
+    is safe, and the view keeps the tensor alive.
+    """
+    if not isinstance(value, tf.Tensor):
+        try:
+            value = tf.convert_to_tensor(value)
+        except (TypeError, ValueError) as exc:
+            raise InferenceError(
+                f"output {name!r}: the model returned {type(value).__name__}, expected a tensor"
+            ) from exc
+    if value.dtype == tf.string:
+        return as_string_array(value.numpy())
+    view = getattr(value, "_numpy", None)
+    return view() if view is not None else value.numpy()  # type: ignore[no-any-return]
+
+
+def _mapping_from(settings: Mapping[str, Any], source: str) -> Dict[str, str]:
+    mapping = settings.get("node_name_mapping") or {}
+    if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+        raise PackageError(f"{source}: node_name_mapping must map spec names to tensor names, got {mapping!r}")
+    return dict(mapping)
+
+
+def _init_ops_from(settings: Mapping[str, Any], source: str) -> List[str]:
+    # The original wrote an empty dict when there were no init ops.
+    init_ops = settings.get("init_op_names") or []
+    if not isinstance(init_ops, list) or not all(isinstance(op, str) for op in init_ops):
+        raise PackageError(f"{source}: init_op_names must be a list of op names, got {init_ops!r}")
+    return list(init_ops)
+
+
+class _GraphRunner:
+    """A TF1 GraphDef imported into a wrapped function, pruned once per set of fed inputs."""
+
+    def __init__(self, path: Path, settings: Mapping[str, Any], package: Package, device: str) -> None:
+        source = str(package.root / layout.BACKEND_CONFIG)
+        mapping = _mapping_from(settings, source)
+        graph_def = tf.compat.v1.GraphDef()
+        try:
+            graph_def.ParseFromString(path.read_bytes())
+        except Exception as exc:  # protobuf's DecodeError, whatever module it lives in
+            raise PackageError(f"{path}: not a TensorFlow GraphDef: {exc}") from exc
+        for node in graph_def.node:
+            # Device pins from the machine that froze the graph; the backend chooses the device.
+            node.device = ""
+
+        def import_graph() -> None:
+            with tf.device(device):
+                tf.compat.v1.import_graph_def(graph_def, name="")
+
+        try:
+            self._wrapped = tf.compat.v1.wrap_function(import_graph, [])
+        except (ValueError, tf.errors.OpError) as exc:
+            raise PackageError(f"{path}: TensorFlow {tf.__version__} cannot import this graph: {exc}") from exc
+        graph = self._wrapped.graph
+        self._feeds: Dict[str, Any] = {}
+        for spec in package.config.input_spec:
+            self._feeds[spec.name] = self._graph_tensor(graph, spec.name, mapping, path)
+        self._output_names = [spec.name for spec in package.config.output_spec]
+        self._fetches = [self._graph_tensor(graph, name, mapping, path) for name in self._output_names]
+        self._pruned: Dict[Tuple[str, ...], Callable[..., Any]] = {}
+        init_ops = _init_ops_from(settings, source)
+        if init_ops:
+            self._run_init_ops(graph, init_ops, path)
+
+    @staticmethod
+    def _graph_tensor(graph: Any, spec_name: str, mapping: Mapping[str, str], path: Path) -> Any:
+        tensor_name = mapping.get(spec_name, f"{spec_name}:0")
+        try:
+            return graph.as_graph_element(tensor_name)
+        except (KeyError, ValueError) as exc:
+            raise PackageError(
+                f"{path}: tensor {spec_name!r} maps to {tensor_name!r}, which is not in the graph: {exc}"
+            ) from None
+
+    def _run_init_ops(self, graph: Any, names: Sequence[str], path: Path) -> None:
+        try:
+            ops = [graph.get_operation_by_name(name) for name in names]
+        except (KeyError, ValueError) as exc:
+            raise PackageError(f"{path}: init op not found in the graph: {exc}") from None
+        try:
+            self._wrapped.prune(feeds=[], fetches=ops)()
+        except tf.errors.OpError as exc:
+            raise PackageError(f"{path}: init ops {list(names)} failed: {exc.message}") from exc
+
+    def run(self, tensors: Mapping[str, Any]) -> TensorDict:
+        fed = tuple(sorted(tensors))
+        function = self._pruned.get(fed)
+        if function is None:
+            unknown = [name for name in fed if name not in self._feeds]
+            if unknown:
+                raise InputValidationError(f"input {unknown[0]!r} is not in the graph's node_name_mapping")
+            function = self._wrapped.prune(feeds=[self._feeds[name] for name in fed], fetches=self._fetches)
+            self._pruned[fed] = function
+        results = function(*[tensors[name] for name in fed])
+        return {name: to_numpy(value, name) for name, value in zip(self._output_names, results)}
+
+
+class _SignatureRunner:
+    """A TF2 SavedModel called through one signature (keyword tensors in, dict out)."""
+
+    def __init__(self, path: Path, settings: Mapping[str, Any], package: Package, device: str) -> None:
+        source = str(package.root / layout.BACKEND_CONFIG)
+        mapping = _mapping_from(settings, source)
+        signature_name = settings.get("signature_name") or DEFAULT_SIGNATURE
+        try:
+            with tf.device(device):
+                self._loaded = tf.saved_model.load(str(path))
+        except (OSError, ValueError, tf.errors.OpError) as exc:
+            raise PackageError(f"{path}: TensorFlow {tf.__version__} cannot load this SavedModel: {exc}") from exc
+        signatures = self._loaded.signatures
+        if signature_name not in signatures:
+            raise PackageError(
+                f"{path}: no signature {signature_name!r}; the SavedModel has {sorted(signatures.keys())}"
+            )
+        self._function = signatures[signature_name]
+        signature_inputs = set(self._function.structured_input_signature[1])
+        signature_outputs = sorted(self._function.structured_outputs)
+        where = f"{path} signature {signature_name!r}"
+        self._input_names: Dict[str, str] = {}
+        for spec in package.config.input_spec:
+            name = mapping.get(spec.name, spec.name)
+            if name not in signature_inputs:
+                raise PackageError(
+                    f"{where}: input {spec.name!r} maps to {name!r}, but the signature's inputs are "
+                    f"{sorted(signature_inputs)} (set node_name_mapping)"
+                )
+            self._input_names[spec.name] = name
+        unmapped = signature_inputs - set(self._input_names.values())
+        if unmapped:
+            raise PackageError(f"{where}: signature inputs {sorted(unmapped)} are not in the input spec")
+        self._output_names = self._map_outputs(package, mapping, signature_outputs, where)
+
+    @staticmethod
+    def _map_outputs(
+        package: Package, mapping: Mapping[str, str], signature_outputs: List[str], where: str
+    ) -> List[Tuple[str, str]]:
+        spec_names = [spec.name for spec in package.config.output_spec]
+        pairs = [(spec_name, mapping.get(spec_name, spec_name)) for spec_name in spec_names]
+        if all(name in signature_outputs for _, name in pairs):
+            return pairs
+        # A function returning a bare tensor (or a tuple) saves its outputs as
+        # output_0, output_1 ...: those match the spec by position.
+        positional = [f"output_{i}" for i in range(len(spec_names))]
+        if sorted(positional) == signature_outputs and not any(name in mapping for name in spec_names):
+            return list(zip(spec_names, positional))
+        missing = [f"{spec_name!r} -> {name!r}" for spec_name, name in pairs if name not in signature_outputs]
+        raise PackageError(
+            f"{where}: outputs {', '.join(missing)} are not among the signature's outputs {signature_outputs} "
+            "(set node_name_mapping)"
+        )
+
+    def run(self, tensors: Mapping[str, Any]) -> TensorDict:
+        names = self._input_names
+        try:
+            feeds = {names[spec_name]: tensor for spec_name, tensor in tensors.items()}
+        except KeyError as exc:
+            raise InputValidationError(f"input {exc.args[0]!r} is not in the model's input spec") from None
+        if len(feeds) != len(names):
+            missing = [name for name in names if name not in tensors]
+            raise InputValidationError(
+                f"input {missing[0]!r} is required by the SavedModel signature but was not given"
+            )
+        results = self._function(**feeds)
+        return {spec_name: to_numpy(results[name], spec_name) for spec_name, name in self._output_names}
+
+
+class TensorFlowBackend(Backend):
+    """Runs ``0/data/savedmodel/`` (TF2) or ``0/data/model.pb`` (TF1 GraphDef) on the chosen device."""
+
+    def __init__(self, package: Package, options: BackendOptions) -> None:
+        super().__init__(package, options)
+        apply_thread_options(options.intra_op_threads, options.inter_op_threads)
+        load_custom_ops(package.custom_op_paths())
+        self.device = choose_device(options.visible_gpu)
+        settings = package.backend_config()
+        saved_model = package.data_dir / SAVED_MODEL_DIR
+        graph_file = package.data_dir / GRAPH_FILE
+        self._runner: Any
+        if saved_model.is_dir():
+            self._runner = _SignatureRunner(saved_model, settings, package, self.device)
+        elif graph_file.is_file():
+            self._runner = _GraphRunner(graph_file, settings, package, self.device)
+        else:
+            raise PackageError(f"{package.data_dir}: neither {SAVED_MODEL_DIR}/ nor {GRAPH_FILE} is there")
+
+    def infer(self, inputs: TensorDict) -> TensorDict:
+        try:
+            with tf.device(self.device):
+                tensors = {name: to_tensor(array) for name, array in inputs.items()}
+                return self._runner.run(tensors)  # type: ignore[no-any-return]
+        except InputValidationError:
+            raise
+        except (tf.errors.OpError, TypeError, ValueError) as exc:
+            message = exc.message if isinstance(exc, tf.errors.OpError) else str(exc)
+            raise InferenceError(f"TensorFlow model {self.package.config.name!r} failed: {message}") from exc
+
+    def close(self) -> None:
+        self._runner = None

@@ -1,0 +1,216 @@
+"""``create_tensorflow_neuropod``: a TF1 GraphDef or a TF2 SavedModel in ``0/data/``."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional
+
+from ..errors import PackageError, SpecError
+from ..spec import TensorSpec, as_specs, numpy_dtype
+from ._pipeline import PathLike, create_neuropod
+
+__all__ = ["create_tensorflow_neuropod"]
+
+# Kept in step with neuropod.backends.tensorflow, which imports TensorFlow and so is not imported here.
+_GRAPH_FILE = "model.pb"
+_SAVED_MODEL_DIR = "savedmodel"
+_DEFAULT_SIGNATURE = "serving_default"
+
+
+def create_tensorflow_neuropod(
+    neuropod_path: PathLike,
+    model_name: str,
+    graph_def: Any = None,
+    frozen_graph_path: Optional[PathLike] = None,
+    node_name_mapping: Optional[Mapping[str, str]] = None,
+    init_op_names: Optional[Iterable[str]] = None,
+    saved_model_dir: Optional[PathLike] = None,
+    model: Any = None,
+    signature_name: str = _DEFAULT_SIGNATURE,
+    **options: Any,
+) -> Path:
+    """Package a TensorFlow model: a TF1 graph or a TF2 SavedModel.
+
+    Pass exactly one of ``graph_def``, ``frozen_graph_path``,
+    ``saved_model_dir`` or ``model``.
+
+    Args:
+        neuropod_path: where to write the package (a zip unless
+            ``package_as_zip=False``).
+        model_name: the model's name.
+        graph_def: a TF1 ``GraphDef`` (usually frozen: variables folded into
+            constants). Stored as ``0/data/model.pb``.
+        frozen_graph_path: or the path of a serialized ``GraphDef``.
+        node_name_mapping: spec name -> tensor name. For a graph, the graph
+            tensor (``"some_namespace/in_x:0"``; a spec name missing here
+            means ``"<name>:0"``). For a SavedModel, the signature's input or
+            output name (a missing spec name means the same name).
+        init_op_names: graph ops run once after loading (e.g. table
+            initialisers). Graphs only.
+        saved_model_dir: a TF2 SavedModel directory, copied to
+            ``0/data/savedmodel/``.
+        model: or something to save as a SavedModel: a concrete function, a
+            ``tf.function`` (traced with TensorSpecs built from
+            ``input_spec``; its parameters must be named like the inputs, or
+            like their ``node_name_mapping`` targets), or a trackable object
+            (``tf.Module``) whose ``__call__`` is used the same way.
+        signature_name: the SavedModel signature to serve
+            (``serving_default`` by default).
+        **options: the shared packaging options (``input_spec``,
+            ``output_spec``, ``test_input_data``, ``test_expected_out``,
+            ``persist_test_data``, ``package_as_zip``, ``custom_ops``,
+            ``platform_version_semver``, ``input_tensor_device``,
+            ``default_input_tensor_device``).
+
+    Returns:
+        The package path.
+
+    Raises:
+        PackageError: not exactly one model source, a missing file, or a
+            mapping naming a tensor the graph lacks.
+        TestMismatchError: the self-test's outputs differ from
+            ``test_expected_out`` (a ``ValueError``).
+    """
+    sources = {
+        "graph_def": graph_def,
+        "frozen_graph_path": frozen_graph_path,
+        "saved_model_dir": saved_model_dir,
+        "model": model,
+    }
+    given = [name for name, value in sources.items() if value is not None]
+    if len(given) != 1:
+        raise PackageError(
+            "create_tensorflow_neuropod: pass exactly one of graph_def=, frozen_graph_path=, saved_model_dir= "
+            f"or model=; got {given or 'none'}"
+        )
+    mapping = _check_mapping(node_name_mapping)
+    init_ops = list(init_op_names or [])
+    input_specs = as_specs(options.get("input_spec", ()), "input_spec")
+    output_specs = as_specs(options.get("output_spec", ()), "output_spec")
+    if init_ops and (saved_model_dir is not None or model is not None):
+        raise PackageError("init_op_names applies to TF1 graphs only; a SavedModel initialises itself")
+
+    if graph_def is not None or frozen_graph_path is not None:
+        graph_bytes = _graph_bytes(graph_def, frozen_graph_path)
+        _check_graph_names(graph_bytes, mapping, init_ops, input_specs, output_specs)
+
+        def write_graph(model_dir: Path) -> Dict[str, Any]:
+            (model_dir / "data" / _GRAPH_FILE).write_bytes(graph_bytes)
+            full_mapping = {spec.name: mapping.get(spec.name, f"{spec.name}:0") for spec in input_specs + output_specs}
+            return {"node_name_mapping": full_mapping, "init_op_names": init_ops}
+
+        write_model = write_graph
+    else:
+        if saved_model_dir is not None and not (Path(saved_model_dir) / "saved_model.pb").is_file():
+            raise PackageError(f"saved_model_dir {str(saved_model_dir)!r}: no saved_model.pb there")
+
+        def write_saved_model(model_dir: Path) -> Dict[str, Any]:
+            target = model_dir / "data" / _SAVED_MODEL_DIR
+            if saved_model_dir is not None:
+                shutil.copytree(saved_model_dir, target)
+            else:
+                _save_model(model, target, signature_name, input_specs, mapping)
+            return {"node_name_mapping": mapping, "signature_name": signature_name}
+
+        write_model = write_saved_model
+
+    return create_neuropod(
+        neuropod_path=neuropod_path, model_name=model_name, platform="tensorflow", write_model=write_model, **options
+    )
+
+
+def _check_mapping(node_name_mapping: Optional[Mapping[str, str]]) -> Dict[str, str]:
+    mapping = dict(node_name_mapping or {})
+    for key, value in mapping.items():
+        if not isinstance(key, str) or not isinstance(value, str) or not value:
+            raise SpecError(f"node_name_mapping: expected spec name -> tensor name strings, got {key!r}: {value!r}")
+    return mapping
+
+
+def _graph_bytes(graph_def: Any, frozen_graph_path: Optional[PathLike]) -> bytes:
+    if frozen_graph_path is not None:
+        path = Path(frozen_graph_path)
+        if not path.is_file():
+            raise PackageError(f"frozen_graph_path {str(frozen_graph_path)!r}: no such file")
+        return path.read_bytes()
+    if isinstance(graph_def, bytes):
+        return graph_def
+    serialize = getattr(graph_def, "SerializeToString", None)
+    if serialize is None:
+        raise PackageError(f"graph_def: expected a tf.compat.v1.GraphDef, got {type(graph_def).__name__}")
+    return serialize()  # type: ignore[no-any-return]
+
+
+def _check_graph_names(
+    graph_bytes: bytes,
+    mapping: Mapping[str, str],
+    init_ops: List[str],
+    input_specs: Iterable[TensorSpec],
+    output_specs: Iterable[TensorSpec],
+) -> None:
+    """Refuse, at packaging time, a mapping or init op naming a node the graph lacks."""
+    import tensorflow as tf
+
+    graph_def = tf.compat.v1.GraphDef()
+    try:
+        graph_def.ParseFromString(graph_bytes)
+    except Exception as exc:  # protobuf's DecodeError
+        raise PackageError(f"graph_def: not a serialized TensorFlow GraphDef: {exc}") from exc
+    nodes = {node.name for node in graph_def.node}
+    spec_names = {spec.name for spec in input_specs} | {spec.name for spec in output_specs}
+    for name in sorted(set(mapping) - spec_names):
+        raise SpecError(f"node_name_mapping: {name!r} is not an input or output in the spec")
+    for name in sorted(spec_names):
+        tensor_name = mapping.get(name, f"{name}:0")
+        if tensor_name.split(":", 1)[0] not in nodes:
+            raise PackageError(
+                f"node_name_mapping: {name!r} maps to {tensor_name!r}, but the graph has no node "
+                f"{tensor_name.split(':', 1)[0]!r}"
+            )
+    for op in init_ops:
+        if op not in nodes:
+            raise PackageError(f"init_op_names: the graph has no op {op!r}")
+
+
+def _save_model(
+    model: Any, target: Path, signature_name: str, input_specs: Iterable[TensorSpec], mapping: Mapping[str, str]
+) -> None:
+    import tensorflow as tf
+
+    def tensor_specs() -> Dict[str, Any]:
+        specs = {}
+        for spec in input_specs:
+            name = mapping.get(spec.name, spec.name)
+            shape = [dim if isinstance(dim, int) else None for dim in spec.shape]
+            dtype = tf.string if spec.dtype == "string" else tf.as_dtype(numpy_dtype(spec.dtype))
+            specs[name] = tf.TensorSpec(shape, dtype, name=name)
+        return specs
+
+    def concrete(function: Any) -> Any:
+        if getattr(function, "input_signature", None) is not None:
+            return function.get_concrete_function()
+        return function.get_concrete_function(**tensor_specs())
+
+    generic_function = getattr(tf.types.experimental, "PolymorphicFunction", tf.types.experimental.GenericFunction)
+    if isinstance(model, tf.types.experimental.ConcreteFunction):
+        signature, holder = model, tf.Module()
+    elif isinstance(model, generic_function):
+        signature, holder = concrete(model), tf.Module()
+    elif callable(model):
+        # A tf.Module whose __call__ is a tf.function, or any callable object (traced here).
+        bound_call = model.__call__
+        call = bound_call if isinstance(bound_call, generic_function) else tf.function(model)
+        trackable = isinstance(model, tf.__internal__.tracking.Trackable)
+        signature, holder = concrete(call), (model if trackable else tf.Module())
+    else:
+        raise PackageError(
+            f"model: expected a tf.Module, a tf.function or a concrete function, got {type(model).__name__}"
+        )
+    if holder is not model:
+        # A bare function's variables must be reachable from the saved object to be saved with it.
+        holder.captured_variables = list(getattr(signature, "variables", ()))
+    try:
+        tf.saved_model.save(holder, str(target), signatures={signature_name: signature})
+    except (ValueError, TypeError, AssertionError) as exc:
+        raise PackageError(f"model: TensorFlow could not save it as a SavedModel: {exc}") from exc
