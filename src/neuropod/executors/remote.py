@@ -1,0 +1,407 @@
+"""The remote executor: a model on a KServe v2 server, behind the usual ``Neuropod`` object.
+
+``load_neuropod("grpc://host:port/model")`` (or ``http://``, ``grpcs://``,
+``https://``; optional ``/versions/N``) reads the model's metadata, builds its
+problem definition from it, and sends every ``infer`` over the wire with raw
+tensor contents. Any v2 server works: neuropod's own, Triton, MLServer, KServe.
+
+What the protocol cannot carry: shape symbols. Metadata marks a dimension of
+any size as -1, which becomes ``None`` here, so symbol consistency across
+tensors is checked by the server, not by the client. A server whose model
+declares no tensors (MLServer without ``inputs`` in its settings) gives an
+empty spec; such a model is loaded with ``validate=False``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, Union
+from urllib.parse import quote, urlsplit
+
+import numpy as np
+
+from ..errors import (
+    AuthenticationError,
+    InputValidationError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    NeuropodError,
+    RemoteError,
+    RequestTooLargeError,
+    SpecError,
+)
+from ..spec import ProblemDefinition, TensorSpec
+from .base import Executor, TensorDict
+
+if TYPE_CHECKING:
+    from ..loader import Neuropod
+
+__all__ = ["RemoteExecutor", "RemoteModelInfo", "load_remote", "parse_model_url"]
+
+_DEFAULT_TIMEOUT_S = 60.0
+_DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+_BINARY_EXTENSION = "binary_tensor_data"
+_HEADER_LENGTH_HEADER = "Inference-Header-Content-Length"
+
+
+@dataclass(frozen=True)
+class RemoteModelInfo:
+    """What a server says about a model: its name, platform, versions and tensors."""
+
+    name: str
+    platform: str
+    versions: List[str]
+    inputs: List[Dict[str, Any]]
+    outputs: List[Dict[str, Any]]
+
+
+def parse_model_url(url: str) -> Tuple[str, str, int, str, str]:
+    """``(scheme, host, port, model, version)`` of a ``grpc://host:port/model[/versions/N]`` URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("grpc", "grpcs", "http", "https"):
+        raise SpecError(f"{url}: expected a grpc://, grpcs://, http:// or https:// URL")
+    if not parts.hostname:
+        raise SpecError(f"{url}: no host")
+    try:
+        port = parts.port
+    except ValueError:
+        raise SpecError(f"{url}: the port is not a number") from None
+    if port is None:
+        port = {"grpc": 8001, "grpcs": 8001, "http": 8000, "https": 443}[parts.scheme]
+    segments = [s for s in parts.path.split("/") if s]
+    if len(segments) == 1:
+        model, version = segments[0], ""
+    elif len(segments) == 3 and segments[1] == "versions":
+        model, version = segments[0], segments[2]
+    else:
+        raise SpecError(f"{url}: expected the path /MODEL or /MODEL/versions/VERSION, got {parts.path or '/'!r}")
+    return parts.scheme, parts.hostname, port, model, version
+
+
+def _spec_from_metadata(tensors: List[Dict[str, Any]], where: str) -> List[TensorSpec]:
+    from ..serving.datatypes import DATATYPE_TO_DTYPE
+
+    specs = []
+    for tensor in tensors:
+        dtype = DATATYPE_TO_DTYPE.get(tensor["datatype"])
+        if dtype is None:
+            raise RemoteError(f"{where} {tensor['name']!r}: the server reports unknown datatype {tensor['datatype']!r}")
+        shape = [None if int(d) < 0 else int(d) for d in tensor["shape"]]
+        specs.append(TensorSpec(tensor["name"], dtype, shape))
+    return specs
+
+
+# -- errors the server answered with, back into the exception tree ----------------
+
+_GRPC_ERRORS = {
+    "INVALID_ARGUMENT": InputValidationError,
+    "NOT_FOUND": ModelNotFoundError,
+    "UNAVAILABLE": ModelNotReadyError,
+    "UNAUTHENTICATED": AuthenticationError,
+    "RESOURCE_EXHAUSTED": RequestTooLargeError,
+}
+_HTTP_ERRORS = {400: InputValidationError, 401: AuthenticationError, 404: ModelNotFoundError, 413: RequestTooLargeError, 503: ModelNotReadyError}
+
+
+def _remote_error(cls: type, where: str, message: str) -> NeuropodError:
+    error: NeuropodError = cls(f"{where}: {message}")
+    return error
+
+
+# -- transports -------------------------------------------------------------------
+
+
+class _GrpcTransport:
+    def __init__(self, scheme: str, host: str, port: int, options: Mapping[str, Any]) -> None:
+        import grpc
+
+        from ..serving import proto
+
+        self._grpc = grpc
+        self._proto = proto
+        self.where = f"{scheme}://{host}:{port}"
+        limit = int(options.get("max_message_bytes", _DEFAULT_MAX_MESSAGE_BYTES))
+        channel_options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+        target = f"{host}:{port}"
+        if scheme == "grpcs":
+            root = options.get("root_certificates")
+            credentials = grpc.ssl_channel_credentials(_read_bytes(root) if root is not None else None)
+            self._channel = grpc.secure_channel(target, credentials, options=channel_options)
+        else:
+            self._channel = grpc.insecure_channel(target, options=channel_options)
+        token = options.get("token")
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        self._timeout = float(options.get("timeout", _DEFAULT_TIMEOUT_S))
+        self._methods: Dict[str, Any] = {}
+        for method, request_class, response_class in (
+            ("ModelReady", proto.ModelReadyRequest, proto.ModelReadyResponse),
+            ("ModelMetadata", proto.ModelMetadataRequest, proto.ModelMetadataResponse),
+            ("ModelInfer", proto.ModelInferRequest, proto.ModelInferResponse),
+        ):
+            self._methods[method] = self._channel.unary_unary(
+                proto.method_path(method),
+                request_serializer=request_class.SerializeToString,
+                response_deserializer=response_class.FromString,
+            )
+
+    def _call(self, method: str, request: Any) -> Any:
+        try:
+            return self._methods[method](request, timeout=self._timeout, metadata=self._metadata)
+        except self._grpc.RpcError as exc:
+            code = exc.code().name if exc.code() is not None else "UNKNOWN"
+            cls = _GRPC_ERRORS.get(code, RemoteError)
+            if code == "UNAVAILABLE" and "connect" in (exc.details() or "").lower():
+                cls = RemoteError  # the server itself is unreachable, not a model that is not ready
+            raise _remote_error(cls, self.where, f"{code}: {exc.details()}") from None
+
+    def metadata(self, model: str, version: str) -> RemoteModelInfo:
+        response = self._call("ModelMetadata", self._proto.ModelMetadataRequest(name=model, version=version))
+
+        def tensors(items: Any) -> List[Dict[str, Any]]:
+            return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in items]
+
+        return RemoteModelInfo(response.name, response.platform, list(response.versions), tensors(response.inputs), tensors(response.outputs))
+
+    def ready(self, model: str, version: str) -> bool:
+        return bool(self._call("ModelReady", self._proto.ModelReadyRequest(name=model, version=version)).ready)
+
+    def infer(self, model: str, version: str, inputs: TensorDict) -> TensorDict:
+        from ..serving.datatypes import datatype_of, decode_contents, decode_raw, encode_raw
+
+        request = self._proto.ModelInferRequest(model_name=model, model_version=version)
+        for name, array in inputs.items():
+            request.inputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
+            request.raw_input_contents.append(encode_raw(array))
+        response = self._call("ModelInfer", request)
+        raw = response.raw_output_contents
+        outputs = {}
+        try:
+            for index, tensor in enumerate(response.outputs):
+                if raw:
+                    outputs[tensor.name] = decode_raw(tensor.datatype, tensor.shape, raw[index], tensor.name)
+                else:
+                    outputs[tensor.name] = decode_contents(tensor.datatype, tensor.shape, tensor.contents, tensor.name)
+        except (InputValidationError, IndexError) as exc:
+            raise RemoteError(f"{self.where}: malformed response from the server: {exc}") from None
+        return outputs
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class _HttpTransport:
+    def __init__(self, scheme: str, host: str, port: int, options: Mapping[str, Any]) -> None:
+        self.where = f"{scheme}://{host}:{port}"
+        self._host, self._port = host, port
+        self._timeout = float(options.get("timeout", _DEFAULT_TIMEOUT_S))
+        self._ssl: Optional[ssl.SSLContext] = None
+        if scheme == "https":
+            root = options.get("root_certificates")
+            self._ssl = ssl.create_default_context()
+            if root is not None:
+                self._ssl.load_verify_locations(cadata=_read_bytes(root).decode("ascii"))
+        token = options.get("token")
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # One connection per thread: http.client connections are not thread-safe.
+        self._local = threading.local()
+        self._connections: List[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+        binary = options.get("binary")
+        self._binary = bool(binary) if binary is not None else self._server_has_binary_extension()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            if self._ssl is not None:
+                connection = http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout, context=self._ssl)
+            else:
+                connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+            self._local.connection = connection
+            with self._lock:
+                self._connections.append(connection)
+        return connection
+
+    def _request(self, method: str, path: str, body: Optional[bytes] = None, headers: Optional[Dict[str, str]] = None) -> Tuple[int, Dict[str, str], bytes]:
+        all_headers = {**self._headers, **(headers or {})}
+        for attempt in (0, 1):
+            connection = self._connection()
+            try:
+                connection.request(method, path, body=body, headers=all_headers)
+                response = connection.getresponse()
+                data = response.read()
+                return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+            except (ConnectionError, http.client.HTTPException, OSError) as exc:
+                connection.close()  # a kept-alive connection the server closed: retry once on a fresh one
+                if attempt == 1:
+                    raise RemoteError(f"{self.where}: cannot reach the server: {exc}") from None
+        raise AssertionError("unreachable")
+
+    def _checked(self, status: int, data: bytes) -> None:
+        if status < 400:
+            return
+        try:
+            message = json.loads(data)["error"]
+        except (ValueError, KeyError, TypeError):
+            message = data[:200].decode("utf-8", "replace")
+        cls = _HTTP_ERRORS.get(status, RemoteError)
+        raise _remote_error(cls, self.where, f"HTTP {status}: {message}")
+
+    def _server_has_binary_extension(self) -> bool:
+        status, _, data = self._request("GET", "/v2")
+        if status >= 400:
+            return False
+        try:
+            return _BINARY_EXTENSION in json.loads(data).get("extensions", [])
+        except (ValueError, AttributeError):
+            return False
+
+    @staticmethod
+    def _model_path(model: str, version: str) -> str:
+        path = f"/v2/models/{quote(model, safe='')}"
+        return f"{path}/versions/{quote(version, safe='')}" if version else path
+
+    def metadata(self, model: str, version: str) -> RemoteModelInfo:
+        status, _, data = self._request("GET", self._model_path(model, version))
+        self._checked(status, data)
+        meta = json.loads(data)
+        return RemoteModelInfo(
+            meta.get("name", model), meta.get("platform", ""), list(meta.get("versions") or []),
+            list(meta.get("inputs") or []), list(meta.get("outputs") or []),
+        )
+
+    def ready(self, model: str, version: str) -> bool:
+        status, _, _ = self._request("GET", self._model_path(model, version) + "/ready")
+        return status == 200
+
+    def infer(self, model: str, version: str, inputs: TensorDict) -> TensorDict:
+        from ..serving.datatypes import datatype_of, decode_json, decode_raw, encode_raw, json_values
+
+        tensors = []
+        chunks = []
+        for name, array in inputs.items():
+            entry: Dict[str, Any] = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
+            if self._binary:
+                chunk = encode_raw(array)
+                chunks.append(chunk)
+                entry["parameters"] = {"binary_data_size": len(chunk)}
+            else:
+                entry["data"] = json_values(array)
+            tensors.append(entry)
+        document: Dict[str, Any] = {"inputs": tensors}
+        if self._binary:
+            document["parameters"] = {"binary_data_output": True}
+        header = json.dumps(document).encode("utf-8")
+        headers = {"Content-Type": "application/octet-stream" if chunks else "application/json"}
+        if chunks:
+            headers[_HEADER_LENGTH_HEADER] = str(len(header))
+        status, response_headers, data = self._request("POST", self._model_path(model, version) + "/infer", b"".join([header, *chunks]), headers)
+        self._checked(status, data)
+        try:
+            length = int(response_headers.get(_HEADER_LENGTH_HEADER.lower(), len(data)))
+            answer = json.loads(data[:length])
+            tail = memoryview(data)[length:]
+            outputs = {}
+            offset = 0
+            for tensor in answer["outputs"]:
+                size = (tensor.get("parameters") or {}).get("binary_data_size")
+                if size is not None:
+                    outputs[tensor["name"]] = decode_raw(tensor["datatype"], tensor["shape"], tail[offset : offset + size], tensor["name"])
+                    offset += size
+                else:
+                    outputs[tensor["name"]] = decode_json(tensor["datatype"], tensor["shape"], tensor["data"], tensor["name"])
+        except (InputValidationError, ValueError, KeyError, TypeError) as exc:
+            raise RemoteError(f"{self.where}: malformed response from the server: {exc}") from None
+        return outputs
+
+    def close(self) -> None:
+        with self._lock:
+            for connection in self._connections:
+                connection.close()
+            self._connections.clear()
+
+
+def _read_bytes(value: Union[str, bytes, Path]) -> bytes:
+    """Certificate bytes given directly, or read from a file path."""
+    if isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()
+
+
+Transport = Union[_GrpcTransport, _HttpTransport]
+
+
+class RemoteExecutor(Executor):
+    """Runs a model on a KServe v2 server; inputs and outputs travel as raw tensors."""
+
+    def __init__(self, transport: Transport, model: str, version: str) -> None:
+        self._transport = transport
+        self.model = model
+        self.version = version
+
+    def infer(self, inputs: TensorDict) -> TensorDict:
+        outputs = self._transport.infer(self.model, self.version, inputs)
+        # Raw numbers arrive as read-only views of the response; callers expect arrays they own.
+        return {name: array.copy() if not array.flags.writeable else array for name, array in outputs.items()}
+
+    def ready(self) -> bool:
+        try:
+            return self._transport.ready(self.model, self.version)
+        except NeuropodError:
+            return False
+
+    def close(self) -> None:
+        self._transport.close()
+
+
+_KNOWN_OPTIONS = ("token", "timeout", "root_certificates", "max_message_bytes", "binary")
+
+
+def load_remote(url: str, validate: bool = True, **options: Any) -> "Neuropod":
+    """A :class:`~neuropod.loader.Neuropod` for a model served at ``url``.
+
+    Args:
+        url: ``grpc://host:port/model``, ``http://host:port/model`` (or
+            ``grpcs://``/``https://``), optionally ending ``/versions/N``.
+        validate: check inputs and outputs against the spec from the metadata.
+        **options: ``token`` (bearer token), ``timeout`` (seconds per call,
+            default 60), ``root_certificates`` (PEM bytes or file for TLS),
+            ``max_message_bytes`` (gRPC, default 256 MiB), ``binary`` (REST:
+            send raw tensors; default: when the server lists the
+            ``binary_tensor_data`` extension).
+
+    Raises:
+        ModelNotFoundError: the server has no such model.
+        RemoteError: the server cannot be reached or answers nonsense.
+    """
+    from ..loader import Neuropod
+
+    unknown = sorted(set(options) - set(_KNOWN_OPTIONS))
+    if unknown:
+        raise SpecError(f"remote model {url}: unknown option(s) {', '.join(unknown)}; expected {', '.join(_KNOWN_OPTIONS)}")
+    scheme, host, port, model, version = parse_model_url(url)
+    transport: Transport
+    if scheme in ("grpc", "grpcs"):
+        transport = _GrpcTransport(scheme, host, port, options)
+    else:
+        transport = _HttpTransport(scheme, host, port, options)
+    try:
+        info = transport.metadata(model, version)
+        problem = ProblemDefinition(_spec_from_metadata(info.inputs, "input"), _spec_from_metadata(info.outputs, "output"))
+    except BaseException:
+        transport.close()
+        raise
+    if validate and not info.inputs:
+        warnings.warn(
+            f"remote model {url}: the server declares no input tensors, so requests are not validated here",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        validate = False
+    executor = RemoteExecutor(transport, model, version)
+    return Neuropod(executor, info.name or model, info.platform or "remote", problem, package=None, validate=validate)
