@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Callable, Dict, List
 
 import numpy as np
-
 import torch
+
 from neuropod import load_neuropod
 from neuropod.packagers import create_torchscript_neuropod
 

@@ -6,7 +6,6 @@ import warnings
 from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
-
 import torch
 
 from ..errors import InferenceError
