@@ -1,0 +1,190 @@
+"""The Keras 3 backend: ``0/data/model.keras`` run on whichever Keras backend is installed.
+
+Keras picks its backend (tensorflow, jax or torch) from ``KERAS_BACKEND`` or
+its config file; a ``.keras`` file runs on any of them as long as the model
+uses Keras layers and ``keras.ops`` only. ``0/config.json`` may hold a
+``node_name_mapping`` (spec name -> model input/output name).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Dict, List, Mapping, Optional
+
+import keras
+import numpy as np
+
+from ..errors import InferenceError, InputValidationError, PackageError
+from ..package import Package, layout
+from .base import Backend, BackendOptions, TensorDict, as_string_array, gpu_unavailable_warning
+
+__all__ = ["KerasBackend", "MODEL_FILE", "model_input_names", "model_output_names"]
+
+MODEL_FILE = "model.keras"
+
+
+def model_input_names(model: Any) -> List[str]:
+    """The names of a built model's inputs (``keras.Input(name=...)``); empty if unknown."""
+    try:
+        return [str(tensor.name) for tensor in model.inputs]
+    except (AttributeError, TypeError, ValueError):
+        return []
+
+
+def model_output_names(model: Any) -> List[str]:
+    """The names of a model's outputs, in the order a list output comes back."""
+    names = getattr(model, "output_names", None)
+    return [str(name) for name in names] if names else []
+
+
+def _gpu_count(backend_name: str) -> int:
+    if backend_name == "tensorflow":
+        import tensorflow as tf
+
+        return len(tf.config.list_physical_devices("GPU"))
+    if backend_name == "torch":
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if backend_name == "jax":
+        import jax
+
+        return len([d for d in jax.devices() if d.platform == "gpu"])
+    return 0
+
+
+def _apply_thread_options(backend_name: str, options: BackendOptions) -> None:
+    if not (options.intra_op_threads or options.inter_op_threads):
+        return
+    if backend_name == "tensorflow":
+        from .tensorflow import apply_thread_options
+
+        apply_thread_options(options.intra_op_threads, options.inter_op_threads)
+    elif backend_name == "torch":
+        from ._torch_tensors import apply_thread_options as apply_torch_threads
+
+        apply_torch_threads(options.intra_op_threads, options.inter_op_threads)
+    else:
+        warnings.warn(
+            f"intra_op_threads/inter_op_threads are not supported with the Keras {backend_name} backend; ignored",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+class KerasBackend(Backend):
+    """Calls the model on its named inputs; maps its outputs (dict, list or one tensor) to the spec."""
+
+    def __init__(self, package: Package, options: BackendOptions) -> None:
+        super().__init__(package, options)
+        self.keras_backend = keras.backend.backend()
+        _apply_thread_options(self.keras_backend, options)
+        op_paths = package.custom_op_paths()
+        if op_paths:
+            if self.keras_backend != "tensorflow":
+                raise PackageError(
+                    f"{package.source}: custom ops are TensorFlow libraries, but Keras runs on {self.keras_backend}"
+                )
+            from .tensorflow import load_custom_ops
+
+            load_custom_ops(op_paths)
+        self.device = self._choose_device(options.visible_gpu)
+        path = package.data_dir / MODEL_FILE
+        if not path.is_file():
+            raise PackageError(f"{path}: Keras model file is missing")
+        try:
+            with keras.device(self.device):
+                self.model = keras.saving.load_model(str(path), compile=False)
+        except (OSError, ValueError, TypeError) as exc:
+            raise PackageError(f"{path}: Keras {keras.__version__} cannot load this model: {exc}") from exc
+        settings = package.backend_config()
+        mapping = settings.get("node_name_mapping") or {}
+        if not isinstance(mapping, dict):
+            raise PackageError(f"{package.root / layout.BACKEND_CONFIG}: node_name_mapping must be an object")
+        self._input_names = self._map_inputs(package, mapping)
+        self._single_input = len(model_input_names(self.model)) == 1
+        self._spec_outputs = [spec.name for spec in package.config.output_spec]
+        # model output name -> spec name
+        self._output_names: Dict[str, str] = {mapping.get(name, name): name for name in self._spec_outputs}
+        self._list_outputs = self._name_list_outputs(model_output_names(self.model))
+        self._to_numpy = self._numpy_converter()
+
+    def _choose_device(self, visible_gpu: Optional[int]) -> str:
+        if visible_gpu is None:
+            return "cpu:0"
+        if visible_gpu < _gpu_count(self.keras_backend):
+            return f"gpu:{visible_gpu}"
+        gpu_unavailable_warning(f"keras ({self.keras_backend})", visible_gpu)
+        return "cpu:0"
+
+    def _map_inputs(self, package: Package, mapping: Mapping[str, str]) -> Dict[str, str]:
+        names = {spec.name: mapping.get(spec.name, spec.name) for spec in package.config.input_spec}
+        known = model_input_names(self.model)
+        if len(known) == 1 and len(names) == 1:
+            return {spec_name: known[0] for spec_name in names}  # one input each: matched whatever their names
+        if known:
+            missing = [f"{spec!r} -> {name!r}" for spec, name in names.items() if name not in known]
+            if missing:
+                raise PackageError(
+                    f"{package.source}: inputs {', '.join(missing)} are not among the Keras model's inputs {known} "
+                    "(set node_name_mapping)"
+                )
+        return names
+
+    def _name_list_outputs(self, model_names: List[str]) -> List[str]:
+        """Spec names for a list output: by the output layers' names when they cover the spec, else by position."""
+        renamed = self._output_names
+        if model_names and all(name in model_names for name in renamed):
+            return [renamed.get(name, name) for name in model_names]
+        return list(self._spec_outputs)
+
+    def _numpy_converter(self) -> Any:
+        if self.keras_backend == "tensorflow":
+            from .tensorflow import to_numpy as tf_to_numpy
+
+            return tf_to_numpy
+
+        def convert(value: Any, name: str) -> np.ndarray:
+            array = np.asarray(keras.ops.convert_to_numpy(value))
+            return as_string_array(array) if array.dtype.kind in "SO" else array
+
+        return convert
+
+    def infer(self, inputs: TensorDict) -> TensorDict:
+        names = self._input_names
+        try:
+            feeds = {names[spec_name]: array for spec_name, array in inputs.items()}
+        except KeyError as exc:
+            raise InputValidationError(f"input {exc.args[0]!r} is not in the model's input spec") from None
+        if len(feeds) != len(names):
+            missing = [name for name in names if name not in inputs]
+            raise InputValidationError(f"input {missing[0]!r} is required by the Keras model but was not given")
+        call_with = next(iter(feeds.values())) if self._single_input else feeds
+        try:
+            with keras.device(self.device):
+                result = self.model(call_with, training=False)
+        except Exception as exc:  # the model's own failure, whatever the Keras backend raised
+            raise InferenceError(f"Keras model {self.package.config.name!r} failed: {exc}") from exc
+        return self._outputs_to_numpy(result)
+
+    def _outputs_to_numpy(self, result: Any) -> TensorDict:
+        convert = self._to_numpy
+        if isinstance(result, dict):
+            renamed = self._output_names
+            return {renamed.get(str(key), str(key)): convert(value, str(key)) for key, value in result.items()}
+        if isinstance(result, (list, tuple)):
+            names = self._list_outputs
+            if len(result) != len(names):
+                raise InferenceError(
+                    f"Keras model returned {len(result)} outputs, but the output spec names {len(names)}: {names}"
+                )
+            return {name: convert(value, name) for name, value in zip(names, result)}
+        if len(self._spec_outputs) != 1:
+            raise InferenceError(
+                f"Keras model returned one tensor, but the output spec names {len(self._spec_outputs)} outputs: "
+                f"{self._spec_outputs}"
+            )
+        return {self._spec_outputs[0]: convert(result, self._spec_outputs[0])}
+
+    def close(self) -> None:
+        self.model = None
