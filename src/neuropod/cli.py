@@ -10,7 +10,7 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import click
 import numpy as np
@@ -165,6 +165,92 @@ def placeholder(spec_file: str, model_name: str, seed: int, as_zip: bool, out: s
     name = model_name or spec.get("name") or "placeholder"
     create_placeholder_neuropod(out, name, spec["input_spec"], spec["output_spec"], seed=seed, package_as_zip=as_zip)
     click.echo(f"wrote placeholder model {name!r} to {out}")
+
+
+def _serve_settings(config_file: Optional[str]) -> Dict[str, Any]:
+    """Per-model settings from a ``{"models": {NAME: {...}}}`` JSON file."""
+    from .serving.repository import ModelSettings
+
+    if config_file is None:
+        return {}
+    try:
+        data = json.loads(Path(config_file).read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise UserError(f"{config_file}: not valid JSON: {exc}") from None
+    models = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(models, dict) or not all(isinstance(v, dict) for v in models.values()):
+        raise UserError(f"{config_file}: expected {{\"models\": {{NAME: {{setting: value}}}}}}")
+    return {name: ModelSettings.from_dict(settings, f"{config_file}: model {name!r}") for name, settings in models.items()}
+
+
+@main.command()
+@click.argument("path")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless told otherwise).")
+@click.option("--grpc-port", default=8001, show_default=True, type=click.IntRange(0, 65535), help="gRPC port (0: any free port).")
+@click.option("--http-port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="REST and /metrics port (0: any free port).")
+@click.option("--ope", is_flag=True, help="Run every model in out-of-process workers (default: in the server process).")
+@click.option("--max-batch-size", default=0, show_default=True, type=click.IntRange(0), help="Merge concurrent requests up to this many rows (0: off).")
+@click.option("--max-queue-delay-ms", default=2.0, show_default=True, type=click.FloatRange(0), help="How long a batch waits to fill.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help='Per-model settings: {"models": {NAME: {...}}}.')
+@click.option("--threads", default=4, show_default=True, type=click.IntRange(1), help="Threads running model calls.")
+@click.option("--max-message-bytes", default=256 * 1024 * 1024, show_default=True, type=click.IntRange(1), help="Largest request accepted.")
+@click.option("--token", envvar="NEUROPOD_SERVE_TOKEN", default=None, help="Require 'Authorization: Bearer TOKEN' (env NEUROPOD_SERVE_TOKEN).")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True), help="PEM certificate chain: serve TLS on both ports.")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), help="PEM private key of --tls-cert.")
+@click.option("--grace", default=30.0, show_default=True, type=click.FloatRange(0), help="Seconds in-flight requests get at shutdown.")
+@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
+@_user_errors
+def serve(
+    path: str,
+    host: str,
+    grpc_port: int,
+    http_port: int,
+    ope: bool,
+    max_batch_size: int,
+    max_queue_delay_ms: float,
+    config_file: Optional[str],
+    threads: int,
+    max_message_bytes: int,
+    token: Optional[str],
+    tls_cert: Optional[str],
+    tls_key: Optional[str],
+    grace: float,
+    log_level: str,
+) -> None:
+    """Serve a package or a model repository over KServe v2 gRPC and REST.
+
+    PATH is one package, or a directory of packages (REPO/MODEL/) and
+    numbered versions (REPO/MODEL/VERSION/). Logs are JSON lines on stderr;
+    SIGINT/SIGTERM stop the server after in-flight requests finish.
+    """
+    import importlib.util
+    import logging
+
+    try:
+        from .serving.logs import configure_json_logging
+        from .serving.repository import ModelSettings
+        from .serving.server import ModelServer, ServerConfig
+    except ImportError as exc:
+        raise UserError(f"serving needs the serve extra (pip install 'neuropod[serve]'): {exc}") from None
+
+    model_settings = _serve_settings(config_file)
+    wants_ope = ope or any(s.use_ope for s in model_settings.values())
+    if wants_ope and importlib.util.find_spec("neuropod.executors.ope") is None:
+        raise UserError("out-of-process workers (--ope / use_ope) are not available in this install")
+    defaults = ModelSettings(use_ope=ope, max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms)
+    config = ServerConfig(
+        host=host,
+        grpc_port=grpc_port,
+        http_port=http_port,
+        max_message_bytes=max_message_bytes,
+        threads=threads,
+        token=token,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        shutdown_grace_s=grace,
+    )
+    configure_json_logging(getattr(logging, log_level.upper()))
+    ModelServer.from_path(path, config, defaults, model_settings).serve_forever()
 
 
 if __name__ == "__main__":  # pragma: no cover

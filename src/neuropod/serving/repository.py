@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
@@ -208,7 +208,15 @@ class ModelRepository:
                 name = found_name or open_package(package_path, verify=False).config.name
                 settings = model_settings.get(name, default_settings)
                 neuropod = load_neuropod(package_path, use_ope=settings.use_ope, **dict(settings.load_options))
-                repository.add(ServedModel(name, version, neuropod, settings))
+                if name not in model_settings and settings.max_batch_size and _batch_symbol(neuropod) is None:
+                    # A server-wide batching default skips models that cannot batch; a per-model setting does not.
+                    logger.warning("model %s has no batch symbol to batch along; serving it unbatched", name)
+                    settings = replace(settings, max_batch_size=0)
+                try:
+                    repository.add(ServedModel(name, version, neuropod, settings))
+                except BaseException:
+                    neuropod.close()
+                    raise
                 logger.info("loaded model", extra={"model": name, "version": version, "path": str(package_path)})
         except BaseException:
             repository.close()
