@@ -31,6 +31,10 @@ __all__ = [
     "ModelNotReadyError",
     "RequestTooLargeError",
     "AuthenticationError",
+    "WorkerError",
+    "WireFormatError",
+    "SharedMemoryError",
+    "OptionError",
 ]
 
 
@@ -139,3 +143,7 @@ class RequestTooLargeError(InputValidationError):
 
 class AuthenticationError(NeuropodError, PermissionError):
     """A request to a server lacks the bearer token it requires, or has a wrong one."""
+
+
+class OptionError(NeuropodError, ValueError):
+    """An option given to ``load_neuropod`` has a wrong type or value."""
