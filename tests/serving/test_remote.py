@@ -1,0 +1,132 @@
+"""``load_neuropod("grpc://…")`` / ``("http://…")``: the remote backend against our server and MLServer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+from conftest import require
+from serving_models import make_adder, make_halves, make_strings, mlserver_available, start_mlserver, stop_process
+
+from neuropod import InputValidationError, load_neuropod
+from neuropod.errors import ModelNotFoundError, RemoteError, SpecError
+from neuropod.executors.remote import parse_model_url
+
+require("grpc")
+require("aiohttp")
+
+from neuropod.serving import ModelServer, ServerConfig  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
+    root = tmp_path_factory.mktemp("repo")
+    make_adder(root / "adder")
+    make_strings(root / "strings")
+    make_halves(root / "halves")
+    with ModelServer.from_path(root, ServerConfig(grpc_port=0, http_port=0)) as srv:
+        yield srv
+
+
+def _urls(server: ModelServer, model: str) -> list:
+    return [f"grpc://127.0.0.1:{server.grpc_port}/{model}", f"http://127.0.0.1:{server.http_port}/{model}/versions/1"]
+
+
+def test_parse_model_url() -> None:
+    assert parse_model_url("grpc://h:81/m") == ("grpc", "h", 81, "m", "")
+    assert parse_model_url("https://h/m/versions/3") == ("https", "h", 443, "m", "3")
+    for bad in ("ftp://h/m", "grpc://h:1/", "grpc://h:1/m/v/2", "grpc://h:x/m"):
+        with pytest.raises(SpecError):
+            parse_model_url(bad)
+
+
+@pytest.mark.parametrize("scheme", ["grpc", "http"])
+def test_remote_model_is_a_neuropod(server: ModelServer, scheme: str) -> None:
+    url = [u for u in _urls(server, "adder") if u.startswith(scheme)][0]
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    with load_neuropod(url) as model:
+        assert model.name == "adder" and model.platform == "python" and model.package is None
+        # Symbols do not survive the protocol: "batch" comes back as None.
+        assert model.inputs == [
+            {"name": "x", "dtype": "float32", "shape": [None, None]},
+            {"name": "y", "dtype": "float32", "shape": [None, None]},
+        ]
+        out = model.infer({"x": x, "y": x})["out"]
+        np.testing.assert_array_equal(out, 2 * x)
+        out[0, 0] = 42.0  # outputs are the caller's to change
+        with pytest.raises(InputValidationError, match="expected dtype float32, got int64"):
+            model.infer({"x": np.zeros((1, 1), np.int64)})
+        # A mismatch only the server can see (symbols are lost): INVALID_ARGUMENT comes back as the same class.
+        with pytest.raises(InputValidationError, match="'batch'"):
+            model.infer({"x": x, "y": np.zeros((3, 3), np.float32)})
+        assert model.executor.ready()
+
+
+@pytest.mark.parametrize("scheme", ["grpc", "http"])
+def test_remote_strings_and_half_floats(server: ModelServer, scheme: str) -> None:
+    require("ml_dtypes")
+    import ml_dtypes
+
+    strings_url, halves_url = ([u for u in _urls(server, m) if u.startswith(scheme)][0] for m in ("strings", "halves"))
+    with load_neuropod(strings_url) as model:
+        out = model.infer({"s": np.array(["ab", "ünï"])})
+        assert out["upper"].dtype.kind == "U"
+        assert out["upper"].tolist() == ["AB", "ÜNÏ"]
+        assert out["length"].tolist() == [2, 3]
+    with load_neuropod(halves_url) as model:
+        h = np.array([0.5, 3.0], dtype=np.float16)
+        b = np.array([1.5, -4.0], dtype=ml_dtypes.bfloat16)
+        out = model.infer({"h": h, "b": b})
+        assert out["h2"].dtype == np.float16 and out["b2"].dtype == ml_dtypes.bfloat16
+        np.testing.assert_array_equal(out["h2"], [1.0, 6.0])
+        np.testing.assert_array_equal(out["b2"].astype(np.float32), [3.0, -8.0])
+
+
+def test_remote_errors(server: ModelServer) -> None:
+    for scheme_url in _urls(server, "nope"):
+        with pytest.raises(ModelNotFoundError, match="nope"):
+            load_neuropod(scheme_url.replace("/versions/1", ""))
+    with pytest.raises(ModelNotFoundError, match="no version '7'"):
+        load_neuropod(f"grpc://127.0.0.1:{server.grpc_port}/adder/versions/7")
+    with pytest.raises(SpecError, match="unknown option"):
+        load_neuropod(f"grpc://127.0.0.1:{server.grpc_port}/adder", colour="blue")
+
+
+def test_unreachable_server_is_a_remote_error(tmp_path: Path) -> None:
+    from serving_models import free_port
+
+    port = free_port()
+    with pytest.raises(RemoteError):
+        load_neuropod(f"grpc://127.0.0.1:{port}/adder", timeout=5)
+    with pytest.raises(RemoteError):
+        load_neuropod(f"http://127.0.0.1:{port}/adder", timeout=5)
+
+
+@pytest.fixture(scope="module")
+def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
+    if not mlserver_available():
+        if os.environ.get("NEUROPOD_REQUIRE_FRAMEWORKS") == "1":
+            pytest.fail("the MLServer venv is missing; create it with scripts/mlserver-venv.sh")
+        pytest.skip("the MLServer venv is missing (scripts/mlserver-venv.sh creates it)")
+    process, http_port, grpc_port = start_mlserver(tmp_path_factory.mktemp("mlserver"))
+    try:
+        yield http_port, grpc_port
+    finally:
+        stop_process(process)
+
+
+@pytest.mark.parametrize("scheme", ["grpc", "http"])
+def test_remote_backend_against_mlserver(mlserver: tuple, scheme: str) -> None:
+    http_port, grpc_port = mlserver
+    port = grpc_port if scheme == "grpc" else http_port
+    x = np.arange(4, dtype=np.float32).reshape(2, 2)
+    y = np.full((2, 2), 10, dtype=np.float32)
+    with load_neuropod(f"{scheme}://127.0.0.1:{port}/adder") as model:
+        assert model.name == "adder"
+        assert [i["name"] for i in model.inputs] == ["x", "y"]
+        np.testing.assert_array_equal(model.infer({"x": x, "y": y})["out"], x + y)
+        with pytest.raises(InputValidationError):
+            model.infer({"x": x.astype(np.float64), "y": y})
