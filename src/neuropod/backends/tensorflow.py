@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 from ..errors import InferenceError, InputValidationError, PackageError
 from ..package import Package, layout
+from ..package.manifest import sha256_file
 from .base import Backend, BackendOptions, TensorDict, as_string_array, gpu_unavailable_warning
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "load_custom_ops",
     "to_tensor",
     "to_numpy",
+    "match_signature",
 ]
 
 GRAPH_FILE = "model.pb"
@@ -76,12 +78,45 @@ def choose_device(visible_gpu: Optional[int]) -> str:
     return "/CPU:0"
 
 
+# sha256 of every custom-op library this process has loaded through us.
+_loaded_op_libraries: Set[str] = set()
+
+
+def _mapped_library_digests(size: int) -> Set[str]:
+    """sha256 of the shared libraries of ``size`` bytes already mapped into this process (Linux)."""
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return set()
+    digests = set()
+    for path in {line.split(None, 5)[5] for line in maps if len(line.split(None, 5)) == 6}:
+        candidate = Path(path)
+        try:
+            if path.startswith("/") and candidate.is_file() and candidate.stat().st_size == size:
+                digests.add(sha256_file(candidate))
+        except OSError:
+            continue
+    return digests
+
+
 def load_custom_ops(paths: Iterable[Path]) -> None:
+    """``tf.load_op_library`` each library, unless the same library is already loaded.
+
+    TF registers a library's kernels again when the same file is loaded from
+    another path (the package's copy in ``0/ops`` after the user's original,
+    or two packages holding one op), and then refuses to run the op for
+    "multiple OpKernel registrations". Libraries are matched by content.
+    """
     for path in paths:
+        digest = sha256_file(path)
+        if digest in _loaded_op_libraries or digest in _mapped_library_digests(path.stat().st_size):
+            _loaded_op_libraries.add(digest)
+            continue
         try:
             tf.load_op_library(str(path))
         except (tf.errors.OpError, OSError, RuntimeError) as exc:
             raise InferenceError(f"custom op {path.name!r} could not be loaded by TensorFlow: {exc}") from exc
+        _loaded_op_libraries.add(digest)
 
 
 def to_tensor(array: np.ndarray) -> Any:
@@ -188,10 +223,56 @@ class _GraphRunner:
             unknown = [name for name in fed if name not in self._feeds]
             if unknown:
                 raise InputValidationError(f"input {unknown[0]!r} is not in the graph's node_name_mapping")
-            function = self._wrapped.prune(feeds=[self._feeds[name] for name in fed], fetches=self._fetches)
+            try:
+                function = self._wrapped.prune(feeds=[self._feeds[name] for name in fed], fetches=self._fetches)
+            except Exception as exc:  # TF's UnliftableError: an output needs a placeholder that was not fed
+                unfed = [name for name in self._feeds if name not in tensors]
+                raise InputValidationError(
+                    f"the outputs {self._output_names} need inputs that were not given: missing one of {unfed} ({exc})"
+                ) from None
             self._pruned[fed] = function
         results = function(*[tensors[name] for name in fed])
         return {name: to_numpy(value, name) for name, value in zip(self._output_names, results)}
+
+
+def match_signature(
+    function: Any, input_names: Sequence[str], output_names: Sequence[str], mapping: Mapping[str, str], where: str
+) -> Tuple[Dict[str, str], List[Tuple[str, str]]]:
+    """Pair spec names with a signature's input and output names.
+
+    Returns ``{spec input: signature input}`` and ``[(spec output, signature
+    output)]``. A spec name missing from ``mapping`` stands for itself. A
+    function returning a bare tensor (or a tuple) has outputs ``output_0``,
+    ``output_1`` ...: without a mapping, those match the spec by position.
+
+    Raises:
+        PackageError: a name matches nothing (the message lists what the signature has).
+    """
+    signature_inputs = set(function.structured_input_signature[1])
+    signature_outputs = sorted(function.structured_outputs)
+    inputs: Dict[str, str] = {}
+    for spec_name in input_names:
+        name = mapping.get(spec_name, spec_name)
+        if name not in signature_inputs:
+            raise PackageError(
+                f"{where}: input {spec_name!r} maps to {name!r}, but the signature's inputs are "
+                f"{sorted(signature_inputs)} (set node_name_mapping)"
+            )
+        inputs[spec_name] = name
+    unmapped = signature_inputs - set(inputs.values())
+    if unmapped:
+        raise PackageError(f"{where}: signature inputs {sorted(unmapped)} are not in the input spec")
+    pairs = [(spec_name, mapping.get(spec_name, spec_name)) for spec_name in output_names]
+    if all(name in signature_outputs for _, name in pairs):
+        return inputs, pairs
+    positional = [f"output_{i}" for i in range(len(output_names))]
+    if sorted(positional) == signature_outputs and not any(name in mapping for name in output_names):
+        return inputs, list(zip(output_names, positional))
+    missing = [f"{spec_name!r} -> {name!r}" for spec_name, name in pairs if name not in signature_outputs]
+    raise PackageError(
+        f"{where}: outputs {', '.join(missing)} are not among the signature's outputs {signature_outputs} "
+        "(set node_name_mapping)"
+    )
 
 
 class _SignatureRunner:
@@ -212,40 +293,12 @@ class _SignatureRunner:
                 f"{path}: no signature {signature_name!r}; the SavedModel has {sorted(signatures.keys())}"
             )
         self._function = signatures[signature_name]
-        signature_inputs = set(self._function.structured_input_signature[1])
-        signature_outputs = sorted(self._function.structured_outputs)
-        where = f"{path} signature {signature_name!r}"
-        self._input_names: Dict[str, str] = {}
-        for spec in package.config.input_spec:
-            name = mapping.get(spec.name, spec.name)
-            if name not in signature_inputs:
-                raise PackageError(
-                    f"{where}: input {spec.name!r} maps to {name!r}, but the signature's inputs are "
-                    f"{sorted(signature_inputs)} (set node_name_mapping)"
-                )
-            self._input_names[spec.name] = name
-        unmapped = signature_inputs - set(self._input_names.values())
-        if unmapped:
-            raise PackageError(f"{where}: signature inputs {sorted(unmapped)} are not in the input spec")
-        self._output_names = self._map_outputs(package, mapping, signature_outputs, where)
-
-    @staticmethod
-    def _map_outputs(
-        package: Package, mapping: Mapping[str, str], signature_outputs: List[str], where: str
-    ) -> List[Tuple[str, str]]:
-        spec_names = [spec.name for spec in package.config.output_spec]
-        pairs = [(spec_name, mapping.get(spec_name, spec_name)) for spec_name in spec_names]
-        if all(name in signature_outputs for _, name in pairs):
-            return pairs
-        # A function returning a bare tensor (or a tuple) saves its outputs as
-        # output_0, output_1 ...: those match the spec by position.
-        positional = [f"output_{i}" for i in range(len(spec_names))]
-        if sorted(positional) == signature_outputs and not any(name in mapping for name in spec_names):
-            return list(zip(spec_names, positional))
-        missing = [f"{spec_name!r} -> {name!r}" for spec_name, name in pairs if name not in signature_outputs]
-        raise PackageError(
-            f"{where}: outputs {', '.join(missing)} are not among the signature's outputs {signature_outputs} "
-            "(set node_name_mapping)"
+        self._input_names, self._output_names = match_signature(
+            self._function,
+            [spec.name for spec in package.config.input_spec],
+            [spec.name for spec in package.config.output_spec],
+            mapping,
+            f"{path} signature {signature_name!r}",
         )
 
     def run(self, tensors: Mapping[str, Any]) -> TensorDict:

@@ -111,6 +111,7 @@ def create_tensorflow_neuropod(
                 shutil.copytree(saved_model_dir, target)
             else:
                 _save_model(model, target, signature_name, input_specs, mapping)
+            _check_signature(target, signature_name, mapping, input_specs, output_specs)
             return {"node_name_mapping": mapping, "signature_name": signature_name}
 
         write_model = write_saved_model
@@ -214,3 +215,30 @@ def _save_model(
         tf.saved_model.save(holder, str(target), signatures={signature_name: signature})
     except (ValueError, TypeError, AssertionError) as exc:
         raise PackageError(f"model: TensorFlow could not save it as a SavedModel: {exc}") from exc
+
+
+def _check_signature(
+    saved_model: Path,
+    signature_name: str,
+    mapping: Mapping[str, str],
+    input_specs: Iterable[TensorSpec],
+    output_specs: Iterable[TensorSpec],
+) -> None:
+    """Refuse, at packaging time, a signature whose names do not match the spec (as the backend would)."""
+    import tensorflow as tf
+
+    from ..backends.tensorflow import match_signature
+
+    try:
+        signatures = tf.saved_model.load(str(saved_model)).signatures
+    except (OSError, ValueError, tf.errors.OpError) as exc:
+        raise PackageError(f"saved model: TensorFlow cannot load it back: {exc}") from exc
+    if signature_name not in signatures:
+        raise PackageError(f"signature_name {signature_name!r}: the SavedModel has {sorted(signatures.keys())}")
+    match_signature(
+        signatures[signature_name],
+        [spec.name for spec in input_specs],
+        [spec.name for spec in output_specs],
+        mapping,
+        f"signature {signature_name!r}",
+    )
