@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -94,6 +94,36 @@ class Neuropod:
         if self.validate:
             self._output_validator.validate(outputs, bindings)
         return outputs
+
+    def allocate(self, name: str, shape: Sequence[int], dtype: Any = None) -> np.ndarray:
+        """An uninitialised array for input ``name``, placed where the model reads it without a copy.
+
+        For an out-of-process model it lives in shared memory: fill it and pass
+        it to :meth:`infer`. Elsewhere it is ``np.empty``.
+
+        Args:
+            name: the input it is for (its spec gives the default dtype).
+            shape: its shape.
+            dtype: overrides the spec's dtype.
+        """
+        if dtype is None:
+            spec = next((s for s in self.problem.inputs if s.name == name), None)
+            if spec is None:
+                raise InputValidationError(f"input {name!r} is not in the spec")
+            dtype = spec.numpy_dtype
+        allocate = getattr(self._executor, "allocate", None)
+        return allocate(name, shape, dtype) if allocate is not None else np.empty(shape, dtype)
+
+    def seal(self, name: str, array: np.ndarray) -> np.ndarray:
+        """Start moving input ``name`` to the model now, ahead of :meth:`infer`.
+
+        Returns the array to pass to ``infer`` in its place (an out-of-process
+        model copies it into shared memory in a background thread; other
+        executors return ``array`` itself). Leave ``array`` unchanged and do
+        not read the returned array until ``infer`` returns.
+        """
+        seal = getattr(self._executor, "seal", None)
+        return seal(name, array) if seal is not None else array
 
     def close(self) -> None:
         """Release the model (and its worker or connection). Safe to call twice."""

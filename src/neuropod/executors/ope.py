@@ -1,0 +1,215 @@
+"""Run a model in worker processes, with tensors in shared memory.
+
+``load_neuropod(path, use_ope=True, **options)`` builds an
+:class:`OutOfProcessExecutor`; the options it understands are listed on
+:class:`~neuropod.ope.options.OpeOptions` (``workers``, ``spin_us``,
+``cpu_affinity``, ``python_executable``, ``timeout``, ``restart_policy``,
+``start_timeout``, ``shm_dir``, ``shm_cache_bytes``, ``worker_env``); every
+other option goes to the backend inside the worker and must be JSON-serialisable.
+
+Copies: an input is copied once into shared memory, or not at all when it
+came from :meth:`OutOfProcessExecutor.allocate` (or ``seal``); an output is
+copied once by the worker into shared memory and handed back as a numpy array
+viewing it, or not at all when it is a view of an input. The memory goes back
+to its pool when the caller drops the array.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import queue
+import threading
+import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..backends import BackendOptions
+from ..errors import InputValidationError, OptionError, WorkerCrashedError
+from ..ope import wire
+from ..ope.client import WorkerProcess
+from ..ope.options import OpeOptions
+from ..ope.shm import Segment, SegmentPool, leased_array
+from ..package import Package
+from .base import Executor, TensorDict
+
+__all__ = ["OutOfProcessExecutor"]
+
+
+@dataclass
+class _Lease:
+    """A segment lent to the caller as an array (allocate / seal)."""
+
+    segment: Segment
+    base: weakref.ref[np.ndarray]
+    ready: Optional[Future[Any]] = None  # a seal's copy still running
+
+
+class OutOfProcessExecutor(Executor):
+    """Serves one model from ``workers`` worker processes. ``infer`` is thread-safe.
+
+    Args:
+        package: the opened (verified, extracted) package.
+        options: backend options; OPE options are taken out of ``extra``.
+
+    Raises:
+        OptionError: a bad OPE option, or backend options that cannot be sent to a worker.
+        WorkerCrashedError / the worker's load error: a worker failed to load the model.
+    """
+
+    def __init__(self, package: Package, options: BackendOptions) -> None:
+        self.options, backend_extra = OpeOptions.split(options.extra)
+        try:
+            backend_json = json.dumps(
+                {
+                    "visible_gpu": options.visible_gpu,
+                    "intra_op_threads": options.intra_op_threads,
+                    "inter_op_threads": options.inter_op_threads,
+                    "extra": backend_extra,
+                }
+            )
+        except (TypeError, ValueError) as exc:
+            raise OptionError(f"backend options for a worker must be JSON-serialisable: {exc}") from None
+        self.model_name = package.config.name
+        self._closed = False
+        self.workers: List[WorkerProcess] = []
+        # The callback holds the worker list, not self, so a forgotten executor can be collected.
+        self._pool = SegmentPool(
+            self.options.shm_dir,
+            self.options.shm_cache_bytes,
+            on_destroy=functools.partial(_forget_segment, self.workers),
+        )
+        self._leases: Dict[int, _Lease] = {}
+        self._lease_lock = threading.Lock()
+        self._copier: Optional[ThreadPoolExecutor] = None
+        self.workers.extend(
+            WorkerProcess(i, str(package.root), self.model_name, backend_json, self.options, self._pool)
+            for i in range(self.options.workers)
+        )
+        try:
+            for worker in self.workers:  # all start loading at once ...
+                worker.start()
+            for worker in self.workers:  # ... then we wait for each
+                worker.wait_ready()
+        except BaseException:
+            self.close()
+            raise
+        self._idle: queue.LifoQueue[WorkerProcess] = queue.LifoQueue()
+        for worker in self.workers:
+            self._idle.put(worker)
+        # Workers must not outlive a forgotten executor either.
+        self._finalizer = weakref.finalize(self, _close_workers, list(self.workers), self._pool)
+
+    # -- running -----------------------------------------------------------
+
+    def infer(self, inputs: TensorDict) -> TensorDict:
+        if self._closed:
+            raise InputValidationError(f"model {self.model_name!r} is closed")
+        worker = self._idle.get()
+        try:
+            if worker.process is None and worker.starts and self.options.restart_policy == "never":
+                error = WorkerCrashedError(
+                    f"the worker of model {self.model_name!r} {worker.last_failure} earlier and restart_policy='never'"
+                )
+                raise error
+            return worker.call(inputs, self._find_lease, self.options.timeout)
+        finally:
+            self._idle.put(worker)
+
+    def _find_lease(self, array: np.ndarray) -> Optional[Tuple[Segment, int, np.ndarray]]:
+        base = array.base
+        if base is None or not self._leases:
+            return None
+        lease = self._leases.get(id(base))
+        if lease is None or lease.base() is not base:
+            return None
+        if lease.ready is not None:
+            lease.ready.result()  # a seal's copy must be done before the worker reads
+            lease.ready = None
+        if not array.flags.c_contiguous or array.dtype.byteorder == ">" or array.dtype.name not in wire.DTYPE_NAMES:
+            return None  # a strided view of a lease: copied like any other array
+        offset = array.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+        return lease.segment, offset, base
+
+    # -- allocate and seal --------------------------------------------------
+
+    def allocate(self, name: str, shape: Sequence[int], dtype: Any) -> np.ndarray:
+        """An uninitialised array in shared memory: fill it and pass it to ``infer`` without a copy.
+
+        Its memory returns to the pool when the array (and every view of it) is dropped.
+        Strings cannot live there: for them this returns an ordinary empty array.
+        """
+        dtype = np.dtype(dtype)
+        shape = tuple(int(dim) for dim in shape)
+        if any(dim < 0 for dim in shape):
+            raise InputValidationError(f"input {name!r}: cannot allocate negative shape {list(shape)}")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if dtype.kind in "USO" or dtype.name not in wire.DTYPE_NAMES or nbytes == 0 or self._closed:
+            return np.empty(shape, dtype)
+        segment = self._pool.acquire(nbytes)
+        key: List[int] = []
+        array = leased_array(segment.memory, 0, nbytes, dtype, shape, lambda: self._end_lease(key, segment))
+        base = array.base
+        assert isinstance(base, np.ndarray)
+        key.append(id(base))
+        with self._lease_lock:
+            self._leases[id(base)] = _Lease(segment, weakref.ref(base))
+        return array
+
+    def _end_lease(self, key: List[int], segment: Segment) -> None:
+        with self._lease_lock:
+            self._leases.pop(key[0], None)
+        self._pool.release(segment)
+
+    def seal(self, name: str, array: np.ndarray) -> np.ndarray:
+        """Start copying ``array`` into shared memory now, in a background thread.
+
+        Returns the shared-memory array to pass to ``infer`` in place of
+        ``array``; ``infer`` waits for the copy. Do not read the returned array
+        or change ``array`` until then.
+        """
+        array = np.asarray(array)
+        target = self.allocate(name, array.shape, array.dtype)
+        lease = self._leases.get(id(target.base)) if target.base is not None else None
+        if lease is None:  # strings or empty: nothing to move ahead of time
+            return array
+        if self._copier is None:
+            with self._lease_lock:
+                if self._copier is None:
+                    self._copier = ThreadPoolExecutor(max_workers=2, thread_name_prefix="neuropod-seal")
+        lease.ready = self._copier.submit(np.copyto, target, array)
+        return target
+
+    # -- housekeeping ------------------------------------------------------
+
+    @property
+    def worker_pids(self) -> List[Optional[int]]:
+        """Process ids of the workers (None for one not running)."""
+        return [worker.pid if worker.alive else None for worker in self.workers]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._copier is not None:
+            self._copier.shutdown(wait=True)
+        _close_workers(self.workers, self._pool)
+        if hasattr(self, "_finalizer"):
+            self._finalizer.detach()
+
+
+def _forget_segment(workers: List[WorkerProcess], segment_id: int) -> None:
+    for worker in workers:
+        worker.forget_segment(segment_id)
+
+
+def _close_workers(workers: List[WorkerProcess], pool: SegmentPool) -> None:
+    for worker in workers:
+        try:
+            worker.close()
+        except Exception:  # closing must go on to the next worker
+            pass
+    pool.close()

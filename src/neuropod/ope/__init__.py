@@ -1,0 +1,12 @@
+"""Out-of-process execution: worker processes fed through shared memory.
+
+* :mod:`~neuropod.ope.wire` — the control-message format (all its constants).
+* :mod:`~neuropod.ope.shm` — shared-memory segments and the pool that reuses them.
+* :mod:`~neuropod.ope.channel` — the control socket, with its spin-then-block wait.
+* :mod:`~neuropod.ope.tensors` — numpy arrays to segment references and back.
+* :mod:`~neuropod.ope.worker` — the worker's main (``python -m neuropod.ope.worker``).
+* :mod:`~neuropod.ope.client` — the parent's handle on one worker.
+* :mod:`~neuropod.ope.options` — the options ``load_neuropod(use_ope=True, ...)`` takes.
+
+The executor that ties them together is :mod:`neuropod.executors.ope`.
+"""

@@ -1,0 +1,453 @@
+"""The parent's handle on one worker process: start it, call it, replace it.
+
+One :class:`WorkerProcess` serves one caller at a time (the executor hands
+workers out to threads). It owns the worker's control channel and the map of
+the worker's output segments; the input segments come from the executor's
+:class:`~neuropod.ope.shm.SegmentPool`, shared by all its workers.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import os
+import queue
+import signal
+import socket
+import subprocess
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+
+from .. import errors
+from ..errors import WireFormatError, WorkerCrashedError, WorkerError, WorkerTimeoutError
+from . import wire
+from .channel import Channel, ChannelClosed, ChannelTimeout
+from .options import OpeOptions
+from .shm import PeerSegments, Segment, SegmentPool, leased_array
+from .tensors import read_tensor, write_tensor
+
+__all__ = ["WorkerProcess", "remote_error", "LeaseLookup"]
+
+#: Finds whether an array lies in one of our segments: (segment, offset, base array) or None.
+LeaseLookup = Callable[[np.ndarray], Optional[Tuple[Segment, int, np.ndarray]]]
+
+# The directory holding the ``neuropod`` package, put on the worker's PYTHONPATH
+# so another interpreter imports this very neuropod.
+_SOURCE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
+
+
+class _Spawner:
+    """Starts workers from one long-lived thread.
+
+    Linux sends PR_SET_PDEATHSIG when the *thread* that forked a child exits,
+    so a worker started from a short-lived caller thread would be killed with
+    it. Forking from a thread that lives as long as the process avoids that.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: queue.Queue[Tuple[List[str], Dict[str, str], Tuple[int, ...], Future]] = queue.Queue()
+        self._pid = -1
+
+    def spawn(self, argv: List[str], env: Dict[str, str], pass_fds: Tuple[int, ...]) -> subprocess.Popen[bytes]:
+        with self._lock:
+            if self._pid != os.getpid():  # first use, or we are a forked child without the thread
+                self._requests = queue.Queue()
+                threading.Thread(
+                    target=self._run, args=(self._requests,), name="neuropod-ope-spawner", daemon=True
+                ).start()
+                self._pid = os.getpid()
+        future: Future = Future()
+        self._requests.put((argv, env, pass_fds, future))
+        return future.result()  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _run(requests: queue.Queue[Tuple[List[str], Dict[str, str], Tuple[int, ...], Future]]) -> None:
+        while True:
+            argv, env, pass_fds, future = requests.get()
+            try:
+                future.set_result(subprocess.Popen(argv, env=env, pass_fds=pass_fds, stdin=subprocess.DEVNULL))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+
+_SPAWNER = _Spawner()
+
+
+def describe_returncode(returncode: Optional[int]) -> str:
+    if returncode is None:
+        return "exit status unknown"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "unknown signal"
+        return f"killed by signal {-returncode} ({name})"
+    return f"exited with code {returncode}"
+
+
+def remote_error(texts: Sequence[str], where: str) -> Exception:
+    """The exception a worker reported, rebuilt on this side.
+
+    A neuropod error keeps its class and message (so callers catch the same
+    thing as in-process); anything else becomes :class:`WorkerError`. The
+    worker's traceback is in ``remote_traceback`` and in the ``__cause__``.
+    """
+    type_name, message, trace, module = (list(texts) + ["", "", "", ""])[:4]
+    error_class = getattr(errors, type_name, None) if module == errors.__name__ else None
+    exc: Exception
+    if isinstance(error_class, type) and issubclass(error_class, errors.NeuropodError):
+        exc = error_class(message)
+    else:
+        exc = WorkerError(f"{type_name}: {message} (raised in {where})")
+        exc.remote_type = type_name
+    exc.remote_traceback = trace  # type: ignore[attr-defined]
+    exc.__cause__ = WorkerError(f"traceback in {where}:\n{trace}")
+    return exc
+
+
+class WorkerProcess:
+    """One worker process of a model (restarted in place when it dies).
+
+    Args:
+        index: its number among the model's workers (picks its CPUs).
+        package_root: the extracted, verified package directory.
+        model_name: for messages.
+        backend_options_json: the backend's options, serialised.
+        options: the OPE options.
+        pool: the parent's segment pool for inputs.
+    """
+
+    def __init__(
+        self,
+        index: int,
+        package_root: str,
+        model_name: str,
+        backend_options_json: str,
+        options: OpeOptions,
+        pool: SegmentPool,
+    ) -> None:
+        self.index = index
+        self.package_root = package_root
+        self.model_name = model_name
+        self.backend_options_json = backend_options_json
+        self.options = options
+        self.pool = pool
+        self.spin_ns = int(options.spin_us * 1000)
+        self.process: Optional[subprocess.Popen[bytes]] = None
+        self.channel: Optional[Channel] = None
+        self.pid: Optional[int] = None
+        self.python_version = ""
+        self.numpy_version = ""
+        self.starts = 0
+        self.last_failure: Optional[str] = None
+        self._request_id = 0
+        self._state_lock = threading.Lock()
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        with self._state_lock:
+            self.known: Set[int] = set()  # our segments the worker has mapped
+            self.pending_drops: List[int] = []  # ... and that we destroyed since the last message
+        self.releases: Deque[int] = collections.deque()  # its segments our arrays no longer view
+        self.segments = PeerSegments()
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the process; :meth:`wait_ready` waits for the model to load."""
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        options = self.options
+        argv = [
+            options.python_executable,
+            "-m",
+            "neuropod.ope.worker",
+            "--fd",
+            str(child_end.fileno()),
+            "--package",
+            self.package_root,
+            "--parent-pid",
+            str(os.getpid()),
+            "--options",
+            self.backend_options_json,
+            "--spin-us",
+            str(options.spin_us),
+            "--shm-dir",
+            options.shm_dir,
+            "--cache-bytes",
+            str(options.shm_cache_bytes),
+        ]
+        cpus = options.cpus_of_worker(self.index)
+        if cpus:
+            argv += ["--cpus", ",".join(str(cpu) for cpu in cpus)]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_SOURCE_ROOT, env.get("PYTHONPATH", "")) if p)
+        env.update(dict(options.worker_env))
+        self._reset_state()
+        try:
+            self.process = _SPAWNER.spawn(argv, env, (child_end.fileno(),))
+        except OSError as exc:
+            parent_end.close()
+            raise WorkerCrashedError(
+                f"cannot start a worker for model {self.model_name!r} with {options.python_executable}: {exc}"
+            ) from exc
+        finally:
+            child_end.close()
+        self.channel = Channel(parent_end)
+        self.pid = self.process.pid
+        self.starts += 1
+
+    def wait_ready(self) -> None:
+        """Wait for the worker's HELLO; raise the worker's load error if it failed."""
+        assert self.channel is not None and self.process is not None
+        try:
+            message, fds = self.channel.receive(0, self.options.start_timeout, self._check_alive)
+        except ChannelClosed:
+            returncode = self._reap()
+            self._discard()
+            error = WorkerCrashedError(
+                f"the worker for model {self.model_name!r} {describe_returncode(returncode)} while loading the model"
+            )
+            error.returncode = returncode
+            raise error from None
+        except ChannelTimeout:
+            self._kill()
+            raise WorkerTimeoutError(
+                f"the worker for model {self.model_name!r} did not load it "
+                f"within start_timeout={self.options.start_timeout}s"
+            ) from None
+        for fd in fds:
+            os.close(fd)
+        if message.kind == wire.Kind.LOAD_FAILED:
+            self._reap()
+            self._discard()
+            raise remote_error(message.texts, f"the worker loading model {self.model_name!r}")
+        if message.kind != wire.Kind.HELLO or len(message.texts) < 3:
+            self._kill()
+            raise WireFormatError(
+                f"worker for model {self.model_name!r} answered its start with message kind {message.kind}"
+            )
+        self.python_version, self.numpy_version = message.texts[1], message.texts[2]
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def _check_alive(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            raise ChannelClosed()
+
+    def _reap(self) -> Optional[int]:
+        if self.process is None:
+            return None
+        try:
+            return self.process.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def _discard(self) -> None:
+        """Forget the dead process (arrays that view its segments stay valid)."""
+        if self.channel is not None:
+            self.channel.close()
+        self.channel = None
+        self.process = None
+        self.segments.clear()
+
+    def _kill(self) -> None:
+        if self.process is not None:
+            try:
+                self.process.kill()
+            except OSError:
+                pass
+            self.process.wait()
+        self._discard()
+
+    def close(self, grace: float = 2.0) -> None:
+        """Ask the worker to exit; kill it if it does not within ``grace`` seconds."""
+        if self.process is None:
+            return
+        if self.channel is not None:
+            try:
+                self.channel.send(wire.Message(wire.Kind.SHUTDOWN))
+            except OSError:
+                pass
+        try:
+            self.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._discard()
+
+    def forget_segment(self, segment_id: int) -> None:
+        """One of our segments was destroyed: tell the worker to unmap it with the next message."""
+        with self._state_lock:
+            if segment_id in self.known:
+                self.known.discard(segment_id)
+                self.pending_drops.append(segment_id)
+
+    # -- calls --------------------------------------------------------------
+
+    def _crashed(self) -> WorkerCrashedError:
+        pid = self.pid
+        returncode = self._reap()
+        self._discard()
+        self.last_failure = describe_returncode(returncode)
+        error = WorkerCrashedError(
+            f"the worker (pid {pid}) of model {self.model_name!r} {self.last_failure} during the call"
+        )
+        error.returncode = returncode
+        return error
+
+    def call(
+        self, inputs: Dict[str, np.ndarray], find_lease: LeaseLookup, timeout: Optional[float]
+    ) -> Dict[str, np.ndarray]:
+        """Run the model in the worker on ``inputs``; the caller holds this worker exclusively."""
+        if self.process is None:
+            self.start()
+            self.wait_ready()
+        assert self.channel is not None
+        self._request_id += 1
+        request = wire.Message(wire.Kind.INFER, self._request_id)
+        fds: List[int] = []
+        temporary: Dict[int, Segment] = {}  # segments we filled for this call
+        in_call: Dict[int, Tuple[Segment, Optional[np.ndarray]]] = {}  # segment id -> (segment, caller's base array)
+        try:
+            for name, array in inputs.items():
+                lease = find_lease(array)
+                if lease is not None:
+                    segment, offset, base = lease
+                    request.tensors.append(
+                        wire.TensorRef(
+                            name, wire.dtype_code(array.dtype), array.shape, segment.id, offset, array.nbytes
+                        )
+                    )
+                    in_call[segment.id] = (segment, base)
+                else:
+                    ref, filled = write_tensor(name, array, self.pool)
+                    request.tensors.append(ref)
+                    if filled is None:
+                        continue
+                    segment = temporary[filled.id] = filled
+                    in_call[segment.id] = (segment, None)
+                if segment.id not in self.known:
+                    self.known.add(segment.id)
+                    request.new_segments.append((segment.id, segment.size))
+                    fds.append(segment.fd)
+            with self._state_lock:
+                request.drop_segments, self.pending_drops = self.pending_drops, []
+            releases = self.releases
+            request.release_segments = [releases.popleft() for _ in range(len(releases))]
+            try:
+                self._send(request, fds)
+                reply = self._receive(self._request_id, timeout)
+            except (ChannelClosed, OSError):
+                raise self._crashed() from None
+            except ChannelTimeout:
+                pid = self.pid
+                self._kill()
+                self.last_failure = f"timed out after {timeout}s"
+                raise WorkerTimeoutError(
+                    f"the worker (pid {pid}) of model {self.model_name!r} did not answer within timeout={timeout}s; "
+                    "it was killed and will be replaced"
+                ) from None
+            except WireFormatError:
+                self._kill()
+                raise
+            if reply.kind == wire.Kind.ERROR:
+                raise remote_error(reply.texts, f"the worker (pid {self.pid}) of model {self.model_name!r}")
+            if reply.kind != wire.Kind.RESULT:
+                self._kill()
+                raise WireFormatError(f"worker answered a call with message kind {reply.kind}")
+            try:
+                return self._outputs(reply, in_call, temporary)
+            except WireFormatError:
+                self._kill()
+                raise
+        finally:
+            for segment in temporary.values():
+                self.pool.release(segment)
+
+    def _send(self, message: wire.Message, fds: List[int]) -> None:
+        assert self.channel is not None
+        step = wire.MAX_FDS_PER_MESSAGE
+        if len(fds) > step:  # the kernel caps descriptors per message: announce them ahead
+            for start in range(0, len(fds), step):
+                batch = wire.Message(
+                    wire.Kind.SEGMENTS, message.request_id, new_segments=message.new_segments[start : start + step]
+                )
+                self.channel.send(batch, fds[start : start + step])
+            message.new_segments, fds = [], []
+        self.channel.send(message, fds)
+
+    def _receive(self, request_id: int, timeout: Optional[float]) -> wire.Message:
+        assert self.channel is not None
+        while True:
+            message, fds = self.channel.receive(self.spin_ns, timeout, self._check_alive)
+            for (segment_id, size), fd in zip(message.new_segments, fds):
+                self.segments.add(segment_id, size, fd)
+            for segment_id in message.drop_segments:
+                self.segments.drop(segment_id)
+            if message.kind == wire.Kind.SEGMENTS:
+                continue
+            if message.request_id != request_id:
+                raise WireFormatError(f"worker answered request {message.request_id}, expected {request_id}")
+            return message
+
+    def _outputs(
+        self,
+        reply: wire.Message,
+        in_call: Dict[int, Tuple[Segment, Optional[np.ndarray]]],
+        temporary: Dict[int, Segment],
+    ) -> Dict[str, np.ndarray]:
+        outputs: Dict[str, np.ndarray] = {}
+        release = self.releases.append
+        adopted: Dict[int, np.ndarray] = {}  # our temporary segments that outputs now view
+        for ref in reply.tensors:
+            if ref.owner == wire.OWNER_RECEIVER:
+                outputs[ref.name] = self._view_of_input(ref, in_call, temporary, adopted)
+            elif ref.segment == wire.NO_SEGMENT:
+                outputs[ref.name] = read_tensor(ref, None)
+            else:
+                memory = self.segments.get(ref.segment)
+                outputs[ref.name] = read_tensor(ref, memory, functools.partial(release, ref.segment))
+        return outputs
+
+    def _view_of_input(
+        self,
+        ref: wire.TensorRef,
+        in_call: Dict[int, Tuple[Segment, Optional[np.ndarray]]],
+        temporary: Dict[int, Segment],
+        adopted: Dict[int, np.ndarray],
+    ) -> np.ndarray:
+        """An output the worker says is a view of one of this call's inputs."""
+        entry = in_call.get(ref.segment)
+        if entry is None or ref.dtype_code == wire.STRING_CODE:
+            raise WireFormatError(
+                f"output {ref.name!r} claims to view segment {ref.segment}, which no input of this call used"
+            )
+        segment, lent_base = entry
+        base = lent_base if lent_base is not None else adopted.get(segment.id)
+        if base is None:
+            # This call's copy now lives as long as the outputs that view it.
+            del temporary[segment.id]
+            view = leased_array(
+                segment.memory,
+                0,
+                segment.size,
+                np.dtype(np.uint8),
+                (segment.size,),
+                functools.partial(self.pool.release, segment),
+            )
+            base = adopted[segment.id] = view
+        # Both kinds of base start at the segment's first byte.
+        wire.check_tensor_ref(ref, segment.size)
+        start = ref.offset
+        if start < 0 or start + ref.nbytes > base.nbytes:
+            raise WireFormatError(f"output {ref.name!r} lies outside the input it claims to view")
+        dtype = wire.dtype_of_code(ref.dtype_code)
+        return base[start : start + ref.nbytes].view(dtype).reshape(ref.shape)

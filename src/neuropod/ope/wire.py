@@ -1,0 +1,387 @@
+"""The control-message format between a parent and its OPE workers.
+
+Every constant of the format lives here: magic, version, struct layouts,
+message kinds, dtype codes and size limits. Messages are small: tensor bytes
+never travel in them, only references into shared-memory segments. Nothing
+is pickled. The decoder trusts no count, length or offset it reads: each is
+checked against what is left of the message (here) and against the size of
+the segment it points into (:func:`check_tensor_ref`).
+
+A message, little-endian throughout::
+
+    header   magic "NPOP" | version u16 | kind u16 | request id u64 | body length u32
+    texts    count u16, then per text: length u32 | UTF-8 bytes
+    segments count u16, then per new segment: segment id u32 | size u64
+             (the file descriptors ride along as SCM_RIGHTS, in the same order)
+    drops    count u32, then segment ids u32 the sender destroyed
+    releases count u32, then segment ids u32 of the receiver's blocks the
+             sender no longer uses
+    tensors  count u16, then per tensor:
+             name length u16 | UTF-8 name | dtype code u8 | ndim u8 | owner u8 | pad
+             | dims u64 * ndim | segment id u32 | offset u64 | nbytes u64
+
+A string tensor's bytes are an offsets table of ``n + 1`` little-endian u64
+(``offsets[0] == 0``, non-decreasing) followed by the UTF-8 text of the
+``n`` elements in C order; element ``i`` is ``text[offsets[i]:offsets[i+1]]``.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..errors import WireFormatError
+
+__all__ = [
+    "MAGIC",
+    "VERSION",
+    "HEADER",
+    "Kind",
+    "TensorRef",
+    "Message",
+    "encode",
+    "decode",
+    "check_tensor_ref",
+    "dtype_code",
+    "dtype_of_code",
+    "encode_strings",
+    "decode_strings",
+    "string_block_size",
+    "STRING_CODE",
+    "DTYPE_NAMES",
+    "element_count",
+    "OWNER_SENDER",
+    "OWNER_RECEIVER",
+    "NO_SEGMENT",
+    "MAX_MESSAGE_BYTES",
+    "MAX_FDS_PER_MESSAGE",
+]
+
+MAGIC = b"NPOP"
+VERSION = 1
+
+HEADER = struct.Struct("<4sHHQI")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_SEGMENT = struct.Struct("<IQ")
+_TENSOR_HEAD = struct.Struct("<BBBx")
+_TENSOR_LOCATION = struct.Struct("<IQQ")
+
+#: Largest control message either side sends or accepts (fits a default socket buffer).
+MAX_MESSAGE_BYTES = 128 * 1024
+#: File descriptors per message (the kernel allows 253 per SCM_RIGHTS message).
+MAX_FDS_PER_MESSAGE = 250
+MAX_TEXT_BYTES = 16 * 1024
+MAX_NDIM = 32
+MAX_TENSORS = 1024
+#: Segment id meaning "no bytes" (a tensor with zero elements).
+NO_SEGMENT = 0
+#: A tensor lies in a segment owned by the message's sender ...
+OWNER_SENDER = 0
+#: ... or in one owned by its receiver (an output that is a view of an input).
+OWNER_RECEIVER = 1
+
+
+class Kind:
+    """Message kinds."""
+
+    HELLO = 1  # worker -> parent: model loaded; texts: pid, python version, numpy version
+    LOAD_FAILED = 2  # worker -> parent: texts: error type, message, traceback
+    INFER = 3  # parent -> worker: inputs
+    RESULT = 4  # worker -> parent: outputs
+    ERROR = 5  # worker -> parent: texts: error type, message, traceback
+    SHUTDOWN = 6  # parent -> worker: exit cleanly
+    SEGMENTS = 7  # either way: only new segments (when one message cannot carry all fds)
+
+    ALL = frozenset({1, 2, 3, 4, 5, 6, 7})
+
+
+# Codes are part of the format: never renumber, only append.
+_DTYPE_CODES: Dict[str, int] = {
+    "bool": 1,
+    "int8": 2,
+    "int16": 3,
+    "int32": 4,
+    "int64": 5,
+    "uint8": 6,
+    "uint16": 7,
+    "uint32": 8,
+    "uint64": 9,
+    "float16": 10,
+    "float32": 11,
+    "float64": 12,
+    "bfloat16": 13,
+    "string": 14,
+}
+STRING_CODE = _DTYPE_CODES["string"]
+#: numpy dtype names that cross as raw bytes (everything but strings).
+DTYPE_NAMES = frozenset(name for name in _DTYPE_CODES if name != "string")
+_CODE_NAMES = {code: name for name, code in _DTYPE_CODES.items()}
+_CODE_DTYPES: Dict[int, np.dtype] = {}
+
+
+_CODE_OF_DTYPE: Dict[np.dtype, int] = {}
+
+
+def dtype_code(dtype: np.dtype) -> int:
+    """The wire code of a numpy dtype (unicode/bytes arrays are strings)."""
+    code = _CODE_OF_DTYPE.get(dtype)  # dtype.name is slow; this runs per tensor per call
+    if code is not None:
+        return code
+    if dtype.kind in "US":
+        return STRING_CODE
+    code = _DTYPE_CODES.get(dtype.name)
+    if code is None:
+        raise WireFormatError(f"dtype {dtype} cannot cross to a worker; supported: {', '.join(_DTYPE_CODES)}")
+    if dtype.kind not in "USO":
+        _CODE_OF_DTYPE[dtype] = code
+    return code
+
+
+def dtype_of_code(code: int) -> np.dtype:
+    """The little-endian numpy dtype of a (non-string) wire code."""
+    dtype = _CODE_DTYPES.get(code)
+    if dtype is None:
+        name = _CODE_NAMES.get(code)
+        if name is None or name == "string":
+            raise WireFormatError(f"unknown dtype code {code}")
+        if name == "bfloat16":
+            import ml_dtypes  # only bfloat16 tensors need it
+
+            dtype = np.dtype(ml_dtypes.bfloat16)
+        else:
+            dtype = np.dtype(name).newbyteorder("<")
+        _CODE_DTYPES[code] = dtype
+    return dtype
+
+
+@dataclass
+class TensorRef:
+    """Where one tensor's bytes lie: a segment, an offset and a length."""
+
+    name: str
+    dtype_code: int
+    shape: Tuple[int, ...]
+    segment: int
+    offset: int
+    nbytes: int
+    owner: int = OWNER_SENDER
+
+
+@dataclass
+class Message:
+    kind: int
+    request_id: int = 0
+    texts: List[str] = field(default_factory=list)
+    new_segments: List[Tuple[int, int]] = field(default_factory=list)
+    drop_segments: List[int] = field(default_factory=list)
+    release_segments: List[int] = field(default_factory=list)
+    tensors: List[TensorRef] = field(default_factory=list)
+
+
+def _clip_text(text: str) -> bytes:
+    data = text.encode("utf-8", "replace")
+    if len(data) > MAX_TEXT_BYTES:
+        data = data[: MAX_TEXT_BYTES - 16].decode("utf-8", "ignore").encode("utf-8") + b"\n... (truncated)"
+    return data
+
+
+def encode(message: Message) -> bytes:
+    """Serialise ``message`` (texts longer than the limit are truncated)."""
+    parts: List[bytes] = [_U16.pack(len(message.texts))]
+    for text in message.texts:
+        data = _clip_text(text)
+        parts.append(_U32.pack(len(data)))
+        parts.append(data)
+    parts.append(_U16.pack(len(message.new_segments)))
+    for segment_id, size in message.new_segments:
+        parts.append(_SEGMENT.pack(segment_id, size))
+    parts.append(_U32.pack(len(message.drop_segments)))
+    if message.drop_segments:
+        parts.append(struct.pack(f"<{len(message.drop_segments)}I", *message.drop_segments))
+    parts.append(_U32.pack(len(message.release_segments)))
+    if message.release_segments:
+        parts.append(struct.pack(f"<{len(message.release_segments)}I", *message.release_segments))
+    parts.append(_U16.pack(len(message.tensors)))
+    for ref in message.tensors:
+        name = ref.name.encode("utf-8")
+        parts.append(_U16.pack(len(name)))
+        parts.append(name)
+        parts.append(_TENSOR_HEAD.pack(ref.dtype_code, len(ref.shape), ref.owner))
+        if ref.shape:
+            parts.append(struct.pack(f"<{len(ref.shape)}Q", *ref.shape))
+        parts.append(_TENSOR_LOCATION.pack(ref.segment, ref.offset, ref.nbytes))
+    body = b"".join(parts)
+    data = HEADER.pack(MAGIC, VERSION, message.kind, message.request_id, len(body)) + body
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise WireFormatError(f"control message of {len(data)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
+    return data
+
+
+class _Reader:
+    """Reads fields from a buffer, refusing to read past its end."""
+
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: Union[bytes, memoryview], pos: int) -> None:
+        self.data = data
+        self.pos = pos
+
+    def take(self, layout: struct.Struct, what: str) -> Tuple[int, ...]:
+        end = self.pos + layout.size
+        if end > len(self.data):
+            raise WireFormatError(f"message truncated while reading {what} at byte {self.pos}")
+        values = layout.unpack_from(self.data, self.pos)
+        self.pos = end
+        return values
+
+    def take_ints(self, count: int, code: str, width: int, what: str) -> Tuple[int, ...]:
+        end = self.pos + count * width
+        if end > len(self.data):
+            raise WireFormatError(f"message truncated: {count} {what} need {count * width} bytes at byte {self.pos}")
+        values = struct.unpack_from(f"<{count}{code}", self.data, self.pos)
+        self.pos = end
+        return values
+
+    def take_text(self, length: int, what: str) -> str:
+        end = self.pos + length
+        if end > len(self.data):
+            raise WireFormatError(f"message truncated: {what} of {length} bytes at byte {self.pos}")
+        try:
+            text = bytes(self.data[self.pos : end]).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise WireFormatError(f"{what} is not valid UTF-8: {exc}") from None
+        self.pos = end
+        return text
+
+
+def decode(data: Union[bytes, memoryview]) -> Message:
+    """Parse one message; raise :class:`WireFormatError` on anything malformed."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise WireFormatError(f"control message of {len(data)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
+    reader = _Reader(data, 0)
+    magic, version, kind, request_id, body_length = reader.take(HEADER, "the header")
+    if magic != MAGIC:
+        raise WireFormatError(f"bad magic {magic!r}: expected {MAGIC!r}")
+    if version != VERSION:
+        raise WireFormatError(f"wire version {version} is not supported (this side speaks {VERSION})")
+    if kind not in Kind.ALL:
+        raise WireFormatError(f"unknown message kind {kind}")
+    if HEADER.size + body_length != len(data):
+        raise WireFormatError(f"header says the body has {body_length} bytes, message has {len(data) - HEADER.size}")
+    message = Message(kind=kind, request_id=request_id)
+    (count,) = reader.take(_U16, "the text count")
+    for index in range(count):
+        (length,) = reader.take(_U32, "a text length")
+        if length > MAX_TEXT_BYTES:
+            raise WireFormatError(f"text {index} claims {length} bytes; the limit is {MAX_TEXT_BYTES}")
+        message.texts.append(reader.take_text(length, f"text {index}"))
+    (count,) = reader.take(_U16, "the segment count")
+    if count > MAX_FDS_PER_MESSAGE:
+        raise WireFormatError(f"{count} new segments in one message; the limit is {MAX_FDS_PER_MESSAGE}")
+    for _ in range(count):
+        segment_id, size = reader.take(_SEGMENT, "a new segment")
+        if segment_id == NO_SEGMENT:
+            raise WireFormatError("a new segment uses the reserved id 0")
+        message.new_segments.append((segment_id, size))
+    (count,) = reader.take(_U32, "the drop count")
+    message.drop_segments = list(reader.take_ints(count, "I", 4, "dropped segment ids"))
+    (count,) = reader.take(_U32, "the release count")
+    message.release_segments = list(reader.take_ints(count, "I", 4, "released segment ids"))
+    (count,) = reader.take(_U16, "the tensor count")
+    if count > MAX_TENSORS:
+        raise WireFormatError(f"{count} tensors in one message; the limit is {MAX_TENSORS}")
+    for index in range(count):
+        (length,) = reader.take(_U16, f"tensor {index}'s name length")
+        name = reader.take_text(length, f"tensor {index}'s name")
+        code, ndim, owner = reader.take(_TENSOR_HEAD, f"tensor {name!r}'s dtype")
+        if code not in _CODE_NAMES:
+            raise WireFormatError(f"tensor {name!r}: unknown dtype code {code}")
+        if ndim > MAX_NDIM:
+            raise WireFormatError(f"tensor {name!r}: rank {ndim} exceeds the limit of {MAX_NDIM}")
+        if owner not in (OWNER_SENDER, OWNER_RECEIVER):
+            raise WireFormatError(f"tensor {name!r}: unknown owner {owner}")
+        shape = reader.take_ints(ndim, "Q", 8, f"dimensions of tensor {name!r}")
+        segment, offset, nbytes = reader.take(_TENSOR_LOCATION, f"tensor {name!r}'s location")
+        message.tensors.append(TensorRef(name, code, shape, segment, offset, nbytes, owner))
+    if reader.pos != len(data):
+        raise WireFormatError(f"{len(data) - reader.pos} stray bytes after the last field")
+    return message
+
+
+def element_count(shape: Sequence[int]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
+def check_tensor_ref(ref: TensorRef, segment_size: int) -> None:
+    """Check that ``ref`` fits in a segment of ``segment_size`` bytes and matches its shape.
+
+    Raises:
+        WireFormatError: naming the tensor and the sizes that disagree.
+    """
+    if ref.offset > segment_size or ref.nbytes > segment_size - ref.offset:
+        raise WireFormatError(
+            f"tensor {ref.name!r}: bytes [{ref.offset}, {ref.offset + ref.nbytes}) lie outside "
+            f"segment {ref.segment} of {segment_size} bytes"
+        )
+    count = element_count(ref.shape)
+    if ref.dtype_code == STRING_CODE:
+        if ref.nbytes < 8 * (count + 1):
+            needed = 8 * (count + 1)
+            raise WireFormatError(
+                f"tensor {ref.name!r}: {count} strings need an offsets table of {needed} bytes, got {ref.nbytes}"
+            )
+    else:
+        expected = count * dtype_of_code(ref.dtype_code).itemsize
+        if ref.nbytes != expected:
+            raise WireFormatError(
+                f"tensor {ref.name!r}: shape {list(ref.shape)} needs {expected} bytes, ref says {ref.nbytes}"
+            )
+
+
+def string_block_size(encoded: Sequence[bytes]) -> int:
+    return 8 * (len(encoded) + 1) + sum(len(item) for item in encoded)
+
+
+def encode_strings(encoded: Sequence[bytes], out: memoryview) -> None:
+    """Write pre-encoded UTF-8 ``encoded`` strings as offsets table + text into ``out``."""
+    count = len(encoded)
+    lengths = np.fromiter((len(item) for item in encoded), dtype=np.uint64, count=count)
+    offsets = np.frombuffer(out, dtype="<u8", count=count + 1)
+    offsets[0] = 0
+    np.cumsum(lengths, out=offsets[1:])
+    start = 8 * (count + 1)
+    text = b"".join(encoded)
+    out[start : start + len(text)] = text
+
+
+def decode_strings(name: str, buffer: memoryview, shape: Tuple[int, ...]) -> np.ndarray:
+    """A numpy unicode array from a string block, checking every offset.
+
+    ``buffer`` is exactly the tensor's ``nbytes``.
+    """
+    count = element_count(shape)
+    table_bytes = 8 * (count + 1)
+    if len(buffer) < table_bytes:
+        raise WireFormatError(f"tensor {name!r}: string block of {len(buffer)} bytes is shorter than its offsets table")
+    offsets = np.frombuffer(buffer, dtype="<u8", count=count + 1)
+    text_bytes = len(buffer) - table_bytes
+    if offsets[0] != 0 or int(offsets[-1]) != text_bytes or (count and bool(np.any(np.diff(offsets) > text_bytes))):
+        raise WireFormatError(f"tensor {name!r}: string offsets do not describe {text_bytes} bytes of text")
+    if count and bool(np.any(offsets[1:] < offsets[:-1])):
+        raise WireFormatError(f"tensor {name!r}: string offsets decrease")
+    text = bytes(buffer[table_bytes:])
+    bounds = offsets.tolist()
+    try:
+        items = [text[bounds[i] : bounds[i + 1]].decode("utf-8") for i in range(count)]
+    except UnicodeDecodeError as exc:
+        raise WireFormatError(f"tensor {name!r}: a string is not valid UTF-8: {exc}") from None
+    if not items:
+        return np.empty(shape, dtype="U1")
+    return np.array(items, dtype=str).reshape(shape)

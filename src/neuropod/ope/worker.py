@@ -1,0 +1,242 @@
+"""The worker process: ``python -m neuropod.ope.worker --fd N --package DIR ...``.
+
+It loads one package with its backend, says HELLO, then answers INFER
+messages until told to shut down or until its parent goes away. It must run
+on any Python 3.9+ with numpy and the model's framework (it may be another
+interpreter than the parent's, importing neuropod from the parent's source
+tree through PYTHONPATH), so it imports nothing beyond the standard library,
+numpy and neuropod's framework-free core.
+
+Inputs are numpy views of the parent's segments (no copy). Outputs are
+copied once into segments this worker owns and lent to the parent until it
+releases them; an output that is a view of an input goes back as a reference
+to the parent's own segment (no copy at all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import signal
+import socket
+import sys
+import traceback
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import WireFormatError
+from . import wire
+from .channel import Channel, ChannelClosed
+from .shm import PeerSegments, Segment, SegmentPool
+from .tensors import read_tensor, write_tensor
+
+__all__ = ["main", "describe_exception", "set_parent_death_signal"]
+
+_PR_SET_PDEATHSIG = 1
+
+
+def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies (no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # the parent-pid watch below still catches an orphaned worker
+
+
+def describe_exception(exc: BaseException) -> List[str]:
+    """texts of an ERROR / LOAD_FAILED message: type name, message, traceback, module."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return [type(exc).__name__, str(exc), text, type(exc).__module__]
+
+
+class _Server:
+    def __init__(
+        self, channel: Channel, backend: object, shm_dir: str, cache_bytes: int, spin_ns: int, parent_pid: int
+    ) -> None:
+        self.channel = channel
+        self.backend = backend
+        self.spin_ns = spin_ns
+        self.parent_pid = parent_pid
+        self.pending_drops: List[int] = []
+        self.pool = SegmentPool(shm_dir, cache_bytes, on_destroy=self.pending_drops.append)
+        self.peer = PeerSegments()
+        self.lent: Dict[int, Segment] = {}  # our segments the parent still views
+        self.announced: set = set()
+
+    def check_parent(self) -> None:
+        if os.getppid() != self.parent_pid:
+            raise ChannelClosed()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                message, fds = self.channel.receive(self.spin_ns, None, self.check_parent)
+            except ChannelClosed:
+                return
+            for (segment_id, size), fd in zip(message.new_segments, fds):
+                self.peer.add(segment_id, size, fd)
+            for segment_id in message.drop_segments:
+                self.peer.drop(segment_id)
+            for segment_id in message.release_segments:
+                segment = self.lent.pop(segment_id, None)
+                if segment is not None:
+                    self.pool.release(segment)
+            if message.kind == wire.Kind.SHUTDOWN:
+                return
+            if message.kind == wire.Kind.INFER:
+                self.answer(message)
+
+    def answer(self, message: wire.Message) -> None:
+        try:
+            reply, fds = self.run(message)
+        except Exception as exc:
+            reply, fds = wire.Message(wire.Kind.ERROR, message.request_id, texts=describe_exception(exc)), []
+        reply.drop_segments = self.pending_drops[:]
+        del self.pending_drops[:]
+        self.channel.send(reply, fds)
+
+    def run(self, message: wire.Message) -> Tuple[wire.Message, List[int]]:
+        inputs: Dict[str, np.ndarray] = {}
+        # id(base array) -> (base, parent segment id, offset of the base in it), to spot outputs that view inputs
+        input_bases: Dict[int, Tuple[np.ndarray, int, int]] = {}
+        for ref in message.tensors:
+            if ref.owner != wire.OWNER_SENDER:
+                raise WireFormatError(f"input {ref.name!r} claims to live in one of the worker's segments")
+            memory = self.peer.get(ref.segment) if ref.segment != wire.NO_SEGMENT else None
+            array = read_tensor(ref, memory)
+            if array.base is not None and ref.dtype_code != wire.STRING_CODE:
+                input_bases[id(array.base)] = (array.base, ref.segment, ref.offset)
+            inputs[ref.name] = array
+        outputs = self.backend.infer(inputs)  # type: ignore[attr-defined]
+        del inputs
+        reply = wire.Message(wire.Kind.RESULT, message.request_id)
+        fds: List[int] = []
+        try:
+            for name, array in outputs.items():
+                passthrough = self._passthrough(name, array, input_bases)
+                if passthrough is not None:
+                    ref = passthrough
+                else:
+                    ref, segment = write_tensor(name, array, self.pool)
+                    if segment is not None:
+                        self.lent[segment.id] = segment
+                        if segment.id not in self.announced:
+                            self.announced.add(segment.id)
+                            reply.new_segments.append((segment.id, segment.size))
+                            fds.append(segment.fd)
+                reply.tensors.append(ref)
+        except BaseException:
+            for ref in reply.tensors:
+                segment = self.lent.pop(ref.segment, None) if ref.owner == wire.OWNER_SENDER else None
+                if segment is not None:
+                    self.pool.release(segment)
+            raise
+        if len(fds) > wire.MAX_FDS_PER_MESSAGE:
+            self._announce_in_batches(reply, fds)
+            fds = []
+        return reply, fds
+
+    def _announce_in_batches(self, reply: wire.Message, fds: List[int]) -> None:
+        step = wire.MAX_FDS_PER_MESSAGE
+        for start in range(0, len(fds), step):
+            batch = wire.Message(
+                wire.Kind.SEGMENTS, reply.request_id, new_segments=reply.new_segments[start : start + step]
+            )
+            self.channel.send(batch, fds[start : start + step])
+        reply.new_segments = []
+
+    @staticmethod
+    def _passthrough(
+        name: str, array: np.ndarray, input_bases: Dict[int, Tuple[np.ndarray, int, int]]
+    ) -> Optional[wire.TensorRef]:
+        base = array.base if isinstance(array, np.ndarray) else None
+        if base is None or array.nbytes == 0 or not array.flags.c_contiguous or array.dtype.kind in "USO":
+            return None
+        entry = input_bases.get(id(base))
+        if entry is None or entry[0] is not base:
+            return None
+        if array.dtype.byteorder == ">" or array.dtype.name not in wire.DTYPE_NAMES:
+            return None
+        _, segment_id, base_offset = entry
+        start = array.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+        if start < 0 or start + array.nbytes > base.nbytes:
+            return None
+        return wire.TensorRef(
+            name,
+            wire.dtype_code(array.dtype),
+            array.shape,
+            segment_id,
+            base_offset + start,
+            array.nbytes,
+            wire.OWNER_RECEIVER,
+        )
+
+    def close(self) -> None:
+        self.pool.close()
+        self.peer.clear()
+
+
+def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m neuropod.ope.worker", description=__doc__)
+    parser.add_argument("--fd", type=int, required=True, help="inherited control socket")
+    parser.add_argument("--package", required=True, help="package directory (already extracted and verified)")
+    parser.add_argument("--parent-pid", type=int, required=True)
+    parser.add_argument("--options", default="{}", help="backend options as JSON")
+    parser.add_argument("--spin-us", type=float, default=0.0)
+    parser.add_argument("--shm-dir", default="/dev/shm")
+    parser.add_argument("--cache-bytes", type=int, default=1 << 30)
+    parser.add_argument("--cpus", default="", help="comma-separated CPUs to pin to")
+    return parser.parse_args(argv)
+
+
+def _load_backend(package_dir: str, options_json: str) -> object:
+    from ..backends import BackendOptions, get_backend_class
+    from ..package import open_package
+
+    options = json.loads(options_json)
+    package = open_package(package_dir, verify=False)  # the parent verified it
+    backend_options = BackendOptions(
+        visible_gpu=options.get("visible_gpu"),
+        intra_op_threads=options.get("intra_op_threads"),
+        inter_op_threads=options.get("inter_op_threads"),
+        extra=options.get("extra", {}),
+    )
+    return get_backend_class(package.config.platform)(package, backend_options)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parse_args(argv)
+    set_parent_death_signal()
+    if os.getppid() != args.parent_pid:
+        return 0  # the parent died before we could ask to follow it
+    sock = socket.socket(fileno=args.fd)
+    os.set_inheritable(args.fd, False)  # processes the model starts must not hold our channel open
+    channel = Channel(sock)
+    if args.cpus:
+        os.sched_setaffinity(0, {int(cpu) for cpu in args.cpus.split(",")})
+    try:
+        backend = _load_backend(args.package, args.options)
+    except Exception as exc:
+        channel.send(wire.Message(wire.Kind.LOAD_FAILED, texts=describe_exception(exc)))
+        return 1
+    hello = [str(os.getpid()), sys.version.split()[0], np.__version__]
+    channel.send(wire.Message(wire.Kind.HELLO, texts=hello))
+    server = _Server(channel, backend, args.shm_dir, args.cache_bytes, int(args.spin_us * 1000), args.parent_pid)
+    try:
+        server.serve()
+    finally:
+        server.close()
+        close = getattr(backend, "close", None)
+        if close is not None:
+            close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
