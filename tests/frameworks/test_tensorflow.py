@@ -1,5 +1,6 @@
 """The TensorFlow backend and packager: TF1 GraphDefs, TF2 SavedModels, strings, custom ops, the legacy package."""
 
+import gc
 import json
 import os
 import shutil
@@ -412,3 +413,33 @@ def test_custom_op_is_stored_and_loaded_before_the_model(tmp_path, add_one_libra
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {"out": [42.0, 0.0], "intra": 2, "inter": 3}
+
+
+def test_outputs_are_read_only_views_that_cannot_corrupt_the_model(tmp_path):
+    weights = np.arange(4, dtype=np.float32)
+
+    @tf.function
+    def constant(x):
+        return {"out": tf.constant(weights) + 0 * tf.reduce_sum(x), "raw": tf.constant(weights)}
+
+    path = create_tensorflow_neuropod(
+        neuropod_path=tmp_path / "constant",
+        model_name="constant",
+        model=constant,
+        input_spec=[{"name": "x", "dtype": "float32", "shape": [None]}],
+        output_spec=[
+            {"name": "out", "dtype": "float32", "shape": [4]},
+            {"name": "raw", "dtype": "float32", "shape": [4]},
+        ],
+    )
+    with load_neuropod(path) as model:
+        first = model.infer({"x": np.ones(2, np.float32)})
+        for array in first.values():
+            assert not array.flags.writeable
+            with pytest.raises(ValueError, match="read-only"):
+                array[0] = 100
+        again = model.infer({"x": np.ones(2, np.float32)})
+    gc.collect()  # the views outlive the model and its tensors
+    for outputs in (first, again):
+        np.testing.assert_array_equal(outputs["raw"], weights)
+        np.testing.assert_array_equal(outputs["out"], weights)

@@ -130,9 +130,11 @@ def to_tensor(array: np.ndarray) -> Any:
 def to_numpy(value: Any, name: str) -> np.ndarray:
     """A numpy array from a TF tensor; strings decoded to unicode.
 
-    ``EagerTensor._numpy()`` views the tensor's buffer; the public ``numpy()``
-    copies it. The tensor is ours alone (a fresh model output), so viewing it
-    is safe, and the view keeps the tensor alive.
+    Numeric outputs are read-only views of the tensor's buffer, not copies:
+    ``EagerTensor.numpy()`` copies, ``_numpy()`` views. The buffer may be the
+    model's own constant or variable (an output that returns one as is), so
+    writing to the view would change the model: it is marked read-only. The
+    view keeps the tensor alive.
     """
     if not isinstance(value, tf.Tensor):
         try:
@@ -143,8 +145,12 @@ def to_numpy(value: Any, name: str) -> np.ndarray:
             ) from exc
     if value.dtype == tf.string:
         return as_string_array(value.numpy())
-    view = getattr(value, "_numpy", None)
-    return view() if view is not None else value.numpy()  # type: ignore[no-any-return]
+    view_of = getattr(value, "_numpy", None)
+    if view_of is None:  # not an eager CPU tensor with a host buffer
+        return value.numpy()  # type: ignore[no-any-return]
+    array: np.ndarray = view_of()
+    array.flags.writeable = False
+    return array
 
 
 def _mapping_from(settings: Mapping[str, Any], source: str) -> Dict[str, str]:
