@@ -1,0 +1,218 @@
+"""OPE data path: copies, allocate/seal, memory reuse, concurrency, options."""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ope_models import make_identity_model, make_tool_model
+
+from neuropod import load_neuropod
+from neuropod.errors import InputValidationError, OptionError
+from neuropod.executors.ope import OutOfProcessExecutor
+
+
+@pytest.fixture(scope="module")
+def tool_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tool_model(tmp_path_factory.mktemp("tool"))
+
+
+@pytest.fixture(scope="module")
+def identity_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_identity_model(tmp_path_factory.mktemp("identity"), dtype="float32")
+
+
+def test_runs_in_another_process_with_the_same_results(tool_path):
+    inputs = {"x": np.linspace(0, 1, 7), "words": np.array([["grüße", ""], ["a", "b"]])}
+    with load_neuropod(tool_path, use_ope=True) as remote, load_neuropod(tool_path) as local:
+        out, expected = remote.infer(inputs), local.infer(inputs)
+        assert isinstance(remote.executor, OutOfProcessExecutor)
+        assert int(out["pid"][0]) != os.getpid() and int(expected["pid"][0]) == os.getpid()
+        for name in ("y", "same", "shout"):
+            assert out[name].dtype == expected[name].dtype
+            assert np.array_equal(out[name], expected[name])
+
+
+def test_outputs_view_shared_memory_and_return_it_when_dropped(identity_path):
+    with load_neuropod(identity_path, use_ope=True, workers=1) as model:
+        worker = model.executor.workers[0]
+        x = np.arange(100_000, dtype=np.float32)
+        out = model.infer({"x": x})["x"]
+        assert np.array_equal(out, x)
+        assert not out.flags.owndata and isinstance(out.base, np.ndarray)  # a view of a segment
+        pool = model.executor._pool
+        # The identity model's output is a view of our copy of the input: no copy back.
+        assert len(worker.releases) == 0 and pool.idle_bytes == 0
+        del out
+        gc.collect()
+        assert pool.idle_bytes >= x.nbytes  # the block went back to the pool
+        for _ in range(5):
+            model.infer({"x": x})
+        assert len(pool) == 1  # reused, not one segment per call
+
+
+def test_worker_output_blocks_are_released_back_to_the_worker(tool_path):
+    with load_neuropod(tool_path, use_ope=True) as model:
+        worker = model.executor.workers[0]
+        first = model.infer({"x": np.ones(10)})
+        assert len(worker.releases) == 0
+        y = first["y"]
+        del first
+        gc.collect()
+        assert len(worker.releases) == 1  # "pid" dropped; "y" still held
+        assert y[0] == 2.0
+        del y
+        gc.collect()
+        assert len(worker.releases) == 2
+        kept = model.infer({"x": np.ones(10)})
+        assert len(worker.releases) == 0  # handed back with the next call
+        del kept
+        segments_after_warmup = len(worker.segments)
+        for _ in range(10):
+            model.infer({"x": np.ones(10)})
+        assert len(worker.segments) == segments_after_warmup  # the worker reuses its blocks
+
+
+def test_allocate_gives_shared_memory_passed_without_copy(identity_path):
+    with load_neuropod(identity_path, use_ope=True) as model:
+        x = model.allocate("x", (1000,))
+        assert x.dtype == np.float32
+        x[:] = np.arange(1000)
+        executor = model.executor
+        assert executor._find_lease(x) is not None
+        out = model.infer({"x": x})["x"]
+        # The identity model handed back the very memory we allocated: zero copies both ways.
+        assert np.shares_memory(out, x)
+        assert np.array_equal(out, np.arange(1000, dtype=np.float32))
+        sliced = x[10:20]
+        assert np.array_equal(model.infer({"x": sliced})["x"], np.arange(10, 20, dtype=np.float32))
+        assert np.array_equal(model.infer({"x": x[::2]})["x"], np.arange(0, 1000, 2, dtype=np.float32))
+        pool = executor._pool
+        idle_before = pool.idle_bytes
+        del x, out, sliced
+        gc.collect()
+        assert pool.idle_bytes > idle_before
+        assert not executor._leases
+        with pytest.raises(InputValidationError, match="nope"):
+            model.allocate("nope", (3,))
+
+
+def test_allocate_in_process_is_plain_numpy(identity_path):
+    with load_neuropod(identity_path) as model:
+        x = model.allocate("x", (4,))
+        assert x.dtype == np.float32 and x.shape == (4,) and x.flags.owndata
+        assert model.seal("x", x) is x
+
+
+def test_seal_copies_ahead_and_infer_waits_for_it(identity_path):
+    with load_neuropod(identity_path, use_ope=True) as model:
+        source = np.random.default_rng(0).random(2_000_000).astype(np.float32)
+        sealed = model.seal("x", source)
+        assert sealed is not source
+        out = model.infer({"x": sealed})["x"]
+        assert np.array_equal(out, source)
+        assert model.seal("x", np.zeros(0, np.float32)).size == 0
+
+
+def _run_pair(model, seconds: float = 0.3):
+    """Two threads call ``busy`` at once; each call's (start, end, cpu seconds) as the model saw it."""
+    busy = {"x": np.array([seconds]), "cmd": np.array(["busy"])}
+    spans = [None, None]
+
+    def call(i):
+        spans[i] = model.infer(busy)["span"]
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return spans
+
+
+def _cores_used(spans) -> float:
+    wall = max(s[1] for s in spans) - min(s[0] for s in spans)
+    return sum(s[2] for s in spans) / wall
+
+
+def test_two_workers_serve_threads_in_parallel_unlike_one_process(tool_path):
+    # The clock in a span is system-wide (CLOCK_MONOTONIC), so spans from two processes compare.
+    with load_neuropod(tool_path) as local:
+        local_spans = _run_pair(local)
+    assert _cores_used(local_spans) <= 1.15  # one GIL: two threads together get at most one core
+    with load_neuropod(tool_path, use_ope=True, workers=2) as remote:
+        attempts = []
+        for _ in range(3):
+            a, b = spans = _run_pair(remote)
+            assert min(a[1], b[1]) - max(a[0], b[0]) > 0.5 * min(a[1] - a[0], b[1] - b[0])  # same time
+            attempts.append(_cores_used(spans))
+            if attempts[-1] > 1.3:
+                break
+    if max(attempts) <= 1.3:
+        if os.cpu_count() == 1 or os.getloadavg()[0] > (os.cpu_count() or 1) - 1:
+            pytest.skip(f"machine too busy to show two cores at work (cores used: {attempts})")
+        pytest.fail(f"two workers never used more than one core together: {attempts}")
+
+
+def test_concurrent_callers_get_their_own_results(tool_path):
+    errors = []
+    with load_neuropod(tool_path, use_ope=True, workers=2) as model:
+
+        def call(seed):
+            rng = np.random.default_rng(seed)
+            try:
+                for _ in range(50):
+                    x = rng.random(int(rng.integers(1, 5000)))
+                    out = model.infer({"x": x})
+                    assert np.array_equal(out["y"], x + 1)
+            except Exception as exc:  # surfaced below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=call, args=(seed,)) for seed in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert not errors
+
+
+def test_cpu_affinity_pins_workers(tool_path):
+    cpus = sorted(os.sched_getaffinity(0))
+    with load_neuropod(tool_path, use_ope=True, cpu_affinity=[cpus[-1]]) as model:
+        pid = model.executor.worker_pids[0]
+        assert os.sched_getaffinity(pid) == {cpus[-1]}
+
+
+def test_explicit_python_executable_and_bad_options(tool_path):
+    with load_neuropod(tool_path, use_ope=True, python_executable=sys.executable, spin_us=0) as model:
+        assert np.array_equal(model.infer({"x": np.ones(2)})["y"], [2.0, 2.0])
+        assert model.executor.workers[0].python_version == sys.version.split()[0]
+    for bad, match in (
+        ({"workers": 0}, "workers"),
+        ({"spin_us": -1}, "spin_us"),
+        ({"restart_policy": "sometimes"}, "restart_policy"),
+        ({"python_executable": "/nonexistent/python"}, "python_executable"),
+        ({"cpu_affinity": ["a"]}, "cpu_affinity"),
+        ({"backend_thing": object()}, "JSON"),
+    ):
+        with pytest.raises(OptionError, match=match):
+            load_neuropod(tool_path, use_ope=True, **bad)
+
+
+OTHER_PYTHON = os.environ.get("NEUROPOD_TEST_OTHER_PYTHON")
+
+
+@pytest.mark.skipif(not OTHER_PYTHON, reason="set NEUROPOD_TEST_OTHER_PYTHON to an interpreter with numpy")
+def test_worker_runs_under_another_interpreter(tool_path):
+    inputs = {"x": np.arange(3.0), "words": np.array([["a", "é"]])}
+    with load_neuropod(tool_path, use_ope=True, python_executable=OTHER_PYTHON) as model:
+        worker = model.executor.workers[0]
+        out = model.infer(inputs)
+        assert np.array_equal(out["y"], inputs["x"] + 1)
+        assert out["shout"].tolist() == [["A", "É"]]
+        print(f"worker ran Python {worker.python_version} with numpy {worker.numpy_version}")
