@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 from neuropod.packagers import create_python_neuropod
 
@@ -76,7 +76,7 @@ TOOL_OUTPUTS = [
 ]
 
 
-def _make(root: Path, name: str, code: str, inputs: list, outputs: list) -> Path:
+def _make(root: Path, name: str, code: str, inputs: list, outputs: list, **options: Any) -> Path:
     code_dir = root / f"{name}_code"
     (code_dir / f"{name}_pkg").mkdir(parents=True)
     (code_dir / f"{name}_pkg" / "__init__.py").write_text(textwrap.dedent(code))
@@ -89,11 +89,12 @@ def _make(root: Path, name: str, code: str, inputs: list, outputs: list) -> Path
         entrypoint="get_model",
         input_spec=inputs,
         output_spec=outputs,
+        **options,
     )
 
 
-def make_tool_model(root: Union[str, Path], name: str = "tool") -> Path:
-    return _make(Path(root), name, TOOL_CODE, TOOL_INPUTS, TOOL_OUTPUTS)
+def make_tool_model(root: Union[str, Path], name: str = "tool", **options: Any) -> Path:
+    return _make(Path(root), name, TOOL_CODE, TOOL_INPUTS, TOOL_OUTPUTS, **options)
 
 
 def make_identity_model(root: Union[str, Path], dtype: str = "uint8", name: str = "identity") -> Path:
