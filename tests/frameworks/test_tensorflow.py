@@ -443,3 +443,32 @@ def test_outputs_are_read_only_views_that_cannot_corrupt_the_model(tmp_path):
     for outputs in (first, again):
         np.testing.assert_array_equal(outputs["raw"], weights)
         np.testing.assert_array_equal(outputs["out"], weights)
+
+
+def test_signature_dtype_that_differs_from_the_spec_is_refused_when_packaging(tmp_path):
+    module = tf.Module()
+    spec = tf.TensorSpec([None, None], tf.float32)
+    module.add = tf.function(lambda x, y: {"out": x + y}, input_signature=[spec, spec])
+    saved = tmp_path / "saved"
+    tf.saved_model.save(module, str(saved), signatures=module.add)
+    double_inputs = [dict(s, dtype="float64") for s in ADDITION_INPUTS]
+    with pytest.raises(PackageError, match="input 'x' is float64 in the spec.*float32"):
+        create_tensorflow_neuropod(
+            tmp_path / "f64", "f64", saved_model_dir=saved, input_spec=double_inputs, output_spec=ADDITION_OUTPUTS
+        )
+
+
+def test_bfloat16_round_trip(tmp_path):
+    ml_dtypes = require("ml_dtypes")
+    spec = [{"name": "x", "dtype": "bfloat16", "shape": [None]}]
+    path = create_tensorflow_neuropod(
+        neuropod_path=tmp_path / "bf16",
+        model_name="bf16",
+        model=tf.function(lambda x: {"out": x * 2}),
+        input_spec=spec,
+        output_spec=[{"name": "out", "dtype": "bfloat16", "shape": [None]}],
+    )
+    with load_neuropod(path) as model:
+        out = model.infer({"x": np.array([1.5, -3], ml_dtypes.bfloat16)})["out"]
+    assert out.dtype == ml_dtypes.bfloat16
+    assert out.astype(np.float32).tolist() == [3.0, -6.0]

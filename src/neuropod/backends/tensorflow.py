@@ -28,6 +28,7 @@ import tensorflow as tf
 from ..errors import InferenceError, InputValidationError, PackageError
 from ..package import Package, layout
 from ..package.manifest import sha256_file
+from ..spec import TensorSpec, numpy_dtype
 from .base import Backend, BackendOptions, TensorDict, as_string_array, gpu_unavailable_warning
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "to_tensor",
     "to_numpy",
     "match_signature",
+    "tf_dtype",
 ]
 
 GRAPH_FILE = "model.pb"
@@ -241,10 +243,19 @@ class _GraphRunner:
         return {name: to_numpy(value, name) for name, value in zip(self._output_names, results)}
 
 
+def tf_dtype(dtype: str) -> Any:
+    """The TF dtype of a canonical spec dtype."""
+    return tf.string if dtype == "string" else tf.as_dtype(numpy_dtype(dtype))
+
+
 def match_signature(
-    function: Any, input_names: Sequence[str], output_names: Sequence[str], mapping: Mapping[str, str], where: str
+    function: Any,
+    input_specs: Sequence[TensorSpec],
+    output_specs: Sequence[TensorSpec],
+    mapping: Mapping[str, str],
+    where: str,
 ) -> Tuple[Dict[str, str], List[Tuple[str, str]]]:
-    """Pair spec names with a signature's input and output names.
+    """Pair spec names with a signature's input and output names, and check their dtypes.
 
     Returns ``{spec input: signature input}`` and ``[(spec output, signature
     output)]``. A spec name missing from ``mapping`` stands for itself. A
@@ -252,33 +263,47 @@ def match_signature(
     ``output_1`` ...: without a mapping, those match the spec by position.
 
     Raises:
-        PackageError: a name matches nothing (the message lists what the signature has).
+        PackageError: a name matches nothing (the message lists what the signature has),
+            or a dtype differs from the spec's.
     """
-    signature_inputs = set(function.structured_input_signature[1])
+    signature_inputs = function.structured_input_signature[1]
     signature_outputs = sorted(function.structured_outputs)
     inputs: Dict[str, str] = {}
-    for spec_name in input_names:
-        name = mapping.get(spec_name, spec_name)
+    for spec in input_specs:
+        name = mapping.get(spec.name, spec.name)
         if name not in signature_inputs:
             raise PackageError(
-                f"{where}: input {spec_name!r} maps to {name!r}, but the signature's inputs are "
+                f"{where}: input {spec.name!r} maps to {name!r}, but the signature's inputs are "
                 f"{sorted(signature_inputs)} (set node_name_mapping)"
             )
-        inputs[spec_name] = name
-    unmapped = signature_inputs - set(inputs.values())
+        if signature_inputs[name].dtype != tf_dtype(spec.dtype):
+            raise PackageError(
+                f"{where}: input {spec.name!r} is {spec.dtype} in the spec, but the signature's {name!r} takes "
+                f"{signature_inputs[name].dtype.name}"
+            )
+        inputs[spec.name] = name
+    unmapped = set(signature_inputs) - set(inputs.values())
     if unmapped:
         raise PackageError(f"{where}: signature inputs {sorted(unmapped)} are not in the input spec")
+    output_names = [spec.name for spec in output_specs]
     pairs = [(spec_name, mapping.get(spec_name, spec_name)) for spec_name in output_names]
-    if all(name in signature_outputs for _, name in pairs):
-        return inputs, pairs
-    positional = [f"output_{i}" for i in range(len(output_names))]
-    if sorted(positional) == signature_outputs and not any(name in mapping for name in output_names):
-        return inputs, list(zip(output_names, positional))
-    missing = [f"{spec_name!r} -> {name!r}" for spec_name, name in pairs if name not in signature_outputs]
-    raise PackageError(
-        f"{where}: outputs {', '.join(missing)} are not among the signature's outputs {signature_outputs} "
-        "(set node_name_mapping)"
-    )
+    if not all(name in signature_outputs for _, name in pairs):
+        positional = [f"output_{i}" for i in range(len(output_names))]
+        if sorted(positional) != signature_outputs or any(name in mapping for name in output_names):
+            missing = [f"{spec_name!r} -> {name!r}" for spec_name, name in pairs if name not in signature_outputs]
+            raise PackageError(
+                f"{where}: outputs {', '.join(missing)} are not among the signature's outputs {signature_outputs} "
+                "(set node_name_mapping)"
+            )
+        pairs = list(zip(output_names, positional))
+    for spec, (_, name) in zip(output_specs, pairs):
+        produced = function.structured_outputs[name].dtype
+        if produced != tf_dtype(spec.dtype):
+            raise PackageError(
+                f"{where}: output {spec.name!r} is {spec.dtype} in the spec, but the signature's {name!r} is "
+                f"{produced.name}"
+            )
+    return inputs, pairs
 
 
 class _SignatureRunner:
@@ -301,8 +326,8 @@ class _SignatureRunner:
         self._function = signatures[signature_name]
         self._input_names, self._output_names = match_signature(
             self._function,
-            [spec.name for spec in package.config.input_spec],
-            [spec.name for spec in package.config.output_spec],
+            package.config.input_spec,
+            package.config.output_spec,
             mapping,
             f"{path} signature {signature_name!r}",
         )

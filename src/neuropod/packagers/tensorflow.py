@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from ..errors import PackageError, SpecError
-from ..spec import TensorSpec, as_specs, numpy_dtype
+from ..spec import TensorSpec, as_specs
 from ._pipeline import PathLike, create_neuropod
 
 __all__ = ["create_tensorflow_neuropod"]
@@ -179,13 +179,14 @@ def _save_model(
 ) -> None:
     import tensorflow as tf
 
+    from ..backends.tensorflow import tf_dtype
+
     def tensor_specs() -> Dict[str, Any]:
         specs = {}
         for spec in input_specs:
             name = mapping.get(spec.name, spec.name)
             shape = [dim if isinstance(dim, int) else None for dim in spec.shape]
-            dtype = tf.string if spec.dtype == "string" else tf.as_dtype(numpy_dtype(spec.dtype))
-            specs[name] = tf.TensorSpec(shape, dtype, name=name)
+            specs[name] = tf.TensorSpec(shape, tf_dtype(spec.dtype), name=name)
         return specs
 
     def concrete(function: Any) -> Any:
@@ -237,8 +238,8 @@ def _check_signature(
         raise PackageError(f"signature_name {signature_name!r}: the SavedModel has {sorted(signatures.keys())}")
     match_signature(
         signatures[signature_name],
-        [spec.name for spec in input_specs],
-        [spec.name for spec in output_specs],
+        list(input_specs),
+        list(output_specs),
         mapping,
         f"signature {signature_name!r}",
     )
