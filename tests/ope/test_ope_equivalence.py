@@ -7,9 +7,9 @@ from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 import pytest
-from conftest import ADDITION_INPUTS, ADDITION_OUTPUTS, require
 from ope_models import make_tool_model
 
+from conftest import ADDITION_INPUTS, ADDITION_OUTPUTS, require
 from neuropod import load_neuropod
 from neuropod.packagers import create_placeholder_neuropod
 
