@@ -85,6 +85,7 @@ def test_list_outputs_are_named_by_their_layers(tmp_path):
     np.testing.assert_array_equal(out["total"], X + Y)
 
 
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside Keras, on save
 def test_single_input_sequential_model_matches_whatever_its_input_is_called(tmp_path):
     model = keras.Sequential([keras.Input(shape=(3,)), keras.layers.Dense(2, kernel_initializer="ones")])
     path = create_keras_neuropod(

@@ -472,3 +472,24 @@ def test_bfloat16_round_trip(tmp_path):
         out = model.infer({"x": np.array([1.5, -3], ml_dtypes.bfloat16)})["out"]
     assert out.dtype == ml_dtypes.bfloat16
     assert out.astype(np.float32).tolist() == [3.0, -6.0]
+
+
+def test_unfrozen_graph_with_variables_runs_after_its_init_op(tmp_path):
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None], name="x")
+        scale = tf.compat.v1.Variable(np.float32(3.0), name="scale", use_resource=False)
+        tf.identity(x * scale, name="out")
+        tf.compat.v1.global_variables_initializer()  # the op named "init"
+    vector = [{"name": "x", "dtype": "float32", "shape": [None]}]
+    path = create_tensorflow_neuropod(
+        neuropod_path=tmp_path / "variables",
+        model_name="variables",
+        graph_def=graph.as_graph_def(),
+        init_op_names=["init"],
+        input_spec=vector,
+        output_spec=[dict(vector[0], name="out")],  # unmapped names mean "<name>:0"
+        test_input_data={"x": np.array([1, 2], np.float32)},
+        test_expected_out={"out": np.array([3, 6], np.float32)},
+    )
+    assert open_package(path).backend_config()["init_op_names"] == ["init"]
