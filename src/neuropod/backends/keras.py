@@ -11,12 +11,22 @@ from __future__ import annotations
 import warnings
 from typing import Any, Dict, List, Mapping, Optional
 
-import keras
 import numpy as np
 
-from ..errors import InferenceError, InputValidationError, PackageError
+from ..errors import FrameworkNotInstalledError, InferenceError, InputValidationError, PackageError
 from ..package import Package, layout
 from .base import Backend, BackendOptions, TensorDict, as_string_array, gpu_unavailable_warning
+
+try:
+    import keras
+except (
+    ImportError,
+    ValueError,
+) as exc:  # keras itself is there (the registry checked), but not the backend it is set to use
+    raise FrameworkNotInstalledError(
+        f"keras cannot start its backend: {exc}; install one of tensorflow, jax or torch "
+        "(e.g. pip install 'neuropod[tensorflow]') and select it with KERAS_BACKEND"
+    ) from exc
 
 __all__ = ["KerasBackend", "MODEL_FILE", "model_input_names", "model_output_names"]
 
