@@ -180,25 +180,85 @@ def _serve_settings(config_file: Optional[str]) -> Dict[str, Any]:
     models = data.get("models") if isinstance(data, dict) else None
     if not isinstance(models, dict) or not all(isinstance(v, dict) for v in models.values()):
         raise UserError(f"{config_file}: expected {{\"models\": {{NAME: {{setting: value}}}}}}")
-    return {name: ModelSettings.from_dict(settings, f"{config_file}: model {name!r}") for name, settings in models.items()}
+    return {name: ModelSettings.from_dict(value, f"{config_file}: model {name!r}") for name, value in models.items()}
 
 
 @main.command()
 @click.argument("path")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless told otherwise).")
-@click.option("--grpc-port", default=8001, show_default=True, type=click.IntRange(0, 65535), help="gRPC port (0: any free port).")
-@click.option("--http-port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="REST and /metrics port (0: any free port).")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind (loopback unless told otherwise).",
+)
+@click.option(
+    "--grpc-port",
+    default=8001,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="gRPC port (0: any free port).",
+)
+@click.option(
+    "--http-port",
+    default=8000,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="REST and /metrics port (0: any free port).",
+)
 @click.option("--ope", is_flag=True, help="Run every model in out-of-process workers (default: in the server process).")
-@click.option("--max-batch-size", default=0, show_default=True, type=click.IntRange(0), help="Merge concurrent requests up to this many rows (0: off).")
-@click.option("--max-queue-delay-ms", default=2.0, show_default=True, type=click.FloatRange(0), help="How long a batch waits to fill.")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help='Per-model settings: {"models": {NAME: {...}}}.')
+@click.option(
+    "--max-batch-size",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Merge concurrent requests up to this many rows (0: off).",
+)
+@click.option(
+    "--max-queue-delay-ms",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="How long a batch waits to fill.",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help='Per-model settings: {"models": {NAME: {...}}}.',
+)
 @click.option("--threads", default=4, show_default=True, type=click.IntRange(1), help="Threads running model calls.")
-@click.option("--max-message-bytes", default=256 * 1024 * 1024, show_default=True, type=click.IntRange(1), help="Largest request accepted.")
-@click.option("--token", envvar="NEUROPOD_SERVE_TOKEN", default=None, help="Require 'Authorization: Bearer TOKEN' (env NEUROPOD_SERVE_TOKEN).")
-@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True), help="PEM certificate chain: serve TLS on both ports.")
+@click.option(
+    "--max-message-bytes",
+    default=256 * 1024 * 1024,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Largest request accepted.",
+)
+@click.option(
+    "--token",
+    envvar="NEUROPOD_SERVE_TOKEN",
+    default=None,
+    help="Require 'Authorization: Bearer TOKEN' (env NEUROPOD_SERVE_TOKEN).",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True),
+    help="PEM certificate chain: serve TLS on both ports.",
+)
 @click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), help="PEM private key of --tls-cert.")
-@click.option("--grace", default=30.0, show_default=True, type=click.FloatRange(0), help="Seconds in-flight requests get at shutdown.")
-@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--grace",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds in-flight requests get at shutdown.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
 @_user_errors
 def serve(
     path: str,

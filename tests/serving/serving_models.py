@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 MLSERVER_MODEL_DIR = Path(__file__).resolve().parent / "mlserver_adder"
 MLSERVER_VENV = Path(os.environ.get("NEUROPOD_MLSERVER_VENV", REPO / ".cache" / "mlserver-venv"))
 
-ADDER_CODE = '''
+ADDER_CODE = """
 import json
 import os
 import time
@@ -50,9 +50,9 @@ def get_model(data_dir):
         return {"out": x + y}
 
     return add
-'''
+"""
 
-STRINGS_CODE = '''
+STRINGS_CODE = """
 import numpy as np
 
 
@@ -61,9 +61,9 @@ def get_model(data_dir):
         return {"upper": np.char.upper(s), "length": np.char.str_len(s).astype(np.int64)}
 
     return run
-'''
+"""
 
-HALVES_CODE = '''
+HALVES_CODE = """
 import numpy as np
 
 
@@ -75,7 +75,7 @@ def get_model(data_dir):
         return out
 
     return run
-'''
+"""
 
 ADDER_INPUTS = [
     {"name": "x", "dtype": "float32", "shape": ["batch", None]},
@@ -85,7 +85,13 @@ ADDER_OUTPUTS = [{"name": "out", "dtype": "float32", "shape": ["batch", None]}]
 
 
 def _python_package(
-    target: Path, name: str, code: str, module: str, inputs: Any, outputs: Any, settings: Optional[Dict[str, Any]] = None
+    target: Path,
+    name: str,
+    code: str,
+    module: str,
+    inputs: Any,
+    outputs: Any,
+    settings: Optional[Dict[str, Any]] = None,
 ) -> Path:
     from neuropod.packagers import create_python_neuropod
 
@@ -125,7 +131,10 @@ def make_strings(target: Path, name: str = "strings") -> Path:
         STRINGS_CODE,
         f"{name}_code",
         [{"name": "s", "dtype": "string", "shape": ["batch"]}],
-        [{"name": "upper", "dtype": "string", "shape": ["batch"]}, {"name": "length", "dtype": "int64", "shape": ["batch"]}],
+        [
+            {"name": "upper", "dtype": "string", "shape": ["batch"]},
+            {"name": "length", "dtype": "int64", "shape": ["batch"]},
+        ],
     )
 
 
@@ -151,7 +160,7 @@ def mlserver_available() -> bool:
     return (MLSERVER_VENV / "bin" / "mlserver").exists()
 
 
-def start_mlserver(workdir: Path, timeout_s: float = 90.0) -> Tuple["subprocess.Popen[bytes]", int, int]:
+def start_mlserver(workdir: Path, timeout_s: float = 90.0) -> Tuple[subprocess.Popen[bytes], int, int]:
     """Start MLServer from its own venv serving the adder; return (process, http port, grpc port)."""
     model_dir = workdir / "adder"
     shutil.copytree(MLSERVER_MODEL_DIR, model_dir, ignore=shutil.ignore_patterns("__pycache__"))
@@ -179,7 +188,9 @@ def start_mlserver(workdir: Path, timeout_s: float = 90.0) -> Tuple["subprocess.
     url = f"http://127.0.0.1:{http_port}/v2/models/adder/ready"
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"mlserver exited with {process.returncode}: {(workdir / 'mlserver.log').read_text()[-2000:]}")
+            raise RuntimeError(
+                f"mlserver exited with {process.returncode}: {(workdir / 'mlserver.log').read_text()[-2000:]}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status == 200:
@@ -188,10 +199,12 @@ def start_mlserver(workdir: Path, timeout_s: float = 90.0) -> Tuple["subprocess.
             pass
         time.sleep(0.25)
     stop_process(process)
-    raise RuntimeError(f"mlserver did not become ready in {timeout_s}s: {(workdir / 'mlserver.log').read_text()[-2000:]}")
+    raise RuntimeError(
+        f"mlserver did not become ready in {timeout_s}s: {(workdir / 'mlserver.log').read_text()[-2000:]}"
+    )
 
 
-def stop_process(process: "subprocess.Popen[bytes]", timeout_s: float = 15.0) -> None:
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
     """SIGTERM the process group we started, then SIGKILL if it lingers."""
     import signal
 

@@ -10,9 +10,9 @@ from typing import Iterator
 
 import numpy as np
 import pytest
-from conftest import require
 from serving_models import make_adder, make_halves, make_strings
 
+from conftest import require
 from neuropod.packagers.placeholder import create_placeholder_neuropod
 
 require("grpc")
@@ -22,6 +22,12 @@ tritonclient_http = require("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from neuropod.serving import ModelServer, ServerConfig  # noqa: E402
+
+# tritonclient's HTTP client is gevent-based: when the garbage collector frees one on
+# another thread (the server's, say), its __del__ complains. Harmless; not ours.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <function InferenceServerClient.__del__:pytest.PytestUnraisableExceptionWarning"
+)
 
 
 @pytest.fixture(scope="module")
@@ -173,18 +179,28 @@ def _grpc_error(call: object) -> InferenceServerException:
 
 def test_grpc_errors_carry_the_right_status(grpc_client: object) -> None:
     bad_shape = np.zeros((2, 3), dtype=np.int32)
-    wrong_dtype = _grpc_error(lambda: grpc_client.infer("adder", _inputs(tritonclient_grpc, {"x": bad_shape, "y": bad_shape}, {"x": "INT32", "y": "INT32"})))  # type: ignore[attr-defined]
+    wrong_dtype = _grpc_error(
+        lambda: grpc_client.infer(
+            "adder", _inputs(tritonclient_grpc, {"x": bad_shape, "y": bad_shape}, {"x": "INT32", "y": "INT32"})
+        )
+    )  # type: ignore[attr-defined]
     assert wrong_dtype.status() == "StatusCode.INVALID_ARGUMENT"
     assert "expected dtype float32, got int32" in wrong_dtype.message()
     unknown = _grpc_error(lambda: grpc_client.infer("nope", _inputs(tritonclient_grpc, {"x": X}, {"x": "FP32"})))  # type: ignore[attr-defined]
     assert unknown.status() == "StatusCode.NOT_FOUND"
     bad_version = _grpc_error(lambda: grpc_client.get_model_metadata("ph", "9"))  # type: ignore[attr-defined]
     assert bad_version.status() == "StatusCode.NOT_FOUND"
-    mismatch = _grpc_error(lambda: grpc_client.infer("adder", _inputs(tritonclient_grpc, {"x": X, "y": np.zeros((3, 3), np.float32)}, {"x": "FP32", "y": "FP32"})))  # type: ignore[attr-defined]
+    mismatch = _grpc_error(
+        lambda: grpc_client.infer(
+            "adder", _inputs(tritonclient_grpc, {"x": X, "y": np.zeros((3, 3), np.float32)}, {"x": "FP32", "y": "FP32"})
+        )
+    )  # type: ignore[attr-defined]
     assert mismatch.status() == "StatusCode.INVALID_ARGUMENT" and "'batch'" in mismatch.message()
     no_output = _grpc_error(
         lambda: grpc_client.infer(  # type: ignore[attr-defined]
-            "adder", _inputs(tritonclient_grpc, {"x": X, "y": Y}, {"x": "FP32", "y": "FP32"}), outputs=[tritonclient_grpc.InferRequestedOutput("zz")]
+            "adder",
+            _inputs(tritonclient_grpc, {"x": X, "y": Y}, {"x": "FP32", "y": "FP32"}),
+            outputs=[tritonclient_grpc.InferRequestedOutput("zz")],
         )
     )
     assert no_output.status() == "StatusCode.INVALID_ARGUMENT" and "'zz'" in no_output.message()
@@ -230,7 +246,9 @@ def test_typed_contents_over_grpc(server: ModelServer) -> None:
 
 def test_requests_over_the_size_limit_are_refused(grpc_client: object, http_client: object) -> None:
     big = np.zeros((1, 300_000), dtype=np.float32)  # 1.2 MB > the 1 MB limit of this server
-    error = _grpc_error(lambda: grpc_client.infer("adder", _inputs(tritonclient_grpc, {"x": big, "y": big}, {"x": "FP32", "y": "FP32"})))  # type: ignore[attr-defined]
+    error = _grpc_error(
+        lambda: grpc_client.infer("adder", _inputs(tritonclient_grpc, {"x": big, "y": big}, {"x": "FP32", "y": "FP32"}))
+    )  # type: ignore[attr-defined]
     assert error.status() == "StatusCode.RESOURCE_EXHAUSTED"
     with pytest.raises(InferenceServerException) as info:
         http_client.infer("adder", _inputs(tritonclient_http, {"x": big, "y": big}, {"x": "FP32", "y": "FP32"}))  # type: ignore[attr-defined]
@@ -244,7 +262,9 @@ def test_curl(server: ModelServer) -> None:
     base = f"http://127.0.0.1:{server.http_port}"
 
     def curl(*args: str) -> tuple:
-        done = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", *args], capture_output=True, text=True, timeout=30, check=True)
+        done = subprocess.run(
+            ["curl", "-s", "-w", "\n%{http_code}", *args], capture_output=True, text=True, timeout=30, check=True
+        )
         body, _, code = done.stdout.rpartition("\n")
         return int(code), body
 

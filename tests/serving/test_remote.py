@@ -8,9 +8,9 @@ from typing import Iterator
 
 import numpy as np
 import pytest
-from conftest import require
 from serving_models import make_adder, make_halves, make_strings, mlserver_available, start_mlserver, stop_process
 
+from conftest import require
 from neuropod import InputValidationError, load_neuropod
 from neuropod.errors import ModelNotFoundError, RemoteError, SpecError
 from neuropod.executors.remote import parse_model_url
@@ -19,6 +19,12 @@ require("grpc")
 require("aiohttp")
 
 from neuropod.serving import ModelServer, ServerConfig  # noqa: E402
+
+# tritonclient's HTTP client is gevent-based: when the garbage collector frees one on
+# another thread (the server's, say), its __del__ complains. Harmless; not ours.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <function InferenceServerClient.__del__:pytest.PytestUnraisableExceptionWarning"
+)
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,10 @@ class Executor(abc.ABC):
 
         A model server reports this as the model's readiness and refuses calls
         (UNAVAILABLE) while it is False. An executor whose worker has died
-        returns False until it has started a replacement on its own, then True
-        again. Executors that cannot lose their model keep this default.
+        returns False until it has a replacement, then True again. To get one,
+        the server calls the executor's ``restart()`` method, if it has one,
+        every second while ``ready()`` is False. Executors that cannot lose
+        their model keep this default.
         """
         return True
 

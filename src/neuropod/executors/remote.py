@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, Union
 from urllib.parse import quote, urlsplit
 
-import numpy as np
-
 from ..errors import (
     AuthenticationError,
     InputValidationError,
@@ -92,7 +90,7 @@ def _spec_from_metadata(tensors: List[Dict[str, Any]], where: str) -> List[Tenso
         dtype = DATATYPE_TO_DTYPE.get(tensor["datatype"])
         if dtype is None:
             raise RemoteError(f"{where} {tensor['name']!r}: the server reports unknown datatype {tensor['datatype']!r}")
-        shape = [None if int(d) < 0 else int(d) for d in tensor["shape"]]
+        shape = tuple(None if int(d) < 0 else int(d) for d in tensor["shape"])
         specs.append(TensorSpec(tensor["name"], dtype, shape))
     return specs
 
@@ -106,7 +104,13 @@ _GRPC_ERRORS = {
     "UNAUTHENTICATED": AuthenticationError,
     "RESOURCE_EXHAUSTED": RequestTooLargeError,
 }
-_HTTP_ERRORS = {400: InputValidationError, 401: AuthenticationError, 404: ModelNotFoundError, 413: RequestTooLargeError, 503: ModelNotReadyError}
+_HTTP_ERRORS = {
+    400: InputValidationError,
+    401: AuthenticationError,
+    404: ModelNotFoundError,
+    413: RequestTooLargeError,
+    503: ModelNotReadyError,
+}
 
 
 def _remote_error(cls: type, where: str, message: str) -> NeuropodError:
@@ -166,7 +170,13 @@ class _GrpcTransport:
         def tensors(items: Any) -> List[Dict[str, Any]]:
             return [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in items]
 
-        return RemoteModelInfo(response.name, response.platform, list(response.versions), tensors(response.inputs), tensors(response.outputs))
+        return RemoteModelInfo(
+            response.name,
+            response.platform,
+            list(response.versions),
+            tensors(response.inputs),
+            tensors(response.outputs),
+        )
 
     def ready(self, model: str, version: str) -> bool:
         return bool(self._call("ModelReady", self._proto.ModelReadyRequest(name=model, version=version)).ready)
@@ -219,7 +229,9 @@ class _HttpTransport:
         connection = getattr(self._local, "connection", None)
         if connection is None:
             if self._ssl is not None:
-                connection = http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout, context=self._ssl)
+                connection = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=self._timeout, context=self._ssl
+                )
             else:
                 connection = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
             self._local.connection = connection
@@ -227,7 +239,9 @@ class _HttpTransport:
                 self._connections.append(connection)
         return connection
 
-    def _request(self, method: str, path: str, body: Optional[bytes] = None, headers: Optional[Dict[str, str]] = None) -> Tuple[int, Dict[str, str], bytes]:
+    def _request(
+        self, method: str, path: str, body: Optional[bytes] = None, headers: Optional[Dict[str, str]] = None
+    ) -> Tuple[int, Dict[str, str], bytes]:
         all_headers = {**self._headers, **(headers or {})}
         for attempt in (0, 1):
             connection = self._connection()
@@ -271,8 +285,11 @@ class _HttpTransport:
         self._checked(status, data)
         meta = json.loads(data)
         return RemoteModelInfo(
-            meta.get("name", model), meta.get("platform", ""), list(meta.get("versions") or []),
-            list(meta.get("inputs") or []), list(meta.get("outputs") or []),
+            meta.get("name", model),
+            meta.get("platform", ""),
+            list(meta.get("versions") or []),
+            list(meta.get("inputs") or []),
+            list(meta.get("outputs") or []),
         )
 
     def ready(self, model: str, version: str) -> bool:
@@ -300,7 +317,9 @@ class _HttpTransport:
         headers = {"Content-Type": "application/octet-stream" if chunks else "application/json"}
         if chunks:
             headers[_HEADER_LENGTH_HEADER] = str(len(header))
-        status, response_headers, data = self._request("POST", self._model_path(model, version) + "/infer", b"".join([header, *chunks]), headers)
+        status, response_headers, data = self._request(
+            "POST", self._model_path(model, version) + "/infer", b"".join([header, *chunks]), headers
+        )
         self._checked(status, data)
         try:
             length = int(response_headers.get(_HEADER_LENGTH_HEADER.lower(), len(data)))
@@ -311,10 +330,14 @@ class _HttpTransport:
             for tensor in answer["outputs"]:
                 size = (tensor.get("parameters") or {}).get("binary_data_size")
                 if size is not None:
-                    outputs[tensor["name"]] = decode_raw(tensor["datatype"], tensor["shape"], tail[offset : offset + size], tensor["name"])
+                    outputs[tensor["name"]] = decode_raw(
+                        tensor["datatype"], tensor["shape"], tail[offset : offset + size], tensor["name"]
+                    )
                     offset += size
                 else:
-                    outputs[tensor["name"]] = decode_json(tensor["datatype"], tensor["shape"], tensor["data"], tensor["name"])
+                    outputs[tensor["name"]] = decode_json(
+                        tensor["datatype"], tensor["shape"], tensor["data"], tensor["name"]
+                    )
         except (InputValidationError, ValueError, KeyError, TypeError) as exc:
             raise RemoteError(f"{self.where}: malformed response from the server: {exc}") from None
         return outputs
@@ -362,7 +385,7 @@ class RemoteExecutor(Executor):
 _KNOWN_OPTIONS = ("token", "timeout", "root_certificates", "max_message_bytes", "binary")
 
 
-def load_remote(url: str, validate: bool = True, **options: Any) -> "Neuropod":
+def load_remote(url: str, validate: bool = True, **options: Any) -> Neuropod:
     """A :class:`~neuropod.loader.Neuropod` for a model served at ``url``.
 
     Args:
@@ -383,7 +406,9 @@ def load_remote(url: str, validate: bool = True, **options: Any) -> "Neuropod":
 
     unknown = sorted(set(options) - set(_KNOWN_OPTIONS))
     if unknown:
-        raise SpecError(f"remote model {url}: unknown option(s) {', '.join(unknown)}; expected {', '.join(_KNOWN_OPTIONS)}")
+        raise SpecError(
+            f"remote model {url}: unknown option(s) {', '.join(unknown)}; expected {', '.join(_KNOWN_OPTIONS)}"
+        )
     scheme, host, port, model, version = parse_model_url(url)
     transport: Transport
     if scheme in ("grpc", "grpcs"):
@@ -392,7 +417,9 @@ def load_remote(url: str, validate: bool = True, **options: Any) -> "Neuropod":
         transport = _HttpTransport(scheme, host, port, options)
     try:
         info = transport.metadata(model, version)
-        problem = ProblemDefinition(_spec_from_metadata(info.inputs, "input"), _spec_from_metadata(info.outputs, "output"))
+        problem = ProblemDefinition(
+            tuple(_spec_from_metadata(info.inputs, "input")), tuple(_spec_from_metadata(info.outputs, "output"))
+        )
     except BaseException:
         transport.close()
         raise

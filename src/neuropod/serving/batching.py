@@ -40,7 +40,7 @@ def _signature(inputs: Mapping[str, np.ndarray]) -> Signature:
 class _Pending:
     __slots__ = ("inputs", "rows", "signature", "future")
 
-    def __init__(self, inputs: TensorDict, rows: int, future: "asyncio.Future[TensorDict]") -> None:
+    def __init__(self, inputs: TensorDict, rows: int, future: asyncio.Future[TensorDict]) -> None:
         self.inputs = inputs
         self.rows = rows
         self.signature = _signature(inputs)
@@ -73,7 +73,7 @@ class DynamicBatcher:
         self._on_batch = on_batch
         self._queue: Deque[_Pending] = deque()
         self._wakeup: Optional[asyncio.Event] = None
-        self._task: Optional["asyncio.Task[None]"] = None
+        self._task: Optional[asyncio.Task[None]] = None
 
     async def submit(self, inputs: TensorDict) -> TensorDict:
         """Queue one validated request; return its own outputs."""

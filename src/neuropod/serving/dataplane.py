@@ -84,7 +84,7 @@ class TensorMetadata:
     shape: List[int]
 
     @classmethod
-    def from_spec(cls, spec: TensorSpec) -> "TensorMetadata":
+    def from_spec(cls, spec: TensorSpec) -> TensorMetadata:
         # Symbols cannot be expressed in the protocol: they become -1 like None.
         return cls(spec.name, DTYPE_TO_DATATYPE[spec.dtype], [d if isinstance(d, int) else -1 for d in spec.shape])
 

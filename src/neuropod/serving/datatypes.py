@@ -17,7 +17,7 @@ checked against byte counts before anything is reshaped.
 from __future__ import annotations
 
 import struct
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -40,6 +40,9 @@ __all__ = [
     "decode_json",
     "json_values",
 ]
+
+#: Raw tensor bytes: a message field, or a slice of a body (no copy).
+Buffer = Union[bytes, memoryview]
 
 #: neuropod dtype -> KServe v2 datatype.
 DTYPE_TO_DATATYPE: Dict[str, str] = {
@@ -126,17 +129,15 @@ def _wire_dtype(dtype: str) -> np.dtype:
     return numpy_dtype(dtype).newbyteorder("<")
 
 
-def _decode_bytes_elements(data: bytes, count: int, tensor: str) -> List[bytes]:
-    items = []
+def _decode_bytes_elements(data: Buffer, count: int, tensor: str) -> List[bytes]:
+    items: List[bytes] = []
     offset = 0
     end = len(data)
     prefix = BYTES_LENGTH_PREFIX.size
     view = memoryview(data)
     for _ in range(count):
         if offset + prefix > end:
-            raise InputValidationError(
-                f"tensor {tensor!r}: raw BYTES data ends after {len(items)} of {count} elements"
-            )
+            raise InputValidationError(f"tensor {tensor!r}: raw BYTES data ends after {len(items)} of {count} elements")
         (length,) = BYTES_LENGTH_PREFIX.unpack_from(data, offset)
         offset += prefix
         if offset + length > end:
@@ -161,7 +162,7 @@ def _strings(items: Sequence[Any], tensor: str) -> np.ndarray:
     return np.array(values, dtype="U") if values else np.zeros(0, dtype="U1")
 
 
-def decode_raw(datatype: str, shape: Sequence[Any], data: bytes, tensor: str) -> np.ndarray:
+def decode_raw(datatype: str, shape: Sequence[Any], data: Buffer, tensor: str) -> np.ndarray:
     """A numpy array from raw bytes; checks the byte count against the shape.
 
     Numbers come back as a read-only view of ``data`` (no copy); BYTES as a
@@ -222,7 +223,9 @@ def contents_values(array: np.ndarray) -> Tuple[str, List[Any]]:
     if field is None:
         raise InputValidationError(f"{datatype} cannot travel in typed contents")
     if datatype == "BYTES":
-        return field, [item if isinstance(item, bytes) else str(item).encode("utf-8") for item in array.reshape(-1).tolist()]
+        return field, [
+            item if isinstance(item, bytes) else str(item).encode("utf-8") for item in array.reshape(-1).tolist()
+        ]
     return field, array.reshape(-1).tolist()
 
 
@@ -249,7 +252,9 @@ def decode_json(datatype: str, shape: Sequence[Any], data: Any, tensor: str) -> 
     dims, count = check_shape(shape, tensor)
     flat = _flatten(data)
     if len(flat) != count:
-        raise InputValidationError(f"tensor {tensor!r}: shape {list(dims)} needs {count} values, data holds {len(flat)}")
+        raise InputValidationError(
+            f"tensor {tensor!r}: shape {list(dims)} needs {count} values, data holds {len(flat)}"
+        )
     if dtype == "string":
         if not all(isinstance(item, str) for item in flat):
             raise InputValidationError(f"tensor {tensor!r}: BYTES data must be a list of strings")

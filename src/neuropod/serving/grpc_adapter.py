@@ -124,7 +124,9 @@ class GrpcAdapter:
 
     async def model_infer(self, request: Any, context: aio.ServicerContext) -> Any:
         result = await self.dataplane.infer(request_from_message(request), PROTOCOL)
-        response = proto.ModelInferResponse(model_name=result.model_name, model_version=result.model_version, id=result.id)
+        response = proto.ModelInferResponse(
+            model_name=result.model_name, model_version=result.model_version, id=result.id
+        )
         raw = response.raw_output_contents
         for name, array in result.outputs.items():
             response.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)

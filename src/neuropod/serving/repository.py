@@ -63,7 +63,7 @@ class ModelSettings:
             raise SpecError(f"max_queue_delay_ms: expected a non-negative number, got {self.max_queue_delay_ms!r}")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "model settings") -> "ModelSettings":
+    def from_dict(cls, data: Mapping[str, Any], where: str = "model settings") -> ModelSettings:
         """Build from a JSON object; unknown keys are refused by name."""
         known = {"use_ope", "max_batch_size", "max_queue_delay_ms", "load_options"}
         unknown = sorted(set(data) - known)
@@ -110,6 +110,10 @@ class ServedModel:
             )
         self._closed = False
         self._lock = threading.Lock()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def platform(self) -> str:
@@ -192,7 +196,7 @@ class ModelRepository:
         path: Union[str, Path],
         default_settings: Optional[ModelSettings] = None,
         model_settings: Optional[Mapping[str, ModelSettings]] = None,
-    ) -> "ModelRepository":
+    ) -> ModelRepository:
         """Load every package of a package path or repository directory.
 
         Args:

@@ -94,7 +94,9 @@ def parse_infer_request(
         tensor_name = tensor["name"]
         datatype, shape = tensor.get("datatype"), tensor.get("shape")
         if not isinstance(datatype, str) or not isinstance(shape, list):
-            raise InputValidationError(f"input {tensor_name!r}: 'datatype' (a string) and 'shape' (a list) are required")
+            raise InputValidationError(
+                f"input {tensor_name!r}: 'datatype' (a string) and 'shape' (a list) are required"
+            )
         if tensor_name in inputs:
             raise InputValidationError(f"input {tensor_name!r} appears more than once")
         size = _parameters(tensor, f"input {tensor_name!r}").get("binary_data_size")
@@ -124,7 +126,9 @@ def parse_infer_request(
             if not isinstance(output, dict) or not isinstance(output.get("name"), str):
                 raise InputValidationError(f"outputs[{index}]: expected an object with a name")
             names.append(output["name"])
-            binary[output["name"]] = bool(_parameters(output, f"output {output['name']!r}").get("binary_data", binary_default))
+            binary[output["name"]] = bool(
+                _parameters(output, f"output {output['name']!r}").get("binary_data", binary_default)
+            )
     request_id = document.get("id", "")
     if not isinstance(request_id, str):
         raise InputValidationError("request body: 'id' must be a string")
@@ -203,7 +207,9 @@ class RestAdapter:
                     raise AuthenticationError("missing or wrong bearer token (header 'Authorization: Bearer <token>')")
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:
-            exc = RequestTooLargeError(f"request body is larger than the server's limit of {self.max_request_bytes} bytes")
+            exc = RequestTooLargeError(
+                f"request body is larger than the server's limit of {self.max_request_bytes} bytes"
+            )
             return _error(status_for(exc).http, str(exc))
         except web.HTTPException as exc:  # routing errors (404 path, 405 method) keep their status
             return _error(exc.status, exc.reason)

@@ -56,6 +56,8 @@ class ServerConfig:
         tls_cert: PEM certificate chain file; with ``tls_key`` both ports speak TLS.
         tls_key: PEM private key file.
         shutdown_grace_s: how long stopping waits for requests in flight.
+        health_check_interval_s: how often models that are not ready get their
+            executor's ``restart()`` called (when it has one).
     """
 
     host: str = "127.0.0.1"
@@ -67,6 +69,7 @@ class ServerConfig:
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None
     shutdown_grace_s: float = 30.0
+    health_check_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.grpc_port is None and self.http_port is None:
@@ -97,6 +100,7 @@ class ModelServer:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
         self._stopped: Optional[asyncio.Event] = None
+        self._watcher: Optional[asyncio.Task[None]] = None
         self._closed = False
 
     @classmethod
@@ -106,7 +110,7 @@ class ModelServer:
         config: Optional[ServerConfig] = None,
         default_settings: Optional[ModelSettings] = None,
         model_settings: Optional[Mapping[str, ModelSettings]] = None,
-    ) -> "ModelServer":
+    ) -> ModelServer:
         """Load a package or a repository directory and build a server for it."""
         return cls(ModelRepository.from_path(path, default_settings, model_settings), config)
 
@@ -152,6 +156,7 @@ class ModelServer:
         except BaseException:
             await self._close_listeners(0)
             raise
+        self._watcher = asyncio.get_running_loop().create_task(self._watch_models())
         logger.info(
             "serving",
             extra={
@@ -171,6 +176,8 @@ class ModelServer:
         self._closed = True
         grace = self.config.shutdown_grace_s if grace is None else grace
         logger.info("shutting down", extra={"grace_s": grace})
+        if self._watcher is not None:
+            self._watcher.cancel()
         drained = await self.dataplane.drain(grace)
         if not drained:
             logger.warning("requests still in flight after the grace period; closing anyway")
@@ -180,6 +187,23 @@ class ModelServer:
         if self._stopped is not None:
             self._stopped.set()
         logger.info("stopped")
+
+    async def _watch_models(self) -> None:
+        """Ask the executor of each model that is not ready to restart (a dead worker, say)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.config.health_check_interval_s)
+            for model in self.repository:
+                restart = getattr(model.neuropod.executor, "restart", None)
+                if restart is None or model.closed or model.ready():
+                    continue
+                logger.warning(
+                    "model not ready; restarting its executor", extra={"model": model.name, "version": model.version}
+                )
+                try:
+                    await loop.run_in_executor(None, restart)
+                except Exception:
+                    logger.exception("restarting model %s failed", model.name)
 
     async def _close_listeners(self, grace: float) -> None:
         if self._grpc_server is not None:
@@ -195,7 +219,7 @@ class ModelServer:
 
     # -- blocking front ends -------------------------------------------------
 
-    def start(self) -> "ModelServer":
+    def start(self) -> ModelServer:
         """Serve from a background thread; returns once the ports are bound."""
         if self._thread is not None:
             raise RuntimeError("the server is already started")
@@ -253,7 +277,7 @@ class ModelServer:
 
         asyncio.run(main())
 
-    def __enter__(self) -> "ModelServer":
+    def __enter__(self) -> ModelServer:
         return self.start()
 
     def __exit__(self, *exc_info: Any) -> None:

@@ -39,7 +39,7 @@ def compile_descriptor() -> bytes:
 
 
 def render(serialized: bytes) -> str:
-    lines = [f"    {serialized[i : i + 64]!r}" for i in range(0, len(serialized), 64)]
+    lines = [f"    {serialized[i : i + 24]!r}" for i in range(0, len(serialized), 24)]
     return _HEADER + "\n".join(lines) + "\n)\n"
 
 
