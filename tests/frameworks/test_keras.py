@@ -210,3 +210,17 @@ def test_package_made_on_one_keras_backend_runs_on_another(mapped_package, keras
     assert report["backend"] == keras_backend
     assert report["dtype"] == "float32"
     assert report["out"] == (X * 2).tolist()
+
+
+def test_keras_without_a_usable_backend_raises_framework_not_installed():
+    code = (
+        "from neuropod.backends import get_backend_class\n"
+        "from neuropod.errors import FrameworkNotInstalledError\n"
+        "try:\n    get_backend_class('keras')\n"
+        "except FrameworkNotInstalledError as exc:\n    print('refused:', exc)\n"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "no_such_backend"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "refused: keras cannot start its backend" in result.stdout
+    assert "KERAS_BACKEND" in result.stdout
