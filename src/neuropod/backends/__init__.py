@@ -41,6 +41,9 @@ BUILTIN_BACKENDS: Dict[str, BackendInfo] = {
     "python": BackendInfo("neuropod.backends.python:PythonBackend"),
     "pytorch": BackendInfo("neuropod.backends.python:PythonBackend"),
     "torchscript": BackendInfo("neuropod.backends.torchscript:TorchScriptBackend", ("torch",), "torch"),
+    "torch_export": BackendInfo("neuropod.backends.torch_export:TorchExportBackend", ("torch",), "torch"),
+    "onnx": BackendInfo("neuropod.backends.onnx:OnnxBackend", ("onnxruntime",), "onnx"),
+    "jax": BackendInfo("neuropod.backends.jax:JaxBackend", ("jax",), "jax"),
     "tensorflow": BackendInfo("neuropod.backends.tensorflow:TensorFlowBackend", ("tensorflow",), "tensorflow"),
     "keras": BackendInfo("neuropod.backends.keras:KerasBackend", ("keras",), "keras"),
 }

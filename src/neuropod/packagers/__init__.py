@@ -16,6 +16,9 @@ __all__ = [
     "create_torchscript_neuropod",
     "create_tensorflow_neuropod",
     "create_keras_neuropod",
+    "create_torch_export_neuropod",
+    "create_onnx_neuropod",
+    "create_jax_neuropod",
 ]
 
 # public name -> module under neuropod.packagers
@@ -26,6 +29,9 @@ _PACKAGERS: Dict[str, str] = {
     "create_torchscript_neuropod": "torchscript",
     "create_tensorflow_neuropod": "tensorflow",
     "create_keras_neuropod": "keras",
+    "create_torch_export_neuropod": "torch_export",
+    "create_onnx_neuropod": "onnx",
+    "create_jax_neuropod": "jax",
 }
 
 

@@ -1,0 +1,116 @@
+"""The JAX backend: a ``jax.export`` program deserialised and called.
+
+``0/data/model.jax_exported`` holds the serialised ``Exported`` (StableHLO);
+``0/data/params.npz`` its parameters (``p0``, ``p1`` ... in pytree-leaf
+order), put on the device once at load. ``0/config.json`` says whether the
+program was exported with 64-bit types on (``enable_x64``); calls run under
+the same setting, scoped to the call, so other JAX users in the process are
+not affected.
+
+Copies: inputs go in through DLPack, which JAX shares without a copy on the
+CPU when the array is 64-byte aligned (it copies otherwise, as it does for
+arrays DLPack cannot describe, such as read-only ones). Outputs come back
+with ``np.asarray``, a read-only view of JAX's CPU buffer (no copy).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import jax
+import numpy as np
+from jax import export
+
+from ..errors import InferenceError, PackageError
+from ..package import Package
+from .base import Backend, BackendOptions, TensorDict, gpu_unavailable_warning
+
+__all__ = ["JaxBackend", "EXPORTED_FILE", "PARAMS_FILE", "choose_jax_device"]
+
+EXPORTED_FILE = "model.jax_exported"
+PARAMS_FILE = "params.npz"
+
+
+def choose_jax_device(visible_gpu: Any) -> Any:
+    """The ``visible_gpu``-th GPU JAX sees, else the first CPU device (warning if a GPU was asked for)."""
+    if visible_gpu is not None:
+        try:
+            gpus = jax.devices("gpu")
+        except RuntimeError:  # no GPU backend in this jaxlib
+            gpus = []
+        if visible_gpu < len(gpus):
+            return gpus[visible_gpu]
+        gpu_unavailable_warning("jax", visible_gpu)
+    return jax.devices("cpu")[0]
+
+
+class JaxBackend(Backend):
+    """Runs ``exported.call(params, inputs)`` on one device.
+
+    XLA sizes its CPU thread pool once per process, so ``intra_op_threads``
+    and ``inter_op_threads`` are accepted and have no effect here.
+    """
+
+    def __init__(self, package: Package, options: BackendOptions) -> None:
+        super().__init__(package, options)
+        settings = package.backend_config()
+        self._x64 = bool(settings.get("enable_x64", False))
+        path = package.data_dir / EXPORTED_FILE
+        if not path.is_file():
+            raise PackageError(f"{path}: jax.export program file is missing")
+        try:
+            self.exported: Any = export.deserialize(bytearray(path.read_bytes()))
+        except Exception as exc:  # jax raises ValueError / flatbuffer errors for a bad or newer file
+            raise PackageError(f"{path}: jax {jax.__version__} cannot deserialise this program: {exc}") from exc
+        self.device = choose_jax_device(options.visible_gpu)
+        platform = "cuda" if self.device.platform == "gpu" else self.device.platform
+        if platform not in self.exported.platforms:
+            raise PackageError(
+                f"{path}: the program was exported for {list(self.exported.platforms)}, not for {platform!r}; "
+                "package it again with platforms= naming it"
+            )
+        self.params = self._load_params(package, int(settings.get("param_count", 0)))
+        self._output_names = [s.name for s in package.config.output_spec]
+
+    def _load_params(self, package: Package, count: int) -> List[Any]:
+        path = package.data_dir / PARAMS_FILE
+        if count == 0:
+            return []
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                leaves = [stored[f"p{i}"] for i in range(count)]
+        except (OSError, KeyError, ValueError) as exc:
+            raise PackageError(f"{path}: cannot read {count} parameter arrays: {exc}") from exc
+        with jax.enable_x64(self._x64):
+            return [jax.device_put(leaf, self.device) for leaf in leaves]
+
+    def _to_jax(self, array: np.ndarray) -> Any:
+        if self.device.platform == "cpu" and array.flags.writeable and array.flags.c_contiguous:
+            try:
+                return jax.dlpack.from_dlpack(array, device=self.device)
+            except (BufferError, TypeError, ValueError, RuntimeError):
+                pass  # a dtype or layout DLPack cannot carry: let device_put copy it
+        return jax.device_put(array, self.device)
+
+    def infer(self, inputs: TensorDict) -> TensorDict:
+        try:
+            with jax.enable_x64(self._x64):
+                tensors = {name: self._to_jax(array) for name, array in inputs.items()}
+                result = self.exported.call(self.params, tensors)
+                return self._outputs_to_numpy(result)
+        except InferenceError:
+            raise
+        except Exception as exc:  # shape-assertion and XLA errors
+            raise InferenceError(f"JAX model {self.package.config.name!r} failed: {exc}") from exc
+
+    def _outputs_to_numpy(self, result: Any) -> TensorDict:
+        if not isinstance(result, dict):
+            raise InferenceError(f"the program returned {type(result).__name__}, expected a dict of arrays")
+        outputs: Dict[str, np.ndarray] = {}
+        for name, value in result.items():
+            outputs[str(name)] = np.asarray(value)
+        return outputs
+
+    def close(self) -> None:
+        self.exported = None
+        self.params = []

@@ -1,0 +1,156 @@
+"""``create_onnx_neuropod``: an ONNX model in ``0/data/model.onnx``.
+
+The model may be a ``.onnx`` file, an ``onnx.ModelProto``, or a
+``torch.nn.Module`` exported here with ``torch.onnx.export``'s torch.export
+based exporter (it needs ``onnxscript``, part of the ``onnx`` extra). The
+spec's symbols and ``None`` dimensions become dynamic dimensions exactly as
+in :func:`~neuropod.packagers.create_torch_export_neuropod`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from ..errors import FrameworkNotInstalledError, PackageError, SpecError
+from ..spec import TensorSpec, as_specs
+from ._pipeline import PathLike, create_neuropod
+
+__all__ = ["create_onnx_neuropod"]
+
+MODEL_FILE = "model.onnx"
+
+
+def _output_names(module: Any, examples: Dict[str, Any], output_spec: List[TensorSpec]) -> List[str]:
+    """The graph's output names: the dict keys the module returns, else the output spec's names in order."""
+    import torch
+
+    with torch.no_grad():
+        result = module(**examples)
+    if isinstance(result, dict):
+        return [str(k) for k in result]
+    count = len(result) if isinstance(result, (tuple, list)) else 1
+    if count != len(output_spec):
+        raise PackageError(f"the module returns {count} values, but the output spec names {len(output_spec)}")
+    return [spec.name for spec in output_spec]
+
+
+def _export_torch(
+    module: Any,
+    example_inputs: Any,
+    inputs: List[TensorSpec],
+    outputs: List[TensorSpec],
+    target: Path,
+    opset: Optional[int],
+) -> None:
+    import importlib.util
+
+    import torch
+
+    from .torch_export import torch_dynamic_shapes, torch_example_inputs
+
+    if importlib.util.find_spec("onnxscript") is None:
+        raise FrameworkNotInstalledError(
+            "exporting a torch module to ONNX needs onnxscript; install it with: pip install 'neuropod[onnx]'"
+        )
+    examples = torch_example_inputs(example_inputs, inputs, "torch.onnx.export")
+    names = list(examples)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter warns about every optional converter it skips
+            program = torch.onnx.export(
+                module,
+                (),
+                kwargs=examples,
+                input_names=names,
+                output_names=_output_names(module, examples, outputs),
+                dynamic_shapes=torch_dynamic_shapes(inputs, names),
+                opset_version=opset,
+                dynamo=True,
+                verbose=False,
+            )
+    except Exception as exc:  # torch raises export and conversion errors of many types
+        raise PackageError(f"torch.onnx.export could not export {type(module).__name__}: {exc}") from exc
+    if program is None:
+        raise PackageError("torch.onnx.export returned no program")
+    program.save(str(target))
+
+
+def create_onnx_neuropod(
+    neuropod_path: PathLike,
+    model_name: str,
+    model: Any,
+    example_inputs: Any = None,
+    opset_version: Optional[int] = None,
+    input_spec: Any = None,
+    output_spec: Any = None,
+    **options: Any,
+) -> Path:
+    """Package an ONNX model.
+
+    The graph's input and output names must be the spec's tensor names.
+
+    Args:
+        neuropod_path: where to write the package.
+        model_name: the model's name.
+        model: the path of a ``.onnx`` file, an ``onnx.ModelProto``, or a
+            ``torch.nn.Module`` taking the spec's inputs as keyword tensors
+            (returning a dict, a tuple in output-spec order, or one tensor).
+        example_inputs: for a torch module: a dict of name -> array/tensor
+            to trace with (defaults to ``test_input_data``); dynamic
+            dimensions need size 2 or more.
+        opset_version: for a torch module: the ONNX opset to target.
+        input_spec: the input specs.
+        output_spec: the output specs.
+        **options: the shared packaging options (see
+            :func:`~neuropod.packagers.create_torchscript_neuropod`).
+
+    Raises:
+        PackageError: the file is missing, or the module cannot be exported.
+        SpecError: a torch module with string tensors in its spec.
+    """
+    if input_spec is None or output_spec is None:
+        raise SpecError("create_onnx_neuropod: input_spec= and output_spec= are required")
+    inputs = list(as_specs(input_spec, "input_spec"))
+    outputs = list(as_specs(output_spec, "output_spec"))
+    if isinstance(model, (str, os.PathLike)):
+        if not Path(model).is_file():
+            raise PackageError(f"model {str(model)!r}: no such ONNX file")
+        kind = "file"
+    elif type(model).__name__ == "ModelProto":
+        kind = "proto"
+    elif hasattr(model, "forward") and callable(model):
+        kind = "torch"
+        strings = [s.name for s in (*inputs, *outputs) if s.dtype == "string"]
+        if strings:
+            raise SpecError(f"create_onnx_neuropod: a torch module has no string tensors; the spec declares {strings}")
+    else:
+        raise PackageError(
+            f"create_onnx_neuropod: model must be an .onnx path, an onnx.ModelProto or a torch module, "
+            f"got {type(model).__name__}"
+        )
+
+    def write_model(model_dir: Path) -> None:
+        target = model_dir / "data" / MODEL_FILE
+        if kind == "file":
+            shutil.copyfile(model, target)
+        elif kind == "proto":
+            import onnx
+
+            onnx.save_model(model, str(target))
+        else:
+            examples = example_inputs if example_inputs is not None else options.get("test_input_data")
+            _export_torch(model, examples, inputs, outputs, target, opset_version)
+
+    return create_neuropod(
+        neuropod_path=neuropod_path,
+        model_name=model_name,
+        platform="onnx",
+        input_spec=input_spec,
+        output_spec=output_spec,
+        write_model=write_model,
+        **options,
+    )
