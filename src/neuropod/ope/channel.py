@@ -12,6 +12,7 @@ liveness check between slices (is the worker / the parent still there?).
 from __future__ import annotations
 
 import array
+import os
 import select
 import socket
 import time
@@ -27,6 +28,7 @@ POLL_SLICE_S = 0.1
 _FD_BYTES = array.array("i").itemsize
 _ANCILLARY_SPACE = socket.CMSG_SPACE(wire.MAX_FDS_PER_MESSAGE * _FD_BYTES)
 _TRUNCATED = socket.MSG_TRUNC | socket.MSG_CTRUNC
+_yield = getattr(os, "sched_yield", lambda: None)
 
 
 class ChannelClosed(Exception):
@@ -38,8 +40,6 @@ class ChannelTimeout(Exception):
 
 
 def _close_all(fds: Sequence[int]) -> None:
-    import os
-
     for fd in fds:
         try:
             os.close(fd)
@@ -113,6 +113,9 @@ class Channel:
         if spin_ns > 0:
             spin_until = now() + spin_ns
             while now() < spin_until:
+                # Yielding hands the CPU to the peer when both share it (a busy or
+                # small machine), where a plain spin would only delay the answer.
+                _yield()
                 result = read()
                 if result is not None:
                     return result

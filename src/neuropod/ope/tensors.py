@@ -36,9 +36,7 @@ def write_tensor(name: str, array: np.ndarray, pool: SegmentPool) -> Tuple[wire.
         return wire.TensorRef(name, code, array.shape, wire.NO_SEGMENT, 0, 0), None
     segment = pool.acquire(nbytes)
     try:
-        target = np.frombuffer(segment.memory, dtype=wire.dtype_of_code(code), count=array.size).reshape(array.shape)
-        np.copyto(target, array, casting="equiv")
-        del target
+        np.ndarray(array.shape, wire.dtype_of_code(code), buffer=segment.memory)[...] = array
     except BaseException:
         pool.release(segment)
         raise
@@ -69,4 +67,7 @@ def read_tensor(
         finally:
             if on_release is not None:
                 on_release()
-    return leased_array(memory, ref.offset, ref.nbytes, wire.dtype_of_code(ref.dtype_code), ref.shape, on_release)
+    dtype = wire.dtype_of_code(ref.dtype_code)
+    if on_release is None:  # nothing to track: a plain view (its base is the mapping)
+        return np.ndarray(ref.shape, dtype, buffer=memory, offset=ref.offset)
+    return leased_array(memory, ref.offset, ref.nbytes, dtype, ref.shape, on_release)

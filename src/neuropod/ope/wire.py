@@ -221,95 +221,108 @@ def encode(message: Message) -> bytes:
     return data
 
 
-class _Reader:
-    """Reads fields from a buffer, refusing to read past its end."""
+_LOCATIONS: Dict[int, struct.Struct] = {}
 
-    __slots__ = ("data", "pos")
 
-    def __init__(self, data: Union[bytes, memoryview], pos: int) -> None:
-        self.data = data
-        self.pos = pos
-
-    def take(self, layout: struct.Struct, what: str) -> Tuple[int, ...]:
-        end = self.pos + layout.size
-        if end > len(self.data):
-            raise WireFormatError(f"message truncated while reading {what} at byte {self.pos}")
-        values = layout.unpack_from(self.data, self.pos)
-        self.pos = end
-        return values
-
-    def take_ints(self, count: int, code: str, width: int, what: str) -> Tuple[int, ...]:
-        end = self.pos + count * width
-        if end > len(self.data):
-            raise WireFormatError(f"message truncated: {count} {what} need {count * width} bytes at byte {self.pos}")
-        values = struct.unpack_from(f"<{count}{code}", self.data, self.pos)
-        self.pos = end
-        return values
-
-    def take_text(self, length: int, what: str) -> str:
-        end = self.pos + length
-        if end > len(self.data):
-            raise WireFormatError(f"message truncated: {what} of {length} bytes at byte {self.pos}")
-        try:
-            text = bytes(self.data[self.pos : end]).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise WireFormatError(f"{what} is not valid UTF-8: {exc}") from None
-        self.pos = end
-        return text
+def _dims_and_location(ndim: int) -> struct.Struct:
+    layout = _LOCATIONS.get(ndim)
+    if layout is None:
+        layout = _LOCATIONS[ndim] = struct.Struct(f"<{ndim}QIQQ")
+    return layout
 
 
 def decode(data: Union[bytes, memoryview]) -> Message:
-    """Parse one message; raise :class:`WireFormatError` on anything malformed."""
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise WireFormatError(f"control message of {len(data)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
-    reader = _Reader(data, 0)
-    magic, version, kind, request_id, body_length = reader.take(HEADER, "the header")
-    if magic != MAGIC:
-        raise WireFormatError(f"bad magic {magic!r}: expected {MAGIC!r}")
-    if version != VERSION:
-        raise WireFormatError(f"wire version {version} is not supported (this side speaks {VERSION})")
-    if kind not in Kind.ALL:
-        raise WireFormatError(f"unknown message kind {kind}")
-    if HEADER.size + body_length != len(data):
-        raise WireFormatError(f"header says the body has {body_length} bytes, message has {len(data) - HEADER.size}")
-    message = Message(kind=kind, request_id=request_id)
-    (count,) = reader.take(_U16, "the text count")
-    for index in range(count):
-        (length,) = reader.take(_U32, "a text length")
-        if length > MAX_TEXT_BYTES:
-            raise WireFormatError(f"text {index} claims {length} bytes; the limit is {MAX_TEXT_BYTES}")
-        message.texts.append(reader.take_text(length, f"text {index}"))
-    (count,) = reader.take(_U16, "the segment count")
-    if count > MAX_FDS_PER_MESSAGE:
-        raise WireFormatError(f"{count} new segments in one message; the limit is {MAX_FDS_PER_MESSAGE}")
-    for _ in range(count):
-        segment_id, size = reader.take(_SEGMENT, "a new segment")
-        if segment_id == NO_SEGMENT:
-            raise WireFormatError("a new segment uses the reserved id 0")
-        message.new_segments.append((segment_id, size))
-    (count,) = reader.take(_U32, "the drop count")
-    message.drop_segments = list(reader.take_ints(count, "I", 4, "dropped segment ids"))
-    (count,) = reader.take(_U32, "the release count")
-    message.release_segments = list(reader.take_ints(count, "I", 4, "released segment ids"))
-    (count,) = reader.take(_U16, "the tensor count")
-    if count > MAX_TENSORS:
-        raise WireFormatError(f"{count} tensors in one message; the limit is {MAX_TENSORS}")
-    for index in range(count):
-        (length,) = reader.take(_U16, f"tensor {index}'s name length")
-        name = reader.take_text(length, f"tensor {index}'s name")
-        code, ndim, owner = reader.take(_TENSOR_HEAD, f"tensor {name!r}'s dtype")
-        if code not in _CODE_NAMES:
-            raise WireFormatError(f"tensor {name!r}: unknown dtype code {code}")
-        if ndim > MAX_NDIM:
-            raise WireFormatError(f"tensor {name!r}: rank {ndim} exceeds the limit of {MAX_NDIM}")
-        if owner not in (OWNER_SENDER, OWNER_RECEIVER):
-            raise WireFormatError(f"tensor {name!r}: unknown owner {owner}")
-        shape = reader.take_ints(ndim, "Q", 8, f"dimensions of tensor {name!r}")
-        segment, offset, nbytes = reader.take(_TENSOR_LOCATION, f"tensor {name!r}'s location")
-        message.tensors.append(TensorRef(name, code, shape, segment, offset, nbytes, owner))
-    if reader.pos != len(data):
-        raise WireFormatError(f"{len(data) - reader.pos} stray bytes after the last field")
-    return message
+    """Parse one message; raise :class:`WireFormatError` on anything malformed.
+
+    Every fixed-size field is read with ``struct.unpack_from``, which refuses
+    to read past the end (``struct.error``); variable-length fields are
+    checked by hand. This runs twice per call, so it is written flat.
+    """
+    size = len(data)
+    if size > MAX_MESSAGE_BYTES:
+        raise WireFormatError(f"control message of {size} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
+    what = "the header"
+    try:
+        magic, version, kind, request_id, body_length = HEADER.unpack_from(data, 0)
+        if magic != MAGIC:
+            raise WireFormatError(f"bad magic {bytes(magic)!r}: expected {MAGIC!r}")
+        if version != VERSION:
+            raise WireFormatError(f"wire version {version} is not supported (this side speaks {VERSION})")
+        if kind not in Kind.ALL:
+            raise WireFormatError(f"unknown message kind {kind}")
+        if HEADER.size + body_length != size:
+            raise WireFormatError(f"header says the body has {body_length} bytes, message has {size - HEADER.size}")
+        pos = HEADER.size
+        what = "the texts"
+        (count,) = _U16.unpack_from(data, pos)
+        pos += 2
+        texts = []
+        for index in range(count):
+            (length,) = _U32.unpack_from(data, pos)
+            pos += 4
+            if length > MAX_TEXT_BYTES:
+                raise WireFormatError(f"text {index} claims {length} bytes; the limit is {MAX_TEXT_BYTES}")
+            end = pos + length
+            if end > size:
+                raise WireFormatError(f"message truncated: text {index} of {length} bytes at byte {pos}")
+            texts.append(str(data[pos:end], "utf-8"))
+            pos = end
+        what = "the new segments"
+        (count,) = _U16.unpack_from(data, pos)
+        pos += 2
+        if count > MAX_FDS_PER_MESSAGE:
+            raise WireFormatError(f"{count} new segments in one message; the limit is {MAX_FDS_PER_MESSAGE}")
+        new_segments = []
+        for _ in range(count):
+            segment_id, segment_size = _SEGMENT.unpack_from(data, pos)
+            pos += _SEGMENT.size
+            if segment_id == NO_SEGMENT:
+                raise WireFormatError("a new segment uses the reserved id 0")
+            new_segments.append((segment_id, segment_size))
+        what = "the segment lists"
+        lists = []
+        for _ in range(2):  # drops, then releases
+            (count,) = _U32.unpack_from(data, pos)
+            pos += 4
+            if pos + 4 * count > size:
+                raise WireFormatError(f"message truncated: {count} segment ids at byte {pos}")
+            lists.append(list(struct.unpack_from(f"<{count}I", data, pos)) if count else [])
+            pos += 4 * count
+        what = "the tensors"
+        (count,) = _U16.unpack_from(data, pos)
+        pos += 2
+        if count > MAX_TENSORS:
+            raise WireFormatError(f"{count} tensors in one message; the limit is {MAX_TENSORS}")
+        tensors = []
+        for index in range(count):
+            (length,) = _U16.unpack_from(data, pos)
+            pos += 2
+            end = pos + length
+            if end > size:
+                raise WireFormatError(f"message truncated: tensor {index}'s name at byte {pos}")
+            name = str(data[pos:end], "utf-8")
+            what = f"tensor {name!r}"
+            code, ndim, owner = _TENSOR_HEAD.unpack_from(data, end)
+            pos = end + _TENSOR_HEAD.size
+            if code not in _CODE_NAMES:
+                raise WireFormatError(f"tensor {name!r}: unknown dtype code {code}")
+            if ndim > MAX_NDIM:
+                raise WireFormatError(f"tensor {name!r}: rank {ndim} exceeds the limit of {MAX_NDIM}")
+            if owner > OWNER_RECEIVER:
+                raise WireFormatError(f"tensor {name!r}: unknown owner {owner}")
+            layout = _dims_and_location(ndim)
+            fields = layout.unpack_from(data, pos)
+            pos += layout.size
+            tensors.append(
+                TensorRef(name, code, fields[:ndim], fields[ndim], fields[ndim + 1], fields[ndim + 2], owner)
+            )
+    except struct.error:
+        raise WireFormatError(f"message truncated while reading {what}") from None
+    except UnicodeDecodeError as exc:
+        raise WireFormatError(f"{what}: a name or text is not valid UTF-8: {exc}") from None
+    if pos != size:
+        raise WireFormatError(f"{size - pos} stray bytes after the last field")
+    return Message(kind, request_id, texts, new_segments, lists[0], lists[1], tensors)
 
 
 def element_count(shape: Sequence[int]) -> int:

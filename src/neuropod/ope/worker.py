@@ -103,23 +103,21 @@ class _Server:
 
     def run(self, message: wire.Message) -> Tuple[wire.Message, List[int]]:
         inputs: Dict[str, np.ndarray] = {}
-        # id(base array) -> (base, parent segment id, offset of the base in it), to spot outputs that view inputs
-        input_bases: Dict[int, Tuple[np.ndarray, int, int]] = {}
         for ref in message.tensors:
             if ref.owner != wire.OWNER_SENDER:
                 raise WireFormatError(f"input {ref.name!r} claims to live in one of the worker's segments")
             memory = self.peer.get(ref.segment) if ref.segment != wire.NO_SEGMENT else None
-            array = read_tensor(ref, memory)
-            if array.base is not None and ref.dtype_code != wire.STRING_CODE:
-                input_bases[id(array.base)] = (array.base, ref.segment, ref.offset)
-            inputs[ref.name] = array
+            inputs[ref.name] = read_tensor(ref, memory)
+        # Inputs view the parent's mappings directly (their base is the mmap),
+        # which is how an output that is a view of an input is recognised.
+        input_refs = {id(self.peer.get(ref.segment)): ref for ref in message.tensors if ref.segment != wire.NO_SEGMENT}
         outputs = self.backend.infer(inputs)  # type: ignore[attr-defined]
         del inputs
         reply = wire.Message(wire.Kind.RESULT, message.request_id)
         fds: List[int] = []
         try:
             for name, array in outputs.items():
-                passthrough = self._passthrough(name, array, input_bases)
+                passthrough = self._passthrough(name, array, input_refs)
                 if passthrough is not None:
                     ref = passthrough
                 else:
@@ -151,31 +149,26 @@ class _Server:
             self.channel.send(batch, fds[start : start + step])
         reply.new_segments = []
 
-    @staticmethod
     def _passthrough(
-        name: str, array: np.ndarray, input_bases: Dict[int, Tuple[np.ndarray, int, int]]
+        self, name: str, array: np.ndarray, input_refs: Dict[int, wire.TensorRef]
     ) -> Optional[wire.TensorRef]:
-        base = array.base if isinstance(array, np.ndarray) else None
-        if base is None or array.nbytes == 0 or not array.flags.c_contiguous or array.dtype.kind in "USO":
+        """A reference to the parent's own memory when ``array`` views one of its segments."""
+        if not input_refs or not isinstance(array, np.ndarray):
             return None
-        entry = input_bases.get(id(base))
-        if entry is None or entry[0] is not base:
+        base = array.base
+        while isinstance(base, np.ndarray):  # a view of a view of an input
+            base = base.base
+        ref = input_refs.get(id(base)) if base is not None else None
+        if ref is None or array.nbytes == 0 or not array.flags.c_contiguous:
             return None
         if array.dtype.byteorder == ">" or array.dtype.name not in wire.DTYPE_NAMES:
             return None
-        _, segment_id, base_offset = entry
-        start = array.__array_interface__["data"][0] - base.__array_interface__["data"][0]
-        if start < 0 or start + array.nbytes > base.nbytes:
+        memory = self.peer.get(ref.segment)
+        start = array.__array_interface__["data"][0] - np.frombuffer(memory, np.uint8, 1).__array_interface__["data"][0]
+        if start < 0 or start + array.nbytes > len(memory):
             return None
-        return wire.TensorRef(
-            name,
-            wire.dtype_code(array.dtype),
-            array.shape,
-            segment_id,
-            base_offset + start,
-            array.nbytes,
-            wire.OWNER_RECEIVER,
-        )
+        code = wire.dtype_code(array.dtype)
+        return wire.TensorRef(name, code, array.shape, ref.segment, start, array.nbytes, wire.OWNER_RECEIVER)
 
     def close(self) -> None:
         self.pool.close()
