@@ -1,0 +1,199 @@
+"""Throughput and latency of ``neuropod serve`` against MLServer, same model, same client, same run.
+
+Both servers serve out = x + y over float32 [4, 64] tensors (neuropod: a
+Python package; MLServer 1.7.1: the equivalent custom ``MLModel`` from
+tests/serving/mlserver_adder, with its default settings). Each runs in its
+own process; the client is tritonclient for all of them (gRPC, and HTTP:
+binary tensors for neuropod, JSON for MLServer, which has no binary
+extension), with N threads each holding its own client for N = 1, 4, 16, 64.
+
+    python bench/serve.py                      # about 2 minutes
+    python bench/serve.py --duration 1 --concurrency 1 16
+
+MLServer runs from the venv made by scripts/mlserver-venv.sh; without it the
+MLServer rows are skipped. Prints a table and the neuropod/MLServer ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Tuple
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "serving"))
+from serving_models import make_adder, mlserver_available, neuropod_cli, start_mlserver, stop_process  # noqa: E402
+
+SHAPE = (4, 64)
+X = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
+
+
+def _grpc_caller(port: int) -> Tuple[Callable[[], None], Callable[[], None]]:
+    import tritonclient.grpc as client_module
+
+    client = client_module.InferenceServerClient(f"127.0.0.1:{port}")
+    inputs = [client_module.InferInput(name, list(SHAPE), "FP32") for name in ("x", "y")]
+    for tensor in inputs:
+        tensor.set_data_from_numpy(X)
+
+    def call() -> None:
+        out = client.infer("adder", inputs).as_numpy("out")
+        assert out is not None and out.shape == SHAPE
+
+    return call, client.close
+
+
+def _http_caller(port: int, binary: bool) -> Tuple[Callable[[], None], Callable[[], None]]:
+    import tritonclient.http as client_module
+
+    client = client_module.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=120)
+    inputs = [client_module.InferInput(name, list(SHAPE), "FP32") for name in ("x", "y")]
+    for tensor in inputs:
+        tensor.set_data_from_numpy(X, binary_data=binary)
+    outputs = [client_module.InferRequestedOutput("out", binary_data=binary)]
+
+    def call() -> None:
+        out = client.infer("adder", inputs, outputs=outputs).as_numpy("out")
+        assert out is not None and out.shape == SHAPE
+
+    return call, client.close
+
+
+def measure(make_caller: Callable[[], Tuple[Callable[[], None], Callable[[], None]]], concurrency: int, duration: float) -> Dict[str, float]:
+    """Run ``concurrency`` closed-loop clients for ``duration`` s after a short warm-up."""
+    latencies: List[List[float]] = [[] for _ in range(concurrency)]
+    errors: List[BaseException] = []
+    barrier = threading.Barrier(concurrency + 1)
+    window: Dict[str, float] = {}
+
+    def worker(index: int) -> None:
+        try:
+            call, close = make_caller()  # each thread its own client (tritonclient's HTTP one is per-thread)
+        except BaseException as exc:
+            errors.append(exc)
+            barrier.abort()
+            return
+        try:
+            for _ in range(3):
+                call()
+            barrier.wait()
+            mine = latencies[index]
+            while True:
+                start = time.perf_counter()
+                if start >= window["end"]:
+                    break
+                call()
+                end = time.perf_counter()
+                if start >= window["start"]:
+                    mine.append(end - start)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            close()
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    window["start"] = float("inf")
+    window["end"] = float("inf")
+    try:
+        barrier.wait(timeout=120)
+    except threading.BrokenBarrierError:
+        raise RuntimeError(f"a client failed to start: {errors[:1]}") from None
+    now = time.perf_counter()
+    window["start"] = now + min(0.5, duration / 4)  # warm-up under load is not counted
+    window["end"] = window["start"] + duration
+    for thread in threads:
+        thread.join(duration + 60)
+    if errors:
+        raise RuntimeError(f"{len(errors)} client error(s), first: {errors[0]!r}")
+    flat = np.array([x for per in latencies for x in per])
+    return {
+        "throughput": len(flat) / duration,
+        "p50_ms": float(np.percentile(flat, 50) * 1000) if len(flat) else float("nan"),
+        "p99_ms": float(np.percentile(flat, 99) * 1000) if len(flat) else float("nan"),
+        "requests": float(len(flat)),
+    }
+
+
+def start_neuropod(package: Path) -> Tuple["subprocess.Popen[str]", int, int]:
+    command = neuropod_cli() + ["serve", str(package), "--grpc-port", "0", "--http-port", "0"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert process.stderr is not None
+    for line in process.stderr:
+        if '"serving"' in line:
+            record = json.loads(line)
+            threading.Thread(target=process.stderr.read, daemon=True).start()  # keep draining the pipe
+            return process, int(record["grpc_port"]), int(record["http_port"])
+    raise RuntimeError(f"neuropod serve exited with {process.wait()}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=3.0, help="measured seconds per cell")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--skip-mlserver", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    results: Dict[str, Dict[int, Dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        package = make_adder(work / "adder")
+        targets: List[Tuple[str, Callable[[int], Callable[[], Any]], str]] = []
+        neuropod_process, grpc_port, http_port = start_neuropod(package)
+        processes = [neuropod_process]
+        try:
+            targets.append(("neuropod gRPC", lambda p: _grpc_caller(p), f"{grpc_port}"))
+            targets.append(("neuropod REST", lambda p: _http_caller(p, binary=True), f"{http_port}"))
+            if not args.skip_mlserver and mlserver_available():
+                (work / "mlserver").mkdir()
+                ml_process, ml_http, ml_grpc = start_mlserver(work / "mlserver")
+                processes.append(ml_process)  # type: ignore[arg-type]
+                targets.append(("MLServer gRPC", lambda p: _grpc_caller(p), f"{ml_grpc}"))
+                targets.append(("MLServer REST", lambda p: _http_caller(p, binary=False), f"{ml_http}"))
+            elif not args.skip_mlserver:
+                print("MLServer venv missing (scripts/mlserver-venv.sh): MLServer rows skipped", file=sys.stderr)
+            for concurrency in args.concurrency:
+                for name, caller, port in targets:
+                    cell = measure(lambda c=caller, p=int(port): c(p), concurrency, args.duration)  # type: ignore[misc]
+                    results.setdefault(name, {})[concurrency] = cell
+                    print(
+                        f"  {name:<14} c={concurrency:<3} {cell['throughput']:8.0f} req/s  "
+                        f"p50 {cell['p50_ms']:7.2f} ms  p99 {cell['p99_ms']:7.2f} ms",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+        finally:
+            for process in processes:
+                stop_process(process)  # type: ignore[arg-type]
+
+    print(f"\nadder, float32 {list(SHAPE)} x2, tritonclient, {args.duration:g} s per cell\n")
+    print(f"| {'server':<14} | conc | req/s   | p50 ms | p99 ms |")
+    print(f"|{'-' * 16}|------|---------|--------|--------|")
+    for name, by_concurrency in results.items():
+        for concurrency, cell in by_concurrency.items():
+            print(f"| {name:<14} | {concurrency:>4} | {cell['throughput']:7.0f} | {cell['p50_ms']:6.2f} | {cell['p99_ms']:6.2f} |")
+    if "MLServer gRPC" in results:
+        print("\nneuropod / MLServer (throughput ratio, p99 ratio: want >= 2 and <= 0.5)\n")
+        print("| protocol | conc | throughput x | p99 x |")
+        print("|----------|------|--------------|-------|")
+        for protocol in ("gRPC", "REST"):
+            ours, theirs = results[f"neuropod {protocol}"], results[f"MLServer {protocol}"]
+            for concurrency in args.concurrency:
+                speed = ours[concurrency]["throughput"] / theirs[concurrency]["throughput"]
+                tail = ours[concurrency]["p99_ms"] / theirs[concurrency]["p99_ms"]
+                print(f"| {protocol:<8} | {concurrency:>4} | {speed:12.2f} | {tail:5.2f} |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
