@@ -6,7 +6,7 @@ Tensors cross as in the TorchScript backend: ``torch.from_numpy`` in and
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, List
 
 import torch
 
@@ -37,6 +37,7 @@ class TorchExportBackend(Backend):
             program = torch.export.load(str(path))
         except Exception as exc:  # torch raises RuntimeError, SerializeError, ...
             raise PackageError(f"{path}: torch {torch.__version__} cannot load this exported program: {exc}") from exc
+        self._positional = _positional_names(program)
         self.module: Any = program.module()
         if self.device.type != "cpu":
             self.module = self.module.to(self.device)
@@ -48,7 +49,11 @@ class TorchExportBackend(Backend):
         tensors = {name: to_torch(array, devices.get(name, cpu)) for name, array in inputs.items()}
         try:
             with torch.no_grad():
-                result = self.module(**tensors)
+                if self._positional:
+                    args = [tensors.pop(name) for name in self._positional]
+                    result = self.module(*args, **tensors)
+                else:
+                    result = self.module(**tensors)
         except Exception as exc:  # the model's own failure, or a shape guard of the exported program
             raise InferenceError(f"torch.export model {self.package.config.name!r} failed: {exc}") from exc
         return self._outputs_to_numpy(result)
@@ -69,3 +74,17 @@ class TorchExportBackend(Backend):
 
     def close(self) -> None:
         self.module = None
+
+
+def _positional_names(program: Any) -> List[str]:
+    """Names of the inputs a program exported with positional arguments takes by position.
+
+    Our packager exports with keyword arguments only; a ready ExportedProgram
+    may have positional ones, named by its graph's user inputs.
+    """
+    try:
+        count = program.call_spec.in_spec.child(0).num_children
+        names = list(program.graph_signature.user_inputs)
+    except (AttributeError, IndexError, TypeError):
+        return []
+    return [str(name) for name in names[:count]]
