@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from typing import Any, Dict, Mapping, Optional
 
@@ -56,12 +57,43 @@ def apply_thread_options(intra_op_threads: Optional[int], inter_op_threads: Opti
             )
 
 
+# sha256 of every op library file this process has loaded, by path.
+_OP_LIBRARY_DIGESTS: Dict[str, str] = {}
+
+
+def _file_digest(path: str) -> str:
+    digest = _OP_LIBRARY_DIGESTS.get(path)
+    if digest is None:
+        with open(path, "rb") as handle:
+            digest = _OP_LIBRARY_DIGESTS[path] = hashlib.sha256(handle.read()).hexdigest()
+    return digest
+
+
 def load_custom_ops(paths: Any) -> None:
+    """Load each op library once per process, whatever path it comes from.
+
+    A TORCH_LIBRARY namespace may be registered only once per process, and a
+    second registration aborts the process (it is not an exception). The same
+    library arrives under several paths: the copy the user loaded to script
+    the model, then the package's copy for the self-test, then another cache
+    directory for a second package. So a library whose bytes are already
+    loaded is skipped.
+    """
+    loaded = set()
+    for known in list(torch.ops.loaded_libraries):
+        try:
+            loaded.add(_file_digest(str(known)))
+        except OSError:
+            continue  # a library loaded from a file that is gone since
     for path in paths:
         try:
+            digest = _file_digest(str(path))
+            if digest in loaded:
+                continue
             torch.ops.load_library(str(path))
         except (OSError, RuntimeError) as exc:
             raise InferenceError(f"custom op {path.name!r} could not be loaded: {exc}") from exc
+        loaded.add(digest)
 
 
 def to_torch(array: np.ndarray, device: torch.device) -> Any:
