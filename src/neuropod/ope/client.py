@@ -25,7 +25,7 @@ import numpy as np
 from .. import errors
 from ..errors import WireFormatError, WorkerCrashedError, WorkerError, WorkerTimeoutError
 from . import wire
-from .channel import Channel, ChannelClosed, ChannelTimeout
+from .channel import MAILBOX_BYTES, Channel, ChannelClosed, ChannelTimeout
 from .options import OpeOptions
 from .shm import PeerSegments, Segment, SegmentPool, leased_array
 from .tensors import read_tensor, write_tensor
@@ -160,14 +160,17 @@ class WorkerProcess:
 
     def start(self) -> None:
         """Start the process; :meth:`wait_ready` waits for the model to load."""
-        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         options = self.options
+        mailbox = Segment.create(0, MAILBOX_BYTES, options.shm_dir)
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         argv = [
             options.python_executable,
             "-m",
             "neuropod.ope.worker",
             "--fd",
             str(child_end.fileno()),
+            "--mailbox-fd",
+            str(mailbox.fd),
             "--package",
             self.package_root,
             "--parent-pid",
@@ -189,7 +192,7 @@ class WorkerProcess:
         env.update(dict(options.worker_env))
         self._reset_state()
         try:
-            self.process = _SPAWNER.spawn(argv, env, (child_end.fileno(),))
+            self.process = _SPAWNER.spawn(argv, env, (child_end.fileno(), mailbox.fd))
         except OSError as exc:
             parent_end.close()
             raise WorkerCrashedError(
@@ -197,7 +200,9 @@ class WorkerProcess:
             ) from exc
         finally:
             child_end.close()
-        self.channel = Channel(parent_end)
+            os.close(mailbox.fd)  # the worker has its own copy; our mapping stays
+            mailbox.fd = -1
+        self.channel = Channel(parent_end, mailbox.memory, side=0)
         self.pid = self.process.pid
         self.starts += 1
 

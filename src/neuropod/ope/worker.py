@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import mmap
 import os
 import signal
 import socket
@@ -29,7 +30,7 @@ import numpy as np
 
 from ..errors import WireFormatError
 from . import wire
-from .channel import Channel, ChannelClosed
+from .channel import MAILBOX_BYTES, Channel, ChannelClosed
 from .shm import PeerSegments, Segment, SegmentPool
 from .tensors import read_tensor, write_tensor
 
@@ -178,6 +179,7 @@ class _Server:
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m neuropod.ope.worker", description=__doc__)
     parser.add_argument("--fd", type=int, required=True, help="inherited control socket")
+    parser.add_argument("--mailbox-fd", type=int, required=True, help="inherited mailbox segment")
     parser.add_argument("--package", required=True, help="package directory (already extracted and verified)")
     parser.add_argument("--parent-pid", type=int, required=True)
     parser.add_argument("--options", default="{}", help="backend options as JSON")
@@ -210,7 +212,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0  # the parent died before we could ask to follow it
     sock = socket.socket(fileno=args.fd)
     os.set_inheritable(args.fd, False)  # processes the model starts must not hold our channel open
-    channel = Channel(sock)
+    mailbox = mmap.mmap(args.mailbox_fd, MAILBOX_BYTES)
+    os.close(args.mailbox_fd)
+    channel = Channel(sock, mailbox, side=1)
     if args.cpus:
         os.sched_setaffinity(0, {int(cpu) for cpu in args.cpus.split(",")})
     try:
