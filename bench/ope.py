@@ -1,6 +1,6 @@
 """Round-trip latency of out-of-process execution (OPE) against in-process and plain IPC baselines.
 
-    .venv/bin/python bench/ope.py [--quick] [--spin-us 50] [--cpus 0,1]
+    .venv/bin/python bench/ope.py [--quick] [--spin-us 100] [--cpus 0,1]
 
 Every row times one round trip of a tensor of that size through an identity
 model (a Python-code package that returns its input), so no framework cost
@@ -119,7 +119,7 @@ def size_name(size: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--spin-us", type=float, default=50.0, help="OPE spin before blocking")
+    parser.add_argument("--spin-us", type=float, default=100.0, help="OPE spin before blocking")
     parser.add_argument("--cpus", default="", help="pin the OPE worker to these CPUs, e.g. 1")
     args = parser.parse_args()
     ope_options: Dict[str, Any] = {"spin_us": args.spin_us}

@@ -27,7 +27,7 @@ class OpeOptions:
         spin_us: microseconds either side busy-polls for the other's next
             message before sleeping. Spinning skips a 40-90 us process
             wake-up on short calls at the cost of that much CPU per call;
-            0 disables it (default 50).
+            0 disables it (default 100).
         cpu_affinity: CPUs to pin workers to: a list of ints (every worker
             gets that set) or a list of lists (worker ``i`` gets entry
             ``i % len``). None leaves scheduling to the OS.
@@ -45,7 +45,7 @@ class OpeOptions:
     """
 
     workers: int = 1
-    spin_us: float = 50.0
+    spin_us: float = 100.0
     cpu_affinity: Optional[Tuple[Tuple[int, ...], ...]] = None
     python_executable: str = field(default_factory=lambda: sys.executable)
     timeout: Optional[float] = None
