@@ -6,6 +6,7 @@ import gc
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -216,3 +217,22 @@ def test_worker_runs_under_another_interpreter(tool_path):
         assert np.array_equal(out["y"], inputs["x"] + 1)
         assert out["shout"].tolist() == [["A", "É"]]
         print(f"worker ran Python {worker.python_version} with numpy {worker.numpy_version}")
+
+
+def test_close_lets_a_call_in_flight_finish(tool_path):
+    model = load_neuropod(tool_path, use_ope=True)
+    results = []
+    caller = threading.Thread(
+        target=lambda: results.append(model.infer({"x": np.array([0.3]), "cmd": np.array(["busy"])}))
+    )
+    caller.start()
+    time.sleep(0.1)
+    pid = model.executor.worker_pids[0]
+    model.close()
+    caller.join()
+    assert len(results) == 1 and results[0]["y"][0] == 1.3
+    with pytest.raises(InputValidationError, match="closed"):
+        model.infer({"x": np.ones(1)})
+    assert pid is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

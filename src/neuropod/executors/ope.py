@@ -194,12 +194,16 @@ class OutOfProcessExecutor(Executor):
         """Process ids of the workers (None for one not running)."""
         return [worker.pid if worker.alive else None for worker in self.workers]
 
-    def close(self) -> None:
+    def close(self, grace: float = 5.0) -> None:
+        """Stop the workers; calls in flight get up to ``grace`` seconds to finish first."""
         if self._closed:
             return
         self._closed = True
         if self._copier is not None:
             self._copier.shutdown(wait=True)
+        if hasattr(self, "_idle_changed"):
+            with self._idle_changed:  # a worker's channel must not be used by two threads at once
+                self._idle_changed.wait_for(lambda: len(self._idle) == len(self.workers), timeout=grace)
         _close_workers(self.workers, self._pool)
         if hasattr(self, "_finalizer"):
             self._finalizer.detach()
