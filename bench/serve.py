@@ -7,11 +7,14 @@ own process; the client is tritonclient for all of them (gRPC, and HTTP:
 binary tensors for neuropod, JSON for MLServer, which has no binary
 extension), with N threads each holding its own client for N = 1, 4, 16, 64.
 
-    python bench/serve.py                      # about 2 minutes
+    python bench/serve.py                      # about 2 minutes (2 rounds x 2 s per cell)
     python bench/serve.py --duration 1 --concurrency 1 16
 
 MLServer runs from the venv made by scripts/mlserver-venv.sh; without it the
-MLServer rows are skipped. Prints a table and the neuropod/MLServer ratios.
+MLServer rows are skipped. Every cell runs --rounds times, the servers taking
+turns, and keeps the best value of each metric over its rounds (this machine
+is noisy; the same rule applies to every server). Prints a table and the
+neuropod/MLServer ratios.
 """
 
 from __future__ import annotations
@@ -66,7 +69,9 @@ def _http_caller(port: int, binary: bool) -> Tuple[Callable[[], None], Callable[
     return call, client.close
 
 
-def measure(make_caller: Callable[[], Tuple[Callable[[], None], Callable[[], None]]], concurrency: int, duration: float) -> Dict[str, float]:
+def measure(
+    make_caller: Callable[[], Tuple[Callable[[], None], Callable[[], None]]], concurrency: int, duration: float
+) -> Dict[str, float]:
     """Run ``concurrency`` closed-loop clients for ``duration`` s after a short warm-up."""
     latencies: List[List[float]] = [[] for _ in range(concurrency)]
     errors: List[BaseException] = []
@@ -123,7 +128,7 @@ def measure(make_caller: Callable[[], Tuple[Callable[[], None], Callable[[], Non
     }
 
 
-def start_neuropod(package: Path) -> Tuple["subprocess.Popen[str]", int, int]:
+def start_neuropod(package: Path) -> Tuple[subprocess.Popen[str], int, int]:
     command = neuropod_cli() + ["serve", str(package), "--grpc-port", "0", "--http-port", "0"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
     assert process.stderr is not None
@@ -137,7 +142,8 @@ def start_neuropod(package: Path) -> Tuple["subprocess.Popen[str]", int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=3.0, help="measured seconds per cell")
+    parser.add_argument("--duration", type=float, default=2.0, help="measured seconds per cell and round")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds per cell; the best is kept")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--skip-mlserver", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -161,26 +167,33 @@ def main() -> None:
                 targets.append(("MLServer REST", lambda p: _http_caller(p, binary=False), f"{ml_http}"))
             elif not args.skip_mlserver:
                 print("MLServer venv missing (scripts/mlserver-venv.sh): MLServer rows skipped", file=sys.stderr)
-            for concurrency in args.concurrency:
-                for name, caller, port in targets:
-                    cell = measure(lambda c=caller, p=int(port): c(p), concurrency, args.duration)  # type: ignore[misc]
-                    results.setdefault(name, {})[concurrency] = cell
-                    print(
-                        f"  {name:<14} c={concurrency:<3} {cell['throughput']:8.0f} req/s  "
-                        f"p50 {cell['p50_ms']:7.2f} ms  p99 {cell['p99_ms']:7.2f} ms",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+            # Rounds interleave the servers, so a burst of background load hits both; each
+            # cell keeps the best of its rounds per metric (highest req/s, lowest p50 and p99).
+            for round_index in range(args.rounds):
+                for concurrency in args.concurrency:
+                    for name, caller, port in targets:
+                        cell = measure(lambda c=caller, p=int(port): c(p), concurrency, args.duration)  # type: ignore[misc]
+                        best = results.setdefault(name, {}).setdefault(concurrency, dict(cell))
+                        best["throughput"] = max(best["throughput"], cell["throughput"])
+                        best["p50_ms"] = min(best["p50_ms"], cell["p50_ms"])
+                        best["p99_ms"] = min(best["p99_ms"], cell["p99_ms"])
+                        print(
+                            f"  round {round_index + 1} {name:<14} c={concurrency:<3} {cell['throughput']:8.0f} req/s  "
+                            f"p50 {cell['p50_ms']:7.2f} ms  p99 {cell['p99_ms']:7.2f} ms",
+                            file=sys.stderr,
+                            flush=True,
+                        )
         finally:
             for process in processes:
                 stop_process(process)  # type: ignore[arg-type]
 
-    print(f"\nadder, float32 {list(SHAPE)} x2, tritonclient, {args.duration:g} s per cell\n")
+    print(f"\nadder, float32 {list(SHAPE)} x2, tritonclient, best of {args.rounds} x {args.duration:g} s per cell\n")
     print(f"| {'server':<14} | conc | req/s   | p50 ms | p99 ms |")
     print(f"|{'-' * 16}|------|---------|--------|--------|")
     for name, by_concurrency in results.items():
         for concurrency, cell in by_concurrency.items():
-            print(f"| {name:<14} | {concurrency:>4} | {cell['throughput']:7.0f} | {cell['p50_ms']:6.2f} | {cell['p99_ms']:6.2f} |")
+            numbers = f"{cell['throughput']:7.0f} | {cell['p50_ms']:6.2f} | {cell['p99_ms']:6.2f}"
+            print(f"| {name:<14} | {concurrency:>4} | {numbers} |")
     if "MLServer gRPC" in results:
         print("\nneuropod / MLServer (throughput ratio, p99 ratio: want >= 2 and <= 0.5)\n")
         print("| protocol | conc | throughput x | p99 x |")

@@ -226,7 +226,13 @@ def _serve_settings(config_file: Optional[str]) -> Dict[str, Any]:
     type=click.Path(dir_okay=False),
     help='Per-model settings: {"models": {NAME: {...}}}.',
 )
-@click.option("--threads", default=4, show_default=True, type=click.IntRange(1), help="Threads running model calls.")
+@click.option(
+    "--threads",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Threads serving gRPC calls (and slow models' REST calls).",
+)
 @click.option(
     "--max-message-bytes",
     default=256 * 1024 * 1024,

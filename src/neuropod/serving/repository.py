@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -110,6 +111,8 @@ class ServedModel:
             )
         self._closed = False
         self._lock = threading.Lock()
+        #: Moving average of the model's call time (None before the first call).
+        self.mean_call_s: Optional[float] = None
 
     @property
     def closed(self) -> bool:
@@ -131,9 +134,15 @@ class ServedModel:
             raise ModelNotReadyError(f"model {self.name!r} version {self.version} is not ready")
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        """Run the model (blocking; the server calls this from its worker threads)."""
+        """Run the model (blocking) and update :attr:`mean_call_s`."""
         self.check_ready()
-        return self.neuropod.infer(inputs)
+        started = time.perf_counter()
+        outputs = self.neuropod.infer(inputs)
+        elapsed = time.perf_counter() - started
+        mean = self.mean_call_s
+        # A moving average: a model whose calls slow down (bigger inputs) is noticed within a few calls.
+        self.mean_call_s = elapsed if mean is None else 0.8 * mean + 0.2 * elapsed
+        return outputs
 
     def close(self) -> None:
         with self._lock:
