@@ -261,9 +261,14 @@ def test_requests_over_the_size_limit_are_refused(grpc_client: object, http_clie
 def test_curl(server: ModelServer) -> None:
     base = f"http://127.0.0.1:{server.http_port}"
 
-    def curl(*args: str) -> tuple:
+    def curl(*args: str, stdin: str = "") -> tuple:
         done = subprocess.run(
-            ["curl", "-s", "-w", "\n%{http_code}", *args], capture_output=True, text=True, timeout=30, check=True
+            ["curl", "-s", "-w", "\n%{http_code}", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
         )
         body, _, code = done.stdout.rpartition("\n")
         return int(code), body
@@ -281,5 +286,9 @@ def test_curl(server: ModelServer) -> None:
     assert answer["outputs"] == [{"name": "out", "datatype": "FP32", "shape": [1, 2], "data": [11.0, 22.0]}]
     code, body = curl("-X", "POST", f"{base}/v2/models/adder/infer", "-d", "{not json")
     assert code == 400 and "not valid JSON" in json.loads(body)["error"]
+    code, body = curl(
+        "-X", "POST", f"{base}/v2/models/adder/infer", "--data-binary", "@-", stdin="[" * 99_999 + "]" * 99_999
+    )
+    assert code == 400 and "nested too deeply" in json.loads(body)["error"]
     code, body = curl(f"{base}/v2/models/nope")
     assert code == 404 and "nope" in json.loads(body)["error"]

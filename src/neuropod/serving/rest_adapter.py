@@ -74,6 +74,8 @@ def split_body(body: bytes, header_length: Optional[str]) -> Tuple[Dict[str, Any
         document = json.loads(json_part)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InputValidationError(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InputValidationError("request body is nested too deeply") from None
     if not isinstance(document, dict):
         raise InputValidationError("request body must be a JSON object with 'inputs'")
     return document, tail
