@@ -124,3 +124,7 @@ def test_load_errors_are_identical(tmp_path):
     assert type(remote_info.value) is type(local_info.value)
     assert str(remote_info.value) == str(local_info.value)
     assert "broken on purpose" in str(remote_info.value)
+    # The worker reports and exits at once: the report must win over the hang-up, every time.
+    for _ in range(5):
+        with pytest.raises(type(local_info.value), match="broken on purpose"):
+            load_neuropod(path, use_ope=True, verify_manifest=False)

@@ -224,11 +224,22 @@ class Channel:
                     wait = min(wait, left)
                 if self._poller.poll(wait * 1000):
                     # Doorbells, a message that brings descriptors (kept for _take), or a hang-up.
-                    found = self._socket_message(block=False)
+                    try:
+                        found = self._socket_message(block=False)
+                    except ChannelClosed:
+                        # The peer may have published its last message just before it went.
+                        if read_counter(mailbox, seq_at)[0] == expected:
+                            return self._take()
+                        raise
                     if found is not None:
                         self._stash.append(found)
                 elif check_alive is not None:
-                    check_alive()
+                    try:
+                        check_alive()
+                    except ChannelClosed:
+                        if read_counter(mailbox, seq_at)[0] == expected:
+                            return self._take()
+                        raise
             finally:
                 _COUNTER.pack_into(mailbox, sleeping_at, 0)
             wait = min(wait * 2, POLL_SLICE_S)

@@ -144,6 +144,7 @@ class WorkerProcess:
         self.python_version = ""
         self.numpy_version = ""
         self.starts = 0
+        self.ready = False  # said HELLO since its last start
         self.last_failure: Optional[str] = None
         self._request_id = 0
         self._state_lock = threading.Lock()
@@ -191,6 +192,7 @@ class WorkerProcess:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_SOURCE_ROOT, env.get("PYTHONPATH", "")) if p)
         env.update(dict(options.worker_env))
         self._reset_state()
+        self.ready = False
         try:
             self.process = _SPAWNER.spawn(argv, env, (child_end.fileno(), mailbox.fd))
         except OSError as exc:
@@ -237,6 +239,7 @@ class WorkerProcess:
                 f"worker for model {self.model_name!r} answered its start with message kind {message.kind}"
             )
         self.python_version, self.numpy_version = message.texts[1], message.texts[2]
+        self.ready = True
 
     @property
     def alive(self) -> bool:
@@ -306,7 +309,17 @@ class WorkerProcess:
             f"the worker (pid {pid}) of model {self.model_name!r} {self.last_failure} during the call"
         )
         error.returncode = returncode
+        self._restart_soon()
         return error
+
+    def _restart_soon(self) -> None:
+        """Start the replacement now, so it loads while the caller handles the error."""
+        if self.options.restart_policy != "always":
+            return
+        try:
+            self.start()
+        except Exception:  # the next call tries again and reports what goes wrong
+            self.process = None
 
     def call(
         self, inputs: Dict[str, np.ndarray], find_lease: LeaseLookup, timeout: Optional[float]
@@ -314,6 +327,7 @@ class WorkerProcess:
         """Run the model in the worker on ``inputs``; the caller holds this worker exclusively."""
         if self.process is None:
             self.start()
+        if not self.ready:
             self.wait_ready()
         assert self.channel is not None
         self._request_id += 1
@@ -356,6 +370,7 @@ class WorkerProcess:
                 pid = self.pid
                 self._kill()
                 self.last_failure = f"timed out after {timeout}s"
+                self._restart_soon()
                 raise WorkerTimeoutError(
                     f"the worker (pid {pid}) of model {self.model_name!r} did not answer within timeout={timeout}s; "
                     "it was killed and will be replaced"
