@@ -223,3 +223,17 @@ def test_a_small_tmpfs_as_shm_dir_gives_a_clear_error(tool_path, tmp_path):
             assert model.infer({"x": np.ones(4)})["y"].tolist() == [2.0] * 4
     finally:
         subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_workers_outlive_the_thread_that_loaded_the_model(tool_path):
+    # PR_SET_PDEATHSIG fires when the *thread* that forked a child exits: workers
+    # are forked from a long-lived thread so a short-lived loader thread is harmless.
+    loaded = []
+    loader = threading.Thread(target=lambda: loaded.append(load_neuropod(tool_path, use_ope=True)))
+    loader.start()
+    loader.join()
+    with loaded[0] as model:
+        pid = model.executor.worker_pids[0]
+        time.sleep(0.2)
+        assert pid is not None and not gone(pid)
+        assert model.infer({"x": np.ones(1)})["y"][0] == 2.0
