@@ -9,6 +9,7 @@ get in its way.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,13 +27,15 @@ SERIALIZED_FILE = (
 def compile_descriptor() -> bytes:
     """The serialized ``FileDescriptorProto`` of ``kserve_v2.proto``, compiled now."""
     from google.protobuf import descriptor_pb2
-    from grpc_tools import protoc
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "set.pb"
-        code = protoc.main(["protoc", f"-I{HERE}", f"--descriptor_set_out={out}", str(PROTO)])
-        if code != 0:
-            raise RuntimeError(f"protoc failed on {PROTO} with exit code {code}")
+        # In a child process: grpc_tools' compiler can crash a process that already
+        # loaded other protobuf-linked extensions (TensorFlow's, say).
+        command = [sys.executable, "-m", "grpc_tools.protoc", f"-I{HERE}", f"--descriptor_set_out={out}", str(PROTO)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"protoc failed on {PROTO} with exit code {done.returncode}: {done.stderr}")
         descriptor_set = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
     (file_proto,) = descriptor_set.file
     return file_proto.SerializeToString(deterministic=True)  # type: ignore[no-any-return]
