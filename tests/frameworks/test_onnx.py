@@ -274,3 +274,27 @@ def test_string_spec_with_a_torch_module_is_a_spec_error(tmp_path):
             input_spec=spec_in,
             output_spec=spec_in,
         )
+
+
+def test_bfloat16_tensors_travel_with_their_onnx_type(tmp_path):
+    ml_dtypes = require("ml_dtypes")
+    model = graph_model(
+        [
+            # onnxruntime's CPU kernels have no bfloat16 Add: compute in float32.
+            helper.make_node("Cast", ["x"], ["x32"], to=TensorProto.FLOAT),
+            helper.make_node("Add", ["x32", "x32"], ["sum32"]),
+            helper.make_node("Cast", ["sum32"], ["out"], to=TensorProto.BFLOAT16),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["n"])],
+        [helper.make_tensor_value_info("out", TensorProto.BFLOAT16, ["n"])],
+    )
+    spec_in = [{"name": "x", "dtype": "bfloat16", "shape": ["n"]}]
+    spec_out = [{"name": "out", "dtype": "bfloat16", "shape": ["n"]}]
+    x = np.array([1.5, -2, 3], dtype=ml_dtypes.bfloat16)
+    path = create_onnx_neuropod(
+        neuropod_path=tmp_path / "bf.zip", model_name="bf", model=model, input_spec=spec_in, output_spec=spec_out
+    )
+    with load_neuropod(path) as loaded:
+        out = loaded.infer({"x": x})["out"]
+    assert out.dtype == ml_dtypes.bfloat16
+    assert out.astype(np.float32).tolist() == [3.0, -4.0, 6.0]
