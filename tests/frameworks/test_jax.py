@@ -187,13 +187,14 @@ def test_aligned_inputs_are_shared_and_outputs_are_views(tmp_path):
         input_spec=spec,
         output_spec=[{"name": "out", "dtype": "float32", "shape": [None]}],
     )
-    raw = np.zeros(4096 + 64, np.uint8)
+    count = 1 << 20  # 4 MB: large inputs go through device_put
+    raw = np.zeros(count * 4 + 64, np.uint8)
     offset = (-raw.ctypes.data) % 64
-    x = raw[offset : offset + 4096].view(np.float32)  # 64-byte aligned, as XLA wants for sharing
-    x[:] = np.arange(1024)
+    x = raw[offset : offset + count * 4].view(np.float32)  # 64-byte aligned, as XLA wants for sharing
+    x[:] = np.arange(count)
     with load_neuropod(path) as model:
         backend = model.executor.backend
-        assert backend._to_jax(x).unsafe_buffer_pointer() == x.ctypes.data  # DLPack: no copy in
+        assert backend._to_jax(x).unsafe_buffer_pointer() == x.ctypes.data  # no copy in
         out = model.infer({"x": x})["out"]
-    np.testing.assert_array_equal(out, -np.arange(1024, dtype=np.float32))
+    np.testing.assert_array_equal(out, -np.arange(count, dtype=np.float32))
     assert not out.flags.owndata and not out.flags.writeable  # a view of JAX's buffer: no copy out

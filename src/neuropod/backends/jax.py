@@ -3,14 +3,19 @@
 ``0/data/model.jax_exported`` holds the serialised ``Exported`` (StableHLO);
 ``0/data/params.npz`` its parameters (``p0``, ``p1`` ... in pytree-leaf
 order), put on the device once at load. ``0/config.json`` says whether the
-program was exported with 64-bit types on (``enable_x64``); calls run under
-the same setting, scoped to the call, so other JAX users in the process are
-not affected.
+program was exported with 64-bit types on (``enable_x64``).
 
-Copies: inputs go in through DLPack, which JAX shares without a copy on the
-CPU when the array is 64-byte aligned (it copies otherwise, as it does for
-arrays DLPack cannot describe, such as read-only ones). Outputs come back
-with ``np.asarray``, a read-only view of JAX's CPU buffer (no copy).
+Copies: inputs of 64 KiB and more go in through ``jax.device_put``, which on
+the CPU shares the numpy buffer when it is 64-byte aligned (XLA's rule) and
+copies it otherwise; numpy aligns large arrays to 16 bytes only, so plain
+numpy inputs are copied once and aligned ones (e.g. shared memory) are not.
+Smaller inputs are handed to ``exported.call`` as they are, which is cheaper
+per call than any explicit transfer. Outputs come back with ``np.asarray``, a
+read-only view of JAX's CPU buffer (no copy).
+
+A package exported with 64-bit types (``enable_x64``) is called inside
+``jax.enable_x64(True)``, scoped to the call so other JAX users in the
+process are not affected; others are called without touching the setting.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ __all__ = ["JaxBackend", "EXPORTED_FILE", "PARAMS_FILE", "choose_jax_device"]
 
 EXPORTED_FILE = "model.jax_exported"
 PARAMS_FILE = "params.npz"
+#: Below this size an input goes to ``exported.call`` as numpy; above, through ``jax.device_put``.
+_SMALL_BYTES = 64 * 1024
 
 
 def choose_jax_device(visible_gpu: Any) -> Any:
@@ -69,6 +76,7 @@ class JaxBackend(Backend):
                 f"{path}: the program was exported for {list(self.exported.platforms)}, not for {platform!r}; "
                 "package it again with platforms= naming it"
             )
+        self._on_cpu = self.device.platform == "cpu"
         self.params = self._load_params(package, int(settings.get("param_count", 0)))
         self._output_names = [s.name for s in package.config.output_spec]
 
@@ -85,19 +93,18 @@ class JaxBackend(Backend):
             return [jax.device_put(leaf, self.device) for leaf in leaves]
 
     def _to_jax(self, array: np.ndarray) -> Any:
-        if self.device.platform == "cpu" and array.flags.writeable and array.flags.c_contiguous:
-            try:
-                return jax.dlpack.from_dlpack(array, device=self.device)
-            except (BufferError, TypeError, ValueError, RuntimeError):
-                pass  # a dtype or layout DLPack cannot carry: let device_put copy it
+        if array.nbytes < _SMALL_BYTES and self._on_cpu:
+            return array  # exported.call converts small arrays faster than an explicit device_put
         return jax.device_put(array, self.device)
 
     def infer(self, inputs: TensorDict) -> TensorDict:
         try:
-            with jax.enable_x64(self._x64):
-                tensors = {name: self._to_jax(array) for name, array in inputs.items()}
-                result = self.exported.call(self.params, tensors)
-                return self._outputs_to_numpy(result)
+            if self._x64:
+                with jax.enable_x64(True):
+                    result = self.exported.call(self.params, {k: self._to_jax(v) for k, v in inputs.items()})
+                    return self._outputs_to_numpy(result)
+            result = self.exported.call(self.params, {k: self._to_jax(v) for k, v in inputs.items()})
+            return self._outputs_to_numpy(result)
         except InferenceError:
             raise
         except Exception as exc:  # shape-assertion and XLA errors
