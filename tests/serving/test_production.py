@@ -429,6 +429,32 @@ def test_models_in_out_of_process_workers(adder: Path) -> None:
         client.close()
 
 
+@pytest.mark.skipif(not HAS_OPE, reason="neuropod.executors.ope is not in this tree yet")
+def test_a_dead_worker_is_replaced_and_the_server_keeps_serving(adder: Path) -> None:
+    import os
+    import signal as signals
+
+    with ModelServer.from_path(adder, LOOPBACK, default_settings=ModelSettings(use_ope=True)) as server:
+        executor = server.repository.get("adder").neuropod.executor
+        client = tritonclient_grpc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+        x = np.ones((1, 2), np.float32)
+        assert client.infer("adder", _adder_inputs(tritonclient_grpc, x, x)).as_numpy("out")[0, 0] == 2
+        (old_pid,) = executor.worker_pids
+        os.kill(old_pid, signals.SIGKILL)
+        deadline = time.monotonic() + 30
+        answer = None
+        while answer is None and time.monotonic() < deadline:
+            try:  # the call that meets the dead worker may fail; a later one gets a fresh worker
+                answer = client.infer("adder", _adder_inputs(tritonclient_grpc, x, x)).as_numpy("out")
+            except InferenceServerException as exc:
+                assert exc.status() in ("StatusCode.INTERNAL", "StatusCode.UNAVAILABLE"), exc
+                time.sleep(0.1)
+        assert answer is not None and answer[0, 0] == 2
+        assert executor.worker_pids[0] not in (None, old_pid)
+        assert client.is_server_live() and client.is_model_ready("adder")
+        client.close()
+
+
 def test_server_closes_its_models(adder: Path) -> None:
     server = ModelServer.from_path(adder, LOOPBACK).start()
     model = server.repository.get("adder")
