@@ -40,8 +40,11 @@ def get_model(data_dir):
             settings = json.load(f)
     sleep_s = settings.get("sleep_s", 0)
     batch_log = settings.get("batch_log")
+    fail_on_negative = settings.get("fail_on_negative", False)
 
     def add(x, y):
+        if fail_on_negative and (x < 0).any():
+            raise ValueError("the adder refuses negative numbers")
         if batch_log:
             with open(batch_log, "a") as f:
                 f.write(f"{x.shape[0]}\\n")
@@ -119,7 +122,7 @@ def _python_package(
 
 
 def make_adder(target: Path, name: str = "adder", **settings: Any) -> Path:
-    """out = x + y over float32 [batch, None]; ``sleep_s``/``batch_log`` tune it."""
+    """out = x + y over float32 [batch, None]; ``sleep_s``, ``batch_log``, ``fail_on_negative`` tune it."""
     return _python_package(target, name, ADDER_CODE, f"{name}_code", ADDER_INPUTS, ADDER_OUTPUTS, settings)
 
 

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.filterwarnings(
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("repo")
-    make_adder(root / "adder")
+    make_adder(root / "adder", fail_on_negative=True)
     make_strings(root / "strings")
     make_halves(root / "halves")
     # Two numbered versions of a placeholder (the newest is the default).
@@ -213,6 +213,19 @@ def test_http_errors_carry_the_right_status(http_client: object) -> None:
     with pytest.raises(InferenceServerException) as info:
         http_client.infer("nope", _inputs(tritonclient_http, {"x": X}, {"x": "FP32"}))  # type: ignore[attr-defined]
     assert info.value.status() == "404"
+
+
+def test_model_failures_are_internal_errors(grpc_client: object, http_client: object) -> None:
+    negative = -np.ones((1, 2), np.float32)
+    for module, client, expected in (
+        (tritonclient_grpc, grpc_client, "StatusCode.INTERNAL"),
+        (tritonclient_http, http_client, "500"),
+    ):
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("adder", _inputs(module, {"x": negative, "y": negative}, {"x": "FP32", "y": "FP32"}))  # type: ignore[attr-defined]
+        assert info.value.status() == expected
+        assert "'adder' failed" in info.value.message() and "refuses negative numbers" in info.value.message()
+    assert grpc_client.is_model_ready("adder")  # type: ignore[attr-defined]
 
 
 def test_typed_contents_over_grpc(server: ModelServer) -> None:
