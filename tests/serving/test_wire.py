@@ -109,8 +109,14 @@ def test_typed_contents_and_json() -> None:
         decode_json("FP32", [1], ["1"], "f")
     with pytest.raises(InputValidationError, match="list of strings"):
         decode_json("BYTES", [1], [1], "s")
-    with pytest.raises(InputValidationError, match="does not fit INT8"):
+    with pytest.raises(InputValidationError, match="does not fit INT8: 300"):
         decode_json("INT8", [1], [300], "i")
+    with pytest.raises(InputValidationError, match="does not fit UINT8: -1"):
+        decode_json("UINT8", [2], [1, -1], "u")
+    wide = proto.InferTensorContents()
+    wide.int_contents.extend([1, 70000])
+    with pytest.raises(InputValidationError, match="does not fit INT16: 70000"):
+        decode_contents("INT16", [2], wide, "i")
     with pytest.raises(InputValidationError, match="needs 4 values, data holds 3"):
         decode_json("FP64", [2, 2], [1, 2, 3], "f")
 

@@ -162,6 +162,20 @@ def _strings(items: Sequence[Any], tensor: str) -> np.ndarray:
     return np.array(values, dtype="U") if values else np.zeros(0, dtype="U1")
 
 
+def _numbers(values: Sequence[Any], dtype: np.dtype, datatype: str, tensor: str) -> np.ndarray:
+    """A numpy array of ``values``; integers out of the dtype's range are refused, not wrapped."""
+    if dtype.kind in "iu" and len(values):
+        info = np.iinfo(dtype)
+        low, high = min(values), max(values)
+        if low < info.min or high > info.max:
+            bad = low if low < info.min else high
+            raise InputValidationError(f"tensor {tensor!r}: a value does not fit {datatype}: {bad}")
+    try:
+        return np.array(values, dtype=dtype)
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise InputValidationError(f"tensor {tensor!r}: a value does not fit {datatype}: {exc}") from None
+
+
 def decode_raw(datatype: str, shape: Sequence[Any], data: Buffer, tensor: str) -> np.ndarray:
     """A numpy array from raw bytes; checks the byte count against the shape.
 
@@ -210,10 +224,7 @@ def decode_contents(datatype: str, shape: Sequence[Any], contents: Any, tensor: 
         )
     if dtype == "string":
         return _strings(values, tensor).reshape(dims)
-    try:
-        return np.array(values, dtype=numpy_dtype(dtype)).reshape(dims)
-    except OverflowError as exc:
-        raise InputValidationError(f"tensor {tensor!r}: a value does not fit {datatype}: {exc}") from None
+    return _numbers(values, numpy_dtype(dtype), datatype, tensor).reshape(dims)
 
 
 def contents_values(array: np.ndarray) -> Tuple[str, List[Any]]:
@@ -265,13 +276,9 @@ def decode_json(datatype: str, shape: Sequence[Any], data: Any, tensor: str) -> 
         return np.array(flat, dtype=bool).reshape(dims)
     if not all(isinstance(item, (int, float)) and not isinstance(item, bool) for item in flat):
         raise InputValidationError(f"tensor {tensor!r}: {datatype} data must be a list of numbers")
-    target = numpy_dtype(dtype)
-    try:
-        if dtype == "bfloat16":
-            return np.array(flat, dtype=np.float32).astype(target).reshape(dims)
-        return np.array(flat, dtype=target).reshape(dims)
-    except (OverflowError, ValueError) as exc:
-        raise InputValidationError(f"tensor {tensor!r}: a value does not fit {datatype}: {exc}") from None
+    if dtype == "bfloat16":
+        return _numbers(flat, np.dtype(np.float32), datatype, tensor).astype(numpy_dtype(dtype)).reshape(dims)
+    return _numbers(flat, numpy_dtype(dtype), datatype, tensor).reshape(dims)
 
 
 def json_values(array: np.ndarray) -> List[Any]:
