@@ -53,7 +53,7 @@ def _entry_point_backends() -> Dict[str, str]:
     from importlib.metadata import entry_points
 
     eps = entry_points()
-    group = eps.select(group=ENTRY_POINT_GROUP) if hasattr(eps, "select") else eps.get(ENTRY_POINT_GROUP, [])
+    group = eps.select(group=ENTRY_POINT_GROUP) if hasattr(eps, "select") else eps.get(ENTRY_POINT_GROUP, [])  # type: ignore[arg-type]  # Python 3.9 dict API
     return {ep.name: ep.value for ep in group}
 
 
