@@ -9,7 +9,7 @@ jax = require("jax")
 
 import jax.numpy as jnp  # noqa: E402
 
-from neuropod import InferenceError, PackageError, SpecError, load_neuropod  # noqa: E402
+from neuropod import InferenceError, InputValidationError, PackageError, SpecError, load_neuropod  # noqa: E402
 from neuropod.packagers import create_jax_neuropod  # noqa: E402
 
 X = np.arange(6, dtype=np.float32).reshape(2, 3)
@@ -198,3 +198,9 @@ def test_aligned_inputs_are_shared_and_outputs_are_views(tmp_path):
         out = model.infer({"x": x})["out"]
     np.testing.assert_array_equal(out, -np.arange(count, dtype=np.float32))
     assert not out.flags.owndata and not out.flags.writeable  # a view of JAX's buffer: no copy out
+
+
+def test_missing_input_is_an_input_validation_error(addition_package):
+    with load_neuropod(addition_package) as model:
+        with pytest.raises(InputValidationError, match="input 'y' is required by the JAX program"):
+            model.infer({"x": X})

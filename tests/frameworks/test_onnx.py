@@ -13,7 +13,14 @@ ort = require("onnxruntime")
 
 from onnx import TensorProto, helper  # noqa: E402
 
-from neuropod import InferenceError, PackageError, SpecError, TestMismatchError, load_neuropod  # noqa: E402
+from neuropod import (  # noqa: E402
+    InferenceError,
+    InputValidationError,
+    PackageError,
+    SpecError,
+    TestMismatchError,
+    load_neuropod,
+)
 from neuropod.packagers import create_onnx_neuropod  # noqa: E402
 
 X = np.arange(6, dtype=np.float32).reshape(2, 3)
@@ -298,3 +305,43 @@ def test_bfloat16_tensors_travel_with_their_onnx_type(tmp_path):
         out = loaded.infer({"x": x})["out"]
     assert out.dtype == ml_dtypes.bfloat16
     assert out.astype(np.float32).tolist() == [3.0, -4.0, 6.0]
+
+
+def test_missing_input_and_undeclared_graph_input(addition_package, tmp_path):
+    with load_neuropod(addition_package) as model:
+        with pytest.raises(InputValidationError, match="input 'y' is required by the ONNX graph"):
+            model.infer({"x": X})
+    with pytest.raises(PackageError, match=r"needs inputs \['y'\], which the input spec does not declare"):
+        create_onnx_neuropod(
+            neuropod_path=tmp_path / "p",
+            model_name="m",
+            model=addition_model(),
+            input_spec=ADDITION_INPUTS[:1],
+            output_spec=ADDITION_OUTPUTS,
+            test_input_data={"x": X},
+        )
+
+
+def test_graph_outputs_outside_the_spec_are_not_fetched(tmp_path):
+    model = graph_model(
+        [helper.make_node("Add", ["x", "y"], ["out"]), helper.make_node("Sub", ["x", "y"], ["debug"])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "n"]),
+        ],
+        [
+            helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", "n"]),
+            helper.make_tensor_value_info("debug", TensorProto.FLOAT, ["batch", "n"]),
+        ],
+    )
+    path = create_onnx_neuropod(
+        neuropod_path=tmp_path / "p.zip",
+        model_name="m",
+        model=model,
+        input_spec=ADDITION_INPUTS,
+        output_spec=ADDITION_OUTPUTS,
+        test_input_data={"x": X, "y": Y},
+        test_expected_out={"out": X + Y},
+    )
+    with load_neuropod(path) as loaded:
+        assert sorted(loaded.infer({"x": X, "y": Y})) == ["out"]

@@ -9,7 +9,7 @@ from conftest import ADDITION_INPUTS, ADDITION_OUTPUTS, require
 
 torch = require("torch")
 
-from neuropod import InferenceError, PackageError, SpecError, load_neuropod  # noqa: E402
+from neuropod import InferenceError, InputValidationError, PackageError, SpecError, load_neuropod  # noqa: E402
 from neuropod.packagers import create_torch_export_neuropod  # noqa: E402
 
 X = np.arange(6, dtype=np.float32).reshape(2, 3)
@@ -192,3 +192,9 @@ def test_identity_output_shares_the_input_memory(tmp_path):
     with load_neuropod(path) as model:
         out = model.infer({"x": x})["out"]
     assert np.shares_memory(out, x)  # from_numpy in, .numpy() out: no copy either way
+
+
+def test_missing_input_is_an_input_validation_error(addition_package):
+    with load_neuropod(addition_package) as model:
+        with pytest.raises(InputValidationError, match="input 'x' is required by the exported program"):
+            model.infer({"y": Y})

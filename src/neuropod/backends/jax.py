@@ -20,22 +20,31 @@ process are not affected; others are called without touching the setting.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Dict, List
 
 import jax
 import numpy as np
 from jax import export
 
-from ..errors import InferenceError, PackageError
+from ..errors import InferenceError, InputValidationError, PackageError
 from ..package import Package
 from .base import Backend, BackendOptions, TensorDict, gpu_unavailable_warning
 
-__all__ = ["JaxBackend", "EXPORTED_FILE", "PARAMS_FILE", "choose_jax_device"]
+__all__ = ["JaxBackend", "EXPORTED_FILE", "PARAMS_FILE", "choose_jax_device", "x64_scope"]
 
 EXPORTED_FILE = "model.jax_exported"
 PARAMS_FILE = "params.npz"
 #: Below this size an input goes to ``exported.call`` as numpy; above, through ``jax.device_put``.
 _SMALL_BYTES = 64 * 1024
+
+
+def x64_scope(enabled: bool) -> Any:
+    """A context manager turning JAX's 64-bit types on or off (``jax.experimental`` before jax 0.7)."""
+    scope: Any = getattr(jax, "enable_x64", None)
+    if scope is None:
+        scope = importlib.import_module("jax.experimental").enable_x64
+    return scope(enabled)
 
 
 def choose_jax_device(visible_gpu: Any) -> Any:
@@ -79,6 +88,7 @@ class JaxBackend(Backend):
         self._on_cpu = self.device.platform == "cpu"
         self.params = self._load_params(package, int(settings.get("param_count", 0)))
         self._output_names = [s.name for s in package.config.output_spec]
+        self._input_names = [s.name for s in package.config.input_spec]
 
     def _load_params(self, package: Package, count: int) -> List[Any]:
         path = package.data_dir / PARAMS_FILE
@@ -89,7 +99,7 @@ class JaxBackend(Backend):
                 leaves = [stored[f"p{i}"] for i in range(count)]
         except (OSError, KeyError, ValueError) as exc:
             raise PackageError(f"{path}: cannot read {count} parameter arrays: {exc}") from exc
-        with jax.enable_x64(self._x64):
+        with x64_scope(self._x64):
             return [jax.device_put(leaf, self.device) for leaf in leaves]
 
     def _to_jax(self, array: np.ndarray) -> Any:
@@ -98,9 +108,12 @@ class JaxBackend(Backend):
         return jax.device_put(array, self.device)
 
     def infer(self, inputs: TensorDict) -> TensorDict:
+        if len(inputs) != len(self._input_names):
+            missing = [name for name in self._input_names if name not in inputs]
+            raise InputValidationError(f"input {missing[0]!r} is required by the JAX program but was not given")
         try:
             if self._x64:
-                with jax.enable_x64(True):
+                with x64_scope(True):
                     result = self.exported.call(self.params, {k: self._to_jax(v) for k, v in inputs.items()})
                     return self._outputs_to_numpy(result)
             result = self.exported.call(self.params, {k: self._to_jax(v) for k, v in inputs.items()})

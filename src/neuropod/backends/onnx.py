@@ -18,7 +18,7 @@ from typing import Any, Dict, List
 import numpy as np
 import onnxruntime as ort
 
-from ..errors import InferenceError, PackageError
+from ..errors import InferenceError, InputValidationError, PackageError
 from ..package import Package
 from .base import Backend, BackendOptions, TensorDict, as_string_array, gpu_unavailable_warning
 
@@ -75,12 +75,20 @@ class OnnxBackend(Backend):
                 f"{path}: the spec names {missing}, which the ONNX graph lacks; "
                 f"graph inputs {sorted(graph_inputs)}, graph outputs {graph_outputs}"
             )
+        unfed = sorted(graph_inputs - {s.name for s in config.input_spec})
+        if unfed:
+            raise PackageError(f"{path}: the ONNX graph needs inputs {unfed}, which the input spec does not declare")
         self.providers = self.session.get_providers()
-        self._output_names = graph_outputs
+        self._input_names = [node.name for node in self.session.get_inputs()]
+        # Fetch only what the spec declares: extra graph outputs (debug tensors) are not computed for nothing.
+        self._output_names = [s.name for s in config.output_spec]
         self._bfloat16_outputs = {s.name for s in config.output_spec if s.dtype == "bfloat16"}
         self._bfloat16 = bool(self._bfloat16_outputs) or any(s.dtype == "bfloat16" for s in config.input_spec)
 
     def infer(self, inputs: TensorDict) -> TensorDict:
+        if len(inputs) != len(self._input_names):
+            missing = [name for name in self._input_names if name not in inputs]
+            raise InputValidationError(f"input {missing[0]!r} is required by the ONNX graph but was not given")
         try:
             if self._bfloat16:
                 values = self._run_with_ortvalues(inputs)

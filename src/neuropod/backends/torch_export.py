@@ -10,7 +10,7 @@ from typing import Any, List
 
 import torch
 
-from ..errors import InferenceError, PackageError
+from ..errors import InferenceError, InputValidationError, PackageError
 from ..package import Package
 from ._torch_tensors import apply_thread_options, choose_device, input_devices, load_custom_ops, to_numpy, to_torch
 from .base import Backend, BackendOptions, TensorDict
@@ -42,8 +42,12 @@ class TorchExportBackend(Backend):
         if self.device.type != "cpu":
             self.module = self.module.to(self.device)
         self._output_names = [spec.name for spec in package.config.output_spec]
+        self._input_names = [spec.name for spec in package.config.input_spec]
 
     def infer(self, inputs: TensorDict) -> TensorDict:
+        if len(inputs) != len(self._input_names):
+            missing = [name for name in self._input_names if name not in inputs]
+            raise InputValidationError(f"input {missing[0]!r} is required by the exported program but was not given")
         devices = self._input_devices
         cpu = self._cpu
         tensors = {name: to_torch(array, devices.get(name, cpu)) for name, array in inputs.items()}

@@ -129,6 +129,8 @@ def create_jax_neuropod(
         import numpy as np
         from jax import export
 
+        from ..backends.jax import x64_scope
+
         leaves, treedef = jax.tree_util.tree_flatten(params)
 
         def program(param_leaves: List[Any], tensors: Dict[str, Any]) -> Dict[str, Any]:
@@ -146,7 +148,7 @@ def create_jax_neuropod(
             return dict(zip(output_names, values))
 
         # 64-bit dtypes exist in JAX only with x64 on; the backend calls under the same setting.
-        with jax.enable_x64(wide):
+        with x64_scope(wide):
             param_specs = [jax.ShapeDtypeStruct(np.shape(leaf), np.asarray(leaf).dtype) for leaf in leaves]
             try:
                 exported = export.export(jax.jit(program), platforms=tuple(platforms))(
