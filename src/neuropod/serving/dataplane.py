@@ -214,6 +214,15 @@ class DataPlane:
                 extra={"model": request.model_name, "request_id": request.id, "status": code, "error": str(exc)},
             )
 
+    def _succeeded(self, model: ServedModel, request: InferRequest, protocol: str, elapsed: float) -> None:
+        self.metrics.latency.labels(model.name, protocol).observe(elapsed)
+        if logger.isEnabledFor(logging.DEBUG):  # an access log, at --log-level debug
+            logger.debug(
+                "inference",
+                extra={"model": model.name, "version": model.version, "protocol": protocol,
+                       "request_id": request.id, "duration_ms": round(elapsed * 1000, 3)},
+            )  # fmt: skip
+
     def _track(self, delta: int) -> None:
         with self._in_flight_lock:
             self._in_flight += delta
@@ -241,7 +250,7 @@ class DataPlane:
             raise
         finally:
             self._track(-1)
-        self.metrics.latency.labels(model.name, protocol).observe(time.perf_counter() - started)
+        self._succeeded(model, request, protocol, time.perf_counter() - started)
         return response
 
     def infer_blocking(self, request: InferRequest, protocol: str) -> InferResponse:
@@ -262,7 +271,7 @@ class DataPlane:
             raise
         finally:
             self._track(-1)
-        self.metrics.latency.labels(model.name, protocol).observe(time.perf_counter() - started)
+        self._succeeded(model, request, protocol, time.perf_counter() - started)
         return response
 
     # -- shutdown -------------------------------------------------------------
