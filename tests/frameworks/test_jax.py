@@ -204,3 +204,22 @@ def test_missing_input_is_an_input_validation_error(addition_package):
     with load_neuropod(addition_package) as model:
         with pytest.raises(InputValidationError, match="input 'y' is required by the JAX program"):
             model.infer({"x": X})
+
+
+def test_bfloat16_params_and_tensors(tmp_path):
+    spec_in = [{"name": "x", "dtype": "bfloat16", "shape": ["batch", 2]}]
+    spec_out = [{"name": "out", "dtype": "bfloat16", "shape": ["batch", 2]}]
+    weights = {"w": jnp.array([2, 4], dtype=jnp.bfloat16)}
+    path = create_jax_neuropod(
+        neuropod_path=tmp_path / "bf.zip",
+        model_name="bf",
+        function=lambda params, x: {"out": x * params["w"]},
+        params=weights,
+        input_spec=spec_in,
+        output_spec=spec_out,
+    )
+    x = np.array([[1.5, -1]], dtype=jnp.bfloat16)
+    with load_neuropod(path) as model:
+        out = model.infer({"x": x})["out"]
+    assert out.dtype.name == "bfloat16"
+    assert out.astype(np.float32).tolist() == [[3.0, -4.0]]

@@ -21,7 +21,7 @@ process are not affected; others are called without touching the setting.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Set
 
 import jax
 import numpy as np
@@ -86,17 +86,21 @@ class JaxBackend(Backend):
                 "package it again with platforms= naming it"
             )
         self._on_cpu = self.device.platform == "cpu"
-        self.params = self._load_params(package, int(settings.get("param_count", 0)))
+        self.params = self._load_params(
+            package, int(settings.get("param_count", 0)), set(settings.get("bfloat16_params", ()))
+        )
         self._output_names = [s.name for s in package.config.output_spec]
         self._input_names = [s.name for s in package.config.input_spec]
 
-    def _load_params(self, package: Package, count: int) -> List[Any]:
+    def _load_params(self, package: Package, count: int, bfloat16_leaves: Set[int]) -> List[Any]:
         path = package.data_dir / PARAMS_FILE
         if count == 0:
             return []
         try:
             with np.load(path, allow_pickle=False) as stored:
                 leaves = [stored[f"p{i}"] for i in range(count)]
+            # .npz cannot hold bfloat16: those leaves were stored as their uint16 bits.
+            leaves = [leaf.view(jax.numpy.bfloat16) if i in bfloat16_leaves else leaf for i, leaf in enumerate(leaves)]
         except (OSError, KeyError, ValueError) as exc:
             raise PackageError(f"{path}: cannot read {count} parameter arrays: {exc}") from exc
         with x64_scope(self._x64):

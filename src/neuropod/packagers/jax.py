@@ -164,9 +164,16 @@ def create_jax_neuropod(
                 raise PackageError(f"jax.export could not export {what}: {exc}{hint}") from exc
         data_dir = model_dir / "data"
         (data_dir / EXPORTED_FILE).write_bytes(bytes(exported.serialize()))
-        arrays: Dict[str, Any] = {f"p{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+        arrays: Dict[str, Any] = {}
+        bfloat16_leaves = []
+        for index, leaf in enumerate(leaves):
+            array = np.asarray(leaf)
+            if array.dtype.name == "bfloat16":  # .npz has no bfloat16: store the bits, note the index
+                array = array.view(np.uint16)
+                bfloat16_leaves.append(index)
+            arrays[f"p{index}"] = array
         np.savez(data_dir / PARAMS_FILE, **arrays)
-        return {"enable_x64": wide, "param_count": len(leaves)}
+        return {"enable_x64": wide, "param_count": len(leaves), "bfloat16_params": bfloat16_leaves}
 
     return create_neuropod(
         neuropod_path=neuropod_path,
