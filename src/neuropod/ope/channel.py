@@ -96,8 +96,10 @@ class Channel:
         self.mailbox = mailbox
         self._out = side * _BOX_BYTES
         self._in = (1 - side) * _BOX_BYTES
-        self._sent = _COUNTER.unpack_from(mailbox, self._out + _SEQ_AT)[0]
-        self._received = _COUNTER.unpack_from(mailbox, self._in + _SEQ_AT)[0]
+        # A mailbox is fresh (zeroed) when a worker starts; either side may already
+        # have published by the time the other builds its end, so never read the counts here.
+        self._sent = 0
+        self._received = 0
         self._buffer = bytearray(wire.MAX_MESSAGE_BYTES + 1)
         self._view = memoryview(self._buffer)
         self._stash: Deque[Tuple[bytes, List[int]]] = collections.deque()
