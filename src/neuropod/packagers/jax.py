@@ -159,7 +159,7 @@ def create_jax_neuropod(
             except Exception as exc:  # shape-polymorphism and tracing errors come as several types
                 hint = ""
                 if "incompatible shapes" in str(exc) or "broadcast" in str(exc):
-                    hint = " (name the None dimensions that must be equal with polymorphic_shapes=)"
+                    hint = " (if two None dimensions must be equal, name them with polymorphic_shapes=)"
                 what = getattr(function, "__name__", "the function")
                 raise PackageError(f"jax.export could not export {what}: {exc}{hint}") from exc
         data_dir = model_dir / "data"
