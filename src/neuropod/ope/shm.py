@@ -15,6 +15,7 @@ reused; the pool keeps at most ``cache_bytes`` of idle segments.
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import secrets
@@ -234,5 +235,17 @@ def leased_array(
     """
     holder = np.frombuffer(memory, dtype=np.uint8, count=nbytes, offset=offset)
     if on_release is not None:
-        weakref.finalize(holder, on_release)
+        # A bare weakref with a callback costs a fraction of weakref.finalize
+        # (this runs for every output of every call); the set keeps it alive.
+        watch = weakref.ref(holder, functools.partial(_released, on_release))
+        _WATCHES[id(watch)] = watch
     return holder.view(dtype).reshape(shape)
+
+
+# id -> weakref (weakrefs to arrays are not hashable themselves).
+_WATCHES: Dict[int, weakref.ref[np.ndarray]] = {}
+
+
+def _released(on_release: Callable[[], None], watch: weakref.ref[np.ndarray]) -> None:
+    _WATCHES.pop(id(watch), None)
+    on_release()
