@@ -78,6 +78,83 @@ def package_python(workdir: Path) -> Path:
     )
 
 
+def package_torch_export(workdir: Path) -> Path:
+    import torch
+
+    from neuropod.packagers import create_torch_export_neuropod
+
+    class Addition(torch.nn.Module):
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
+            return {"out": x + y}
+
+    examples = {"x": np.ones((3, 4), np.float32), "y": np.ones((3, 4), np.float32)}
+    return create_torch_export_neuropod(
+        neuropod_path=workdir / "torch_export.zip",
+        model_name="addition",
+        module=Addition(),
+        example_inputs=examples,
+        **COMMON,
+        **TEST,
+    )
+
+
+def package_onnx(workdir: Path) -> Path:
+    from onnx import TensorProto, helper
+
+    from neuropod.packagers import create_onnx_neuropod
+
+    def value(name: str) -> object:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", "cols"])
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "y"], ["out"])], "addition", [value("x"), value("y")], [value("out")]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return create_onnx_neuropod(
+        neuropod_path=workdir / "onnx.zip", model_name="addition", model=model, **COMMON, **TEST
+    )
+
+
+def package_jax(workdir: Path) -> Path:
+    from neuropod.packagers import create_jax_neuropod
+
+    return create_jax_neuropod(
+        neuropod_path=workdir / "jax.zip",
+        model_name="addition",
+        function=lambda x, y: {"out": x + y},
+        polymorphic_shapes={"x": ["batch", "cols"], "y": ["batch", "cols"]},
+        **COMMON,
+        **TEST,
+    )
+
+
+def package_tensorflow(workdir: Path) -> Path:
+    import tensorflow as tf
+
+    from neuropod.packagers import create_tensorflow_neuropod
+
+    return create_tensorflow_neuropod(
+        neuropod_path=workdir / "tensorflow.zip",
+        model_name="addition",
+        model=tf.function(lambda x, y: {"out": x + y}),
+        **COMMON,
+        **TEST,
+    )
+
+
+def package_keras(workdir: Path) -> Path:
+    import keras
+
+    from neuropod.packagers import create_keras_neuropod
+
+    x = keras.Input(shape=(None,), name="x", dtype="float32")
+    y = keras.Input(shape=(None,), name="y", dtype="float32")
+    model = keras.Model([x, y], {"out": keras.layers.Add()([x, y])})
+    return create_keras_neuropod(
+        neuropod_path=workdir / "keras.zip", model_name="addition", model=model, **COMMON, **TEST
+    )
+
+
 def run_everywhere(packages: List[Tuple[str, Path]], **load_options: object) -> None:
     """The same call for every package; a table of what came back."""
     print(f"{'model':<14}{'platform':<14}{'out[0]':<28}{'= x + y':<9}{'µs/call':>8}")
@@ -112,7 +189,18 @@ def main() -> None:
         section("5. One infer call for every model (the placeholder returns random data of the right shape)")
         run_everywhere(packages)
 
-        section("6. Bad input gets a clear error, whatever the model")
+        section("6. The same problem in every other framework: packaged, self-tested, the same answer")
+        frameworks: List[Tuple[str, Callable[[Path], Path]]] = [
+            ("torch.export", package_torch_export),
+            ("onnx", package_onnx),
+            ("jax", package_jax),
+            ("tensorflow", package_tensorflow),
+            ("keras", package_keras),
+        ]
+        more = [(label, build(workdir)) for label, build in frameworks]
+        run_everywhere(packages[1:] + more)
+
+        section("7. Bad input gets a clear error, whatever the model")
         with load_neuropod(packages[1][1]) as model:
             try:
                 model.infer({"x": X, "y": np.ones((3, 3), np.float32)})
