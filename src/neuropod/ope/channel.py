@@ -155,10 +155,19 @@ class Channel:
             return bytes(self._view[:size]), fds
 
     def _take(self) -> Tuple[wire.Message, List[int]]:
-        """Read the message the peer just published."""
+        """Read the oldest message the peer has published and we have not read.
+
+        A side sends several messages without an answer in between only when
+        all but the last carry descriptors (SEGMENTS batches), and those go
+        through the socket, in order. So when more than one is waiting, this
+        one came through the socket; the length field describes the last one.
+        """
         self._received += 1
         mailbox, box = self.mailbox, self._in
-        length = _LENGTH.unpack_from(mailbox, box + _LENGTH_AT)[0]
+        if _COUNTER.unpack_from(mailbox, box + _SEQ_AT)[0] > self._received:
+            length = _ON_SOCKET
+        else:
+            length = _LENGTH.unpack_from(mailbox, box + _LENGTH_AT)[0]
         fds: List[int] = []
         if length == _ON_SOCKET:
             found = self._stash.popleft() if self._stash else self._socket_message(block=True)
@@ -200,7 +209,7 @@ class Channel:
         seq_at = self._in + _SEQ_AT
         expected = self._received + 1
         read_counter = _COUNTER.unpack_from
-        if read_counter(mailbox, seq_at)[0] == expected:
+        if read_counter(mailbox, seq_at)[0] >= expected:
             return self._take()
         if spin_ns > 0:
             now = time.perf_counter_ns
@@ -209,7 +218,7 @@ class Channel:
                 # Yielding hands the CPU to the peer when both share one (a busy
                 # or small machine), where a plain spin would only delay the answer.
                 _yield()
-                if read_counter(mailbox, seq_at)[0] == expected:
+                if read_counter(mailbox, seq_at)[0] >= expected:
                     return self._take()
         deadline = None if timeout is None else time.monotonic() + timeout
         sleeping_at = self._in + _SLEEPING_AT
@@ -217,7 +226,7 @@ class Channel:
         while True:
             _COUNTER.pack_into(mailbox, sleeping_at, 1)
             try:
-                if read_counter(mailbox, seq_at)[0] == expected:
+                if read_counter(mailbox, seq_at)[0] >= expected:
                     return self._take()
                 if deadline is not None:
                     left = deadline - time.monotonic()
@@ -230,7 +239,7 @@ class Channel:
                         found = self._socket_message(block=False)
                     except ChannelClosed:
                         # The peer may have published its last message just before it went.
-                        if read_counter(mailbox, seq_at)[0] == expected:
+                        if read_counter(mailbox, seq_at)[0] >= expected:
                             return self._take()
                         raise
                     if found is not None:
@@ -239,7 +248,7 @@ class Channel:
                     try:
                         check_alive()
                     except ChannelClosed:
-                        if read_counter(mailbox, seq_at)[0] == expected:
+                        if read_counter(mailbox, seq_at)[0] >= expected:
                             return self._take()
                         raise
             finally:
