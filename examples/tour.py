@@ -155,6 +155,23 @@ def package_keras(workdir: Path) -> Path:
     )
 
 
+def serve(path: Path) -> None:
+    import tritonclient.grpc as grpcclient
+
+    from neuropod.serving import ModelServer, ServerConfig
+
+    with ModelServer.from_path(path, ServerConfig(grpc_port=0, http_port=0)) as server:
+        for url in (f"grpc://127.0.0.1:{server.grpc_port}/addition", f"http://127.0.0.1:{server.http_port}/addition"):
+            with load_neuropod(url) as remote:
+                print(f"   load_neuropod({url!r}).infer -> {remote.infer({'x': X, 'y': Y})['out'][0]}")
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+        inputs = [grpcclient.InferInput(name, list(a.shape), "FP32") for name, a in (("x", X), ("y", Y))]
+        for tensor, array in zip(inputs, (X, Y)):
+            tensor.set_data_from_numpy(array)
+        print(f"   tritonclient.grpc infer -> {client.infer('addition', inputs).as_numpy('out')[0]}")
+        client.close()
+
+
 def run_everywhere(packages: List[Tuple[str, Path]], **load_options: object) -> None:
     """The same call for every package; a table of what came back."""
     print(f"{'model':<14}{'platform':<14}{'out[0]':<28}{'= x + y':<9}{'µs/call':>8}")
@@ -206,6 +223,17 @@ def main() -> None:
                 model.infer({"x": X, "y": np.ones((3, 3), np.float32)})
             except ValueError as exc:
                 print(f"   {type(exc).__name__}: {exc}")
+
+        section("8. Out of process: the same models in worker processes, tensors through shared memory")
+        run_everywhere(packages[1:] + more[:2], use_ope=True)
+        with load_neuropod(packages[1][1], use_ope=True) as model:
+            x = model.allocate("x", X.shape)  # already in shared memory: no copy on the way in
+            x[:] = X
+            out = model.infer({"x": x, "y": Y})["out"]  # a view of shared memory
+            print(f"   allocate() + infer -> {out[0]} from worker pid {model.executor.worker_pids}")
+
+        section("9. Served over KServe v2: the same object remotely, and a client nobody here wrote")
+        serve(packages[1][1])
 
 
 if __name__ == "__main__":
