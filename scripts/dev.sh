@@ -58,6 +58,8 @@ run_tests() {
   "$VENV/bin/ruff" check src tests bench examples
   "$VENV/bin/mypy"
   if [ $# -eq 0 ]; then run_python39_tests; fi
+  # Out-of-process workers are also tested under that Python 3.9 + numpy 1.x interpreter.
+  if [ -x .venv39/bin/python ]; then export NEUROPOD_TEST_OTHER_PYTHON="$PWD/.venv39/bin/python"; fi
   "$PY" -m pytest "$@"
 }
 
