@@ -4,16 +4,27 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
 
 from ..errors import InferenceError
+from ..package import Package
 from ..spec import numpy_dtype
-from .base import as_string_array, gpu_unavailable_warning
+from .base import Backend, BackendOptions, TensorDict, as_string_array, gpu_unavailable_warning
 
-__all__ = ["to_torch", "to_numpy", "choose_device", "input_devices", "apply_thread_options", "load_custom_ops"]
+__all__ = [
+    "TorchBackend",
+    "apply_thread_options",
+    "choose_device",
+    "freeze_parameters",
+    "input_devices",
+    "load_custom_ops",
+    "outputs_to_numpy",
+    "to_numpy",
+    "to_torch",
+]
 
 
 def choose_device(visible_gpu: Optional[int]) -> torch.device:
@@ -140,3 +151,57 @@ def to_numpy(value: Any, name: str) -> np.ndarray:
     raise InferenceError(
         f"output {name!r}: the model returned {type(value).__name__}, expected a tensor or a list of strings"
     )
+
+
+def _is_string_list(value: Any) -> bool:
+    return len(value) > 0 and isinstance(value[0], (str, list)) and not isinstance(value[0], torch.Tensor)
+
+
+def outputs_to_numpy(result: Any, names: List[str]) -> TensorDict:
+    """Name a torch model's result after the output spec and convert it to numpy.
+
+    A dict keeps its keys; a named tuple its fields; a tuple or list of
+    tensors takes the spec's names in order; one tensor (or one list of
+    strings) is the only output.
+    """
+    if isinstance(result, dict):
+        return {str(k): to_numpy(v, str(k)) for k, v in result.items()}
+    if hasattr(result, "_fields"):  # a named tuple
+        return {k: to_numpy(getattr(result, k), k) for k in result._fields}
+    if isinstance(result, (tuple, list)) and not _is_string_list(result):
+        if len(result) != len(names):
+            raise InferenceError(
+                f"model returned {len(result)} values, but the output spec names {len(names)}: {names}"
+            )
+        return {name: to_numpy(value, name) for name, value in zip(names, result)}
+    if len(names) != 1:
+        raise InferenceError(
+            f"model returned a single {type(result).__name__}, but the output spec names {len(names)} outputs: {names}"
+        )
+    return {names[0]: to_numpy(result, names[0])}
+
+
+class TorchBackend(Backend):
+    """What the torch backends share: threads, custom ops, devices and output naming.
+
+    Subclasses load ``self.module`` and implement ``infer`` with
+    :meth:`to_tensors` and :func:`outputs_to_numpy`.
+    """
+
+    def __init__(self, package: Package, options: BackendOptions) -> None:
+        super().__init__(package, options)
+        apply_thread_options(options.intra_op_threads, options.inter_op_threads)
+        load_custom_ops(package.custom_op_paths())
+        self.device = choose_device(options.visible_gpu)
+        self._input_devices = input_devices(self.device, package.config.input_tensor_device)
+        self._cpu = torch.device("cpu")
+        self._output_names = [spec.name for spec in package.config.output_spec]
+        self.module: Any = None
+
+    def to_tensors(self, inputs: TensorDict) -> Dict[str, Any]:
+        devices = self._input_devices
+        cpu = self._cpu
+        return {name: to_torch(array, devices.get(name, cpu)) for name, array in inputs.items()}
+
+    def close(self) -> None:
+        self.module = None

@@ -12,24 +12,19 @@ import torch
 
 from ..errors import InferenceError, InputValidationError, PackageError
 from ..package import Package
-from ._torch_tensors import apply_thread_options, choose_device, input_devices, load_custom_ops, to_numpy, to_torch
-from .base import Backend, BackendOptions, TensorDict
+from ._torch_tensors import TorchBackend, freeze_parameters, outputs_to_numpy
+from .base import BackendOptions, TensorDict
 
 __all__ = ["TorchExportBackend", "MODEL_FILE"]
 
 MODEL_FILE = "model.pt2"
 
 
-class TorchExportBackend(Backend):
+class TorchExportBackend(TorchBackend):
     """Calls the exported program with keyword tensors; it returns a dict, a tuple or one tensor."""
 
     def __init__(self, package: Package, options: BackendOptions) -> None:
         super().__init__(package, options)
-        apply_thread_options(options.intra_op_threads, options.inter_op_threads)
-        load_custom_ops(package.custom_op_paths())
-        self.device = choose_device(options.visible_gpu)
-        self._input_devices = input_devices(self.device, package.config.input_tensor_device)
-        self._cpu = torch.device("cpu")
         path = package.data_dir / MODEL_FILE
         if not path.is_file():
             raise PackageError(f"{path}: torch.export program file is missing")
@@ -38,46 +33,26 @@ class TorchExportBackend(Backend):
         except Exception as exc:  # torch raises RuntimeError, SerializeError, ...
             raise PackageError(f"{path}: torch {torch.__version__} cannot load this exported program: {exc}") from exc
         self._positional = _positional_names(program)
-        self.module: Any = program.module()
+        self.module = program.module()
         if self.device.type != "cpu":
             self.module = self.module.to(self.device)
-        self._output_names = [spec.name for spec in package.config.output_spec]
+        freeze_parameters(self.module)
         self._input_names = [spec.name for spec in package.config.input_spec]
 
     def infer(self, inputs: TensorDict) -> TensorDict:
         if len(inputs) != len(self._input_names):
             missing = [name for name in self._input_names if name not in inputs]
             raise InputValidationError(f"input {missing[0]!r} is required by the exported program but was not given")
-        devices = self._input_devices
-        cpu = self._cpu
-        tensors = {name: to_torch(array, devices.get(name, cpu)) for name, array in inputs.items()}
+        tensors = self.to_tensors(inputs)
         try:
-            with torch.no_grad():
-                if self._positional:
-                    args = [tensors.pop(name) for name in self._positional]
-                    result = self.module(*args, **tensors)
-                else:
-                    result = self.module(**tensors)
+            if self._positional:
+                args = [tensors.pop(name) for name in self._positional]
+                result = self.module(*args, **tensors)
+            else:
+                result = self.module(**tensors)
         except Exception as exc:  # the model's own failure, or a shape guard of the exported program
             raise InferenceError(f"torch.export model {self.package.config.name!r} failed: {exc}") from exc
-        return self._outputs_to_numpy(result)
-
-    def _outputs_to_numpy(self, result: Any) -> TensorDict:
-        names = self._output_names
-        if isinstance(result, dict):
-            return {str(k): to_numpy(v, str(k)) for k, v in result.items()}
-        if isinstance(result, torch.Tensor):
-            result = (result,)
-        if isinstance(result, (tuple, list)):
-            if len(result) != len(names):
-                raise InferenceError(
-                    f"model returned {len(result)} values, but the output spec names {len(names)}: {names}"
-                )
-            return {name: to_numpy(value, name) for name, value in zip(names, result)}
-        raise InferenceError(f"model returned {type(result).__name__}, expected a dict, a tuple or a tensor")
-
-    def close(self) -> None:
-        self.module = None
+        return outputs_to_numpy(result, self._output_names)
 
 
 def _positional_names(program: Any) -> List[str]:
