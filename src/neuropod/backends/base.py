@@ -11,13 +11,21 @@ from __future__ import annotations
 import abc
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ..errors import InputValidationError
 from ..package import Package
 
-__all__ = ["Backend", "BackendOptions", "TensorDict", "as_string_array", "gpu_unavailable_warning"]
+__all__ = [
+    "Backend",
+    "BackendOptions",
+    "TensorDict",
+    "as_string_array",
+    "gpu_unavailable_warning",
+    "require_every_input",
+]
 
 TensorDict = Dict[str, np.ndarray]
 
@@ -65,6 +73,18 @@ def as_string_array(values: Any) -> np.ndarray:
     if array.size == 0 and array.dtype.kind != "U":
         return array.astype("U")
     return array
+
+
+def require_every_input(inputs: Mapping[str, Any], names: Sequence[str], model_kind: str) -> None:
+    """Refuse a call that leaves out an input the framework's graph cannot run without.
+
+    Inputs are optional in a problem definition (as in the original), so the
+    spec check lets a missing one through; graph frameworks need them all.
+    """
+    if len(inputs) != len(names):
+        missing = [name for name in names if name not in inputs]
+        if missing:
+            raise InputValidationError(f"input {missing[0]!r} is required by the {model_kind} but was not given")
 
 
 def gpu_unavailable_warning(framework: str, visible_gpu: int) -> None:

@@ -27,9 +27,9 @@ import jax
 import numpy as np
 from jax import export
 
-from ..errors import InferenceError, InputValidationError, PackageError
+from ..errors import InferenceError, PackageError
 from ..package import Package
-from .base import Backend, BackendOptions, TensorDict, gpu_unavailable_warning
+from .base import Backend, BackendOptions, TensorDict, gpu_unavailable_warning, require_every_input
 
 __all__ = ["JaxBackend", "EXPORTED_FILE", "PARAMS_FILE", "choose_jax_device", "x64_scope"]
 
@@ -112,9 +112,7 @@ class JaxBackend(Backend):
         return jax.device_put(array, self.device)
 
     def infer(self, inputs: TensorDict) -> TensorDict:
-        if len(inputs) != len(self._input_names):
-            missing = [name for name in self._input_names if name not in inputs]
-            raise InputValidationError(f"input {missing[0]!r} is required by the JAX program but was not given")
+        require_every_input(inputs, self._input_names, "JAX program")
         try:
             if self._x64:
                 with x64_scope(True):

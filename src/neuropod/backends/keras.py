@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import FrameworkNotInstalledError, InferenceError, InputValidationError, PackageError
 from ..package import Package, layout
-from .base import Backend, BackendOptions, TensorDict, as_string_array, gpu_unavailable_warning
+from .base import Backend, BackendOptions, TensorDict, as_string_array, gpu_unavailable_warning, require_every_input
 
 try:
     import keras
@@ -166,9 +166,7 @@ class KerasBackend(Backend):
             feeds = {names[spec_name]: array for spec_name, array in inputs.items()}
         except KeyError as exc:
             raise InputValidationError(f"input {exc.args[0]!r} is not in the model's input spec") from None
-        if len(feeds) != len(names):
-            missing = [name for name in names if name not in inputs]
-            raise InputValidationError(f"input {missing[0]!r} is required by the Keras model but was not given")
+        require_every_input(inputs, list(names), "Keras model")
         call_with = next(iter(feeds.values())) if self._single_input else feeds
         try:
             with keras.device(self.device):

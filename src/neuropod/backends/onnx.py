@@ -18,9 +18,9 @@ from typing import Any, Dict, List
 import numpy as np
 import onnxruntime as ort
 
-from ..errors import InferenceError, InputValidationError, PackageError
+from ..errors import InferenceError, PackageError
 from ..package import Package
-from .base import Backend, BackendOptions, TensorDict, as_string_array, gpu_unavailable_warning
+from .base import Backend, BackendOptions, TensorDict, as_string_array, gpu_unavailable_warning, require_every_input
 
 __all__ = ["OnnxBackend", "MODEL_FILE", "choose_providers"]
 
@@ -86,9 +86,7 @@ class OnnxBackend(Backend):
         self._bfloat16 = bool(self._bfloat16_outputs) or any(s.dtype == "bfloat16" for s in config.input_spec)
 
     def infer(self, inputs: TensorDict) -> TensorDict:
-        if len(inputs) != len(self._input_names):
-            missing = [name for name in self._input_names if name not in inputs]
-            raise InputValidationError(f"input {missing[0]!r} is required by the ONNX graph but was not given")
+        require_every_input(inputs, self._input_names, "ONNX graph")
         try:
             if self._bfloat16:
                 values = self._run_with_ortvalues(inputs)

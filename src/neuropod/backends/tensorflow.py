@@ -29,7 +29,7 @@ from ..errors import InferenceError, InputValidationError, PackageError
 from ..package import Package, layout
 from ..package.manifest import sha256_file
 from ..spec import TensorSpec, numpy_dtype
-from .base import Backend, BackendOptions, TensorDict, as_string_array, gpu_unavailable_warning
+from .base import Backend, BackendOptions, TensorDict, as_string_array, gpu_unavailable_warning, require_every_input
 
 __all__ = [
     "TensorFlowBackend",
@@ -338,11 +338,7 @@ class _SignatureRunner:
             feeds = {names[spec_name]: tensor for spec_name, tensor in tensors.items()}
         except KeyError as exc:
             raise InputValidationError(f"input {exc.args[0]!r} is not in the model's input spec") from None
-        if len(feeds) != len(names):
-            missing = [name for name in names if name not in tensors]
-            raise InputValidationError(
-                f"input {missing[0]!r} is required by the SavedModel signature but was not given"
-            )
+        require_every_input(tensors, list(names), "SavedModel signature")
         results = self._function(**feeds)
         return {spec_name: to_numpy(results[name], spec_name) for spec_name, name in self._output_names}
 

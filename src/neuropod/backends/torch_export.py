@@ -10,10 +10,10 @@ from typing import Any, List
 
 import torch
 
-from ..errors import InferenceError, InputValidationError, PackageError
+from ..errors import InferenceError, PackageError
 from ..package import Package
 from ._torch_tensors import TorchBackend, freeze_parameters, outputs_to_numpy
-from .base import BackendOptions, TensorDict
+from .base import BackendOptions, TensorDict, require_every_input
 
 __all__ = ["TorchExportBackend", "MODEL_FILE"]
 
@@ -40,9 +40,7 @@ class TorchExportBackend(TorchBackend):
         self._input_names = [spec.name for spec in package.config.input_spec]
 
     def infer(self, inputs: TensorDict) -> TensorDict:
-        if len(inputs) != len(self._input_names):
-            missing = [name for name in self._input_names if name not in inputs]
-            raise InputValidationError(f"input {missing[0]!r} is required by the exported program but was not given")
+        require_every_input(inputs, self._input_names, "exported program")
         tensors = self.to_tensors(inputs)
         try:
             if self._positional:
