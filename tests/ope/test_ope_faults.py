@@ -90,6 +90,53 @@ def test_restart_policy_never_keeps_the_model_failed(tool_path):
             model.infer({"x": np.ones(1)})
 
 
+def wait_until(condition, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_ready_turns_false_when_a_worker_dies_and_restart_brings_it_back(tool_path):
+    with load_neuropod(tool_path, use_ope=True, workers=2) as model:
+        executor = model.executor
+        assert executor.ready()
+        pid = executor.worker_pids[0]
+        os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: not executor.ready(), within=5.0)
+        assert not executor.ready()  # nothing restarts it behind our back
+        executor.restart()
+        assert executor.ready()
+        assert pid not in executor.worker_pids and None not in executor.worker_pids
+        assert executor.workers[0].last_failure == "killed by signal 9 (SIGKILL)"
+        assert model.infer({"x": np.array([1.0])})["y"][0] == 2.0
+
+        # A call that meets a dead worker starts its replacement; until it has loaded, not ready.
+        with pytest.raises(WorkerCrashedError):
+            model.infer(command("exit"))
+        assert not executor.ready()
+        executor.restart()
+        assert executor.ready()
+        executor.restart()  # nothing to do: harmless
+        assert executor.ready()
+    assert not executor.ready()  # closed
+
+
+def test_restart_policy_never_keeps_a_dead_worker_not_ready(tool_path):
+    with load_neuropod(tool_path, use_ope=True, restart_policy="never") as model:
+        executor = model.executor
+        (pid,) = executor.worker_pids
+        os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: not executor.ready(), within=5.0)
+        executor.restart()
+        assert not executor.ready() and executor.worker_pids == [None]
+        with pytest.raises(WorkerCrashedError):
+            model.infer({"x": np.ones(1)})
+        assert not executor.ready()
+
+
 def test_model_exception_comes_back_with_type_message_and_traceback(tool_path):
     with load_neuropod(tool_path, use_ope=True) as remote, load_neuropod(tool_path) as local:
         with pytest.raises(InferenceError) as local_info:

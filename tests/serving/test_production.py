@@ -455,6 +455,54 @@ def test_a_dead_worker_is_replaced_and_the_server_keeps_serving(adder: Path) -> 
         client.close()
 
 
+@pytest.mark.skipif(not HAS_OPE, reason="neuropod.executors.ope is not in this tree yet")
+def test_readiness_of_a_model_whose_worker_is_killed(adder: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import os
+    import signal as signals
+    import urllib.error
+    import urllib.request
+
+    # Not ready lasts from the kill until the watcher's replacement has loaded the model:
+    # at least the worker's start-up, up to one check interval more.
+    config = ServerConfig(grpc_port=0, http_port=0, health_check_interval_s=1.0)
+    caplog.set_level(logging.WARNING, logger="neuropod.serving")
+    with ModelServer.from_path(adder, config, default_settings=ModelSettings(use_ope=True)) as server:
+        executor = server.repository.get("adder").neuropod.executor
+        client = tritonclient_grpc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+        ready_url = f"http://127.0.0.1:{server.http_port}/v2/models/adder/ready"
+
+        def http_ready() -> bool:
+            try:
+                with urllib.request.urlopen(ready_url, timeout=5) as response:
+                    return bool(response.status == 200)
+            except urllib.error.HTTPError:
+                return False
+
+        def wait_for(ready: bool, within: float) -> bool:
+            deadline = time.monotonic() + within
+            while client.is_model_ready("adder") != ready:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.01)
+            return True
+
+        x = np.ones((1, 2), np.float32)
+        assert client.is_model_ready("adder") and http_ready()
+        (old_pid,) = executor.worker_pids
+        os.kill(old_pid, signals.SIGKILL)
+        assert wait_for(False, within=5.0), "the model still reads ready 5 s after its worker was killed"
+        assert wait_for(True, within=10.0), "the server did not bring the model back within 10 s"
+        assert http_ready() and client.is_server_ready()
+        (new_pid,) = executor.worker_pids
+        assert new_pid not in (None, old_pid)
+        np.testing.assert_array_equal(
+            client.infer("adder", _adder_inputs(tritonclient_grpc, x, x)).as_numpy("out"), 2 * x
+        )
+        client.close()
+    # The watcher restarted it (no call did: none was made while it was down).
+    assert any(record.getMessage() == "model not ready; restarting its executor" for record in caplog.records)
+
+
 def test_server_closes_its_models(adder: Path) -> None:
     server = ModelServer.from_path(adder, LOOPBACK).start()
     model = server.repository.get("adder")

@@ -187,6 +187,48 @@ class OutOfProcessExecutor(Executor):
         lease.ready = self._copier.submit(np.copyto, target, array)
         return target
 
+    # -- health ------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """Every worker is running and has loaded the model (a non-blocking poll of each process).
+
+        False while a worker is dead or still loading its replacement; the
+        model server reports such a model not ready and calls :meth:`restart`.
+        """
+        return not self._closed and all(worker.serving for worker in self.workers)
+
+    def restart(self) -> None:
+        """Replace dead workers now and wait until they have loaded the model.
+
+        Workers busy in a call are left to that call (it notices a death
+        itself). With ``restart_policy="never"`` nothing is restarted and
+        :meth:`ready` stays False.
+
+        Raises:
+            WorkerCrashedError / the worker's load error: a replacement failed to load
+            (the next ``restart`` or call tries again).
+        """
+        if self._closed or self.options.restart_policy == "never":
+            return
+        with self._idle_changed:  # take the idle workers that need it, so no call uses them meanwhile
+            taken = [worker for worker in self._idle if not worker.serving]
+            self._idle = [worker for worker in self._idle if worker not in taken]
+        failure: Optional[BaseException] = None
+        try:
+            for worker in taken:
+                try:
+                    worker.revive()
+                except Exception as exc:  # go on with the others; report the first failure
+                    failure = failure or exc
+                if self._closed:  # close() gave up waiting for us: do not leave a process behind
+                    worker.close()
+        finally:
+            with self._idle_changed:
+                self._idle.extend(taken)
+                self._idle_changed.notify_all()
+        if failure is not None:
+            raise failure
+
     # -- housekeeping ------------------------------------------------------
 
     @property

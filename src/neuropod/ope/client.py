@@ -245,6 +245,27 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    @property
+    def serving(self) -> bool:
+        """Running and done loading: it can take a call now (one non-blocking waitpid)."""
+        process = self.process  # a caller's thread may swap it meanwhile
+        return self.ready and process is not None and process.poll() is None
+
+    def revive(self) -> None:
+        """Make a dead or still-loading worker serve again: replace it if dead, wait for it to load.
+
+        The caller holds this worker exclusively. A worker that died since its
+        last call is reaped first and its failure recorded, as a call would.
+        """
+        if self.process is not None and self.process.poll() is not None:
+            returncode = self._reap()
+            self._discard()
+            self.last_failure = describe_returncode(returncode)
+        if self.process is None:
+            self.start()
+        if not self.ready:
+            self.wait_ready()
+
     def _check_alive(self) -> None:
         if self.process is None or self.process.poll() is not None:
             raise ChannelClosed()
