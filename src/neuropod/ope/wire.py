@@ -189,31 +189,61 @@ def _clip_text(text: str) -> bytes:
     return data
 
 
+# Per-call caches (both sides send the same few names and ranks on every call).
+_NAME_PREFIXES: Dict[str, bytes] = {}  # name -> u16 length + UTF-8 name
+_NAMES: Dict[bytes, str] = {}  # UTF-8 name -> name
+_CACHED_NAMES_MAX = 4096  # a model that makes up new names forever must not grow them without bound
+_TENSOR_LAYOUTS: Dict[int, struct.Struct] = {}  # ndim -> head + dims + location
+#: A message with no texts, segments, drops or releases: every count zero.
+_NO_LISTS = _U16.pack(0) + _U16.pack(0) + _U32.pack(0) + _U32.pack(0)
+
+
+def _tensor_layout(ndim: int) -> struct.Struct:
+    layout = _TENSOR_LAYOUTS.get(ndim)
+    if layout is None:
+        layout = _TENSOR_LAYOUTS[ndim] = struct.Struct(f"<BBBx{ndim}QIQQ")
+    return layout
+
+
+def _name_prefix(name: str) -> bytes:
+    prefix = _NAME_PREFIXES.get(name)
+    if prefix is None:
+        data = name.encode("utf-8")
+        prefix = _U16.pack(len(data)) + data
+        if len(_NAME_PREFIXES) < _CACHED_NAMES_MAX:
+            _NAME_PREFIXES[name] = prefix
+    return prefix
+
+
 def encode(message: Message) -> bytes:
     """Serialise ``message`` (texts longer than the limit are truncated)."""
-    parts: List[bytes] = [_U16.pack(len(message.texts))]
-    for text in message.texts:
-        data = _clip_text(text)
-        parts.append(_U32.pack(len(data)))
-        parts.append(data)
-    parts.append(_U16.pack(len(message.new_segments)))
-    for segment_id, size in message.new_segments:
-        parts.append(_SEGMENT.pack(segment_id, size))
-    parts.append(_U32.pack(len(message.drop_segments)))
-    if message.drop_segments:
-        parts.append(struct.pack(f"<{len(message.drop_segments)}I", *message.drop_segments))
-    parts.append(_U32.pack(len(message.release_segments)))
-    if message.release_segments:
-        parts.append(struct.pack(f"<{len(message.release_segments)}I", *message.release_segments))
-    parts.append(_U16.pack(len(message.tensors)))
-    for ref in message.tensors:
-        name = ref.name.encode("utf-8")
-        parts.append(_U16.pack(len(name)))
-        parts.append(name)
-        parts.append(_TENSOR_HEAD.pack(ref.dtype_code, len(ref.shape), ref.owner))
-        if ref.shape:
-            parts.append(struct.pack(f"<{len(ref.shape)}Q", *ref.shape))
-        parts.append(_TENSOR_LOCATION.pack(ref.segment, ref.offset, ref.nbytes))
+    if message.texts or message.new_segments or message.drop_segments or message.release_segments:
+        parts: List[bytes] = [_U16.pack(len(message.texts))]
+        for text in message.texts:
+            data = _clip_text(text)
+            parts.append(_U32.pack(len(data)))
+            parts.append(data)
+        parts.append(_U16.pack(len(message.new_segments)))
+        for segment_id, size in message.new_segments:
+            parts.append(_SEGMENT.pack(segment_id, size))
+        parts.append(_U32.pack(len(message.drop_segments)))
+        if message.drop_segments:
+            parts.append(struct.pack(f"<{len(message.drop_segments)}I", *message.drop_segments))
+        parts.append(_U32.pack(len(message.release_segments)))
+        if message.release_segments:
+            parts.append(struct.pack(f"<{len(message.release_segments)}I", *message.release_segments))
+    else:  # the usual call and answer
+        parts = [_NO_LISTS]
+    tensors = message.tensors
+    parts.append(_U16.pack(len(tensors)))
+    for ref in tensors:
+        shape = ref.shape
+        parts.append(_name_prefix(ref.name))
+        parts.append(
+            _tensor_layout(len(shape)).pack(
+                ref.dtype_code, len(shape), ref.owner, *shape, ref.segment, ref.offset, ref.nbytes
+            )
+        )
     body = b"".join(parts)
     data = HEADER.pack(MAGIC, VERSION, message.kind, message.request_id, len(body)) + body
     if len(data) > MAX_MESSAGE_BYTES:
@@ -221,17 +251,11 @@ def encode(message: Message) -> bytes:
     return data
 
 
-_LOCATIONS: Dict[int, struct.Struct] = {}
+_HEADER_SIZE = HEADER.size
+_TENSOR_HEAD_SIZE = _TENSOR_HEAD.size
 
 
-def _dims_and_location(ndim: int) -> struct.Struct:
-    layout = _LOCATIONS.get(ndim)
-    if layout is None:
-        layout = _LOCATIONS[ndim] = struct.Struct(f"<{ndim}QIQQ")
-    return layout
-
-
-def decode(data: Union[bytes, memoryview]) -> Message:
+def decode(data: Union[bytes, bytearray, memoryview]) -> Message:
     """Parse one message; raise :class:`WireFormatError` on anything malformed.
 
     Every fixed-size field is read with ``struct.unpack_from``, which refuses
@@ -241,6 +265,8 @@ def decode(data: Union[bytes, memoryview]) -> Message:
     size = len(data)
     if size > MAX_MESSAGE_BYTES:
         raise WireFormatError(f"control message of {size} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
+    if type(data) is not bytes:
+        data = bytes(data)  # one small copy; slicing bytes is far cheaper than slicing a memoryview
     what = "the header"
     try:
         magic, version, kind, request_id, body_length = HEADER.unpack_from(data, 0)
@@ -250,44 +276,49 @@ def decode(data: Union[bytes, memoryview]) -> Message:
             raise WireFormatError(f"wire version {version} is not supported (this side speaks {VERSION})")
         if kind not in Kind.ALL:
             raise WireFormatError(f"unknown message kind {kind}")
-        if HEADER.size + body_length != size:
-            raise WireFormatError(f"header says the body has {body_length} bytes, message has {size - HEADER.size}")
-        pos = HEADER.size
-        what = "the texts"
-        (count,) = _U16.unpack_from(data, pos)
-        pos += 2
-        texts = []
-        for index in range(count):
-            (length,) = _U32.unpack_from(data, pos)
-            pos += 4
-            if length > MAX_TEXT_BYTES:
-                raise WireFormatError(f"text {index} claims {length} bytes; the limit is {MAX_TEXT_BYTES}")
-            end = pos + length
-            if end > size:
-                raise WireFormatError(f"message truncated: text {index} of {length} bytes at byte {pos}")
-            texts.append(str(data[pos:end], "utf-8"))
-            pos = end
-        what = "the new segments"
-        (count,) = _U16.unpack_from(data, pos)
-        pos += 2
-        if count > MAX_FDS_PER_MESSAGE:
-            raise WireFormatError(f"{count} new segments in one message; the limit is {MAX_FDS_PER_MESSAGE}")
-        new_segments = []
-        for _ in range(count):
-            segment_id, segment_size = _SEGMENT.unpack_from(data, pos)
-            pos += _SEGMENT.size
-            if segment_id == NO_SEGMENT:
-                raise WireFormatError("a new segment uses the reserved id 0")
-            new_segments.append((segment_id, segment_size))
-        what = "the segment lists"
-        lists = []
-        for _ in range(2):  # drops, then releases
-            (count,) = _U32.unpack_from(data, pos)
-            pos += 4
-            if pos + 4 * count > size:
-                raise WireFormatError(f"message truncated: {count} segment ids at byte {pos}")
-            lists.append(list(struct.unpack_from(f"<{count}I", data, pos)) if count else [])
-            pos += 4 * count
+        if _HEADER_SIZE + body_length != size:
+            raise WireFormatError(f"header says the body has {body_length} bytes, message has {size - _HEADER_SIZE}")
+        pos = _HEADER_SIZE
+        texts: List[str] = []
+        new_segments: List[Tuple[int, int]] = []
+        drops: List[int] = []
+        releases: List[int] = []
+        if data.startswith(_NO_LISTS, pos):  # the usual call and answer
+            pos += len(_NO_LISTS)
+        else:
+            what = "the texts"
+            (count,) = _U16.unpack_from(data, pos)
+            pos += 2
+            for index in range(count):
+                (length,) = _U32.unpack_from(data, pos)
+                pos += 4
+                if length > MAX_TEXT_BYTES:
+                    raise WireFormatError(f"text {index} claims {length} bytes; the limit is {MAX_TEXT_BYTES}")
+                end = pos + length
+                if end > size:
+                    raise WireFormatError(f"message truncated: text {index} of {length} bytes at byte {pos}")
+                texts.append(str(data[pos:end], "utf-8"))
+                pos = end
+            what = "the new segments"
+            (count,) = _U16.unpack_from(data, pos)
+            pos += 2
+            if count > MAX_FDS_PER_MESSAGE:
+                raise WireFormatError(f"{count} new segments in one message; the limit is {MAX_FDS_PER_MESSAGE}")
+            for _ in range(count):
+                segment_id, segment_size = _SEGMENT.unpack_from(data, pos)
+                pos += _SEGMENT.size
+                if segment_id == NO_SEGMENT:
+                    raise WireFormatError("a new segment uses the reserved id 0")
+                new_segments.append((segment_id, segment_size))
+            what = "the segment lists"
+            for ids in (drops, releases):
+                (count,) = _U32.unpack_from(data, pos)
+                pos += 4
+                if pos + 4 * count > size:
+                    raise WireFormatError(f"message truncated: {count} segment ids at byte {pos}")
+                if count:
+                    ids.extend(struct.unpack_from(f"<{count}I", data, pos))
+                pos += 4 * count
         what = "the tensors"
         (count,) = _U16.unpack_from(data, pos)
         pos += 2
@@ -298,23 +329,35 @@ def decode(data: Union[bytes, memoryview]) -> Message:
             (length,) = _U16.unpack_from(data, pos)
             pos += 2
             end = pos + length
-            if end > size:
+            if end + _TENSOR_HEAD_SIZE > size:
                 raise WireFormatError(f"message truncated: tensor {index}'s name at byte {pos}")
-            name = str(data[pos:end], "utf-8")
-            what = f"tensor {name!r}"
-            code, ndim, owner = _TENSOR_HEAD.unpack_from(data, end)
-            pos = end + _TENSOR_HEAD.size
-            if code not in _CODE_NAMES:
-                raise WireFormatError(f"tensor {name!r}: unknown dtype code {code}")
+            raw_name = data[pos:end]
+            name = _NAMES.get(raw_name)
+            if name is None:
+                what = f"tensor {index}'s name"
+                name = str(raw_name, "utf-8")
+                if len(_NAMES) < _CACHED_NAMES_MAX:
+                    _NAMES[raw_name] = name
+            ndim = data[end + 1]
             if ndim > MAX_NDIM:
                 raise WireFormatError(f"tensor {name!r}: rank {ndim} exceeds the limit of {MAX_NDIM}")
+            layout = _TENSOR_LAYOUTS.get(ndim) or _tensor_layout(ndim)
+            try:
+                fields = layout.unpack_from(data, end)
+            except struct.error:
+                raise WireFormatError(f"message truncated while reading tensor {name!r}") from None
+            pos = end + layout.size
+            code = fields[0]
+            if code not in _CODE_NAMES:
+                raise WireFormatError(f"tensor {name!r}: unknown dtype code {code}")
+            owner = fields[2]
             if owner > OWNER_RECEIVER:
                 raise WireFormatError(f"tensor {name!r}: unknown owner {owner}")
-            layout = _dims_and_location(ndim)
-            fields = layout.unpack_from(data, pos)
-            pos += layout.size
+            dims_end = 3 + ndim
             tensors.append(
-                TensorRef(name, code, fields[:ndim], fields[ndim], fields[ndim + 1], fields[ndim + 2], owner)
+                TensorRef(
+                    name, code, fields[3:dims_end], fields[dims_end], fields[dims_end + 1], fields[dims_end + 2], owner
+                )
             )
     except struct.error:
         raise WireFormatError(f"message truncated while reading {what}") from None
@@ -322,7 +365,7 @@ def decode(data: Union[bytes, memoryview]) -> Message:
         raise WireFormatError(f"{what}: a name or text is not valid UTF-8: {exc}") from None
     if pos != size:
         raise WireFormatError(f"{size - pos} stray bytes after the last field")
-    return Message(kind, request_id, texts, new_segments, lists[0], lists[1], tensors)
+    return Message(kind, request_id, texts, new_segments, drops, releases, tensors)
 
 
 def element_count(shape: Sequence[int]) -> int:
