@@ -16,6 +16,7 @@ from ope_models import make_identity_model, make_tool_model
 from neuropod import load_neuropod
 from neuropod.errors import InputValidationError, OptionError
 from neuropod.executors.ope import OutOfProcessExecutor
+from neuropod.ope import wire
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +27,14 @@ def tool_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def identity_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_identity_model(tmp_path_factory.mktemp("identity"), dtype="float32")
+
+
+def memory_owner(array: np.ndarray) -> object:
+    """The object that owns ``array``'s bytes (the end of its chain of bases)."""
+    owner: object = array
+    while isinstance(owner, np.ndarray) and owner.base is not None:
+        owner = owner.base
+    return owner.obj if isinstance(owner, memoryview) else owner
 
 
 def test_runs_in_another_process_with_the_same_results(tool_path):
@@ -58,25 +67,46 @@ def test_outputs_view_shared_memory_and_return_it_when_dropped(identity_path):
 
 
 def test_worker_output_blocks_are_released_back_to_the_worker(tool_path):
+    big = np.ones(wire.INLINE_TENSOR_BYTES)  # 8 bytes an element: too big to travel inline
     with load_neuropod(tool_path, use_ope=True) as model:
         worker = model.executor.workers[0]
-        first = model.infer({"x": np.ones(10)})
+        first = model.infer({"x": big})
         assert len(worker.releases) == 0
-        y = first["y"]
+        y, pid = first["y"], first["pid"]
         del first
         gc.collect()
-        assert len(worker.releases) == 1  # "pid" dropped; "y" still held
+        assert len(worker.releases) == 0  # "y" still held; "pid" came inline, with no block to release
+        assert pid.flags.writeable and isinstance(memory_owner(pid), bytearray)  # a view of the reply's inline area
         assert y[0] == 2.0
         del y
         gc.collect()
-        assert len(worker.releases) == 2
-        kept = model.infer({"x": np.ones(10)})
+        assert len(worker.releases) == 1
+        kept = model.infer({"x": big})
         assert len(worker.releases) == 0  # handed back with the next call
         del kept
         segments_after_warmup = len(worker.segments)
         for _ in range(10):
-            model.infer({"x": np.ones(10)})
+            model.infer({"x": big})
         assert len(worker.segments) == segments_after_warmup  # the worker reuses its blocks
+
+
+def test_small_tensors_travel_inside_the_control_message(tool_path):
+    with load_neuropod(tool_path, use_ope=True) as model:
+        executor = model.executor
+        worker = executor.workers[0]
+        x = np.arange(3, dtype=np.float64)
+        words = np.array([["grüße", ""], ["a", "b"]])
+        out = model.infer({"x": x, "words": words})
+        np.testing.assert_array_equal(out["y"], x + 1)
+        assert out["y"].flags.writeable  # like an in-process output
+        out["y"][0] = 5.0
+        assert len(executor._pool) == 0 and len(worker.segments) == 0  # no shared segment either way
+        # A bigger tensor goes through a segment each way ("same" is a view of the parent's copy).
+        big = np.ones(wire.INLINE_TENSOR_BYTES // 8 + 1)
+        out = model.infer({"x": big})
+        np.testing.assert_array_equal(out["y"], big + 1)
+        assert len(executor._pool) == 1 and len(worker.segments) == 1
+        assert np.shares_memory(out["same"], np.frombuffer(executor._pool.get(1).memory, np.uint8))
 
 
 def test_allocate_gives_shared_memory_passed_without_copy(identity_path):

@@ -11,7 +11,7 @@ import pytest
 from neuropod.errors import WireFormatError
 from neuropod.ope import wire
 from neuropod.ope.shm import SegmentPool
-from neuropod.ope.tensors import read_tensor, write_tensor
+from neuropod.ope.tensors import InlineArea, read_tensor, write_tensor
 
 
 def sample_message() -> wire.Message:
@@ -153,3 +153,55 @@ def test_corrupt_string_blocks_fail_cleanly():
         del offsets
     finally:
         pool.close()
+
+
+def test_small_tensors_round_trip_inline_up_to_the_budget():
+    pool = SegmentPool()
+    try:
+        area = InlineArea()
+        arrays = {
+            "f": np.arange(12, dtype=">f8").reshape(3, 4),  # big-endian in, little-endian out
+            "strided": np.arange(20, dtype=np.int16)[::3],
+            "b": np.array([True, False, True]),  # 3 bytes: the next one must still be aligned
+            "s": np.array([["ä", ""], ["long string", "x"]]),
+            "scalar": np.array(2.5, dtype=np.float32),
+        }
+        refs = []
+        for name, array in arrays.items():
+            ref, segment = write_tensor(name, array, pool, area)
+            assert segment is None and ref.segment == wire.NO_SEGMENT and ref.offset % wire.INLINE_ALIGN == 0
+            refs.append(ref)
+        message = wire.decode(wire.encode(wire.Message(wire.Kind.RESULT, tensors=refs, inline=area.getvalue())))
+        assert isinstance(message.inline, bytearray)
+        for ref, array in zip(message.tensors, arrays.values()):
+            out = read_tensor(ref, message.inline)
+            assert out.shape == array.shape and np.array_equal(out, array)
+            if out.dtype.kind != "U":
+                assert out.flags.writeable and out.__array_interface__["data"][0] % wire.INLINE_ALIGN == 0
+        # Past one tensor's limit, or the message's budget, tensors go through segments.
+        ref, segment = write_tensor("big", np.zeros(wire.INLINE_TENSOR_BYTES + 1, np.uint8), pool, InlineArea())
+        assert segment is not None
+        full = InlineArea()
+        placed = 0
+        while True:
+            ref, segment = write_tensor("t", np.zeros(wire.INLINE_TENSOR_BYTES, np.uint8), pool, full)
+            if segment is not None:
+                break
+            placed += 1
+        assert placed == wire.INLINE_MESSAGE_BYTES // wire.INLINE_TENSOR_BYTES - 1
+        assert full.size <= wire.INLINE_MESSAGE_BYTES
+    finally:
+        pool.close()
+
+
+def test_inline_refs_are_checked_against_the_inline_area():
+    code = wire.dtype_code(np.dtype("float32"))
+    outside = wire.TensorRef("x", code, (4,), wire.NO_SEGMENT, 8, 16)
+    with pytest.raises(WireFormatError, match="outside segment"):
+        read_tensor(outside, bytearray(16))
+    with pytest.raises(WireFormatError, match="has bytes but no segment"):
+        read_tensor(outside, None)
+    data = bytearray(wire.encode(wire.Message(wire.Kind.RESULT, tensors=[outside], inline=bytes(24))))
+    struct.pack_into("<I", data, len(data) - 24 - 4, 25)  # the inline area claims a byte more than there is
+    with pytest.raises(WireFormatError, match="inline area of 25 bytes"):
+        wire.decode(bytes(data))

@@ -11,7 +11,9 @@ Copies: an input is copied once into shared memory, or not at all when it
 came from :meth:`OutOfProcessExecutor.allocate` (or ``seal``); an output is
 copied once by the worker into shared memory and handed back as a numpy array
 viewing it, or not at all when it is a view of an input. The memory goes back
-to its pool when the caller drops the array.
+to its pool when the caller drops the array. Small tensors (up to 4 KiB,
+``wire.INLINE_TENSOR_BYTES``) skip shared segments: their bytes travel inside
+the control message, which costs less than a segment's bookkeeping.
 """
 
 from __future__ import annotations

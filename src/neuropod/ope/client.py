@@ -28,7 +28,7 @@ from . import wire
 from .channel import MAILBOX_BYTES, Channel, ChannelClosed, ChannelTimeout
 from .options import OpeOptions
 from .shm import PeerSegments, Segment, SegmentPool, leased_array
-from .tensors import read_tensor, write_tensor
+from .tensors import InlineArea, read_tensor, write_tensor
 
 __all__ = ["WorkerProcess", "remote_error", "LeaseLookup"]
 
@@ -356,6 +356,7 @@ class WorkerProcess:
         fds: List[int] = []
         temporary: Dict[int, Segment] = {}  # segments we filled for this call
         in_call: Dict[int, Tuple[Segment, Optional[np.ndarray]]] = {}  # segment id -> (segment, caller's base array)
+        inline = InlineArea()
         try:
             for name, array in inputs.items():
                 lease = find_lease(array)
@@ -368,7 +369,7 @@ class WorkerProcess:
                     )
                     in_call[segment.id] = (segment, base)
                 else:
-                    ref, filled = write_tensor(name, array, self.pool)
+                    ref, filled = write_tensor(name, array, self.pool, inline)
                     request.tensors.append(ref)
                     if filled is None:
                         continue
@@ -378,6 +379,7 @@ class WorkerProcess:
                     self.known.add(segment.id)
                     request.new_segments.append((segment.id, segment.size))
                     fds.append(segment.fd)
+            request.inline = inline.getvalue()
             with self._state_lock:
                 request.drop_segments, self.pending_drops = self.pending_drops, []
             releases = self.releases
@@ -452,7 +454,7 @@ class WorkerProcess:
             if ref.owner == wire.OWNER_RECEIVER:
                 outputs[ref.name] = self._view_of_input(ref, in_call, temporary, adopted)
             elif ref.segment == wire.NO_SEGMENT:
-                outputs[ref.name] = read_tensor(ref, None)
+                outputs[ref.name] = read_tensor(ref, reply.inline)
             else:
                 memory = self.segments.get(ref.segment)
                 outputs[ref.name] = read_tensor(ref, memory, functools.partial(release, ref.segment))

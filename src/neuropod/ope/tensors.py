@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import mmap
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple, Union, cast
 
 import numpy as np
 
@@ -11,17 +11,55 @@ from ..errors import WireFormatError
 from . import wire
 from .shm import Segment, SegmentPool, leased_array
 
-__all__ = ["write_tensor", "read_tensor"]
+__all__ = ["write_tensor", "read_tensor", "InlineArea"]
 
 
-def write_tensor(name: str, array: np.ndarray, pool: SegmentPool) -> Tuple[wire.TensorRef, Optional[Segment]]:
-    """Copy ``array`` into a segment from ``pool``: its reference and the segment (None when empty)."""
+class InlineArea:
+    """The inline area of one message being built: small tensors' bytes, aligned."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: List[Union[bytes, bytearray]] = []
+        self.size = 0
+
+    def fits(self, nbytes: int) -> bool:
+        return (
+            nbytes <= wire.INLINE_TENSOR_BYTES and self.size + nbytes + wire.INLINE_ALIGN <= wire.INLINE_MESSAGE_BYTES
+        )
+
+    def add(self, data: Union[bytes, bytearray]) -> int:
+        """Append ``data``; its offset in the area."""
+        padding = -self.size % wire.INLINE_ALIGN
+        if padding:
+            self.parts.append(bytes(padding))
+            self.size += padding
+        offset = self.size
+        self.parts.append(data)
+        self.size += len(data)
+        return offset
+
+    def getvalue(self) -> bytes:
+        return b"".join(self.parts) if self.parts else b""
+
+
+def write_tensor(
+    name: str, array: np.ndarray, pool: SegmentPool, inline: Optional[InlineArea] = None
+) -> Tuple[wire.TensorRef, Optional[Segment]]:
+    """Copy ``array`` into ``inline`` when it fits there, else into a segment from ``pool``.
+
+    Returns its reference and the segment (None when inline or empty).
+    """
     kind = array.dtype.kind
     if kind in "USO":
         encoded = [
             item if isinstance(item, bytes) else str(item).encode("utf-8") for item in array.reshape(-1).tolist()
         ]
         size = wire.string_block_size(encoded)
+        if inline is not None and inline.fits(size):
+            block = bytearray(size)
+            wire.encode_strings(encoded, memoryview(block))
+            return wire.TensorRef(name, wire.STRING_CODE, array.shape, wire.NO_SEGMENT, inline.add(block), size), None
         segment = pool.acquire(size)
         try:
             with memoryview(segment.memory) as view:
@@ -34,6 +72,10 @@ def write_tensor(name: str, array: np.ndarray, pool: SegmentPool) -> Tuple[wire.
     nbytes = array.nbytes
     if nbytes == 0:
         return wire.TensorRef(name, code, array.shape, wire.NO_SEGMENT, 0, 0), None
+    if inline is not None and inline.fits(nbytes):
+        wire_dtype = wire.dtype_of_code(code)
+        data = (array if array.dtype == wire_dtype else array.astype(wire_dtype)).tobytes()
+        return wire.TensorRef(name, code, array.shape, wire.NO_SEGMENT, inline.add(data), nbytes), None
     segment = pool.acquire(nbytes)
     try:
         np.ndarray(array.shape, wire.dtype_of_code(code), buffer=segment.memory)[...] = array
@@ -45,20 +87,25 @@ def write_tensor(name: str, array: np.ndarray, pool: SegmentPool) -> Tuple[wire.
 
 def read_tensor(
     ref: wire.TensorRef,
-    memory: Optional[mmap.mmap],
+    memory: Optional[Union[mmap.mmap, bytes, bytearray]],
     on_release: Optional[Callable[[], None]] = None,
 ) -> np.ndarray:
     """The array ``ref`` describes, viewing ``memory`` (strings are decoded into a copy).
+
+    ``memory`` is the segment ``ref`` names, or for an inline tensor (segment
+    0) the message's inline area.
 
     ``on_release`` runs once nothing views the bytes any more (at once for
     strings and empty tensors). Every offset and length is checked first.
     """
     if ref.segment == wire.NO_SEGMENT or memory is None:
-        if ref.dtype_code == wire.STRING_CODE or ref.nbytes != 0 or wire.element_count(ref.shape) != 0:
-            raise WireFormatError(f"tensor {ref.name!r} has bytes but no segment")
         if on_release is not None:
             on_release()
-        return np.empty(ref.shape, dtype=wire.dtype_of_code(ref.dtype_code))
+        if ref.nbytes == 0 and ref.dtype_code != wire.STRING_CODE and wire.element_count(ref.shape) == 0:
+            return np.empty(ref.shape, dtype=wire.dtype_of_code(ref.dtype_code))
+        if ref.segment != wire.NO_SEGMENT or memory is None:
+            raise WireFormatError(f"tensor {ref.name!r} has bytes but no segment")
+        return _read_inline(ref, memory)
     wire.check_tensor_ref(ref, len(memory))
     if ref.dtype_code == wire.STRING_CODE:
         try:
@@ -70,4 +117,14 @@ def read_tensor(
     dtype = wire.dtype_of_code(ref.dtype_code)
     if on_release is None:  # nothing to track: a plain view (its base is the mapping)
         return np.ndarray(ref.shape, dtype, buffer=memory, offset=ref.offset)
-    return leased_array(memory, ref.offset, ref.nbytes, dtype, ref.shape, on_release)
+    return leased_array(cast(mmap.mmap, memory), ref.offset, ref.nbytes, dtype, ref.shape, on_release)
+
+
+def _read_inline(ref: wire.TensorRef, area: Union[mmap.mmap, bytes, bytearray]) -> np.ndarray:
+    """An inline tensor: a (writable) view of the message's inline area, or decoded strings."""
+    wire.check_tensor_ref(ref, len(area))
+    if ref.dtype_code == wire.STRING_CODE:
+        with memoryview(area) as view:
+            return wire.decode_strings(ref.name, view[ref.offset : ref.offset + ref.nbytes], ref.shape)
+    dtype = wire.dtype_of_code(ref.dtype_code)
+    return np.frombuffer(area, dtype, ref.nbytes // dtype.itemsize, ref.offset).reshape(ref.shape)

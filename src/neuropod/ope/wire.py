@@ -19,6 +19,14 @@ A message, little-endian throughout::
     tensors  count u16, then per tensor:
              name length u16 | UTF-8 name | dtype code u8 | ndim u8 | owner u8 | pad
              | dims u64 * ndim | segment id u32 | offset u64 | nbytes u64
+    inline   length u32, then the bytes of the small tensors carried in the
+             message itself: such a tensor has segment id 0 and its offset
+             counts from the start of this area (aligned to INLINE_ALIGN)
+
+Small tensors (up to :data:`INLINE_TENSOR_BYTES`, and
+:data:`INLINE_MESSAGE_BYTES` per message) travel inline: for them a shared
+segment would cost more (pool, release tracking) than copying a few bytes
+through the mailbox.
 
 A string tensor's bytes are an offsets table of ``n + 1`` little-endian u64
 (``offsets[0] == 0``, non-decreasing) followed by the UTF-8 text of the
@@ -61,7 +69,7 @@ __all__ = [
 ]
 
 MAGIC = b"NPOP"
-VERSION = 1
+VERSION = 2
 
 HEADER = struct.Struct("<4sHHQI")
 _U16 = struct.Struct("<H")
@@ -77,6 +85,12 @@ MAX_FDS_PER_MESSAGE = 250
 MAX_TEXT_BYTES = 16 * 1024
 MAX_NDIM = 32
 MAX_TENSORS = 1024
+#: Largest tensor whose bytes travel inside the control message ...
+INLINE_TENSOR_BYTES = 4096
+#: ... and most inline bytes one message carries (the rest go through segments).
+INLINE_MESSAGE_BYTES = 64 * 1024
+#: Inline tensors start at multiples of this (numpy and frameworks like aligned data).
+INLINE_ALIGN = 16
 #: Segment id meaning "no bytes" (a tensor with zero elements).
 NO_SEGMENT = 0
 #: A tensor lies in a segment owned by the message's sender ...
@@ -180,6 +194,8 @@ class Message:
     drop_segments: List[int] = field(default_factory=list)
     release_segments: List[int] = field(default_factory=list)
     tensors: List[TensorRef] = field(default_factory=list)
+    #: The inline area (bytearray when decoded, so arrays viewing it are writable).
+    inline: Union[bytes, bytearray] = b""
 
 
 def _clip_text(text: str) -> bytes:
@@ -218,7 +234,7 @@ def _name_prefix(name: str) -> bytes:
 def encode(message: Message) -> bytes:
     """Serialise ``message`` (texts longer than the limit are truncated)."""
     if message.texts or message.new_segments or message.drop_segments or message.release_segments:
-        parts: List[bytes] = [_U16.pack(len(message.texts))]
+        parts: List[Union[bytes, bytearray]] = [_U16.pack(len(message.texts))]
         for text in message.texts:
             data = _clip_text(text)
             parts.append(_U32.pack(len(data)))
@@ -244,6 +260,8 @@ def encode(message: Message) -> bytes:
                 ref.dtype_code, len(shape), ref.owner, *shape, ref.segment, ref.offset, ref.nbytes
             )
         )
+    parts.append(_U32.pack(len(message.inline)))
+    parts.append(message.inline)
     body = b"".join(parts)
     data = HEADER.pack(MAGIC, VERSION, message.kind, message.request_id, len(body)) + body
     if len(data) > MAX_MESSAGE_BYTES:
@@ -359,13 +377,17 @@ def decode(data: Union[bytes, bytearray, memoryview]) -> Message:
                     name, code, fields[3:dims_end], fields[dims_end], fields[dims_end + 1], fields[dims_end + 2], owner
                 )
             )
+        what = "the inline area"
+        (length,) = _U32.unpack_from(data, pos)
+        pos += 4
     except struct.error:
         raise WireFormatError(f"message truncated while reading {what}") from None
     except UnicodeDecodeError as exc:
         raise WireFormatError(f"{what}: a name or text is not valid UTF-8: {exc}") from None
-    if pos != size:
-        raise WireFormatError(f"{size - pos} stray bytes after the last field")
-    return Message(kind, request_id, texts, new_segments, drops, releases, tensors)
+    if pos + length != size:
+        raise WireFormatError(f"inline area of {length} bytes at byte {pos} does not end the {size}-byte message")
+    inline = bytearray(data[pos:]) if length else bytearray()
+    return Message(kind, request_id, texts, new_segments, drops, releases, tensors, inline)
 
 
 def element_count(shape: Sequence[int]) -> int:

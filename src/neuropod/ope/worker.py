@@ -32,7 +32,7 @@ from ..errors import WireFormatError
 from . import wire
 from .channel import MAILBOX_BYTES, Channel, ChannelClosed
 from .shm import PeerSegments, Segment, SegmentPool
-from .tensors import read_tensor, write_tensor
+from .tensors import InlineArea, read_tensor, write_tensor
 
 __all__ = ["main", "describe_exception", "set_parent_death_signal"]
 
@@ -107,7 +107,7 @@ class _Server:
         for ref in message.tensors:
             if ref.owner != wire.OWNER_SENDER:
                 raise WireFormatError(f"input {ref.name!r} claims to live in one of the worker's segments")
-            memory = self.peer.get(ref.segment) if ref.segment != wire.NO_SEGMENT else None
+            memory = self.peer.get(ref.segment) if ref.segment != wire.NO_SEGMENT else message.inline
             inputs[ref.name] = read_tensor(ref, memory)
         # Inputs view the parent's mappings directly (their base is the mmap),
         # which is how an output that is a view of an input is recognised.
@@ -116,13 +116,14 @@ class _Server:
         del inputs
         reply = wire.Message(wire.Kind.RESULT, message.request_id)
         fds: List[int] = []
+        inline = InlineArea()
         try:
             for name, array in outputs.items():
                 passthrough = self._passthrough(name, array, input_refs)
                 if passthrough is not None:
                     ref = passthrough
                 else:
-                    ref, segment = write_tensor(name, array, self.pool)
+                    ref, segment = write_tensor(name, array, self.pool, inline)
                     if segment is not None:
                         self.lent[segment.id] = segment
                         if segment.id not in self.announced:
@@ -136,6 +137,7 @@ class _Server:
                 if segment is not None:
                     self.pool.release(segment)
             raise
+        reply.inline = inline.getvalue()
         if len(fds) > wire.MAX_FDS_PER_MESSAGE:
             self._announce_in_batches(reply, fds)
             fds = []
