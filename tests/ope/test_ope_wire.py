@@ -202,6 +202,21 @@ def test_inline_refs_are_checked_against_the_inline_area():
     with pytest.raises(WireFormatError, match="has bytes but no segment"):
         read_tensor(outside, None)
     data = bytearray(wire.encode(wire.Message(wire.Kind.RESULT, tensors=[outside], inline=bytes(24))))
-    struct.pack_into("<I", data, len(data) - 24 - 4, 25)  # the inline area claims a byte more than there is
-    with pytest.raises(WireFormatError, match="inline area of 25 bytes"):
+    inline_length_at = wire.HEADER.size + 12  # after the four empty lists
+    assert struct.unpack_from("<I", data, inline_length_at) == (24,)
+    struct.pack_into("<I", data, inline_length_at, len(data))  # more than the whole message
+    with pytest.raises(WireFormatError, match="inline area of"):
         wire.decode(bytes(data))
+    struct.pack_into("<I", data, inline_length_at, 25)  # one byte of the tensors counted as inline
+    with pytest.raises(WireFormatError, match="truncated"):
+        wire.decode(bytes(data))
+
+
+def test_equal_tensor_sections_decode_to_equal_messages_with_their_own_inline_bytes():
+    code = wire.dtype_code(np.dtype("float32"))
+    refs = [wire.TensorRef("x", code, (1,), wire.NO_SEGMENT, 0, 4)]
+    first = wire.decode(wire.encode(wire.Message(wire.Kind.INFER, 1, tensors=refs, inline=b"\x01\x00\x00\x00")))
+    second = wire.decode(wire.encode(wire.Message(wire.Kind.INFER, 2, tensors=refs, inline=b"\x02\x00\x00\x00")))
+    assert first.tensors == second.tensors == refs and first.tensors is not second.tensors
+    assert read_tensor(first.tensors[0], first.inline)[0] != read_tensor(second.tensors[0], second.inline)[0]
+    assert (first.request_id, second.request_id) == (1, 2)

@@ -16,12 +16,17 @@ A message, little-endian throughout::
     drops    count u32, then segment ids u32 the sender destroyed
     releases count u32, then segment ids u32 of the receiver's blocks the
              sender no longer uses
+    inline   length u32 of the inline area that ends the message
     tensors  count u16, then per tensor:
              name length u16 | UTF-8 name | dtype code u8 | ndim u8 | owner u8 | pad
              | dims u64 * ndim | segment id u32 | offset u64 | nbytes u64
-    inline   length u32, then the bytes of the small tensors carried in the
-             message itself: such a tensor has segment id 0 and its offset
+    then the inline area: the bytes of the small tensors carried in the
+             message itself; such a tensor has segment id 0 and its offset
              counts from the start of this area (aligned to INLINE_ALIGN)
+
+The tensors section of a call is the same bytes call after call (same
+names, shapes and places), so the decoder keeps the parsed result of the
+last few it saw and only parses a section it has not seen.
 
 Small tensors (up to :data:`INLINE_TENSOR_BYTES`, and
 :data:`INLINE_MESSAGE_BYTES` per message) travel inline: for them a shared
@@ -251,6 +256,7 @@ def encode(message: Message) -> bytes:
     else:  # the usual call and answer
         parts = [_NO_LISTS]
     tensors = message.tensors
+    parts.append(_U32.pack(len(message.inline)))
     parts.append(_U16.pack(len(tensors)))
     for ref in tensors:
         shape = ref.shape
@@ -260,7 +266,6 @@ def encode(message: Message) -> bytes:
                 ref.dtype_code, len(shape), ref.owner, *shape, ref.segment, ref.offset, ref.nbytes
             )
         )
-    parts.append(_U32.pack(len(message.inline)))
     parts.append(message.inline)
     body = b"".join(parts)
     data = HEADER.pack(MAGIC, VERSION, message.kind, message.request_id, len(body)) + body
@@ -337,9 +342,40 @@ def decode(data: Union[bytes, bytearray, memoryview]) -> Message:
                 if count:
                     ids.extend(struct.unpack_from(f"<{count}I", data, pos))
                 pos += 4 * count
-        what = "the tensors"
-        (count,) = _U16.unpack_from(data, pos)
-        pos += 2
+        what = "the inline area"
+        (inline_length,) = _U32.unpack_from(data, pos)
+        pos += 4
+    except struct.error:
+        raise WireFormatError(f"message truncated while reading {what}") from None
+    except UnicodeDecodeError as exc:
+        raise WireFormatError(f"{what}: a name or text is not valid UTF-8: {exc}") from None
+    tensors_end = size - inline_length
+    if tensors_end < pos:
+        raise WireFormatError(f"inline area of {inline_length} bytes does not fit in the {size}-byte message")
+    section = data[pos:tensors_end]
+    tensors = _PARSED_TENSORS.get(section)
+    if tensors is None:
+        tensors = _decode_tensors(section)
+        if len(_PARSED_TENSORS) >= _PARSED_TENSORS_MAX:
+            _PARSED_TENSORS.clear()
+        _PARSED_TENSORS[section] = tensors
+    inline = bytearray(data[tensors_end:]) if inline_length else bytearray()
+    return Message(kind, request_id, texts, new_segments, drops, releases, list(tensors), inline)
+
+
+# Tensors sections seen lately -> their parse. The refs are shared between the
+# messages decoded from equal sections: receivers read them, never change them.
+_PARSED_TENSORS: Dict[bytes, Tuple[TensorRef, ...]] = {}
+_PARSED_TENSORS_MAX = 256
+
+
+def _decode_tensors(data: bytes) -> Tuple[TensorRef, ...]:
+    """Parse a tensors section (count, then each tensor), which must be all of ``data``."""
+    size = len(data)
+    what = "the tensors"
+    try:
+        (count,) = _U16.unpack_from(data, 0)
+        pos = 2
         if count > MAX_TENSORS:
             raise WireFormatError(f"{count} tensors in one message; the limit is {MAX_TENSORS}")
         tensors = []
@@ -360,10 +396,8 @@ def decode(data: Union[bytes, bytearray, memoryview]) -> Message:
             if ndim > MAX_NDIM:
                 raise WireFormatError(f"tensor {name!r}: rank {ndim} exceeds the limit of {MAX_NDIM}")
             layout = _TENSOR_LAYOUTS.get(ndim) or _tensor_layout(ndim)
-            try:
-                fields = layout.unpack_from(data, end)
-            except struct.error:
-                raise WireFormatError(f"message truncated while reading tensor {name!r}") from None
+            what = f"tensor {name!r}"
+            fields = layout.unpack_from(data, end)
             pos = end + layout.size
             code = fields[0]
             if code not in _CODE_NAMES:
@@ -377,17 +411,13 @@ def decode(data: Union[bytes, bytearray, memoryview]) -> Message:
                     name, code, fields[3:dims_end], fields[dims_end], fields[dims_end + 1], fields[dims_end + 2], owner
                 )
             )
-        what = "the inline area"
-        (length,) = _U32.unpack_from(data, pos)
-        pos += 4
     except struct.error:
         raise WireFormatError(f"message truncated while reading {what}") from None
     except UnicodeDecodeError as exc:
         raise WireFormatError(f"{what}: a name or text is not valid UTF-8: {exc}") from None
-    if pos + length != size:
-        raise WireFormatError(f"inline area of {length} bytes at byte {pos} does not end the {size}-byte message")
-    inline = bytearray(data[pos:]) if length else bytearray()
-    return Message(kind, request_id, texts, new_segments, drops, releases, tensors, inline)
+    if pos != size:
+        raise WireFormatError(f"{size - pos} stray bytes after the last tensor")
+    return tuple(tensors)
 
 
 def element_count(shape: Sequence[int]) -> int:
