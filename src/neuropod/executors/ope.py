@@ -100,7 +100,9 @@ class OutOfProcessExecutor(Executor):
             raise
         # Idle workers, most recently used last (its caches are warm); a condition is cheaper than a queue.Queue.
         self._idle: List[WorkerProcess] = list(reversed(self.workers))
-        self._idle_changed = threading.Condition(threading.Lock())
+        self._idle_lock = threading.Lock()
+        self._idle_changed = threading.Condition(self._idle_lock)
+        self._waiting = 0  # threads waiting on _idle_changed: notify only when there are some (it is not cheap)
         # Workers must not outlive a forgotten executor either.
         self._finalizer = weakref.finalize(self, _close_workers, list(self.workers), self._pool)
 
@@ -109,9 +111,14 @@ class OutOfProcessExecutor(Executor):
     def infer(self, inputs: TensorDict) -> TensorDict:
         if self._closed:
             raise InputValidationError(f"model {self.model_name!r} is closed")
-        with self._idle_changed:
-            while not self._idle:
-                self._idle_changed.wait()
+        with self._idle_lock:
+            if not self._idle:
+                self._waiting += 1
+                try:
+                    while not self._idle:
+                        self._idle_changed.wait()
+                finally:
+                    self._waiting -= 1
             worker = self._idle.pop()
         try:
             if worker.process is None and worker.starts and self.options.restart_policy == "never":
@@ -121,9 +128,10 @@ class OutOfProcessExecutor(Executor):
                 raise error
             return worker.call(inputs, self._find_lease, self.options.timeout)
         finally:
-            with self._idle_changed:
+            with self._idle_lock:
                 self._idle.append(worker)
-                self._idle_changed.notify()
+                if self._waiting:
+                    self._idle_changed.notify()
 
     def _find_lease(self, array: np.ndarray) -> Optional[Tuple[Segment, int, np.ndarray]]:
         base = array.base
@@ -247,7 +255,11 @@ class OutOfProcessExecutor(Executor):
             self._copier.shutdown(wait=True)
         if hasattr(self, "_idle_changed"):
             with self._idle_changed:  # a worker's channel must not be used by two threads at once
-                self._idle_changed.wait_for(lambda: len(self._idle) == len(self.workers), timeout=grace)
+                self._waiting += 1
+                try:
+                    self._idle_changed.wait_for(lambda: len(self._idle) == len(self.workers), timeout=grace)
+                finally:
+                    self._waiting -= 1
         _close_workers(self.workers, self._pool)
         if hasattr(self, "_finalizer"):
             self._finalizer.detach()

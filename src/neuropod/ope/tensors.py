@@ -50,8 +50,15 @@ def write_tensor(
 
     Returns its reference and the segment (None when inline or empty).
     """
-    kind = array.dtype.kind
-    if kind in "USO":
+    dtype = array.dtype
+    if inline is not None and dtype.kind not in "USO":
+        nbytes = array.nbytes
+        if 0 < nbytes <= wire.INLINE_TENSOR_BYTES and inline.fits(nbytes):  # the common small tensor
+            code = wire.dtype_code(dtype)
+            wire_dtype = wire.dtype_of_code(code)
+            data = (array if dtype == wire_dtype else array.astype(wire_dtype)).tobytes()
+            return wire.TensorRef(name, code, array.shape, wire.NO_SEGMENT, inline.add(data), nbytes), None
+    if dtype.kind in "USO":
         encoded = [
             item if isinstance(item, bytes) else str(item).encode("utf-8") for item in array.reshape(-1).tolist()
         ]
@@ -72,10 +79,6 @@ def write_tensor(
     nbytes = array.nbytes
     if nbytes == 0:
         return wire.TensorRef(name, code, array.shape, wire.NO_SEGMENT, 0, 0), None
-    if inline is not None and inline.fits(nbytes):
-        wire_dtype = wire.dtype_of_code(code)
-        data = (array if array.dtype == wire_dtype else array.astype(wire_dtype)).tobytes()
-        return wire.TensorRef(name, code, array.shape, wire.NO_SEGMENT, inline.add(data), nbytes), None
     segment = pool.acquire(nbytes)
     try:
         np.ndarray(array.shape, wire.dtype_of_code(code), buffer=segment.memory)[...] = array
@@ -101,11 +104,11 @@ def read_tensor(
     if ref.segment == wire.NO_SEGMENT or memory is None:
         if on_release is not None:
             on_release()
+        if ref.nbytes and memory is not None and ref.segment == wire.NO_SEGMENT:
+            return _read_inline(ref, memory)
         if ref.nbytes == 0 and ref.dtype_code != wire.STRING_CODE and wire.element_count(ref.shape) == 0:
             return np.empty(ref.shape, dtype=wire.dtype_of_code(ref.dtype_code))
-        if ref.segment != wire.NO_SEGMENT or memory is None:
-            raise WireFormatError(f"tensor {ref.name!r} has bytes but no segment")
-        return _read_inline(ref, memory)
+        raise WireFormatError(f"tensor {ref.name!r} has bytes but no segment")
     wire.check_tensor_ref(ref, len(memory))
     if ref.dtype_code == wire.STRING_CODE:
         try:
@@ -122,9 +125,17 @@ def read_tensor(
 
 def _read_inline(ref: wire.TensorRef, area: Union[mmap.mmap, bytes, bytearray]) -> np.ndarray:
     """An inline tensor: a (writable) view of the message's inline area, or decoded strings."""
+    if ref.dtype_code != wire.STRING_CODE:
+        # numpy checks the bounds itself; only a ref that fails them (or whose nbytes
+        # disagrees with its shape) pays for the full check and its message.
+        try:
+            array = np.ndarray(ref.shape, wire.dtype_of_code(ref.dtype_code), buffer=area, offset=ref.offset)
+        except (TypeError, ValueError):
+            array = None
+        if array is not None and array.nbytes == ref.nbytes:
+            return array
+        wire.check_tensor_ref(ref, len(area))
+        raise WireFormatError(f"tensor {ref.name!r} does not fit the inline area")  # check_tensor_ref caught it
     wire.check_tensor_ref(ref, len(area))
-    if ref.dtype_code == wire.STRING_CODE:
-        with memoryview(area) as view:
-            return wire.decode_strings(ref.name, view[ref.offset : ref.offset + ref.nbytes], ref.shape)
-    dtype = wire.dtype_of_code(ref.dtype_code)
-    return np.frombuffer(area, dtype, ref.nbytes // dtype.itemsize, ref.offset).reshape(ref.shape)
+    with memoryview(area) as view:
+        return wire.decode_strings(ref.name, view[ref.offset : ref.offset + ref.nbytes], ref.shape)

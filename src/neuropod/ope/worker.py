@@ -104,14 +104,18 @@ class _Server:
 
     def run(self, message: wire.Message) -> Tuple[wire.Message, List[int]]:
         inputs: Dict[str, np.ndarray] = {}
+        # Inputs in segments view the parent's mappings directly (their base is the
+        # mmap), which is how an output that is a view of an input is recognised.
+        input_refs: Dict[int, wire.TensorRef] = {}
         for ref in message.tensors:
             if ref.owner != wire.OWNER_SENDER:
                 raise WireFormatError(f"input {ref.name!r} claims to live in one of the worker's segments")
-            memory = self.peer.get(ref.segment) if ref.segment != wire.NO_SEGMENT else message.inline
-            inputs[ref.name] = read_tensor(ref, memory)
-        # Inputs view the parent's mappings directly (their base is the mmap),
-        # which is how an output that is a view of an input is recognised.
-        input_refs = {id(self.peer.get(ref.segment)): ref for ref in message.tensors if ref.segment != wire.NO_SEGMENT}
+            if ref.segment == wire.NO_SEGMENT:
+                inputs[ref.name] = read_tensor(ref, message.inline)
+            else:
+                memory = self.peer.get(ref.segment)
+                inputs[ref.name] = read_tensor(ref, memory)
+                input_refs[id(memory)] = ref
         outputs = self.backend.infer(inputs)  # type: ignore[attr-defined]
         del inputs
         reply = wire.Message(wire.Kind.RESULT, message.request_id)
