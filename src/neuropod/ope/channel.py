@@ -173,14 +173,13 @@ class Channel:
             found = self._stash.popleft() if self._stash else self._socket_message(block=True)
             assert found is not None
             data, fds = found
-            view: memoryview = memoryview(data)
         else:
             if length > wire.MAX_MESSAGE_BYTES:
                 raise WireFormatError(f"mailbox message claims {length} bytes; the limit is {wire.MAX_MESSAGE_BYTES}")
             start = box + _PAYLOAD_AT
-            view = memoryview(mailbox)[start : start + length]
+            data = mailbox[start : start + length]  # one copy, as bytes: the box is reused by the next message
         try:
-            message = wire.decode(view)
+            message = wire.decode(data)
             if len(fds) != len(message.new_segments):
                 raise WireFormatError(
                     f"message announces {len(message.new_segments)} segments but carries {len(fds)} descriptors"
@@ -188,8 +187,6 @@ class Channel:
         except BaseException:
             _close_all(fds)
             raise
-        finally:
-            view.release()
         return message, fds
 
     def receive(

@@ -380,10 +380,12 @@ class WorkerProcess:
                     request.new_segments.append((segment.id, segment.size))
                     fds.append(segment.fd)
             request.inline = inline.getvalue()
-            with self._state_lock:
-                request.drop_segments, self.pending_drops = self.pending_drops, []
+            if self.pending_drops:  # a drop that lands just after this look goes with the next call
+                with self._state_lock:
+                    request.drop_segments, self.pending_drops = self.pending_drops, []
             releases = self.releases
-            request.release_segments = [releases.popleft() for _ in range(len(releases))]
+            if releases:
+                request.release_segments = [releases.popleft() for _ in range(len(releases))]
             try:
                 self._send(request, fds)
                 reply = self._receive(self._request_id, timeout)

@@ -98,8 +98,9 @@ class _Server:
             reply, fds = self.run(message)
         except Exception as exc:
             reply, fds = wire.Message(wire.Kind.ERROR, message.request_id, texts=describe_exception(exc)), []
-        reply.drop_segments = self.pending_drops[:]
-        del self.pending_drops[:]
+        if self.pending_drops:
+            reply.drop_segments = self.pending_drops[:]
+            del self.pending_drops[:]
         self.channel.send(reply, fds)
 
     def run(self, message: wire.Message) -> Tuple[wire.Message, List[int]]:
