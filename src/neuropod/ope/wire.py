@@ -356,9 +356,10 @@ def decode(data: Union[bytes, bytearray, memoryview]) -> Message:
     tensors = _PARSED_TENSORS.get(section)
     if tensors is None:
         tensors = _decode_tensors(section)
-        if len(_PARSED_TENSORS) >= _PARSED_TENSORS_MAX:
-            _PARSED_TENSORS.clear()
-        _PARSED_TENSORS[section] = tensors
+        if len(section) <= _PARSED_SECTION_MAX_BYTES:
+            if len(_PARSED_TENSORS) >= _PARSED_TENSORS_MAX:
+                _PARSED_TENSORS.clear()
+            _PARSED_TENSORS[section] = tensors
     inline = bytearray(data[tensors_end:]) if inline_length else bytearray()
     return Message(kind, request_id, texts, new_segments, drops, releases, list(tensors), inline)
 
@@ -367,6 +368,7 @@ def decode(data: Union[bytes, bytearray, memoryview]) -> Message:
 # messages decoded from equal sections: receivers read them, never change them.
 _PARSED_TENSORS: Dict[bytes, Tuple[TensorRef, ...]] = {}
 _PARSED_TENSORS_MAX = 256
+_PARSED_SECTION_MAX_BYTES = 8192  # so the cache stays under 2 MiB; long sections are rare and parse anyway
 
 
 def _decode_tensors(data: bytes) -> Tuple[TensorRef, ...]:
