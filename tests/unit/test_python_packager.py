@@ -1,3 +1,5 @@
+import os
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -164,3 +166,16 @@ def test_pytorch_packager_returns_numpy_from_torch_tensors(tmp_path):
         assert model.platform == "python"
         out = model.infer({"x": X, "y": Y})
         assert isinstance(out["out"], np.ndarray) and out["label"].dtype.kind == "U"
+
+
+def test_loading_leaves_the_package_unchanged_even_where_python_writes_bytecode(tmp_path):
+    code = _write_code(tmp_path / "src", "adder", ADDER)
+    path = _python_package(tmp_path, "m", code, data=1, package_as_zip=False)
+    script = (
+        "import sys; from neuropod import load_neuropod\n"
+        "for _ in range(2):\n"
+        f"    load_neuropod({str(path)!r}).close()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([sys.executable, "-c", script], check=True, env=env)
+    assert not list(Path(path).rglob("*.pyc"))

@@ -76,6 +76,9 @@ def _import_entrypoint(code_dir: Path, package_name: str, function_name: str) ->
         for key in saved:
             del sys.modules[key]
         sys.path.insert(0, str(code_dir))
+        # Writing __pycache__ into the package would change it under its manifest
+        # (the next load would refuse it), so its code is imported without bytecode files.
+        wrote_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
         try:
             module = importlib.import_module(package_name)
             entrypoint = getattr(module, function_name)
@@ -86,6 +89,7 @@ def _import_entrypoint(code_dir: Path, package_name: str, function_name: str) ->
         except AttributeError:
             raise PackageError(f"entrypoint {function_name!r} not found in {package_name!r}") from None
         finally:
+            sys.dont_write_bytecode = wrote_bytecode
             sys.path.remove(str(code_dir))
             for key in [k for k in sys.modules if _owned(k, names)]:
                 del sys.modules[key]
