@@ -179,7 +179,7 @@ def _serve_settings(config_file: Optional[str]) -> Dict[str, Any]:
         raise UserError(f"{config_file}: not valid JSON: {exc}") from None
     models = data.get("models") if isinstance(data, dict) else None
     if not isinstance(models, dict) or not all(isinstance(v, dict) for v in models.values()):
-        raise UserError(f"{config_file}: expected {{\"models\": {{NAME: {{setting: value}}}}}}")
+        raise UserError(f'{config_file}: expected {{"models": {{NAME: {{setting: value}}}}}}')
     return {name: ModelSettings.from_dict(value, f"{config_file}: model {name!r}") for name, value in models.items()}
 
 
@@ -289,7 +289,6 @@ def serve(
     numbered versions (REPO/MODEL/VERSION/). Logs are JSON lines on stderr;
     SIGINT/SIGTERM stop the server after in-flight requests finish.
     """
-    import importlib.util
     import logging
 
     try:
@@ -300,9 +299,6 @@ def serve(
         raise UserError(f"serving needs the serve extra (pip install 'neuropod[serve]'): {exc}") from None
 
     model_settings = _serve_settings(config_file)
-    wants_ope = ope or any(s.use_ope for s in model_settings.values())
-    if wants_ope and importlib.util.find_spec("neuropod.executors.ope") is None:
-        raise UserError("out-of-process workers (--ope / use_ope) are not available in this install")
     defaults = ModelSettings(use_ope=ope, max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms)
     config = ServerConfig(
         host=host,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import importlib.util
 import io
 import json
 import logging
@@ -407,16 +406,6 @@ def test_cli_serve_user_errors(tmp_path: Path) -> None:
     assert done.returncode == 2 and "unknown setting(s) max_batch" in done.stderr
 
 
-HAS_OPE = importlib.util.find_spec("neuropod.executors.ope") is not None
-
-
-@pytest.mark.skipif(HAS_OPE, reason="out-of-process workers are available here")
-def test_ope_option_without_ope_is_a_clean_error(adder: Path) -> None:
-    done = subprocess.run(neuropod_cli() + ["serve", str(adder), "--ope"], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "not available" in done.stderr
-
-
-@pytest.mark.skipif(not HAS_OPE, reason="neuropod.executors.ope is not in this tree yet")
 def test_models_in_out_of_process_workers(adder: Path) -> None:
     with ModelServer.from_path(adder, LOOPBACK, default_settings=ModelSettings(use_ope=True)) as server:
         assert type(server.repository.get("adder").neuropod.executor).__name__ == "OutOfProcessExecutor"
@@ -429,7 +418,6 @@ def test_models_in_out_of_process_workers(adder: Path) -> None:
         client.close()
 
 
-@pytest.mark.skipif(not HAS_OPE, reason="neuropod.executors.ope is not in this tree yet")
 def test_a_dead_worker_is_replaced_and_the_server_keeps_serving(adder: Path) -> None:
     import os
     import signal as signals
@@ -455,7 +443,6 @@ def test_a_dead_worker_is_replaced_and_the_server_keeps_serving(adder: Path) -> 
         client.close()
 
 
-@pytest.mark.skipif(not HAS_OPE, reason="neuropod.executors.ope is not in this tree yet")
 def test_readiness_of_a_model_whose_worker_is_killed(adder: Path, caplog: pytest.LogCaptureFixture) -> None:
     import os
     import signal as signals

@@ -42,7 +42,7 @@ class ModelSettings:
     """How one model is run by the server.
 
     Attributes:
-        use_ope: run it in out-of-process workers (needs ``neuropod.executors.ope``);
+        use_ope: run it in out-of-process workers;
             the default runs it in the server process.
         max_batch_size: merge concurrent requests into calls of up to this
             many rows (0 turns dynamic batching off). Needs a model whose
