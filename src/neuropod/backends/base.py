@@ -23,6 +23,7 @@ __all__ = [
     "BackendOptions",
     "TensorDict",
     "as_string_array",
+    "feeds_by_model_name",
     "gpu_unavailable_warning",
     "require_every_input",
 ]
@@ -85,6 +86,16 @@ def require_every_input(inputs: Mapping[str, Any], names: Sequence[str], model_k
         missing = [name for name in names if name not in inputs]
         if missing:
             raise InputValidationError(f"input {missing[0]!r} is required by the {model_kind} but was not given")
+
+
+def feeds_by_model_name(inputs: Mapping[str, Any], names: Mapping[str, str], model_kind: str) -> Dict[str, Any]:
+    """Inputs renamed from spec names to the model's own names; every input is required."""
+    try:
+        feeds = {names[spec_name]: value for spec_name, value in inputs.items()}
+    except KeyError as exc:
+        raise InputValidationError(f"input {exc.args[0]!r} is not in the model's input spec") from None
+    require_every_input(inputs, list(names), model_kind)
+    return feeds
 
 
 def gpu_unavailable_warning(framework: str, visible_gpu: int) -> None:

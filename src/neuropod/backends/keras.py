@@ -13,9 +13,9 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
-from ..errors import FrameworkNotInstalledError, InferenceError, InputValidationError, PackageError
+from ..errors import FrameworkNotInstalledError, InferenceError, PackageError
 from ..package import Package, layout
-from .base import Backend, BackendOptions, TensorDict, as_string_array, gpu_unavailable_warning, require_every_input
+from .base import Backend, BackendOptions, TensorDict, as_string_array, feeds_by_model_name, gpu_unavailable_warning
 
 try:
     import keras
@@ -161,12 +161,7 @@ class KerasBackend(Backend):
         return convert
 
     def infer(self, inputs: TensorDict) -> TensorDict:
-        names = self._input_names
-        try:
-            feeds = {names[spec_name]: array for spec_name, array in inputs.items()}
-        except KeyError as exc:
-            raise InputValidationError(f"input {exc.args[0]!r} is not in the model's input spec") from None
-        require_every_input(inputs, list(names), "Keras model")
+        feeds = feeds_by_model_name(inputs, self._input_names, "Keras model")
         call_with = next(iter(feeds.values())) if self._single_input else feeds
         try:
             with keras.device(self.device):

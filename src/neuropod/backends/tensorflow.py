@@ -29,7 +29,7 @@ from ..errors import InferenceError, InputValidationError, PackageError
 from ..package import Package, layout
 from ..package.manifest import sha256_file
 from ..spec import TensorSpec, numpy_dtype
-from .base import Backend, BackendOptions, TensorDict, as_string_array, gpu_unavailable_warning, require_every_input
+from .base import Backend, BackendOptions, TensorDict, as_string_array, feeds_by_model_name, gpu_unavailable_warning
 
 __all__ = [
     "TensorFlowBackend",
@@ -333,12 +333,7 @@ class _SignatureRunner:
         )
 
     def run(self, tensors: Mapping[str, Any]) -> TensorDict:
-        names = self._input_names
-        try:
-            feeds = {names[spec_name]: tensor for spec_name, tensor in tensors.items()}
-        except KeyError as exc:
-            raise InputValidationError(f"input {exc.args[0]!r} is not in the model's input spec") from None
-        require_every_input(tensors, list(names), "SavedModel signature")
+        feeds = feeds_by_model_name(tensors, self._input_names, "SavedModel signature")
         results = self._function(**feeds)
         return {spec_name: to_numpy(results[name], spec_name) for spec_name, name in self._output_names}
 
