@@ -89,7 +89,11 @@ class Neuropod:
         for name in self._string_inputs:
             array = inputs.get(name)
             if array is not None and array.dtype.kind == "S":
-                inputs = {**inputs, name: np.char.decode(array, "utf-8")}
+                try:
+                    decoded = np.char.decode(array, "utf-8")
+                except UnicodeDecodeError as exc:
+                    raise InputValidationError(f"input {name!r}: bytes are not valid UTF-8 ({exc.reason})") from None
+                inputs = {**inputs, name: decoded}
         outputs = self._executor.infer(inputs if type(inputs) is dict else dict(inputs))
         if self.validate:
             self._output_validator.validate(outputs, bindings)

@@ -147,6 +147,9 @@ class TensorSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise SpecError(f"name: expected a non-empty string, got {self.name!r}")
+        # Names become file names (CLI outputs, test data entries): no paths.
+        if self.name in (".", "..") or any(c in self.name for c in "/\\\0"):
+            raise SpecError(f"name: {self.name!r} may not contain '/', '\\' or NUL, nor be '.' or '..'")
         try:
             dtype = canonical_dtype(self.dtype)
         except SpecError as exc:
@@ -279,7 +282,10 @@ class SpecValidator:
                 if dtype.kind not in "US":
                     raise self._error(f"{kind} {name!r}: expected dtype string, got {dtype_of_array(array)}")
             elif dtype != spec.np_dtype:
-                raise self._error(f"{kind} {name!r}: expected dtype {spec.dtype}, got {dtype_of_array(array)}")
+                got = dtype_of_array(array)
+                if not dtype.isnative:  # same name, other byte order: say which
+                    got += f" in non-native byte order ({dtype.str}); convert it with .astype('{dtype.name}')"
+                raise self._error(f"{kind} {name!r}: expected dtype {spec.dtype}, got {got}")
             shape = array.shape
             if len(shape) != spec.rank:
                 raise self._error(

@@ -14,6 +14,7 @@ from neuropod.backends import BUILTIN_BACKENDS, BackendInfo, get_backend_class, 
 from neuropod.errors import (
     BackendNotFoundError,
     FrameworkNotInstalledError,
+    InputValidationError,
     ManifestError,
     PackageError,
     UnsafePackageError,
@@ -216,3 +217,31 @@ def test_third_party_backend_through_entry_points(tmp_path, monkeypatch):
 def test_manifest_file_listing_is_stable(tmp_path):
     root = _placeholder(tmp_path / "p", package_as_zip=False)
     assert open_package(root).files() == ["0/config.json", "config.json", "manifest.json"]
+
+
+def test_custom_op_paths_outside_the_package_are_refused(tmp_path):
+    root = _placeholder(tmp_path / "p", package_as_zip=False)
+    config = json.loads((root / "config.json").read_text())
+    config["custom_ops"] = ["../../../../tmp/outside.so"]
+    (root / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsafePackageError, match="must be a file name inside 0/ops"):
+        load_neuropod(root, verify_manifest=False)
+
+
+def test_a_changed_cache_is_extracted_again_from_the_intact_zip(tmp_path):
+    path = _placeholder(tmp_path / "m.zip")
+    root = open_package(path).root
+    (root / "0" / "data" / "written-by-a-model.bin").write_bytes(b"x")
+    reopened = open_package(path)
+    assert not (reopened.root / "0" / "data" / "written-by-a-model.bin").exists()
+    assert (reopened.root / "0" / "data").is_dir()  # empty dirs survive the zip
+
+
+def test_non_utf8_bytes_input_names_the_tensor(tmp_path):
+    spec_in = [{"name": "s", "dtype": "string", "shape": [None]}]
+    path = create_placeholder_neuropod(tmp_path / "m", "m", spec_in, [{"name": "o", "dtype": "int8", "shape": [1]}])
+    with (
+        load_neuropod(path) as model,
+        pytest.raises(InputValidationError, match="input 's': bytes are not valid UTF-8"),
+    ):
+        model.infer({"s": np.array([b"\xff"])})

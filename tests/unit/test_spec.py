@@ -117,3 +117,15 @@ def test_inputs_are_optional_and_strings_accept_unicode_and_bytes():
     validator.validate({"s": np.array(["a", "bc"])})
     validator.validate({"s": np.array([b"a", b"bc"])})
     validator.validate({"x": np.array(3, np.int8)})
+
+
+@pytest.mark.parametrize("name", ["../x", "/tmp/x", "a\\b", ".", "..", "a\0b"])
+def test_tensor_names_cannot_be_paths(name):
+    with pytest.raises(SpecError, match="may not contain"):
+        TensorSpec(name, "float32", [1])
+
+
+def test_byte_swapped_input_says_so():
+    validator = _validator({"name": "x", "dtype": "float32", "shape": [None]})
+    with pytest.raises(InputValidationError, match=r"non-native byte order \(>f4\)"):
+        validator.validate({"x": np.zeros(2, ">f4")})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ..errors import PackageError
+from ..errors import ManifestError, PackageError
 from . import layout
 from .archive import extract_cached
 from .config import PackageConfig
@@ -114,5 +115,16 @@ def open_package(path: Union[str, os.PathLike], verify: bool = True) -> Package:
     else:
         raise PackageError(f"{source}: no such package (not a directory or zip file)")
     config = PackageConfig.read(root)
-    has_manifest = verify_manifest(root) if verify else (root / layout.MANIFEST).exists()
+    if not verify:
+        return Package(root=root, source=source, config=config, has_manifest=(root / layout.MANIFEST).exists())
+    try:
+        has_manifest = verify_manifest(root)
+    except ManifestError:
+        if root == source:
+            raise
+        # The zip itself is intact (the cache is keyed by its hash): something
+        # changed the extracted copy, e.g. a model writing into its data dir.
+        shutil.rmtree(root, ignore_errors=True)
+        root = extract_cached(source)
+        has_manifest = verify_manifest(root)
     return Package(root=root, source=source, config=config, has_manifest=has_manifest)

@@ -8,6 +8,7 @@ import stat
 import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
+from typing import Dict, Optional
 
 from ..errors import PackageError, UnsafePackageError
 from . import layout
@@ -26,15 +27,29 @@ def cache_root() -> Path:
 
 
 def write_zip(source_dir: Path, zip_path: Path) -> None:
-    """Zip ``source_dir`` with sorted entries and fixed timestamps (same tree, same bytes)."""
-    files = sorted(p for p in source_dir.rglob("*") if p.is_file())
+    """Zip ``source_dir`` with sorted entries and fixed timestamps (same tree, same bytes).
+
+    Empty directories (a Python model's ``0/data`` with no data files) are kept
+    as directory entries, so the extracted tree matches the directory form.
+    """
+    entries: Dict[str, Optional[Path]] = {}
+    for path in source_dir.rglob("*"):
+        name = path.relative_to(source_dir).as_posix()
+        if path.is_file():
+            entries[name] = path
+        elif path.is_dir() and not any(path.iterdir()):
+            entries[name + "/"] = None
     with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for path in files:
-            info = zipfile.ZipInfo(path.relative_to(source_dir).as_posix(), date_time=layout.ZIP_TIMESTAMP)
+        for name in sorted(entries):
+            info = zipfile.ZipInfo(name, date_time=layout.ZIP_TIMESTAMP)
+            source = entries[name]
+            if source is None:
+                info.external_attr = (0o40755 << 16) | 0x10  # a directory, MS-DOS directory flag too
+                zf.writestr(info, b"")
+                continue
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
-            with open(path, "rb") as f:
-                zf.writestr(info, f.read())
+            zf.writestr(info, source.read_bytes())
 
 
 def _check_entry(info: zipfile.ZipInfo, zip_path: Path) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from ..errors import PackageError, SpecError
+from ..errors import PackageError, SpecError, UnsafePackageError
 from ..spec import ProblemDefinition, TensorSpec
 from . import layout
 
@@ -88,6 +88,10 @@ class PackageConfig:
         custom_ops = data.get("custom_ops") or []
         if not isinstance(custom_ops, list) or not all(isinstance(op, str) for op in custom_ops):
             raise PackageError(f"{source}: custom_ops must be a list of file names, got {custom_ops!r}")
+        for op in custom_ops:
+            # A path here would load a library from outside the package, past its manifest.
+            if PurePosixPath(op).name != op or op in (".", "..") or "\\" in op:
+                raise UnsafePackageError(f"{source}: custom op {op!r} must be a file name inside 0/ops, not a path")
         return cls(
             name=str(data["name"]),
             platform=str(data["platform"]),
