@@ -14,47 +14,10 @@ Frameworks are imported on first ``build``, so importing this module is cheap.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict
 
+from conformance.problems import problem_specs  # tests/ is on sys.path through its conftest
 from neuropod.packagers import create_keras_neuropod, create_tensorflow_neuropod
-
-Spec = List[Dict[str, Any]]
-
-
-def _spec(name: str, dtype: str, shape: List[Any]) -> Dict[str, Any]:
-    return {"name": name, "dtype": dtype, "shape": shape}
-
-
-#: problem name -> (input spec, output spec); tests/conformance/problems.py holds the canonical copy.
-PROBLEM_SPECS: Dict[str, Tuple[Spec, Spec]] = {
-    "addition": (
-        [_spec("x", "float32", ["batch", None]), _spec("y", "float32", ["batch", None])],
-        [_spec("out", "float32", ["batch", None])],
-    ),
-    "strings": (
-        [_spec("a", "string", ["n"]), _spec("b", "string", ["n"])],
-        [_spec("out", "string", ["n"])],
-    ),
-    "mixed": (
-        [_spec("x", "float32", ["n"])],
-        [_spec("total", "float32", [1]), _spec("label", "string", ["n"])],
-    ),
-    "dtypes": (
-        [
-            _spec("b", "bool", ["n"]),
-            _spec("h", "float16", ["n"]),
-            _spec("i", "int64", ["n"]),
-            _spec("u", "uint8", ["n"]),
-        ],
-        [
-            _spec("nb", "bool", ["n"]),
-            _spec("h2", "float16", ["n"]),
-            _spec("i2", "int64", ["n"]),
-            _spec("u2", "uint8", ["n"]),
-        ],
-    ),
-    "identity_big": ([_spec("x", "float32", [None])], [_spec("out", "float32", [None])]),
-}
 
 
 class TFBuilder:
@@ -97,7 +60,7 @@ class TFBuilder:
         }
         if problem not in functions:
             raise NotImplementedError(f"tensorflow: unknown problem {problem!r}")
-        input_spec, output_spec = PROBLEM_SPECS[problem]
+        input_spec, output_spec = problem_specs(problem)
         return create_tensorflow_neuropod(
             neuropod_path=path,
             model_name=f"tf_{problem}",
@@ -138,7 +101,7 @@ class KerasBuilder:
             model = keras.Model(x, {"out": keras.layers.Identity()(x)})
         else:
             raise NotImplementedError(f"keras: unknown problem {problem!r}")
-        input_spec, output_spec = PROBLEM_SPECS[problem]
+        input_spec, output_spec = problem_specs(problem)
         return create_keras_neuropod(
             neuropod_path=path,
             model_name=f"keras_{problem}",
