@@ -13,7 +13,6 @@ worker process too when the out-of-process executor is present.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple, Union
@@ -31,10 +30,8 @@ from neuropod.spec import dtype_of_array
 
 HERE = Path(__file__).resolve().parent
 
-#: How each package is loaded; the worker-process variant runs where that executor exists.
-LOAD_OPTIONS: List[Dict[str, Any]] = [{}]
-if importlib.util.find_spec("neuropod.executors.ope") is not None:
-    LOAD_OPTIONS.append({"use_ope": True})
+#: How each package is loaded: in this process, and in a worker process.
+LOAD_OPTIONS: List[Dict[str, Any]] = [{}, {"use_ope": True}]
 
 #: Outputs computed by a reduction, whose summation order differs between frameworks.
 REDUCTIONS = {("mixed", "total")}
