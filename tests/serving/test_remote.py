@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -33,6 +37,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
     make_adder(root / "adder")
     make_strings(root / "strings")
     make_halves(root / "halves")
+    make_adder(root / "slow", name="slow", sleep_s=2)
     with ModelServer.from_path(root, ServerConfig(grpc_port=0, http_port=0)) as srv:
         yield srv
 
@@ -99,6 +104,52 @@ def test_remote_errors(server: ModelServer) -> None:
         load_neuropod(f"grpc://127.0.0.1:{server.grpc_port}/adder/versions/7")
     with pytest.raises(SpecError, match="unknown option"):
         load_neuropod(f"grpc://127.0.0.1:{server.grpc_port}/adder", colour="blue")
+
+
+def _requests_counted(server: ModelServer, model: str) -> float:
+    """The server's ``neuropod_inference_requests_total`` for ``model``, read from its /metrics page."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=10) as response:
+        page = response.read().decode("utf-8")
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in page.splitlines()
+        if line.startswith("neuropod_inference_requests_total{") and f'model="{model}"' in line
+    )
+
+
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_a_timeout_is_not_retried(server: ModelServer, scheme: str) -> None:
+    """A model slower than the client's timeout: one request reaches it, and the error names the timeout."""
+    url = [u for u in _urls(server, "slow") if u.startswith(scheme)][0]
+    before = _requests_counted(server, "slow")
+    x = np.ones((1, 1), dtype=np.float32)
+    with load_neuropod(url, timeout=0.5) as model:
+        with pytest.raises(RemoteError, match=r"timeout of 0\.5s"):
+            model.infer({"x": x, "y": x})
+    # A patient call after it: by the time it is answered the server has seen every request the slow one caused.
+    with load_neuropod(url, timeout=30) as model:
+        np.testing.assert_array_equal(model.infer({"x": x, "y": x})["out"], 2 * x)
+    assert _requests_counted(server, "slow") - before == 2  # the timed-out request once, the patient one once
+
+
+@pytest.mark.parametrize(
+    "x, message",
+    [
+        ({"datatype": "FP32", "shape": [0, 10**29], "data": []}, "tensor 'x': shape .* is too large"),
+        ({"datatype": "FP32", "shape": [1, 1], "data": [1e300]}, "tensor 'x': 1e\\+300 is out of the range of FP32"),
+    ],
+)
+def test_malformed_json_tensors_are_a_400(server: ModelServer, x: dict, message: str) -> None:
+    body = {"inputs": [{"name": "x", **x}, {"name": "y", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}]}
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.http_port}/v2/models/adder/infer",
+        data=json.dumps(body).encode("utf-8"),
+        headers={"Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=10)
+    assert caught.value.code == 400
+    assert re.search(message, json.loads(caught.value.read())["error"])
 
 
 def test_unreachable_server_is_a_remote_error(tmp_path: Path) -> None:

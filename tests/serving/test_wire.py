@@ -135,3 +135,47 @@ def test_status_comes_from_the_exception_class() -> None:
     for exc, expected in cases.items():
         status = status_for(exc)
         assert (status.http, status.grpc) == expected, type(exc).__name__
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ([0, 10**29], "tensor 'e': shape \\[0, 10+\\] is too large"),
+        ([0, 2**40, 2], "is too large"),
+        ([2**63], "is too large"),
+        ([0, -3], "non-negative ints"),
+    ],
+)
+def test_shapes_too_large_for_numpy_are_refused_even_when_empty(shape: list, message: str) -> None:
+    """An empty tensor carries no data, but numpy still cannot take every shape: refused, not a crash."""
+    for decode, data in ((decode_json, []), (decode_raw, b"")):
+        with pytest.raises(InputValidationError, match=message):
+            decode("FP32", shape, data, "e")
+    assert decode_json("FP32", [0, 2**20], [], "e").shape == (0, 2**20)
+    assert decode_raw("INT64", [3, 0, 2**30], b"", "e").shape == (3, 0, 2**30)
+
+
+def test_integer_datatypes_refuse_fractions() -> None:
+    with pytest.raises(InputValidationError, match="tensor 'i': INT32 takes whole numbers, got 1.7"):
+        decode_json("INT32", [2], [1.7, 2.9], "i")
+    with pytest.raises(InputValidationError, match="tensor 'u': UINT8 takes whole numbers, got nan"):
+        decode_json("UINT8", [1], [float("nan")], "u")
+    with pytest.raises(InputValidationError, match="tensor 'b': INT64 data must be a list of numbers"):
+        decode_json("INT64", [1], [True], "b")
+    whole = decode_json("INT64", [3], [2.0, -1.0, 2**62], "w")  # whole floats are exact: taken as ints
+    assert whole.dtype == np.int64 and whole.tolist() == [2, -1, 2**62]
+    with pytest.raises(InputValidationError, match="does not fit UINT64: 1e\\+30"):
+        decode_json("UINT64", [1], [1e30], "u")
+
+
+def test_float_datatypes_refuse_values_that_would_become_infinite() -> None:
+    require("ml_dtypes")
+    for datatype, value in (("FP32", 1e300), ("FP16", 1e5), ("BF16", 1e300)):
+        with pytest.raises(InputValidationError, match=f"tensor 'f': .* out of the range of {datatype}"):
+            decode_json(datatype, [2], [1.0, value], "f")
+    contents = proto.InferTensorContents()
+    contents.fp64_contents.extend([1e300])
+    assert decode_contents("FP64", [1], contents, "f").tolist() == [1e300]  # in range for FP64
+    # Infinity the client sent on purpose stays infinity.
+    assert np.isinf(decode_json("FP32", [1], [float("inf")], "f")).all()
+    np.testing.assert_array_equal(decode_json("FP16", [2], [0.5, 65504.0], "f"), np.array([0.5, 65504], np.float16))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import ssl
 import threading
 import warnings
@@ -162,6 +163,10 @@ class _GrpcTransport:
             cls = _GRPC_ERRORS.get(code, RemoteError)
             if code == "UNAVAILABLE" and "connect" in (exc.details() or "").lower():
                 cls = RemoteError  # the server itself is unreachable, not a model that is not ready
+            if code == "DEADLINE_EXCEEDED":
+                raise RemoteError(
+                    f"{self.where}: {method} got no answer within the timeout of {self._timeout:g}s"
+                ) from None
             raise _remote_error(cls, self.where, f"{code}: {exc.details()}") from None
 
     def metadata(self, model: str, version: str) -> RemoteModelInfo:
@@ -245,15 +250,28 @@ class _HttpTransport:
         all_headers = {**self._headers, **(headers or {})}
         for attempt in (0, 1):
             connection = self._connection()
+            reused = connection.sock is not None
             try:
                 connection.request(method, path, body=body, headers=all_headers)
                 response = connection.getresponse()
                 data = response.read()
                 return response.status, {k.lower(): v for k, v in response.getheaders()}, data
-            except (ConnectionError, http.client.HTTPException, OSError) as exc:
-                connection.close()  # a kept-alive connection the server closed: retry once on a fresh one
-                if attempt == 1:
-                    raise RemoteError(f"{self.where}: cannot reach the server: {exc}") from None
+            except socket.timeout:
+                # Never retried: the server may be running the request still, and a
+                # second send would run the model twice and double the wait.
+                connection.close()
+                raise RemoteError(
+                    f"{self.where}: {method} {path} got no answer within the timeout of {self._timeout:g}s"
+                ) from None
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                connection.close()
+                # A kept-alive connection the server had already closed fails before any
+                # answer comes: that request never ran, so one retry on a fresh connection.
+                if not (reused and attempt == 0):
+                    raise RemoteError(f"{self.where}: the server closed the connection: {exc!r}") from None
+            except (http.client.HTTPException, OSError) as exc:
+                connection.close()
+                raise RemoteError(f"{self.where}: cannot reach the server: {exc}") from None
         raise AssertionError("unreachable")
 
     def _checked(self, status: int, data: bytes) -> None:

@@ -87,6 +87,12 @@ BYTES_LENGTH_PREFIX = struct.Struct("<I")
 #: Deepest tensor a request may describe.
 MAX_RANK = 32
 
+#: Most elements a shape may describe, counting only its non-zero dimensions: an
+#: empty tensor ``[0, 10**29]`` carries no data, yet numpy still refuses to
+#: reshape to it, so the extent is bounded even when the element count is 0.
+#: 2**40 elements is terabytes, far past any request's byte limit.
+MAX_EXTENT = 2**40
+
 
 def datatype_of(array: np.ndarray) -> str:
     """The KServe datatype of a numpy array (unicode and bytes arrays are BYTES)."""
@@ -115,13 +121,28 @@ def check_shape(shape: Sequence[Any], tensor: str) -> Tuple[Tuple[int, ...], int
     if len(shape) > MAX_RANK:
         raise InputValidationError(f"tensor {tensor!r}: rank {len(shape)} is above the limit of {MAX_RANK}")
     count = 1
+    extent = 1  # the product of the non-zero dimensions
     dims = []
     for dim in shape:
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 0:
             raise InputValidationError(f"tensor {tensor!r}: shape {list(shape)} must hold non-negative ints")
         dims.append(int(dim))
         count *= int(dim)
+        extent *= max(int(dim), 1)
+        if extent > MAX_EXTENT:
+            raise InputValidationError(
+                f"tensor {tensor!r}: shape {list(shape)} is too large; its non-zero dimensions may span "
+                f"at most {MAX_EXTENT} elements"
+            )
     return tuple(dims), count
+
+
+def _reshaped(array: np.ndarray, dims: Tuple[int, ...], tensor: str) -> np.ndarray:
+    """``array`` in shape ``dims``; numpy's refusal becomes an error that names the tensor."""
+    try:
+        return array.reshape(dims)
+    except ValueError as exc:
+        raise InputValidationError(f"tensor {tensor!r}: cannot take shape {list(dims)}: {exc}") from None
 
 
 def _wire_dtype(dtype: str) -> np.dtype:
@@ -163,17 +184,51 @@ def _strings(items: Sequence[Any], tensor: str) -> np.ndarray:
 
 
 def _numbers(values: Sequence[Any], dtype: np.dtype, datatype: str, tensor: str) -> np.ndarray:
-    """A numpy array of ``values``; integers out of the dtype's range are refused, not wrapped."""
+    """A numpy array of ``values``, refusing what numpy would silently change.
+
+    Integers out of the dtype's range are refused, not wrapped; a fraction for
+    an integer datatype is refused, not truncated; a finite number too large
+    for a float datatype is refused, not turned into infinity.
+    """
+    has_floats = False
     if dtype.kind in "iu" and len(values):
+        for value in values:
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise InputValidationError(f"tensor {tensor!r}: {datatype} takes whole numbers, got {value!r}")
+                has_floats = True
         info = np.iinfo(dtype)
         low, high = min(values), max(values)
         if low < info.min or high > info.max:
             bad = low if low < info.min else high
             raise InputValidationError(f"tensor {tensor!r}: a value does not fit {datatype}: {bad}")
     try:
-        return np.array(values, dtype=dtype)
+        if has_floats:
+            # Whole floats (2.0) are exact as Python ints; numpy would go through float64 otherwise.
+            values = [int(value) if isinstance(value, float) else value for value in values]
+        with np.errstate(over="ignore"):
+            array = np.array(values, dtype=dtype)
     except (OverflowError, ValueError, TypeError) as exc:
         raise InputValidationError(f"tensor {tensor!r}: a value does not fit {datatype}: {exc}") from None
+    if _is_float(dtype):
+        _refuse_overflow(values, array, datatype, tensor)
+    return array
+
+
+def _is_float(dtype: np.dtype) -> bool:
+    return dtype.kind == "f" or dtype.name == "bfloat16"  # ml_dtypes' bfloat16 is kind "V"
+
+
+def _refuse_overflow(values: Sequence[Any], array: np.ndarray, datatype: str, tensor: str) -> None:
+    """Refuse finite ``values`` that became infinite in ``array`` (1e300 as FP32)."""
+    finite = np.isfinite(array.astype(np.float32) if array.dtype.name == "bfloat16" else array)
+    if finite.all():
+        return
+    wide = np.array(values, dtype=np.float64)  # the values themselves, before narrowing
+    overflowed = np.isfinite(wide) & ~finite
+    if overflowed.any():
+        bad = float(wide[overflowed][0])
+        raise InputValidationError(f"tensor {tensor!r}: {bad!r} is out of the range of {datatype}")
 
 
 def decode_raw(datatype: str, shape: Sequence[Any], data: Buffer, tensor: str) -> np.ndarray:
@@ -185,14 +240,14 @@ def decode_raw(datatype: str, shape: Sequence[Any], data: Buffer, tensor: str) -
     dtype = dtype_for_datatype(datatype, tensor)
     dims, count = check_shape(shape, tensor)
     if dtype == "string":
-        return _strings(_decode_bytes_elements(data, count, tensor), tensor).reshape(dims)
+        return _reshaped(_strings(_decode_bytes_elements(data, count, tensor), tensor), dims, tensor)
     np_dtype = _wire_dtype(dtype)
     expected = count * np_dtype.itemsize
     if len(data) != expected:
         raise InputValidationError(
             f"tensor {tensor!r}: {datatype} shape {list(dims)} needs {expected} raw bytes, got {len(data)}"
         )
-    return np.frombuffer(data, dtype=np_dtype).reshape(dims)
+    return _reshaped(np.frombuffer(data, dtype=np_dtype), dims, tensor)
 
 
 def encode_raw(array: np.ndarray) -> bytes:
@@ -223,8 +278,8 @@ def decode_contents(datatype: str, shape: Sequence[Any], contents: Any, tensor: 
             f"tensor {tensor!r}: shape {list(dims)} needs {count} values, {field} holds {len(values)}"
         )
     if dtype == "string":
-        return _strings(values, tensor).reshape(dims)
-    return _numbers(values, numpy_dtype(dtype), datatype, tensor).reshape(dims)
+        return _reshaped(_strings(values, tensor), dims, tensor)
+    return _reshaped(_numbers(values, numpy_dtype(dtype), datatype, tensor), dims, tensor)
 
 
 def contents_values(array: np.ndarray) -> Tuple[str, List[Any]]:
@@ -269,16 +324,14 @@ def decode_json(datatype: str, shape: Sequence[Any], data: Any, tensor: str) -> 
     if dtype == "string":
         if not all(isinstance(item, str) for item in flat):
             raise InputValidationError(f"tensor {tensor!r}: BYTES data must be a list of strings")
-        return _strings(flat, tensor).reshape(dims)
+        return _reshaped(_strings(flat, tensor), dims, tensor)
     if dtype == "bool":
         if not all(isinstance(item, bool) for item in flat):
             raise InputValidationError(f"tensor {tensor!r}: BOOL data must be a list of true/false")
-        return np.array(flat, dtype=bool).reshape(dims)
+        return _reshaped(np.array(flat, dtype=bool), dims, tensor)
     if not all(isinstance(item, (int, float)) and not isinstance(item, bool) for item in flat):
         raise InputValidationError(f"tensor {tensor!r}: {datatype} data must be a list of numbers")
-    if dtype == "bfloat16":
-        return _numbers(flat, np.dtype(np.float32), datatype, tensor).astype(numpy_dtype(dtype)).reshape(dims)
-    return _numbers(flat, numpy_dtype(dtype), datatype, tensor).reshape(dims)
+    return _reshaped(_numbers(flat, numpy_dtype(dtype), datatype, tensor), dims, tensor)
 
 
 def json_values(array: np.ndarray) -> List[Any]:
