@@ -3,7 +3,8 @@
 ``make_tool_model`` builds a model whose behaviour the caller picks with the
 string input ``cmd``: ``""`` adds one, ``exit`` / ``segv`` / ``kill`` / ``hang``
 kill or hang the worker, ``raise`` raises, ``busy`` burns CPU in Python for
-``x[0]`` seconds and reports when it ran and how much CPU it got.
+``x[0]`` seconds and reports when it ran and how much CPU it got, ``extra``
+also returns an output ``dbg`` that is not in the spec.
 ``make_identity_model`` returns its inputs unchanged (the benchmark's model).
 """
 
@@ -49,6 +50,8 @@ def get_model(data_root):
             out["same"] = x
         if words is not None:
             out["shout"] = np.char.upper(words)
+        if command == "extra":  # an output the spec does not have, of a dtype no wire carries
+            out["dbg"] = np.ones(2, np.complex64)
         return out
 
     return run

@@ -17,7 +17,15 @@ import pytest
 from ope_models import make_tool_model
 
 from neuropod import load_neuropod
-from neuropod.errors import InferenceError, SharedMemoryError, WorkerCrashedError, WorkerError, WorkerTimeoutError
+from neuropod.errors import (
+    InferenceError,
+    InputValidationError,
+    OutputValidationError,
+    SharedMemoryError,
+    WorkerCrashedError,
+    WorkerError,
+    WorkerTimeoutError,
+)
 from neuropod.ope.client import remote_error
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -284,3 +292,76 @@ def test_workers_outlive_the_thread_that_loaded_the_model(tool_path):
         time.sleep(0.2)
         assert pid is not None and not gone(pid)
         assert model.infer({"x": np.ones(1)})["y"][0] == 2.0
+
+
+def test_an_input_that_fails_to_encode_does_not_poison_the_segments_it_used(tool_path):
+    # x fills a segment before words fails to encode; that segment goes back to the
+    # pool, and the next call that reuses it must still announce it to the worker.
+    big = np.ones(50_000)
+    with load_neuropod(tool_path, use_ope=True) as model:
+        with pytest.raises(InputValidationError, match="'words'.*UTF-8"):
+            model.infer({"x": big, "words": np.array([["a\udc80"]])})
+        for _ in range(3):
+            assert model.infer({"x": big})["y"][0] == 2.0
+        assert model.infer({"x": big, "words": np.array([["ok"]])})["shout"].tolist() == [["OK"]]
+
+
+def test_an_output_not_in_the_spec_fails_as_in_process_and_poisons_nothing(tool_path):
+    big = np.ones(50_000)  # y and same fill segments before dbg fails to cross
+    with load_neuropod(tool_path) as model:
+        with pytest.raises(OutputValidationError) as in_process:
+            model.infer(command("extra", 1.0))
+    assert "'dbg' is not in the spec" in str(in_process.value)
+    with load_neuropod(tool_path, use_ope=True) as model:
+        for _ in range(2):
+            with pytest.raises(OutputValidationError) as out_of_process:
+                model.infer({"x": big, "cmd": np.array(["extra"])})
+            assert str(out_of_process.value) == str(in_process.value)
+        pid = pid_of(model)
+        for _ in range(3):
+            assert model.infer({"x": big})["y"][0] == 2.0
+        assert pid_of(model) == pid  # the worker was never replaced
+
+
+def _live_workers():
+    """Our child processes that are OPE workers and have not exited."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[-1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                argv = cmdline.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        state, ppid = fields[0], int(fields[1])
+        if ppid == os.getpid() and state != "Z" and "neuropod.ope.worker" in argv:
+            found.append(int(entry))
+    return found
+
+
+def test_closing_during_a_call_leaves_no_worker_behind(tool_path):
+    model = load_neuropod(tool_path, use_ope=True)
+    pid = pid_of(model)
+    others = set(_live_workers()) - {pid}  # workers of models other tests may still hold
+    assert pid in _live_workers()
+    failures = []
+
+    def hang():
+        try:
+            model.infer(command("hang"))
+        except Exception as exc:
+            failures.append(exc)
+
+    caller = threading.Thread(target=hang)
+    caller.start()
+    time.sleep(0.3)  # let the call reach the worker
+    model.executor.close(grace=0.5)  # type: ignore[call-arg]
+    caller.join(10)
+    assert not caller.is_alive()
+    assert len(failures) == 1 and isinstance(failures[0], WorkerCrashedError)
+    assert "closed during the call" in str(failures[0])
+    assert gone(pid)
+    assert set(_live_workers()) <= others  # no replacement was started

@@ -23,7 +23,7 @@ from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 import numpy as np
 
 from .. import errors
-from ..errors import WireFormatError, WorkerCrashedError, WorkerError, WorkerTimeoutError
+from ..errors import InputValidationError, WireFormatError, WorkerCrashedError, WorkerError, WorkerTimeoutError
 from . import wire
 from .channel import MAILBOX_BYTES, Channel, ChannelClosed, ChannelTimeout
 from .options import OpeOptions
@@ -147,6 +147,7 @@ class WorkerProcess:
         self.ready = False  # said HELLO since its last start
         self.last_failure: Optional[str] = None
         self._request_id = 0
+        self.closing = False  # close() began: no replacement may start from now on
         self._state_lock = threading.Lock()
         self._reset_state()
 
@@ -161,6 +162,8 @@ class WorkerProcess:
 
     def start(self) -> None:
         """Start the process; :meth:`wait_ready` waits for the model to load."""
+        if self.closing:
+            raise WorkerCrashedError(f"the worker of model {self.model_name!r} is closed")
         options = self.options
         mailbox = Segment.create(0, MAILBOX_BYTES, options.shm_dir)
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -271,13 +274,14 @@ class WorkerProcess:
             raise ChannelClosed()
 
     def _reap(self) -> Optional[int]:
-        if self.process is None:
+        process = self.process  # close() may clear it from another thread
+        if process is None:
             return None
         try:
-            return self.process.wait(timeout=1.0)
+            return process.wait(timeout=1.0)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+            process.kill()
+            return process.wait()
 
     def _discard(self) -> None:
         """Forget the dead process (arrays that view its segments stay valid)."""
@@ -297,19 +301,24 @@ class WorkerProcess:
         self._discard()
 
     def close(self, grace: float = 2.0) -> None:
-        """Ask the worker to exit; kill it if it does not within ``grace`` seconds."""
-        if self.process is None:
+        """Ask the worker to exit; kill it if it does not within ``grace`` seconds.
+
+        A call still running in the worker sees it die and fails; it starts no replacement.
+        """
+        self.closing = True
+        process, channel = self.process, self.channel  # a failing call may clear them meanwhile
+        if process is None:
             return
-        if self.channel is not None:
+        if channel is not None:
             try:
-                self.channel.send(wire.Message(wire.Kind.SHUTDOWN))
-            except OSError:
+                channel.send(wire.Message(wire.Kind.SHUTDOWN))
+            except (OSError, ValueError):
                 pass
         try:
-            self.process.wait(timeout=grace)
+            process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            process.kill()
+            process.wait()
         self._discard()
 
     def forget_segment(self, segment_id: int) -> None:
@@ -326,17 +335,22 @@ class WorkerProcess:
         returncode = self._reap()
         self._discard()
         self.last_failure = describe_returncode(returncode)
-        error = WorkerCrashedError(
-            f"the worker (pid {pid}) of model {self.model_name!r} {self.last_failure} during the call"
-        )
+        if self.closing:
+            error = WorkerCrashedError(
+                f"model {self.model_name!r} was closed during the call (its worker, pid {pid}, {self.last_failure})"
+            )
+        else:
+            error = WorkerCrashedError(
+                f"the worker (pid {pid}) of model {self.model_name!r} {self.last_failure} during the call"
+            )
         error.returncode = returncode
         self._restart_soon()
         return error
 
     def _restart_soon(self) -> None:
         """Start the replacement now, so it loads while the caller handles the error."""
-        if self.options.restart_policy != "always":
-            return
+        if self.options.restart_policy != "always" or self.closing:
+            return  # a worker killed by close() stays dead
         try:
             self.start()
         except Exception:  # the next call tries again and reports what goes wrong
@@ -357,6 +371,7 @@ class WorkerProcess:
         temporary: Dict[int, Segment] = {}  # segments we filled for this call
         in_call: Dict[int, Tuple[Segment, Optional[np.ndarray]]] = {}  # segment id -> (segment, caller's base array)
         inline = InlineArea()
+        announcing: Set[int] = set()  # our segments this request introduces to the worker
         try:
             for name, array in inputs.items():
                 lease = find_lease(array)
@@ -369,14 +384,21 @@ class WorkerProcess:
                     )
                     in_call[segment.id] = (segment, base)
                 else:
-                    ref, filled = write_tensor(name, array, self.pool, inline)
+                    try:
+                        ref, filled = write_tensor(name, array, self.pool, inline)
+                    except UnicodeEncodeError as exc:
+                        raise InputValidationError(
+                            f"input {name!r}: string {exc.object!r} cannot be encoded as UTF-8 ({exc.reason})"
+                        ) from None
                     request.tensors.append(ref)
                     if filled is None:
                         continue
                     segment = temporary[filled.id] = filled
                     in_call[segment.id] = (segment, None)
-                if segment.id not in self.known:
-                    self.known.add(segment.id)
+                # The worker learns of a segment only once the request is sent: until then
+                # a later input may still fail, and the segment go back to the pool unannounced.
+                if segment.id not in self.known and segment.id not in announcing:
+                    announcing.add(segment.id)
                     request.new_segments.append((segment.id, segment.size))
                     fds.append(segment.fd)
             request.inline = inline.getvalue()
@@ -388,6 +410,9 @@ class WorkerProcess:
                 request.release_segments = [releases.popleft() for _ in range(len(releases))]
             try:
                 self._send(request, fds)
+                if announcing:
+                    with self._state_lock:
+                        self.known.update(announcing)
                 reply = self._receive(self._request_id, timeout)
             except (ChannelClosed, OSError):
                 raise self._crashed() from None

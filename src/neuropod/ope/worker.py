@@ -28,7 +28,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import WireFormatError
+from ..errors import OutputValidationError, WireFormatError
+from ..spec import SpecValidator
 from . import wire
 from .channel import MAILBOX_BYTES, Channel, ChannelClosed
 from .shm import PeerSegments, Segment, SegmentPool
@@ -58,10 +59,18 @@ def describe_exception(exc: BaseException) -> List[str]:
 
 class _Server:
     def __init__(
-        self, channel: Channel, backend: object, shm_dir: str, cache_bytes: int, spin_ns: int, parent_pid: int
+        self,
+        channel: Channel,
+        backend: object,
+        shm_dir: str,
+        cache_bytes: int,
+        spin_ns: int,
+        parent_pid: int,
+        output_validator: Optional[SpecValidator] = None,
     ) -> None:
         self.channel = channel
         self.backend = backend
+        self.output_validator = output_validator
         self.spin_ns = spin_ns
         self.parent_pid = parent_pid
         self.pending_drops: List[int] = []
@@ -94,16 +103,24 @@ class _Server:
                 self.answer(message)
 
     def answer(self, message: wire.Message) -> None:
+        announcing: List[int] = []
         try:
-            reply, fds = self.run(message)
+            reply, fds = self.run(message, announcing)
         except Exception as exc:
             reply, fds = wire.Message(wire.Kind.ERROR, message.request_id, texts=describe_exception(exc)), []
+            announcing = []  # an error reply carries no segments: they go back to the pool unannounced
         if self.pending_drops:
             reply.drop_segments = self.pending_drops[:]
             del self.pending_drops[:]
         self.channel.send(reply, fds)
+        self.announced.update(announcing)
 
-    def run(self, message: wire.Message) -> Tuple[wire.Message, List[int]]:
+    def run(self, message: wire.Message, announcing: List[int]) -> Tuple[wire.Message, List[int]]:
+        """The reply to an INFER message and its descriptors.
+
+        The ids of segments the reply introduces to the parent are added to
+        ``announcing``; they count as announced only once the reply is sent.
+        """
         inputs: Dict[str, np.ndarray] = {}
         # Inputs in segments view the parent's mappings directly (their base is the
         # mmap), which is how an output that is a view of an input is recognised.
@@ -128,11 +145,11 @@ class _Server:
                 if passthrough is not None:
                     ref = passthrough
                 else:
-                    ref, segment = write_tensor(name, array, self.pool, inline)
+                    ref, segment = self._write_output(name, array, inline)
                     if segment is not None:
                         self.lent[segment.id] = segment
                         if segment.id not in self.announced:
-                            self.announced.add(segment.id)
+                            announcing.append(segment.id)
                             reply.new_segments.append((segment.id, segment.size))
                             fds.append(segment.fd)
                 reply.tensors.append(ref)
@@ -147,6 +164,23 @@ class _Server:
             self._announce_in_batches(reply, fds)
             fds = []
         return reply, fds
+
+    def _write_output(
+        self, name: str, array: np.ndarray, inline: InlineArea
+    ) -> Tuple[wire.TensorRef, Optional[Segment]]:
+        """Copy one output for the parent; one that cannot cross fails as the parent's check would."""
+        try:
+            return write_tensor(name, array, self.pool, inline)
+        except UnicodeEncodeError as exc:
+            raise OutputValidationError(
+                f"output {name!r}: string {exc.object!r} cannot be encoded as UTF-8 ({exc.reason})"
+            ) from None
+        except (WireFormatError, AttributeError, TypeError):
+            # Not in the spec, not an array, a dtype the spec does not allow: the
+            # parent's validator names the problem; the wire error is only for the rest.
+            if self.output_validator is not None:
+                self.output_validator.validate({name: array})
+            raise
 
     def _announce_in_batches(self, reply: wire.Message, fds: List[int]) -> None:
         step = wire.MAX_FDS_PER_MESSAGE
@@ -197,7 +231,8 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _load_backend(package_dir: str, options_json: str) -> object:
+def _load_backend(package_dir: str, options_json: str) -> Tuple[object, SpecValidator]:
+    """The model's backend, and the validator of its outputs (for outputs that cannot cross)."""
     from ..backends import BackendOptions, get_backend_class
     from ..package import open_package
 
@@ -209,7 +244,8 @@ def _load_backend(package_dir: str, options_json: str) -> object:
         inter_op_threads=options.get("inter_op_threads"),
         extra=options.get("extra", {}),
     )
-    return get_backend_class(package.config.platform)(package, backend_options)
+    backend = get_backend_class(package.config.platform)(package, backend_options)
+    return backend, SpecValidator(package.config.output_spec, "output")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -225,13 +261,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.cpus:
         os.sched_setaffinity(0, {int(cpu) for cpu in args.cpus.split(",")})
     try:
-        backend = _load_backend(args.package, args.options)
+        backend, output_validator = _load_backend(args.package, args.options)
     except Exception as exc:
         channel.send(wire.Message(wire.Kind.LOAD_FAILED, texts=describe_exception(exc)))
         return 1
     hello = [str(os.getpid()), sys.version.split()[0], np.__version__]
     channel.send(wire.Message(wire.Kind.HELLO, texts=hello))
-    server = _Server(channel, backend, args.shm_dir, args.cache_bytes, int(args.spin_us * 1000), args.parent_pid)
+    server = _Server(
+        channel, backend, args.shm_dir, args.cache_bytes, int(args.spin_us * 1000), args.parent_pid, output_validator
+    )
     try:
         server.serve()
     finally:
