@@ -152,6 +152,25 @@ def test_malformed_json_tensors_are_a_400(server: ModelServer, x: dict, message:
     assert re.search(message, json.loads(caught.value.read())["error"])
 
 
+def test_a_kept_alive_connection_the_server_dropped_is_retried(tmp_path: Path) -> None:
+    """The server restarts between two calls: the second goes out once more, on a fresh connection."""
+    from serving_models import free_port
+
+    make_adder(tmp_path / "adder")
+    port = free_port()
+    x = np.ones((1, 2), dtype=np.float32)
+    config = ServerConfig(grpc_port=None, http_port=port)
+    with ModelServer.from_path(tmp_path, config):
+        model = load_neuropod(f"http://127.0.0.1:{port}/adder")
+        np.testing.assert_array_equal(model.infer({"x": x, "y": x})["out"], 2 * x)
+    try:
+        with ModelServer.from_path(tmp_path, config) as restarted:
+            np.testing.assert_array_equal(model.infer({"x": x, "y": x})["out"], 2 * x)
+            assert _requests_counted(restarted, "adder") == 1
+    finally:
+        model.close()
+
+
 def test_unreachable_server_is_a_remote_error(tmp_path: Path) -> None:
     from serving_models import free_port
 
