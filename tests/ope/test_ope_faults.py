@@ -252,6 +252,14 @@ with load_neuropod({path!r}, use_ope=True) as model:
     except SharedMemoryError as exc:
         result["error"] = str(exc)
     result["small"] = model.infer({{"x": np.ones(4)}})["y"].tolist()
+    # The first input fills a segment, the second cannot get one: the first goes back
+    # to the pool unannounced, and the calls that reuse it must still work.
+    medium = np.ones(10_000)
+    try:
+        model.infer({{"x": medium, "words": np.array([["w" * 1000] * 2000])}})
+    except SharedMemoryError as exc:
+        result["second_input_error"] = str(exc)
+    result["after"] = [float(model.infer({{"x": medium}})["y"].sum()) for _ in range(3)]
 print(json.dumps(result))
 """
 
@@ -263,6 +271,8 @@ def test_shared_memory_that_cannot_be_reserved_is_an_error_not_a_bus_error(tool_
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert "cannot reserve" in result["error"] and "shm_dir" in result["error"]
     assert result["small"] == [2.0] * 4
+    assert "cannot reserve" in result["second_input_error"]
+    assert result["after"] == [20_000.0] * 3
 
 
 def test_a_small_tmpfs_as_shm_dir_gives_a_clear_error(tool_path, tmp_path):
