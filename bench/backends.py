@@ -34,59 +34,59 @@ EXAMPLE = {"x": np.ones(4, np.float32), "y": np.ones(4, np.float32)}
 Raw = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
+def _torch_addition() -> Any:
+    import torch
+
+    class Addition(torch.nn.Module):
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
+            return {"out": x + y}
+
+    return Addition()
+
+
+def _loaded_torch_model(path: Path) -> Tuple[Neuropod, Raw]:
+    """The package loaded, and the by-hand call of the very module its backend runs."""
+    import torch
+
+    model = load_neuropod(path)
+    module = model.executor.backend.module  # type: ignore[attr-defined]
+
+    def raw(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(x=torch.from_numpy(x), y=torch.from_numpy(y))["out"].numpy()
+
+    return model, raw
+
+
 def torchscript(root: Path) -> Tuple[Neuropod, Raw]:
     import torch
 
     from neuropod.packagers import create_torchscript_neuropod
 
-    class Addition(torch.nn.Module):
-        def forward(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
-            return {"out": x + y}
-
     path = create_torchscript_neuropod(
         neuropod_path=root / "ts.zip",
         model_name="add",
-        module=torch.jit.script(Addition()),
+        module=torch.jit.script(_torch_addition()),
         input_spec=SPEC_IN,
         output_spec=SPEC_OUT,
         default_input_tensor_device="CPU",
     )
-    model = load_neuropod(path)
-    module = model.executor.backend.module  # type: ignore[attr-defined]
-
-    def raw(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return module(x=torch.from_numpy(x), y=torch.from_numpy(y))["out"].numpy()
-
-    return model, raw
+    return _loaded_torch_model(path)
 
 
 def torch_export(root: Path) -> Tuple[Neuropod, Raw]:
-    import torch
-
     from neuropod.packagers import create_torch_export_neuropod
-
-    class Addition(torch.nn.Module):
-        def forward(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
-            return {"out": x + y}
 
     path = create_torch_export_neuropod(
         neuropod_path=root / "te.zip",
         model_name="add",
-        module=Addition(),
+        module=_torch_addition(),
         example_inputs=EXAMPLE,
         input_spec=SPEC_IN,
         output_spec=SPEC_OUT,
         default_input_tensor_device="CPU",
     )
-    model = load_neuropod(path)
-    module = model.executor.backend.module  # type: ignore[attr-defined]
-
-    def raw(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return module(x=torch.from_numpy(x), y=torch.from_numpy(y))["out"].numpy()
-
-    return model, raw
+    return _loaded_torch_model(path)
 
 
 def onnx(root: Path) -> Tuple[Neuropod, Raw]:
