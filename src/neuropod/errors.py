@@ -35,6 +35,8 @@ __all__ = [
     "WireFormatError",
     "SharedMemoryError",
     "OptionError",
+    "VersionRangeError",
+    "FrameworkVersionError",
 ]
 
 
@@ -147,3 +149,21 @@ class AuthenticationError(NeuropodError, PermissionError):
 
 class OptionError(NeuropodError, ValueError):
     """An option given to ``load_neuropod`` has a wrong type or value."""
+
+
+class VersionRangeError(NeuropodError, RuntimeError):
+    """A ``platform_version_semver`` (or other version range) is not a valid npm-style range."""
+
+
+class FrameworkVersionError(NeuropodError, RuntimeError):
+    """The framework version available does not satisfy a package's ``platform_version_semver``.
+
+    Attributes:
+        range_text: the range the package asks for.
+        found: what was found (``"torch 2.13.0"``), or "" when nothing was.
+    """
+
+    def __init__(self, message: str, range_text: str = "", found: str = "") -> None:
+        super().__init__(message)
+        self.range_text = range_text
+        self.found = found
