@@ -139,7 +139,7 @@ def to_numpy(value: Any, name: str) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         if value.requires_grad:
             value = value.detach()
-        if not value.is_cpu:
+        if value.device.type != "cpu":  # (torch < 1.13 has no Tensor.is_cpu)
             value = value.cpu()
         if value.dtype == torch.bfloat16:
             return value.view(torch.uint16).numpy().view(numpy_dtype("bfloat16"))
