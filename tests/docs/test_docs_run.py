@@ -1,0 +1,60 @@
+"""The docs cannot drift from the code: README.md and docs/*.md blocks run as written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from markdown_blocks import read_blocks
+
+REPO = Path(__file__).resolve().parents[2]
+RUNNER = Path(__file__).resolve().parent / "run_markdown.py"
+DOCS_WITH_RUNNABLE_BLOCKS = sorted(
+    p for p in (REPO / "docs").glob("*.md") if any(b.marker == "run" for b in read_blocks(p))
+)
+
+
+def run_markdown(path: Path, tmp_path: Path, *flags: str) -> None:
+    env = dict(os.environ)
+    # The shell blocks call `neuropod` as a user would: the venv's bin on PATH.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(REPO / "src")
+    result = subprocess.run(
+        [sys.executable, str(RUNNER), str(path), *flags],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, f"{path.name} failed:\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
+
+
+@pytest.mark.slow
+def test_readme_runs_top_to_bottom_in_a_fresh_directory(tmp_path: Path) -> None:
+    run_markdown(REPO / "README.md", tmp_path, "--all-python")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", DOCS_WITH_RUNNABLE_BLOCKS, ids=lambda p: p.name)
+def test_doc_runs(path: Path, tmp_path: Path) -> None:
+    run_markdown(path, tmp_path)
+
+
+def test_a_norun_marker_needs_a_reason(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.md"
+    doc.write_text("<!-- norun -->\n```python\nprint(1)\n```\n")
+    result = subprocess.run([sys.executable, str(RUNNER), str(doc), "--all-python"], capture_output=True, text=True)
+    assert result.returncode != 0 and "needs a reason" in result.stderr
+
+
+def test_a_failing_block_fails_and_names_its_line(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.md"
+    doc.write_text("intro\n\n```python\nvalue = 1\n```\n\ntext\n\n```python\nassert value == 2, 'drifted'\n```\n")
+    result = subprocess.run([sys.executable, str(RUNNER), str(doc), "--all-python"], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "doc.md:10" in result.stderr and "drifted" in result.stderr
