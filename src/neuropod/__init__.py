@@ -22,6 +22,7 @@ from .errors import (
 )
 from .loader import Neuropod, load_neuropod
 from .spec import DTYPES, ProblemDefinition, TensorSpec
+from .spec_inference import infer_spec
 
 __version__ = "0.1.0"
 
@@ -41,6 +42,7 @@ __all__ = [
     "UnsafePackageError",
     "WorkerCrashedError",
     "create_placeholder_neuropod",
+    "infer_spec",
     "load_neuropod",
 ]
 
