@@ -37,6 +37,7 @@ __all__ = [
     "OptionError",
     "VersionRangeError",
     "FrameworkVersionError",
+    "EnvironmentBuildError",
 ]
 
 
@@ -167,3 +168,17 @@ class FrameworkVersionError(NeuropodError, RuntimeError):
         super().__init__(message)
         self.range_text = range_text
         self.found = found
+
+
+class EnvironmentBuildError(NeuropodError, RuntimeError):
+    """An environment for a package could not be built or probed.
+
+    Attributes:
+        step: the build step that failed (``resolving``, ``installing`` ...), or "".
+        log_path: the kept build log, or "".
+    """
+
+    def __init__(self, message: str, step: str = "", log_path: str = "") -> None:
+        super().__init__(message)
+        self.step = step
+        self.log_path = log_path
