@@ -1,0 +1,46 @@
+"""Ray integration: online serving on Ray Serve, offline batch inference on Ray Data.
+
+* :func:`neuropod_deployment` — a Ray Serve application serving one package (or
+  a model URL) over the KServe v2 REST routes, so tritonclient, curl and
+  ``load_neuropod("http://...")`` work against it unchanged; replicas,
+  autoscaling and Serve's batching are passed through.
+* :class:`NeuropodPredictor` / :func:`predict_dataset` — a callable class for
+  ``Dataset.map_batches`` that runs a package over a Ray Dataset.
+* :func:`iter_dataset_batches` — a Ray Dataset as an iterable of numpy batches
+  (what the evaluation and comparison tools consume).
+
+Needs the ``ray`` extra (``pip install 'neuropod[ray]'``); Ray is imported
+when one of these names is first used, not when this package is imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Dict
+
+__all__ = [
+    "NeuropodDeployment",
+    "neuropod_deployment",
+    "NeuropodPredictor",
+    "predict_dataset",
+    "iter_dataset_batches",
+]
+
+_EXPORTS: Dict[str, str] = {
+    "NeuropodDeployment": "serve",
+    "neuropod_deployment": "serve",
+    "NeuropodPredictor": "data",
+    "predict_dataset": "data",
+    "iter_dataset_batches": "data",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'neuropod.integrations.ray' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__() -> Any:
+    return sorted(list(globals()) + list(_EXPORTS))
