@@ -36,8 +36,17 @@ def test_directory_layout_config_and_manifest(tmp_path):
     assert config["input_spec"] == ADDITION_INPUTS and config["output_spec"] == ADDITION_OUTPUTS
     assert config["platform_version_semver"] == "*" and config["custom_ops"] == []
     assert config["input_tensor_device"] == {"x": "CPU", "y": "CPU"}
-    # The original's style: 4-space indent, sorted keys.
-    assert (root / "config.json").read_text() == json.dumps(config, indent=4, sort_keys=True) + "\n"
+    # The original's bytes: json.dump(config, indent=4) in its key order, no trailing newline.
+    assert list(config) == [
+        "name",
+        "platform",
+        "platform_version_semver",
+        "input_spec",
+        "output_spec",
+        "custom_ops",
+        "input_tensor_device",
+    ]
+    assert (root / "config.json").read_text() == json.dumps(config, indent=4)
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["manifest_version"] == 1
     assert set(manifest["files"]) == {"config.json", "0/config.json", "test_data.npz"}

@@ -12,7 +12,8 @@ import torch
 from ..errors import InferenceError
 from ..package import Package
 from ..spec import numpy_dtype
-from .base import Backend, BackendOptions, TensorDict, as_string_array, gpu_unavailable_warning
+from .base import Backend, BackendOptions, TensorDict, as_string_array
+from .devices import pick_gpu
 
 __all__ = [
     "TorchBackend",
@@ -29,12 +30,9 @@ __all__ = [
 
 def choose_device(visible_gpu: Optional[int]) -> torch.device:
     """``cuda:N`` when that GPU exists, else the CPU (with a warning if a GPU was asked for)."""
-    if visible_gpu is None:
-        return torch.device("cpu")
-    if torch.cuda.is_available() and visible_gpu < torch.cuda.device_count():
-        return torch.device("cuda", visible_gpu)
-    gpu_unavailable_warning("torch", visible_gpu)
-    return torch.device("cpu")
+    gpu_count = torch.cuda.device_count() if visible_gpu is not None and torch.cuda.is_available() else 0
+    gpu = pick_gpu(visible_gpu, gpu_count, "torch")
+    return torch.device("cpu") if gpu is None else torch.device("cuda", gpu)
 
 
 def input_devices(model_device: torch.device, tensor_devices: Mapping[str, str]) -> Dict[str, torch.device]:
@@ -160,14 +158,28 @@ def _is_string_list(value: Any) -> bool:
 def outputs_to_numpy(result: Any, names: List[str]) -> TensorDict:
     """Name a torch model's result after the output spec and convert it to numpy.
 
-    A dict keeps its keys; a named tuple its fields; a tuple or list of
-    tensors takes the spec's names in order; one tensor (or one list of
-    strings) is the only output.
+    A dict keeps its keys; a named tuple its fields; a tuple of dicts is
+    merged into one dict (TorchScript dicts hold one value type, so the
+    original's way to return tensors and strings together is
+    ``return tensor_dict, string_dict``); a tuple or list of tensors takes
+    the spec's names in order; one tensor (or one list of strings) is the
+    only output.
     """
     if isinstance(result, dict):
         return {str(k): to_numpy(v, str(k)) for k, v in result.items()}
     if hasattr(result, "_fields"):  # a named tuple
         return {k: to_numpy(getattr(result, k), k) for k in result._fields}
+    if isinstance(result, tuple) and result and all(isinstance(part, dict) for part in result):
+        merged: TensorDict = {}
+        for part in result:
+            for key, value in part.items():
+                name = str(key)
+                if name in merged:
+                    raise InferenceError(
+                        f"output {name!r} is returned by two of the dicts the model returned; each name may appear once"
+                    )
+                merged[name] = to_numpy(value, name)
+        return merged
     if isinstance(result, (tuple, list)) and not _is_string_list(result):
         if len(result) != len(names):
             raise InferenceError(

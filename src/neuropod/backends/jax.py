@@ -28,13 +28,14 @@ import numpy as np
 from jax import export
 
 from ..errors import InferenceError, PackageError
-from ..package import Package
-from .base import Backend, BackendOptions, TensorDict, gpu_unavailable_warning, require_every_input
+from ..package import Package, layout
+from .base import Backend, BackendOptions, TensorDict, require_every_input
+from .devices import pick_gpu
 
 __all__ = ["JaxBackend", "EXPORTED_FILE", "PARAMS_FILE", "choose_jax_device", "x64_scope"]
 
-EXPORTED_FILE = "model.jax_exported"
-PARAMS_FILE = "params.npz"
+EXPORTED_FILE = layout.JAX_EXPORTED
+PARAMS_FILE = layout.JAX_PARAMS
 #: Below this size an input goes to ``exported.call`` as numpy; above, through ``jax.device_put``.
 _SMALL_BYTES = 64 * 1024
 
@@ -49,15 +50,14 @@ def x64_scope(enabled: bool) -> Any:
 
 def choose_jax_device(visible_gpu: Any) -> Any:
     """The ``visible_gpu``-th GPU JAX sees, else the first CPU device (warning if a GPU was asked for)."""
+    gpus: List[Any] = []
     if visible_gpu is not None:
         try:
             gpus = jax.devices("gpu")
         except RuntimeError:  # no GPU backend in this jaxlib
-            gpus = []
-        if visible_gpu < len(gpus):
-            return gpus[visible_gpu]
-        gpu_unavailable_warning("jax", visible_gpu)
-    return jax.devices("cpu")[0]
+            pass
+    gpu = pick_gpu(visible_gpu, len(gpus), "jax")
+    return jax.devices("cpu")[0] if gpu is None else gpus[gpu]
 
 
 class JaxBackend(Backend):

@@ -13,18 +13,20 @@ bfloat16 tensors travel as OrtValues carrying the ONNX type.
 from __future__ import annotations
 
 import ctypes
+import sys
 from typing import Any, Dict, List
 
 import numpy as np
 import onnxruntime as ort
 
 from ..errors import InferenceError, PackageError
-from ..package import Package
-from .base import Backend, BackendOptions, TensorDict, as_string_array, gpu_unavailable_warning, require_every_input
+from ..package import Package, layout
+from .base import Backend, BackendOptions, TensorDict, as_string_array, require_every_input
+from .devices import pick_gpu
 
 __all__ = ["OnnxBackend", "MODEL_FILE", "choose_providers"]
 
-MODEL_FILE = "model.onnx"
+MODEL_FILE = layout.ONNX_MODEL
 _CUDA = "CUDAExecutionProvider"
 _CPU = "CPUExecutionProvider"
 _ONNX_BFLOAT16 = 16  # TensorProto.BFLOAT16; the onnx package itself is not needed to run models
@@ -32,12 +34,11 @@ _ONNX_BFLOAT16 = 16  # TensorProto.BFLOAT16; the onnx package itself is not need
 
 def choose_providers(visible_gpu: Any) -> List[Any]:
     """CUDA on ``visible_gpu`` when ONNX Runtime has it, else the CPU (warning if a GPU was asked for)."""
-    if visible_gpu is None:
-        return [_CPU]
-    if _CUDA in ort.get_available_providers():
-        return [(_CUDA, {"device_id": int(visible_gpu)}), _CPU]
-    gpu_unavailable_warning("onnxruntime", visible_gpu)
-    return [_CPU]
+    # ONNX Runtime reports no device count: with its CUDA provider any index is
+    # tried, and a wrong one fails when the session is created.
+    gpu_count = sys.maxsize if visible_gpu is not None and _CUDA in ort.get_available_providers() else 0
+    gpu = pick_gpu(visible_gpu, gpu_count, "onnxruntime")
+    return [_CPU] if gpu is None else [(_CUDA, {"device_id": int(gpu)}), _CPU]
 
 
 def _session_options(options: BackendOptions) -> ort.SessionOptions:

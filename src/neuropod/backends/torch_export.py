@@ -11,13 +11,13 @@ from typing import Any, List
 import torch
 
 from ..errors import InferenceError, PackageError
-from ..package import Package
+from ..package import Package, layout
 from ._torch_tensors import TorchBackend, freeze_parameters, outputs_to_numpy
 from .base import BackendOptions, TensorDict, require_every_input
 
 __all__ = ["TorchExportBackend", "MODEL_FILE"]
 
-MODEL_FILE = "model.pt2"
+MODEL_FILE = layout.TORCH_EXPORT_PROGRAM
 
 
 class TorchExportBackend(TorchBackend):

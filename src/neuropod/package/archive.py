@@ -26,8 +26,10 @@ def cache_root() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "neuropod"
 
 
-def write_zip(source_dir: Path, zip_path: Path) -> None:
+def write_zip(source_dir: Path, zip_path: Path, compression: int = zipfile.ZIP_DEFLATED) -> None:
     """Zip ``source_dir`` with sorted entries and fixed timestamps (same tree, same bytes).
+
+    ``compression`` is ``zipfile.ZIP_DEFLATED`` or ``zipfile.ZIP_STORED``.
 
     Empty directories (a Python model's ``0/data`` with no data files) are kept
     as directory entries, so the extracted tree matches the directory form.
@@ -39,7 +41,7 @@ def write_zip(source_dir: Path, zip_path: Path) -> None:
             entries[name] = path
         elif path.is_dir() and not any(path.iterdir()):
             entries[name + "/"] = None
-    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    with zipfile.ZipFile(zip_path, "w", compression=compression) as zf:
         for name in sorted(entries):
             info = zipfile.ZipInfo(name, date_time=layout.ZIP_TIMESTAMP)
             source = entries[name]
@@ -47,7 +49,7 @@ def write_zip(source_dir: Path, zip_path: Path) -> None:
                 info.external_attr = (0o40755 << 16) | 0x10  # a directory, MS-DOS directory flag too
                 zf.writestr(info, b"")
                 continue
-            info.compress_type = zipfile.ZIP_DEFLATED
+            info.compress_type = compression
             info.external_attr = 0o644 << 16
             zf.writestr(info, source.read_bytes())
 

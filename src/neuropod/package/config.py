@@ -11,7 +11,7 @@ from ..errors import PackageError, SpecError, UnsafePackageError
 from ..spec import ProblemDefinition, TensorSpec
 from . import layout
 
-__all__ = ["PackageConfig", "DEVICES"]
+__all__ = ["PackageConfig", "DEVICES", "write_backend_config"]
 
 DEVICES = ("CPU", "GPU")
 
@@ -113,6 +113,7 @@ class PackageConfig:
         return cls.from_json(data, str(path))
 
     def to_json(self) -> Dict[str, Any]:
+        """The fields in the order the original Neuropod wrote them (tensor specs as name, dtype, shape)."""
         spec = self.problem.to_dict()
         return {
             "name": self.name,
@@ -120,15 +121,26 @@ class PackageConfig:
             "platform_version_semver": self.platform_version_semver,
             "input_spec": spec["input_spec"],
             "output_spec": spec["output_spec"],
-            "input_tensor_device": dict(self.input_tensor_device),
             "custom_ops": list(self.custom_ops),
+            "input_tensor_device": dict(self.input_tensor_device),
         }
 
     def write(self, root: Path) -> None:
-        write_json(root / layout.CONFIG, self.to_json())
+        """Write ``config.json`` with the bytes the original wrote for the same fields.
+
+        That is ``json.dump(config, indent=4)``: the key order above, ``", "``
+        and ``": "`` separators inside lines, non-ASCII escaped, no trailing
+        newline. Tools that hash or diff packages rely on it.
+        """
+        (root / layout.CONFIG).write_text(json.dumps(self.to_json(), indent=4), encoding="utf-8")
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON the way the original did: 4-space indent, sorted keys."""
+def write_backend_config(root: Path, settings: Mapping[str, Any]) -> None:
+    """Write ``0/config.json`` as the original did: one line, keys in the order given, no trailing newline.
+
+    (The original's packagers each called ``json.dump(settings, f)``; the
+    Python packager sorted the keys, so it passes them sorted.)
+    """
+    path = root / layout.BACKEND_CONFIG
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=4, sort_keys=True) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(dict(settings)), encoding="utf-8")

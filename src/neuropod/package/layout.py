@@ -11,6 +11,9 @@ A package is a directory, or the same tree as a zip file::
     0/code/              packaged Python code
     0/ops/               custom-op shared libraries
     0/requirements.lock  pinned requirements of a Python model
+
+Each framework's artifact has one name under ``0/data/``, listed here so that
+packagers and backends share it (this module imports no framework).
 """
 
 CONFIG = "config.json"
@@ -27,3 +30,14 @@ REQUIREMENTS = "0/requirements.lock"
 MANIFEST_VERSION = 1
 # Zip entries get this fixed timestamp so the same tree always zips to the same bytes.
 ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)
+
+# The framework artifacts, under DATA_DIR.
+TORCHSCRIPT_MODEL = "model.pt"
+TORCH_EXPORT_PROGRAM = "model.pt2"
+ONNX_MODEL = "model.onnx"
+KERAS_MODEL = "model.keras"
+TF_GRAPH = "model.pb"  # a TF1 (frozen) GraphDef
+TF_SAVED_MODEL = "savedmodel"  # a TF2 SavedModel directory
+TF_DEFAULT_SIGNATURE = "serving_default"  # the SavedModel signature served when 0/config.json names none
+JAX_EXPORTED = "model.jax_exported"
+JAX_PARAMS = "params.npz"

@@ -39,8 +39,11 @@ def compute_manifest(root: Path) -> Dict[str, object]:
 
 
 def write_manifest(root: Path) -> None:
-    text = json.dumps(compute_manifest(root), indent=4, sort_keys=True) + "\n"
-    (root / layout.MANIFEST).write_text(text, encoding="utf-8")
+    """Write ``manifest.json`` in the style of the package's other metadata (``json.dump(..., indent=4)``).
+
+    Files are listed by sorted relative path, so the same tree gives the same bytes.
+    """
+    (root / layout.MANIFEST).write_text(json.dumps(compute_manifest(root), indent=4), encoding="utf-8")
 
 
 def verify_manifest(root: Path) -> bool:

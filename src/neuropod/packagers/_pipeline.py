@@ -1,9 +1,14 @@
 """The one packaging pipeline every packager shares.
 
-A packager only writes its framework's artifact into ``0/`` (and returns the
+A packager only writes its framework's artifact under ``0/`` (and returns the
 backend settings for ``0/config.json``); this module writes the config, test
 data, custom ops and manifest, zips the tree, and runs the self-test on the
 finished artifact.
+
+Packaging is atomic: everything is built and self-tested under a temporary
+name next to the target and renamed into place only when it passed, so after
+any failure the target does not exist (a retry just works) unless the caller
+asked to keep the failed artifact (``keep_failed=True``).
 """
 
 from __future__ import annotations
@@ -11,22 +16,27 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
 
 from ..errors import PackageError
 from ..package import layout
 from ..package.archive import write_zip
-from ..package.config import PackageConfig, write_json
+from ..package.config import PackageConfig, write_backend_config
 from ..package.manifest import write_manifest
 from ..package.testdata import write_test_data
 from ..selftest import run_self_test
+from ..versions import VersionRange, check_platform_version
 
 __all__ = ["create_neuropod", "normalize_requirements"]
 
 PathLike = Union[str, "os.PathLike[str]"]
-#: Writes the framework artifact under the given ``0/`` dir; returns ``0/config.json`` settings or None.
+#: Writes the framework artifact into the package tree rooted at the given dir (``0/data`` exists);
+#: returns the ``0/config.json`` settings, in the key order they are written, or None for no such file.
 WriteModel = Callable[[Path], Optional[Mapping[str, Any]]]
+
+_ZIP_COMPRESSIONS = {zipfile.ZIP_STORED: "ZIP_STORED", zipfile.ZIP_DEFLATED: "ZIP_DEFLATED"}
 
 
 def normalize_requirements(requirements: Union[None, str, Iterable[str]]) -> List[str]:
@@ -63,18 +73,34 @@ def create_neuropod(
     input_tensor_device: Optional[Mapping[str, str]] = None,
     default_input_tensor_device: str = "GPU",
     requirements: Union[None, str, Iterable[str]] = None,
+    zip_compression: int = zipfile.ZIP_DEFLATED,
+    keep_failed: bool = False,
     self_test_options: Optional[Dict[str, Any]] = None,
 ) -> Path:
     """Write a package and self-test it; return its path.
 
+    Args:
+        zip_compression: ``zipfile.ZIP_DEFLATED`` (default) or ``zipfile.ZIP_STORED``.
+        keep_failed: when the self-test fails, leave the failed package at
+            ``neuropod_path`` for inspection; the error says so. By default
+            nothing is left behind.
+
     Raises:
         PackageError: the target exists, or an input file is missing.
         SpecError: a spec or device setting is invalid.
+        VersionRangeError: ``platform_version_semver`` is not a valid range.
+        FrameworkVersionError: the self-test cannot run here, because the
+            framework installed does not satisfy ``platform_version_semver``.
         TestMismatchError: the self-test's outputs differ from ``test_expected_out``.
     """
     target = Path(neuropod_path)
     if target.exists():
         raise PackageError(f"{target}: already exists; refusing to overwrite it")
+    if zip_compression not in _ZIP_COMPRESSIONS:
+        raise PackageError(
+            f"zip_compression: expected zipfile.ZIP_DEFLATED or zipfile.ZIP_STORED, got {zip_compression!r}"
+        )
+    VersionRange.parse(platform_version_semver)  # an invalid range fails before anything is written
     op_paths = [Path(p) for p in custom_ops]
     for op in op_paths:
         if not op.is_file():
@@ -91,29 +117,55 @@ def create_neuropod(
     )
     pinned = normalize_requirements(requirements)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    # The artifact is built (and self-tested) as ``work/<target name>``: same file name, other directory.
+    artifact = work / target.name
     try:
-        model_dir = staging / layout.MODEL_DIR
-        (staging / layout.DATA_DIR).mkdir(parents=True)
-        backend_settings = write_model(model_dir)
+        tree = work / "tree" if package_as_zip else artifact
+        (tree / layout.DATA_DIR).mkdir(parents=True)
+        backend_settings = write_model(tree)
         if backend_settings is not None:
-            write_json(staging / layout.BACKEND_CONFIG, dict(backend_settings))
+            write_backend_config(tree, backend_settings)
         if op_paths:
-            (staging / layout.OPS_DIR).mkdir(parents=True)
+            (tree / layout.OPS_DIR).mkdir(parents=True)
             for op in op_paths:
-                shutil.copy2(op, staging / layout.OPS_DIR / op.name)
+                shutil.copy2(op, tree / layout.OPS_DIR / op.name)
         if pinned:
-            (staging / layout.REQUIREMENTS).write_text("\n".join(pinned) + "\n", encoding="utf-8")
-        config.write(staging)
+            (tree / layout.REQUIREMENTS).write_text("\n".join(pinned) + "\n", encoding="utf-8")
+        config.write(tree)
         if persist_test_data and test_input_data is not None:
-            write_test_data(staging, test_input_data, test_expected_out)
-        write_manifest(staging)
+            write_test_data(tree, test_input_data, test_expected_out)
+        write_manifest(tree)
         if package_as_zip:
-            write_zip(staging, target)
-        else:
-            os.rename(staging, target)
+            write_zip(tree, artifact, compression=zip_compression)
+        if test_input_data is not None:
+            try:
+                # Until a package can be run in an environment that satisfies its range, its self-test
+                # runs here or not at all.
+                check_platform_version(config.platform, config.platform_version_semver, f"self-test of {model_name!r}")
+                run_self_test(artifact, test_input_data, test_expected_out, **(self_test_options or {}))
+            except BaseException as exc:
+                if keep_failed:
+                    _place(artifact, target)
+                    _say_kept(exc, target)
+                raise
+        _place(artifact, target)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    if test_input_data is not None:
-        run_self_test(target, test_input_data, test_expected_out, **(self_test_options or {}))
+        shutil.rmtree(work, ignore_errors=True)
     return target
+
+
+def _place(artifact: Path, target: Path) -> None:
+    """Rename the finished artifact to ``target``, refusing to replace one that appeared meanwhile."""
+    if target.exists():
+        raise PackageError(f"{target}: appeared while packaging; refusing to overwrite it")
+    os.rename(artifact, target)
+
+
+def _say_kept(exc: BaseException, target: Path) -> None:
+    """Add where the failed package was kept to the error's message (same class, same attributes)."""
+    note = f"(the failed package was kept at {target}, as keep_failed=True asked)"
+    if exc.args and isinstance(exc.args[0], str):
+        exc.args = (f"{exc.args[0]}\n{note}",) + exc.args[1:]
+    else:
+        exc.args = (*exc.args, note)

@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import PackageError, SpecError
+from ..package import layout
 from ..spec import TensorSpec, as_specs, numpy_dtype
 from ._pipeline import PathLike, create_neuropod
 
 __all__ = ["create_jax_neuropod", "EXPORTED_FILE", "PARAMS_FILE"]
 
-EXPORTED_FILE = "model.jax_exported"
-PARAMS_FILE = "params.npz"
+EXPORTED_FILE = layout.JAX_EXPORTED
+PARAMS_FILE = layout.JAX_PARAMS
 _WIDE_DTYPES = ("int64", "uint64", "float64")
 
 
@@ -124,7 +125,7 @@ def create_jax_neuropod(
     wide = any(s.dtype in _WIDE_DTYPES for s in (*inputs, *outputs))
     output_names = [s.name for s in outputs]
 
-    def write_model(model_dir: Path) -> Dict[str, Any]:
+    def write_model(root: Path) -> Dict[str, Any]:
         import jax
         import numpy as np
         from jax import export
@@ -162,7 +163,7 @@ def create_jax_neuropod(
                     hint = " (if two None dimensions must be equal, name them with polymorphic_shapes=)"
                 what = getattr(function, "__name__", "the function")
                 raise PackageError(f"jax.export could not export {what}: {exc}{hint}") from exc
-        data_dir = model_dir / "data"
+        data_dir = root / layout.DATA_DIR
         (data_dir / EXPORTED_FILE).write_bytes(bytes(exported.serialize()))
         arrays: Dict[str, Any] = {}
         bfloat16_leaves = []

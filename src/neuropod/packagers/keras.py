@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from ..errors import PackageError, SpecError
+from ..package import layout
 from ..spec import as_specs
 from ._pipeline import PathLike, create_neuropod
 
-__all__ = ["create_keras_neuropod"]
-
-_MODEL_FILE = "model.keras"  # neuropod.backends.keras.MODEL_FILE (that module imports keras)
+__all__ = ["create_keras_neuropod", "infer_keras_input_spec", "infer_keras_output_spec"]
 
 
 def create_keras_neuropod(
@@ -62,12 +61,17 @@ def create_keras_neuropod(
     for key, value in mapping.items():
         if not isinstance(key, str) or not isinstance(value, str) or not value:
             raise SpecError(f"node_name_mapping: expected spec name -> model name strings, got {key!r}: {value!r}")
-    _check_inputs(model, mapping, options.get("input_spec", ()))
+    # As in the original, specs left out are read from the model.
+    if options.get("input_spec") is None:
+        options["input_spec"] = infer_keras_input_spec(model, node_name_mapping)
+    if options.get("output_spec") is None:
+        options["output_spec"] = infer_keras_output_spec(model, node_name_mapping)
+    _check_inputs(model, mapping, options["input_spec"])
 
-    def write_model(model_dir: Path) -> Dict[str, Any]:
+    def write_model(root: Path) -> Dict[str, Any]:
         import keras
 
-        model.save(str(model_dir / "data" / _MODEL_FILE))
+        model.save(str(root / layout.DATA_DIR / layout.KERAS_MODEL))
         return {"node_name_mapping": mapping, "keras_backend": keras.backend.backend()}
 
     return create_neuropod(
@@ -91,3 +95,49 @@ def _check_inputs(model: Any, mapping: Mapping[str, str], input_spec: Any) -> No
                 f"input {spec.name!r} maps to {name!r}, which is not among the Keras model's inputs {known} "
                 "(set node_name_mapping)"
             )
+
+
+def infer_keras_input_spec(model: Any, node_name_mapping: Optional[Mapping[str, str]] = None) -> List[Dict[str, Any]]:
+    """The input spec of a built Keras model: one entry per model input, its first dimension ``"batch_size"``.
+
+    Args:
+        model: a built Keras model (functional or sequential).
+        node_name_mapping: spec name -> Keras input name; when given it must
+            cover every input. Without it the Keras names are the spec names.
+
+    Raises:
+        SpecError: the model has no known inputs, or the mapping leaves one out.
+    """
+    try:
+        tensors = list(model.inputs)
+    except (AttributeError, TypeError, ValueError):
+        raise SpecError("infer_keras_input_spec: the Keras model is not built, so its inputs are unknown") from None
+    return _infer_spec([str(tensor.name) for tensor in tensors], tensors, node_name_mapping, "input")
+
+
+def infer_keras_output_spec(model: Any, node_name_mapping: Optional[Mapping[str, str]] = None) -> List[Dict[str, Any]]:
+    """The output spec of a built Keras model (see :func:`infer_keras_input_spec`)."""
+    try:
+        tensors = list(model.outputs)
+    except (AttributeError, TypeError, ValueError):
+        raise SpecError("infer_keras_output_spec: the Keras model is not built, so its outputs are unknown") from None
+    names = [str(name) for name in (getattr(model, "output_names", None) or [])]
+    if len(names) != len(tensors):  # a Sequential model names its output after its last layer
+        names = [model.layers[-1].name] if len(tensors) == 1 else [f"output_{i}" for i in range(len(tensors))]
+    return _infer_spec(names, tensors, node_name_mapping, "output")
+
+
+def _infer_spec(
+    keras_names: List[str], tensors: List[Any], node_name_mapping: Optional[Mapping[str, str]], kind: str
+) -> List[Dict[str, Any]]:
+    spec_names = {keras_name: name for name, keras_name in (node_name_mapping or {}).items()}
+    spec = []
+    for keras_name, tensor in zip(keras_names, tensors):
+        name = spec_names.get(keras_name, None if spec_names else keras_name)
+        if name is None:
+            raise SpecError(f"node_name_mapping: the Keras {kind} {keras_name!r} is not mapped to a spec name")
+        dims = [None if dim is None else int(dim) for dim in tuple(tensor.shape)[1:]]
+        spec.append(
+            {"name": name, "dtype": str(getattr(tensor.dtype, "name", tensor.dtype)), "shape": ["batch_size", *dims]}
+        )
+    return spec

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..errors import FrameworkNotInstalledError, PackageError, SpecError
+from ..package import layout
 from ..spec import TensorSpec, as_specs
 from ._pipeline import PathLike, create_neuropod
 
 __all__ = ["create_onnx_neuropod"]
 
-MODEL_FILE = "model.onnx"
+MODEL_FILE = layout.ONNX_MODEL
 
 
 def _output_names(module: Any, examples: Dict[str, Any], output_spec: List[TensorSpec]) -> List[str]:
@@ -133,8 +134,8 @@ def create_onnx_neuropod(
             f"got {type(model).__name__}"
         )
 
-    def write_model(model_dir: Path) -> None:
-        target = model_dir / "data" / MODEL_FILE
+    def write_model(root: Path) -> None:
+        target = root / layout.DATA_DIR / MODEL_FILE
         if kind == "file":
             shutil.copyfile(model, target)
         elif kind == "proto":

@@ -33,7 +33,7 @@ def create_placeholder_neuropod(
     if isinstance(free_dim_size, bool) or not isinstance(free_dim_size, int) or free_dim_size < 0:
         raise SpecError(f"free_dim_size: expected a non-negative int, got {free_dim_size!r}")
 
-    def write_model(model_dir: Path) -> Dict[str, int]:
+    def write_model(root: Path) -> Dict[str, int]:
         return {"seed": seed, "free_dim_size": free_dim_size}
 
     options.setdefault("default_input_tensor_device", "CPU")

@@ -7,12 +7,15 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Union
 
 from ..errors import PackageError
+from ..package import layout
 from ._pipeline import PathLike, create_neuropod
 
 __all__ = ["create_python_neuropod", "create_pytorch_neuropod"]
 
 
-def _check_entries(data_paths: Sequence[Mapping[str, Any]], code_path_spec: Sequence[Mapping[str, Any]]) -> None:
+def _check_entries(
+    neuropod_path: PathLike, data_paths: Sequence[Mapping[str, Any]], code_path_spec: Sequence[Mapping[str, Any]]
+) -> None:
     for entry in data_paths:
         if "path" not in entry or "packaged_name" not in entry:
             raise PackageError(f"data_paths: each entry needs 'path' and 'packaged_name', got {dict(entry)!r}")
@@ -25,10 +28,64 @@ def _check_entries(data_paths: Sequence[Mapping[str, Any]], code_path_spec: Sequ
             raise PackageError(
                 f"code_path_spec: each entry needs 'python_root' and 'dirs_to_package', got {dict(spec)!r}"
             )
-        for directory in spec["dirs_to_package"]:
+        python_root = Path(spec["python_root"]).resolve()
+        if python_root in Path(neuropod_path).resolve().parents:
+            # Packaging python_root would copy the package being written into itself.
+            raise PackageError(
+                f"neuropod_path {str(neuropod_path)!r} is inside python_root {str(spec['python_root'])!r}; "
+                "write the package somewhere else"
+            )
+        dirs = spec["dirs_to_package"]
+        if isinstance(dirs, (str, bytes)):
+            raise PackageError(f"code_path_spec: dirs_to_package must be a list of directories, got {dirs!r}")
+        for directory in dirs:
             source = Path(spec["python_root"]) / directory
             if not source.is_dir():
                 raise PackageError(f"code_path_spec: {str(source)!r} is not a directory")
+
+
+def _code_files(code_path_spec: Sequence[Mapping[str, Any]]) -> Dict[str, Path]:
+    """Every file and directory to put under ``0/code``: relative path -> source path.
+
+    ``dirs_to_package`` entries are relative to ``python_root`` and keep that
+    path inside the package; ``""`` is all of ``python_root``. Entries and
+    specs may overlap (``["", "pkg"]``) as long as each packaged path comes
+    from one source file.
+    """
+    entries: Dict[str, Path] = {}
+    for spec in code_path_spec:
+        python_root = Path(spec["python_root"])
+        for directory in spec["dirs_to_package"]:
+            base = python_root / directory
+            for source in sorted(base.rglob("*")):
+                relative = source.relative_to(python_root)
+                if "__pycache__" in relative.parts or source.suffix == ".pyc":
+                    continue
+                name = relative.as_posix()
+                known = entries.setdefault(name, source)
+                if known != source and known.resolve() != source.resolve() and not (known.is_dir() and source.is_dir()):
+                    raise PackageError(
+                        f"code_path_spec: 0/code/{name} would come from both {str(known)!r} and {str(source)!r}; "
+                        "package each file from one place"
+                    )
+    return entries
+
+
+def _write_code(code_dir: Path, entries: Mapping[str, Path]) -> None:
+    code_dir.mkdir(parents=True)
+    for name, source in entries.items():
+        target = code_dir / name
+        if source.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    # As the original did: every code directory is a regular package (an empty
+    # __init__.py where it has none), so its packages import the same way here.
+    for directory in [code_dir, *sorted(p for p in code_dir.rglob("*") if p.is_dir())]:
+        init = directory / "__init__.py"
+        if not init.exists():
+            init.touch()
 
 
 def _copy(source: Path, target: Path) -> None:
@@ -66,17 +123,15 @@ def create_python_neuropod(
         **options: the shared packaging options (see
             :func:`~neuropod.packagers.create_torchscript_neuropod`).
     """
-    _check_entries(data_paths, code_path_spec)
+    _check_entries(neuropod_path, data_paths, code_path_spec)
+    code_entries = _code_files(code_path_spec)
 
-    def write_model(model_dir: Path) -> Dict[str, str]:
+    def write_model(root: Path) -> Dict[str, str]:
         for entry in data_paths:
-            _copy(Path(entry["path"]), model_dir / "data" / entry["packaged_name"])
-        code_dir = model_dir / "code"
-        code_dir.mkdir(parents=True, exist_ok=True)
-        for spec in code_path_spec:
-            for directory in spec["dirs_to_package"]:
-                _copy(Path(spec["python_root"]) / directory, code_dir / directory)
-        return {"entrypoint_package": entrypoint_package, "entrypoint": entrypoint}
+            _copy(Path(entry["path"]), root / layout.DATA_DIR / entry["packaged_name"])
+        _write_code(root / layout.CODE_DIR, code_entries)
+        # Sorted keys, as the original wrote this file.
+        return {"entrypoint": entrypoint, "entrypoint_package": entrypoint_package}
 
     return create_neuropod(
         neuropod_path=neuropod_path,

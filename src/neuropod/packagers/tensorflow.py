@@ -7,15 +7,11 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from ..errors import PackageError, SpecError
+from ..package import layout
 from ..spec import TensorSpec, as_specs
 from ._pipeline import PathLike, create_neuropod
 
 __all__ = ["create_tensorflow_neuropod"]
-
-# Kept in step with neuropod.backends.tensorflow, which imports TensorFlow and so is not imported here.
-_GRAPH_FILE = "model.pb"
-_SAVED_MODEL_DIR = "savedmodel"
-_DEFAULT_SIGNATURE = "serving_default"
 
 
 def create_tensorflow_neuropod(
@@ -27,7 +23,8 @@ def create_tensorflow_neuropod(
     init_op_names: Optional[Iterable[str]] = None,
     saved_model_dir: Optional[PathLike] = None,
     model: Any = None,
-    signature_name: str = _DEFAULT_SIGNATURE,
+    trackable_obj: Any = None,
+    signature_name: str = layout.TF_DEFAULT_SIGNATURE,
     **options: Any,
 ) -> Path:
     """Package a TensorFlow model: a TF1 graph or a TF2 SavedModel.
@@ -54,7 +51,11 @@ def create_tensorflow_neuropod(
             ``tf.function`` (traced with TensorSpecs built from
             ``input_spec``; its parameters must be named like the inputs, or
             like their ``node_name_mapping`` targets), or a trackable object
-            (``tf.Module``) whose ``__call__`` is used the same way.
+            (``tf.Module``) whose ``__call__`` is used the same way, or that
+            has one ``tf.function`` method with an input signature (which
+            TensorFlow makes the default signature).
+        trackable_obj: the original's name for ``model=`` (a trackable
+            object to save with ``tf.saved_model.save``).
         signature_name: the SavedModel signature to serve
             (``serving_default`` by default).
         **options: the shared packaging options (``input_spec``,
@@ -77,17 +78,19 @@ def create_tensorflow_neuropod(
         "frozen_graph_path": frozen_graph_path,
         "saved_model_dir": saved_model_dir,
         "model": model,
+        "trackable_obj": trackable_obj,
     }
     given = [name for name, value in sources.items() if value is not None]
     if len(given) != 1:
         raise PackageError(
             "create_tensorflow_neuropod: pass exactly one of graph_def=, frozen_graph_path=, saved_model_dir= "
-            f"or model=; got {given or 'none'}"
+            f"or model= (or trackable_obj=); got {given or 'none'}"
         )
     mapping = _check_mapping(node_name_mapping)
     init_ops = list(init_op_names or [])
     input_specs = as_specs(options.get("input_spec", ()), "input_spec")
     output_specs = as_specs(options.get("output_spec", ()), "output_spec")
+    model = model if model is not None else trackable_obj  # the original's name for the same thing
     if init_ops and (saved_model_dir is not None or model is not None):
         raise PackageError("init_op_names applies to TF1 graphs only; a SavedModel initialises itself")
 
@@ -95,9 +98,12 @@ def create_tensorflow_neuropod(
         graph_bytes = _graph_bytes(graph_def, frozen_graph_path)
         _check_graph_names(graph_bytes, mapping, init_ops, input_specs, output_specs)
 
-        def write_graph(model_dir: Path) -> Dict[str, Any]:
-            (model_dir / "data" / _GRAPH_FILE).write_bytes(graph_bytes)
-            full_mapping = {spec.name: mapping.get(spec.name, f"{spec.name}:0") for spec in input_specs + output_specs}
+        def write_graph(root: Path) -> Dict[str, Any]:
+            (root / layout.DATA_DIR / layout.TF_GRAPH).write_bytes(graph_bytes)
+            # The mapping as the user gave it (as the original wrote it), then "<name>:0" for names it leaves out.
+            full_mapping = dict(mapping)
+            for spec in input_specs + output_specs:
+                full_mapping.setdefault(spec.name, f"{spec.name}:0")
             return {"node_name_mapping": full_mapping, "init_op_names": init_ops}
 
         write_model = write_graph
@@ -105,14 +111,18 @@ def create_tensorflow_neuropod(
         if saved_model_dir is not None and not (Path(saved_model_dir) / "saved_model.pb").is_file():
             raise PackageError(f"saved_model_dir {str(saved_model_dir)!r}: no saved_model.pb there")
 
-        def write_saved_model(model_dir: Path) -> Dict[str, Any]:
-            target = model_dir / "data" / _SAVED_MODEL_DIR
+        def write_saved_model(root: Path) -> Dict[str, Any]:
+            target = root / layout.DATA_DIR / layout.TF_SAVED_MODEL
             if saved_model_dir is not None:
                 shutil.copytree(saved_model_dir, target)
             else:
                 _save_model(model, target, signature_name, input_specs, mapping)
             _check_signature(target, signature_name, mapping, input_specs, output_specs)
-            return {"node_name_mapping": mapping, "signature_name": signature_name}
+            # The original's keys (it wrote null for no mapping); the signature only when it is not the default.
+            settings: Dict[str, Any] = {"node_name_mapping": mapping or None, "init_op_names": []}
+            if signature_name != layout.TF_DEFAULT_SIGNATURE:
+                settings["signature_name"] = signature_name
+            return settings
 
         write_model = write_saved_model
 
@@ -205,6 +215,11 @@ def _save_model(
         call = bound_call if isinstance(bound_call, generic_function) else tf.function(model)
         trackable = isinstance(model, tf.__internal__.tracking.Trackable)
         signature, holder = concrete(call), (model if trackable else tf.Module())
+    elif isinstance(model, tf.__internal__.tracking.Trackable):
+        # A tf.Module with a tf.function method that has an input signature:
+        # TensorFlow makes that method the default signature, as the original relied on.
+        _save(model, target, None)
+        return
     else:
         raise PackageError(
             f"model: expected a tf.Module, a tf.function or a concrete function, got {type(model).__name__}"
@@ -212,8 +227,14 @@ def _save_model(
     if holder is not model:
         # A bare function's variables must be reachable from the saved object to be saved with it.
         holder.captured_variables = list(getattr(signature, "variables", ()))
+    _save(holder, target, {signature_name: signature})
+
+
+def _save(trackable: Any, target: Path, signatures: Any) -> None:
+    import tensorflow as tf
+
     try:
-        tf.saved_model.save(holder, str(target), signatures={signature_name: signature})
+        tf.saved_model.save(trackable, str(target), signatures=signatures)
     except (ValueError, TypeError, AssertionError) as exc:
         raise PackageError(f"model: TensorFlow could not save it as a SavedModel: {exc}") from exc
 

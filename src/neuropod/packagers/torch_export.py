@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Sequence, Tuple
 
 from ..errors import PackageError, SpecError
+from ..package import layout
 from ..spec import TensorSpec, as_specs
 from ._pipeline import PathLike, create_neuropod
 
 __all__ = ["create_torch_export_neuropod", "torch_dynamic_shapes", "torch_example_inputs"]
 
-MODEL_FILE = "model.pt2"
+MODEL_FILE = layout.TORCH_EXPORT_PROGRAM
 
 
 def torch_example_inputs(example_inputs: Any, input_spec: Sequence[TensorSpec], who: str) -> Dict[str, Any]:
@@ -149,7 +150,7 @@ def create_torch_export_neuropod(
         )
     inputs = as_specs(input_spec, "input_spec")
 
-    def write_model(model_dir: Path) -> None:
+    def write_model(root: Path) -> None:
         import torch
 
         if isinstance(module, torch.export.ExportedProgram):
@@ -168,7 +169,7 @@ def create_torch_export_neuropod(
                 )
             except Exception as exc:  # torch raises UserError, GuardOnDataDependentSymNode, ...
                 raise PackageError(f"torch.export could not export {type(module).__name__}: {exc}") from exc
-        torch.export.save(program, str(model_dir / "data" / MODEL_FILE))
+        torch.export.save(program, str(root / layout.DATA_DIR / MODEL_FILE))
 
     return create_neuropod(
         neuropod_path=neuropod_path,

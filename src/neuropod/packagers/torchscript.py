@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import PackageError
+from ..package import layout
 from ._pipeline import PathLike, create_neuropod
 
 __all__ = ["create_torchscript_neuropod"]
@@ -43,8 +44,8 @@ def create_torchscript_neuropod(
     if module_path is not None and not Path(module_path).is_file():
         raise PackageError(f"module_path {str(module_path)!r}: no such file")
 
-    def write_model(model_dir: Path) -> None:
-        target = model_dir / "data" / "model.pt"
+    def write_model(root: Path) -> None:
+        target = root / layout.DATA_DIR / layout.TORCHSCRIPT_MODEL
         if module_path is not None:
             shutil.copyfile(module_path, target)
             return

@@ -13,9 +13,10 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
-from ..errors import FrameworkNotInstalledError, InferenceError, PackageError
-from ..package import Package, layout
-from .base import Backend, BackendOptions, TensorDict, as_string_array, feeds_by_model_name, gpu_unavailable_warning
+from ...errors import FrameworkNotInstalledError, InferenceError, PackageError
+from ...package import Package, layout
+from ..base import Backend, BackendOptions, TensorDict, as_string_array, feeds_by_model_name
+from ..devices import pick_gpu
 
 try:
     import keras
@@ -30,7 +31,7 @@ except (
 
 __all__ = ["KerasBackend", "MODEL_FILE", "model_input_names", "model_output_names"]
 
-MODEL_FILE = "model.keras"
+MODEL_FILE = layout.KERAS_MODEL
 
 
 def model_input_names(model: Any) -> List[str]:
@@ -67,11 +68,11 @@ def _apply_thread_options(backend_name: str, options: BackendOptions) -> None:
     if not (options.intra_op_threads or options.inter_op_threads):
         return
     if backend_name == "tensorflow":
-        from .tensorflow import apply_thread_options
+        from ..tensorflow import apply_thread_options
 
         apply_thread_options(options.intra_op_threads, options.inter_op_threads)
     elif backend_name == "torch":
-        from ._torch_tensors import apply_thread_options as apply_torch_threads
+        from .._torch_tensors import apply_thread_options as apply_torch_threads
 
         apply_torch_threads(options.intra_op_threads, options.inter_op_threads)
     else:
@@ -95,7 +96,7 @@ class KerasBackend(Backend):
                 raise PackageError(
                     f"{package.source}: custom ops are TensorFlow libraries, but Keras runs on {self.keras_backend}"
                 )
-            from .tensorflow import load_custom_ops
+            from ..tensorflow import load_custom_ops
 
             load_custom_ops(op_paths)
         self.device = self._choose_device(options.visible_gpu)
@@ -120,12 +121,9 @@ class KerasBackend(Backend):
         self._to_numpy = self._numpy_converter()
 
     def _choose_device(self, visible_gpu: Optional[int]) -> str:
-        if visible_gpu is None:
-            return "cpu:0"
-        if visible_gpu < _gpu_count(self.keras_backend):
-            return f"gpu:{visible_gpu}"
-        gpu_unavailable_warning(f"keras ({self.keras_backend})", visible_gpu)
-        return "cpu:0"
+        gpu_count = _gpu_count(self.keras_backend) if visible_gpu is not None else 0
+        gpu = pick_gpu(visible_gpu, gpu_count, f"keras ({self.keras_backend})")
+        return "cpu:0" if gpu is None else f"gpu:{gpu}"
 
     def _map_inputs(self, package: Package, mapping: Mapping[str, str]) -> Dict[str, str]:
         names = {spec.name: mapping.get(spec.name, spec.name) for spec in package.config.input_spec}
@@ -150,7 +148,7 @@ class KerasBackend(Backend):
 
     def _numpy_converter(self) -> Any:
         if self.keras_backend == "tensorflow":
-            from .tensorflow import to_numpy as tf_to_numpy
+            from ..tensorflow import to_numpy as tf_to_numpy
 
             return tf_to_numpy
 

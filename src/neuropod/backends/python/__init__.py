@@ -23,9 +23,9 @@ from typing import Any, Callable, List
 
 import numpy as np
 
-from ..errors import InferenceError, PackageError, RequirementsError
-from ..package import Package
-from .base import Backend, BackendOptions, TensorDict, as_string_array
+from ...errors import InferenceError, PackageError, RequirementsError
+from ...package import Package
+from ..base import Backend, BackendOptions, TensorDict, as_string_array
 
 __all__ = ["PythonBackend", "check_requirements"]
 
@@ -99,7 +99,7 @@ def _import_entrypoint(code_dir: Path, package_name: str, function_name: str) ->
 
 def _to_numpy(value: Any, name: str) -> np.ndarray:
     if type(value).__module__.startswith("torch"):
-        from ._torch_tensors import to_numpy
+        from .._torch_tensors import to_numpy
 
         return to_numpy(value, name)
     if isinstance(value, np.ndarray):

@@ -25,11 +25,12 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import numpy as np
 import tensorflow as tf
 
-from ..errors import InferenceError, InputValidationError, PackageError
-from ..package import Package, layout
-from ..package.manifest import sha256_file
-from ..spec import TensorSpec, numpy_dtype
-from .base import Backend, BackendOptions, TensorDict, as_string_array, feeds_by_model_name, gpu_unavailable_warning
+from ...errors import InferenceError, InputValidationError, PackageError
+from ...package import Package, layout
+from ...package.manifest import sha256_file
+from ...spec import TensorSpec, numpy_dtype
+from ..base import Backend, BackendOptions, TensorDict, as_string_array, feeds_by_model_name
+from ..devices import pick_gpu
 
 __all__ = [
     "TensorFlowBackend",
@@ -45,9 +46,9 @@ __all__ = [
     "tf_dtype",
 ]
 
-GRAPH_FILE = "model.pb"
-SAVED_MODEL_DIR = "savedmodel"
-DEFAULT_SIGNATURE = "serving_default"
+GRAPH_FILE = layout.TF_GRAPH
+SAVED_MODEL_DIR = layout.TF_SAVED_MODEL
+DEFAULT_SIGNATURE = layout.TF_DEFAULT_SIGNATURE
 
 
 def apply_thread_options(intra_op_threads: Optional[int], inter_op_threads: Optional[int]) -> None:
@@ -72,12 +73,9 @@ def apply_thread_options(intra_op_threads: Optional[int], inter_op_threads: Opti
 
 def choose_device(visible_gpu: Optional[int]) -> str:
     """``/GPU:N`` when TF sees that GPU, else ``/CPU:0`` (with a warning if a GPU was asked for)."""
-    if visible_gpu is None:
-        return "/CPU:0"
-    if visible_gpu < len(tf.config.list_physical_devices("GPU")):
-        return f"/GPU:{visible_gpu}"
-    gpu_unavailable_warning("tensorflow", visible_gpu)
-    return "/CPU:0"
+    gpu_count = len(tf.config.list_physical_devices("GPU")) if visible_gpu is not None else 0
+    gpu = pick_gpu(visible_gpu, gpu_count, "tensorflow")
+    return "/CPU:0" if gpu is None else f"/GPU:{gpu}"
 
 
 # sha256 of every custom-op library this process has loaded through us.

@@ -7,14 +7,14 @@ from typing import Any, List
 
 import torch
 
-from ..errors import InferenceError, PackageError
-from ..package import Package
-from ._torch_tensors import TorchBackend, freeze_parameters, outputs_to_numpy
-from .base import BackendOptions, TensorDict
+from ...errors import InferenceError, PackageError
+from ...package import Package, layout
+from .._torch_tensors import TorchBackend, freeze_parameters, outputs_to_numpy
+from ..base import BackendOptions, TensorDict
 
 __all__ = ["TorchScriptBackend", "MODEL_FILE"]
 
-MODEL_FILE = "model.pt"
+MODEL_FILE = layout.TORCHSCRIPT_MODEL
 
 
 class TorchScriptBackend(TorchBackend):
