@@ -26,6 +26,7 @@ __all__ = [
     "VersionRange",
     "parse_version",
     "framework_of",
+    "framework_distributions",
     "installed_version",
     "check_platform_version",
 ]
@@ -104,6 +105,11 @@ def framework_of(platform: str) -> Optional[str]:
     """The distribution name whose version ``platform_version_semver`` constrains (None for ``python``)."""
     candidates = _FRAMEWORK_DISTRIBUTIONS.get(platform)
     return candidates[0] if candidates else None
+
+
+def framework_distributions(platform: str) -> Tuple[str, ...]:
+    """Every distribution that provides ``platform``'s framework (``tensorflow``, ``tensorflow-cpu`` ...)."""
+    return _FRAMEWORK_DISTRIBUTIONS.get(platform, ())
 
 
 def installed_version(platform: str) -> Optional[Tuple[str, str]]:

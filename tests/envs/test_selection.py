@@ -1,0 +1,110 @@
+"""Version selection at load, against real interpreters, real indexes and real framework versions."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from envs_helpers import shared_envs_dir  # noqa: F401 (an autouse fixture)
+
+from conftest import require
+from neuropod import load_neuropod
+from neuropod.errors import FrameworkVersionError, RequirementsError
+from neuropod.packagers import create_python_neuropod
+
+VERSION_SPEC = [{"name": "version", "dtype": "string", "shape": [1]}]
+SIX_MODEL = """
+    import numpy as np
+    import six
+
+    def get_model(data_root):
+        def model(x):
+            return {"version": np.array([six.__version__])}
+        return model
+"""
+
+
+def _six_package(tmp_path: Path, pin: str) -> Path:
+    code = tmp_path / f"src-{pin}" / "six_reporter"
+    code.mkdir(parents=True)
+    (code / "__init__.py").write_text("")
+    (code / "main.py").write_text(textwrap.dedent(SIX_MODEL))
+    return create_python_neuropod(
+        neuropod_path=tmp_path / f"six-{pin}",
+        model_name=f"six_{pin.replace('.', '_')}",
+        data_paths=[],
+        code_path_spec=[{"python_root": str(code.parent), "dirs_to_package": ["six_reporter"]}],
+        entrypoint_package="six_reporter.main",
+        entrypoint="get_model",
+        input_spec=[{"name": "x", "dtype": "float32", "shape": [1]}],
+        output_spec=VERSION_SPEC,
+        requirements=[f"six=={pin}"],
+    )
+
+
+def test_python_packages_with_conflicting_pins_each_see_their_own(tmp_path):
+    new, old = _six_package(tmp_path, "1.16.0"), _six_package(tmp_path, "1.15.0")
+    x = {"x": np.zeros(1, np.float32)}
+    with load_neuropod(new) as first, load_neuropod(old) as second:
+        for _ in range(2):  # alternately
+            assert first.infer(x)["version"].tolist() == ["1.16.0"]
+            assert second.infer(x)["version"].tolist() == ["1.15.0"]
+        assert type(first.executor).__name__ == "OutOfProcessExecutor"
+    import importlib.util
+
+    assert importlib.util.find_spec("six") is None or __import__("six").__version__ not in ("1.15.0",)
+
+
+def test_current_environment_refuses_unmet_requirements(tmp_path):
+    with pytest.raises(RequirementsError, match=r"six==1\.15\.0"):
+        load_neuropod(_six_package(tmp_path, "1.15.0"), environment="current")
+
+
+def _torchscript_package(tmp_path: Path, version_range: str) -> Path:
+    torch = require("torch")
+    from neuropod.packagers import create_torchscript_neuropod
+
+    class Add(torch.nn.Module):
+        def forward(self, x, y):
+            return {"out": x + y}
+
+    spec = [{"name": n, "dtype": "float32", "shape": [None, None]} for n in ("x", "y")]
+    return create_torchscript_neuropod(
+        neuropod_path=tmp_path / f"add-{version_range}",
+        model_name="add",
+        module=torch.jit.script(Add()),
+        input_spec=spec,
+        output_spec=[{"name": "out", "dtype": "float32", "shape": [None, None]}],
+        platform_version_semver=version_range,
+    )
+
+
+def test_unsatisfiable_range_names_range_found_and_build_command(tmp_path):
+    torch = require("torch")
+    path = _torchscript_package(tmp_path, "0.0.1")
+    with pytest.raises(FrameworkVersionError) as info:
+        load_neuropod(path)
+    message = str(info.value)
+    assert "torch 0.0.1" in message
+    assert f"found torch {torch.__version__}" in message
+    assert f"neuropod envs build {path}" in message
+    assert info.value.range_text == "0.0.1"
+
+
+def test_current_environment_refuses_a_range_outside_this_framework(tmp_path):
+    torch = require("torch")
+    path = _torchscript_package(tmp_path, "1.10.2")
+    with pytest.raises(
+        FrameworkVersionError, match=re.escape(f"'1.10.2' is not satisfied by torch {torch.__version__}")
+    ):
+        load_neuropod(path, environment="current")
+
+
+def test_a_satisfied_range_loads_in_this_process(tmp_path):
+    torch = require("torch")
+    major = torch.__version__.split(".")[0]
+    with load_neuropod(_torchscript_package(tmp_path, f"^{major}.0")) as model:
+        assert type(model.executor).__name__ == "InProcessExecutor"
