@@ -4,7 +4,39 @@ Every error the library raises derives from :class:`NeuropodError`. Classes
 also derive from the built-in exception the original Neuropod raised in the
 same situation (``ValueError`` for bad specs, inputs and self-test
 mismatches, ``RuntimeError`` for failures while running), so code written
-against the original keeps catching them.
+against the original keeps catching them. A model server answers each class
+with the status in brackets (``neuropod.kserve.status``; 500 where none is
+given)::
+
+    NeuropodError
+    ├── SpecError (ValueError)                       [400]  a bad problem definition
+    ├── InputValidationError (ValueError)            [400]  inputs that break the spec
+    │   └── RequestTooLargeError                     [413]
+    ├── OutputValidationError (ValueError)           [500]  a model that breaks its spec
+    ├── OptionError (ValueError)                     [400]  a bad load_neuropod option or setting
+    ├── PackageError (ValueError)                           a package that cannot be read
+    │   ├── ManifestError                                   files changed since packaging
+    │   └── UnsafePackageError                              path escapes, untrusted pickle
+    ├── BackendNotFoundError (ValueError)
+    ├── FrameworkNotInstalledError (ImportError)
+    ├── RequirementsError (RuntimeError)
+    ├── VersionRangeError (RuntimeError)
+    ├── FrameworkVersionError (RuntimeError)
+    ├── EnvironmentBuildError (RuntimeError)
+    ├── TestMismatchError (ValueError)                      a failed self-test
+    ├── InferenceError (RuntimeError)                       the model failed while running
+    │   ├── WorkerCrashedError
+    │   ├── WorkerTimeoutError
+    │   ├── WorkerError                                     a foreign exception in a worker
+    │   └── RemoteError                                     a server failed or answered nonsense
+    ├── ModelNotFoundError (LookupError)             [404]
+    ├── ModelNotReadyError (RuntimeError)            [503]
+    │   └── ModelClosedError                         [503]  a call to a closed model
+    ├── AuthenticationError (PermissionError)        [401]
+    ├── WireFormatError (ValueError)                        a malformed worker message
+    ├── SharedMemoryError (MemoryError)
+    ├── ChannelClosed                                       a worker's channel closed (internal)
+    └── ChannelTimeout                                      nothing came on it in time (internal)
 """
 
 from __future__ import annotations
@@ -29,12 +61,17 @@ __all__ = [
     "RemoteError",
     "ModelNotFoundError",
     "ModelNotReadyError",
+    "ModelClosedError",
     "RequestTooLargeError",
     "AuthenticationError",
     "WorkerError",
     "WireFormatError",
     "SharedMemoryError",
+    "ChannelClosed",
+    "ChannelTimeout",
     "OptionError",
+    "IsolationError",
+    "TrustError",
     "VersionRangeError",
     "FrameworkVersionError",
     "EnvironmentBuildError",
@@ -132,12 +169,30 @@ class SharedMemoryError(NeuropodError, MemoryError):
     """Shared memory for a tensor cannot be had (the shm filesystem is full or too small)."""
 
 
+class ChannelClosed(NeuropodError):
+    """The other end of a worker's control channel closed it (it exited or crashed).
+
+    Internal: the out-of-process executor turns it into :class:`WorkerCrashedError`.
+    """
+
+
+class ChannelTimeout(NeuropodError):
+    """No message arrived on a worker's control channel within the timeout.
+
+    Internal: the out-of-process executor turns it into :class:`WorkerTimeoutError`.
+    """
+
+
 class ModelNotFoundError(NeuropodError, LookupError):
     """A server holds no model (or no version of it) by the name asked for."""
 
 
 class ModelNotReadyError(NeuropodError, RuntimeError):
     """A served model cannot take requests now (loading, its worker died, shutting down)."""
+
+
+class ModelClosedError(ModelNotReadyError):
+    """A model was called after ``close()``."""
 
 
 class RequestTooLargeError(InputValidationError):
@@ -149,7 +204,7 @@ class AuthenticationError(NeuropodError, PermissionError):
 
 
 class OptionError(NeuropodError, ValueError):
-    """An option given to ``load_neuropod`` has a wrong type or value."""
+    """A configuration problem: an unknown option of ``load_neuropod`` or a server, or a wrong value."""
 
 
 class VersionRangeError(NeuropodError, RuntimeError):
@@ -182,3 +237,23 @@ class EnvironmentBuildError(NeuropodError, RuntimeError):
         super().__init__(message)
         self.step = step
         self.log_path = log_path
+
+
+class ProblemMismatchError(NeuropodError, ValueError):
+    """A model does not implement the problem it is checked or compared against."""
+
+
+class DatasetError(NeuropodError, ValueError):
+    """A dataset cannot be read, or its fields do not fit the problem."""
+
+
+class MetricError(NeuropodError, ValueError):
+    """A metric is unknown or misconfigured, or the data does not fit it."""
+
+
+class IsolationError(NeuropodError, RuntimeError):
+    """A sandbox or container for a worker cannot be set up (a missing tool, a refused namespace)."""
+
+
+class TrustError(NeuropodError, PermissionError):
+    """The trust policy refuses a package as loaded, or a signature does not verify."""

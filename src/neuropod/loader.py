@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .backends import BackendOptions
-from .errors import InputValidationError
+from .backends import BackendOptions, backend_option_table
+from .errors import InputValidationError, ModelClosedError
 from .executors.base import Executor
+from .executors.options import PACKAGE_OPTIONS, check_options
+from .ope.options import OPE_OPTIONS
 from .package import Package, open_package
 from .spec import ProblemDefinition, SpecValidator
 
@@ -80,9 +83,10 @@ class Neuropod:
                 inconsistent symbol (names the tensor, expected and actual).
             OutputValidationError: the model's outputs break the spec.
             InferenceError: the model failed (or its worker/server did).
+            ModelClosedError: the model was closed.
         """
         if self._closed:
-            raise InputValidationError(f"model {self.name!r} is closed")
+            raise ModelClosedError(f"model {self.name!r} is closed")
         if type(inputs) is not dict and not isinstance(inputs, Mapping):
             raise InputValidationError(f"inputs: expected a dict of name -> numpy array, got {type(inputs).__name__}")
         bindings = self._input_validator.validate(inputs) if self.validate else None
@@ -167,28 +171,88 @@ def load_neuropod(
         validate: check inputs and outputs against the spec on every call.
         intra_op_threads: threads inside one operator, for backends that have them.
         inter_op_threads: threads across operators, for backends that have them.
-        **options: backend- or executor-specific options.
+        **options: options of the executor (out-of-process: ``workers``,
+            ``timeout`` ...; remote: ``token``, ``timeout`` ...) or of the
+            backend; ``docs/api.md`` lists them all.
+
+    Raises:
+        OptionError: an unknown option, one that does not apply to this way
+            of running the model (with the reason), or a wrong value.
     """
+    given = dict(options)
+    # Keyword arguments of the signature count as given only when they differ from
+    # their defaults, so a remote load can refuse visible_gpu=0 but not visible_gpu=None.
+    for name, value, default in (
+        ("visible_gpu", visible_gpu, None),
+        ("use_ope", use_ope, False),
+        ("verify_manifest", verify_manifest, True),
+        ("validate", validate, True),
+        ("intra_op_threads", intra_op_threads, None),
+        ("inter_op_threads", inter_op_threads, None),
+    ):
+        if value != default or type(value) is not type(default):
+            given[name] = value
     path_text = os.fspath(neuropod_path)
     if isinstance(path_text, str) and path_text.startswith(REMOTE_SCHEMES):
-        from .executors.remote import load_remote  # imported here: needs the serve extra
+        return _load_remote(path_text, given)
+    return _load_package(path_text, given)
 
-        return load_remote(path_text, validate=validate, **options)
-    package = open_package(path_text, verify=verify_manifest)
+
+_PACKAGE_NAMES = frozenset(option.name for option in PACKAGE_OPTIONS)
+_OPE_ONLY = {option.name: "it is an option of out-of-process execution (use_ope=True)" for option in OPE_OPTIONS}
+
+
+def _load_package(path: str, given: Dict[str, Any]) -> Neuropod:
+    # The package options come first: opening the package needs verify_manifest, and the
+    # backend's own options (and so the full check) are known only once its platform is.
+    package_values = check_options({k: v for k, v in given.items() if k in _PACKAGE_NAMES}, [PACKAGE_OPTIONS], path)
+    use_ope = package_values["use_ope"]
+    package = open_package(path, verify=package_values["verify_manifest"])
+    if "python_executable" not in given:  # a caller who names the interpreter has chosen the environment
+        from .envs import environment_for
+
+        python = environment_for(package, package_values["environment"])
+        if python is not None:  # this process does not satisfy the package: a worker in that environment does
+            use_ope, given = True, {**given, "use_ope": True, "python_executable": python}
+    inapplicable = {} if use_ope else _OPE_ONLY
+    platform = package.config.platform
+    backend_table = backend_option_table(platform)
+    tables = [PACKAGE_OPTIONS, backend_table] + ([OPE_OPTIONS] if use_ope else [])
+    values = check_options(given, tables, path, inapplicable)
     backend_options = BackendOptions(
-        visible_gpu=visible_gpu,
-        intra_op_threads=intra_op_threads,
-        inter_op_threads=inter_op_threads,
-        extra=options,
+        visible_gpu=values["visible_gpu"],
+        intra_op_threads=values["intra_op_threads"],
+        inter_op_threads=values["inter_op_threads"],
+        extra={option.name: values[option.name] for option in backend_table if option.name in given},
     )
     executor: Executor
     if use_ope:
         from .executors.ope import OutOfProcessExecutor
+        from .ope.options import OpeOptions
 
-        executor = OutOfProcessExecutor(package, backend_options)
+        executor = OutOfProcessExecutor(package, backend_options, OpeOptions.from_values(values))
     else:
         from .executors.inprocess import InProcessExecutor
 
         executor = InProcessExecutor(package, backend_options)
+    # ``isolation`` is checked above; isolating workers is the sandbox's job.
     config = package.config
-    return Neuropod(executor, config.name, config.platform, config.problem, package=package, validate=validate)
+    return Neuropod(
+        executor, config.name, config.platform, config.problem, package=package, validate=values["validate"]
+    )
+
+
+def _load_remote(url: str, given: Dict[str, Any]) -> Neuropod:
+    from .executors.remote import REMOTE_OPTIONS, REMOTE_REFUSED, RemoteExecutor  # needs the serve extra
+
+    values = check_options(given, [REMOTE_OPTIONS], url, REMOTE_REFUSED)
+    executor = RemoteExecutor.connect(url, values)
+    validate = values["validate"]
+    if validate and not executor.problem.inputs:
+        warnings.warn(
+            f"remote model {url}: the server declares no input tensors, so requests are not validated here",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        validate = False
+    return Neuropod(executor, executor.name, executor.platform, executor.problem, package=None, validate=validate)

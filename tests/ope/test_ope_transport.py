@@ -14,7 +14,7 @@ import pytest
 from ope_models import make_identity_model, make_tool_model
 
 from neuropod import load_neuropod
-from neuropod.errors import InputValidationError, OptionError
+from neuropod.errors import InputValidationError, ModelClosedError, OptionError
 from neuropod.executors.ope import OutOfProcessExecutor
 from neuropod.ope import wire
 
@@ -229,7 +229,7 @@ def test_explicit_python_executable_and_bad_options(tool_path):
         ({"restart_policy": "sometimes"}, "restart_policy"),
         ({"python_executable": "/nonexistent/python"}, "python_executable"),
         ({"cpu_affinity": ["a"]}, "cpu_affinity"),
-        ({"backend_thing": object()}, "JSON"),
+        ({"backend_thing": object()}, "unknown option 'backend_thing'; valid options: cpu_affinity, environment"),
     ):
         with pytest.raises(OptionError, match=match):
             load_neuropod(tool_path, use_ope=True, **bad)
@@ -261,7 +261,7 @@ def test_close_lets_a_call_in_flight_finish(tool_path):
     model.close()
     caller.join()
     assert len(results) == 1 and results[0]["y"][0] == 1.3
-    with pytest.raises(InputValidationError, match="closed"):
+    with pytest.raises(ModelClosedError, match="closed"):
         model.infer({"x": np.ones(1)})
     assert pid is not None
     with pytest.raises(ProcessLookupError):

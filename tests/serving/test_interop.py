@@ -232,7 +232,7 @@ def test_typed_contents_over_grpc(server: ModelServer) -> None:
     """A request with typed ``contents`` (not raw), sent with our own messages over a plain channel."""
     import grpc
 
-    from neuropod.serving import proto
+    from neuropod.kserve import proto
 
     with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
         infer = channel.unary_unary(

@@ -21,7 +21,7 @@ from serving_models import make_adder, make_strings, neuropod_cli
 
 from conftest import require
 from neuropod import load_neuropod
-from neuropod.errors import AuthenticationError, ModelNotReadyError, SpecError
+from neuropod.errors import AuthenticationError, ModelNotReadyError, OptionError
 from neuropod.executors.base import Executor, TensorDict
 
 require("grpc")
@@ -259,7 +259,7 @@ def test_batching_needs_a_batch_symbol(tmp_path: Path) -> None:
         [{"name": "x", "dtype": "float32", "shape": [2]}],
         [{"name": "y", "dtype": "float32", "shape": [2]}],
     )
-    with pytest.raises(SpecError, match="batch symbol"):
+    with pytest.raises(OptionError, match="batch symbol"):
         ModelRepository.from_path(fixed, model_settings={"fixed": ModelSettings(max_batch_size=4)})
     # As a server-wide default it is skipped for models that cannot batch.
     repository = ModelRepository.from_path(fixed, default_settings=ModelSettings(max_batch_size=4))

@@ -16,7 +16,7 @@ from serving_models import make_adder, make_halves, make_strings, mlserver_avail
 
 from conftest import require
 from neuropod import InputValidationError, load_neuropod
-from neuropod.errors import ModelNotFoundError, RemoteError, SpecError
+from neuropod.errors import ModelNotFoundError, OptionError, RemoteError
 from neuropod.executors.remote import parse_model_url
 
 require("grpc")
@@ -50,7 +50,7 @@ def test_parse_model_url() -> None:
     assert parse_model_url("grpc://h:81/m") == ("grpc", "h", 81, "m", "")
     assert parse_model_url("https://h/m/versions/3") == ("https", "h", 443, "m", "3")
     for bad in ("ftp://h/m", "grpc://h:1/", "grpc://h:1/m/v/2", "grpc://h:x/m"):
-        with pytest.raises(SpecError):
+        with pytest.raises(OptionError):
             parse_model_url(bad)
 
 
@@ -102,8 +102,30 @@ def test_remote_errors(server: ModelServer) -> None:
             load_neuropod(scheme_url.replace("/versions/1", ""))
     with pytest.raises(ModelNotFoundError, match="no version '7'"):
         load_neuropod(f"grpc://127.0.0.1:{server.grpc_port}/adder/versions/7")
-    with pytest.raises(SpecError, match="unknown option"):
+    with pytest.raises(OptionError, match="unknown option 'colour'; valid options: binary, max_message_bytes"):
         load_neuropod(f"grpc://127.0.0.1:{server.grpc_port}/adder", colour="blue")
+
+
+@pytest.mark.parametrize(
+    "option, reason",
+    [
+        ({"visible_gpu": 0}, "the server chooses the device"),
+        ({"verify_manifest": False}, "verifies its own packages"),
+        ({"intra_op_threads": 2}, "thread settings are the server's"),
+        ({"inter_op_threads": 2}, "thread settings are the server's"),
+        ({"use_ope": True}, "the server decides how its models run"),
+        ({"workers": 2}, "unknown option 'workers'"),
+    ],
+)
+def test_options_that_mean_nothing_remotely_are_refused_with_the_reason(
+    server: ModelServer, option: dict, reason: str
+) -> None:
+    # Before: visible_gpu, verify_manifest and thread settings were dropped without a word.
+    for url in _urls(server, "adder"):
+        with pytest.raises(OptionError, match=reason):
+            load_neuropod(url, **option)
+    with load_neuropod(_urls(server, "adder")[0], visible_gpu=None, timeout=5.0) as model:  # defaults pass
+        assert model.executor.ready()
 
 
 def _requests_counted(server: ModelServer, model: str) -> float:

@@ -20,23 +20,23 @@ from neuropod.errors import (
 
 require("google.protobuf")
 
-from neuropod.serving import proto  # noqa: E402
-from neuropod.serving.datatypes import (  # noqa: E402
+from neuropod.kserve import proto  # noqa: E402
+from neuropod.kserve.datatypes import (  # noqa: E402
     contents_values,
     decode_contents,
     decode_json,
     decode_raw,
     encode_raw,
 )
-from neuropod.serving.status import status_for  # noqa: E402
+from neuropod.kserve.status import status_for  # noqa: E402
 
 
 def test_committed_descriptor_matches_the_proto() -> None:
     require("grpc_tools")
-    from neuropod.serving.proto import compile as proto_compile
-    from neuropod.serving.proto._descriptor import SERIALIZED_FILE
+    from neuropod.kserve.proto import compile as proto_compile
+    from neuropod.kserve.proto._descriptor import SERIALIZED_FILE
 
-    assert proto_compile.compile_descriptor() == SERIALIZED_FILE, "run: python -m neuropod.serving.proto.compile"
+    assert proto_compile.compile_descriptor() == SERIALIZED_FILE, "run: python -m neuropod.kserve.proto.compile"
 
 
 def test_our_messages_match_tritons_field_for_field() -> None:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from conftest import ADDITION_INPUTS, ADDITION_OUTPUTS
-from neuropod import InputValidationError, SpecError, load_neuropod
+from neuropod import InputValidationError, ModelClosedError, ModelNotReadyError, OptionError, SpecError, load_neuropod
 from neuropod.loader import load_neuropod as legacy_import_path
 from neuropod.packagers import create_placeholder_neuropod
 
@@ -54,8 +54,10 @@ def test_neuropod_api_surface(tmp_path):
         assert model.inputs == ADDITION_INPUTS
         assert model.outputs == ADDITION_OUTPUTS
         assert isinstance(model.inputs[0]["shape"], list)
-    with pytest.raises(InputValidationError, match="closed"):
+    with pytest.raises(ModelClosedError, match="'addition' is closed") as closed:
         model.infer({})
+    # A closed model is unavailable (503 / UNAVAILABLE from a server), not a bad request (400).
+    assert isinstance(closed.value, ModelNotReadyError) and not isinstance(closed.value, InputValidationError)
 
 
 def test_validation_can_be_turned_off(tmp_path):
@@ -70,3 +72,40 @@ def test_inputs_must_be_a_dict(tmp_path):
     path = create_placeholder_neuropod(tmp_path / "m", "addition", ADDITION_INPUTS, ADDITION_OUTPUTS)
     with load_neuropod(path) as model, pytest.raises(InputValidationError, match="expected a dict"):
         model.infer([np.zeros((2, 2), np.float32)])
+
+
+@pytest.fixture
+def addition(tmp_path):
+    return create_placeholder_neuropod(tmp_path / "m.zip", "addition", ADDITION_INPUTS, ADDITION_OUTPUTS)
+
+
+def test_an_unknown_option_is_refused_by_name_with_the_valid_ones(addition):
+    with pytest.raises(OptionError, match="unknown option 'definitely_not_an_option'; valid options: environment, "):
+        load_neuropod(addition, definitely_not_an_option=1)
+
+
+@pytest.mark.parametrize("option", [{"workers": 2}, {"timeout": 5}, {"python_executable": "/usr/bin/python3"}])
+def test_out_of_process_options_without_use_ope_are_refused_with_the_reason(addition, option):
+    with pytest.raises(OptionError, match=f"option {next(iter(option))!r} does not apply here: .*use_ope=True"):
+        load_neuropod(addition, **option)
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ({"visible_gpu": -1}, "option 'visible_gpu': expected None or a non-negative int, got -1"),
+        ({"use_ope": "yes"}, "option 'use_ope': expected True or False, got 'yes'"),
+        ({"verify_manifest": 0}, "option 'verify_manifest': expected True or False, got 0"),
+        ({"intra_op_threads": 0}, "option 'intra_op_threads': expected None or a positive int, got 0"),
+        ({"isolation": "vm"}, "option 'isolation': expected one of None, 'process', 'sandbox', 'container'"),
+        ({"environment": 3}, "option 'environment': expected None or a path"),
+    ],
+)
+def test_option_values_are_checked(addition, option, message):
+    with pytest.raises(OptionError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_neuropod(addition, **option)
+
+
+def test_environment_and_isolation_are_accepted(addition):
+    with load_neuropod(addition, environment="current", isolation=None) as model:
+        assert model.infer({"x": np.zeros((1, 2), np.float32), "y": np.zeros((1, 2), np.float32)})["out"].shape[0] == 1

@@ -14,9 +14,18 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Tuple, Type
 
 from ..errors import BackendNotFoundError, FrameworkNotInstalledError
+from ..executors.options import OptionTable
 from .base import Backend, BackendOptions
 
-__all__ = ["Backend", "BackendOptions", "BackendInfo", "BUILTIN_BACKENDS", "get_backend_class", "known_platforms"]
+__all__ = [
+    "Backend",
+    "BackendOptions",
+    "BackendInfo",
+    "BUILTIN_BACKENDS",
+    "backend_option_table",
+    "get_backend_class",
+    "known_platforms",
+]
 
 ENTRY_POINT_GROUP = "neuropod.backends"
 
@@ -29,11 +38,14 @@ class BackendInfo:
         target: ``module:Class`` of the backend.
         requires: top-level modules that must be importable (the framework).
         extra: the pip extra that installs them.
+        options: the backend's own ``load_neuropod`` options (declared here,
+            so they are checked without importing the framework).
     """
 
     target: str
     requires: Tuple[str, ...] = ()
     extra: Optional[str] = None
+    options: OptionTable = ()
 
 
 BUILTIN_BACKENDS: Dict[str, BackendInfo] = {
@@ -90,3 +102,15 @@ def get_backend_class(platform: str) -> Type[Backend]:
                 f"install it with: pip install 'neuropod[{info.extra}]'"
             )
     return _import_target(info.target)
+
+
+def backend_option_table(platform: str) -> OptionTable:
+    """The ``load_neuropod`` options of ``platform``'s backend.
+
+    A built-in backend declares them in :data:`BUILTIN_BACKENDS` (no import);
+    a third-party backend in its class attribute ``OPTIONS``, read by importing it.
+    """
+    info = BUILTIN_BACKENDS.get(platform)
+    if info is not None:
+        return info.options
+    return tuple(getattr(get_backend_class(platform), "OPTIONS", ()))

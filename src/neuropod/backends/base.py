@@ -9,13 +9,15 @@ It returns numpy arrays (strings as unicode arrays); the caller validates them.
 from __future__ import annotations
 
 import abc
+import dataclasses
+import json
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..errors import InputValidationError
+from ..errors import InputValidationError, OptionError
 from ..package import Package
 
 __all__ = [
@@ -46,6 +48,21 @@ class BackendOptions:
     intra_op_threads: Optional[int] = None
     inter_op_threads: Optional[int] = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """These options as JSON, to hand to a worker process (:meth:`from_json` reads them back).
+
+        Raises:
+            OptionError: a backend option is not JSON-serialisable.
+        """
+        try:
+            return json.dumps(dataclasses.asdict(self))
+        except (TypeError, ValueError) as exc:
+            raise OptionError(f"backend options for a worker must be JSON-serialisable: {exc}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> BackendOptions:
+        return cls(**json.loads(text))
 
 
 class Backend(abc.ABC):

@@ -1,11 +1,11 @@
 """Run a model in worker processes, with tensors in shared memory.
 
 ``load_neuropod(path, use_ope=True, **options)`` builds an
-:class:`OutOfProcessExecutor`; the options it understands are listed on
-:class:`~neuropod.ope.options.OpeOptions` (``workers``, ``spin_us``,
+:class:`OutOfProcessExecutor`; the options it understands are the table
+:data:`~neuropod.ope.options.OPE_OPTIONS` (``workers``, ``spin_us``,
 ``cpu_affinity``, ``python_executable``, ``timeout``, ``restart_policy``,
-``start_timeout``, ``shm_dir``, ``shm_cache_bytes``, ``worker_env``); every
-other option goes to the backend inside the worker and must be JSON-serialisable.
+``start_timeout``, ``shm_dir``, ``shm_cache_bytes``, ``worker_env``); the
+backend's options go to the backend inside each worker as JSON.
 
 Copies: an input is copied once into shared memory, or not at all when it
 came from :meth:`OutOfProcessExecutor.allocate` (or ``seal``); an output is
@@ -19,7 +19,6 @@ the control message, which costs less than a segment's bookkeeping.
 from __future__ import annotations
 
 import functools
-import json
 import threading
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..backends import BackendOptions
-from ..errors import InputValidationError, OptionError, WorkerCrashedError
+from ..errors import InputValidationError, ModelClosedError, WorkerCrashedError
 from ..ope import wire
 from ..ope.client import WorkerProcess
 from ..ope.options import OpeOptions
@@ -54,26 +53,17 @@ class OutOfProcessExecutor(Executor):
 
     Args:
         package: the opened (verified, extracted) package.
-        options: backend options; OPE options are taken out of ``extra``.
+        options: the backend's options, handed to the in-process executor in each worker.
+        ope_options: how the workers run.
 
     Raises:
         OptionError: a bad OPE option, or backend options that cannot be sent to a worker.
         WorkerCrashedError / the worker's load error: a worker failed to load the model.
     """
 
-    def __init__(self, package: Package, options: BackendOptions) -> None:
-        self.options, backend_extra = OpeOptions.split(options.extra)
-        try:
-            backend_json = json.dumps(
-                {
-                    "visible_gpu": options.visible_gpu,
-                    "intra_op_threads": options.intra_op_threads,
-                    "inter_op_threads": options.inter_op_threads,
-                    "extra": backend_extra,
-                }
-            )
-        except (TypeError, ValueError) as exc:
-            raise OptionError(f"backend options for a worker must be JSON-serialisable: {exc}") from None
+    def __init__(self, package: Package, options: BackendOptions, ope_options: Optional[OpeOptions] = None) -> None:
+        self.options = ope_options or OpeOptions()
+        backend_json = options.to_json()
         self.model_name = package.config.name
         self._closed = False
         self.workers: List[WorkerProcess] = []
@@ -110,7 +100,7 @@ class OutOfProcessExecutor(Executor):
 
     def infer(self, inputs: TensorDict) -> TensorDict:
         if self._closed:
-            raise InputValidationError(f"model {self.model_name!r} is closed")
+            raise ModelClosedError(f"model {self.model_name!r} is closed")
         with self._idle_lock:
             if not self._idle:
                 self._waiting += 1

@@ -19,34 +19,68 @@ import json
 import socket
 import ssl
 import threading
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 from urllib.parse import quote, urlsplit
 
-from ..errors import (
-    AuthenticationError,
-    InputValidationError,
-    ModelNotFoundError,
-    ModelNotReadyError,
-    NeuropodError,
-    RemoteError,
-    RequestTooLargeError,
-    SpecError,
-)
+from ..errors import InputValidationError, NeuropodError, OptionError, RemoteError
+from ..kserve import BINARY_EXTENSION, DEFAULT_MAX_MESSAGE_BYTES, HEADER_LENGTH_HEADER, rest
+from ..kserve.datatypes import DATATYPE_TO_DTYPE, datatype_of, decode_contents, decode_raw, encode_raw
+from ..kserve.status import error_class_for_grpc, error_class_for_http
 from ..spec import ProblemDefinition, TensorSpec
 from .base import Executor, TensorDict
+from .options import Option, OptionTable, any_value, flag
 
-if TYPE_CHECKING:
-    from ..loader import Neuropod
-
-__all__ = ["RemoteExecutor", "RemoteModelInfo", "load_remote", "parse_model_url"]
+__all__ = ["RemoteExecutor", "RemoteModelInfo", "REMOTE_OPTIONS", "REMOTE_REFUSED", "parse_model_url"]
 
 _DEFAULT_TIMEOUT_S = 60.0
-_DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-_BINARY_EXTENSION = "binary_tensor_data"
-_HEADER_LENGTH_HEADER = "Inference-Header-Content-Length"
+
+
+def _positive_seconds(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise OptionError(f"option {name!r}: expected a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _positive_bytes(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise OptionError(f"option {name!r}: expected a positive number of bytes, got {value!r}")
+    return value
+
+
+def _optional_text(name: str, value: Any) -> Optional[str]:
+    if value is not None and not isinstance(value, str):
+        raise OptionError(f"option {name!r}: expected None or a string, got {type(value).__name__}")
+    return value  # type: ignore[no-any-return]
+
+
+def _optional_flag(name: str, value: Any) -> Optional[bool]:
+    return None if value is None else flag(name, value)
+
+
+#: The options of a model loaded from a URL.
+REMOTE_OPTIONS: OptionTable = (
+    Option("validate", "check inputs and outputs against the spec from the server's metadata", True, flag),
+    Option("token", "bearer token sent with every call", None, _optional_text),
+    Option("timeout", "seconds one call may take", _DEFAULT_TIMEOUT_S, _positive_seconds),
+    Option("root_certificates", "PEM bytes or a PEM file to trust for grpcs:// and https://", None, any_value),
+    Option("max_message_bytes", "largest gRPC message sent or received", DEFAULT_MAX_MESSAGE_BYTES, _positive_bytes),
+    Option("binary", "REST: send raw tensors (None: when the server lists the extension)", None, _optional_flag),
+)
+
+_SERVER_DECIDES = "the server decides how its models run (neuropod serve and its model settings)"
+
+#: Options of local models that mean nothing for a remote one, with the reason.
+REMOTE_REFUSED: Dict[str, str] = {
+    "visible_gpu": f"the server chooses the device; {_SERVER_DECIDES}",
+    "verify_manifest": "the server verifies its own packages when it loads them",
+    "intra_op_threads": f"thread settings are the server's; {_SERVER_DECIDES}",
+    "inter_op_threads": f"thread settings are the server's; {_SERVER_DECIDES}",
+    "use_ope": _SERVER_DECIDES,
+    "environment": _SERVER_DECIDES,
+    "isolation": _SERVER_DECIDES,
+}
 
 
 @dataclass(frozen=True)
@@ -64,13 +98,13 @@ def parse_model_url(url: str) -> Tuple[str, str, int, str, str]:
     """``(scheme, host, port, model, version)`` of a ``grpc://host:port/model[/versions/N]`` URL."""
     parts = urlsplit(url)
     if parts.scheme not in ("grpc", "grpcs", "http", "https"):
-        raise SpecError(f"{url}: expected a grpc://, grpcs://, http:// or https:// URL")
+        raise OptionError(f"{url}: expected a grpc://, grpcs://, http:// or https:// URL")
     if not parts.hostname:
-        raise SpecError(f"{url}: no host")
+        raise OptionError(f"{url}: no host")
     try:
         port = parts.port
     except ValueError:
-        raise SpecError(f"{url}: the port is not a number") from None
+        raise OptionError(f"{url}: the port is not a number") from None
     if port is None:
         port = {"grpc": 8001, "grpcs": 8001, "http": 8000, "https": 443}[parts.scheme]
     segments = [s for s in parts.path.split("/") if s]
@@ -79,13 +113,11 @@ def parse_model_url(url: str) -> Tuple[str, str, int, str, str]:
     elif len(segments) == 3 and segments[1] == "versions":
         model, version = segments[0], segments[2]
     else:
-        raise SpecError(f"{url}: expected the path /MODEL or /MODEL/versions/VERSION, got {parts.path or '/'!r}")
+        raise OptionError(f"{url}: expected the path /MODEL or /MODEL/versions/VERSION, got {parts.path or '/'!r}")
     return parts.scheme, parts.hostname, port, model, version
 
 
 def _spec_from_metadata(tensors: List[Dict[str, Any]], where: str) -> List[TensorSpec]:
-    from ..serving.datatypes import DATATYPE_TO_DTYPE
-
     specs = []
     for tensor in tensors:
         dtype = DATATYPE_TO_DTYPE.get(tensor["datatype"])
@@ -94,24 +126,6 @@ def _spec_from_metadata(tensors: List[Dict[str, Any]], where: str) -> List[Tenso
         shape = tuple(None if int(d) < 0 else int(d) for d in tensor["shape"])
         specs.append(TensorSpec(tensor["name"], dtype, shape))
     return specs
-
-
-# -- errors the server answered with, back into the exception tree ----------------
-
-_GRPC_ERRORS = {
-    "INVALID_ARGUMENT": InputValidationError,
-    "NOT_FOUND": ModelNotFoundError,
-    "UNAVAILABLE": ModelNotReadyError,
-    "UNAUTHENTICATED": AuthenticationError,
-    "RESOURCE_EXHAUSTED": RequestTooLargeError,
-}
-_HTTP_ERRORS = {
-    400: InputValidationError,
-    401: AuthenticationError,
-    404: ModelNotFoundError,
-    413: RequestTooLargeError,
-    503: ModelNotReadyError,
-}
 
 
 def _remote_error(cls: type, where: str, message: str) -> NeuropodError:
@@ -126,23 +140,23 @@ class _GrpcTransport:
     def __init__(self, scheme: str, host: str, port: int, options: Mapping[str, Any]) -> None:
         import grpc
 
-        from ..serving import proto
+        from ..kserve import proto
 
         self._grpc = grpc
         self._proto = proto
         self.where = f"{scheme}://{host}:{port}"
-        limit = int(options.get("max_message_bytes", _DEFAULT_MAX_MESSAGE_BYTES))
+        limit = options["max_message_bytes"]
         channel_options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
         target = f"{host}:{port}"
         if scheme == "grpcs":
-            root = options.get("root_certificates")
+            root = options["root_certificates"]
             credentials = grpc.ssl_channel_credentials(_read_bytes(root) if root is not None else None)
             self._channel = grpc.secure_channel(target, credentials, options=channel_options)
         else:
             self._channel = grpc.insecure_channel(target, options=channel_options)
-        token = options.get("token")
+        token = options["token"]
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
-        self._timeout = float(options.get("timeout", _DEFAULT_TIMEOUT_S))
+        self._timeout = options["timeout"]
         self._methods: Dict[str, Any] = {}
         for method, request_class, response_class in (
             ("ModelReady", proto.ModelReadyRequest, proto.ModelReadyResponse),
@@ -160,7 +174,7 @@ class _GrpcTransport:
             return self._methods[method](request, timeout=self._timeout, metadata=self._metadata)
         except self._grpc.RpcError as exc:
             code = exc.code().name if exc.code() is not None else "UNKNOWN"
-            cls = _GRPC_ERRORS.get(code, RemoteError)
+            cls = error_class_for_grpc(code)
             if code == "UNAVAILABLE" and "connect" in (exc.details() or "").lower():
                 cls = RemoteError  # the server itself is unreachable, not a model that is not ready
             if code == "DEADLINE_EXCEEDED":
@@ -187,8 +201,6 @@ class _GrpcTransport:
         return bool(self._call("ModelReady", self._proto.ModelReadyRequest(name=model, version=version)).ready)
 
     def infer(self, model: str, version: str, inputs: TensorDict) -> TensorDict:
-        from ..serving.datatypes import datatype_of, decode_contents, decode_raw, encode_raw
-
         request = self._proto.ModelInferRequest(model_name=model, model_version=version)
         for name, array in inputs.items():
             request.inputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
@@ -214,20 +226,20 @@ class _HttpTransport:
     def __init__(self, scheme: str, host: str, port: int, options: Mapping[str, Any]) -> None:
         self.where = f"{scheme}://{host}:{port}"
         self._host, self._port = host, port
-        self._timeout = float(options.get("timeout", _DEFAULT_TIMEOUT_S))
+        self._timeout = options["timeout"]
         self._ssl: Optional[ssl.SSLContext] = None
         if scheme == "https":
-            root = options.get("root_certificates")
+            root = options["root_certificates"]
             self._ssl = ssl.create_default_context()
             if root is not None:
                 self._ssl.load_verify_locations(cadata=_read_bytes(root).decode("ascii"))
-        token = options.get("token")
+        token = options["token"]
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         # One connection per thread: http.client connections are not thread-safe.
         self._local = threading.local()
         self._connections: List[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
-        binary = options.get("binary")
+        binary = options["binary"]
         self._binary = bool(binary) if binary is not None else self._server_has_binary_extension()
 
     def _connection(self) -> http.client.HTTPConnection:
@@ -281,7 +293,7 @@ class _HttpTransport:
             message = json.loads(data)["error"]
         except (ValueError, KeyError, TypeError):
             message = data[:200].decode("utf-8", "replace")
-        cls = _HTTP_ERRORS.get(status, RemoteError)
+        cls = error_class_for_http(status)
         raise _remote_error(cls, self.where, f"HTTP {status}: {message}")
 
     def _server_has_binary_extension(self) -> bool:
@@ -289,7 +301,7 @@ class _HttpTransport:
         if status >= 400:
             return False
         try:
-            return _BINARY_EXTENSION in json.loads(data).get("extensions", [])
+            return BINARY_EXTENSION in json.loads(data).get("extensions", [])
         except (ValueError, AttributeError):
             return False
 
@@ -315,50 +327,20 @@ class _HttpTransport:
         return status == 200
 
     def infer(self, model: str, version: str, inputs: TensorDict) -> TensorDict:
-        from ..serving.datatypes import datatype_of, decode_json, decode_raw, encode_raw, json_values
-
-        tensors = []
-        chunks = []
-        for name, array in inputs.items():
-            entry: Dict[str, Any] = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
-            if self._binary:
-                chunk = encode_raw(array)
-                chunks.append(chunk)
-                entry["parameters"] = {"binary_data_size": len(chunk)}
-            else:
-                entry["data"] = json_values(array)
-            tensors.append(entry)
-        document: Dict[str, Any] = {"inputs": tensors}
+        entries, chunks = rest.encode_tensors(inputs, lambda name: self._binary)
+        document: Dict[str, Any] = {"inputs": entries}
         if self._binary:
             document["parameters"] = {"binary_data_output": True}
-        header = json.dumps(document).encode("utf-8")
-        headers = {"Content-Type": "application/octet-stream" if chunks else "application/json"}
-        if chunks:
-            headers[_HEADER_LENGTH_HEADER] = str(len(header))
+        body, headers = rest.join_body(document, chunks)
         status, response_headers, data = self._request(
-            "POST", self._model_path(model, version) + "/infer", b"".join([header, *chunks]), headers
+            "POST", self._model_path(model, version) + "/infer", body, headers
         )
         self._checked(status, data)
         try:
-            length = int(response_headers.get(_HEADER_LENGTH_HEADER.lower(), len(data)))
-            answer = json.loads(data[:length])
-            tail = memoryview(data)[length:]
-            outputs = {}
-            offset = 0
-            for tensor in answer["outputs"]:
-                size = (tensor.get("parameters") or {}).get("binary_data_size")
-                if size is not None:
-                    outputs[tensor["name"]] = decode_raw(
-                        tensor["datatype"], tensor["shape"], tail[offset : offset + size], tensor["name"]
-                    )
-                    offset += size
-                else:
-                    outputs[tensor["name"]] = decode_json(
-                        tensor["datatype"], tensor["shape"], tensor["data"], tensor["name"]
-                    )
-        except (InputValidationError, ValueError, KeyError, TypeError) as exc:
+            answer, tail = rest.split_body(data, response_headers.get(HEADER_LENGTH_HEADER.lower()))
+            return rest.decode_tensors(answer.get("outputs"), tail, "output")
+        except InputValidationError as exc:
             raise RemoteError(f"{self.where}: malformed response from the server: {exc}") from None
-        return outputs
 
     def close(self) -> None:
         with self._lock:
@@ -378,12 +360,54 @@ Transport = Union[_GrpcTransport, _HttpTransport]
 
 
 class RemoteExecutor(Executor):
-    """Runs a model on a KServe v2 server; inputs and outputs travel as raw tensors."""
+    """Runs a model on a KServe v2 server; inputs and outputs travel as raw tensors.
 
-    def __init__(self, transport: Transport, model: str, version: str) -> None:
+    Build one with :meth:`connect`, which reads the model's metadata.
+
+    Attributes:
+        name: the model's name as the server reports it.
+        platform: its platform as the server reports it (``"remote"`` when it says none).
+        problem: its problem definition, from the metadata.
+    """
+
+    def __init__(
+        self, transport: Transport, model: str, version: str, info: Optional[RemoteModelInfo] = None
+    ) -> None:
         self._transport = transport
         self.model = model
         self.version = version
+        info = info or RemoteModelInfo(model, "", [], [], [])
+        self.name = info.name or model
+        self.platform = info.platform or "remote"
+        self.problem = ProblemDefinition(
+            tuple(_spec_from_metadata(info.inputs, "input")), tuple(_spec_from_metadata(info.outputs, "output"))
+        )
+
+    @classmethod
+    def connect(cls, url: str, options: Mapping[str, Any]) -> RemoteExecutor:
+        """Connect to the model served at ``url`` and read its metadata.
+
+        Args:
+            url: ``grpc://host:port/model``, ``http://host:port/model`` (or
+                ``grpcs://``/``https://``), optionally ending ``/versions/N``.
+            options: every option of :data:`REMOTE_OPTIONS`, checked.
+
+        Raises:
+            OptionError: a malformed URL.
+            ModelNotFoundError: the server has no such model.
+            RemoteError: the server cannot be reached or answers nonsense.
+        """
+        scheme, host, port, model, version = parse_model_url(url)
+        transport: Transport
+        if scheme in ("grpc", "grpcs"):
+            transport = _GrpcTransport(scheme, host, port, options)
+        else:
+            transport = _HttpTransport(scheme, host, port, options)
+        try:
+            return cls(transport, model, version, transport.metadata(model, version))
+        except BaseException:
+            transport.close()
+            raise
 
     def infer(self, inputs: TensorDict) -> TensorDict:
         outputs = self._transport.infer(self.model, self.version, inputs)
@@ -398,55 +422,3 @@ class RemoteExecutor(Executor):
 
     def close(self) -> None:
         self._transport.close()
-
-
-_KNOWN_OPTIONS = ("token", "timeout", "root_certificates", "max_message_bytes", "binary")
-
-
-def load_remote(url: str, validate: bool = True, **options: Any) -> Neuropod:
-    """A :class:`~neuropod.loader.Neuropod` for a model served at ``url``.
-
-    Args:
-        url: ``grpc://host:port/model``, ``http://host:port/model`` (or
-            ``grpcs://``/``https://``), optionally ending ``/versions/N``.
-        validate: check inputs and outputs against the spec from the metadata.
-        **options: ``token`` (bearer token), ``timeout`` (seconds per call,
-            default 60), ``root_certificates`` (PEM bytes or file for TLS),
-            ``max_message_bytes`` (gRPC, default 256 MiB), ``binary`` (REST:
-            send raw tensors; default: when the server lists the
-            ``binary_tensor_data`` extension).
-
-    Raises:
-        ModelNotFoundError: the server has no such model.
-        RemoteError: the server cannot be reached or answers nonsense.
-    """
-    from ..loader import Neuropod
-
-    unknown = sorted(set(options) - set(_KNOWN_OPTIONS))
-    if unknown:
-        raise SpecError(
-            f"remote model {url}: unknown option(s) {', '.join(unknown)}; expected {', '.join(_KNOWN_OPTIONS)}"
-        )
-    scheme, host, port, model, version = parse_model_url(url)
-    transport: Transport
-    if scheme in ("grpc", "grpcs"):
-        transport = _GrpcTransport(scheme, host, port, options)
-    else:
-        transport = _HttpTransport(scheme, host, port, options)
-    try:
-        info = transport.metadata(model, version)
-        problem = ProblemDefinition(
-            tuple(_spec_from_metadata(info.inputs, "input")), tuple(_spec_from_metadata(info.outputs, "output"))
-        )
-    except BaseException:
-        transport.close()
-        raise
-    if validate and not info.inputs:
-        warnings.warn(
-            f"remote model {url}: the server declares no input tensors, so requests are not validated here",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        validate = False
-    executor = RemoteExecutor(transport, model, version)
-    return Neuropod(executor, info.name or model, info.platform or "remote", problem, package=None, validate=validate)

@@ -36,7 +36,7 @@ import struct
 import time
 from typing import Callable, Deque, List, Optional, Sequence, Tuple
 
-from ..errors import WireFormatError
+from ..errors import ChannelClosed, ChannelTimeout, WireFormatError
 from . import wire
 
 __all__ = ["Channel", "ChannelClosed", "ChannelTimeout", "POLL_SLICE_S", "MAILBOX_BYTES"]
@@ -61,14 +61,6 @@ MAILBOX_BYTES = 2 * _BOX_BYTES
 _ON_SOCKET = 2**64 - 1
 _DOORBELL = b"!"
 _MESSAGES_IN_MAILBOX = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
-
-
-class ChannelClosed(Exception):
-    """The peer closed its end (it exited or crashed)."""
-
-
-class ChannelTimeout(Exception):
-    """No message arrived within the timeout."""
 
 
 def _close_all(fds: Sequence[int]) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 from ..errors import OptionError
+from ..executors.options import Option, OptionTable, one_of
 from .shm import DEFAULT_SHM_DIR
 
-__all__ = ["OpeOptions", "RESTART_POLICIES"]
+__all__ = ["OpeOptions", "OPE_OPTIONS", "RESTART_POLICIES"]
 
 #: ``always``: a worker that died or hung is replaced on the next call;
 #: ``never``: the model stays broken and every later call raises WorkerCrashedError.
@@ -56,53 +57,9 @@ class OpeOptions:
     worker_env: Tuple[Tuple[str, str], ...] = ()
 
     @classmethod
-    def split(cls, extra: Mapping[str, Any]) -> Tuple[OpeOptions, Dict[str, Any]]:
-        """Take the OPE options out of ``extra``; return them and what is left for the backend.
-
-        Raises:
-            OptionError: an option has a wrong type or value (named in the message).
-        """
-        rest = dict(extra)
-        values: Dict[str, Any] = {}
-        if "workers" in rest:
-            values["workers"] = _positive_int("workers", rest.pop("workers"))
-        if "spin_us" in rest:
-            values["spin_us"] = _non_negative("spin_us", rest.pop("spin_us"))
-        if "cpu_affinity" in rest:
-            values["cpu_affinity"] = _affinity(rest.pop("cpu_affinity"))
-        if "python_executable" in rest:
-            executable = os.fspath(rest.pop("python_executable"))
-            if not os.access(executable, os.X_OK):
-                raise OptionError(f"python_executable: {executable!r} is not an executable file")
-            values["python_executable"] = executable
-        if "timeout" in rest:
-            timeout = rest.pop("timeout")
-            values["timeout"] = None if timeout is None else _positive("timeout", timeout)
-        if "restart_policy" in rest:
-            policy = rest.pop("restart_policy")
-            if policy not in RESTART_POLICIES:
-                raise OptionError(f"restart_policy: expected one of {', '.join(RESTART_POLICIES)}, got {policy!r}")
-            values["restart_policy"] = policy
-        if "start_timeout" in rest:
-            values["start_timeout"] = _positive("start_timeout", rest.pop("start_timeout"))
-        if "shm_dir" in rest:
-            shm_dir = os.fspath(rest.pop("shm_dir"))
-            if not os.path.isdir(shm_dir):
-                raise OptionError(f"shm_dir: {shm_dir!r} is not a directory")
-            values["shm_dir"] = shm_dir
-        if "shm_cache_bytes" in rest:
-            cache = rest.pop("shm_cache_bytes")
-            if not isinstance(cache, int) or isinstance(cache, bool) or cache < 0:
-                raise OptionError(f"shm_cache_bytes: expected a non-negative int, got {cache!r}")
-            values["shm_cache_bytes"] = cache
-        if "worker_env" in rest:
-            env = rest.pop("worker_env") or {}
-            if not isinstance(env, Mapping) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-            ):
-                raise OptionError("worker_env: expected a dict of str -> str")
-            values["worker_env"] = tuple(sorted(env.items()))
-        return cls(**values), rest
+    def from_values(cls, values: Mapping[str, Any]) -> OpeOptions:
+        """The OPE options among checked ``load_neuropod`` option values (see :data:`OPE_OPTIONS`)."""
+        return cls(**{option.name: values[option.name] for option in OPE_OPTIONS if option.name in values})
 
     def cpus_of_worker(self, index: int) -> Tuple[int, ...]:
         if not self.cpu_affinity:
@@ -135,7 +92,7 @@ def _cpu_set(value: Any) -> Tuple[int, ...]:
     return cpus
 
 
-def _affinity(value: Any) -> Optional[Tuple[Tuple[int, ...], ...]]:
+def _affinity(name: str, value: Any) -> Optional[Tuple[Tuple[int, ...], ...]]:
     if value is None:
         return None
     try:
@@ -145,3 +102,51 @@ def _affinity(value: Any) -> Optional[Tuple[Tuple[int, ...], ...]]:
     if items and all(isinstance(item, int) for item in items):
         return (_cpu_set(items),)
     return tuple(_cpu_set(item) if not isinstance(item, int) else (item,) for item in items) or None
+
+
+def _executable(name: str, value: Any) -> str:
+    executable = os.fspath(value)
+    if not os.access(executable, os.X_OK):
+        raise OptionError(f"python_executable: {executable!r} is not an executable file")
+    return executable
+
+
+def _optional_timeout(name: str, value: Any) -> Optional[float]:
+    return None if value is None else _positive(name, value)
+
+
+def _directory(name: str, value: Any) -> str:
+    path = os.fspath(value)
+    if not os.path.isdir(path):
+        raise OptionError(f"{name}: {path!r} is not a directory")
+    return path
+
+
+def _non_negative_int(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise OptionError(f"{name}: expected a non-negative int, got {value!r}")
+    return value
+
+
+def _environment_variables(name: str, value: Any) -> Tuple[Tuple[str, str], ...]:
+    env = value or {}
+    if not isinstance(env, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise OptionError(f"{name}: expected a dict of str -> str")
+    return tuple(sorted(env.items()))
+
+
+_DEFAULTS = OpeOptions()
+
+#: The options of out-of-process execution (``use_ope=True``); the fields of :class:`OpeOptions`.
+OPE_OPTIONS: OptionTable = (
+    Option("workers", "worker processes serving the model", _DEFAULTS.workers, _positive_int),
+    Option("spin_us", "microseconds to busy-poll for the next message", _DEFAULTS.spin_us, _non_negative),
+    Option("cpu_affinity", "CPUs to pin workers to (a list, or a list per worker)", None, _affinity),
+    Option("python_executable", "the interpreter that runs the workers", _DEFAULTS.python_executable, _executable),
+    Option("timeout", "seconds one call may take (None: no limit)", None, _optional_timeout),
+    Option("restart_policy", "'always' or 'never' replace a dead worker", "always", one_of(*RESTART_POLICIES)),
+    Option("start_timeout", "seconds a worker may take to load the model", _DEFAULTS.start_timeout, _positive),
+    Option("shm_dir", "directory of the shared-memory filesystem", _DEFAULTS.shm_dir, _directory),
+    Option("shm_cache_bytes", "idle shared memory kept for reuse", _DEFAULTS.shm_cache_bytes, _non_negative_int),
+    Option("worker_env", "extra environment variables for the workers", (), _environment_variables),
+)

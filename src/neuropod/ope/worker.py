@@ -17,23 +17,26 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import mmap
 import os
 import signal
 import socket
 import sys
 import traceback
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import OutputValidationError, WireFormatError
+from ..executors.base import Executor
 from ..spec import SpecValidator
 from . import wire
 from .channel import MAILBOX_BYTES, Channel, ChannelClosed
 from .shm import PeerSegments, Segment, SegmentPool
 from .tensors import InlineArea, read_tensor, write_tensor
+
+if TYPE_CHECKING:
+    from ..executors.inprocess import InProcessExecutor
 
 __all__ = ["main", "describe_exception", "set_parent_death_signal"]
 
@@ -61,7 +64,7 @@ class _Server:
     def __init__(
         self,
         channel: Channel,
-        backend: object,
+        model: Executor,
         shm_dir: str,
         cache_bytes: int,
         spin_ns: int,
@@ -69,7 +72,7 @@ class _Server:
         output_validator: Optional[SpecValidator] = None,
     ) -> None:
         self.channel = channel
-        self.backend = backend
+        self.model = model
         self.output_validator = output_validator
         self.spin_ns = spin_ns
         self.parent_pid = parent_pid
@@ -134,7 +137,7 @@ class _Server:
                 memory = self.peer.get(ref.segment)
                 inputs[ref.name] = read_tensor(ref, memory)
                 input_refs[id(memory)] = ref
-        outputs = self.backend.infer(inputs)  # type: ignore[attr-defined]
+        outputs = self.model.infer(inputs)
         del inputs
         reply = wire.Message(wire.Kind.RESULT, message.request_id)
         fds: List[int] = []
@@ -231,21 +234,18 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _load_backend(package_dir: str, options_json: str) -> Tuple[object, SpecValidator]:
-    """The model's backend, and the validator of its outputs (for outputs that cannot cross)."""
-    from ..backends import BackendOptions, get_backend_class
+def _load_model(package_dir: str, options_json: str) -> Tuple[InProcessExecutor, SpecValidator]:
+    """The model, through the same in-process executor a parent uses, and its output validator.
+
+    (The validator names outputs that cannot cross to the parent.)
+    """
+    from ..backends import BackendOptions
+    from ..executors.inprocess import InProcessExecutor
     from ..package import open_package
 
-    options = json.loads(options_json)
     package = open_package(package_dir, verify=False)  # the parent verified it
-    backend_options = BackendOptions(
-        visible_gpu=options.get("visible_gpu"),
-        intra_op_threads=options.get("intra_op_threads"),
-        inter_op_threads=options.get("inter_op_threads"),
-        extra=options.get("extra", {}),
-    )
-    backend = get_backend_class(package.config.platform)(package, backend_options)
-    return backend, SpecValidator(package.config.output_spec, "output")
+    executor = InProcessExecutor(package, BackendOptions.from_json(options_json))
+    return executor, SpecValidator(package.config.output_spec, "output")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -261,22 +261,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.cpus:
         os.sched_setaffinity(0, {int(cpu) for cpu in args.cpus.split(",")})
     try:
-        backend, output_validator = _load_backend(args.package, args.options)
+        model, output_validator = _load_model(args.package, args.options)
     except Exception as exc:
         channel.send(wire.Message(wire.Kind.LOAD_FAILED, texts=describe_exception(exc)))
         return 1
     hello = [str(os.getpid()), sys.version.split()[0], np.__version__]
     channel.send(wire.Message(wire.Kind.HELLO, texts=hello))
     server = _Server(
-        channel, backend, args.shm_dir, args.cache_bytes, int(args.spin_us * 1000), args.parent_pid, output_validator
+        channel, model, args.shm_dir, args.cache_bytes, int(args.spin_us * 1000), args.parent_pid, output_validator
     )
     try:
         server.serve()
     finally:
         server.close()
-        close = getattr(backend, "close", None)
-        if close is not None:
-            close()
+        model.close()
     return 0
 
 

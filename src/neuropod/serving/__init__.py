@@ -2,9 +2,10 @@
 
 Layout: :mod:`.dataplane` (protocol-neutral requests, health, metadata,
 inference), :mod:`.repository` (which models, loaded how), :mod:`.batching`,
-:mod:`.datatypes` (tensor wire formats), :mod:`.status` (exception class ->
-status), and the thin :mod:`.grpc_adapter` and :mod:`.rest_adapter` run by
-:mod:`.server`. Needs the ``serve`` extra (``pip install 'neuropod[serve]'``);
+and the thin :mod:`.grpc_adapter` and :mod:`.rest_adapter` run by
+:mod:`.server`. The protocol itself (tensor wire formats, REST framing, gRPC
+messages, exception class <-> status) is :mod:`neuropod.kserve`, shared with
+the remote client. Needs the ``serve`` extra (``pip install 'neuropod[serve]'``);
 importing this package alone imports none of it.
 """
 

@@ -20,12 +20,13 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ..errors import InputValidationError, ModelNotReadyError
+from ..kserve import EXTENSIONS
+from ..kserve.datatypes import DTYPE_TO_DATATYPE
+from ..kserve.status import status_for
 from ..spec import TensorSpec
 from .batching import DynamicBatcher
-from .datatypes import DTYPE_TO_DATATYPE
 from .metrics import ServerMetrics
 from .repository import ModelRepository, ServedModel
-from .status import status_for
 
 __all__ = [
     "InferRequest",
@@ -34,15 +35,12 @@ __all__ = [
     "ModelMetadata",
     "ServerMetadata",
     "DataPlane",
-    "EXTENSIONS",
     "SERVER_NAME",
 ]
 
 logger = logging.getLogger("neuropod.serving")
 
 SERVER_NAME = "neuropod"
-#: Protocol extensions the server implements (as listed in server metadata).
-EXTENSIONS = ("binary_tensor_data",)
 
 TensorDict = Dict[str, np.ndarray]
 

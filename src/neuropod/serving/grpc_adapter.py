@@ -1,6 +1,6 @@
 """The gRPC adapter: ``inference.GRPCInferenceService`` over the data plane.
 
-Messages come from :mod:`neuropod.serving.proto` (the project's own copy of
+Messages come from :mod:`neuropod.kserve.proto` (the project's own copy of
 the KServe v2 proto). Handlers are registered generically by method path, so
 no generated service stubs are needed. Outputs always go back as
 ``raw_output_contents`` (what Triton does, and what every v2 client reads).
@@ -19,10 +19,10 @@ from typing import Any, Callable, Dict, Optional
 import grpc
 
 from ..errors import AuthenticationError, InputValidationError
-from . import proto
+from ..kserve import proto
+from ..kserve.datatypes import datatype_of, decode_contents, decode_raw, encode_raw
+from ..kserve.status import status_for
 from .dataplane import DataPlane, InferRequest
-from .datatypes import datatype_of, decode_contents, decode_raw, encode_raw
-from .status import status_for
 
 __all__ = ["GrpcAdapter", "PROTOCOL"]
 

@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from ..errors import ModelNotFoundError, ModelNotReadyError, PackageError, SpecError
+from ..errors import ModelNotFoundError, ModelNotReadyError, OptionError, PackageError
 from ..loader import Neuropod, load_neuropod
 from ..package import layout, open_package
 from ..spec import SpecValidator
@@ -59,9 +59,9 @@ class ModelSettings:
 
     def __post_init__(self) -> None:
         if isinstance(self.max_batch_size, bool) or not isinstance(self.max_batch_size, int) or self.max_batch_size < 0:
-            raise SpecError(f"max_batch_size: expected a non-negative int, got {self.max_batch_size!r}")
+            raise OptionError(f"max_batch_size: expected a non-negative int, got {self.max_batch_size!r}")
         if not isinstance(self.max_queue_delay_ms, (int, float)) or self.max_queue_delay_ms < 0:
-            raise SpecError(f"max_queue_delay_ms: expected a non-negative number, got {self.max_queue_delay_ms!r}")
+            raise OptionError(f"max_queue_delay_ms: expected a non-negative number, got {self.max_queue_delay_ms!r}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "model settings") -> ModelSettings:
@@ -69,7 +69,7 @@ class ModelSettings:
         known = {"use_ope", "max_batch_size", "max_queue_delay_ms", "load_options"}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise SpecError(f"{where}: unknown setting(s) {', '.join(unknown)}; expected {', '.join(sorted(known))}")
+            raise OptionError(f"{where}: unknown setting(s) {', '.join(unknown)}; expected {', '.join(sorted(known))}")
         return cls(**dict(data))
 
 
@@ -105,7 +105,7 @@ class ServedModel:
         self.batch_symbol = _batch_symbol(neuropod)
         if self.settings.max_batch_size and self.batch_symbol is None:
             shapes = ", ".join(f"{s.name} {list(s.shape)}" for s in neuropod.problem.inputs + neuropod.problem.outputs)
-            raise SpecError(
+            raise OptionError(
                 f"model {name!r}: dynamic batching needs every input and output to start with the same "
                 f"batch symbol; its specs are: {shapes}"
             )
@@ -237,7 +237,7 @@ class ModelRepository:
         unknown = sorted(set(model_settings) - set(repository.names()))
         if unknown:
             repository.close()
-            raise SpecError(f"settings name model(s) the repository does not hold: {', '.join(unknown)}")
+            raise OptionError(f"settings name model(s) the repository does not hold: {', '.join(unknown)}")
         return repository
 
     def add(self, model: ServedModel) -> None:

@@ -26,97 +26,32 @@ from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Tupl
 from aiohttp import web
 
 from ..errors import AuthenticationError, InputValidationError, RequestTooLargeError
+from ..kserve import HEADER_LENGTH_HEADER, rest
+from ..kserve.status import status_for
 from .dataplane import DataPlane, InferRequest, InferResponse
-from .datatypes import datatype_of, decode_json, decode_raw, encode_raw, json_values
 from .metrics import CONTENT_TYPE_LATEST
-from .status import status_for
 
-__all__ = ["RestAdapter", "PROTOCOL", "HEADER_LENGTH_HEADER"]
+__all__ = ["RestAdapter", "PROTOCOL"]
 
 PROTOCOL = "rest"
-#: Length of the JSON part of a body that carries binary tensors after it.
-HEADER_LENGTH_HEADER = "Inference-Header-Content-Length"
-
-_JSON = "application/json"
-_BINARY = "application/octet-stream"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error(status: int, message: str) -> web.Response:
-    return web.Response(status=status, text=json.dumps({"error": message}), content_type=_JSON)
+    return web.Response(status=status, text=json.dumps({"error": message}), content_type=rest.JSON_CONTENT_TYPE)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, text=json.dumps(data), content_type=_JSON)
-
-
-def _parameters(obj: Mapping[str, Any], where: str) -> Mapping[str, Any]:
-    params = obj.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise InputValidationError(f"{where}: 'parameters' must be a JSON object")
-    return params
-
-
-def split_body(body: bytes, header_length: Optional[str]) -> Tuple[Dict[str, Any], memoryview]:
-    """The JSON part of an inference body and the binary tail after it."""
-    if header_length is None:
-        json_part, tail = body, memoryview(b"")
-    else:
-        try:
-            length = int(header_length)
-        except ValueError:
-            raise InputValidationError(f"{HEADER_LENGTH_HEADER}: expected an integer, got {header_length!r}") from None
-        if not 0 <= length <= len(body):
-            raise InputValidationError(f"{HEADER_LENGTH_HEADER} is {length}, but the body holds {len(body)} bytes")
-        json_part, tail = body[:length], memoryview(body)[length:]
-    try:
-        document = json.loads(json_part)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputValidationError(f"request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise InputValidationError("request body is nested too deeply") from None
-    if not isinstance(document, dict):
-        raise InputValidationError("request body must be a JSON object with 'inputs'")
-    return document, tail
+    return web.Response(status=status, text=json.dumps(data), content_type=rest.JSON_CONTENT_TYPE)
 
 
 def parse_infer_request(
     name: str, version: str, document: Mapping[str, Any], tail: memoryview
 ) -> Tuple[InferRequest, Dict[str, bool]]:
     """An :class:`InferRequest` and, per output to return, whether it goes back raw."""
-    raw_inputs = document.get("inputs")
-    if not isinstance(raw_inputs, list):
-        raise InputValidationError("request body: 'inputs' must be a list of tensors")
-    inputs = {}
-    offset = 0
-    for index, tensor in enumerate(raw_inputs):
-        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
-            raise InputValidationError(f"inputs[{index}]: expected an object with name, datatype, shape and data")
-        tensor_name = tensor["name"]
-        datatype, shape = tensor.get("datatype"), tensor.get("shape")
-        if not isinstance(datatype, str) or not isinstance(shape, list):
-            raise InputValidationError(
-                f"input {tensor_name!r}: 'datatype' (a string) and 'shape' (a list) are required"
-            )
-        if tensor_name in inputs:
-            raise InputValidationError(f"input {tensor_name!r} appears more than once")
-        size = _parameters(tensor, f"input {tensor_name!r}").get("binary_data_size")
-        if size is not None:
-            if isinstance(size, bool) or not isinstance(size, int) or size < 0 or offset + size > len(tail):
-                raise InputValidationError(
-                    f"input {tensor_name!r}: binary_data_size {size!r} does not fit the {len(tail) - offset} bytes left"
-                )
-            inputs[tensor_name] = decode_raw(datatype, shape, tail[offset : offset + size], tensor_name)
-            offset += size
-        elif "data" in tensor:
-            inputs[tensor_name] = decode_json(datatype, shape, tensor["data"], tensor_name)
-        else:
-            raise InputValidationError(f"input {tensor_name!r}: has neither 'data' nor binary_data_size")
-    if offset != len(tail):
-        raise InputValidationError(f"the body holds {len(tail) - offset} binary bytes that no input claims")
-
-    binary_default = bool(_parameters(document, "request").get("binary_data_output", False))
+    inputs = rest.decode_tensors(document.get("inputs"), tail, "input")
+    binary_default = bool(rest.parameters(document, "request").get("binary_data_output", False))
     requested = document.get("outputs")
     binary: Dict[str, bool] = {}
     names: Optional[List[str]] = None
@@ -129,7 +64,7 @@ def parse_infer_request(
                 raise InputValidationError(f"outputs[{index}]: expected an object with a name")
             names.append(output["name"])
             binary[output["name"]] = bool(
-                _parameters(output, f"output {output['name']!r}").get("binary_data", binary_default)
+                rest.parameters(output, f"output {output['name']!r}").get("binary_data", binary_default)
             )
     request_id = document.get("id", "")
     if not isinstance(request_id, str):
@@ -141,29 +76,13 @@ def parse_infer_request(
 def render_infer_response(response: InferResponse, binary: Mapping[str, bool]) -> web.Response:
     """The JSON (and binary tail, for outputs asked raw) of an inference answer."""
     default = binary.get("*", False)
-    outputs = []
-    chunks = []
-    for name, array in response.outputs.items():
-        entry: Dict[str, Any] = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
-        if binary.get(name, default):
-            chunk = encode_raw(array)
-            chunks.append(chunk)
-            entry["parameters"] = {"binary_data_size": len(chunk)}
-        else:
-            entry["data"] = json_values(array)
-        outputs.append(entry)
+    entries, chunks = rest.encode_tensors(response.outputs, lambda name: binary.get(name, default))
     document: Dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
     if response.id:
         document["id"] = response.id
-    document["outputs"] = outputs
-    header = json.dumps(document).encode("utf-8")
-    if not chunks:
-        return web.Response(body=header, content_type=_JSON)
-    return web.Response(
-        body=b"".join([header, *chunks]),
-        content_type=_BINARY,
-        headers={HEADER_LENGTH_HEADER: str(len(header))},
-    )
+    document["outputs"] = entries
+    body, headers = rest.join_body(document, chunks)
+    return web.Response(body=body, headers=headers)
 
 
 class RestAdapter:
@@ -252,7 +171,7 @@ class RestAdapter:
 
     async def infer(self, request: web.Request) -> web.Response:
         body = await request.read()
-        document, tail = split_body(body, request.headers.get(HEADER_LENGTH_HEADER))
+        document, tail = rest.split_body(body, request.headers.get(HEADER_LENGTH_HEADER))
         infer_request, binary = parse_infer_request(
             request.match_info["name"], request.match_info.get("version", ""), document, tail
         )

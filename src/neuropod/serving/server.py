@@ -28,19 +28,17 @@ from typing import Any, Mapping, Optional, Union
 import grpc
 from aiohttp import web
 
-from ..errors import SpecError
+from ..errors import OptionError
+from ..kserve import DEFAULT_MAX_MESSAGE_BYTES
 from .dataplane import DataPlane
 from .grpc_adapter import GrpcAdapter
 from .metrics import ServerMetrics
 from .repository import ModelRepository, ModelSettings
 from .rest_adapter import RestAdapter
 
-__all__ = ["ServerConfig", "ModelServer", "DEFAULT_MAX_MESSAGE_BYTES"]
+__all__ = ["ServerConfig", "ModelServer"]
 
 logger = logging.getLogger("neuropod.serving")
-
-#: Largest request or response either protocol accepts unless configured otherwise.
-DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -74,13 +72,13 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         if self.grpc_port is None and self.http_port is None:
-            raise SpecError("server config: at least one of grpc_port and http_port is needed")
+            raise OptionError("server config: at least one of grpc_port and http_port is needed")
         if (self.tls_cert is None) != (self.tls_key is None):
-            raise SpecError("server config: tls_cert and tls_key go together")
+            raise OptionError("server config: tls_cert and tls_key go together")
         if self.max_message_bytes <= 0:
-            raise SpecError(f"max_message_bytes: expected a positive int, got {self.max_message_bytes}")
+            raise OptionError(f"max_message_bytes: expected a positive int, got {self.max_message_bytes}")
         if self.threads <= 0:
-            raise SpecError(f"threads: expected a positive int, got {self.threads}")
+            raise OptionError(f"threads: expected a positive int, got {self.threads}")
 
 
 class ModelServer:

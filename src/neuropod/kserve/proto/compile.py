@@ -1,6 +1,6 @@
 """Regenerate ``_descriptor.py`` from ``kserve_v2.proto`` (needs grpcio-tools).
 
-Run ``python -m neuropod.serving.proto.compile``. The server itself never
+Run ``python -m neuropod.kserve.proto.compile``. The server itself never
 needs protoc: it loads the committed descriptor into a private pool, so
 neither the protobuf runtime's version checks on generated code nor another
 library registering the same ``inference.*`` names (tritonclient does) can
