@@ -315,5 +315,12 @@ def serve(
     ModelServer.from_path(path, config, defaults, model_settings).serve_forever()
 
 
+# The problem-agnostic tools (check, evaluate, compare, bench) live in neuropod.tools.
+from .tools.cli import COMMANDS as _TOOL_COMMANDS  # noqa: E402
+
+for _command in _TOOL_COMMANDS:
+    main.add_command(_command)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
