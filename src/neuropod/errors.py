@@ -75,6 +75,9 @@ __all__ = [
     "VersionRangeError",
     "FrameworkVersionError",
     "EnvironmentBuildError",
+    "ProblemMismatchError",
+    "DatasetError",
+    "MetricError",
 ]
 
 
