@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import ManifestError, PackageError
 from . import layout
-from .archive import extract_cached
+from .archive import extract_cached, verify_extracted
 from .config import PackageConfig
 from .manifest import verify_manifest
 from .testdata import read_test_data
@@ -93,7 +93,9 @@ class Package:
 def open_package(path: Union[str, os.PathLike], verify: bool = True) -> Package:
     """Open a package directory or zip.
 
-    A zip is extracted once into a cache keyed by its content hash.
+    A zip is extracted once into a cache keyed by its content hash. Files are
+    verified before anything is read from them: a cached copy is checked
+    against the zip itself (and extracted again if it changed).
 
     Args:
         path: a package directory or zip file.
@@ -108,23 +110,25 @@ def open_package(path: Union[str, os.PathLike], verify: bool = True) -> Package:
     source = Path(path)
     if source.is_dir():
         root = source
+        has_manifest = verify_manifest(root) if verify else (root / layout.MANIFEST).exists()
     elif source.is_file():
         if not zipfile.is_zipfile(source):
             raise PackageError(f"{source}: neither a package directory nor a zip file")
         root = extract_cached(source)
+        if verify:
+            try:
+                has_manifest = verify_extracted(source, root)
+            except ManifestError:
+                # The zip is what the caller gave (the cache is keyed by its hash): something
+                # changed the extracted copy, e.g. a model writing into its data dir. Extract
+                # again; if the fresh copy still differs, the zip disagrees with its own manifest.
+                shutil.rmtree(root, ignore_errors=True)
+                root = extract_cached(source)
+                has_manifest = verify_extracted(source, root)
+        else:
+            has_manifest = (root / layout.MANIFEST).exists()
     else:
         raise PackageError(f"{source}: no such package (not a directory or zip file)")
+    # Read only now, from verified files.
     config = PackageConfig.read(root)
-    if not verify:
-        return Package(root=root, source=source, config=config, has_manifest=(root / layout.MANIFEST).exists())
-    try:
-        has_manifest = verify_manifest(root)
-    except ManifestError:
-        if root == source:
-            raise
-        # The zip itself is intact (the cache is keyed by its hash): something
-        # changed the extracted copy, e.g. a model writing into its data dir.
-        shutil.rmtree(root, ignore_errors=True)
-        root = extract_cached(source)
-        has_manifest = verify_manifest(root)
     return Package(root=root, source=source, config=config, has_manifest=has_manifest)

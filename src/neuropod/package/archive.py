@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import stat
@@ -10,11 +11,11 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Dict, Optional
 
-from ..errors import PackageError, UnsafePackageError
+from ..errors import ManifestError, PackageError, UnsafePackageError
 from . import layout
-from .manifest import sha256_file
+from .manifest import parse_manifest, sha256_file, verify_files
 
-__all__ = ["write_zip", "extract_cached", "cache_root"]
+__all__ = ["write_zip", "extract_cached", "verify_extracted", "cache_root"]
 
 
 def cache_root() -> Path:
@@ -104,3 +105,49 @@ def extract_cached(zip_path: Path) -> Path:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def verify_extracted(zip_path: Path, root: Path) -> bool:
+    """Check the extracted copy ``root`` against the zip itself, not against files in the cache.
+
+    The digests come from the zip's own ``manifest.json`` (and the cached
+    manifest must be byte-identical to it); a zip without a manifest (written
+    by the original) is compared entry by entry. So an edit anywhere in the
+    cache, the manifest included, is found. Returns whether the zip has a manifest.
+
+    Raises:
+        ManifestError: naming the file that differs.
+        PackageError: the zip cannot be read.
+    """
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            files = [info for info in zf.infolist() if not info.is_dir()]
+            if any(info.filename == layout.MANIFEST for info in files):
+                data = zf.read(layout.MANIFEST)
+                expected = parse_manifest(data, f"{zip_path}!{layout.MANIFEST}")
+                expected_manifest: Optional[str] = hashlib.sha256(data).hexdigest()
+            else:
+                expected = {info.filename: _entry_digest(zf, info) for info in files}
+                expected_manifest = None
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise PackageError(f"{zip_path}: not a valid zip package: {exc}") from None
+    source = f"{zip_path.name}'s {layout.MANIFEST}" if expected_manifest else f"the zip {zip_path.name}"
+    verify_files(root, expected, source)
+    cached_manifest = root / layout.MANIFEST
+    if expected_manifest is not None and (
+        cached_manifest.is_symlink()
+        or not cached_manifest.is_file()
+        or sha256_file(cached_manifest) != expected_manifest
+    ):
+        raise ManifestError(f"package file {layout.MANIFEST!r} in {root} differs from the one in {zip_path}")
+    if expected_manifest is None and cached_manifest.exists():
+        raise ManifestError(f"package file {layout.MANIFEST!r} in {root} is not in {zip_path} (added after packaging)")
+    return expected_manifest is not None
+
+
+def _entry_digest(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> str:
+    digest = hashlib.sha256()
+    with zf.open(info) as entry:
+        for chunk in iter(lambda: entry.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Mapping
 
 from ..errors import ManifestError
 from . import layout
 
-__all__ = ["compute_manifest", "write_manifest", "verify_manifest", "sha256_file"]
+__all__ = ["compute_manifest", "write_manifest", "verify_manifest", "parse_manifest", "verify_files", "sha256_file"]
 
 _CHUNK = 1 << 20
 
@@ -59,25 +59,42 @@ def verify_manifest(root: Path) -> bool:
     path = root / layout.MANIFEST
     if not path.exists():
         return False
+    verify_files(root, parse_manifest(path.read_bytes(), str(path)), layout.MANIFEST)
+    return True
+
+
+def parse_manifest(data: bytes, where: str) -> Dict[str, str]:
+    """The ``files`` of a manifest's bytes: relative path -> sha256.
+
+    Raises:
+        ManifestError: the bytes are not a manifest.
+    """
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        expected = manifest["files"]
-        if not isinstance(expected, dict):
-            raise TypeError("'files' is not an object")
+        expected = json.loads(data.decode("utf-8"))["files"]
+        if not isinstance(expected, dict) or not all(isinstance(v, str) for v in expected.values()):
+            raise TypeError("'files' is not an object of path -> sha256")
     except (ValueError, KeyError, TypeError) as exc:
-        raise ManifestError(f"{path}: malformed manifest: {exc}") from None
+        raise ManifestError(f"{where}: malformed manifest: {exc}") from None
+    return expected
+
+
+def verify_files(root: Path, expected: Mapping[str, str], source: str) -> None:
+    """Check the files under ``root`` (``manifest.json`` aside) are exactly ``expected`` (path -> sha256).
+
+    ``source`` names where the expected digests come from, for messages.
+
+    Raises:
+        ManifestError: naming the first changed, missing, linked or added file.
+    """
     actual = _package_files(root)
     for rel, digest in expected.items():
         file = actual.get(rel)
         if file is None:
-            raise ManifestError(f"package file {rel!r} is listed in {layout.MANIFEST} but missing from {root}")
+            raise ManifestError(f"package file {rel!r} is listed in {source} but missing from {root}")
         if file.is_symlink():
             raise ManifestError(f"package file {rel!r} is a symbolic link; packages may not contain links")
         if sha256_file(file) != digest:
-            raise ManifestError(
-                f"package file {rel!r} does not match its sha256 in {layout.MANIFEST} (tampered or corrupt)"
-            )
+            raise ManifestError(f"package file {rel!r} does not match its sha256 in {source} (tampered or corrupt)")
     extra = sorted(set(actual) - set(expected))
     if extra:
-        raise ManifestError(f"package file {extra[0]!r} is not listed in {layout.MANIFEST} (added after packaging)")
-    return True
+        raise ManifestError(f"package file {extra[0]!r} is not listed in {source} (added after packaging)")
