@@ -13,6 +13,7 @@ Pure numpy; no framework is imported here.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -30,6 +31,7 @@ __all__ = [
     "numpy_dtype",
     "dtype_of_array",
     "as_specs",
+    "problem_specs",
 ]
 
 #: Every dtype a spec may name, in canonical form.
@@ -223,6 +225,41 @@ class ProblemDefinition:
             "input_spec": [s.to_dict() for s in self.inputs],
             "output_spec": [s.to_dict() for s in self.outputs],
         }
+
+    @classmethod
+    def from_file(cls, path: Union[str, os.PathLike[str]]) -> ProblemDefinition:
+        """Read the specs of a problem file (``problem.json`` or a Python module); see ``neuropod.tools.problem``.
+
+        Raises:
+            SpecError: the file is missing or malformed.
+        """
+        from .tools.problem import load_problem  # the file format lives with the tools that use its other fields
+
+        return load_problem(path).definition
+
+
+def problem_specs(problem: Any, input_spec: Any = None, output_spec: Any = None) -> Tuple[Any, Any]:
+    """``(input_spec, output_spec)`` from a packager's ``problem=`` argument, or the specs given as they are.
+
+    Args:
+        problem: None, a ProblemDefinition, its dict form, a problem file
+            path, or a ``neuropod.tools.Problem``.
+        input_spec, output_spec: the separate specs; given together with ``problem`` they are refused.
+    """
+    if problem is None:
+        return input_spec, output_spec
+    if input_spec is not None or output_spec is not None:
+        raise SpecError("problem: pass problem= or input_spec= and output_spec=, not both")
+    if isinstance(problem, (str, os.PathLike)):
+        problem = ProblemDefinition.from_file(problem)
+    elif isinstance(problem, Mapping):
+        problem = ProblemDefinition.from_dict(problem)
+    problem = getattr(problem, "definition", problem)  # a neuropod.tools.Problem
+    if not isinstance(problem, ProblemDefinition):
+        raise SpecError(
+            f"problem: expected a ProblemDefinition, its dict form or a problem file; got {type(problem).__name__}"
+        )
+    return list(problem.inputs), list(problem.outputs)
 
 
 class _CompiledSpec:

@@ -27,6 +27,7 @@ from ..package.config import PackageConfig, write_backend_config
 from ..package.manifest import write_manifest
 from ..package.testdata import write_test_data
 from ..selftest import run_self_test
+from ..spec import problem_specs
 from ..versions import VersionRange, check_platform_version
 
 __all__ = ["create_neuropod", "normalize_requirements"]
@@ -61,9 +62,10 @@ def create_neuropod(
     neuropod_path: PathLike,
     model_name: str,
     platform: str,
-    input_spec: Any,
-    output_spec: Any,
+    input_spec: Any = None,
+    output_spec: Any = None,
     write_model: WriteModel,
+    problem: Any = None,
     test_input_data: Optional[Mapping[str, Any]] = None,
     test_expected_out: Optional[Mapping[str, Any]] = None,
     persist_test_data: bool = True,
@@ -84,6 +86,9 @@ def create_neuropod(
         keep_failed: when the self-test fails, leave the failed package at
             ``neuropod_path`` for inspection; the error says so. By default
             nothing is left behind.
+        problem: instead of ``input_spec`` and ``output_spec``: a
+            ProblemDefinition, its dict form or a problem file (``problem.json``
+            or a module; see ``neuropod.tools.problem``).
 
     Raises:
         PackageError: the target exists, or an input file is missing.
@@ -93,6 +98,7 @@ def create_neuropod(
             framework installed does not satisfy ``platform_version_semver``.
         TestMismatchError: the self-test's outputs differ from ``test_expected_out``.
     """
+    input_spec, output_spec = problem_specs(problem, input_spec, output_spec)
     target = Path(neuropod_path)
     if target.exists():
         raise PackageError(f"{target}: already exists; refusing to overwrite it")
