@@ -321,6 +321,11 @@ from .tools.cli import COMMANDS as _TOOL_COMMANDS  # noqa: E402
 for _command in _TOOL_COMMANDS:
     main.add_command(_command)
 
+# neuropod envs list | build | prune | doctor: the environments of version selection.
+from .envs.cli import envs as _envs  # noqa: E402
+
+main.add_command(_envs)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

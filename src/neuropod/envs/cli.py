@@ -1,0 +1,267 @@
+"""``neuropod envs list | build | prune | doctor``."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import click
+
+from ..errors import NeuropodError
+
+__all__ = ["envs"]
+
+
+class _UserError(click.ClickException):
+    """One line on stderr, exit code 2 (as every neuropod command)."""
+
+    exit_code = 2
+
+
+def _user_errors(func: Any) -> Any:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (NeuropodError, OSError) as exc:
+            raise _UserError(f"{type(exc).__name__}: {exc}") from None
+
+    return wrapper
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"{seconds / 86400:.0f} days ago"
+
+
+def _duration(text: str) -> float:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
+    if not match:
+        raise click.BadParameter(f"expected a duration such as 30d, 12h or 0, got {text!r}")
+    scale = {"": 86400, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}[match.group(2)]
+    return float(match.group(1)) * scale
+
+
+@click.group()
+def envs() -> None:
+    """List, build, prune and diagnose the environments packages run in (docs/environments.md)."""
+    # Off a terminal a build reports one log line per step: show them.
+    logger = logging.getLogger("neuropod.envs")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+@envs.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@_user_errors
+def list_command(as_json: bool) -> None:
+    """What environments exist: where, what they hold, size and last use."""
+    from .store import built_environments, envs_dir, folder_bytes, registered_environments
+
+    rows: List[Dict[str, Any]] = []
+    for environment in registered_environments() + built_environments():
+        meta: Dict[str, Any] = {}
+        if environment.built:
+            meta = json.loads(Path(environment.path, "neuropod-env.json").read_text())
+        rows.append(
+            {
+                "key": environment.key or "(registered)",
+                "path": environment.path,
+                "python": environment.python_version,
+                "holds": meta.get("requirements") or sorted(f"{k}=={v}" for k, v in environment.packages.items()),
+                "bytes": folder_bytes(environment.path) if environment.built else None,
+                "last_used": environment.last_used() if environment.built else None,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps({"envs_dir": str(envs_dir()), "environments": rows}, indent=2))
+        return
+    click.echo(f"environments folder: {envs_dir()}")
+    if not rows:
+        click.echo("no environments yet (`neuropod envs build PATH` builds one)")
+    now = time.time()
+    for row in rows:
+        size = _size(row["bytes"]) if row["bytes"] is not None else "-"
+        used = _age(now - row["last_used"]) if row["last_used"] else "-"
+        holds = ", ".join(row["holds"][:6]) + (" ..." if len(row["holds"]) > 6 else "")
+        click.echo(f"{row['key']:<18} python {row['python']:<8} {size:>10}  used {used:<14} {holds}")
+        click.echo(f"{'':<18} {row['path']}")
+
+
+def _needs(
+    paths: Tuple[str, ...],
+    platform: Optional[str],
+    version_range: Optional[str],
+    python: Optional[str],
+    requirements_file: Optional[str],
+) -> List[Any]:
+    from ..package import open_package
+    from ..versions import VersionRange, framework_of
+    from .need import Need, need_of
+
+    needs = [need_of(open_package(path, verify=True)) for path in paths]
+    if platform or python or requirements_file:
+        lines: Tuple[str, ...] = ()
+        if requirements_file:
+            text = Path(requirements_file).read_text()
+            lines = tuple(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+        distribution = framework_of(platform) if platform else None
+        needs.append(
+            Need(
+                source="",
+                platform=platform or "python",
+                distribution=distribution,
+                framework_range=VersionRange.parse(version_range or "*"),
+                python_ranges=(VersionRange.parse(python, field="--python"),) if python else (),
+                requirements=lines,
+            )
+        )
+    if not needs:
+        raise click.UsageError("name a package PATH, or a requirement set (--platform/--range, --python, -r)")
+    return needs
+
+
+@envs.command()
+@click.argument("paths", nargs=-1)
+@click.option("--platform", help="Build for a framework: a platform name (torchscript, tensorflow, onnx ...).")
+@click.option("--range", "version_range", help="The framework versions it must hold (npm-style, as in configs).")
+@click.option("--python", help="The Python versions it may have (npm-style range: 3.9, '>=3.10').")
+@click.option(
+    "-r",
+    "--requirements",
+    "requirements_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Pinned name==version lines to install too.",
+)
+@click.option(
+    "--find-links", type=click.Path(exists=True, file_okay=False), help="Offline: install only wheels from this folder."
+)
+@_user_errors
+def build(
+    paths: Tuple[str, ...],
+    platform: Optional[str],
+    version_range: Optional[str],
+    python: Optional[str],
+    requirements_file: Optional[str],
+    find_links: Optional[str],
+) -> None:
+    """Build the environments packages (or a requirement set) need, ahead of their first load.
+
+    For production images and CI caches: run it where the image is built,
+    with NEUROPOD_ENVS_DIR pointing into the image.
+    """
+    from .build import Builder
+    from .select import find_environment
+
+    builder = Builder(find_links=find_links)
+    for need in _needs(paths, platform, version_range, python, requirements_file):
+        label = need.source or need.describe()
+        found = find_environment(need)
+        if found is not None:
+            click.echo(f"{label}: already served by {found.path} ({found.python_version})")
+            continue
+        plan = builder.plan(need)
+        click.echo(
+            f"{label}: building {plan.path} (python {plan.interpreter.version}: {', '.join(plan.requirements)})",
+            err=True,
+        )
+        environment = builder.build(plan)
+        click.echo(f"{label}: built {environment.path}")
+
+
+@envs.command()
+@click.option(
+    "--older-than",
+    default="30d",
+    show_default=True,
+    help="Remove environments not used for this long (30d, 12h, 0 = all).",
+)
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@_user_errors
+def prune(older_than: str, dry_run: bool) -> None:
+    """Remove built environments not used recently, and leftovers of interrupted builds."""
+    from filelock import FileLock, Timeout
+
+    from .store import built_environments, envs_dir, folder_bytes, remove
+
+    cutoff = time.time() - _duration(older_than)
+    freed, removed = 0, 0
+    root = envs_dir()
+    for environment in built_environments():
+        if environment.last_used() > cutoff:
+            continue
+        size = folder_bytes(environment.path)
+        if not dry_run:
+            try:
+                with FileLock(str(root / f".{environment.key}.lock"), timeout=0):
+                    remove(environment.path)
+            except Timeout:
+                click.echo(f"{environment.key}: being built or used by another process; kept")
+                continue
+        freed, removed = freed + size, removed + 1
+        click.echo(f"{'would remove' if dry_run else 'removed'} {environment.path} ({_size(size)})")
+    stale = time.time() - 86400
+    for leftover in list(root.glob(".tmp-*")) if root.is_dir() else []:
+        if leftover.stat().st_mtime < stale and not dry_run:
+            shutil.rmtree(leftover, ignore_errors=True)
+            click.echo(f"removed leftover {leftover}")
+    click.echo(f"{'would free' if dry_run else 'freed'} {_size(freed)} in {removed} environment(s)")
+
+
+@envs.command()
+@click.argument("path")
+@_user_errors
+def doctor(path: str) -> None:
+    """What a package needs, what here would serve it, and what is missing."""
+    from ..package import open_package
+    from .build import Builder
+    from .interpreters import discover_interpreters, find_uv
+    from .need import need_of
+    from .store import built_environments, registered_environments
+
+    need = need_of(open_package(path, verify=True))
+    click.echo(f"package:      {path}")
+    click.echo(f"needs:        {need.describe()}")
+    problems = need.problems_here()
+    here = (
+        "serves it (loads in-process)" if not problems or not need.asks_for_anything else "lacks " + "; ".join(problems)
+    )
+    click.echo(f"this process: {need.found_here()}: {here}")
+    serving = [env for env in registered_environments() + built_environments() if need.served_by(env)]
+    for env in serving:
+        click.echo(f"served by:    {env.path} ({env.describe((need.distribution,) if need.distribution else ())})")
+    uv = find_uv()
+    click.echo(f"builder:      {'uv at ' + uv if uv else 'pip + venv (install neuropod[envs] for uv)'}")
+    pythons = ", ".join(f"{i.version} ({i.executable})" for i in discover_interpreters(uv)) or "none"
+    click.echo(f"pythons:      {pythons}")
+    if serving or not problems or not need.asks_for_anything:
+        return
+    try:
+        plan = Builder(uv).plan(need)
+    except NeuropodError as exc:
+        click.echo(f"missing:      {exc}")
+        raise SystemExit(1) from None
+    click.echo(f"would build:  python {plan.interpreter.version} + {', '.join(plan.requirements)} -> {plan.path}")
+    click.echo(f"command:      neuropod envs build {path}")
