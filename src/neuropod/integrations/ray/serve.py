@@ -123,9 +123,12 @@ class NeuropodDeployment:
                     f"model {self.name!r}: max_batch_size needs every input and output to start with the same "
                     f"batch symbol; its specs are: {shapes}"
                 )
-            self._infer_batch.set_max_batch_size(max_batch_size)
-            self._infer_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
-            self._infer_batch.set_max_concurrent_batches(max_concurrent_batches)
+            # Decorated here, not on the class, so each deployment gets its own settings.
+            self._infer_batch = serve.batch(
+                max_batch_size=max_batch_size,
+                batch_wait_timeout_s=batch_wait_timeout_s,
+                max_concurrent_batches=max_concurrent_batches,
+            )(self._run_batch)
 
     # -- the Python API (``handle.infer.remote(inputs)``) ---------------------
 
@@ -137,8 +140,7 @@ class NeuropodDeployment:
             return await self._infer_batch(inputs)  # type: ignore[no-any-return]
         return await asyncio.to_thread(self._model.infer, inputs)
 
-    @serve.batch(max_batch_size=1)
-    async def _infer_batch(self, requests: List[TensorDict]) -> List[TensorDict]:
+    async def _run_batch(self, requests: List[TensorDict]) -> List[TensorDict]:
         # Requests that cannot be concatenated (other trailing sizes or dtypes) run as separate calls.
         groups: Dict[Tuple[Any, ...], List[int]] = {}
         for index, inputs in enumerate(requests):
@@ -270,7 +272,7 @@ class NeuropodDeployment:
 
 
 def neuropod_deployment(
-    model: Union[str, "os.PathLike[str]"],
+    model: Union[str, os.PathLike[str]],
     *,
     model_name: Optional[str] = None,
     max_batch_size: int = 0,
@@ -307,9 +309,13 @@ def neuropod_deployment(
         raise SpecError(f"max_batch_size: expected a non-negative int, got {max_batch_size!r}")
     if not isinstance(batch_wait_timeout_s, (int, float)) or batch_wait_timeout_s < 0:
         raise SpecError(f"batch_wait_timeout_s: expected a non-negative number, got {batch_wait_timeout_s!r}")
-    if isinstance(max_concurrent_batches, bool) or not isinstance(max_concurrent_batches, int) or max_concurrent_batches < 1:
-        raise SpecError(f"max_concurrent_batches: expected a positive int, got {max_concurrent_batches!r}")
-    deployment = NeuropodDeployment.options(**deployment_options) if deployment_options else NeuropodDeployment
+    concurrent = max_concurrent_batches
+    if isinstance(concurrent, bool) or not isinstance(concurrent, int) or concurrent < 1:
+        raise SpecError(f"max_concurrent_batches: expected a positive int, got {concurrent!r}")
+    # @serve.deployment made the class a ray.serve Deployment; mypy still sees the class.
+    deployment: Any = NeuropodDeployment
+    if deployment_options:
+        deployment = deployment.options(**deployment_options)
     return deployment.bind(
         os.fspath(model),
         model_name,
