@@ -12,9 +12,11 @@ from .backends import BackendOptions, backend_option_table
 from .errors import InputValidationError, ModelClosedError
 from .executors.base import Executor
 from .executors.options import PACKAGE_OPTIONS, check_options
+from .isolation.options import ISOLATION_OPTIONS, IsolationOptions
 from .ope.options import OPE_OPTIONS
 from .package import Package, open_package
 from .spec import ProblemDefinition, SpecValidator
+from .trust import TRUST_OPTIONS, TrustPolicy, choose_isolation
 
 __all__ = ["Neuropod", "load_neuropod", "REMOTE_SCHEMES"]
 
@@ -200,6 +202,9 @@ def load_neuropod(
 
 _PACKAGE_NAMES = frozenset(option.name for option in PACKAGE_OPTIONS)
 _OPE_ONLY = {option.name: "it is an option of out-of-process execution (use_ope=True)" for option in OPE_OPTIONS}
+_ISOLATED_ONLY = {
+    option.name: "it applies to isolated workers (isolation='sandbox' or 'container')" for option in ISOLATION_OPTIONS
+}
 
 
 def _load_package(path: str, given: Dict[str, Any]) -> Neuropod:
@@ -214,10 +219,17 @@ def _load_package(path: str, given: Dict[str, Any]) -> Neuropod:
         python = environment_for(package, package_values["environment"])
         if python is not None:  # this process does not satisfy the package: a worker in that environment does
             use_ope, given = True, {**given, "use_ope": True, "python_executable": python}
-    inapplicable = {} if use_ope else _OPE_ONLY
+    # The trust policy may require (or, with isolation=None, choose) a sandbox or container.
+    isolation, _ = choose_isolation(
+        package, package_values["isolation"], TrustPolicy.parse(given.get("trust")), package_values["verify_manifest"]
+    )
+    isolated = isolation != "process"
+    use_ope = use_ope or isolated
+    inapplicable = {**({} if use_ope else _OPE_ONLY), **({} if isolated else _ISOLATED_ONLY)}
     platform = package.config.platform
     backend_table = backend_option_table(platform)
-    tables = [PACKAGE_OPTIONS, backend_table] + ([OPE_OPTIONS] if use_ope else [])
+    tables = [PACKAGE_OPTIONS, TRUST_OPTIONS, backend_table] + ([OPE_OPTIONS] if use_ope else [])
+    tables += [ISOLATION_OPTIONS] if isolated else []
     values = check_options(given, tables, path, inapplicable)
     backend_options = BackendOptions(
         visible_gpu=values["visible_gpu"],
@@ -230,12 +242,13 @@ def _load_package(path: str, given: Dict[str, Any]) -> Neuropod:
         from .executors.ope import OutOfProcessExecutor
         from .ope.options import OpeOptions
 
-        executor = OutOfProcessExecutor(package, backend_options, OpeOptions.from_values(values))
+        executor = OutOfProcessExecutor(
+            package, backend_options, OpeOptions.from_values(values), IsolationOptions.from_values(isolation, values)
+        )
     else:
         from .executors.inprocess import InProcessExecutor
 
         executor = InProcessExecutor(package, backend_options)
-    # ``isolation`` is checked above; isolating workers is the sandbox's job.
     config = package.config
     return Neuropod(
         executor, config.name, config.platform, config.problem, package=package, validate=values["validate"]

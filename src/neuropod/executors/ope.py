@@ -29,6 +29,7 @@ import numpy as np
 
 from ..backends import BackendOptions
 from ..errors import InputValidationError, ModelClosedError, WorkerCrashedError
+from ..isolation.options import IsolationOptions
 from ..ope import wire
 from ..ope.client import WorkerProcess
 from ..ope.options import OpeOptions
@@ -55,14 +56,22 @@ class OutOfProcessExecutor(Executor):
         package: the opened (verified, extracted) package.
         options: the backend's options, handed to the in-process executor in each worker.
         ope_options: how the workers run.
+        isolation: how far the workers are isolated (default: plain processes).
 
     Raises:
         OptionError: a bad OPE option, or backend options that cannot be sent to a worker.
         WorkerCrashedError / the worker's load error: a worker failed to load the model.
     """
 
-    def __init__(self, package: Package, options: BackendOptions, ope_options: Optional[OpeOptions] = None) -> None:
+    def __init__(
+        self,
+        package: Package,
+        options: BackendOptions,
+        ope_options: Optional[OpeOptions] = None,
+        isolation: Optional[IsolationOptions] = None,
+    ) -> None:
         self.options = ope_options or OpeOptions()
+        self.isolation = isolation or IsolationOptions()
         backend_json = options.to_json()
         self.model_name = package.config.name
         self._closed = False
@@ -77,7 +86,7 @@ class OutOfProcessExecutor(Executor):
         self._lease_lock = threading.Lock()
         self._copier: Optional[ThreadPoolExecutor] = None
         self.workers.extend(
-            WorkerProcess(i, str(package.root), self.model_name, backend_json, self.options, self._pool)
+            WorkerProcess(i, str(package.root), self.model_name, backend_json, self.options, self._pool, self.isolation)
             for i in range(self.options.workers)
         )
         try:

@@ -24,6 +24,8 @@ import numpy as np
 
 from .. import errors
 from ..errors import InputValidationError, WireFormatError, WorkerCrashedError, WorkerError, WorkerTimeoutError
+from ..isolation.launch import WorkerLaunch, plan_worker, worker_cpus
+from ..isolation.options import IsolationOptions, format_bytes
 from . import wire
 from .channel import MAILBOX_BYTES, Channel, ChannelClosed, ChannelTimeout
 from .options import OpeOptions
@@ -120,6 +122,7 @@ class WorkerProcess:
         backend_options_json: the backend's options, serialised.
         options: the OPE options.
         pool: the parent's segment pool for inputs.
+        isolation: how the worker is isolated (default: a plain process).
     """
 
     def __init__(
@@ -130,8 +133,11 @@ class WorkerProcess:
         backend_options_json: str,
         options: OpeOptions,
         pool: SegmentPool,
+        isolation: Optional[IsolationOptions] = None,
     ) -> None:
         self.index = index
+        self.isolation = isolation or IsolationOptions()
+        self.launch: Optional[WorkerLaunch] = None
         self.package_root = package_root
         self.model_name = model_name
         self.backend_options_json = backend_options_json
@@ -167,42 +173,60 @@ class WorkerProcess:
         options = self.options
         mailbox = Segment.create(0, MAILBOX_BYTES, options.shm_dir)
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        argv = [
-            options.python_executable,
-            "-m",
-            "neuropod.ope.worker",
-            "--fd",
-            str(child_end.fileno()),
-            "--mailbox-fd",
-            str(mailbox.fd),
-            "--package",
-            self.package_root,
-            "--parent-pid",
-            str(os.getpid()),
-            "--options",
-            self.backend_options_json,
-            "--spin-us",
-            str(options.spin_us),
-            "--shm-dir",
-            options.shm_dir,
-            "--cache-bytes",
-            str(options.shm_cache_bytes),
-        ]
-        cpus = options.cpus_of_worker(self.index)
-        if cpus:
-            argv += ["--cpus", ",".join(str(cpu) for cpu in cpus)]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_SOURCE_ROOT, env.get("PYTHONPATH", "")) if p)
-        env.update(dict(options.worker_env))
         self._reset_state()
         self.ready = False
+        cpus = worker_cpus(self.isolation, self.index, options.cpus_of_worker(self.index))
+        launch: Optional[WorkerLaunch] = None
         try:
-            self.process = _SPAWNER.spawn(argv, env, (child_end.fileno(), mailbox.fd))
+            launch = self.launch = plan_worker(
+                self.isolation,
+                python=options.python_executable,
+                env=env,
+                worker_env=dict(options.worker_env),
+                fds=(child_end.fileno(), mailbox.fd),
+                package_root=self.package_root,
+                source_root=_SOURCE_ROOT,
+                shm_dir=options.shm_dir,
+                cpus=cpus,
+            )
+            argv = launch.prefix + [
+                launch.python,
+                "-m",
+                "neuropod.ope.worker",
+                "--fd",
+                str(launch.fds[0]),
+                "--mailbox-fd",
+                str(launch.fds[1]),
+                "--package",
+                launch.package_root,
+                "--parent-pid",
+                str(launch.parent_pid),
+                "--options",
+                self.backend_options_json,
+                "--spin-us",
+                str(options.spin_us),
+                "--shm-dir",
+                launch.shm_dir,
+                "--cache-bytes",
+                str(options.shm_cache_bytes),
+            ]
+            if cpus:
+                argv += ["--cpus", ",".join(str(cpu) for cpu in cpus)]
+            self.process = _SPAWNER.spawn(argv, launch.env, launch.pass_fds)
         except OSError as exc:
             parent_end.close()
+            if launch is not None:
+                launch.cleanup()
             raise WorkerCrashedError(
                 f"cannot start a worker for model {self.model_name!r} with {options.python_executable}: {exc}"
             ) from exc
+        except BaseException:
+            parent_end.close()
+            if launch is not None:
+                launch.cleanup()
+            raise
         finally:
             child_end.close()
             os.close(mailbox.fd)  # the worker has its own copy; our mapping stays
@@ -221,6 +245,7 @@ class WorkerProcess:
             self._discard()
             error = WorkerCrashedError(
                 f"the worker for model {self.model_name!r} {describe_returncode(returncode)} while loading the model"
+                f"{self._limit_hint()}"
             )
             error.returncode = returncode
             raise error from None
@@ -278,10 +303,12 @@ class WorkerProcess:
         if process is None:
             return None
         try:
-            return process.wait(timeout=1.0)
+            status = process.wait(timeout=1.0)
         except subprocess.TimeoutExpired:
             process.kill()
-            return process.wait()
+            status = process.wait()
+        launch = self.launch
+        return launch.returncode(status) if launch is not None else status
 
     def _discard(self) -> None:
         """Forget the dead process (arrays that view its segments stay valid)."""
@@ -290,6 +317,9 @@ class WorkerProcess:
         self.channel = None
         self.process = None
         self.segments.clear()
+        launch, self.launch = self.launch, None
+        if launch is not None:
+            launch.cleanup()
 
     def _kill(self) -> None:
         if self.process is not None:
@@ -342,9 +372,31 @@ class WorkerProcess:
         else:
             error = WorkerCrashedError(
                 f"the worker (pid {pid}) of model {self.model_name!r} {self.last_failure} during the call"
+                f"{self._limit_hint()}"
             )
         error.returncode = returncode
         self._restart_soon()
+        return error
+
+    def _limit_hint(self) -> str:
+        limit = self.isolation.memory_limit if self.isolation.isolated else None
+        return f" (its memory_limit is {format_bytes(limit)}: it may have run past it)" if limit else ""
+
+    def _out_of_memory(self, reply: wire.Message) -> Optional[WorkerCrashedError]:
+        """A MemoryError under a memory limit: the worker is killed and replaced, the call fails naming the limit."""
+        limit = self.isolation.memory_limit if self.isolation.isolated else None
+        # The backend may wrap the MemoryError (InferenceError naming it); its traceback names it either way.
+        if not limit or not any("MemoryError" in text for text in reply.texts[:3]):
+            return None
+        pid = self.pid
+        self._kill()
+        self.last_failure = f"ran past its memory_limit of {format_bytes(limit)}"
+        self._restart_soon()
+        error = WorkerCrashedError(
+            f"the worker (pid {pid}) of model {self.model_name!r} ran past its memory_limit of "
+            f"{format_bytes(limit)} ({limit} bytes) during the call and was killed; it will be replaced"
+        )
+        error.returncode = None
         return error
 
     def _restart_soon(self) -> None:
@@ -429,6 +481,9 @@ class WorkerProcess:
                 self._kill()
                 raise
             if reply.kind == wire.Kind.ERROR:
+                out_of_memory = self._out_of_memory(reply)
+                if out_of_memory is not None:
+                    raise out_of_memory
                 raise remote_error(reply.texts, f"the worker (pid {self.pid}) of model {self.model_name!r}")
             if reply.kind != wire.Kind.RESULT:
                 self._kill()

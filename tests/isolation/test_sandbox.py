@@ -1,0 +1,195 @@
+"""Hostile packages in a bubblewrap sandbox: each attack is tried by real package code and fails.
+
+Every test also calls a bystander model (a plain worker of another package)
+after the attack: the caller keeps serving other models throughout. Where a
+plain worker lets the same attack through, the test shows that too, so each
+assertion can fail.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+from typing import Iterator, List
+
+import numpy as np
+import pytest
+
+from neuropod.errors import IsolationError, OptionError, WorkerCrashedError
+from neuropod.loader import load_neuropod
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "ope"))
+from hostile import attack, make_hostile_model  # noqa: E402
+from ope_models import make_identity_model, make_tool_model  # noqa: E402
+
+from conftest import require_command  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="namespaces are Linux's")
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("isolation-packages")
+    return {
+        "hostile": make_hostile_model(root, package_as_zip=False),
+        "tool": make_tool_model(root, package_as_zip=False),
+        "identity": make_identity_model(root, dtype="float32", name="identity"),
+    }
+
+
+@pytest.fixture(scope="module")
+def bystander(packages: dict) -> Iterator:
+    with load_neuropod(packages["tool"], use_ope=True) as model:
+        yield model
+
+
+def still_serving(bystander) -> None:
+    x = np.arange(5, dtype=np.float64)
+    np.testing.assert_array_equal(bystander.infer({"x": x})["y"], x + 1)
+
+
+@pytest.fixture(scope="module")
+def sandboxed(packages: dict) -> Iterator:
+    require_command("bwrap")
+    with load_neuropod(packages["hostile"], isolation="sandbox", max_processes=32) as model:
+        yield model
+
+
+def test_same_results_and_shared_memory_as_a_process_worker(packages, bystander):
+    require_command("bwrap")
+    x = np.linspace(0, 1, 1 << 16, dtype=np.float32)  # 256 KiB: travels in a shared segment, not inline
+    with load_neuropod(packages["identity"], isolation="sandbox") as boxed:
+        with load_neuropod(packages["identity"], isolation="process") as plain:
+            np.testing.assert_array_equal(boxed.infer({"x": x})["x"], plain.infer({"x": x})["x"])
+        shared = boxed.allocate("x", x.shape)
+        shared[:] = x
+        out = boxed.infer({"x": shared})["x"]
+        np.testing.assert_array_equal(out, x)
+        # The sandboxed worker handed back a view of the caller's own segment: the memory is shared.
+        assert np.shares_memory(out, shared)
+    still_serving(bystander)
+
+
+def test_reading_shadow_or_a_file_in_the_callers_home_fails(packages, sandboxed, bystander):
+    secret = Path.home() / f".neuropod-test-secret-{secrets.token_hex(4)}"
+    secret.write_text("the caller's secret")
+    try:
+        assert attack(sandboxed, "read", "/etc/shadow").startswith("BLOCKED FileNotFoundError")
+        assert attack(sandboxed, "read", secret).startswith("BLOCKED FileNotFoundError")
+        with load_neuropod(packages["hostile"], use_ope=True) as plain:  # the attack is real
+            assert "the caller's secret" in attack(plain, "read", secret)
+    finally:
+        secret.unlink()
+    still_serving(bystander)
+
+
+def test_writing_outside_its_temp_dir_fails_and_tmp_is_private(sandboxed, bystander, tmp_path):
+    targets = [
+        sandboxed.package.root / "planted.py",
+        tmp_path / "planted",
+        Path.home() / f".neuropod-planted-{secrets.token_hex(4)}",
+        Path("/var/tmp") / f"neuropod-planted-{secrets.token_hex(4)}",
+    ]
+    result = attack(sandboxed, "write", "|".join(map(str, targets)))
+    assert result.startswith("BLOCKED PermissionError"), result
+    assert not any(target.exists() for target in targets)
+    private = f"/tmp/neuropod-private-{secrets.token_hex(4)}"
+    assert attack(sandboxed, "tmp", private).startswith("DONE")  # its own /tmp is writable ...
+    assert not os.path.exists(private)  # ... and is not the host's
+    still_serving(bystander)
+
+
+def test_a_socket_to_localhost_reaches_nothing(sandboxed, bystander):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.1)
+    connections: List[object] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                connections.append(listener.accept())
+            except socket.timeout:
+                continue
+
+    watcher = threading.Thread(target=accept)
+    watcher.start()
+    try:
+        result = attack(sandboxed, "connect", listener.getsockname()[1])
+    finally:
+        stop.set()
+        watcher.join()
+        listener.close()
+    assert result.startswith("BLOCKED ConnectionRefusedError"), result
+    assert connections == []
+    still_serving(bystander)
+
+
+def test_the_parent_cannot_be_signalled_or_read_through_proc(sandboxed, bystander):
+    received: List[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))
+    try:
+        assert attack(sandboxed, "signal", os.getpid()).startswith("BLOCKED ProcessLookupError")
+        assert attack(sandboxed, "proc", os.getpid()).startswith("BLOCKED FileNotFoundError")
+        worker_view = attack(sandboxed, "whoami")
+        assert worker_view.startswith("DONE pid 2 ppid 1"), worker_view  # its own PID namespace
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert received == []
+    still_serving(bystander)
+
+
+def test_a_fork_bomb_stops_at_the_process_limit(sandboxed, bystander):
+    result = attack(sandboxed, "fork_bomb", 1000)
+    assert result.startswith("BLOCKED OSError: fork failed after"), result
+    children = int(result.split("after ")[1].split()[0])
+    assert children < 32
+    still_serving(bystander)
+    assert attack(sandboxed, "whoami").startswith("DONE")  # the model itself is fine afterwards
+
+
+def test_exhausting_memory_kills_the_worker_naming_the_limit(packages, bystander):
+    require_command("bwrap")
+    with load_neuropod(packages["hostile"], isolation="sandbox", memory_limit="768MiB") as model:
+        assert attack(model, "memory", 1 << 20).startswith("DONE allocated")
+        with pytest.raises(WorkerCrashedError, match=r"memory_limit of 768 MiB"):
+            attack(model, "memory", 2 << 30)
+        still_serving(bystander)
+        assert attack(model, "memory", 1 << 20).startswith("DONE allocated")  # a fresh worker took over
+
+
+def test_another_models_shared_memory_is_out_of_reach(packages, sandboxed, bystander):
+    with load_neuropod(packages["identity"], use_ope=True) as other:
+        held = other.allocate("x", (1 << 16,))
+        held[:] = 7.0
+        other_worker = other.executor.workers[0].pid
+        for pid in (other_worker, os.getpid()):
+            result = attack(sandboxed, "shared_memory", pid)
+            assert result.startswith("BLOCKED FileNotFoundError"), result
+        listing = attack(sandboxed, "read", "/dev/shm")
+        assert listing.startswith("BLOCKED IsADirectoryError")  # it exists, but is its own empty tmpfs
+        np.testing.assert_array_equal(other.infer({"x": held})["x"], held)
+    still_serving(bystander)
+
+
+def test_isolation_options_are_checked(packages):
+    with pytest.raises(OptionError, match="memory_limit.*isolated workers"):
+        load_neuropod(packages["tool"], use_ope=True, memory_limit="1GiB")
+    with pytest.raises(OptionError, match="memory_limit"):
+        load_neuropod(packages["tool"], isolation="sandbox", memory_limit="lots")
+    with pytest.raises(OptionError, match="'container' needs 'image'"):
+        load_neuropod(packages["tool"], isolation="container")
+
+
+def test_a_missing_bubblewrap_is_named(packages, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(IsolationError, match="bubblewrap"):
+        load_neuropod(packages["tool"], isolation="sandbox")
