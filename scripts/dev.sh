@@ -8,7 +8,22 @@ cd "$(dirname "$0")/.."
 VENV="${NEUROPOD_VENV:-.venv}"
 PY="$VENV/bin/python"
 
+# OS packages the tests need, as "command:package" (CI runs as root): installed when the command is missing.
+# chromium: the headless browser the HTML-report screenshot test (tests/tools) opens reports in.
+OS_PACKAGES=("g++:g++" "openssl:openssl" "curl:curl" "chromium:chromium")
+
+install_os_packages() {
+  local missing=() entry
+  for entry in "${OS_PACKAGES[@]}"; do
+    command -v "${entry%%:*}" >/dev/null 2>&1 || missing+=("${entry#*:}")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+  fi
+}
+
 setup() {
+  install_os_packages
   if [ ! -x "$PY" ]; then
     python3 -m venv "$VENV"
     "$PY" -m pip install -q --upgrade pip
@@ -23,6 +38,7 @@ setup() {
     echo "$want" > "$stamp"
   fi
   if [ -f scripts/mlserver-venv.sh ]; then bash scripts/mlserver-venv.sh; fi
+  setup_python39
 }
 
 find_python39() {
@@ -33,22 +49,34 @@ find_python39() {
       return
     fi
   done
+  # None on this machine (a fresh CI runner): uv installs a standalone CPython 3.9
+  # (set UV_PYTHON_INSTALL_MIRROR where its default download site is out of reach).
+  "$VENV/bin/uv" python install 3.9 >&2
+  "$VENV/bin/uv" python find --managed-python 3.9
 }
 
-# The library supports Python 3.9 (old-framework workers run there): the
-# framework-free tests run under 3.9 with numpy 1.x as well.
-run_python39_tests() {
-  local py39
-  py39="$(find_python39)"
-  if [ -z "$py39" ]; then
-    echo "note: no Python 3.9 found; skipping the Python 3.9 run" >&2
-    return
-  fi
+# The library supports Python 3.9 (old-framework workers run there): .venv39 holds a
+# framework-free 3.9 with numpy 1.x, for the unit tests and as a worker interpreter.
+setup_python39() {
   if [ ! -x .venv39/bin/python ]; then
+    local py39
+    py39="$(find_python39)"
+    if [ -z "$py39" ]; then
+      echo "error: no Python 3.9, and uv could not install one" >&2
+      exit 1
+    fi
     "$py39" -m venv .venv39
-    .venv39/bin/python -m pip install -q "numpy<2" click pytest
   fi
-  .venv39/bin/python -m pip install -q --no-deps -e .
+  local stamp=.venv39/.neuropod-setup want
+  want="$(cat pyproject.toml scripts/dev.sh | sha256sum | cut -c1-16)"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    # The core dependencies only (no extra, no framework), with numpy 1.x.
+    .venv39/bin/python -m pip install -q "numpy<2" pytest -e .
+    echo "$want" > "$stamp"
+  fi
+}
+
+run_python39_tests() {
   # Frameworks are not installed for 3.9: their tests skip here and run in the main venv.
   NEUROPOD_REQUIRE_FRAMEWORKS=0 .venv39/bin/python -m pytest -q -p no:cacheprovider tests/unit
 }
@@ -59,7 +87,7 @@ run_tests() {
   "$VENV/bin/mypy"
   if [ $# -eq 0 ]; then run_python39_tests; fi
   # Out-of-process workers are also tested under that Python 3.9 + numpy 1.x interpreter.
-  if [ -x .venv39/bin/python ]; then export NEUROPOD_TEST_OTHER_PYTHON="$PWD/.venv39/bin/python"; fi
+  export NEUROPOD_TEST_OTHER_PYTHON="$PWD/.venv39/bin/python"
   "$PY" -m pytest "$@"
 }
 

@@ -1,23 +1,32 @@
 """Shared test fixtures.
 
-Framework tests call :func:`require` instead of ``pytest.importorskip``: it
-skips when the framework is absent, except where ``NEUROPOD_REQUIRE_FRAMEWORKS=1``
-(set by CI, which installs every framework) turns the skip into a failure.
+Framework tests call :func:`require` instead of ``pytest.importorskip``, and
+tests that need a tool (``g++``) or an interpreter call :func:`require_command`
+or :func:`missing`: each skips when the piece is absent, except where
+``NEUROPOD_REQUIRE_FRAMEWORKS=1`` (set by CI, whose setup installs every piece)
+turns the skip into a failure.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-LEGACY_FIXTURES = REPO.parent / "shared" / "fixtures" / "legacy"
-if not LEGACY_FIXTURES.exists():  # a checkout that carries shared/ inside it
-    LEGACY_FIXTURES = REPO / "shared" / "fixtures" / "legacy"
+#: Packages written by the original Neuropod, kept in the repository (a clone has them).
+LEGACY_FIXTURES = REPO / "tests" / "fixtures" / "legacy"
+
+
+def missing(what: str) -> NoReturn:
+    """Skip because ``what`` is missing here; fail instead under NEUROPOD_REQUIRE_FRAMEWORKS=1."""
+    if os.environ.get("NEUROPOD_REQUIRE_FRAMEWORKS") == "1":
+        pytest.fail(f"{what} (NEUROPOD_REQUIRE_FRAMEWORKS=1: scripts/dev.sh setup provides it)")
+    pytest.skip(what)
 
 
 def require(module: str) -> Any:
@@ -25,9 +34,15 @@ def require(module: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        if os.environ.get("NEUROPOD_REQUIRE_FRAMEWORKS") == "1":
-            pytest.fail(f"{module} is required here (NEUROPOD_REQUIRE_FRAMEWORKS=1) but cannot be imported: {exc}")
-        pytest.skip(f"{module} is not installed")
+        missing(f"{module} cannot be imported: {exc}")
+
+
+def require_command(name: str) -> str:
+    """The path of command ``name`` or skip (fail under NEUROPOD_REQUIRE_FRAMEWORKS=1)."""
+    path = shutil.which(name)
+    if path is None:
+        missing(f"the command {name!r} is not installed")
+    return path
 
 
 @pytest.fixture(autouse=True)
@@ -38,8 +53,6 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
 
 @pytest.fixture
 def legacy_fixtures() -> Path:
-    if not LEGACY_FIXTURES.exists():
-        pytest.skip("shared/fixtures/legacy is not next to this checkout")
     return LEGACY_FIXTURES
 
 

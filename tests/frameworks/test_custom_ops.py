@@ -5,7 +5,6 @@ package is run in a fresh process, where nothing but the backend can have
 loaded the op: that proves the package brings it.
 """
 
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import require
+from conftest import require, require_command
 
 torch = require("torch")
 
@@ -41,9 +40,7 @@ SPEC_OUT = [{"name": "out", "dtype": "float32", "shape": ["n"]}]
 
 @pytest.fixture(scope="session")
 def op_library(tmp_path_factory):
-    compiler = shutil.which("g++")
-    if compiler is None:
-        pytest.skip("g++ is not installed")
+    compiler = require_command("g++")
     from torch.utils import cpp_extension
 
     build = tmp_path_factory.mktemp("custom_op")

@@ -3,7 +3,6 @@
 import gc
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -11,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import ADDITION_INPUTS, ADDITION_OUTPUTS, require
+from conftest import ADDITION_INPUTS, ADDITION_OUTPUTS, require, require_command
 
 tf = require("tensorflow")
 
@@ -359,9 +358,7 @@ REGISTER_KERNEL_BUILDER(Name("NeuropodTestAddOne").Device(DEVICE_CPU), NeuropodT
 @pytest.fixture(scope="module")
 def add_one_library(tmp_path_factory):
     """A tiny custom op compiled against the installed TensorFlow (about 10 s)."""
-    compiler = shutil.which("g++")
-    if compiler is None:
-        pytest.skip("g++ is not installed; the custom-op test compiles a TensorFlow op")
+    compiler = require_command("g++")  # the custom-op test compiles a TensorFlow op
     folder = tmp_path_factory.mktemp("custom_op")
     source = folder / "add_one.cc"
     source.write_text(ADD_ONE_OP)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from ope_models import make_identity_model, make_tool_model
 
+from conftest import missing
 from neuropod import load_neuropod
 from neuropod.errors import InputValidationError, ModelClosedError, OptionError
 from neuropod.executors.ope import OutOfProcessExecutor
@@ -238,8 +239,9 @@ def test_explicit_python_executable_and_bad_options(tool_path):
 OTHER_PYTHON = os.environ.get("NEUROPOD_TEST_OTHER_PYTHON")
 
 
-@pytest.mark.skipif(not OTHER_PYTHON, reason="set NEUROPOD_TEST_OTHER_PYTHON to an interpreter with numpy")
 def test_worker_runs_under_another_interpreter(tool_path):
+    if not OTHER_PYTHON:
+        missing("NEUROPOD_TEST_OTHER_PYTHON names no interpreter (scripts/dev.sh test sets it to .venv39's)")
     inputs = {"x": np.arange(3.0), "words": np.array([["a", "é"]])}
     with load_neuropod(tool_path, use_ope=True, python_executable=OTHER_PYTHON) as model:
         worker = model.executor.workers[0]

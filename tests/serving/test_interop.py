@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Iterator
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 from serving_models import make_adder, make_halves, make_strings
 
-from conftest import require
+from conftest import require, require_command
 from neuropod.packagers.placeholder import create_placeholder_neuropod
 
 require("grpc")
@@ -270,8 +269,8 @@ def test_requests_over_the_size_limit_are_refused(grpc_client: object, http_clie
     assert grpc_client.is_server_ready()  # type: ignore[attr-defined]
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_curl(server: ModelServer) -> None:
+    require_command("curl")
     base = f"http://127.0.0.1:{server.http_port}"
 
     def curl(*args: str, stdin: str = "") -> tuple:

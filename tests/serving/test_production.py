@@ -6,7 +6,6 @@ import http.client
 import io
 import json
 import logging
-import shutil
 import signal
 import subprocess
 import threading
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 from serving_models import make_adder, make_strings, neuropod_cli
 
-from conftest import require
+from conftest import require, require_command
 from neuropod import load_neuropod
 from neuropod.errors import AuthenticationError, ModelNotReadyError, OptionError
 from neuropod.executors.base import Executor, TensorDict
@@ -298,8 +297,8 @@ def test_bearer_token(adder: Path) -> None:
         del http_client  # here: a gevent client collected on another thread complains
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl CLI is not installed")
 def test_tls(adder: Path, tmp_path: Path) -> None:
+    require_command("openssl")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subject = ["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]
     command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", str(key)]

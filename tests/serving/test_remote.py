@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import urllib.error
 import urllib.request
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 from serving_models import make_adder, make_halves, make_strings, mlserver_available, start_mlserver, stop_process
 
-from conftest import require
+from conftest import missing, require
 from neuropod import InputValidationError, load_neuropod
 from neuropod.errors import ModelNotFoundError, OptionError, RemoteError
 from neuropod.executors.remote import parse_model_url
@@ -206,9 +205,7 @@ def test_unreachable_server_is_a_remote_error(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     if not mlserver_available():
-        if os.environ.get("NEUROPOD_REQUIRE_FRAMEWORKS") == "1":
-            pytest.fail("the MLServer venv is missing; create it with scripts/mlserver-venv.sh")
-        pytest.skip("the MLServer venv is missing (scripts/mlserver-venv.sh creates it)")
+        missing("the MLServer venv is missing (scripts/mlserver-venv.sh creates it)")
     process, http_port, grpc_port = start_mlserver(tmp_path_factory.mktemp("mlserver"))
     try:
         yield http_port, grpc_port

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ADDITION_INPUTS, ADDITION_OUTPUTS
+from conftest import ADDITION_INPUTS, ADDITION_OUTPUTS, require
 from neuropod import load_neuropod
 from neuropod.backends import BUILTIN_BACKENDS, BackendInfo, get_backend_class, known_platforms
 from neuropod.errors import (
@@ -150,7 +150,7 @@ def test_missing_path(tmp_path):
 
 
 def test_test_data_is_stored_without_pickle_and_round_trips(tmp_path):
-    ml_dtypes = pytest.importorskip("ml_dtypes")
+    ml_dtypes = require("ml_dtypes")
     spec_in = [{"name": "s", "dtype": "string", "shape": [None]}, {"name": "h", "dtype": "bfloat16", "shape": [2]}]
     spec_out = [{"name": "o", "dtype": "int64", "shape": [2]}]
     h = np.array([1.5, -2.0], dtype=ml_dtypes.bfloat16)

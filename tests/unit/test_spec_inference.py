@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import require
 from neuropod import ProblemDefinition, SpecError, infer_spec
 
 
@@ -31,7 +32,7 @@ def test_custom_and_no_symbols() -> None:
 
 
 def test_torch_tensors_are_read_without_importing_torch_here() -> None:
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     assert infer_spec({"x": torch.zeros(2, 3, dtype=torch.float16)}) == [
         {"name": "x", "dtype": "float16", "shape": ["batch", 3]}
     ]
