@@ -7,6 +7,7 @@ The first model is the reference. Floats agree within ``atol + rtol * |reference
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence
@@ -140,7 +141,7 @@ def _accumulate(agreement: Agreement, reference: np.ndarray, value: np.ndarray, 
 def _labels(models: Sequence[Any], loaded: Sequence[Any]) -> List[str]:
     labels = []
     for source, model in zip(models, loaded):
-        label = f"{model.platform}:{model.name}" if not isinstance(source, str) else source
+        label = os.fspath(source) if isinstance(source, (str, os.PathLike)) else f"{model.platform}:{model.name}"
         while label in labels:
             label += "'"
         labels.append(label)

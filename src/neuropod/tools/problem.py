@@ -221,7 +221,8 @@ def load_problem(path: Union[str, os.PathLike[str]]) -> Problem:
 
 
 def as_problem(value: Any) -> Problem:
-    """A :class:`Problem` from a Problem, a ProblemDefinition, its dict form, a problem file or a loaded model."""
+    """A :class:`Problem` from a Problem, a ProblemDefinition, its dict form, a problem file (``.json``/``.py``),
+    a package path or URL, or a loaded model."""
     if isinstance(value, Problem):
         return value
     if isinstance(value, ProblemDefinition):
@@ -229,7 +230,9 @@ def as_problem(value: Any) -> Problem:
     if isinstance(value, Mapping):
         return _build(value, "problem")
     if isinstance(value, (str, os.PathLike)):
-        return load_problem(value)
+        if Path(value).suffix in (".json", ".py"):
+            return load_problem(value)
+        return Problem(_definition_of(value))  # a package or a server URL: the problem it implements
     definition = getattr(value, "problem", None)  # a loaded Neuropod
     if isinstance(definition, ProblemDefinition):
         return Problem(definition, name=str(getattr(value, "name", "")))
@@ -261,21 +264,21 @@ def _dim_text(dim: Dim) -> str:
 
 
 class _Aligner:
-    """Checks one (problem dim, model dim) pair at a time; keeps symbols mapped one to one."""
+    """Checks one (problem dim, model dim) pair at a time, inputs first; each model symbol must stand for one thing."""
 
     def __init__(self, result: ProblemCheck) -> None:
         self.result = result
-        self.problem_to_model: Dict[str, Tuple[Any, str]] = {}
+        #: model symbol -> (what the problem has there, where it was first seen)
         self.model_to_problem: Dict[str, Tuple[Any, str]] = {}
 
-    def _bind(self, table: Dict[str, Tuple[Any, str]], key: str, value: Any, where: str, who: str) -> None:
+    def _bind(self, table: Dict[str, Tuple[Any, str]], key: str, value: Any, where: str) -> None:
         previous = table.setdefault(key, (value, where))
         if previous[0] != value:
             other = previous[0]
             value_text = "any size" if isinstance(value, tuple) else _dim_text(value)
             other_text = "any size" if isinstance(other, tuple) else _dim_text(other)
             self.result.errors.append(
-                f"{where}: symbols not aligned: the {who}'s symbol {key!r} stands for {other_text} at "
+                f"{where}: symbols not aligned: the model's symbol {key!r} stands for {other_text} at "
                 f"{previous[1]} but for {value_text} here"
             )
 
@@ -284,10 +287,11 @@ class _Aligner:
         errors, warnings = self.result.errors, self.result.warnings
         says = f"the problem says {_dim_text(p)}, the model says {_dim_text(q)}"
         if isinstance(q, str):
+            if kind == "output" and p is not None and q not in self.model_to_problem:
+                warnings.append(f"{where}: {says}, a size no input of the model binds; the model does not promise it")
             # A unique token for "any size": a model symbol tied to it ties dims the problem leaves free.
-            self._bind(self.model_to_problem, q, p if p is not None else ("any", where), where, "model")
-        if isinstance(p, str) and isinstance(q, str):
-            self._bind(self.problem_to_model, p, q, where, "problem")
+            # (A problem symbol may map to several model symbols: the model is looser, which is fine.)
+            self._bind(self.model_to_problem, q, p if p is not None else ("any", where), where)
         if isinstance(p, int) and isinstance(q, int):
             if p != q:
                 errors.append(f"{where}: {says}")

@@ -48,7 +48,7 @@ def _plots(report: Dict[str, Any]) -> List[Dict[str, str]]:
         timeline.set_title("Latency over the run")
         plots.append({"id": "latency", "title": "Latency", "png": _figure_png(figure)})
     scalars = [
-        (f"{name}.{key}", value)
+        (name if key == name else f"{name}.{key}", value)
         for name, values in report.get("metrics", {}).items()
         for key, value in values.items()
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -57,8 +57,8 @@ def _plots(report: Dict[str, Any]) -> List[Dict[str, str]]:
         figure = Figure(figsize=(7, 0.45 * len(scalars) + 1))
         axes = figure.subplots()
         axes.barh([label for label, _ in scalars][::-1], [value for _, value in scalars][::-1], color="#2ca02c")
-        axes.set_title("Metrics")
-        plots.append({"id": "metrics", "title": "Metrics", "png": _figure_png(figure)})
+        axes.set_title("Metric values")
+        plots.append({"id": "metrics", "title": "Metric values", "png": _figure_png(figure)})
     for name, values in report.get("metrics", {}).items():
         matrix = values.get("confusion_matrix")
         if not matrix:
@@ -97,12 +97,12 @@ def render_html(report: Dict[str, Any]) -> str:
     model, data = report.get("model", {}), report.get("data", {})
     esc = html.escape
     rows = [
-        f"<tr><td>{esc(name)}</td><td>{esc(key)}</td>{_cell(value)}</tr>"
+        f"<tr><td>{esc(name if key == name else f'{name}.{key}')}</td>{_cell(value)}</tr>"
         for name, values in report.get("metrics", {}).items()
         for key, value in values.items()
         if not isinstance(value, (list, dict))
     ]
-    header = "<tr><th>metric</th><th>value of</th><th>value</th></tr>"
+    header = "<tr><th>metric</th><th>value</th></tr>"
     metric_table = (
         f"<table id=metric-table>{header}{''.join(rows)}</table>" if rows else "<p>No metrics were asked for.</p>"
     )
