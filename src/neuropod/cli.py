@@ -58,6 +58,7 @@ def _spec_lines(specs: Any) -> str:
 @_user_errors
 def inspect(path: str, as_json: bool) -> None:
     """Show a package's name, platform, specs, devices, files and manifest check."""
+    from .isolation.cli import trust_lines
     from .package import open_package
     from .package.manifest import verify_manifest
 
@@ -66,6 +67,7 @@ def inspect(path: str, as_json: bool) -> None:
     config = package.config
     if as_json:
         info = {**config.to_json(), "files": package.files(), "manifest": manifest_state, "root": str(package.root)}
+        info.update({label: text for label, text in trust_lines(package)})
         click.echo(json.dumps(info, indent=2))
         return
     click.echo(f"name:      {config.name}")
@@ -77,6 +79,8 @@ def inspect(path: str, as_json: bool) -> None:
         click.echo("custom ops: " + ", ".join(config.custom_ops))
     click.echo("files:\n" + "\n".join(f"    {f}" for f in package.files()))
     click.echo(f"manifest:  {manifest_state}")
+    for label, text in trust_lines(package):
+        click.echo(f"{label + ':':<10} {text}")
 
 
 def _parse_inputs(pairs: Tuple[str, ...]) -> Dict[str, np.ndarray]:
@@ -325,6 +329,12 @@ for _command in _TOOL_COMMANDS:
 from .envs.cli import envs as _envs  # noqa: E402
 
 main.add_command(_envs)
+
+# neuropod keygen | sign | verify: ed25519 signatures of package manifests (the trust policy).
+from .isolation.cli import COMMANDS as _TRUST_COMMANDS  # noqa: E402
+
+for _command in _TRUST_COMMANDS:
+    main.add_command(_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

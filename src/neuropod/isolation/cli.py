@@ -1,0 +1,107 @@
+"""``neuropod keygen | sign | verify`` and the trust lines of ``neuropod inspect``."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Any, Callable, List, Tuple
+
+import click
+
+from ..errors import NeuropodError, TrustError
+
+__all__ = ["COMMANDS", "trust_lines"]
+
+
+def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """A library or file error is one line on stderr and exit code 2; a bad signature exits 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (NeuropodError, OSError) as exc:
+            click.echo(f"Error: {type(exc).__name__}: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def trust_lines(package: Any) -> List[Tuple[str, str]]:
+    """``(label, text)`` lines for ``neuropod inspect``: carried code, signature, isolation under the policy."""
+    from ..trust import TrustPolicy, carried_code, choose_isolation, signature_path
+
+    code = carried_code(package)
+    lines = [("code", "yes: " + "; ".join(code) if code else "none (data and framework artifacts only)")]
+    signature = signature_path(package.source)
+    try:
+        policy = TrustPolicy.parse(None)
+        level, decision = choose_isolation(package, None, policy)
+        if decision.signed_by:
+            signed = f"signed by trusted key {decision.signed_by} ({signature})"
+        else:
+            signed = f"present, not checked (no trusted keys given) ({signature})" if signature.exists() else "unsigned"
+        isolation = f"{level} ({decision.reason})"
+    except NeuropodError as exc:
+        signed, isolation = f"REFUSED: {exc}", "refused by the trust policy"
+    lines.append(("signature", signed))
+    if not os.environ.get("NEUROPOD_TRUST"):
+        isolation += "; NEUROPOD_TRUST can require a sandbox or container"
+    lines.append(("isolation", isolation))
+    return lines
+
+
+@click.command()
+@click.argument("private_key", type=click.Path(dir_okay=False))
+@_user_errors
+def keygen(private_key: str) -> None:
+    """Make an ed25519 key pair: PRIVATE_KEY (PEM, mode 0600) and PRIVATE_KEY.pub."""
+    from ..trust import generate_key
+
+    private, public = generate_key(private_key)
+    click.echo(f"private key: {private}\npublic key:  {public}")
+
+
+@click.command()
+@click.argument("path")
+@click.option("--key", "key", required=True, type=click.Path(exists=True, dir_okay=False), help="ed25519 private key.")
+@_user_errors
+def sign(path: str, key: str) -> None:
+    """Sign package PATH's manifest; writes PATH.sig next to it."""
+    from ..package import open_package
+    from ..trust import sign_package
+
+    package = open_package(path, verify=True)  # sign only what matches its manifest
+    click.echo(f"signed: {sign_package(package, key)}")
+
+
+@click.command()
+@click.argument("path")
+@click.option(
+    "--key",
+    "keys",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True),
+    help="Trusted public key file or directory (repeatable).",
+)
+@_user_errors
+def verify(path: str, keys: Tuple[str, ...]) -> None:
+    """Check package PATH's files against its manifest and its signature against trusted keys (exit 1 if not)."""
+    from ..package import open_package
+    from ..trust import load_public_keys, signature_path, verify_signature
+
+    package = open_package(path, verify=True)
+    try:
+        signer = verify_signature(package, load_public_keys(keys))
+    except TrustError as exc:
+        click.echo(f"NOT VERIFIED: {exc}", err=True)
+        sys.exit(1)
+    if signer is None:
+        click.echo(f"NOT VERIFIED: {path} is unsigned (no {signature_path(package.source)})", err=True)
+        sys.exit(1)
+    click.echo(f"verified: {path} is signed by trusted key {signer}")
+
+
+COMMANDS = (keygen, sign, verify)
