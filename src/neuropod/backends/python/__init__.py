@@ -129,6 +129,11 @@ class PythonBackend(Backend):
             )
 
     def infer(self, inputs: TensorDict) -> TensorDict:
+        # Model code written for the original got arrays without negative strides
+        # (torch.from_numpy refuses them): such a view is copied, anything else passes as it is.
+        for name, array in inputs.items():
+            if array.strides and min(array.strides) < 0:
+                inputs = {**inputs, name: np.ascontiguousarray(array)}
         try:
             result = self.model(**inputs)
         except Exception as exc:
