@@ -1,7 +1,8 @@
-"""Shared by the environment tests. Environments built by these tests live in one folder per checkout (``.cache/envs``).
+"""Shared by the environment tests.
 
-CI starts from a fresh clone, so each CI run builds them once and reuses them
-across its tests; a developer's later runs reuse them too.
+Environments built by these tests live in one folder per checkout
+(``.cache/envs``): CI starts from a fresh clone, so each CI run builds them
+once and reuses them across its tests; a developer's later runs reuse them too.
 """
 
 from __future__ import annotations
@@ -15,17 +16,9 @@ REPO = Path(__file__).resolve().parent.parent.parent
 SHARED_ENVS = Path(os.environ.get("NEUROPOD_TEST_ENVS_DIR") or REPO / ".cache" / "envs")
 
 
-@pytest.fixture(autouse=True)
-def shared_envs_dir(monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("NEUROPOD_ENVS_DIR", str(SHARED_ENVS))
+def use_envs_dir(monkeypatch: pytest.MonkeyPatch, folder: Path = SHARED_ENVS) -> Path:
+    """Build and find environments in ``folder`` only (no registered ones, no offline folder)."""
+    monkeypatch.setenv("NEUROPOD_ENVS_DIR", str(folder))
     monkeypatch.delenv("NEUROPOD_ENVIRONMENTS", raising=False)
     monkeypatch.delenv("NEUROPOD_ENVS_FIND_LINKS", raising=False)
-    return SHARED_ENVS
-
-
-@pytest.fixture
-def empty_envs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh environments folder (for tests of building, locking and pruning)."""
-    folder = tmp_path / "envs"
-    monkeypatch.setenv("NEUROPOD_ENVS_DIR", str(folder))
     return folder

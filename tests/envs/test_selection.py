@@ -8,12 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from envs_helpers import shared_envs_dir  # noqa: F401 (an autouse fixture)
+from envs_helpers import use_envs_dir
 
 from conftest import require
 from neuropod import load_neuropod
 from neuropod.errors import FrameworkVersionError, RequirementsError
 from neuropod.packagers import create_python_neuropod
+
+
+@pytest.fixture(autouse=True)
+def _shared_envs(monkeypatch):
+    use_envs_dir(monkeypatch)
+
 
 VERSION_SPEC = [{"name": "version", "dtype": "string", "shape": [1]}]
 SIX_MODEL = """

@@ -306,7 +306,7 @@ class Builder:
             progress.downloaded(done.group(1))
         elif line.startswith(("Resolved", "Collecting")):
             progress.step("downloading")
-        elif line.startswith(("Prepared", "Installing collected")):
+        elif line.startswith(("Prepared", "Installed", "Installing collected")):
             progress.step("installing")
 
     @staticmethod
