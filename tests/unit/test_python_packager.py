@@ -86,7 +86,8 @@ def test_requirements_are_stored_and_checked(tmp_path):
         assert model.package.requirements() == [f"numpy=={numpy.__version__}"]
     bad = _python_package(tmp_path, "bad", code, data=1, requirements=["numpy==0.0.1", "surely-not-installed-pkg==1.0"])
     with pytest.raises(RequirementsError) as info:
-        load_neuropod(bad)
+        # "current": check this process (by default an environment with the pins would be built; tests/envs)
+        load_neuropod(bad, environment="current")
     assert f"numpy==0.0.1 (found {numpy.__version__})" in str(info.value)
     assert "surely-not-installed-pkg==1.0 (not installed)" in str(info.value)
 
