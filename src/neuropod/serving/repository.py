@@ -50,12 +50,16 @@ class ModelSettings:
         max_queue_delay_ms: how long the first request of a batch waits for
             others to join it.
         load_options: more keyword arguments for ``load_neuropod``.
+        isolation: ``"process"``, ``"sandbox"`` or ``"container"`` runs it in
+            isolated workers (docs/isolation.md; limits go in ``load_options``);
+            None leaves it to ``use_ope`` and the trust policy.
     """
 
     use_ope: bool = False
     max_batch_size: int = 0
     max_queue_delay_ms: float = 2.0
     load_options: Mapping[str, Any] = field(default_factory=dict)
+    isolation: Optional[str] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.max_batch_size, bool) or not isinstance(self.max_batch_size, int) or self.max_batch_size < 0:
@@ -66,7 +70,7 @@ class ModelSettings:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "model settings") -> ModelSettings:
         """Build from a JSON object; unknown keys are refused by name."""
-        known = {"use_ope", "max_batch_size", "max_queue_delay_ms", "load_options"}
+        known = {"use_ope", "max_batch_size", "max_queue_delay_ms", "load_options", "isolation"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise OptionError(f"{where}: unknown setting(s) {', '.join(unknown)}; expected {', '.join(sorted(known))}")
@@ -220,7 +224,10 @@ class ModelRepository:
             for found_name, version, package_path in find_packages(path):
                 name = found_name or open_package(package_path, verify=False).config.name
                 settings = model_settings.get(name, default_settings)
-                neuropod = load_neuropod(package_path, use_ope=settings.use_ope, **dict(settings.load_options))
+                isolation = {"isolation": settings.isolation} if settings.isolation else {}
+                neuropod = load_neuropod(
+                    package_path, use_ope=settings.use_ope, **isolation, **dict(settings.load_options)
+                )
                 if name not in model_settings and settings.max_batch_size and _batch_symbol(neuropod) is None:
                     # A server-wide batching default skips models that cannot batch; a per-model setting does not.
                     logger.warning("model %s has no batch symbol to batch along; serving it unbatched", name)
