@@ -23,6 +23,11 @@ given)::
     ├── VersionRangeError (RuntimeError)
     ├── FrameworkVersionError (RuntimeError)
     ├── EnvironmentBuildError (RuntimeError)
+    ├── IsolationError (RuntimeError)                       a sandbox or container cannot be set up
+    ├── TrustError (PermissionError)                        the trust policy refuses a package
+    ├── ProblemMismatchError (ValueError)                   a model does not implement the problem
+    ├── DatasetError (ValueError)
+    ├── MetricError (ValueError)
     ├── TestMismatchError (ValueError)                      a failed self-test
     ├── InferenceError (RuntimeError)                       the model failed while running
     │   ├── WorkerCrashedError

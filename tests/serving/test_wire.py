@@ -12,9 +12,11 @@ from neuropod.errors import (
     AuthenticationError,
     InferenceError,
     InputValidationError,
+    ModelClosedError,
     ModelNotFoundError,
     ModelNotReadyError,
     OutputValidationError,
+    RemoteError,
     RequestTooLargeError,
 )
 
@@ -28,7 +30,7 @@ from neuropod.kserve.datatypes import (  # noqa: E402
     decode_raw,
     encode_raw,
 )
-from neuropod.kserve.status import status_for  # noqa: E402
+from neuropod.kserve.status import error_class_for_grpc, error_class_for_http, status_for  # noqa: E402
 
 
 def test_committed_descriptor_matches_the_proto() -> None:
@@ -127,6 +129,7 @@ def test_status_comes_from_the_exception_class() -> None:
         RequestTooLargeError("x"): (413, "RESOURCE_EXHAUSTED"),
         ModelNotFoundError("x"): (404, "NOT_FOUND"),
         ModelNotReadyError("x"): (503, "UNAVAILABLE"),
+        ModelClosedError("x"): (503, "UNAVAILABLE"),  # was an InputValidationError: 400
         AuthenticationError("x"): (401, "UNAUTHENTICATED"),
         OutputValidationError("x"): (500, "INTERNAL"),  # a ValueError, but the model's fault
         InferenceError("x"): (500, "INTERNAL"),
@@ -135,6 +138,15 @@ def test_status_comes_from_the_exception_class() -> None:
     for exc, expected in cases.items():
         status = status_for(exc)
         assert (status.http, status.grpc) == expected, type(exc).__name__
+
+
+def test_the_client_reads_a_status_back_into_the_class_the_server_answered_for() -> None:
+    answered = (InputValidationError, RequestTooLargeError, ModelNotFoundError, ModelNotReadyError, AuthenticationError)
+    for cls in answered:
+        status = status_for(cls("x"))
+        assert error_class_for_http(status.http) is cls
+        assert error_class_for_grpc(status.grpc) is cls
+    assert error_class_for_http(500) is RemoteError and error_class_for_grpc("INTERNAL") is RemoteError
 
 
 @pytest.mark.parametrize(
