@@ -1,4 +1,4 @@
-"""Problem files, ``check_problem`` / ``neuropod check`` on real packages and a server, and ``problem=`` in packagers."""
+"""Problem files; ``check_problem`` and ``neuropod check`` on real packages and a server; ``problem=`` in packagers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Dict
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from tools_fixtures import addition, server_url  # noqa: F401  (fixtures)
+from tools_fixtures import addition_fixture, server_url_fixture  # noqa: F401  (fixtures)
 
 from conftest import ADDITION_INPUTS, ADDITION_OUTPUTS, require
 from neuropod import ProblemDefinition, SpecError, load_neuropod

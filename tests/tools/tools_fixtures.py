@@ -24,8 +24,8 @@ FRAMEWORKS = ("torchscript", "onnx", "jax")
 _MODULES = {"torchscript": "torch", "onnx": "onnxruntime", "jax": "jax"}
 
 
-@pytest.fixture(scope="session")
-def addition(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
+@pytest.fixture(scope="session", name="addition")
+def addition_fixture(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
     """The addition problem (out = x + y) packaged in TorchScript, ONNX and JAX, plus a placeholder."""
     for module in _MODULES.values():
         require(module)
@@ -44,8 +44,8 @@ def addition(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
     return packages
 
 
-@pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@pytest.fixture(scope="session", name="server_url")
+def server_url_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``grpc://127.0.0.1:PORT/adder``: a Python adder served over KServe v2."""
     require("grpc")
     require("aiohttp")
