@@ -224,7 +224,7 @@ class ModelRepository:
             for found_name, version, package_path in find_packages(path):
                 name = found_name or open_package(package_path, verify=False).config.name
                 settings = model_settings.get(name, default_settings)
-                isolation = {"isolation": settings.isolation} if settings.isolation else {}
+                isolation: Dict[str, Any] = {"isolation": settings.isolation} if settings.isolation else {}
                 neuropod = load_neuropod(
                     package_path, use_ope=settings.use_ope, **isolation, **dict(settings.load_options)
                 )
