@@ -102,3 +102,18 @@ def test_user_errors_are_one_clean_line(runner, model_path, tmp_path, args, frag
     assert result.exit_code == 2
     assert fragment in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["inspect", "--json", "{model}"], ["inspect", "/no/such"]])
+def test_python_dash_m_neuropod_is_the_neuropod_command(model_path, args):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    args = [arg.format(model=model_path) for arg in args]
+    script = Path(sys.executable).with_name("neuropod")
+    by_module = subprocess.run([sys.executable, "-m", "neuropod", *args], capture_output=True, text=True)
+    by_script = subprocess.run([str(script), *args], capture_output=True, text=True)
+    assert by_module.returncode == by_script.returncode
+    assert (by_module.stdout, by_module.stderr) == (by_script.stdout, by_script.stderr)
+    assert by_module.stdout or by_module.stderr
