@@ -1,5 +1,6 @@
 import json
 import pickle
+import re
 import stat
 import sys
 import zipfile
@@ -254,3 +255,81 @@ def test_non_utf8_bytes_input_names_the_tensor(tmp_path):
         pytest.raises(InputValidationError, match="input 's': bytes are not valid UTF-8"),
     ):
         model.infer({"s": np.array([b"\xff"])})
+
+
+def _edit_json(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def _manifest_rewritten(root: Path) -> None:
+    """What a careful attacker does after editing: make the cached manifest match the edit."""
+    from neuropod.package.manifest import write_manifest
+
+    write_manifest(root)
+
+
+@pytest.mark.parametrize("cover_tracks", [False, True], ids=["edited", "edited_and_manifest_rewritten"])
+@pytest.mark.parametrize("target", ["config.json", "0/config.json"])
+def test_a_tampered_zip_cache_never_reaches_the_caller(tmp_path, target, cover_tracks):
+    path = _placeholder(tmp_path / "m.zip")
+    with load_neuropod(path) as model:
+        expected = model.infer({"x": X, "y": X})["out"]
+    root = open_package(path).root
+    _edit_json(root / target, **({"name": "evil"} if target == "config.json" else {"seed": 12345}))
+    if cover_tracks:
+        _manifest_rewritten(root)
+    package = open_package(path)
+    assert package.config.name == "addition"
+    with load_neuropod(path) as model:
+        assert model.name == "addition"
+        np.testing.assert_array_equal(model.infer({"x": X, "y": X})["out"], expected)
+
+
+def test_a_tampered_cache_of_a_zip_without_manifest_is_extracted_again(tmp_path):
+    from neuropod.package.archive import write_zip
+
+    tree = _placeholder(tmp_path / "tree", package_as_zip=False)
+    (tree / "manifest.json").unlink()  # as the original wrote its zips
+    write_zip(tree, tmp_path / "legacy.zip")
+    root = open_package(tmp_path / "legacy.zip").root
+    _edit_json(root / "config.json", name="evil")
+    package = open_package(tmp_path / "legacy.zip")
+    assert package.config.name == "addition" and not package.has_manifest
+    (package.root / "manifest.json").write_text("{}")  # a file the zip does not have
+    assert not (open_package(tmp_path / "legacy.zip").root / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("target", ["config.json", "0/config.json"])
+def test_a_directory_package_edited_between_two_loads_is_refused(tmp_path, target):
+    root = _placeholder(tmp_path / "pkg", package_as_zip=False)
+    load_neuropod(root).close()
+    _edit_json(root / target, **({"name": "evil"} if target == "config.json" else {"seed": 1}))
+    with pytest.raises(ManifestError, match=repr(target)):
+        load_neuropod(root)
+
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "neuropod"
+
+
+def test_artifact_names_are_written_once_in_layout():
+    names = ['"model.pt"', '"model.pt2"', '"model.onnx"', '"model.keras"', '"model.pb"', '"savedmodel"']
+    names += ['"model.jax_exported"', '"params.npz"', '"serving_default"']
+    offenders = []
+    for path in [*(SRC / "backends").rglob("*.py"), *(SRC / "packagers").rglob("*.py")]:
+        text = path.read_text()
+        offenders += [f"{path.relative_to(SRC)}: {name}" for name in names if name in text]
+    assert offenders == []
+    layout_source = (SRC / "package" / "layout.py").read_text()
+    assert all(name in layout_source for name in names)
+    assert not re.search(r"^\s*(import|from)\s", layout_source, re.MULTILINE)  # no framework, nothing at all
+
+
+def test_gpu_choice_is_written_once():
+    callers = sorted(
+        str(path.relative_to(SRC))
+        for path in (SRC / "backends").rglob("*.py")
+        if "gpu_unavailable_warning(" in path.read_text() and path.name not in ("base.py",)
+    )
+    assert callers == ["backends/devices.py"]
