@@ -10,7 +10,9 @@ PY="$VENV/bin/python"
 
 # OS packages the tests need, as "command:package" (CI runs as root): installed when the command is missing.
 # chromium: the headless browser the HTML-report screenshot test (tests/tools) opens reports in.
-OS_PACKAGES=("g++:g++" "openssl:openssl" "curl:curl" "chromium:chromium")
+# bwrap, prlimit: the isolation="sandbox" workers (tests/isolation); podman: the isolation="container" ones.
+OS_PACKAGES=("g++:g++" "openssl:openssl" "curl:curl" "chromium:chromium" "bwrap:bubblewrap" "prlimit:util-linux"
+  "podman:podman")
 
 install_os_packages() {
   local missing=() entry
@@ -22,8 +24,20 @@ install_os_packages() {
   fi
 }
 
+# crun refuses the hybrid cgroup layout of these VMs while a controller (hugetlb) sits on the v2 tree
+# ("cgroups in hybrid mode not supported, drop all controllers from cgroupv2"): mount those as v1.
+prepare_podman() {
+  local unified=/sys/fs/cgroup/unified controller
+  [ "$(id -u)" = 0 ] && [ -f "$unified/cgroup.controllers" ] || return 0
+  for controller in $(cat "$unified/cgroup.controllers"); do
+    mkdir -p "/sys/fs/cgroup/$controller"
+    mount -t cgroup -o "$controller" cgroup "/sys/fs/cgroup/$controller" || true
+  done
+}
+
 setup() {
   install_os_packages
+  prepare_podman
   if [ ! -x "$PY" ]; then
     python3 -m venv "$VENV"
     "$PY" -m pip install -q --upgrade pip
@@ -81,11 +95,26 @@ run_python39_tests() {
   NEUROPOD_REQUIRE_FRAMEWORKS=0 .venv39/bin/python -m pytest -q -p no:cacheprovider tests/unit
 }
 
+# Environments of framework version selection live in the checkout's .cache/ (ignored): a CI run,
+# on a fresh clone, builds each once and every test after it reuses it. uv's download cache sits
+# beside them (one disk, so environments hard-link their files from it).
+use_checkout_envs() {
+  export NEUROPOD_ENVS_DIR="${NEUROPOD_ENVS_DIR:-$PWD/.cache/envs}" UV_CACHE_DIR="${UV_CACHE_DIR:-$PWD/.cache/uv}"
+  export NEUROPOD_TEST_ENVS_DIR="$NEUROPOD_ENVS_DIR"
+}
+
+# The one big build (Python 3.9 + torch 1.10.2, an ~840 MB wheel) for the legacy TorchScript test,
+# up front with one log line per step; quick when it already exists.
+build_test_envs() {
+  "$VENV/bin/neuropod" envs build --platform torchscript --range 1.10.2
+}
+
 run_tests() {
   export NEUROPOD_REQUIRE_FRAMEWORKS=1  # every framework is installed: a skip for a missing one is a failure
   "$VENV/bin/ruff" check src tests bench examples
   "$VENV/bin/mypy"
-  if [ $# -eq 0 ]; then run_python39_tests; fi
+  use_checkout_envs
+  if [ $# -eq 0 ]; then run_python39_tests; build_test_envs; fi
   # Out-of-process workers are also tested under that Python 3.9 + numpy 1.x interpreter.
   export NEUROPOD_TEST_OTHER_PYTHON="$PWD/.venv39/bin/python"
   "$PY" -m pytest "$@"
@@ -93,7 +122,7 @@ run_tests() {
 
 case "${1:-}" in
   setup) setup ;;
-  tour) setup; "$PY" examples/tour.py ;;
+  tour) setup; use_checkout_envs; "$PY" examples/tour.py ;;
   test) setup; shift; run_tests "$@" ;;
   *) echo "usage: bash scripts/dev.sh {tour|test|setup} [pytest args]" >&2; exit 2 ;;
 esac
