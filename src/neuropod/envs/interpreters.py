@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import semantic_version
 
@@ -71,7 +71,7 @@ def _candidates(uv: Optional[str]) -> List[str]:
 
 def discover_interpreters(uv: Optional[str] = None) -> List[Interpreter]:
     """One interpreter per Python minor version (>= 3.9), newest patch first, this process's own first."""
-    best = {}
+    best: Dict[str, Interpreter] = {}
     for executable in _candidates(uv):
         if not executable or not os.access(executable, os.X_OK):
             continue

@@ -184,7 +184,7 @@ def probe(executable: str, use_cache: bool = True) -> Dict[str, Any]:
 def built_environments() -> List[Environment]:
     """Every complete environment under :func:`envs_dir` (half-built ones are in ``.tmp-*`` and skipped)."""
     root = envs_dir()
-    found = []
+    found: List[Environment] = []
     if not root.is_dir():
         return found
     for folder in sorted(root.iterdir()):
