@@ -72,7 +72,9 @@ class Metric:
         labels: Mapping[str, str],
         fallback: str = "label",
     ) -> str:
-        candidates = [label] if label is not None else [labels.get(output), output, fallback]
+        # An explicit label (option or mapping) is the only candidate: a typo must not fall back to another field.
+        explicit = label if label is not None else labels.get(output)
+        candidates = [explicit] if explicit is not None else [output, fallback]
         for candidate in candidates:
             if candidate is not None and candidate in fields:
                 return candidate

@@ -92,16 +92,17 @@ class Progress:
             f"{self.what}: {state}{self.done}{of_total} {self.unit} ({rate:,.0f} {self.unit}/s{eta})", file=self.stream
         )
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
+        """Stop showing progress; a log line says the work is done when it ``finished``."""
         if self.mode == "bar" and self._bar is not None:
             self._bar.stop()
             self._bar = None
-        elif self.mode == "log":
+        elif self.mode == "log" and finished:
             self._log(final=True)
         self.mode = "off"
 
     def __enter__(self) -> Progress:
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc_info: Any) -> None:
+        self.close(finished=exc_type is None)
