@@ -18,7 +18,11 @@ hides the transport:
 
 Then a 1-element addition model (the smallest real call), in-process and OPE
 with and without spinning, and ``seal``: a 64 MiB input whose copy into shared
-memory overlaps 30 ms of the caller's other work.
+memory overlaps 30 ms of the caller's other work. Last, the cost of isolation
+(docs/isolation.md): start-up (``load_neuropod`` until the first answer) and
+the 1-element addition's round trip for ``process``, ``sandbox`` (bubblewrap)
+and ``container`` (podman, from a root filesystem of the host's ``/usr`` and
+this Python, or ``--image``) workers; levels whose tool is missing are skipped.
 All cases run in the same process, one after another, so compare within a run.
 """
 
@@ -26,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
+import shutil
 import sys
 import tempfile
 import textwrap
@@ -36,6 +42,7 @@ from typing import Any, Callable, Dict, List, Tuple
 import numpy as np
 
 from neuropod import load_neuropod
+from neuropod.errors import NeuropodError
 from neuropod.packagers import create_python_neuropod
 
 IDENTITY_CODE = """
@@ -116,15 +123,73 @@ def size_name(size: int) -> str:
     return f"{size} B"
 
 
+def container_options(root: Path, image: Any) -> Dict[str, Any]:
+    """podman options for the container rows: ``image``, or a rootfs of mount points with the host's /usr bound in."""
+    prefix = str(Path(os.path.realpath(sys.executable)).parent.parent)
+    binds = ["-v", "/usr:/usr:ro", "-v", f"{prefix}:{prefix}:ro", "-v", f"{sys.prefix}:{sys.prefix}:ro"]
+    options: Dict[str, Any] = {"container_args": ["--cgroups=disabled", *binds], "container_python": sys.executable}
+    if image:
+        return {"image": image}
+    rootfs = root / "rootfs"
+    for name in ("usr", "tmp", "proc", "dev", "sys", "etc", "run"):
+        (rootfs / name).mkdir(parents=True)
+    for link in ("bin", "lib", "lib64", "sbin"):
+        if os.path.islink(f"/{link}"):
+            os.symlink(os.readlink(f"/{link}"), rootfs / link)
+    return {**options, "rootfs": str(rootfs)}
+
+
+def isolation_rows(add: Path, root: Path, ope_options: Dict[str, Any], args: argparse.Namespace) -> None:
+    print("isolation: start-up (load until the first answer, ms, median of 5) and 1-element addition (us)")
+    print(f"{'level':>10} | {'start-up ms':>11} | {'x process':>9} | {'p50 us':>8} | {'p99 us':>8} | {'x process':>9}")
+    levels: List[Tuple[str, Dict[str, Any]]] = [("process", {"use_ope": True})]
+    if shutil.which("bwrap"):
+        levels.append(("sandbox", {"isolation": "sandbox"}))
+    if shutil.which("podman") or args.image:
+        levels.append(("container", {"isolation": "container", **container_options(root, args.image)}))
+    one = {"x": np.ones(1, np.float32), "y": np.ones(1, np.float32)}
+    baseline: Tuple[float, float] = (0.0, 0.0)
+    for level, options in levels:
+        starts = []
+        try:
+            for _ in range(5):
+                begin = time.perf_counter()
+                with load_neuropod(add, **ope_options, **options) as model:
+                    model.infer(one)
+                    starts.append((time.perf_counter() - begin) * 1e3)
+            with load_neuropod(add, **ope_options, **options) as model:
+                trip = percentiles(lambda model=model: model.infer(one), 5000 if not args.quick else 1000)
+        except NeuropodError as exc:
+            print(f"{level:>10} | cannot run here: {exc}")
+            continue
+        start = sorted(starts)[len(starts) // 2]
+        if level == "process":
+            baseline = (start, trip[0])
+        print(
+            f"{level:>10} | {start:>11.1f} | {start / baseline[0]:>9.2f} | {trip[0]:>8.1f} | {trip[1]:>8.1f} | "
+            f"{trip[0] / baseline[1]:>9.2f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--spin-us", type=float, default=100.0, help="OPE spin before blocking")
     parser.add_argument("--cpus", default="", help="pin the OPE worker to these CPUs, e.g. 1")
+    parser.add_argument("--image", default=None, help="OCI image for the container rows (default: a host rootfs)")
+    parser.add_argument("--only-isolation", action="store_true", help="run only the isolation rows")
     args = parser.parse_args()
     ope_options: Dict[str, Any] = {"spin_us": args.spin_us}
     if args.cpus:
         ope_options["cpu_affinity"] = [int(c) for c in args.cpus.split(",")]
+
+    add_spec = [{"name": n, "dtype": "float32", "shape": [None]} for n in ("x", "y")]
+    add_out = [{"name": "out", "dtype": "float32", "shape": [None]}]
+    if args.only_isolation:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(f"python {sys.version.split()[0]}, numpy {np.__version__}, OPE options {ope_options}")
+            isolation_rows(make_package(Path(tmp), "add", ADD_CODE, add_spec, add_out), Path(tmp), ope_options, args)
+        return
 
     ctx = mp.get_context("spawn")
     inbox, outbox = ctx.Queue(), ctx.Queue()
@@ -137,8 +202,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         spec = [{"name": "x", "dtype": "uint8", "shape": [None]}]
         identity = make_package(Path(tmp), "identity", IDENTITY_CODE, spec, spec)
-        add_spec = [{"name": n, "dtype": "float32", "shape": [None]} for n in ("x", "y")]
-        add = make_package(Path(tmp), "add", ADD_CODE, add_spec, [{"name": "out", "dtype": "float32", "shape": [None]}])
+        add = make_package(Path(tmp), "add", ADD_CODE, add_spec, add_out)
         print(f"python {sys.version.split()[0]}, numpy {np.__version__}, OPE options {ope_options}")
         print("round trip of one uint8 tensor through an identity model; microseconds, p50 and p99")
         header = f"{'size':>8} |" + "|".join(
@@ -209,6 +273,8 @@ def main() -> None:
                 print(
                     f"{name:>24}: {p50 / 1e3:8.2f} ms p50 {p99 / 1e3:8.2f} ms p99 (work alone: {work_s * 1e3:.0f} ms)"
                 )
+        print()
+        isolation_rows(add, Path(tmp), ope_options, args)
 
     inbox.put(None)
     here.send_bytes(b"")
