@@ -96,7 +96,28 @@ def _shared_memory(pid):
     return f"/dev/shm {seen}; fds of {pid}: {fds}"
 
 
+def _open_files(count):
+    files = []
+    try:
+        for _ in range(int(count)):
+            files.append(open("/dev/null"))
+    except OSError as exc:
+        raise OSError(f"open failed after {len(files)} files: {exc}") from None
+    finally:
+        for f in files:
+            f.close()
+    return f"opened {len(files)}"
+
+
+def _hang(seconds):
+    time.sleep(float(seconds))
+    return "woke up"
+
+
 ATTACKS = {
+    "open_files": _open_files,
+    "hang": _hang,
+    "cpus": lambda _: f"cpus {len(os.sched_getaffinity(0))} threads {os.environ.get('OMP_NUM_THREADS')}",
     "read": _read,
     "write": _write,
     "connect": _connect,

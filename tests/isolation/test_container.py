@@ -106,3 +106,19 @@ def test_a_launcher_prefix_runs_the_worker(tmp_path):
     with load_neuropod(package, isolation="container", launcher=launcher, container_python=sys.executable) as model:
         assert attack(model, "whoami").startswith("DONE pid 1 ppid 0")
         assert attack(model, "proc", os.getpid()).startswith("BLOCKED FileNotFoundError")
+
+
+def test_a_container_worker_from_an_image(podman, rootfs, tmp_path):
+    """``image=``: an image imported from the mount-point rootfs (no registry here), the host's /usr bound in."""
+    image = f"localhost/neuropod-test-rootfs:{os.getpid()}"
+    archive = tmp_path / "rootfs.tar"
+    subprocess.run(["tar", "-C", str(rootfs), "-cf", str(archive), "."], check=True)
+    subprocess.run([podman, "import", str(archive), image], check=True, capture_output=True, timeout=120)
+    try:
+        package = make_identity_model(tmp_path, dtype="float32")
+        options = dict(image=image, container_args=engine_args(), container_python=sys.executable)
+        with load_neuropod(package, isolation="container", **options) as model:
+            x = np.arange(10, dtype=np.float32)
+            np.testing.assert_array_equal(model.infer({"x": x})["x"], x)
+    finally:
+        subprocess.run([podman, "rmi", "-f", image], capture_output=True, timeout=120)

@@ -20,7 +20,7 @@ from typing import Iterator, List
 import numpy as np
 import pytest
 
-from neuropod.errors import IsolationError, OptionError, WorkerCrashedError
+from neuropod.errors import IsolationError, OptionError, WorkerCrashedError, WorkerTimeoutError
 from neuropod.loader import load_neuropod
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -193,3 +193,17 @@ def test_a_missing_bubblewrap_is_named(packages, monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(IsolationError, match="bubblewrap"):
         load_neuropod(packages["tool"], isolation="sandbox")
+
+
+def test_open_files_cpus_and_wall_time_per_call_are_limited(packages, bystander):
+    require_command("bwrap")
+    options = dict(isolation="sandbox", max_open_files=64, cpus=1, timeout=2.0)
+    with load_neuropod(packages["hostile"], **options) as model:
+        result = attack(model, "open_files", 1000)
+        assert result.startswith("BLOCKED OSError: open failed after"), result
+        assert int(result.split("after ")[1].split()[0]) < 64
+        assert attack(model, "cpus") == "DONE cpus 1 threads 1"
+        with pytest.raises(WorkerTimeoutError, match="timeout=2.0s"):
+            attack(model, "hang", 60)
+        still_serving(bystander)
+        assert attack(model, "whoami").startswith("DONE")  # replaced after the kill
