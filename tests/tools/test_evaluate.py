@@ -25,8 +25,8 @@ ROWS = 37  # not a multiple of the batch size: the last batch is partial
 
 def addition_data(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((ROWS, 3)).astype(np.float32)
-    y = rng.standard_normal((ROWS, 3)).astype(np.float32)
+    x = rng.standard_normal((ROWS, 4)).astype(np.float32)
+    y = rng.standard_normal((ROWS, 4)).astype(np.float32)
     folder = tmp_path / "data"
     folder.mkdir()
     for name, array in {"x": x, "y": y, "sum": x + y}.items():

@@ -39,7 +39,7 @@ def addition_fixture(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path
     builders = {"torchscript": TORCH["torchscript"], "onnx": ONNX["onnx"], "jax": JAX["jax"]}
     packages = {name: builder.build(root / f"{name}.zip", "addition") for name, builder in builders.items()}
     packages["placeholder"] = create_placeholder_neuropod(
-        root / "placeholder.zip", "addition", ADDITION_INPUTS, ADDITION_OUTPUTS, seed=3, free_dim_size=3
+        root / "placeholder.zip", "addition", ADDITION_INPUTS, ADDITION_OUTPUTS, seed=3, free_dim_size=4
     )
     return packages
 
