@@ -29,6 +29,8 @@ import os
 import secrets
 import shutil
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -123,16 +125,28 @@ class CgroupLimits:
         return ["/bin/sh", "-c", f'{joins} && exec "$@"', "neuropod-cgroup"]
 
     def remove(self) -> None:
-        for group in self.groups:
-            _remove(group)
-        self.groups = []
+        groups, self.groups = self.groups, []
+        busy = [group for group in groups if not _remove(group)]
+        if busy:  # the sandbox's processes are still being killed: try again shortly
+            threading.Thread(target=_remove_soon, args=(busy,), name="neuropod-cgroup-rm", daemon=True).start()
 
 
-def _remove(group: Path) -> None:
+def _remove(group: Path) -> bool:
     try:
         group.rmdir()
+    except FileNotFoundError:
+        return True
     except OSError:
-        pass  # still has processes (being killed): the next sweep removes it
+        return False
+    return True
+
+
+def _remove_soon(groups: List[Path], attempts: int = 100) -> None:
+    for _ in range(attempts):  # up to 5 s; what is left then goes in a later sweep
+        groups = [group for group in groups if not _remove(group)]
+        if not groups:
+            return
+        time.sleep(0.05)
 
 
 def _sweep(hierarchy: Path) -> None:
