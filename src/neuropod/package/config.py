@@ -11,7 +11,7 @@ from ..errors import PackageError, SpecError, UnsafePackageError
 from ..spec import ProblemDefinition, TensorSpec
 from . import layout
 
-__all__ = ["PackageConfig", "DEVICES", "write_backend_config"]
+__all__ = ["PackageConfig", "DEVICES", "read_config_json", "write_backend_config"]
 
 DEVICES = ("CPU", "GPU")
 
@@ -103,14 +103,7 @@ class PackageConfig:
 
     @classmethod
     def read(cls, root: Path) -> PackageConfig:
-        path = root / layout.CONFIG
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise PackageError(f"{path}: not found; is this a neuropod package?") from None
-        except (OSError, ValueError) as exc:
-            raise PackageError(f"{path}: cannot be read as JSON: {exc}") from None
-        return cls.from_json(data, str(path))
+        return cls.from_json(read_config_json(root), str(root / layout.CONFIG))
 
     def to_json(self) -> Dict[str, Any]:
         """The fields in the order the original Neuropod wrote them (tensor specs as name, dtype, shape)."""
@@ -133,6 +126,21 @@ class PackageConfig:
         newline. Tools that hash or diff packages rely on it.
         """
         (root / layout.CONFIG).write_text(json.dumps(self.to_json(), indent=4), encoding="utf-8")
+
+
+def read_config_json(root: Path) -> Any:
+    """The parsed JSON of ``root/config.json``, unchecked.
+
+    Raises:
+        PackageError: the file is missing or not JSON.
+    """
+    path = root / layout.CONFIG
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PackageError(f"{path}: not found; is this a neuropod package?") from None
+    except (OSError, ValueError) as exc:
+        raise PackageError(f"{path}: cannot be read as JSON: {exc}") from None
 
 
 def write_backend_config(root: Path, settings: Mapping[str, Any]) -> None:

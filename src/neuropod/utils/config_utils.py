@@ -8,14 +8,13 @@ as the original raised ``ValueError``.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from ..errors import PackageError, SpecError
-from ..package import PackageConfig, layout, open_package
-from ..package.config import DEVICES
+from ..package import PackageConfig, open_package
+from ..package.config import DEVICES, read_config_json
 from ..spec import canonical_dtype
 
 __all__ = ["canonicalize_tensor_spec", "validate_neuropod_config", "read_neuropod_config", "write_neuropod_config"]
@@ -83,13 +82,7 @@ def read_neuropod_config(neuropod_path: PathLike) -> Dict[str, Any]:
     """
     path = Path(neuropod_path)
     root = path if path.is_dir() else open_package(path).root
-    config_path = root / layout.CONFIG
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PackageError(f"{config_path}: not found; is this a neuropod package?") from None
-    except (OSError, ValueError) as exc:
-        raise PackageError(f"{config_path}: cannot be read as JSON: {exc}") from None
+    config = read_config_json(root)
     if isinstance(config, dict) and "input_tensor_device" not in config:
         config["input_tensor_device"] = {item["name"]: "GPU" for item in config.get("input_spec", [])}
     validate_neuropod_config(config)
