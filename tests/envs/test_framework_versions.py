@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from envs_helpers import use_envs_dir
+from envs_helpers import onnx_addition_package, use_envs_dir
 
 from conftest import require
 from neuropod import load_neuropod
@@ -40,35 +40,10 @@ def _loaded_version(pid: int, library: str, distribution: str) -> str:
     return Path(dist_info).name[len(distribution) + 1 : -len(".dist-info")]
 
 
-def _onnx_package(tmp_path: Path, name: str, version_range: str) -> Path:
-    require("onnxruntime")
-    from onnx import TensorProto, helper
-
-    from neuropod.packagers import create_onnx_neuropod
-
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "y"], ["out"])],
-        "add",
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", "n"]) for n in ("x", "y")],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", "n"])],
-    )
-    # IR 8 / opset 17: what onnxruntime 1.17 reads.
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    spec = [{"name": n, "dtype": "float32", "shape": ["batch", "n"]} for n in ("x", "y")]
-    return create_onnx_neuropod(
-        neuropod_path=tmp_path / name,
-        model_name=name,
-        model=model,
-        input_spec=spec,
-        output_spec=[{"name": "out", "dtype": "float32", "shape": ["batch", "n"]}],
-        platform_version_semver=version_range,
-    )
-
-
 def test_two_onnxruntime_versions_concurrently_in_one_process(tmp_path):
     onnxruntime = require("onnxruntime")
-    old = _onnx_package(tmp_path, "old", "~1.17")
-    current = _onnx_package(tmp_path, "current", f">={onnxruntime.__version__}")
+    old = onnx_addition_package(tmp_path, "old", "~1.17")
+    current = onnx_addition_package(tmp_path, "current", f">={onnxruntime.__version__}")
     with load_neuropod(old) as old_model, load_neuropod(current) as current_model:
         assert type(current_model.executor).__name__ == "InProcessExecutor"
         (worker,) = old_model.executor.workers

@@ -24,8 +24,9 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
+from ..envs.deferred import load_for_serving
 from ..errors import ModelNotFoundError, ModelNotReadyError, OptionError, PackageError
-from ..loader import Neuropod, load_neuropod
+from ..loader import Neuropod
 from ..package import layout, open_package
 from ..spec import SpecValidator
 
@@ -225,7 +226,8 @@ class ModelRepository:
                 name = found_name or open_package(package_path, verify=False).config.name
                 settings = model_settings.get(name, default_settings)
                 isolation: Dict[str, Any] = {"isolation": settings.isolation} if settings.isolation else {}
-                neuropod = load_neuropod(
+                # A model whose environment must be built first loads in the background, not ready till then.
+                neuropod = load_for_serving(
                     package_path, use_ope=settings.use_ope, **isolation, **dict(settings.load_options)
                 )
                 if name not in model_settings and settings.max_batch_size and _batch_symbol(neuropod) is None:
