@@ -5,6 +5,9 @@ Run it with ``bash scripts/dev.sh tour`` (sets everything up first).
 
 from __future__ import annotations
 
+import json
+import shutil
+import sys
 import tempfile
 import textwrap
 import time
@@ -172,6 +175,27 @@ def serve(path: Path) -> None:
         client.close()
 
 
+def legacy_next_to_current(current: Path, workdir: Path) -> None:
+    """A package saved by torch ~1.0 (torch 2.x refuses its format) next to a current one, same call."""
+    from neuropod.envs.select import environment_at
+
+    legacy = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "legacy" / "torchscript_addition_model"
+    # Packages by the original Neuropod lack platform_version_semver; this copy states what it was saved for.
+    stated = workdir / "legacy"
+    shutil.copytree(legacy, stated)
+    config = json.loads((stated / "config.json").read_text())
+    (stated / "config.json").write_text(json.dumps({**config, "platform_version_semver": "1.10.2"}))
+    print("   (a first run builds its Python 3.9 + torch 1.10.2 environment: an ~840 MB download)")
+    with load_neuropod(stated) as old, load_neuropod(current) as new:
+        for label, model in (("legacy", old), ("current", new)):
+            out = model.infer({"x": X, "y": Y})["out"]
+            options = getattr(model.executor, "options", None)
+            python = getattr(options, "python_executable", sys.executable)
+            held = environment_at(python)
+            torch_version = held.version_of("torch")
+            print(f"   {label:<8} python {held.python_version:<8} torch {torch_version:<12} out[0] = {out[0]}")
+
+
 def run_everywhere(packages: List[Tuple[str, Path]], **load_options: object) -> None:
     """The same call for every package; a table of what came back."""
     print(f"{'model':<14}{'platform':<14}{'out[0]':<28}{'= x + y':<9}{'µs/call':>8}")
@@ -234,6 +258,9 @@ def main() -> None:
 
         section("9. Served over KServe v2: the same object remotely, and a client nobody here wrote")
         serve(packages[1][1])
+
+        section("11. Framework versions: a legacy TorchScript package in a torch 1.10 worker, next to a current one")
+        legacy_next_to_current(packages[1][1], workdir)
 
 
 if __name__ == "__main__":
