@@ -75,14 +75,25 @@ def _load(target: str, mode: str, concurrency: int, load_options: Mapping[str, A
 
 
 def _drive(model: Any, inputs: Dict[str, np.ndarray], concurrency: int, warmup: float, duration: float) -> List[float]:
-    """Every thread calls ``infer`` until the end; only calls that start and end inside the window count."""
+    """Every thread calls ``infer`` until the end; only calls that start and end inside the window count.
+
+    The window opens ``warmup`` seconds after every thread has finished its first call.
+    """
     latencies: List[List[float]] = [[] for _ in range(concurrency)]
     failures: List[BaseException] = []
     ready = threading.Barrier(concurrency + 1)
+    go = threading.Event()
     timing: Dict[str, float] = {}
 
     def worker(mine: List[float]) -> None:
+        try:
+            model.infer(inputs)  # the first call (compilation, a worker's start) is never timed
+        except BaseException as exc:
+            failures.append(exc)
         ready.wait()
+        go.wait()
+        if failures:
+            return
         measure_from, stop_at = timing["from"], timing["to"]
         clock = time.perf_counter
         try:
@@ -100,10 +111,11 @@ def _drive(model: Any, inputs: Dict[str, np.ndarray], concurrency: int, warmup: 
     threads = [threading.Thread(target=worker, args=(mine,), daemon=True) for mine in latencies]
     for thread in threads:
         thread.start()
+    ready.wait()  # every thread has made its first call
     now = time.perf_counter()
     timing["from"] = now + warmup
     timing["to"] = now + warmup + duration
-    ready.wait()
+    go.set()
     for thread in threads:
         thread.join()
     if failures:

@@ -96,7 +96,7 @@ class InputBuilder:
                     continue
                 # The model must accept what the feature produces: check the feature as a one-input problem.
                 check = check_problem(_single_input(spec), _single_input(feature.spec))
-                errors += [f"model {label!r}: feature {feature.name!r}: {error}" for error in check.errors]
+                errors += [f"model {label!r}: {_as_feature(error)}" for error in check.errors]
                 names.append(spec.name)
             wanted.append(names)
         if errors:
@@ -118,6 +118,11 @@ class InputBuilder:
                 array = array.astype(feature.spec.numpy_dtype)
             batch[name] = array
         return batch
+
+
+def _as_feature(error: str) -> str:
+    """check_problem's words, where the feature plays the problem."""
+    return error.replace("the problem says", "the feature says").replace("the problem's", "the feature's")
 
 
 def _single_input(spec: TensorSpec) -> Any:

@@ -30,7 +30,7 @@ def generate_inputs(
     """
     sizes: Dict[str, int] = dict(dims or {})
     if batch_symbol is not None:
-        sizes.setdefault(batch_symbol, batch_size)
+        sizes[batch_symbol] = batch_size
     inputs = {}
     for spec in definition.inputs:
         shape = []
