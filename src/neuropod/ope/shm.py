@@ -1,8 +1,11 @@
 """Shared-memory segments, the pool that reuses them, and arrays that view them.
 
-A segment is a file in a shm directory (``/dev/shm`` by default) that is
-unlinked the moment it is created: from then on it lives exactly as long as
-some process holds its file descriptor or a mapping of it. The fd travels to
+A segment is an anonymous memory file (``memfd_create``) by default, or,
+with an explicit ``shm_dir``, a file there that is unlinked the moment it is
+created: either way it lives exactly as long as some process holds its file
+descriptor or a mapping of it, and a memfd never has a name at all (no window
+in which a killed process leaves one behind, and nothing to see in a
+sandbox's ``/dev/shm``). The fd travels to
 the peer over the control socket (SCM_RIGHTS), so no name is ever needed
 again and no segment can outlive its owners, whatever kills them.
 
@@ -75,19 +78,24 @@ class Segment:
 
     @classmethod
     def create(cls, segment_id: int, size: int, shm_dir: str) -> Segment:
-        path = os.path.join(shm_dir, f"neuropod-{os.getpid()}-{secrets.token_hex(8)}")
+        memfd = shm_dir == DEFAULT_SHM_DIR and hasattr(os, "memfd_create")
+        where = "memory (memfd)" if memfd else shm_dir
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            if memfd:
+                fd = os.memfd_create(f"neuropod-{segment_id}", os.MFD_CLOEXEC)
+            else:
+                path = os.path.join(shm_dir, f"neuropod-{os.getpid()}-{secrets.token_hex(8)}")
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                os.unlink(path)  # from now on the fds and mappings alone keep it alive
         except OSError as exc:
-            raise SharedMemoryError(f"cannot create a shared-memory segment in {shm_dir}: {exc}") from exc
+            raise SharedMemoryError(f"cannot create a shared-memory segment in {where}: {exc}") from exc
         try:
-            os.unlink(path)  # from now on the fds and mappings alone keep it alive
             try:
                 os.posix_fallocate(fd, 0, size)
             except OSError as exc:
                 raise SharedMemoryError(
-                    f"cannot reserve {size} bytes of shared memory in {shm_dir}: {exc.strerror or exc}; "
-                    f"free space there or point the 'shm_dir' option at a larger tmpfs"
+                    f"cannot reserve {size} bytes of shared memory in {where}: {exc.strerror or exc}; "
+                    f"free memory or space there, or point the 'shm_dir' option at a larger tmpfs"
                 ) from exc
             memory = _map(fd, size)
         except BaseException:
