@@ -175,6 +175,23 @@ def serve(path: Path) -> None:
         client.close()
 
 
+def ray_data(path: Path) -> None:
+    import ray
+
+    from neuropod.integrations.ray import predict_dataset
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        rows = ray.data.from_items([{"id": i, "x": X[i % 2], "y": Y[i % 2]} for i in range(8)])
+        # One actor loads the package once and runs it on batches of 4 rows; the outputs become columns.
+        predictions = predict_dataset(rows, path, batch_size=4, concurrency=1)
+        for row in sorted(predictions.take_all(), key=lambda r: r["id"])[:2]:
+            print(f"   row {row['id']}: x = {row['x']}, out = {row['out']}")
+    finally:
+        ray.shutdown()
+
+
 def legacy_next_to_current(current: Path, workdir: Path) -> None:
     """A package saved by torch ~1.0 (torch 2.x refuses its format) next to a current one, same call."""
     from neuropod.envs.select import environment_at
@@ -258,6 +275,9 @@ def main() -> None:
 
         section("9. Served over KServe v2: the same object remotely, and a client nobody here wrote")
         serve(packages[1][1])
+
+        section("10. Offline batch inference: the TorchScript package over a Ray Dataset")
+        ray_data(packages[1][1])
 
         section("11. Framework versions: a legacy TorchScript package in a torch 1.10 worker, next to a current one")
         legacy_next_to_current(packages[1][1], workdir)

@@ -162,13 +162,18 @@ def predict_dataset(
         load_options, keep_columns, cast: as for :class:`NeuropodPredictor`.
         **map_batches_options: passed through to ``Dataset.map_batches``.
     """
+    from ray.data import ActorPoolStrategy
+
+    pool = ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1]) if isinstance(concurrency, tuple) else (
+        ActorPoolStrategy(size=concurrency)
+    )
     return dataset.map_batches(
         NeuropodPredictor,
         fn_constructor_args=(os.fspath(model),),
         fn_constructor_kwargs={"load_options": dict(load_options or {}), "keep_columns": keep_columns, "cast": cast},
         batch_size=batch_size,
         batch_format="numpy",
-        concurrency=concurrency,
+        compute=pool,
         num_gpus=num_gpus,
         num_cpus=num_cpus,
         **map_batches_options,
