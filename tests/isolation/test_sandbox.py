@@ -207,3 +207,11 @@ def test_open_files_cpus_and_wall_time_per_call_are_limited(packages, bystander)
             attack(model, "hang", 60)
         still_serving(bystander)
         assert attack(model, "whoami").startswith("DONE")  # replaced after the kill
+
+
+def test_gpus_that_do_not_exist_are_named(packages):
+    require_command("bwrap")
+    if os.path.exists("/dev/nvidia0"):
+        pytest.skip("this machine has a GPU: the sandbox would pass it in")
+    with pytest.raises(IsolationError, match=r"option 'gpus': '0' asks for GPUs, but no /dev/nvidia0 exists"):
+        load_neuropod(packages["tool"], isolation="sandbox", gpus=0)

@@ -111,7 +111,7 @@ ISOLATION_OPTIONS: OptionTable = (
         None,
         _optional_command,
     ),
-    Option("gpus", "GPUs passed into a container worker: True/'all', an index, or None", None, _gpus),
+    Option("gpus", "GPUs passed into an isolated worker: True/'all', an index, or None", None, _gpus),
 )
 
 

@@ -8,6 +8,7 @@ What the worker sees (everything read-only unless said otherwise):
 * a private ``/proc`` (its own PID namespace: no other process of the
   machine), a minimal ``/dev``, and private size-limited tmpfs mounts on
   ``/tmp`` and ``/dev/shm`` (the only writable places, gone with the worker);
+* with ``gpus=``, the NVIDIA device nodes asked for and a read-only ``/sys``;
 * no network (its own network namespace with only a loopback device), no
   home directory, no other host file, no capabilities, a new session (no
   terminal to inject keystrokes into), no further user namespaces.
@@ -164,6 +165,23 @@ def _sweep(hierarchy: Path) -> None:
             _remove(group)
 
 
+def _gpu_devices(gpus: Optional[str]) -> List[str]:
+    """``--dev-bind`` arguments for NVIDIA device nodes (``gpus``: ``"all"`` or an index), and /sys for the driver."""
+    if gpus is None:
+        return []
+    shared = ["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset"]
+    cards = sorted(str(p) for p in Path("/dev").glob("nvidia[0-9]*")) if gpus == "all" else [f"/dev/nvidia{gpus}"]
+    argv: List[str] = []
+    for device in shared + cards:
+        if os.path.exists(device):
+            argv += ["--dev-bind", device, device]
+    if not any(os.path.exists(card) for card in cards):
+        raise IsolationError(
+            f"option 'gpus': {gpus!r} asks for GPUs, but no {' or '.join(cards) or '/dev/nvidiaN'} exists"
+        )
+    return argv + ["--ro-bind", "/sys", "/sys"]
+
+
 def find_bwrap() -> str:
     bwrap = shutil.which("bwrap")
     if bwrap is None:
@@ -205,6 +223,7 @@ def plan_sandbox(
             argv += ["--ro-bind", path, path]
     for path in sandbox_paths(python, package_root, source_root, isolation.sandbox_paths):
         argv += ["--ro-bind", path, path]
+    argv += _gpu_devices(isolation.gpus)
     # bubblewrap's root is a tmpfs of its own: read-only, so that /tmp and /dev/shm are the only writable places.
     argv += ["--remount-ro", "/", "--hostname", "neuropod-sandbox", "--chdir", "/tmp", "--"]
     limits = []
