@@ -167,7 +167,8 @@ def test_saved_model_from_module_carries_its_variables(tmp_path):
     )
     package = open_package(path)
     assert (package.data_dir / "savedmodel" / "saved_model.pb").is_file()
-    assert package.backend_config()["signature_name"] == "serving_default"
+    # The original's keys; the default signature is not written (fields we add only when not the default).
+    assert package.backend_config() == {"node_name_mapping": None, "init_op_names": []}
 
 
 def test_saved_model_from_concrete_function_with_a_bare_tensor_output(tmp_path):
@@ -214,7 +215,11 @@ def test_saved_model_dir_with_renamed_signature_names_and_custom_signature(tmp_p
         test_input_data={"x": X, "y": Y},
         test_expected_out={"out": (X + Y) * 2},
     )
-    assert open_package(path).backend_config() == {"node_name_mapping": mapping, "signature_name": "scaled"}
+    assert open_package(path).backend_config() == {
+        "node_name_mapping": mapping,
+        "init_op_names": [],
+        "signature_name": "scaled",
+    }
     with load_neuropod(path) as model:
         np.testing.assert_array_equal(model.infer({"x": X, "y": X})["out"], X * 4)
         with pytest.raises(InputValidationError, match="'y'"):
