@@ -1,5 +1,7 @@
 """TensorFlow 2 and Keras packaging as the original's users called it (issue 8 items 4, 5, 6)."""
 
+import zipfile
+
 import numpy as np
 import pytest
 
@@ -47,8 +49,14 @@ class NamedMethodAdder(tf.Module):
 @pytest.mark.parametrize("module", [Adder, NamedMethodAdder])
 def test_trackable_obj_packages_a_tf_module(tmp_path, module):
     path = create_tensorflow_neuropod(
-        neuropod_path=tmp_path / "tf2.zip", model_name="addition_model", trackable_obj=module(), **SPEC
+        neuropod_path=tmp_path / "tf2.zip",
+        model_name="addition_model",
+        trackable_obj=module(),
+        zip_compression=zipfile.ZIP_STORED,
+        **SPEC,
     )
+    with zipfile.ZipFile(path) as zf:
+        assert {info.compress_type for info in zf.infolist()} == {zipfile.ZIP_STORED}
     with load_neuropod(path) as model:
         out = model.infer({"x": np.ones(3, np.float32), "y": np.full(3, 2, np.float32)})["out"]
     np.testing.assert_array_equal(out, [3, 3, 3])

@@ -5,6 +5,7 @@ return tensors and strings together is a tuple of dicts, merged into one
 output dict; a name returned by two dicts is an error naming it.
 """
 
+import zipfile
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -45,10 +46,13 @@ def test_a_tuple_of_dicts_is_merged_into_one_output_dict(tmp_path):
         neuropod_path=tmp_path / "mixed.zip",
         model_name="mixed",
         module=torch.jit.script(MixedReturn()),
+        zip_compression=zipfile.ZIP_STORED,
         test_input_data={"x": X, "y": X},
         test_expected_out={"out": X + X, "some": np.array(["list", "of", "string"])},
         **MIXED_SPEC,
     )
+    with zipfile.ZipFile(path) as zf:
+        assert {info.compress_type for info in zf.infolist()} == {zipfile.ZIP_STORED}
     with load_neuropod(path) as model:
         out = model.infer({"x": X, "y": np.ones(5, np.float32)})
     assert sorted(out) == ["out", "some"]
