@@ -34,7 +34,8 @@ def create_torchscript_neuropod(
             ``output_spec``, ``test_input_data``, ``test_expected_out``,
             ``persist_test_data``, ``package_as_zip``, ``custom_ops``,
             ``platform_version_semver``, ``input_tensor_device``,
-            ``default_input_tensor_device``).
+            ``default_input_tensor_device``, ``zip_compression``,
+            ``keep_failed``; see :func:`neuropod.packagers._pipeline.create_neuropod`).
 
     Returns:
         The package path.

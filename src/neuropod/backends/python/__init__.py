@@ -15,16 +15,17 @@ whatever those names held before is put back.
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 import threading
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, List
+from typing import Any, Callable, List, Sequence
 
 import numpy as np
 
 from ...errors import InferenceError, PackageError, RequirementsError
-from ...package import Package
+from ...package import Package, layout
 from ..base import Backend, BackendOptions, TensorDict, as_string_array
 
 __all__ = ["PythonBackend", "check_requirements"]
@@ -117,7 +118,7 @@ class PythonBackend(Backend):
             package_name = settings["entrypoint_package"]
             function_name = settings["entrypoint"]
         except KeyError as exc:
-            raise PackageError(f"{package.root / '0/config.json'}: missing {exc.args[0]!r}") from None
+            raise PackageError(f"{package.root / layout.BACKEND_CONFIG}: missing {exc.args[0]!r}") from None
         entrypoint = _import_entrypoint(package.code_dir, package_name, function_name)
         try:
             self.model = entrypoint(str(package.data_dir.resolve()))
@@ -127,6 +128,20 @@ class PythonBackend(Backend):
             raise PackageError(
                 f"entrypoint {package_name}.{function_name} returned {type(self.model).__name__}, not a callable"
             )
+
+    def required_inputs(self) -> Sequence[str]:
+        """Keyword parameters of the model's callable without a default (all spec inputs when unknown)."""
+        try:
+            parameters = inspect.signature(self.model).parameters
+        except (TypeError, ValueError):  # a callable Python cannot describe: the model decides
+            return []
+        needed = {
+            name
+            for name, parameter in parameters.items()
+            if parameter.default is inspect.Parameter.empty
+            and parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        }
+        return [spec.name for spec in self.package.config.input_spec if spec.name in needed]
 
     def infer(self, inputs: TensorDict) -> TensorDict:
         # Model code written for the original got arrays without negative strides
