@@ -74,8 +74,9 @@ class Neuropod:
         """Run the model.
 
         Args:
-            inputs: a dict of input name to numpy array. Every input is
-                optional; string inputs may be unicode or bytes arrays.
+            inputs: a dict of input name to numpy array. An input is
+                optional where the model can run without it; string inputs
+                may be unicode or bytes arrays.
 
         Returns:
             A dict of output name to numpy array; strings as unicode arrays.
@@ -121,8 +122,7 @@ class Neuropod:
             if spec is None:
                 raise InputValidationError(f"input {name!r} is not in the spec")
             dtype = spec.numpy_dtype
-        allocate = getattr(self._executor, "allocate", None)
-        return allocate(name, shape, dtype) if allocate is not None else np.empty(shape, dtype)
+        return self._executor.allocate(name, shape, dtype)
 
     def seal(self, name: str, array: np.ndarray) -> np.ndarray:
         """Start moving input ``name`` to the model now, ahead of :meth:`infer`.
@@ -132,8 +132,7 @@ class Neuropod:
         executors return ``array`` itself). Leave ``array`` unchanged and do
         not read the returned array until ``infer`` returns.
         """
-        seal = getattr(self._executor, "seal", None)
-        return seal(name, array) if seal is not None else array
+        return self._executor.seal(name, array)
 
     def close(self) -> None:
         """Release the model (and its worker or connection). Safe to call twice."""

@@ -154,13 +154,16 @@ def _wrong_dtype(array: np.ndarray) -> np.ndarray:
 def bad_inputs(name: str, rng: np.random.Generator) -> Dict[str, Tensors]:
     """Inputs the spec refuses, by kind.
 
-    Unknown name, wrong dtype, wrong rank and, where two inputs share a symbol, symbol mismatch.
+    Unknown name, wrong dtype, wrong rank, a missing input (every problem's
+    models need all their inputs) and, where two inputs share a symbol, symbol mismatch.
     """
     problem = PROBLEMS[name]
     good = problem.make_inputs(4, rng)
     first = problem.input_spec[0]["name"]
+    last = problem.input_spec[-1]["name"]
     cases = {
         "unknown_name": {**good, "no_such_input": good[first]},
+        "missing_input": {key: value for key, value in good.items() if key != last},
         "wrong_dtype": {**good, first: _wrong_dtype(good[first])},
         "wrong_rank": {**good, first: good[first][np.newaxis]},
     }

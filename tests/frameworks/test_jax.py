@@ -202,7 +202,7 @@ def test_aligned_inputs_are_shared_and_outputs_are_views(tmp_path):
 
 def test_missing_input_is_an_input_validation_error(addition_package):
     with load_neuropod(addition_package) as model:
-        with pytest.raises(InputValidationError, match="input 'y' is required by the JAX program"):
+        with pytest.raises(InputValidationError, match="input 'y' was not given; this model cannot run without it"):
             model.infer({"x": X})
 
 

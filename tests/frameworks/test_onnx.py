@@ -309,7 +309,7 @@ def test_bfloat16_tensors_travel_with_their_onnx_type(tmp_path):
 
 def test_missing_input_and_undeclared_graph_input(addition_package, tmp_path):
     with load_neuropod(addition_package) as model:
-        with pytest.raises(InputValidationError, match="input 'y' is required by the ONNX graph"):
+        with pytest.raises(InputValidationError, match="input 'y' was not given; this model cannot run without it"):
             model.infer({"x": X})
     with pytest.raises(PackageError, match=r"needs inputs \['y'\], which the input spec does not declare"):
         create_onnx_neuropod(

@@ -196,5 +196,5 @@ def test_identity_output_shares_the_input_memory(tmp_path):
 
 def test_missing_input_is_an_input_validation_error(addition_package):
     with load_neuropod(addition_package) as model:
-        with pytest.raises(InputValidationError, match="input 'x' is required by the exported program"):
+        with pytest.raises(InputValidationError, match="input 'x' was not given; this model cannot run without it"):
             model.infer({"y": Y})

@@ -28,7 +28,9 @@ ALL_DTYPES_OUT = [{"name": f"o_{d}", "dtype": d, "shape": ["batch", 2]} for d in
 
 def _placeholder(root: Path) -> Tuple[Path, List[Inputs]]:
     path = create_placeholder_neuropod(root / "placeholder", "placeholder", ADDITION_INPUTS, ALL_DTYPES_OUT, seed=3)
-    return path, [{"x": X, "y": Y}, {"x": np.zeros((5, 1), np.float32)}, {}]
+    row = np.ones((1, 4), np.float32)
+    column = np.zeros((5, 1), np.float32)
+    return path, [{"x": X, "y": Y}, {"x": column, "y": column + 1}, {"x": row, "y": row}]
 
 
 def _python(root: Path) -> Tuple[Path, List[Inputs]]:

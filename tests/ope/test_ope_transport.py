@@ -268,3 +268,20 @@ def test_close_lets_a_call_in_flight_finish(tool_path):
     assert pid is not None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_the_worker_runs_its_model_through_the_in_process_executor(tool_path):
+    # One way to load a model: the worker uses the executor a parent uses, with the options it sent.
+    from neuropod.backends import BackendOptions
+    from neuropod.executors.inprocess import InProcessExecutor
+    from neuropod.ope.worker import _load_model
+    from neuropod.package import open_package
+
+    options = BackendOptions(visible_gpu=None, intra_op_threads=2)
+    assert BackendOptions.from_json(options.to_json()) == options
+    model, _ = _load_model(str(open_package(tool_path).root), options.to_json())
+    try:
+        assert isinstance(model, InProcessExecutor)
+        assert model.backend.options == options
+    finally:
+        model.close()

@@ -220,7 +220,7 @@ def test_third_party_backend_through_entry_points(tmp_path, monkeypatch):
     config["platform"] = "echo"
     (root / "config.json").write_text(json.dumps(config))
     with load_neuropod(root, verify_manifest=False) as model:
-        assert np.array_equal(model.infer({"x": X})["out"], X * 10)
+        assert np.array_equal(model.infer({"x": X, "y": X})["out"], X * 10)
     sys.modules.pop("echo_backend_mod", None)
 
 

@@ -63,7 +63,8 @@ def test_neuropod_api_surface(tmp_path):
 def test_validation_can_be_turned_off(tmp_path):
     path = create_placeholder_neuropod(tmp_path / "m", "addition", ADDITION_INPUTS, ADDITION_OUTPUTS)
     with load_neuropod(path, validate=False) as model:
-        model.infer({"x": np.zeros((2, 2), np.float64)})  # wrong dtype passes through unchecked
+        wrong = np.zeros((2, 2), np.float64)
+        model.infer({"x": wrong, "y": wrong})  # wrong dtypes pass through unchecked
     with load_neuropod(path) as model, pytest.raises(InputValidationError, match="expected dtype float32, got float64"):
         model.infer({"x": np.zeros((2, 2), np.float64)})
 
@@ -109,3 +110,24 @@ def test_option_values_are_checked(addition, option, message):
 def test_environment_and_isolation_are_accepted(addition):
     with load_neuropod(addition, environment="current", isolation=None) as model:
         assert model.infer({"x": np.zeros((1, 2), np.float32), "y": np.zeros((1, 2), np.float32)})["out"].shape[0] == 1
+
+
+def test_the_executor_interface_declares_every_hook_with_a_default(addition):
+    from neuropod.executors.base import Executor
+    from neuropod.loader import Neuropod
+
+    class Doubling(Executor):  # only infer: every other hook has its default
+        def infer(self, inputs):
+            return {"out": inputs["x"] * 2}
+
+    for hook in ("allocate", "seal", "ready", "restart", "close"):
+        assert hook in vars(Executor), hook
+    with load_neuropod(addition) as loaded:
+        model = Neuropod(Doubling(), "doubling", "test", loaded.problem)
+    x = model.allocate("x", (2, 3))
+    assert x.shape == (2, 3) and x.dtype == np.float32
+    x[:] = 1
+    y = np.ones((2, 3), np.float32)
+    assert model.seal("y", y) is y
+    assert model.executor.ready() and model.executor.restart() is None
+    np.testing.assert_array_equal(model.infer({"x": x, "y": y})["out"], 2 * x)

@@ -27,7 +27,7 @@ __all__ = [
     "as_string_array",
     "feeds_by_model_name",
     "gpu_unavailable_warning",
-    "require_every_input",
+    "missing_input_error",
 ]
 
 TensorDict = Dict[str, np.ndarray]
@@ -76,6 +76,19 @@ class Backend(abc.ABC):
     def infer(self, inputs: TensorDict) -> TensorDict:
         """Run the model on validated inputs; return numpy outputs."""
 
+    def required_inputs(self) -> Sequence[str]:
+        """The inputs the model cannot run without, asked once at load time.
+
+        The rule (the original's): an input is optional where the model can
+        run without it. The in-process executor refuses a call that leaves out
+        a required input before the framework is called. The default is every
+        input of the spec, which graph frameworks need (ONNX, JAX,
+        torch.export, Keras, TF2 signatures) and the placeholder asks for as a
+        stand-in for a model not written yet; backends whose models can go
+        without some inputs say which they need.
+        """
+        return [spec.name for spec in self.package.config.input_spec]
+
     def close(self) -> None:
         """Release the model. Backends holding external resources override this."""
 
@@ -93,26 +106,20 @@ def as_string_array(values: Any) -> np.ndarray:
     return array
 
 
-def require_every_input(inputs: Mapping[str, Any], names: Sequence[str], model_kind: str) -> None:
-    """Refuse a call that leaves out an input the framework's graph cannot run without.
-
-    Inputs are optional in a problem definition (as in the original), so the
-    spec check lets a missing one through; graph frameworks need them all.
-    """
-    if len(inputs) != len(names):
-        missing = [name for name in names if name not in inputs]
-        if missing:
-            raise InputValidationError(f"input {missing[0]!r} is required by the {model_kind} but was not given")
+def missing_input_error(missing: str, required: Sequence[str]) -> InputValidationError:
+    """The error for a call that leaves out ``missing``, one of the ``required`` inputs."""
+    needed = ", ".join(repr(name) for name in required)
+    return InputValidationError(
+        f"input {missing!r} was not given; this model cannot run without it (it needs {needed})"
+    )
 
 
 def feeds_by_model_name(inputs: Mapping[str, Any], names: Mapping[str, str], model_kind: str) -> Dict[str, Any]:
-    """Inputs renamed from spec names to the model's own names; every input is required."""
+    """Inputs renamed from spec names to the model's own names."""
     try:
-        feeds = {names[spec_name]: value for spec_name, value in inputs.items()}
+        return {names[spec_name]: value for spec_name, value in inputs.items()}
     except KeyError as exc:
         raise InputValidationError(f"input {exc.args[0]!r} is not in the model's input spec") from None
-    require_every_input(inputs, list(names), model_kind)
-    return feeds
 
 
 def gpu_unavailable_warning(framework: str, visible_gpu: int) -> None:

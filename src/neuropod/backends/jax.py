@@ -29,7 +29,7 @@ from jax import export
 
 from ..errors import InferenceError, PackageError
 from ..package import Package, layout
-from .base import Backend, BackendOptions, TensorDict, require_every_input
+from .base import Backend, BackendOptions, TensorDict
 from .devices import pick_gpu
 
 __all__ = ["JaxBackend", "EXPORTED_FILE", "PARAMS_FILE", "choose_jax_device", "x64_scope"]
@@ -112,7 +112,6 @@ class JaxBackend(Backend):
         return jax.device_put(array, self.device)
 
     def infer(self, inputs: TensorDict) -> TensorDict:
-        require_every_input(inputs, self._input_names, "JAX program")
         try:
             if self._x64:
                 with x64_scope(True):

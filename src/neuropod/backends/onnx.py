@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 from ..errors import InferenceError, PackageError
 from ..package import Package, layout
-from .base import Backend, BackendOptions, TensorDict, as_string_array, require_every_input
+from .base import Backend, BackendOptions, TensorDict, as_string_array
 from .devices import pick_gpu
 
 __all__ = ["OnnxBackend", "MODEL_FILE", "choose_providers"]
@@ -87,7 +87,6 @@ class OnnxBackend(Backend):
         self._bfloat16 = bool(self._bfloat16_outputs) or any(s.dtype == "bfloat16" for s in config.input_spec)
 
     def infer(self, inputs: TensorDict) -> TensorDict:
-        require_every_input(inputs, self._input_names, "ONNX graph")
         try:
             if self._bfloat16:
                 values = self._run_with_ortvalues(inputs)

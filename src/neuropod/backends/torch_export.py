@@ -13,7 +13,7 @@ import torch
 from ..errors import InferenceError, PackageError
 from ..package import Package, layout
 from ._torch_tensors import TorchBackend, freeze_parameters, outputs_to_numpy
-from .base import BackendOptions, TensorDict, require_every_input
+from .base import BackendOptions, TensorDict
 
 __all__ = ["TorchExportBackend", "MODEL_FILE"]
 
@@ -40,7 +40,6 @@ class TorchExportBackend(TorchBackend):
         self._input_names = [spec.name for spec in package.config.input_spec]
 
     def infer(self, inputs: TensorDict) -> TensorDict:
-        require_every_input(inputs, self._input_names, "exported program")
         tensors = self.to_tensors(inputs)
         try:
             if self._positional:

@@ -131,8 +131,7 @@ class ServedModel:
         """Loaded, not closed, and its executor can take a call now."""
         if self._closed:
             return False
-        ready = getattr(self.neuropod.executor, "ready", None)
-        return bool(ready()) if ready is not None else True
+        return self.neuropod.executor.ready()
 
     def check_ready(self) -> None:
         if not self.ready():

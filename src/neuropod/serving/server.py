@@ -199,14 +199,13 @@ class ModelServer:
         while True:
             await asyncio.sleep(self.config.health_check_interval_s)
             for model in self.repository:
-                restart = getattr(model.neuropod.executor, "restart", None)
-                if restart is None or model.closed or model.ready():
+                if model.closed or model.ready():
                     continue
                 logger.warning(
                     "model not ready; restarting its executor", extra={"model": model.name, "version": model.version}
                 )
                 try:
-                    await loop.run_in_executor(None, restart)
+                    await loop.run_in_executor(None, model.neuropod.executor.restart)
                 except Exception:
                     logger.exception("restarting model %s failed", model.name)
 

@@ -355,6 +355,12 @@ class TensorFlowBackend(Backend):
         else:
             raise PackageError(f"{package.data_dir}: neither {SAVED_MODEL_DIR}/ nor {GRAPH_FILE} is there")
 
+    def required_inputs(self) -> Sequence[str]:
+        """A TF2 signature needs every input; a TF1 graph is pruned to what the fed inputs reach."""
+        if isinstance(self._runner, _GraphRunner):
+            return []  # the pruned function names a missing input the outputs need (InputValidationError)
+        return super().required_inputs()
+
     def infer(self, inputs: TensorDict) -> TensorDict:
         try:
             with tf.device(self.device):

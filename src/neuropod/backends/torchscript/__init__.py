@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, List
+from typing import Any, List, Sequence
 
 import torch
 
@@ -35,6 +35,17 @@ class TorchScriptBackend(TorchBackend):
         self.module.eval()
         freeze_parameters(self.module)
         self._takes_dict = _forward_takes_one_dict(self.module)
+
+    def required_inputs(self) -> Sequence[str]:
+        """Arguments of ``forward`` without a default (none when it takes one dict: the model decides)."""
+        if self._takes_dict:
+            return []
+        try:
+            arguments: List[Any] = list(self.module.forward.schema.arguments)[1:]  # drop self
+        except AttributeError:
+            return super().required_inputs()
+        optional = {argument.name for argument in arguments if argument.has_default_value()}
+        return [spec.name for spec in self.package.config.input_spec if spec.name not in optional]
 
     def infer(self, inputs: TensorDict) -> TensorDict:
         tensors = self.to_tensors(inputs)
