@@ -21,7 +21,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, List, Optional, Tuple
+from typing import IO, Dict, List, Optional, Tuple
 
 from filelock import FileLock
 
@@ -138,13 +138,13 @@ class Builder:
             if need.distribution
             else [None]
         )
-        failures = []
+        failures: List[Tuple[str, str]] = []
         for interpreter in interpreters:
             for framework in framework_specs:
                 wanted = [r for r in (framework, *need.requirements) if r]
                 ok, text = self.resolve(interpreter, wanted)
                 if not ok:
-                    failures.append(f"python {interpreter.version}: {text}")
+                    failures.append((interpreter.version, text))
                     continue
                 return self._plan_from_pins(need, interpreter, text)
         self._refuse(need, interpreters, failures)
@@ -167,10 +167,13 @@ class Builder:
         key = _key(interpreter.version, tuple(requirements), self.find_links)
         return BuildPlan(need, interpreter, tuple(requirements), key)
 
-    def _refuse(self, need: Need, interpreters: List[Interpreter], failures: List[str]) -> None:
+    def _refuse(self, need: Need, interpreters: List[Interpreter], failures: List[Tuple[str, str]]) -> None:
         where = f"{need.source}: " if need.source else ""
         pythons = ", ".join(i.version for i in interpreters) or "none"
-        tried = "; ".join(failures[-3:]) if failures else "no Python interpreter satisfies it"
+        by_reason: Dict[str, List[str]] = {}
+        for version, reason in failures:
+            by_reason.setdefault(re.sub(r"^(error:|×)\s*", "", reason).rstrip("."), []).append(version)
+        tried = "; ".join(f"python {', '.join(v)}: {r}" for r, v in by_reason.items()) or "no Python satisfies it"
         source = f" ({'offline, from ' + self.find_links})" if self.find_links else ""
         command = f"neuropod envs build {need.source}" if need.source else "neuropod envs build"
         text = (
@@ -204,7 +207,7 @@ class Builder:
             except BaseException:
                 progress.close("failed")
                 raise
-            progress.close(f"built in {environment_age(environment):.0f} s")
+            progress.close(f"built in {build_seconds(environment):.0f} s")
             return environment
 
     def _build_locked(self, plan: BuildPlan, progress: Progress) -> Environment:
@@ -344,7 +347,7 @@ def _load(path: Path) -> Optional[Environment]:
     return Environment(str(path / "bin" / "python"), meta["python"], meta["packages"], path=str(path), key=path.name)
 
 
-def environment_age(environment: Environment) -> float:
+def build_seconds(environment: Environment) -> float:
     try:
         meta = json.loads(Path(environment.path, METADATA).read_text())
         return float(meta.get("build_seconds", 0.0))

@@ -16,8 +16,12 @@ class Progress:
 
     def __init__(self, title: str) -> None:
         self.title = title
+        self._last_step = ""
 
     def step(self, name: str, detail: str = "") -> None:
+        if name == self._last_step and not detail:
+            return  # one line per step, however many tool lines announce it
+        self._last_step = name
         logger.info("%s: %s%s", self.title, name, f" ({detail})" if detail else "")
 
     def download(self, name: str, total_bytes: int) -> None:
