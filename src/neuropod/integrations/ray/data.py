@@ -130,6 +130,12 @@ class NeuropodPredictor:
             model.close()
 
 
+def _absolute(model: Union[str, os.PathLike[str]]) -> str:
+    """A package path made absolute here (actors and replicas may start elsewhere); URLs stay."""
+    path = os.fspath(model)
+    return path if path.startswith(REMOTE_SCHEMES) else os.path.abspath(path)
+
+
 def _rows(batch: Mapping[str, Any]) -> Optional[int]:
     for column in batch.values():
         return len(column)
@@ -169,7 +175,7 @@ def predict_dataset(
     )
     return dataset.map_batches(
         NeuropodPredictor,
-        fn_constructor_args=(os.fspath(model),),
+        fn_constructor_args=(_absolute(model),),
         fn_constructor_kwargs={"load_options": dict(load_options or {}), "keep_columns": keep_columns, "cast": cast},
         batch_size=batch_size,
         batch_format="numpy",

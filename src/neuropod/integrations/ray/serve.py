@@ -36,6 +36,7 @@ from ...kserve.datatypes import DTYPE_TO_DATATYPE
 from ...kserve.status import status_for
 from ...loader import REMOTE_SCHEMES, load_neuropod
 from ...spec import SpecValidator, TensorSpec
+from .data import _absolute
 
 __all__ = ["NeuropodDeployment", "neuropod_deployment", "SERVER_NAME", "EXTENSIONS", "MODEL_VERSION"]
 
@@ -317,7 +318,7 @@ def neuropod_deployment(
     if deployment_options:
         deployment = deployment.options(**deployment_options)
     return deployment.bind(
-        os.fspath(model),
+        _absolute(model),
         model_name,
         max_batch_size,
         float(batch_wait_timeout_s),
