@@ -2,12 +2,14 @@
 
 Needs no framework, so it also stands in for a real model in tests of
 everything above the backend (out-of-process workers, the server, the CLI).
-``0/config.json`` holds ``{"seed": int, "free_dim_size": int}``.
+``0/config.json`` holds ``{"seed": int, "free_dim_size": int}``, and
+``"inputs_optional": true`` for a stand-in that runs without its inputs (the
+original's ``randomify_neuropod`` packages did).
 """
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Sequence
 
 import numpy as np
 
@@ -28,8 +30,12 @@ class PlaceholderBackend(Backend):
         settings = package.backend_config()
         self.seed = int(settings.get("seed", 0))
         self.free_dim_size = int(settings.get("free_dim_size", DEFAULT_FREE_DIM_SIZE))
+        self._inputs_optional = bool(settings.get("inputs_optional", False))
         self._inputs = package.config.input_spec
         self._outputs = package.config.output_spec
+
+    def required_inputs(self) -> Sequence[str]:
+        return () if self._inputs_optional else super().required_inputs()
 
     def infer(self, inputs: TensorDict) -> TensorDict:
         symbols: Dict[str, int] = {}

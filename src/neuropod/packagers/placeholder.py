@@ -19,6 +19,7 @@ def create_placeholder_neuropod(
     output_spec: Any,
     seed: int = 0,
     free_dim_size: int = DEFAULT_FREE_DIM_SIZE,
+    inputs_optional: bool = False,
     **options: Any,
 ) -> Path:
     """Write a package that returns random outputs of the declared dtypes and shapes.
@@ -26,15 +27,19 @@ def create_placeholder_neuropod(
     An output symbol takes the size it has in the inputs; ``None`` and symbols
     no input binds get ``free_dim_size``. The same seed and input shapes give
     the same outputs. It loads and runs like any other package (platform
-    ``placeholder``), with no framework installed.
+    ``placeholder``), with no framework installed. Like the model it stands
+    in for, it needs every input, unless ``inputs_optional=True``.
     """
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise SpecError(f"seed: expected a non-negative int, got {seed!r}")
     if isinstance(free_dim_size, bool) or not isinstance(free_dim_size, int) or free_dim_size < 0:
         raise SpecError(f"free_dim_size: expected a non-negative int, got {free_dim_size!r}")
 
-    def write_model(root: Path) -> Dict[str, int]:
-        return {"seed": seed, "free_dim_size": free_dim_size}
+    def write_model(root: Path) -> Dict[str, Any]:
+        settings: Dict[str, Any] = {"seed": seed, "free_dim_size": free_dim_size}
+        if inputs_optional:
+            settings["inputs_optional"] = True
+        return settings
 
     options.setdefault("default_input_tensor_device", "CPU")
     return create_neuropod(

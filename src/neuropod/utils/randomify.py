@@ -15,8 +15,9 @@ def randomify_neuropod(output_path: Union[str, os.PathLike[str]], input_spec: An
 
     The original built a TensorFlow graph; this is the framework-free
     placeholder package (platform ``placeholder``): output symbols take their
-    size from the inputs, other free dimensions size 2, and the same inputs
-    give the same outputs.
+    size from the inputs, other free dimensions size 2, the same inputs give
+    the same outputs, and every input is optional (as the original's graph
+    did not need them).
     """
-    create_placeholder_neuropod(output_path, "random_model", input_spec, output_spec)
+    create_placeholder_neuropod(output_path, "random_model", input_spec, output_spec, inputs_optional=True)
     return output_path
