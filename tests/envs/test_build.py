@@ -162,3 +162,31 @@ def test_cli_build_list_doctor_prune(empty_envs_dir, tmp_path):
     assert not Path(row["path"]).exists()
     bad = runner.invoke(main, ["envs", "prune", "--older-than", "soon"])
     assert bad.exit_code == 2
+
+
+def test_without_uv_pip_and_venv_build_it(empty_envs_dir, monkeypatch):
+    monkeypatch.setenv("NEUROPOD_UV", "0")
+    need = Need(
+        source="",
+        platform="python",
+        distribution=None,
+        framework_range=VersionRange.parse("*"),
+        python_ranges=(VersionRange.parse(f"{sys.version_info[0]}.{sys.version_info[1]}"),),
+        requirements=("six==1.15.0",),
+    )
+    builder = Builder()
+    assert builder.uv is None
+    environment = ensure_environment(need, builder)
+    assert environment.version_of("six") == "1.15.0" and environment.version_of("numpy")
+    log = (Path(environment.path) / "neuropod-build.log").read_text()
+    assert "-m venv" in log and "-m pip install" in log
+
+
+def test_a_registered_environment_is_used_before_building(empty_envs_dir, tmp_path, monkeypatch):
+    use_envs_dir(monkeypatch)  # the shared folder: build (or find) a six 1.16 environment there
+    shared = ensure_environment(SIX)
+    use_envs_dir(monkeypatch, empty_envs_dir)
+    monkeypatch.setenv("NEUROPOD_ENVIRONMENTS", shared.path)  # ... and register it for an empty cache
+    found = ensure_environment(SIX)
+    assert found.python == str(Path(shared.path) / "bin" / "python") and not found.built
+    assert built_environments() == []  # nothing was built
