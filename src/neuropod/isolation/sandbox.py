@@ -82,10 +82,13 @@ def sandbox_paths(python: str, package_root: str, source_root: str, extra: Seque
 
 
 class CgroupLimits:
-    """A cgroup-v1 ``pids`` (and ``cpu``) group per worker, for callers whose RLIMIT_NPROC Linux ignores.
+    """A ``pids`` (and ``cpu``) cgroup per worker, for callers whose RLIMIT_NPROC Linux ignores (root).
 
-    The worker's launcher writes its own pid into each group's ``cgroup.procs``
-    before it starts bubblewrap, so everything in the sandbox is counted.
+    cgroup v1 (a ``pids`` and a ``cpu`` hierarchy under /sys/fs/cgroup) or a
+    pure cgroup v2 mount at /sys/fs/cgroup whose root delegates those
+    controllers. The worker's launcher writes its own pid into each group's
+    ``cgroup.procs`` before it starts bubblewrap, so everything in the
+    sandbox is counted.
     """
 
     ROOT = Path("/sys/fs/cgroup")
@@ -93,13 +96,22 @@ class CgroupLimits:
     def __init__(self, max_processes: Optional[int], cpus: Optional[int]) -> None:
         self.groups: List[Path] = []
         name = f"neuropod-{os.getpid()}-{secrets.token_hex(4)}"
+        unified = (self.ROOT / "cgroup.subtree_control").exists()
+        enabled = set((self.ROOT / "cgroup.subtree_control").read_text().split()) if unified else set()
         wanted = []
         if max_processes:
             wanted.append(("pids", {"pids.max": str(max_processes)}))
-        if cpus:
+        if cpus and unified:
+            wanted.append(("cpu", {"cpu.max": f"{100000 * cpus} 100000"}))
+        elif cpus:
             wanted.append(("cpu", {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": str(100000 * cpus)}))
+        if unified:  # one group holds every controller
+            settings = {
+                key: value for controller, pairs in wanted if controller in enabled for key, value in pairs.items()
+            }
+            wanted = [("", settings)] if settings else []
         for controller, settings in wanted:
-            hierarchy = self.ROOT / controller
+            hierarchy = self.ROOT / controller if controller else self.ROOT
             if not (hierarchy / "cgroup.procs").exists() or not os.access(hierarchy, os.W_OK):
                 continue
             _sweep(hierarchy)
@@ -116,7 +128,13 @@ class CgroupLimits:
 
     @property
     def controllers(self) -> List[str]:
-        return [group.parent.name for group in self.groups]
+        names: List[str] = []
+        for group in self.groups:
+            if group.parent == self.ROOT:  # cgroup v2: what this group limits
+                names += [key.split(".")[0] for key in ("pids.max", "cpu.max") if (group / key).exists()]
+            else:
+                names.append(group.parent.name)
+        return names
 
     def prefix(self) -> List[str]:
         """A shell that joins the groups, then runs the rest of the command."""
