@@ -239,3 +239,6 @@ def test_batching_settings_are_checked_before_serve_sees_them(tmp_path: Path) ->
         neuropod_deployment(tmp_path, max_batch_size=-1)
     with pytest.raises(SpecError, match="batch_wait_timeout_s"):
         neuropod_deployment(tmp_path, batch_wait_timeout_s="soon")
+    # Deployment options reach Ray Serve as given: its own checks answer.
+    with pytest.raises(ValueError, match="max_replicas"):
+        neuropod_deployment(tmp_path, autoscaling_config={"min_replicas": 3, "max_replicas": 1})
