@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import textwrap
 from pathlib import Path
@@ -33,7 +34,7 @@ SIX_MODEL = """
 """
 
 
-def _six_package(tmp_path: Path, pin: str) -> Path:
+def _six_package(tmp_path: Path, pin: str, **options) -> Path:
     code = tmp_path / f"src-{pin}" / "six_reporter"
     code.mkdir(parents=True)
     (code / "__init__.py").write_text("")
@@ -48,6 +49,7 @@ def _six_package(tmp_path: Path, pin: str) -> Path:
         input_spec=[{"name": "x", "dtype": "float32", "shape": [1]}],
         output_spec=VERSION_SPEC,
         requirements=[f"six=={pin}"],
+        **options,
     )
 
 
@@ -114,3 +116,31 @@ def test_a_satisfied_range_loads_in_this_process(tmp_path):
     major = torch.__version__.split(".")[0]
     with load_neuropod(_torchscript_package(tmp_path, f"^{major}.0")) as model:
         assert type(model.executor).__name__ == "InProcessExecutor"
+
+
+def test_python_version_field_selects_the_python(tmp_path):
+    from neuropod.package.manifest import write_manifest
+
+    path = _six_package(tmp_path, "1.16.0", package_as_zip=False)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "python_version": "3.10"}))
+    write_manifest(path)
+    with load_neuropod(path) as model:
+        (worker,) = model.executor.workers
+        assert worker.python_version.startswith("3.10.")
+        assert model.infer({"x": np.zeros(1, np.float32)})["version"].tolist() == ["1.16.0"]
+
+
+def test_doctor_says_what_serves_a_package_and_what_it_lacks_here(tmp_path):
+    from click.testing import CliRunner
+
+    from neuropod.cli import main
+
+    path = _six_package(tmp_path, "1.15.0")
+    with load_neuropod(path):
+        pass  # builds (or finds) its environment
+    result = CliRunner().invoke(main, ["envs", "doctor", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "needs:        six==1.15.0" in result.output
+    assert "lacks six==1.15.0" in result.output
+    assert "served by:" in result.output

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
-from typing import List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import semantic_version
 
@@ -138,7 +138,13 @@ class Need:
         """What this process lacks to serve the package in-process."""
         from importlib import metadata
 
-        here = {normalize_name(d.metadata["Name"]): d.version for d in metadata.distributions() if d.metadata["Name"]}
+        here: Dict[str, str] = {}
+        for line in self.requirements:
+            name = line.partition("==")[0].strip()
+            try:
+                here[normalize_name(name)] = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                pass
         if self.distribution:
             found = installed_version(self.platform)
             if found is not None:

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,7 +174,7 @@ def probe(executable: str, use_cache: bool = True) -> Dict[str, Any]:
         cache[executable] = {"stamp": _stamp(executable, result["purelib"]), "result": result}
         try:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
-            temporary = cache_file.with_name(f".probes.{os.getpid()}.json")
+            temporary = cache_file.with_name(f".probes.{os.getpid()}.{threading.get_ident()}.json")
             temporary.write_text(json.dumps(cache))
             os.replace(temporary, cache_file)
         except OSError:
