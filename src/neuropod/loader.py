@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -88,6 +88,14 @@ class Neuropod:
             InferenceError: the model failed (or its worker/server did).
             ModelClosedError: the model was closed.
         """
+        checked, bindings = self._check_inputs(inputs)
+        return self._run_checked(checked, bindings)
+
+    # The two halves of ``infer``. The model server calls them apart: it checks each
+    # request once, as it arrives, and may run several checked requests as one batch.
+
+    def _check_inputs(self, inputs: Mapping[str, np.ndarray]) -> Tuple[TensorDict, Optional[Dict[str, int]]]:
+        """Inputs checked against the spec (bytes decoded) and the symbol sizes they bind."""
         if self._closed:
             raise ModelClosedError(f"model {self.name!r} is closed")
         if type(inputs) is not dict and not isinstance(inputs, Mapping):
@@ -101,7 +109,11 @@ class Neuropod:
                 except UnicodeDecodeError as exc:
                     raise InputValidationError(f"input {name!r}: bytes are not valid UTF-8 ({exc.reason})") from None
                 inputs = {**inputs, name: decoded}
-        outputs = self._executor.infer(inputs if type(inputs) is dict else dict(inputs))
+        return (inputs if type(inputs) is dict else dict(inputs)), bindings
+
+    def _run_checked(self, inputs: TensorDict, bindings: Optional[Dict[str, int]]) -> TensorDict:
+        """Run checked inputs; check the outputs against the spec and the symbol sizes of the inputs."""
+        outputs = self._executor.infer(inputs)
         if self.validate:
             self._output_validator.validate(outputs, bindings)
         return outputs

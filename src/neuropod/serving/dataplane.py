@@ -10,12 +10,13 @@ decided here once for both protocols.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
@@ -78,6 +79,17 @@ class InferResponse:
 
 
 @dataclass(frozen=True)
+class _Call:
+    """One admitted request: its model, its checked inputs and their symbol sizes, its batcher if any."""
+
+    model: ServedModel
+    request: InferRequest
+    inputs: TensorDict
+    bindings: Optional[Dict[str, int]]
+    batcher: Optional[DynamicBatcher]
+
+
+@dataclass(frozen=True)
 class TensorMetadata:
     """A tensor as the protocol describes it; -1 marks a dimension of any size."""
 
@@ -125,7 +137,7 @@ class DataPlane:
             if model.settings.max_batch_size:
                 histogram = metrics.batch_size.labels(model.name)
                 self._batchers[id(model)] = DynamicBatcher(
-                    model.infer,
+                    model.run_batch,
                     self._pool,
                     model.settings.max_batch_size,
                     model.settings.max_queue_delay_ms / 1000.0,
@@ -167,22 +179,38 @@ class DataPlane:
 
     # -- inference ------------------------------------------------------------
     #
-    # Two entries share every step but the model call: ``infer`` for adapters on
-    # the event loop (REST) and ``infer_blocking`` for adapters that run each
-    # request on a thread of their own (gRPC's thread-pool server). The loop is
+    # One path for both protocols: ``_handling`` finds the model, checks readiness and
+    # validates the inputs once, and keeps the books; only the model call differs between
+    # ``infer`` (adapters on the event loop: REST) and ``infer_blocking`` (adapters that
+    # run each request on a thread of their own: gRPC's thread-pool server). The loop is
     # given by ``bind_loop`` and is where dynamic batching happens.
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """The server's event loop: batching runs there, blocking callers submit to it."""
         self._loop = loop
 
-    def _enter(self, request: InferRequest, protocol: str) -> ServedModel:
+    @contextlib.contextmanager
+    def _handling(self, request: InferRequest, protocol: str) -> Iterator[_Call]:
+        """Admit, check and account for one request; the body runs the model and sets ``response``."""
+        started = time.perf_counter()
+        self._track(1)
+        try:
+            call = self._admit(request, protocol)
+            yield call
+        except Exception as exc:
+            self._failed(exc, request, protocol)
+            raise
+        finally:
+            self._track(-1)
+        self._succeeded(call.model, request, protocol, time.perf_counter() - started)
+
+    def _admit(self, request: InferRequest, protocol: str) -> _Call:
         if not self._accepting:
             raise ModelNotReadyError("the server is shutting down")
         model = self.repository.get(request.model_name, request.model_version)
         self.metrics.requests.labels(model.name, model.version, protocol).inc()
         model.check_ready()
-        model.input_validator.validate(request.inputs)
+        inputs, bindings = model.check(request.inputs)
         wanted = request.outputs
         if wanted is not None:
             unknown = [name for name in wanted if name not in model.output_names]
@@ -191,17 +219,44 @@ class DataPlane:
                     f"requested output(s) {', '.join(repr(n) for n in unknown)} not in the spec of model "
                     f"{model.name!r}; expected any of {', '.join(repr(n) for n in model.output_names)}"
                 )
-        return model
+        return _Call(model, request, inputs, bindings, self._batchers.get(id(model)) if inputs else None)
 
-    @staticmethod
-    def _response(model: ServedModel, request: InferRequest, outputs: TensorDict) -> InferResponse:
-        wanted = request.outputs
+    def _response(self, call: _Call, outputs: TensorDict) -> InferResponse:
+        wanted = call.request.outputs
         if wanted is not None:
             missing = [name for name in wanted if name not in outputs]
             if missing:
-                raise InputValidationError(f"model {model.name!r} returned no output {missing[0]!r} for this request")
+                raise InputValidationError(
+                    f"model {call.model.name!r} returned no output {missing[0]!r} for this request"
+                )
             outputs = {name: outputs[name] for name in wanted}
-        return InferResponse(model.name, model.version, request.id, outputs)
+        return InferResponse(call.model.name, call.model.version, call.request.id, outputs)
+
+    async def infer(self, request: InferRequest, protocol: str) -> InferResponse:
+        """Run one request from the event loop; errors carry their status in their class."""
+        with self._handling(request, protocol) as call:
+            model = call.model
+            if call.batcher is not None:
+                outputs = await call.batcher.submit(call.inputs)
+            elif model.mean_call_s is not None and model.mean_call_s < INLINE_CALL_MAX_S:
+                # Handing a call this short to a thread costs more than the call (about 0.1-0.2 ms
+                # of thread switching): run it on the event loop, which it blocks only briefly.
+                outputs = model.run(call.inputs, call.bindings)
+            else:
+                loop = asyncio.get_running_loop()
+                outputs = await loop.run_in_executor(self._pool, model.run, call.inputs, call.bindings)
+            response = self._response(call, outputs)
+        return response
+
+    def infer_blocking(self, request: InferRequest, protocol: str) -> InferResponse:
+        """Run one request on the calling thread (batched models go through the loop)."""
+        with self._handling(request, protocol) as call:
+            if call.batcher is not None and self._loop is not None:
+                outputs = asyncio.run_coroutine_threadsafe(call.batcher.submit(call.inputs), self._loop).result()
+            else:
+                outputs = call.model.run(call.inputs, call.bindings)
+            response = self._response(call, outputs)
+        return response
 
     def _failed(self, exc: Exception, request: InferRequest, protocol: str) -> None:
         code = status_for(exc).http
@@ -224,53 +279,6 @@ class DataPlane:
     def _track(self, delta: int) -> None:
         with self._in_flight_lock:
             self._in_flight += delta
-
-    async def infer(self, request: InferRequest, protocol: str) -> InferResponse:
-        """Validate and run one request from the event loop; errors carry their status in their class."""
-        started = time.perf_counter()
-        self._track(1)
-        try:
-            model = self._enter(request, protocol)
-            inputs = request.inputs
-            batcher = self._batchers.get(id(model))
-            mean_call_s = model.mean_call_s
-            if batcher is not None and inputs:
-                outputs = await batcher.submit(inputs)
-            elif mean_call_s is not None and mean_call_s < INLINE_CALL_MAX_S:
-                # Handing a call this short to a thread costs more than the call (about 0.1-0.2 ms
-                # of thread switching): run it on the event loop, which it blocks only briefly.
-                outputs = model.infer(inputs)
-            else:
-                outputs = await asyncio.get_running_loop().run_in_executor(self._pool, model.infer, inputs)
-            response = self._response(model, request, outputs)
-        except Exception as exc:
-            self._failed(exc, request, protocol)
-            raise
-        finally:
-            self._track(-1)
-        self._succeeded(model, request, protocol, time.perf_counter() - started)
-        return response
-
-    def infer_blocking(self, request: InferRequest, protocol: str) -> InferResponse:
-        """Validate and run one request on the calling thread (batched models go through the loop)."""
-        started = time.perf_counter()
-        self._track(1)
-        try:
-            model = self._enter(request, protocol)
-            batcher = self._batchers.get(id(model))
-            if batcher is not None and request.inputs and self._loop is not None:
-                future = asyncio.run_coroutine_threadsafe(batcher.submit(request.inputs), self._loop)
-                outputs = future.result()
-            else:
-                outputs = model.infer(request.inputs)
-            response = self._response(model, request, outputs)
-        except Exception as exc:
-            self._failed(exc, request, protocol)
-            raise
-        finally:
-            self._track(-1)
-        self._succeeded(model, request, protocol, time.perf_counter() - started)
-        return response
 
     # -- shutdown -------------------------------------------------------------
 

@@ -13,15 +13,15 @@ request runs its model on its own thread with no hand-off.
 
 from __future__ import annotations
 
-import hmac
 from typing import Any, Callable, Dict, Optional
 
 import grpc
 
-from ..errors import AuthenticationError, InputValidationError
+from ..errors import InputValidationError
 from ..kserve import proto
 from ..kserve.datatypes import datatype_of, decode_contents, decode_raw, encode_raw
 from ..kserve.status import status_for
+from .auth import BearerToken
 from .dataplane import DataPlane, InferRequest
 
 __all__ = ["GrpcAdapter", "PROTOCOL"]
@@ -55,55 +55,46 @@ class GrpcAdapter:
 
     Args:
         dataplane: what answers the calls.
-        token: a bearer token every call except health checks must carry
-            (``authorization: Bearer <token>`` metadata); None for none.
+        token: the bearer token calls must carry (``authorization: Bearer
+            <token>`` metadata) where :data:`~neuropod.serving.auth.NEEDS_TOKEN`
+            says so; None for none.
     """
 
     def __init__(self, dataplane: DataPlane, token: Optional[str] = None) -> None:
         self.dataplane = dataplane
-        self._expected_auth = f"Bearer {token}".encode() if token else None
+        self._token = BearerToken(token)
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods: Dict[str, Any] = {}
         table = (
-            ("ServerLive", proto.ServerLiveRequest, self.server_live, False),
-            ("ServerReady", proto.ServerReadyRequest, self.server_ready, False),
-            ("ModelReady", proto.ModelReadyRequest, self.model_ready, False),
-            ("ServerMetadata", proto.ServerMetadataRequest, self.server_metadata, True),
-            ("ModelMetadata", proto.ModelMetadataRequest, self.model_metadata, True),
-            ("ModelInfer", proto.ModelInferRequest, self.model_infer, True),
+            ("ServerLive", proto.ServerLiveRequest, self.server_live),
+            ("ServerReady", proto.ServerReadyRequest, self.server_ready),
+            ("ModelReady", proto.ModelReadyRequest, self.model_ready),
+            ("ServerMetadata", proto.ServerMetadataRequest, self.server_metadata),
+            ("ModelMetadata", proto.ModelMetadataRequest, self.model_metadata),
+            ("ModelInfer", proto.ModelInferRequest, self.model_infer),
         )
-        for name, request_class, method, needs_auth in table:
+        for name, request_class, method in table:
             methods[name] = grpc.unary_unary_rpc_method_handler(
-                self._guarded(method, needs_auth),
+                self._guarded(method, name),
                 request_deserializer=request_class.FromString,
                 response_serializer=lambda message: message.SerializeToString(),
             )
         return grpc.method_handlers_generic_handler(proto.SERVICE_NAME, methods)
 
-    def _guarded(self, method: Handler, needs_auth: bool) -> Handler:
+    def _guarded(self, method: Handler, name: str) -> Handler:
         """Wrap a handler with the token check and the one error-to-status mapping."""
 
         def call(request: Any, context: grpc.ServicerContext) -> Any:
             try:
-                if needs_auth and self._expected_auth is not None:
-                    self._check_token(context)
+                given = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), None)
+                self._token.check(name, given, "metadata 'authorization:")
                 return method(request, context)
             except Exception as exc:
                 status = status_for(exc)
                 context.abort(grpc.StatusCode[status.grpc], str(exc))
 
         return call
-
-    def _check_token(self, context: grpc.ServicerContext) -> None:
-        assert self._expected_auth is not None
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                given = value.encode() if isinstance(value, str) else value
-                if hmac.compare_digest(given, self._expected_auth):
-                    return
-                break
-        raise AuthenticationError("missing or wrong bearer token (metadata 'authorization: Bearer <token>')")
 
     def server_live(self, request: Any, context: grpc.ServicerContext) -> Any:
         return proto.ServerLiveResponse(live=self.dataplane.live())

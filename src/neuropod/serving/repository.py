@@ -28,11 +28,12 @@ from ..envs.deferred import load_for_serving
 from ..errors import ModelNotFoundError, ModelNotReadyError, OptionError, PackageError
 from ..loader import Neuropod
 from ..package import layout, open_package
-from ..spec import SpecValidator
 
 __all__ = ["ModelSettings", "ServedModel", "ModelRepository", "find_packages", "DEFAULT_VERSION"]
 
 logger = logging.getLogger("neuropod.serving")
+
+TensorDict = Dict[str, np.ndarray]
 
 #: The version of a model that has no numbered version folders.
 DEFAULT_VERSION = "1"
@@ -90,7 +91,7 @@ def _batch_symbol(neuropod: Neuropod) -> Optional[str]:
 
 
 class ServedModel:
-    """One version of one model, loaded, with its per-request validation.
+    """One version of one model, loaded.
 
     Args:
         name: the name clients use.
@@ -104,8 +105,6 @@ class ServedModel:
         self.version = version
         self.neuropod = neuropod
         self.settings = settings or ModelSettings()
-        self.input_validator = SpecValidator(neuropod.problem.inputs, "input")
-        self.input_dtypes = {spec.name: spec.dtype for spec in neuropod.problem.inputs}
         self.output_names = tuple(spec.name for spec in neuropod.problem.outputs)
         self.batch_symbol = _batch_symbol(neuropod)
         if self.settings.max_batch_size and self.batch_symbol is None:
@@ -137,16 +136,30 @@ class ServedModel:
         if not self.ready():
             raise ModelNotReadyError(f"model {self.name!r} version {self.version} is not ready")
 
-    def infer(self, inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        """Run the model (blocking) and update :attr:`mean_call_s`."""
-        self.check_ready()
+    def check(self, inputs: Mapping[str, np.ndarray]) -> Tuple[TensorDict, Optional[Dict[str, int]]]:
+        """A request's inputs checked against the spec, and the symbol sizes they bind (once per request)."""
+        return self.neuropod._check_inputs(inputs)
+
+    def run(self, inputs: TensorDict, bindings: Optional[Dict[str, int]]) -> TensorDict:
+        """Run checked inputs (blocking); outputs are checked against ``bindings``. Updates :attr:`mean_call_s`."""
         started = time.perf_counter()
-        outputs = self.neuropod.infer(inputs)
+        outputs = self.neuropod._run_checked(inputs, bindings)
         elapsed = time.perf_counter() - started
         mean = self.mean_call_s
         # A moving average: a model whose calls slow down (bigger inputs) is noticed within a few calls.
         self.mean_call_s = elapsed if mean is None else 0.8 * mean + 0.2 * elapsed
         return outputs
+
+    def run_batch(self, inputs: TensorDict) -> TensorDict:
+        """Run the checked requests of a batch, merged along the batch symbol (see :mod:`.batching`)."""
+        rows = next(iter(inputs.values())).shape[0]
+        # Each request was checked alone; the merged call's outputs must span all their rows.
+        return self.run(inputs, {self.batch_symbol: rows} if self.batch_symbol else None)
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> TensorDict:
+        """Check and run one request (blocking)."""
+        checked, bindings = self.check(inputs)
+        return self.run(checked, bindings)
 
     def close(self) -> None:
         with self._lock:

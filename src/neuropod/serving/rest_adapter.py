@@ -19,15 +19,15 @@ Every failure is answered ``{"error": "..."}`` with the status of its class.
 
 from __future__ import annotations
 
-import hmac
 import json
 from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Tuple
 
 from aiohttp import web
 
-from ..errors import AuthenticationError, InputValidationError, RequestTooLargeError
+from ..errors import InputValidationError, RequestTooLargeError
 from ..kserve import HEADER_LENGTH_HEADER, rest
 from ..kserve.status import status_for
+from .auth import BearerToken
 from .dataplane import DataPlane, InferRequest, InferResponse
 from .metrics import CONTENT_TYPE_LATEST
 
@@ -91,41 +91,54 @@ class RestAdapter:
     Args:
         dataplane: what answers the calls.
         max_request_bytes: larger bodies are refused with 413.
-        token: a bearer token every route except ``/v2/health/*`` must carry
-            (``Authorization: Bearer <token>``); None for none.
+        token: the bearer token calls must carry (``Authorization: Bearer
+            <token>``) where :data:`~neuropod.serving.auth.NEEDS_TOKEN` says
+            so; None for none.
     """
 
     def __init__(self, dataplane: DataPlane, max_request_bytes: int, token: Optional[str] = None) -> None:
         self.dataplane = dataplane
         self.max_request_bytes = max_request_bytes
-        self._expected_auth = f"Bearer {token}" if token else None
+        self._token = BearerToken(token)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.max_request_bytes, middlewares=[self._errors_and_auth])
+        app = web.Application(client_max_size=self.max_request_bytes, middlewares=[self._errors])
         app.add_routes(
             [
-                web.get("/v2/health/live", self.health_live),
-                web.get("/v2/health/ready", self.health_ready),
-                web.get("/v2", self.server_metadata),
-                web.get("/v2/models/{name}", self.model_metadata),
-                web.get("/v2/models/{name}/versions/{version}", self.model_metadata),
-                web.get("/v2/models/{name}/ready", self.model_ready),
-                web.get("/v2/models/{name}/versions/{version}/ready", self.model_ready),
-                web.post("/v2/models/{name}/infer", self.infer),
-                web.post("/v2/models/{name}/versions/{version}/infer", self.infer),
-                web.get("/metrics", self.metrics),
+                getattr(web, verb)(path, self._guarded(handler, method))
+                for verb, path, handler, method in self.routes()
             ]
         )
         return app
 
+    def routes(self) -> List[Tuple[str, str, Handler, str]]:
+        """``(verb, path, handler, logical method)`` of every route."""
+        return [
+            ("get", "/v2/health/live", self.health_live, "ServerLive"),
+            ("get", "/v2/health/ready", self.health_ready, "ServerReady"),
+            ("get", "/v2", self.server_metadata, "ServerMetadata"),
+            ("get", "/v2/models/{name}", self.model_metadata, "ModelMetadata"),
+            ("get", "/v2/models/{name}/versions/{version}", self.model_metadata, "ModelMetadata"),
+            ("get", "/v2/models/{name}/ready", self.model_ready, "ModelReady"),
+            ("get", "/v2/models/{name}/versions/{version}/ready", self.model_ready, "ModelReady"),
+            ("post", "/v2/models/{name}/infer", self.infer, "ModelInfer"),
+            ("post", "/v2/models/{name}/versions/{version}/infer", self.infer, "ModelInfer"),
+            ("get", "/metrics", self.metrics, "Metrics"),
+        ]
+
+    def _guarded(self, handler: Handler, method: str) -> Handler:
+        """A handler that first checks the token for ``method``."""
+
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            self._token.check(method, request.headers.get("Authorization"), "header 'Authorization:")
+            return await handler(request)
+
+        return guarded
+
     @web.middleware
-    async def _errors_and_auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """The one error handler: the status comes from the exception's class."""
         try:
-            if self._expected_auth is not None and not request.path.startswith("/v2/health/"):
-                given = request.headers.get("Authorization", "")
-                if not hmac.compare_digest(given.encode(), self._expected_auth.encode()):
-                    raise AuthenticationError("missing or wrong bearer token (header 'Authorization: Bearer <token>')")
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:
             exc = RequestTooLargeError(

@@ -1,0 +1,53 @@
+"""Which of the server's methods need the bearer token: one table for both protocols.
+
+Each logical method of the KServe v2 protocol (plus the Prometheus page) is
+listed once with whether it needs the token. Health probes stay open, so
+load balancers and orchestrators can probe a server they hold no secret
+for; everything else needs ``Authorization: Bearer <token>`` (a header over
+REST, metadata over gRPC) when the server has a token.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Dict, Optional, Union
+
+from ..errors import AuthenticationError
+
+__all__ = ["NEEDS_TOKEN", "BearerToken"]
+
+#: Logical method -> whether it needs the token.
+NEEDS_TOKEN: Dict[str, bool] = {
+    "ServerLive": False,  # health probes: open
+    "ServerReady": False,
+    "ModelReady": False,
+    "ServerMetadata": True,
+    "ModelMetadata": True,
+    "ModelInfer": True,
+    "Metrics": True,
+}
+
+
+class BearerToken:
+    """Checks the ``authorization`` a call carries against the server's token (in constant time).
+
+    Args:
+        token: the token calls must carry; None lets every call through.
+    """
+
+    def __init__(self, token: Optional[str]) -> None:
+        self._expected = f"Bearer {token}".encode() if token else None
+
+    def check(self, method: str, given: Union[str, bytes, None], where: str) -> None:
+        """Let a call to ``method`` through, or raise AuthenticationError.
+
+        Args:
+            method: a key of :data:`NEEDS_TOKEN`.
+            given: the call's ``authorization`` value, or None when it has none.
+            where: how the token is sent in this protocol, for the message.
+        """
+        if self._expected is None or not NEEDS_TOKEN[method]:
+            return
+        value = given.encode() if isinstance(given, str) else (given or b"")
+        if not hmac.compare_digest(value, self._expected):
+            raise AuthenticationError(f"{method} needs the server's bearer token ({where} 'Bearer <token>')")
