@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from neuropod.errors import WorkerCrashedError, WorkerTimeoutError
 from neuropod.loader import load_neuropod
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -122,3 +123,17 @@ def test_a_container_worker_from_an_image(podman, rootfs, tmp_path):
             np.testing.assert_array_equal(model.infer({"x": x})["x"], x)
     finally:
         subprocess.run([podman, "rmi", "-f", image], capture_output=True, timeout=120)
+
+
+def test_a_container_worker_is_held_to_its_limits(podman, rootfs, tmp_path):
+    package = make_hostile_model(tmp_path)
+    options = dict(rootfs=str(rootfs), container_args=engine_args(), container_python=sys.executable)
+    limits = dict(memory_limit="768MiB", max_processes=32, timeout=3.0)
+    with load_neuropod(package, isolation="container", **options, **limits) as model:
+        result = attack(model, "fork_bomb", 100)
+        assert result.startswith("BLOCKED OSError: fork failed after"), result
+        with pytest.raises(WorkerCrashedError, match="memory_limit of 768 MiB"):
+            attack(model, "memory", 2 << 30)
+        with pytest.raises(WorkerTimeoutError):
+            attack(model, "hang", 60)
+        assert attack(model, "whoami").startswith("DONE pid 1")  # replaced each time

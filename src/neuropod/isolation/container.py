@@ -21,11 +21,12 @@ import secrets
 import shutil
 import subprocess
 import threading
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 from ..errors import IsolationError
 from .launch import WorkerLaunch, isolated_environment
 from .options import IsolationOptions
+from .sandbox import CgroupLimits
 
 __all__ = ["plan_container", "find_engine", "CONTAINER_FDS"]
 
@@ -83,10 +84,11 @@ def plan_container(
         command += [f"--tmpfs=/tmp:rw{tmp}", f"--shm-size={isolation.tmp_bytes or 64 << 20}"]
         if isolation.max_open_files:
             command.append(f"--ulimit=nofile={isolation.max_open_files}:{isolation.max_open_files}")
+        cgroups_disabled = "--cgroups=disabled" in isolation.container_args
         if isolation.max_processes:
             command.append(f"--ulimit=nproc={isolation.max_processes}:{isolation.max_processes}")
-        if isolation.memory_limit:
-            command.append(f"--ulimit=as={isolation.memory_limit}:{isolation.memory_limit}")
+            if not cgroups_disabled:
+                command.append(f"--pids-limit={isolation.max_processes}")
         if cpus:
             command.append(f"--cpuset-cpus={','.join(map(str, cpus))}")
         if isolation.gpus is not None:
@@ -98,7 +100,17 @@ def plan_container(
             if key != "PATH":
                 command += ["-e", f"{key}={worker_env[key]}"]
         command += ["--rootfs", isolation.rootfs] if isolation.rootfs else [str(isolation.image)]
+        if isolation.memory_limit:
+            # podman's --ulimit has no address-space limit and --memory needs cgroups, which these VMs
+            # cannot give it: the image's prlimit (util-linux) sets RLIMIT_AS before Python starts.
+            command += ["prlimit", f"--as={isolation.memory_limit}", "--"]
         cleanup = _remover(engine, name)
+        if cgroups_disabled and os.geteuid() == 0:
+            # Without cgroups of its own the container stays in podman's: start podman in a pids
+            # (and cpu) group of this worker's, as the sandbox does (root ignores RLIMIT_NPROC).
+            groups = CgroupLimits(isolation.max_processes, isolation.cpus)
+            command = groups.prefix() + command
+            cleanup = _both(cleanup, groups.remove)
     host_env = {
         key: value for key, value in env.items() if key in ("PATH", "HOME", "XDG_RUNTIME_DIR", "CONTAINERS_CONF")
     }
@@ -122,6 +134,14 @@ def plan_container(
 
 def _nothing() -> None:
     pass
+
+
+def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        first()
+        second()
+
+    return run
 
 
 def _remover(engine: str, name: str):  # type: ignore[no-untyped-def]
