@@ -78,5 +78,5 @@ def free_port() -> int:
 
 
 def ray_init_options() -> dict:
-    """One small local Ray per test module: 2 CPUs, no dashboard, quiet workers."""
-    return {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False}
+    """One small local Ray per test module: 2 CPUs, a 256 MiB object store, no dashboard, quiet workers."""
+    return {"num_cpus": 2, "object_store_memory": 256 * 2**20, "include_dashboard": False, "log_to_driver": False}
