@@ -9,8 +9,9 @@
 * :func:`iter_dataset_batches` — a Ray Dataset as an iterable of numpy batches
   (what the evaluation and comparison tools consume).
 
-Needs the ``ray`` extra (``pip install 'neuropod[ray]'``); Ray is imported
-when one of these names is first used, not when this package is imported.
+Needs the ``ray`` extra (``pip install 'neuropod[ray]'``). Importing this
+package imports no Ray: the Serve module imports it when first taken from
+here, the Data helpers when first called.
 """
 
 from __future__ import annotations
