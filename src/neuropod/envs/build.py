@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Dict, List, Optional, Tuple
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from ..errors import EnvironmentBuildError, FrameworkVersionError, RequirementsError
 from .interpreters import Interpreter, discover_interpreters, find_uv
@@ -162,7 +162,7 @@ class Builder:
             requirements.append(f"{need.distribution}=={version}")
             requirements += era_pins(need.distribution, version)
         requirements += list(need.requirements)
-        held = {normalize_name(r.split("==")[0].split("<")[0]) for r in requirements}
+        held = {normalize_name(re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0]) for r in requirements}
         requirements += [r for r in WORKER_REQUIREMENTS if normalize_name(r) not in held]
         key = _key(interpreter.version, tuple(requirements), self.find_links)
         return BuildPlan(need, interpreter, tuple(requirements), key)
@@ -197,7 +197,12 @@ class Builder:
         root = envs_dir()
         root.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(root / f".{plan.key}.lock"))
-        with lock:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            logger.info("environment %s: another process is building it; waiting for it", plan.key)
+            lock.acquire()
+        try:
             existing = _load(plan.path)
             if existing is not None:
                 return existing
@@ -209,6 +214,8 @@ class Builder:
                 raise
             progress.close(f"built in {build_seconds(environment):.0f} s")
             return environment
+        finally:
+            lock.release()
 
     def _build_locked(self, plan: BuildPlan, progress: Progress) -> Environment:
         root = envs_dir()
