@@ -17,6 +17,8 @@ import numpy as np
 
 def get_model(data_dir):
     def add(x, y):
+        if (x < 0).any():
+            raise ValueError("the adder refuses negative numbers")
         # rows: how many rows the model saw in this call, once per row (shows batching).
         return {"out": x + y, "rows": np.full(x.shape[0], x.shape[0], dtype=np.int64)}
 
@@ -25,7 +27,7 @@ def get_model(data_dir):
 
 
 def make_counting_adder(target: Path, name: str = "adder") -> Path:
-    """out = x + y; rows = the row count of the call that computed each row (a directory package)."""
+    """out = x + y; rows = the row count of the call that computed each row; a negative x fails the call."""
     from neuropod.packagers import create_python_neuropod
 
     code_root = target.parent / f".{target.name}-code"

@@ -138,6 +138,8 @@ def test_errors_carry_the_servers_status_and_message(adder_app: Tuple[int, Any])
     assert status == 400 and "'nope'" in answer["error"]
     status, answer = _post(f"{base}/other/infer", _json_inputs(X, Y))
     assert status == 404 and "'other'" in answer["error"] and "'adder'" in answer["error"]
+    status, answer = _post(f"{base}/adder/infer", _json_inputs(-X, Y))
+    assert status == 500 and "refuses negative numbers" in answer["error"]  # the model's own error
     assert _get(f"{base}/adder/versions/7")[0] == 404
     assert _get(f"{base}/adder/infer")[0] == 405
     assert _get(f"http://127.0.0.1:{port}/v1/models/adder")[0] == 404
