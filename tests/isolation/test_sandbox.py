@@ -215,3 +215,13 @@ def test_gpus_that_do_not_exist_are_named(packages):
         pytest.skip("this machine has a GPU: the sandbox would pass it in")
     with pytest.raises(IsolationError, match=r"option 'gpus': '0' asks for GPUs, but no /dev/nvidia0 exists"):
         load_neuropod(packages["tool"], isolation="sandbox", gpus=0)
+
+
+def test_a_worker_killed_under_a_memory_limit_names_it(packages, bystander):
+    """Native code that aborts when an allocation fails dies by a signal: the crash names the limit too."""
+    require_command("bwrap")
+    with load_neuropod(packages["tool"], isolation="sandbox", memory_limit="1GiB") as model:
+        with pytest.raises(WorkerCrashedError, match=r"killed by signal 9 \(SIGKILL\).*memory_limit is 1 GiB"):
+            model.infer({"cmd": np.array(["kill"])})
+        np.testing.assert_array_equal(model.infer({"x": np.ones(2)})["y"], [2.0, 2.0])
+    still_serving(bystander)

@@ -215,17 +215,14 @@ class WorkerProcess:
             if cpus:
                 argv += ["--cpus", ",".join(str(cpu) for cpu in cpus)]
             self.process = _SPAWNER.spawn(argv, launch.env, launch.pass_fds)
-        except OSError as exc:
+        except BaseException as exc:
             parent_end.close()
             if launch is not None:
                 launch.cleanup()
-            raise WorkerCrashedError(
-                f"cannot start a worker for model {self.model_name!r} with {options.python_executable}: {exc}"
-            ) from exc
-        except BaseException:
-            parent_end.close()
-            if launch is not None:
-                launch.cleanup()
+            if isinstance(exc, OSError):
+                raise WorkerCrashedError(
+                    f"cannot start a worker for model {self.model_name!r} with {options.python_executable}: {exc}"
+                ) from exc
             raise
         finally:
             child_end.close()
@@ -245,7 +242,7 @@ class WorkerProcess:
             self._discard()
             error = WorkerCrashedError(
                 f"the worker for model {self.model_name!r} {describe_returncode(returncode)} while loading the model"
-                f"{self._limit_hint()}"
+                f"{self._limit_hint(returncode)}"
             )
             error.returncode = returncode
             raise error from None
@@ -372,15 +369,17 @@ class WorkerProcess:
         else:
             error = WorkerCrashedError(
                 f"the worker (pid {pid}) of model {self.model_name!r} {self.last_failure} during the call"
-                f"{self._limit_hint()}"
+                f"{self._limit_hint(returncode)}"
             )
         error.returncode = returncode
         self._restart_soon()
         return error
 
-    def _limit_hint(self) -> str:
+    def _limit_hint(self, returncode: Optional[int]) -> str:
+        """For a worker killed by a signal under a memory limit (native code that aborts when allocation fails)."""
         limit = self.isolation.memory_limit if self.isolation.isolated else None
-        return f" (its memory_limit is {format_bytes(limit)}: it may have run past it)" if limit else ""
+        killed = returncode is not None and returncode < 0
+        return f" (its memory_limit is {format_bytes(limit)}: it may have run past it)" if limit and killed else ""
 
     def _out_of_memory(self, reply: wire.Message) -> Optional[WorkerCrashedError]:
         """A MemoryError under a memory limit: the worker is killed and replaced, the call fails naming the limit."""
