@@ -144,3 +144,7 @@ def test_doctor_says_what_serves_a_package_and_what_it_lacks_here(tmp_path):
     assert "needs:        six==1.15.0" in result.output
     assert "lacks six==1.15.0" in result.output
     assert "served by:" in result.output
+    built = CliRunner().invoke(main, ["envs", "build", str(path)])
+    assert built.exit_code == 0 and "already served by" in built.output
+    here = CliRunner().invoke(main, ["envs", "build", str(_torchscript_package(tmp_path, "*"))])
+    assert here.exit_code == 0 and "nothing to build" in here.output

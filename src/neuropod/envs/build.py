@@ -173,7 +173,9 @@ class Builder:
         by_reason: Dict[str, List[str]] = {}
         for version, reason in failures:
             by_reason.setdefault(re.sub(r"^(error:|×)\s*", "", reason).rstrip("."), []).append(version)
-        tried = "; ".join(f"python {', '.join(v)}: {r}" for r, v in by_reason.items()) or "no Python satisfies it"
+        tried = "; ".join(f"python {', '.join(v)}: {r}" for r, v in by_reason.items()) or (
+            "none is in the Python range asked for (`uv python install VERSION` or pyenv adds one)"
+        )
         source = f" ({'offline, from ' + self.find_links})" if self.find_links else ""
         command = f"neuropod envs build {need.source}" if need.source else "neuropod envs build"
         text = (

@@ -178,6 +178,9 @@ def build(
     builder = Builder(find_links=find_links)
     for need in _needs(paths, platform, version_range, python, requirements_file):
         label = need.source or need.describe()
+        if need.source and (not need.asks_for_anything or not need.problems_here()):
+            click.echo(f"{label}: this Python serves it (it loads in-process); nothing to build")
+            continue
         found = find_environment(need)
         if found is not None:
             click.echo(f"{label}: already served by {found.path} ({found.python_version})")
