@@ -53,17 +53,31 @@ def _six_package(tmp_path: Path, pin: str, **options) -> Path:
     )
 
 
-def test_python_packages_with_conflicting_pins_each_see_their_own(tmp_path):
+def test_python_packages_with_conflicting_pins_each_see_their_own(tmp_path, caplog):
+    from importlib import metadata
+
+    def six_here():
+        try:
+            return metadata.version("six")
+        except metadata.PackageNotFoundError:
+            return None
+
+    before = six_here()
+    assert before not in ("1.16.0", "1.15.0"), "this test needs a six here that neither package pins"
     new, old = _six_package(tmp_path, "1.16.0"), _six_package(tmp_path, "1.15.0")
     x = {"x": np.zeros(1, np.float32)}
+    caplog.set_level("INFO", logger="neuropod.envs")
     with load_neuropod(new) as first, load_neuropod(old) as second:
+        # A log line says which environment and why.
+        assert any(
+            "model six_1_16_0 runs in environment" in r.message and "lacks six==1.16.0" in r.message
+            for r in caplog.records
+        ), [r.message for r in caplog.records]
         for _ in range(2):  # alternately
             assert first.infer(x)["version"].tolist() == ["1.16.0"]
             assert second.infer(x)["version"].tolist() == ["1.15.0"]
-        assert type(first.executor).__name__ == "OutOfProcessExecutor"
-    import importlib.util
-
-    assert importlib.util.find_spec("six") is None or __import__("six").__version__ not in ("1.15.0",)
+        assert first.executor.options.python_executable != second.executor.options.python_executable
+    assert six_here() == before  # nothing was installed into the caller's environment
 
 
 def test_current_environment_refuses_unmet_requirements(tmp_path):
