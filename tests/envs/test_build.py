@@ -190,3 +190,13 @@ def test_a_registered_environment_is_used_before_building(empty_envs_dir, tmp_pa
     found = ensure_environment(SIX)
     assert found.python == str(Path(shared.path) / "bin" / "python") and not found.built
     assert built_environments() == []  # nothing was built
+
+
+def test_the_worker_needs_only_numpy_of_neuropods_dependencies():
+    """Environments hold numpy and the framework only: the worker must not import neuropod's other deps."""
+    check = (
+        "import sys, neuropod, neuropod.ope.worker, neuropod.envs\n"
+        "pulled = {'semantic_version', 'filelock', 'click', 'rich'} & set(sys.modules)\n"
+        "assert not pulled, pulled\n"
+    )
+    subprocess.run([sys.executable, "-c", check], check=True)

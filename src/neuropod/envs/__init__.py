@@ -20,7 +20,37 @@ from typing import TYPE_CHECKING, Any, Optional
 if TYPE_CHECKING:
     from ..package import Package
 
-__all__ = ["environment_for"]
+__all__ = [
+    "environment_for",
+    "need_of",
+    "find_environment",
+    "ensure_environment",
+    "environment_at",
+    "Builder",
+    "Environment",
+    "Need",
+    "envs_dir",
+]
+
+# Public names imported on first use (they need semantic_version and filelock).
+_LAZY = {
+    "need_of": ".need",
+    "Need": ".need",
+    "find_environment": ".select",
+    "ensure_environment": ".select",
+    "environment_at": ".select",
+    "Builder": ".build",
+    "Environment": ".store",
+    "envs_dir": ".store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def environment_for(package: Package, environment: Optional[Any] = None) -> Optional[str]:
