@@ -241,6 +241,12 @@ def test_batching_settings_are_checked_before_serve_sees_them(tmp_path: Path) ->
         neuropod_deployment(tmp_path, max_batch_size=-1)
     with pytest.raises(SpecError, match="batch_wait_timeout_s"):
         neuropod_deployment(tmp_path, batch_wait_timeout_s="soon")
+    from neuropod.packagers import create_placeholder_neuropod
+
+    fixed = [{"name": "x", "dtype": "float32", "shape": [3]}]
+    unbatchable = create_placeholder_neuropod(tmp_path / "fixed", "fixed", fixed, fixed, package_as_zip=False)
+    with pytest.raises(SpecError, match="model 'fixed': max_batch_size needs .* batch symbol.*x \\[3\\]"):
+        neuropod_deployment(unbatchable, max_batch_size=4)
     # Deployment options reach Ray Serve as given: its own checks answer.
     with pytest.raises(ValueError, match="max_replicas"):
         neuropod_deployment(tmp_path, autoscaling_config={"min_replicas": 3, "max_replicas": 1})

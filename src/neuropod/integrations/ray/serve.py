@@ -35,6 +35,7 @@ from ...kserve import EXTENSIONS, HEADER_LENGTH_HEADER, rest
 from ...kserve.datatypes import DTYPE_TO_DATATYPE
 from ...kserve.status import status_for
 from ...loader import REMOTE_SCHEMES, load_neuropod
+from ...package import open_package
 from ...spec import SpecValidator, TensorSpec
 from .data import _absolute
 
@@ -81,6 +82,15 @@ def _batch_symbol(problem: Any) -> Optional[str]:
     return first if isinstance(first, str) else None
 
 
+def _check_batchable(name: str, problem: Any) -> None:
+    if _batch_symbol(problem) is None:
+        shapes = ", ".join(f"{s.name} {list(s.shape)}" for s in list(problem.inputs) + list(problem.outputs))
+        raise SpecError(
+            f"model {name!r}: max_batch_size needs every input and output to start with the same "
+            f"batch symbol (a model URL has none: v2 metadata carries no symbols); its specs are: {shapes}"
+        )
+
+
 @serve.deployment(name="NeuropodDeployment")
 class NeuropodDeployment:
     """One Ray Serve replica serving one model (build it with :func:`neuropod_deployment`).
@@ -118,12 +128,7 @@ class NeuropodDeployment:
         self._output_names = tuple(spec.name for spec in problem.outputs)
         self._batching = max_batch_size > 0
         if self._batching:
-            if _batch_symbol(problem) is None:
-                shapes = ", ".join(f"{s.name} {list(s.shape)}" for s in list(problem.inputs) + list(problem.outputs))
-                raise SpecError(
-                    f"model {self.name!r}: max_batch_size needs every input and output to start with the same "
-                    f"batch symbol; its specs are: {shapes}"
-                )
+            _check_batchable(self.name, problem)
             # Decorated here, not on the class, so each deployment gets its own settings.
             self._infer_batch = serve.batch(
                 max_batch_size=max_batch_size,
@@ -304,7 +309,8 @@ def neuropod_deployment(
             ``max_ongoing_requests``, ``name`` ...
 
     Raises:
-        SpecError: a batching setting is out of range.
+        SpecError: a batching setting is out of range, or batching is asked
+            for a package whose inputs and outputs share no batch symbol.
     """
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 0:
         raise SpecError(f"max_batch_size: expected a non-negative int, got {max_batch_size!r}")
@@ -313,12 +319,17 @@ def neuropod_deployment(
     concurrent = max_concurrent_batches
     if isinstance(concurrent, bool) or not isinstance(concurrent, int) or concurrent < 1:
         raise SpecError(f"max_concurrent_batches: expected a positive int, got {concurrent!r}")
+    location = _absolute(model)
+    if max_batch_size and os.path.exists(location):
+        # Checked here as well as in each replica: a replica that fails to start is retried by Serve for long.
+        config = open_package(location, verify=False).config
+        _check_batchable(model_name or config.name, config.problem)
     # @serve.deployment made the class a ray.serve Deployment; mypy still sees the class.
     deployment: Any = NeuropodDeployment
     if deployment_options:
         deployment = deployment.options(**deployment_options)
     return deployment.bind(
-        _absolute(model),
+        location,
         model_name,
         max_batch_size,
         float(batch_wait_timeout_s),
