@@ -89,6 +89,16 @@ def test_reading_shadow_or_a_file_in_the_callers_home_fails(packages, sandboxed,
     still_serving(bystander)
 
 
+def test_the_callers_working_directory_is_not_visible(sandboxed, bystander, tmp_path, monkeypatch):
+    (tmp_path / "notes.txt").write_text("private notes")
+    monkeypatch.chdir(tmp_path)
+    with load_neuropod(sandboxed.package.root, isolation="sandbox") as model:
+        assert attack(model, "read", tmp_path / "notes.txt").startswith("BLOCKED FileNotFoundError")
+        repo_file = Path(__file__).resolve().parents[2] / "pyproject.toml"  # the neuropod checkout: only src/ is
+        assert attack(model, "read", repo_file).startswith("BLOCKED FileNotFoundError")
+    still_serving(bystander)
+
+
 def test_writing_outside_its_temp_dir_fails_and_tmp_is_private(sandboxed, bystander, tmp_path):
     targets = [
         sandboxed.package.root / "planted.py",

@@ -29,6 +29,7 @@ import logging
 import os
 import secrets
 import shutil
+import site
 import sys
 import threading
 import time
@@ -64,8 +65,29 @@ def _interpreter_paths(python: str) -> List[str]:
                 paths.append(str(Path(value.strip()).parent))
     if os.path.realpath(python) == os.path.realpath(sys.executable):
         paths += [sys.prefix, sys.base_prefix, sys.exec_prefix]
-        paths += [entry for entry in sys.path if entry and os.path.isabs(entry)]
+        paths += [entry for entry in _import_path() if os.path.isabs(entry)]
     return paths
+
+
+def _import_path() -> List[str]:
+    """Where this interpreter's imports come from: site-packages, their ``.pth`` entries, PYTHONPATH.
+
+    Not ``sys.path`` itself: its first entry is the caller's script or working
+    directory, which may hold anything and which a worker never imports from.
+    """
+    sites = [*site.getsitepackages(), site.getusersitepackages()]
+    entries = list(sites) + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    for directory in sites:
+        try:
+            pth_files = sorted(Path(directory).glob("*.pth"))
+        except OSError:
+            continue
+        for pth in pth_files:  # editable installs point at their source trees this way
+            for line in pth.read_text(errors="replace").splitlines():
+                line = line.strip()
+                if line and not line.startswith(("#", "import ", "import\t")):
+                    entries.append(line if os.path.isabs(line) else str(Path(directory) / line))
+    return [entry for entry in entries if os.path.isdir(entry)]
 
 
 def sandbox_paths(python: str, package_root: str, source_root: str, extra: Sequence[str] = ()) -> List[str]:
