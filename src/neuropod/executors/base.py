@@ -20,6 +20,8 @@ TensorDict = Dict[str, np.ndarray]
 
 
 class Executor(abc.ABC):
+    """Where one model runs; :class:`~neuropod.loader.Neuropod` calls it and never knows which kind it holds."""
+
     @abc.abstractmethod
     def infer(self, inputs: TensorDict) -> TensorDict:
         """Run the model on validated inputs."""

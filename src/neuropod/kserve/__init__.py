@@ -6,7 +6,8 @@
 * :mod:`.status` — which error class goes with which HTTP and gRPC status, both ways.
 
 The constants both ends share live here. Importing this package imports no
-gRPC, protobuf or HTTP library.
+gRPC, protobuf or HTTP library. Internal: the public faces are
+:mod:`neuropod.serving` and ``load_neuropod(URL)`` (docs/api.md).
 """
 
 from __future__ import annotations

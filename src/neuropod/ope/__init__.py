@@ -1,5 +1,8 @@
 """Out-of-process execution: worker processes fed through shared memory.
 
+Internal: use it through ``load_neuropod(path, use_ope=True)``; nothing here is
+public API (docs/api.md lists what is).
+
 * :mod:`~neuropod.ope.wire` — the control-message format (all its constants).
 * :mod:`~neuropod.ope.shm` — shared-memory segments and the pool that reuses them.
 * :mod:`~neuropod.ope.channel` — the control socket, with its spin-then-block wait.
