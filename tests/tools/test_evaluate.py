@@ -52,7 +52,7 @@ def test_evaluate_in_every_framework_and_place(
     )
     assert report.metrics["mae"]["mae"] == pytest.approx(0, abs=1e-6)
     assert report.metrics["r2"]["r2"] == pytest.approx(1)
-    assert report.batch_sizes == [8, 8, 8, 8, 5]
+    assert list(report.batch_sizes) == [8, 8, 8, 8, 5]
     assert len(report.batch_latencies_s) == 5 and report.seconds_in_infer <= report.seconds_total
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     assert saved["data"]["examples"] == ROWS and saved["metrics"]["rmse"]["rmse"] == pytest.approx(0, abs=1e-6)

@@ -63,6 +63,8 @@ def test_regression() -> None:
     assert run("rmse", batches, ["y"]) == {"rmse": pytest.approx(math.sqrt(5 / 3))}
     # R² = 1 - SSE / SST: SSE = 0 + 1 + 4, SST = 1 + 1 + 0 (the labels' mean is 2)
     assert run("r2", batches, ["y"]) == {"r2": pytest.approx(1 - 5 / 2)}
+    unsigned = [{"outputs": {"y": np.array([0], np.uint8)}, "fields": {"y": np.array([255], np.uint8)}}]
+    assert run("mae", unsigned, ["y"]) == {"mae": 255.0}  # no uint8 wrap-around
 
 
 def test_strings() -> None:

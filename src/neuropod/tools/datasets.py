@@ -5,7 +5,7 @@ Sources:
 - a directory of ``.npz`` files, each one example or one batch (told apart by
   the rank of the inputs against the problem's specs);
 - a directory of ``NAME.npy`` files, each holding every example of one field
-  along axis 0 (memory-mapped);
+  along axis 0 (read batch by batch);
 - a Parquet file or directory, or an Arrow IPC / Feather file (``pyarrow``):
   scalar columns become 1-D arrays, list / fixed-size-list / fixed-shape-tensor
   columns become stacked arrays, string columns unicode arrays;
@@ -19,9 +19,10 @@ Inputs are cast to their spec's dtype when the cast keeps their kind
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -32,19 +33,25 @@ __all__ = ["Dataset", "open_dataset", "DatasetError"]
 
 Batch = Dict[str, np.ndarray]
 _ARROW_SUFFIXES = (".arrow", ".feather", ".ipc")
+#: Files are read (and tables converted to numpy) in chunks of about this many bytes, at most this many rows.
+_CHUNK_BYTES = 2**20
+_MAX_CHUNK_ROWS = 65536
 
 
-def _rows(batch: Mapping[str, np.ndarray]) -> int:
-    return len(next(iter(batch.values()))) if batch else 0
+def _chunk_rows(batch_size: int, row_bytes: int) -> int:
+    """Rows per chunk: a whole number of batches, about _CHUNK_BYTES, at least one batch."""
+    rows = min(_MAX_CHUNK_ROWS, _CHUNK_BYTES // max(1, row_bytes))
+    return max(batch_size, rows // batch_size * batch_size)
 
 
 class Dataset:
     """A stream of examples, read in batches.
 
     Args:
-        chunks: a function returning a fresh iterator of chunks (dicts of
-            arrays sharing axis 0 as the example axis) — or, when the problem
-            has no batch dimension, of single examples fed one per call.
+        chunks: ``chunks(size)`` returns a fresh iterator of chunks (dicts of
+            arrays sharing axis 0 as the example axis), ideally of ``size``
+            examples each — or, when the problem has no batch dimension, of
+            single examples fed one per call.
         num_examples: how many examples there are, when known (for progress and ETA).
         description: what the data is, for reports.
         batched: whether axis 0 is an example axis (False: each chunk is one call).
@@ -52,7 +59,7 @@ class Dataset:
 
     def __init__(
         self,
-        chunks: Callable[[], Iterator[Batch]],
+        chunks: Callable[[int], Iterator[Batch]],
         num_examples: Optional[int],
         description: str,
         batched: bool = True,
@@ -67,24 +74,29 @@ class Dataset:
         if batch_size < 1:
             raise DatasetError(f"batch_size: expected a positive int, got {batch_size}")
         if not self.batched:
-            yield from self._chunks()
+            yield from self._chunks(1)
             return
-        pending: List[Batch] = []
+        pending: List[Batch] = []  # pieces of the next batch, when chunks do not divide into batches
         count = 0
-        for chunk in self._chunks():
-            size = _rows(chunk)
-            if not pending and size == batch_size:  # the common case: pass through without copying
-                yield chunk
-                continue
+        for chunk in self._chunks(batch_size):
+            size = len(next(iter(chunk.values()))) if chunk else 0
             start = 0
-            while start < size:
-                take = min(batch_size - count, size - start)
-                pending.append({k: v[start : start + take] for k, v in chunk.items()})
-                count += take
-                start += take
+            if pending:
+                start = min(batch_size - count, size)
+                pending.append({k: v[:start] for k, v in chunk.items()})
+                count += start
                 if count == batch_size:
                     yield _concat(pending)
                     pending, count = [], 0
+            if start == 0 and size == batch_size:
+                yield chunk  # the chunk is a batch: no slicing
+                continue
+            while size - start >= batch_size:  # whole batches are views of the chunk
+                yield {k: v[start : start + batch_size] for k, v in chunk.items()}
+                start += batch_size
+            if start < size:
+                pending.append({k: v[start:] for k, v in chunk.items()})
+                count += size - start
         if pending:
             yield _concat(pending)
 
@@ -108,17 +120,21 @@ class _Fields:
     def __init__(self, problem: Optional[Problem]) -> None:
         self.specs = {spec.name: spec for spec in problem.inputs} if problem is not None else {}
         self.batched = problem is None or problem.batch_dim() is not None or _dim0_free(problem)
+        # Resolved once: cast() runs for every batch. None stands for strings.
+        self._dtypes = {name: None if spec.dtype == "string" else spec.numpy_dtype for name, spec in self.specs.items()}
 
     def cast(self, fields: Mapping[str, Any], source: str) -> Batch:
         result = {}
+        dtypes = self._dtypes
         for name, value in fields.items():
-            array = np.asarray(value)
-            spec = self.specs.get(name)
-            if spec is not None and spec.dtype != "string" and array.dtype != spec.numpy_dtype:
-                if np.can_cast(array.dtype, spec.numpy_dtype, "same_kind"):
-                    array = array.astype(spec.numpy_dtype)
-            elif spec is not None and spec.dtype == "string" and array.dtype.kind == "O":
-                array = array.astype(str)
+            array = value if type(value) is np.ndarray else np.asarray(value)
+            if name in dtypes:
+                wanted = dtypes[name]
+                if wanted is None:
+                    if array.dtype.kind == "O":
+                        array = array.astype(str)
+                elif array.dtype != wanted and np.can_cast(array.dtype, wanted, "same_kind"):
+                    array = array.astype(wanted)
             result[name] = array
         return result
 
@@ -152,7 +168,7 @@ def _dim0_free(problem: Problem) -> bool:
 
 
 def _npz_dataset(files: List[Path], fields: _Fields, description: str) -> Dataset:
-    def chunks() -> Iterator[Batch]:
+    def chunks(size: int) -> Iterator[Batch]:
         for file in files:
             try:
                 with np.load(file, allow_pickle=False) as data:
@@ -167,16 +183,57 @@ def _npz_dataset(files: List[Path], fields: _Fields, description: str) -> Datase
     return Dataset(chunks, None, description, fields.batched)
 
 
+def _npy_header(file: Path) -> Tuple[Tuple[int, ...], np.dtype, int]:
+    """``(shape, dtype, data offset)`` of a C-ordered .npy file holding no Python objects."""
+    try:
+        with open(file, "rb") as stream:
+            version = np.lib.format.read_magic(stream)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in read_header:
+                raise DatasetError(f"{file}: .npy format version {version} is not supported; save it with np.save")
+            shape, fortran_order, dtype = read_header[version](stream)
+            offset = stream.tell()
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{file}: cannot read as .npy: {exc}") from None
+    if fortran_order or dtype.hasobject or not shape:
+        raise DatasetError(
+            f"{file}: expected a C-ordered array of numbers or fixed-width strings with an example axis; "
+            f"got shape {list(shape)}, dtype {dtype}{', Fortran order' if fortran_order else ''}"
+        )
+    return shape, dtype, offset
+
+
 def _npy_dataset(files: List[Path], fields: _Fields, description: str) -> Dataset:
     if not fields.batched:
         raise DatasetError(f"{description}: .npy files hold examples along axis 0, but the problem has no batch axis")
-    arrays: Dict[str, np.ndarray] = {}
-    for file in files:
-        try:
-            arrays[file.stem] = np.load(file, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise DatasetError(f"{file}: cannot read as .npy: {exc}") from None
-    return _arrays_dataset(arrays, fields, description)
+    headers = {file.stem: (file, *_npy_header(file)) for file in files}
+    lengths = {name: shape[0] for name, (_, shape, _, _) in headers.items()}
+    if len(set(lengths.values())) > 1:
+        raise DatasetError(f"{description}: fields hold different numbers of examples: {lengths}")
+    total = next(iter(lengths.values()), 0)
+
+    def chunks(size: int) -> Iterator[Batch]:
+        # Read chunk by chunk (a syscall per field per chunk, not per batch) into fresh arrays: memory
+        # stays flat (no mapping whose pages pile up in the process) and batches are writable views.
+        with contextlib.ExitStack() as stack:
+            streams = {}
+            for name, (file, shape, dtype, offset) in headers.items():
+                stream = stack.enter_context(open(file, "rb"))
+                stream.seek(offset)
+                streams[name] = (stream, shape[1:], dtype)
+            row_bytes = sum(dtype.itemsize * int(np.prod(shape)) for _, shape, dtype in streams.values())
+            step = _chunk_rows(size, row_bytes)
+            for start in range(0, total, step):
+                rows = min(step, total - start)
+                batch = {}
+                for name, (stream, example_shape, dtype) in streams.items():
+                    array = np.empty((rows, *example_shape), dtype)
+                    if stream.readinto(array.data.cast("B")) != array.nbytes:
+                        raise DatasetError(f"{description}: {name}.npy ends before its {total} examples")
+                    batch[name] = array
+                yield fields.cast(batch, description)
+
+    return Dataset(chunks, total, description)
 
 
 def _arrays_dataset(arrays: Mapping[str, np.ndarray], fields: _Fields, description: str) -> Dataset:
@@ -184,20 +241,19 @@ def _arrays_dataset(arrays: Mapping[str, np.ndarray], fields: _Fields, descripti
     if len(set(lengths.values())) > 1:
         raise DatasetError(f"{description}: fields hold different numbers of examples: {lengths}")
     total = next(iter(lengths.values()), 0)
-    step = 4096  # slices of a memory map stay lazy; the batcher cuts them to size
 
-    def chunks() -> Iterator[Batch]:
-        for start in range(0, total, step):
-            yield fields.cast({k: np.asarray(v[start : start + step]) for k, v in arrays.items()}, description)
+    def chunks(size: int) -> Iterator[Batch]:
+        # Slices of a memory map stay lazy: a batch is read from disk when the model reads it.
+        for start in range(0, total, size):
+            yield fields.cast({k: np.asarray(v[start : start + size]) for k, v in arrays.items()}, description)
 
     return Dataset(chunks, total, description)
 
 
 def _examples_dataset(examples: Iterable[Mapping[str, Any]], fields: _Fields, description: str) -> Dataset:
     total = len(examples) if hasattr(examples, "__len__") else None  # type: ignore[arg-type]
-    group = 256
 
-    def chunks() -> Iterator[Batch]:
+    def chunks(group: int) -> Iterator[Batch]:
         if not fields.batched:
             for example in examples:
                 yield fields.cast(example, description)
@@ -261,29 +317,69 @@ def _arrow_to_numpy(column: Any, name: str, source: str) -> np.ndarray:
     return column.to_numpy(zero_copy_only=False)
 
 
-def _arrow_dataset(path: Path, fields: _Fields, description: str) -> Dataset:
+def _arrow_dataset(files: List[Path], fields: _Fields, description: str) -> Dataset:
+    """Parquet or Arrow IPC files, read one record batch at a time (no read-ahead: memory stays flat)."""
     try:
-        import pyarrow.dataset as pads
+        import pyarrow as pa
+        import pyarrow.parquet as pq
     except ImportError as exc:
-        raise DatasetError(f"{path}: reading Parquet/Arrow needs pyarrow: pip install 'neuropod[tools]'") from exc
+        raise DatasetError(
+            f"{description}: reading Parquet/Arrow needs pyarrow: pip install 'neuropod[tools]'"
+        ) from exc
     if not fields.batched:
         raise DatasetError(f"{description}: a table holds one example per row, but the problem has no batch axis")
-    file_format = "ipc" if path.suffix in _ARROW_SUFFIXES else "parquet"
-    try:
-        table = pads.dataset(str(path), format=file_format)
-        total = table.count_rows()
-    except Exception as exc:  # pyarrow raises its own ArrowInvalid / OSError family
-        raise DatasetError(f"{path}: cannot read as {file_format}: {exc}") from None
 
-    def chunks() -> Iterator[Batch]:
-        for record_batch in table.to_batches(batch_size=4096):
-            columns = {
-                name: _arrow_to_numpy(record_batch.column(i), name, str(path))
-                for i, name in enumerate(record_batch.schema.names)
-            }
-            yield fields.cast(columns, str(path))
+    def open_table(file: Path) -> Any:
+        try:
+            if file.suffix in _ARROW_SUFFIXES:
+                return pa.ipc.open_file(pa.memory_map(str(file)))
+            return pq.ParquetFile(str(file), pre_buffer=False)  # pre-buffering reads far ahead: memory grows
+        except (pa.ArrowException, OSError) as exc:
+            raise DatasetError(f"{file}: cannot read as {file.suffix.lstrip('.')}: {exc}") from None
+
+    def rows_of(table: Any) -> int:
+        if isinstance(table, pq.ParquetFile):
+            return int(table.metadata.num_rows)
+        return sum(table.get_batch(i).num_rows for i in range(table.num_record_batches))
+
+    total = sum(rows_of(open_table(file)) for file in files)
+
+    def record_batches(table: Any, rows: int) -> Iterator[Any]:
+        if isinstance(table, pq.ParquetFile):
+            yield from table.iter_batches(batch_size=rows)
+        else:
+            for i in range(table.num_record_batches):
+                yield table.get_batch(i)
+
+    def chunks(size: int) -> Iterator[Batch]:
+        for file in files:
+            table = open_table(file)
+            schema = table.schema_arrow if isinstance(table, pq.ParquetFile) else table.schema
+            # Converting a record batch to numpy costs tens of µs whatever its size: read chunks of about
+            # _CHUNK_BYTES (guessed from the fixed-width columns) and let the batcher slice them.
+            row_bytes = sum(_fixed_width(column.type) for column in schema)
+            for record_batch in record_batches(table, _chunk_rows(size, row_bytes)):
+                columns = {
+                    name: _arrow_to_numpy(record_batch.column(i), name, str(file))
+                    for i, name in enumerate(record_batch.schema.names)
+                }
+                yield fields.cast(columns, str(file))
 
     return Dataset(chunks, total, description)
+
+
+def _fixed_width(kind: Any) -> int:
+    """Bytes per row of an Arrow type, counting lists and strings as 64."""
+    import pyarrow as pa
+
+    if isinstance(kind, pa.FixedShapeTensorType):
+        return _fixed_width(kind.storage_type)
+    if pa.types.is_fixed_size_list(kind):
+        return kind.list_size * _fixed_width(kind.value_type)
+    try:
+        return max(1, kind.bit_width // 8)
+    except ValueError:  # variable width: lists, strings
+        return 64
 
 
 def open_dataset(source: Any, problem: Optional[Problem] = None) -> Dataset:
@@ -306,7 +402,7 @@ def open_dataset(source: Any, problem: Optional[Problem] = None) -> Dataset:
         return _open_path(Path(source), fields)
     if isinstance(source, Mapping):
         if not fields.batched:
-            return Dataset(lambda: iter([fields.cast(source, "dict")]), 1, "a dict of arrays", False)
+            return Dataset(lambda size: iter([fields.cast(source, "dict")]), 1, "a dict of arrays", False)
         return _arrays_dataset({k: np.asarray(v) for k, v in source.items()}, fields, "a dict of arrays")
     if isinstance(source, Iterable):
         return _examples_dataset(source, fields, f"an iterable ({type(source).__name__})")
@@ -320,7 +416,7 @@ def _open_path(path: Path, fields: _Fields) -> Dataset:
         if path.suffix == ".npz":
             return _npz_dataset([path], fields, str(path))
         if path.suffix == ".parquet" or path.suffix in _ARROW_SUFFIXES:
-            return _arrow_dataset(path, fields, str(path))
+            return _arrow_dataset([path], fields, str(path))
         raise DatasetError(f"data {str(path)!r}: unknown file type; expected .npz, .parquet, .arrow or .feather")
     npz = sorted(path.glob("*.npz"))
     npy = sorted(path.glob("*.npy"))
@@ -333,7 +429,7 @@ def _open_path(path: Path, fields: _Fields) -> Dataset:
         return _npz_dataset(npz, fields, f"{path} ({len(npz)} .npz files)")
     if npy:
         return _npy_dataset(npy, fields, f"{path} ({len(npy)} .npy fields)")
-    return _arrow_dataset(path, fields, f"{path} (Parquet)")
+    return _arrow_dataset(parquet, fields, f"{path} ({len(parquet)} Parquet files)")
 
 
 PathOrData = Union[str, "os.PathLike[str]", Dataset, Iterable[Mapping[str, Any]], Mapping[str, Any]]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import array
 import datetime
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .. import __version__
 from ..errors import SpecError
@@ -35,8 +36,8 @@ class EvaluationReport:
     model: Dict[str, Any]
     data: Dict[str, Any]
     metrics: Dict[str, Dict[str, Any]]
-    batch_latencies_s: List[float] = field(default_factory=list)
-    batch_sizes: List[int] = field(default_factory=list)
+    batch_latencies_s: Sequence[float] = field(default_factory=list)
+    batch_sizes: Sequence[int] = field(default_factory=list)
     seconds_total: float = 0.0
 
     @property
@@ -63,7 +64,7 @@ class EvaluationReport:
                 "outside_infer_fraction": 1 - self.seconds_in_infer / total if total > 0 else None,
             },
             "batch_latencies_ms": [s * 1e3 for s in self.batch_latencies_s],
-            "batch_sizes": self.batch_sizes,
+            "batch_sizes": list(self.batch_sizes),
         }
 
     def write(self, report_dir: Union[str, os.PathLike[str]]) -> Tuple[Path, Path]:
@@ -123,20 +124,21 @@ def evaluate(
         entries = list(metrics) if metrics is not None else list(spec.metrics)
         built: List[Metric] = [make_metric(entry) for entry in entries]
         label_map = {**spec.labels, **(labels or {})}
-        input_names = {s.name for s in loaded.problem.inputs}
+        input_names = tuple(s.name for s in loaded.problem.inputs)
         output_names = [s.name for s in loaded.problem.outputs]
-        latencies: List[float] = []
-        sizes: List[int] = []
+        # Compact arrays: two numbers per batch, whatever the dataset's size.
+        latencies = array.array("d")
+        sizes = array.array("q")
         infer = loaded.infer
         perf_counter = time.perf_counter
         bound = False
         start = perf_counter()
         with Progress(f"evaluate {loaded.name}", dataset.num_examples, progress) as bar:
+            advance = bar.advance if bar.mode != "off" else None
             for batch in dataset.batches(batch_size):
-                inputs = {name: array for name, array in batch.items() if name in input_names}
+                inputs = {name: batch[name] for name in input_names if name in batch}
                 if not bound:
-                    missing = sorted(input_names - set(inputs))
-                    if missing and len(missing) == len(input_names):
+                    if input_names and not inputs:
                         raise SpecError(
                             f"data: none of the model's inputs ({', '.join(sorted(input_names))}) is a field of "
                             f"the data ({', '.join(sorted(batch))})"
@@ -152,7 +154,8 @@ def evaluate(
                     metric.update(outputs, batch)
                 rows = len(next(iter(batch.values()))) if dataset.batched and batch else 1
                 sizes.append(rows)
-                bar.advance(rows)
+                if advance is not None:
+                    advance(rows)
         total = perf_counter() - start
         results: Dict[str, Dict[str, Any]] = {}
         for metric in built:

@@ -215,17 +215,13 @@ def _one_of(key: str) -> Type[ConfusionMatrix]:
 
 
 class _Regression(Metric):
-    """Running sums over every element: |error|, error², label, label²."""
+    """Running sums over every element; each metric computes only the sums it reports."""
 
     def __init__(self, name: str, **options: Any) -> None:
         super().__init__(name, **options)
         self.count = 0
-        self.abs_error = 0.0
-        self.squared_error = 0.0
-        self.label_sum = 0.0
-        self.label_squares = 0.0
 
-    def update(self, outputs: Mapping[str, np.ndarray], fields: Mapping[str, np.ndarray]) -> None:
+    def _error(self, outputs: Mapping[str, np.ndarray], fields: Mapping[str, np.ndarray]) -> np.ndarray:
         prediction = outputs[self.output]
         label = fields[self.label]
         if prediction.shape != label.shape:
@@ -233,18 +229,21 @@ class _Regression(Metric):
                 f"metric {self.name!r}: output {self.output!r} has shape {list(prediction.shape)}, "
                 f"label {self.label!r} {list(label.shape)}"
             )
-        truth = label.astype(np.float64, copy=False)
-        error = prediction.astype(np.float64, copy=False) - truth
-        self.count += error.size
-        self.abs_error += float(np.abs(error).sum())
-        self.squared_error += float(np.dot(error.ravel(), error.ravel()))
-        self.label_sum += float(truth.sum())
-        self.label_squares += float(np.dot(truth.ravel(), truth.ravel()))
+        self.count += prediction.size
+        # In the inputs' own float precision (float32 stays float32); the sums accumulate in float64.
+        if prediction.dtype.kind != "f" or label.dtype.kind != "f":  # unsigned ints would wrap
+            prediction, label = prediction.astype(np.float64), label.astype(np.float64)
+        return (prediction - label).ravel()
 
 
 class MAE(_Regression):
     def __init__(self, name: str = "mae", **options: Any) -> None:
         super().__init__(name, **options)
+        self.abs_error = 0.0
+
+    def update(self, outputs: Mapping[str, np.ndarray], fields: Mapping[str, np.ndarray]) -> None:
+        error = self._error(outputs, fields)
+        self.abs_error += float(np.abs(error, out=error).sum(dtype=np.float64))
 
     def result(self) -> Dict[str, Any]:
         return {"mae": self.abs_error / self.count if self.count else math.nan}
@@ -253,6 +252,11 @@ class MAE(_Regression):
 class RMSE(_Regression):
     def __init__(self, name: str = "rmse", **options: Any) -> None:
         super().__init__(name, **options)
+        self.squared_error = 0.0
+
+    def update(self, outputs: Mapping[str, np.ndarray], fields: Mapping[str, np.ndarray]) -> None:
+        error = self._error(outputs, fields).astype(np.float64, copy=False)
+        self.squared_error += float(np.dot(error, error))
 
     def result(self) -> Dict[str, Any]:
         return {"rmse": math.sqrt(self.squared_error / self.count) if self.count else math.nan}
@@ -261,6 +265,16 @@ class RMSE(_Regression):
 class R2(_Regression):
     def __init__(self, name: str = "r2", **options: Any) -> None:
         super().__init__(name, **options)
+        self.squared_error = 0.0
+        self.label_sum = 0.0
+        self.label_squares = 0.0
+
+    def update(self, outputs: Mapping[str, np.ndarray], fields: Mapping[str, np.ndarray]) -> None:
+        error = self._error(outputs, fields).astype(np.float64, copy=False)
+        truth = fields[self.label].astype(np.float64).ravel()
+        self.squared_error += float(np.dot(error, error))
+        self.label_sum += float(truth.sum())
+        self.label_squares += float(np.dot(truth, truth))
 
     def result(self) -> Dict[str, Any]:
         if not self.count:
