@@ -16,6 +16,7 @@ import click
 import numpy as np
 
 from .errors import NeuropodError, TestMismatchError
+from .kserve import DEFAULT_MAX_MESSAGE_BYTES
 
 __all__ = ["main"]
 
@@ -239,7 +240,7 @@ def _serve_settings(config_file: Optional[str]) -> Dict[str, Any]:
 )
 @click.option(
     "--max-message-bytes",
-    default=256 * 1024 * 1024,
+    default=DEFAULT_MAX_MESSAGE_BYTES,
     show_default=True,
     type=click.IntRange(1),
     help="Largest request accepted.",
