@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import textwrap
 from pathlib import Path
+from typing import Optional
 
 INPUTS = [
     {"name": "x", "dtype": "float32", "shape": ["batch", None]},
@@ -26,8 +27,11 @@ def get_model(data_dir):
 """
 
 
-def make_counting_adder(target: Path, name: str = "adder") -> Path:
-    """out = x + y; rows = the row count of the call that computed each row; a negative x fails the call."""
+def make_counting_adder(target: Path, name: str = "adder", requirements: Optional[str] = None) -> Path:
+    """out = x + y; rows = the row count of the call that computed each row; a negative x fails the call.
+
+    ``requirements`` (pinned ``name==version`` lines) makes a package that only another environment satisfies.
+    """
     from neuropod.packagers import create_python_neuropod
 
     code_root = target.parent / f".{target.name}-code"
@@ -45,6 +49,7 @@ def make_counting_adder(target: Path, name: str = "adder") -> Path:
             {"name": "out", "dtype": "float32", "shape": ["batch", None]},
             {"name": "rows", "dtype": "int64", "shape": ["batch"]},
         ],
+        requirements=requirements,
         package_as_zip=False,
         default_input_tensor_device="CPU",
     )

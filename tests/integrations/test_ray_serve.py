@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -211,7 +212,8 @@ def test_out_of_process_model_in_a_replica(serve_port: int, tmp_path: Path) -> N
         serve.delete("ope")
 
 
-def test_model_under_another_python_in_a_replica(serve_port: int, tmp_path: Path) -> None:
+def test_a_model_needing_another_environment_runs_in_the_replicas_worker(serve_port: int, tmp_path: Path) -> None:
+    """Environment selection happens inside the replica: no load option asks for a worker."""
     from ray import serve
 
     from neuropod.integrations.ray import neuropod_deployment
@@ -219,18 +221,23 @@ def test_model_under_another_python_in_a_replica(serve_port: int, tmp_path: Path
     other = os.environ.get("NEUROPOD_TEST_OTHER_PYTHON")
     if not other:
         missing("NEUROPOD_TEST_OTHER_PYTHON names no interpreter (scripts/dev.sh test sets it to .venv39's)")
-    package = make_counting_adder(tmp_path / "adder")
-    load_options = {"use_ope": True, "python_executable": other}
+    other_numpy = subprocess.run(
+        [other, "-c", "import numpy; print(numpy.__version__)"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert other_numpy != np.__version__  # else this process would satisfy the package itself
+    package = make_counting_adder(tmp_path / "adder", requirements=f"numpy=={other_numpy}\n")
+    # The replica finds the registered interpreter that satisfies the package's requirements.
+    actor_options = {"num_cpus": 0.1, "runtime_env": {"env_vars": {"NEUROPOD_ENVIRONMENTS": other}}}
     handle = serve.run(
-        neuropod_deployment(package, load_options=load_options, ray_actor_options={"num_cpus": 0.1}),
-        name="other-python",
-        route_prefix="/other-python",
+        neuropod_deployment(package, ray_actor_options=actor_options), name="other-env", route_prefix="/other-env"
     )
     try:
         assert handle.describe.remote().result()["executor"] == "OutOfProcessExecutor"
         np.testing.assert_array_equal(handle.infer.remote({"x": X, "y": Y}).result()["out"], X + Y)
+        status, answer = _post(f"http://127.0.0.1:{serve_port}/other-env/v2/models/adder/infer", _json_inputs(X, Y))
+        assert status == 200 and answer["outputs"][0]["data"] == (X + Y).reshape(-1).tolist()
     finally:
-        serve.delete("other-python")
+        serve.delete("other-env")
 
 
 def test_batching_settings_are_checked_before_serve_sees_them(tmp_path: Path) -> None:
