@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import json
 import os
 import shutil
 import subprocess
@@ -49,22 +48,19 @@ def _candidates(uv: Optional[str]) -> List[str]:
     found = [getattr(sys, "_base_executable", "") or sys.executable, sys.executable]
     if uv:
         try:
+            # uv's own Pythons live in `uv python dir` (asking `uv python list` would probe pyenv's shims too).
             listed = subprocess.run(
-                [uv, "python", "list", "--only-installed", "--output-format", "json"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                stdin=subprocess.DEVNULL,
+                [uv, "python", "dir"], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL
             )
-            if listed.returncode == 0:
-                found += [entry["path"] for entry in json.loads(listed.stdout) if entry.get("path")]
-        except (OSError, ValueError, subprocess.TimeoutExpired):
+            if listed.returncode == 0 and listed.stdout.strip():
+                found += sorted(glob.glob(os.path.join(listed.stdout.strip(), "*", "bin", "python3")))
+        except (OSError, subprocess.TimeoutExpired):
             pass
     pyenv_root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
     found += sorted(glob.glob(os.path.join(pyenv_root, "versions", "*", "bin", "python3")))
     for minor in range(MIN_PYTHON[1], 20):
         on_path = shutil.which(f"python3.{minor}")
-        if on_path:
+        if on_path and f"{os.sep}shims{os.sep}" not in on_path:  # pyenv's shims: its versions are listed above
             found.append(on_path)
     return found
 
