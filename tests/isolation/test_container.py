@@ -128,8 +128,9 @@ def test_a_container_worker_from_an_image(podman, rootfs, tmp_path):
 def test_a_container_worker_is_held_to_its_limits(podman, rootfs, tmp_path):
     package = make_hostile_model(tmp_path)
     options = dict(rootfs=str(rootfs), container_args=engine_args(), container_python=sys.executable)
-    limits = dict(memory_limit="768MiB", max_processes=32, timeout=3.0)
+    limits = dict(memory_limit="768MiB", max_processes=32, timeout=3.0, cpus=1)
     with load_neuropod(package, isolation="container", **options, **limits) as model:
+        assert attack(model, "cpus") == "DONE cpus 1 threads 1"
         result = attack(model, "fork_bomb", 100)
         assert result.startswith("BLOCKED OSError: fork failed after"), result
         with pytest.raises(WorkerCrashedError, match="memory_limit of 768 MiB"):

@@ -89,7 +89,7 @@ def plan_container(
             command.append(f"--ulimit=nproc={isolation.max_processes}:{isolation.max_processes}")
             if not cgroups_disabled:
                 command.append(f"--pids-limit={isolation.max_processes}")
-        if cpus:
+        if cpus and not cgroups_disabled:  # without cgroups the worker's own affinity (--cpus) pins it
             command.append(f"--cpuset-cpus={','.join(map(str, cpus))}")
         if isolation.gpus is not None:
             # The NVIDIA container toolkit's CDI names: nvidia.com/gpu=all or =<index>.
@@ -144,7 +144,7 @@ def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[],
     return run
 
 
-def _remover(engine: str, name: str):  # type: ignore[no-untyped-def]
+def _remover(engine: str, name: str) -> Callable[[], None]:
     def remove() -> None:
         # A hung or killed worker's container outlives the podman client we spawned: remove it
         # in the background (podman takes a while), so a restart does not wait for it.
