@@ -235,7 +235,7 @@ def _load_package(path: str, given: Dict[str, Any]) -> Neuropod:
         package, package_values["isolation"], TrustPolicy.parse(given.get("trust")), package_values["verify_manifest"]
     )
     isolated = isolation != "process"
-    use_ope = use_ope or isolated
+    use_ope = use_ope or package_values["isolation"] is not None or isolated  # isolation="process": a worker
     inapplicable = {**({} if use_ope else _OPE_ONLY), **({} if isolated else _ISOLATED_ONLY)}
     platform = package.config.platform
     backend_table = backend_option_table(platform)

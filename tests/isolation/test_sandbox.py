@@ -66,6 +66,7 @@ def test_same_results_and_shared_memory_as_a_process_worker(packages, bystander)
     x = np.linspace(0, 1, 1 << 16, dtype=np.float32)  # 256 KiB: travels in a shared segment, not inline
     with load_neuropod(packages["identity"], isolation="sandbox") as boxed:
         with load_neuropod(packages["identity"], isolation="process") as plain:
+            assert type(plain.executor).__name__ == "OutOfProcessExecutor"
             np.testing.assert_array_equal(boxed.infer({"x": x})["x"], plain.infer({"x": x})["x"])
         shared = boxed.allocate("x", x.shape)
         shared[:] = x
