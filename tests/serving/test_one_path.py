@@ -56,20 +56,26 @@ class _CountingReady(Executor):
 
 
 @pytest.fixture
-def counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Tuple[ModelServer, _CountingReady, List[str]]]:
+def validations(monkeypatch: pytest.MonkeyPatch) -> List[str]:
+    """The kind ("input", "output") of every spec validation from now on."""
+    kinds: List[str] = []
+    original = SpecValidator.validate
+
+    def counting(self: SpecValidator, tensors: Any, bindings: Optional[Dict[str, int]] = None) -> Dict[str, int]:
+        kinds.append(self.kind)
+        return original(self, tensors, bindings)
+
+    monkeypatch.setattr(SpecValidator, "validate", counting)
+    return kinds
+
+
+@pytest.fixture
+def counted(tmp_path: Path, validations: List[str]) -> Iterator[Tuple[ModelServer, _CountingReady, List[str]]]:
     loaded = load_neuropod(make_adder(tmp_path / "adder"))
     executor = _CountingReady(loaded.executor)
     repository = ModelRepository()
     model = Neuropod(executor, loaded.name, loaded.platform, loaded.problem, loaded.package)
     repository.add(ServedModel("adder", "1", model))
-    validations: List[str] = []
-    original = SpecValidator.validate
-
-    def counting(self: SpecValidator, tensors: Any, bindings: Optional[Dict[str, int]] = None) -> Dict[str, int]:
-        validations.append(self.kind)
-        return original(self, tensors, bindings)
-
-    monkeypatch.setattr(SpecValidator, "validate", counting)
     with ModelServer(repository, ServerConfig(grpc_port=0, http_port=0, health_check_interval_s=3600)) as server:
         yield server, executor, validations
 
@@ -86,18 +92,24 @@ def _rest_infer(port: int, version: str = "") -> Dict[str, Any]:
         return json.loads(response.read())  # type: ignore[no-any-return]
 
 
-def _grpc_infer(port: int) -> Any:
+def _grpc_call(port: int, method: str, request: Any, token: Optional[str] = None) -> Any:
+    response_class = getattr(proto, f"{method}Response")
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(
+            proto.method_path(method),
+            request_serializer=type(request).SerializeToString,
+            response_deserializer=response_class.FromString,
+        )
+        metadata = (("authorization", f"Bearer {token}"),) if token is not None else None
+        return call(request, timeout=30, metadata=metadata)
+
+
+def _infer_message() -> Any:
     request = proto.ModelInferRequest(model_name="adder")
     for name in ("x", "y"):
         request.inputs.add(name=name, datatype="FP32", shape=[2, 2])
         request.raw_input_contents.append(X.tobytes())
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.unary_unary(
-            proto.method_path("ModelInfer"),
-            request_serializer=proto.ModelInferRequest.SerializeToString,
-            response_deserializer=proto.ModelInferResponse.FromString,
-        )
-        return call(request, timeout=30)
+    return request
 
 
 @pytest.mark.parametrize("protocol", ["rest", "grpc"])
@@ -108,26 +120,20 @@ def test_each_request_is_validated_once_and_checked_for_readiness_once(counted: 
     if protocol == "rest":
         assert _rest_infer(server.http_port)["outputs"][0]["data"] == [2.0] * 4
     else:
-        assert np.frombuffer(_grpc_infer(server.grpc_port).raw_output_contents[0], np.float32).tolist() == [2.0] * 4
+        response = _grpc_call(server.grpc_port, "ModelInfer", _infer_message())
+        assert np.frombuffer(response.raw_output_contents[0], np.float32).tolist() == [2.0] * 4
     assert validations == ["input", "output"]  # was: input twice (data plane, then Neuropod.infer)
     assert executor.ready_calls - before == 1  # was: twice (data plane, then the repository)
 
 
-def test_batched_requests_are_validated_once_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_batched_requests_are_validated_once_each(tmp_path: Path, validations: List[str]) -> None:
     repository = ModelRepository.from_path(
         make_adder(tmp_path / "adder"), default_settings=ModelSettings(max_batch_size=8, max_queue_delay_ms=0)
     )
-    kinds: List[str] = []
-    original = SpecValidator.validate
-
-    def counting(self: SpecValidator, tensors: Any, bindings: Optional[Dict[str, int]] = None) -> Dict[str, int]:
-        kinds.append(self.kind)
-        return original(self, tensors, bindings)
-
-    monkeypatch.setattr(SpecValidator, "validate", counting)
     with ModelServer(repository, ServerConfig(grpc_port=None, http_port=0)) as server:
+        del validations[:]
         assert _rest_infer(server.http_port)["outputs"][0]["shape"] == [2, 2]
-    assert kinds == ["input", "output"]
+    assert validations == ["input", "output"]
 
 
 # -- the token: every route and method, with and without it ------------------------------
@@ -192,28 +198,11 @@ _GRPC_REQUESTS = {
 }
 
 
-def _infer_message() -> Any:
-    request = proto.ModelInferRequest(model_name="adder")
-    for name in ("x", "y"):
-        request.inputs.add(name=name, datatype="FP32", shape=[2, 2])
-        request.raw_input_contents.append(X.tobytes())
-    return request
-
-
 def _grpc_code(port: int, method: str, token: Optional[str]) -> str:
-    request = _GRPC_REQUESTS[method]()
-    response_class = getattr(proto, f"{method}Response")
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        call = channel.unary_unary(
-            proto.method_path(method),
-            request_serializer=type(request).SerializeToString,
-            response_deserializer=response_class.FromString,
-        )
-        metadata = (("authorization", f"Bearer {token}"),) if token is not None else None
-        try:
-            call(request, timeout=30, metadata=metadata)
-        except grpc.RpcError as exc:
-            return str(exc.code().name)
+    try:
+        _grpc_call(port, method, _GRPC_REQUESTS[method](), token)
+    except grpc.RpcError as exc:
+        return str(exc.code().name)
     return "OK"
 
 

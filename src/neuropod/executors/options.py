@@ -27,6 +27,7 @@ __all__ = [
     "check_options",
     "any_value",
     "flag",
+    "number",
     "one_of",
     "optional_non_negative_int",
     "optional_positive_int",
@@ -47,20 +48,30 @@ def flag(name: str, value: Any) -> bool:
     return value
 
 
-def optional_non_negative_int(name: str, value: Any) -> Optional[int]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise OptionError(f"option {name!r}: expected None or a non-negative int, got {value!r}")
-    return value
+def number(what: str, minimum: float, *, integer: bool, inclusive: bool = True, optional: bool = False) -> Check:
+    """A check for numbers from ``minimum`` up (above it when not ``inclusive``).
+
+    Args:
+        what: the expected value in words, for the message (``"a positive int"``).
+        minimum: the lowest value allowed.
+        integer: ints only (floats are refused); otherwise floats come back as float.
+        inclusive: whether ``minimum`` itself is allowed.
+        optional: None is allowed too.
+    """
+
+    def check(name: str, value: Any) -> Any:
+        if value is None and optional:
+            return None
+        right_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+        if isinstance(value, bool) or not right_type or (value < minimum if inclusive else value <= minimum):
+            raise OptionError(f"option {name!r}: expected {'None or ' if optional else ''}{what}, got {value!r}")
+        return value if integer else float(value)
+
+    return check
 
 
-def optional_positive_int(name: str, value: Any) -> Optional[int]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise OptionError(f"option {name!r}: expected None or a positive int, got {value!r}")
-    return value
+optional_non_negative_int = number("a non-negative int", 0, integer=True, optional=True)
+optional_positive_int = number("a positive int", 1, integer=True, optional=True)
 
 
 def optional_path(name: str, value: Any) -> Optional[str]:

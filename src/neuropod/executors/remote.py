@@ -30,23 +30,15 @@ from ..kserve.datatypes import DATATYPE_TO_DTYPE, datatype_of, decode_contents, 
 from ..kserve.status import error_class_for_grpc, error_class_for_http
 from ..spec import ProblemDefinition, TensorSpec
 from .base import Executor, TensorDict
-from .options import Option, OptionTable, any_value, flag
+from .options import Option, OptionTable, any_value, flag, number
 
 __all__ = ["RemoteExecutor", "RemoteModelInfo", "REMOTE_OPTIONS", "REMOTE_REFUSED", "parse_model_url"]
 
 _DEFAULT_TIMEOUT_S = 60.0
 
 
-def _positive_seconds(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise OptionError(f"option {name!r}: expected a positive number of seconds, got {value!r}")
-    return float(value)
-
-
-def _positive_bytes(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise OptionError(f"option {name!r}: expected a positive number of bytes, got {value!r}")
-    return value
+_POSITIVE_SECONDS = number("a positive number of seconds", 0, integer=False, inclusive=False)
+_POSITIVE_BYTES = number("a positive number of bytes", 1, integer=True)
 
 
 def _optional_text(name: str, value: Any) -> Optional[str]:
@@ -63,9 +55,9 @@ def _optional_flag(name: str, value: Any) -> Optional[bool]:
 REMOTE_OPTIONS: OptionTable = (
     Option("validate", "check inputs and outputs against the spec from the server's metadata", True, flag),
     Option("token", "bearer token sent with every call", None, _optional_text),
-    Option("timeout", "seconds one call may take", _DEFAULT_TIMEOUT_S, _positive_seconds),
+    Option("timeout", "seconds one call may take", _DEFAULT_TIMEOUT_S, _POSITIVE_SECONDS),
     Option("root_certificates", "PEM bytes or a PEM file to trust for grpcs:// and https://", None, any_value),
-    Option("max_message_bytes", "largest gRPC message sent or received", DEFAULT_MAX_MESSAGE_BYTES, _positive_bytes),
+    Option("max_message_bytes", "largest gRPC message sent or received", DEFAULT_MAX_MESSAGE_BYTES, _POSITIVE_BYTES),
     Option("binary", "REST: send raw tensors (None: when the server lists the extension)", None, _optional_flag),
 )
 

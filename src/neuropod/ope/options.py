@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Tuple
 
 from ..errors import OptionError
-from ..executors.options import Option, OptionTable, one_of
+from ..executors.options import Option, OptionTable, number, one_of
 from .shm import DEFAULT_SHM_DIR
 
 __all__ = ["OpeOptions", "OPE_OPTIONS", "RESTART_POLICIES"]
@@ -67,24 +67,6 @@ class OpeOptions:
         return self.cpu_affinity[index % len(self.cpu_affinity)]
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise OptionError(f"{name}: expected a positive int, got {value!r}")
-    return value
-
-
-def _non_negative(name: str, value: Any) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        raise OptionError(f"{name}: expected a non-negative number, got {value!r}")
-    return float(value)
-
-
-def _positive(name: str, value: Any) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-        raise OptionError(f"{name}: expected a positive number of seconds, got {value!r}")
-    return float(value)
-
-
 def _cpu_set(value: Any) -> Tuple[int, ...]:
     cpus = tuple(value)
     if not cpus or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in cpus):
@@ -111,21 +93,11 @@ def _executable(name: str, value: Any) -> str:
     return executable
 
 
-def _optional_timeout(name: str, value: Any) -> Optional[float]:
-    return None if value is None else _positive(name, value)
-
-
 def _directory(name: str, value: Any) -> str:
     path = os.fspath(value)
     if not os.path.isdir(path):
         raise OptionError(f"{name}: {path!r} is not a directory")
     return path
-
-
-def _non_negative_int(name: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise OptionError(f"{name}: expected a non-negative int, got {value!r}")
-    return value
 
 
 def _environment_variables(name: str, value: Any) -> Tuple[Tuple[str, str], ...]:
@@ -136,17 +108,22 @@ def _environment_variables(name: str, value: Any) -> Tuple[Tuple[str, str], ...]
 
 
 _DEFAULTS = OpeOptions()
+_COUNT = number("a positive int", 1, integer=True)
+_MICROSECONDS = number("a non-negative number", 0, integer=False)
+_SECONDS = number("a positive number of seconds", 0, integer=False, inclusive=False)
+_SECONDS_OR_NONE = number("a positive number of seconds", 0, integer=False, inclusive=False, optional=True)
+_BYTES = number("a non-negative int", 0, integer=True)
 
 #: The options of out-of-process execution (``use_ope=True``); the fields of :class:`OpeOptions`.
 OPE_OPTIONS: OptionTable = (
-    Option("workers", "worker processes serving the model", _DEFAULTS.workers, _positive_int),
-    Option("spin_us", "microseconds to busy-poll for the next message", _DEFAULTS.spin_us, _non_negative),
+    Option("workers", "worker processes serving the model", _DEFAULTS.workers, _COUNT),
+    Option("spin_us", "microseconds to busy-poll for the next message", _DEFAULTS.spin_us, _MICROSECONDS),
     Option("cpu_affinity", "CPUs to pin workers to (a list, or a list per worker)", None, _affinity),
     Option("python_executable", "the interpreter that runs the workers", _DEFAULTS.python_executable, _executable),
-    Option("timeout", "seconds one call may take (None: no limit)", None, _optional_timeout),
+    Option("timeout", "seconds one call may take (None: no limit)", None, _SECONDS_OR_NONE),
     Option("restart_policy", "'always' or 'never' replace a dead worker", "always", one_of(*RESTART_POLICIES)),
-    Option("start_timeout", "seconds a worker may take to load the model", _DEFAULTS.start_timeout, _positive),
+    Option("start_timeout", "seconds a worker may take to load the model", _DEFAULTS.start_timeout, _SECONDS),
     Option("shm_dir", "directory of the shared-memory filesystem", _DEFAULTS.shm_dir, _directory),
-    Option("shm_cache_bytes", "idle shared memory kept for reuse", _DEFAULTS.shm_cache_bytes, _non_negative_int),
+    Option("shm_cache_bytes", "idle shared memory kept for reuse", _DEFAULTS.shm_cache_bytes, _BYTES),
     Option("worker_env", "extra environment variables for the workers", (), _environment_variables),
 )
