@@ -10,7 +10,9 @@ Sources:
   scalar columns become 1-D arrays, list / fixed-size-list / fixed-shape-tensor
   columns become stacked arrays, string columns unicode arrays;
 - from Python, any iterable of dicts (one example each) or one dict of arrays
-  (every example along axis 0).
+  (every example along axis 0);
+- a Ray Dataset (``ray.data.Dataset``), read batch by batch with
+  ``neuropod.integrations.ray.iter_dataset_batches``.
 
 Every field the model does not take as an input travels along as a label.
 Inputs are cast to their spec's dtype when the cast keeps their kind
@@ -382,13 +384,33 @@ def _fixed_width(kind: Any) -> int:
         return 64
 
 
+def _is_ray_dataset(source: Any) -> bool:
+    # Told by its module: Ray is imported only by callers who hand over a Ray Dataset.
+    return type(source).__module__.startswith("ray.data") and hasattr(source, "iter_batches")
+
+
+def _ray_dataset(dataset: Any, fields: _Fields) -> Dataset:
+    from ..integrations.ray.data import iter_dataset_batches
+
+    def chunks(size: int) -> Iterator[Batch]:
+        for batch in iter_dataset_batches(dataset, batch_size=size):
+            if fields.batched:
+                yield fields.cast(batch, "a Ray Dataset")
+                continue
+            for row in range(len(next(iter(batch.values()), ()))):  # one example per call
+                yield fields.cast({name: column[row] for name, column in batch.items()}, "a Ray Dataset")
+
+    # The row count stays unknown: counting can run the dataset's whole pipeline.
+    return Dataset(chunks, None, "a Ray Dataset", fields.batched)
+
+
 def open_dataset(source: Any, problem: Optional[Problem] = None) -> Dataset:
     """A :class:`Dataset` over ``source``.
 
     Args:
         source: a path (a directory of ``.npz`` or ``.npy`` files, a ``.npz``
             file, a Parquet file or directory, an ``.arrow``/``.feather``
-            file), a Dataset, an iterable of example dicts, or a dict of arrays.
+            file), a Dataset, a Ray Dataset, an iterable of example dicts, or a dict of arrays.
         problem: the problem the data is for: its input specs tell an example
             from a batch and give the dtypes inputs are cast to.
 
@@ -400,6 +422,8 @@ def open_dataset(source: Any, problem: Optional[Problem] = None) -> Dataset:
     fields = _Fields(problem)
     if isinstance(source, (str, os.PathLike)):
         return _open_path(Path(source), fields)
+    if _is_ray_dataset(source):  # before Iterable: a Ray Dataset iterates row by row
+        return _ray_dataset(source, fields)
     if isinstance(source, Mapping):
         if not fields.batched:
             return Dataset(lambda size: iter([fields.cast(source, "dict")]), 1, "a dict of arrays", False)
