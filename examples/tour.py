@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -213,6 +214,34 @@ def legacy_next_to_current(current: Path, workdir: Path) -> None:
             print(f"   {label:<8} python {held.python_version:<8} torch {torch_version:<12} out[0] = {out[0]}")
 
 
+def compare_everywhere(packages: List[Tuple[str, Path]], placeholder: Path) -> None:
+    """Gate a model swap: every framework's package and a served copy must agree with the TorchScript one."""
+    from neuropod.serving import ModelServer, ServerConfig
+    from neuropod.tools import compare
+
+    reference = packages[0][1]
+    with ModelServer.from_path(reference, ServerConfig(grpc_port=0, http_port=0)) as server:
+        remote = f"grpc://127.0.0.1:{server.grpc_port}/addition"
+        models = [path for _, path in packages] + [remote]
+        result = compare(models, batch_size=4, batches=3, progress=False)
+    labels = {str(path): label for label, path in packages}
+    latency = result.to_json()["latency_ms"]
+    reference_p50 = latency[str(reference)]["p50"]
+    print(f"   reference {packages[0][0]} (p50 {reference_p50:.3f} ms); {result.examples} random inputs from the spec")
+    for agreement in result.agreements:
+        label = labels.get(agreement.model, "remote copy")
+        print(
+            f"   {label:<14} within tolerance {agreement.fraction_within:>7.1%}   max |error| "
+            f"{agreement.max_abs_error:.1e}   p50 {latency[agreement.model]['p50']:.3f} ms"
+        )
+    print(f"   gate: {'PASS' if result.ok else 'FAIL'}")
+    # The command exits 1 past the tolerance: a CI step fails when a swapped-in model disagrees.
+    command = [sys.executable, "-m", "neuropod", "compare", str(reference), str(placeholder), "--batches", "1"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    verdict = done.stdout.splitlines()[-1]
+    print(f"   neuropod compare torchscript.zip placeholder.zip -> exit {done.returncode}: {verdict}")
+
+
 def run_everywhere(packages: List[Tuple[str, Path]], **load_options: object) -> None:
     """The same call for every package; a table of what came back."""
     print(f"{'model':<14}{'platform':<14}{'out[0]':<28}{'= x + y':<9}{'µs/call':>8}")
@@ -281,6 +310,9 @@ def main() -> None:
 
         section("11. Framework versions: a legacy TorchScript package in a torch 1.10 worker, next to a current one")
         legacy_next_to_current(packages[1][1], workdir)
+
+        section("12. Swap the model safely: neuropod compare across every framework and a remote copy")
+        compare_everywhere(packages[1:] + more, packages[0][1])
 
 
 if __name__ == "__main__":
