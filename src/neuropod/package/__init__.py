@@ -5,7 +5,6 @@ See :mod:`neuropod.package.layout` for the files a package holds.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import zipfile
@@ -15,10 +14,11 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ..errors import ManifestError, PackageError
+from ..errors import ManifestError, PackageError, UnsafePackageError
 from . import layout
 from .archive import extract_cached, verify_extracted
 from .config import PackageConfig
+from .files import ZIP_READ_ERRORS, check_tree, read_json, read_regular
 from .manifest import verify_manifest
 from .testdata import read_test_data
 
@@ -56,12 +56,9 @@ class Package:
     def backend_config(self) -> Dict[str, Any]:
         """``0/config.json``: backend settings; empty when absent."""
         path = self.root / layout.BACKEND_CONFIG
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             return {}
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise PackageError(f"{path}: cannot be read as JSON: {exc}") from None
+        data = read_json(path)
         if not isinstance(data, dict):
             raise PackageError(f"{path}: expected a JSON object, got {type(data).__name__}")
         return data
@@ -69,9 +66,12 @@ class Package:
     def requirements(self) -> List[str]:
         """Pinned ``name==version`` lines of ``0/requirements.lock``."""
         path = self.root / layout.REQUIREMENTS
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             return []
-        lines = path.read_text(encoding="utf-8").splitlines()
+        try:
+            lines = read_regular(path).decode("utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise PackageError(f"{path}: not UTF-8 text: {exc.reason}") from None
         return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
 
     def custom_op_paths(self) -> List[Path]:
@@ -93,9 +93,13 @@ class Package:
 def open_package(path: Union[str, os.PathLike], verify: bool = True) -> Package:
     """Open a package directory or zip.
 
-    A zip is extracted once into a cache keyed by its content hash. Files are
-    verified before anything is read from them: a cached copy is checked
-    against the zip itself (and extracted again if it changed).
+    Nothing is read from a file before it is checked: the tree may hold only
+    regular files, directories and links that stay inside it; a directory's
+    files are verified against its manifest; a zip is extracted once into a
+    cache keyed by its content hash (bounded, and verified against the zip's
+    own manifest before the entry exists), and a cached copy is checked
+    against the zip itself each time (and extracted again if it changed).
+    A zip whose package is refused leaves no cache entry behind.
 
     Args:
         path: a package directory or zip file.
@@ -105,30 +109,51 @@ def open_package(path: Union[str, os.PathLike], verify: bool = True) -> Package:
     Raises:
         PackageError: the path is not a readable package.
         ManifestError: a file does not match the manifest.
-        UnsafePackageError: a zip entry would escape the package.
+        UnsafePackageError: a zip entry or a link would escape the package, or a file is not a regular one.
     """
     source = Path(path)
     if source.is_dir():
+        check_tree(source)
         root = source
         has_manifest = verify_manifest(root) if verify else (root / layout.MANIFEST).exists()
-    elif source.is_file():
-        if not zipfile.is_zipfile(source):
-            raise PackageError(f"{source}: neither a package directory nor a zip file")
-        root = extract_cached(source)
-        if verify:
-            try:
-                has_manifest = verify_extracted(source, root)
-            except ManifestError:
-                # The zip is what the caller gave (the cache is keyed by its hash): something
-                # changed the extracted copy, e.g. a model writing into its data dir. Extract
-                # again; if the fresh copy still differs, the zip disagrees with its own manifest.
-                shutil.rmtree(root, ignore_errors=True)
-                root = extract_cached(source)
-                has_manifest = verify_extracted(source, root)
+        return Package(root=root, source=source, config=PackageConfig.read(root), has_manifest=has_manifest)
+    if not source.is_file():
+        if source.exists():
+            raise UnsafePackageError(f"{source}: not a regular file or directory; refusing to read it")
+        raise PackageError(f"{source}: no such package (not a directory or zip file)")
+    if not _looks_like_zip(source):
+        raise PackageError(f"{source}: neither a package directory nor a zip file")
+    root, extracted_with_manifest = extract_cached(source, verify=verify)
+    try:
+        check_tree(root)
+        if extracted_with_manifest is not None:
+            has_manifest = extracted_with_manifest
+        elif verify:  # found in the cache: check it against the zip, never against itself
+            has_manifest = _verify_cached(source, root)
         else:
             has_manifest = (root / layout.MANIFEST).exists()
-    else:
-        raise PackageError(f"{source}: no such package (not a directory or zip file)")
-    # Read only now, from verified files.
-    config = PackageConfig.read(root)
+        # Read only now, from verified files.
+        config = PackageConfig.read(root)
+    except PackageError:
+        shutil.rmtree(root, ignore_errors=True)  # a refused package keeps no extraction
+        raise
     return Package(root=root, source=source, config=config, has_manifest=has_manifest)
+
+
+def _looks_like_zip(path: Path) -> bool:
+    try:
+        return zipfile.is_zipfile(path)
+    except ZIP_READ_ERRORS:
+        return False
+
+
+def _verify_cached(source: Path, root: Path) -> bool:
+    try:
+        return verify_extracted(source, root)
+    except ManifestError:
+        # The zip is what the caller gave (the cache is keyed by its hash): something changed
+        # the extracted copy, e.g. a model writing into its data dir. Extract again, verifying
+        # on the way; if the fresh copy still differs, the zip disagrees with its own manifest.
+        shutil.rmtree(root, ignore_errors=True)
+        fresh, has_manifest = extract_cached(source, verify=True)
+        return verify_extracted(source, fresh) if has_manifest is None else has_manifest

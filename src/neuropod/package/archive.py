@@ -1,25 +1,59 @@
-"""Zip packages: deterministic writing and safe, cached extraction."""
+"""Zip packages: deterministic streamed writing, bounded and verified extraction, the extraction cache.
+
+Files are streamed in chunks both ways (a model is never held in memory
+whole), with progress in bytes for large ones. Extraction is bounded (total
+size and expansion ratio, checked against the archive's declared sizes before
+anything is written) and verified on the way: each entry is hashed while it
+is written and compared with the zip's own ``manifest.json`` before the tree
+is renamed into the cache, so a refused package is extracted nowhere.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 from ..errors import ManifestError, PackageError, UnsafePackageError
 from . import layout
+from .files import METADATA_MAX_BYTES, ZIP_READ_ERRORS
 from .manifest import parse_manifest, sha256_file, verify_files
+from .progress import ByteProgress
 
-__all__ = ["write_zip", "extract_cached", "verify_extracted", "cache_root"]
+__all__ = [
+    "write_zip",
+    "extract_zip",
+    "extract_cached",
+    "verify_extracted",
+    "cache_root",
+    "packages_cache_dir",
+    "extraction_limits",
+    "AUTO_COMPRESSION",
+]
+
+_CHUNK = 4 << 20
+#: ``zip_compression=AUTO_COMPRESSION`` (the default): each file stored or deflated, whichever its bytes suit.
+AUTO_COMPRESSION = None
+# A file whose sample deflates by less than this fraction is stored: weights rarely compress, and deflating
+# hundreds of megabytes to save a few percent costs more than the bytes it saves.
+_MIN_SAVING = 0.10
+_SAMPLE_BYTES = 1 << 20
+
+_DEFAULT_MAX_EXTRACTED_BYTES = 256 << 30
+_DEFAULT_MAX_RATIO = 200
+# Below this total, a high ratio is harmless (small text files deflate very well).
+_RATIO_FLOOR_BYTES = 16 << 20
 
 
 def cache_root() -> Path:
-    """Where extracted zips live: ``$NEUROPOD_CACHE_DIR`` or ``~/.cache/neuropod``."""
+    """Neuropod's cache: ``$NEUROPOD_CACHE_DIR``, else ``$XDG_CACHE_HOME/neuropod``, else ``~/.cache/neuropod``."""
     base = os.environ.get("NEUROPOD_CACHE_DIR")
     if base:
         return Path(base)
@@ -27,10 +61,55 @@ def cache_root() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "neuropod"
 
 
-def write_zip(source_dir: Path, zip_path: Path, compression: int = zipfile.ZIP_DEFLATED) -> None:
+def packages_cache_dir() -> Path:
+    """Where extracted zips live, one directory per zip content hash."""
+    return cache_root() / "packages"
+
+
+def extraction_limits() -> Tuple[int, float]:
+    """``(max total bytes, max expansion ratio)`` of an extraction.
+
+    From ``NEUROPOD_MAX_EXTRACTED_BYTES`` (default 256 GiB) and
+    ``NEUROPOD_MAX_EXTRACTION_RATIO`` (default 200; archives under 16 MiB
+    extracted are not held to it).
+    """
+    return (
+        int(_env_number("NEUROPOD_MAX_EXTRACTED_BYTES", _DEFAULT_MAX_EXTRACTED_BYTES, int)),
+        _env_number("NEUROPOD_MAX_EXTRACTION_RATIO", _DEFAULT_MAX_RATIO, float),
+    )
+
+
+def _env_number(name: str, default: float, kind: type) -> float:
+    text = os.environ.get(name)
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        raise PackageError(f"${name}: expected a number, got {text!r}") from None
+    if value <= 0:
+        raise PackageError(f"${name}: expected a positive number, got {text!r}")
+    return value  # type: ignore[no-any-return]
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+
+def write_zip(
+    source_dir: Path,
+    zip_path: Path,
+    compression: Optional[int] = AUTO_COMPRESSION,
+    add_manifest: bool = False,
+) -> None:
     """Zip ``source_dir`` with sorted entries and fixed timestamps (same tree, same bytes).
 
-    ``compression`` is ``zipfile.ZIP_DEFLATED`` or ``zipfile.ZIP_STORED``.
+    Args:
+        compression: ``zipfile.ZIP_DEFLATED``, ``zipfile.ZIP_STORED``, or
+            ``AUTO_COMPRESSION`` (None): each file deflated unless a sample of
+            it saves less than 10 % (weights are stored as they are).
+        add_manifest: hash each file while zipping it and add ``manifest.json``
+            as the last entry (one read of every file instead of two). The
+            tree itself must then have no manifest.
 
     Empty directories (a Python model's ``0/data`` with no data files) are kept
     as directory entries, so the extracted tree matches the directory form.
@@ -42,17 +121,56 @@ def write_zip(source_dir: Path, zip_path: Path, compression: int = zipfile.ZIP_D
             entries[name] = path
         elif path.is_dir() and not any(path.iterdir()):
             entries[name + "/"] = None
-    with zipfile.ZipFile(zip_path, "w", compression=compression) as zf:
-        for name in sorted(entries):
-            info = zipfile.ZipInfo(name, date_time=layout.ZIP_TIMESTAMP)
-            source = entries[name]
-            if source is None:
-                info.external_attr = (0o40755 << 16) | 0x10  # a directory, MS-DOS directory flag too
-                zf.writestr(info, b"")
-                continue
-            info.compress_type = compression
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, source.read_bytes())
+    if add_manifest and layout.MANIFEST in entries:
+        raise PackageError(f"{source_dir}: already has a {layout.MANIFEST}; cannot add one")
+    total = sum(p.stat().st_size for p in entries.values() if p is not None)
+    digests: Dict[str, str] = {}
+    with ByteProgress(f"zip {zip_path.name}", total) as progress:
+        with zipfile.ZipFile(zip_path, "w") as zf:
+            for name in sorted(entries):
+                source = entries[name]
+                info = zipfile.ZipInfo(name, date_time=layout.ZIP_TIMESTAMP)
+                if source is None:
+                    info.external_attr = (0o40755 << 16) | 0x10  # a directory, MS-DOS directory flag too
+                    zf.writestr(info, b"")
+                    continue
+                info.external_attr = 0o644 << 16
+                info.compress_type = compression if compression is not None else _suited_compression(source)
+                digests[name] = _write_entry(zf, info, source, progress)
+            if add_manifest:
+                # Keys in the order write_manifest lists them, so both forms read the same.
+                ordered = {name: digests[name] for name in sorted(digests, key=PurePosixPath)}
+                data = json.dumps({"manifest_version": layout.MANIFEST_VERSION, "files": ordered}, indent=4)
+                info = zipfile.ZipInfo(layout.MANIFEST, date_time=layout.ZIP_TIMESTAMP)
+                info.external_attr = 0o644 << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                zf.writestr(info, data.encode("utf-8"))
+
+
+def _suited_compression(path: Path) -> int:
+    with open(path, "rb") as f:
+        sample = f.read(_SAMPLE_BYTES)
+    if len(sample) < 4096:
+        return zipfile.ZIP_DEFLATED
+    saved = 1 - len(zlib.compress(sample, 1)) / len(sample)
+    return zipfile.ZIP_DEFLATED if saved >= _MIN_SAVING else zipfile.ZIP_STORED
+
+
+def _write_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, source: Path, progress: ByteProgress) -> str:
+    """Stream ``source`` into the zip as ``info``; return its sha256."""
+    digest = hashlib.sha256()
+    with open(source, "rb") as src:
+        size = os.fstat(src.fileno()).st_size
+        info.file_size = size
+        with zf.open(info, "w", force_zip64=size >= zipfile.ZIP64_LIMIT) as dst:
+            for chunk in iter(lambda: src.read(_CHUNK), b""):
+                digest.update(chunk)
+                dst.write(chunk)
+                progress.advance(len(chunk))
+    return digest.hexdigest()
+
+
+# --- extracting --------------------------------------------------------------------------------
 
 
 def _check_entry(info: zipfile.ZipInfo, zip_path: Path) -> None:
@@ -62,49 +180,197 @@ def _check_entry(info: zipfile.ZipInfo, zip_path: Path) -> None:
         raise UnsafePackageError(f"{zip_path}: entry {name!r} has an absolute path; refusing to extract")
     if ".." in posix.parts:
         raise UnsafePackageError(f"{zip_path}: entry {name!r} climbs out of the package with '..'; refusing to extract")
-    if stat.S_ISLNK(info.external_attr >> 16):
+    if "\0" in name or not posix.parts:
+        raise UnsafePackageError(f"{zip_path}: entry {name!r} is not a file name; refusing to extract")
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
         raise UnsafePackageError(f"{zip_path}: entry {name!r} is a symbolic link; refusing to extract")
+    if info.flag_bits & 0x1:
+        raise PackageError(f"{zip_path}: entry {name!r} is encrypted; packages are not")
 
 
-def extract_cached(zip_path: Path) -> Path:
-    """Extract ``zip_path`` once into the cache, keyed by its content hash.
+def _open_zip(zip_path: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(zip_path)
+    except ZIP_READ_ERRORS as exc:
+        raise PackageError(f"{zip_path}: not a valid zip package: {type(exc).__name__}: {exc}") from None
+
+
+def _check_bounds(zip_path: Path, infos: list) -> int:
+    total = sum(info.file_size for info in infos)
+    max_bytes, max_ratio = extraction_limits()
+    if total > max_bytes:
+        raise PackageError(
+            f"{zip_path}: would extract to {total} bytes, more than the {max_bytes} allowed "
+            "(raise $NEUROPOD_MAX_EXTRACTED_BYTES for a bigger model)"
+        )
+    archive_size = max(1, zip_path.stat().st_size)
+    if total > _RATIO_FLOOR_BYTES and total / archive_size > max_ratio:
+        raise PackageError(
+            f"{zip_path}: would expand {total / archive_size:.0f}-fold ({archive_size} bytes to {total}), "
+            f"more than the {max_ratio:g} allowed; a zip bomb? (raise $NEUROPOD_MAX_EXTRACTION_RATIO if not)"
+        )
+    return total
+
+
+def extract_zip(zip_path: Path, destination: Path, verify: bool = True) -> bool:
+    """Extract a package zip into the new directory ``destination``, checking it on the way.
 
     Every entry is checked before anything is written (no absolute paths, no
-    ``..``, no links). Extraction goes to a temporary sibling that is renamed
-    into place, so a concurrent or interrupted load never sees half a tree.
+    ``..``, no links, no duplicates, sizes within :func:`extraction_limits`);
+    each file is hashed as it is written and, with ``verify``, compared with
+    the zip's own manifest. On any error ``destination`` is removed.
+
+    Returns:
+        Whether the zip has a manifest.
+
+    Raises:
+        PackageError: the zip is corrupt, too big, or not a package.
+        UnsafePackageError: an entry would escape the package.
+        ManifestError: (``verify``) a file differs from the zip's manifest.
     """
+    destination.mkdir(parents=True)
     try:
-        key = sha256_file(zip_path)
-    except OSError as exc:
-        raise PackageError(f"{zip_path}: cannot be read: {exc}") from None
-    target = cache_root() / "packages" / key
-    if (target / layout.CONFIG).exists():
-        return target
-    try:
-        zf = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise PackageError(f"{zip_path}: not a valid zip package: {exc}") from None
-    with zf:
-        infos = zf.infolist()
+        return _extract_into(zip_path, destination, verify)
+    except BaseException:
+        shutil.rmtree(destination, ignore_errors=True)
+        raise
+
+
+def _extract_into(zip_path: Path, destination: Path, verify: bool) -> bool:
+    with _open_zip(zip_path) as zf:
+        try:
+            infos = zf.infolist()
+        except ZIP_READ_ERRORS as exc:
+            raise PackageError(f"{zip_path}: not a valid zip package: {type(exc).__name__}: {exc}") from None
+        seen = set()
         for info in infos:
             _check_entry(info, zip_path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{key[:16]}-", dir=target.parent))
+            key = info.filename.rstrip("/")
+            if key in seen:
+                raise UnsafePackageError(f"{zip_path}: entry {info.filename!r} appears twice; refusing to extract")
+            seen.add(key)
+        total = _check_bounds(zip_path, infos)
+        names = {info.filename for info in infos}
+        if layout.CONFIG not in names:
+            raise PackageError(f"{zip_path}: no {layout.CONFIG} at the top of the zip; is this a neuropod package?")
+        manifest = None
+        if layout.MANIFEST in names:
+            info = zf.getinfo(layout.MANIFEST)
+            if info.file_size > METADATA_MAX_BYTES:
+                raise PackageError(f"{zip_path}!{layout.MANIFEST}: {info.file_size} bytes, more than allowed")
+            manifest = parse_manifest(_read_entry(zf, info, zip_path), f"{zip_path}!{layout.MANIFEST}")
+        digests: Dict[str, str] = {}
+        with ByteProgress(f"extract {zip_path.name}", total) as progress:
+            for info in infos:
+                target = destination.joinpath(*PurePosixPath(info.filename.replace("\\", "/")).parts)
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                digests[info.filename] = _extract_entry(zf, info, target, zip_path, progress)
+    if manifest is not None and verify:
+        source = f"{zip_path.name}'s {layout.MANIFEST}"
+        for rel, digest in manifest.items():
+            if rel not in digests:
+                raise ManifestError(f"package file {rel!r} is listed in {source} but missing from {zip_path}")
+            if digests[rel] != digest:
+                raise ManifestError(f"package file {rel!r} does not match its sha256 in {source} (tampered or corrupt)")
+        extra = sorted(set(digests) - set(manifest) - {layout.MANIFEST})
+        if extra:
+            raise ManifestError(f"package file {extra[0]!r} is not listed in {source} (added after packaging)")
+    return manifest is not None
+
+
+def _read_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, zip_path: Path) -> bytes:
+    try:
+        return zf.read(info)
+    except ZIP_READ_ERRORS as exc:
+        raise PackageError(f"{zip_path}: entry {info.filename!r} is corrupt: {type(exc).__name__}: {exc}") from None
+
+
+def _extract_entry(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, zip_path: Path, progress: ByteProgress
+) -> str:
+    digest = hashlib.sha256()
+    written = 0
+    try:
+        with zf.open(info) as src, open(target, "xb") as dst:
+            for chunk in iter(lambda: src.read(_CHUNK), b""):
+                written += len(chunk)
+                if written > info.file_size:  # zipfile stops at the declared size; never trust that alone
+                    raise PackageError(f"{zip_path}: entry {info.filename!r} holds more than its declared size")
+                digest.update(chunk)
+                dst.write(chunk)
+                progress.advance(len(chunk))
+    except PackageError:
+        raise
+    except FileExistsError:
+        raise UnsafePackageError(f"{zip_path}: entry {info.filename!r} clashes with another entry") from None
+    except ZIP_READ_ERRORS as exc:
+        raise PackageError(f"{zip_path}: entry {info.filename!r} is corrupt: {type(exc).__name__}: {exc}") from None
+    return digest.hexdigest()
+
+
+def zip_key(zip_path: Path) -> str:
+    """The zip's content hash: the name of its cache entry."""
+    size = zip_path.stat().st_size
+    digest = hashlib.sha256()
+    with ByteProgress(f"hash {zip_path.name}", size) as progress, open(zip_path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+            progress.advance(len(chunk))
+    return digest.hexdigest()
+
+
+def extract_cached(zip_path: Path, verify: bool = True) -> Tuple[Path, Optional[bool]]:
+    """The cache entry of ``zip_path``, extracted (and verified) once, keyed by the zip's content hash.
+
+    Extraction goes to a temporary sibling that is renamed into place only
+    once complete and (with ``verify``) checked against the zip's manifest: a
+    concurrent or interrupted load never sees half a tree, and a refused
+    package leaves nothing behind. After a new entry, the cache is trimmed to
+    its size bound (see :mod:`neuropod.package.cache`).
+
+    Returns:
+        ``(root, has_manifest)``; ``has_manifest`` is None for an entry found
+        in the cache, which the caller must still check against the zip
+        (:func:`verify_extracted`).
+    """
+    try:
+        key = zip_key(zip_path)
+    except OSError as exc:
+        raise PackageError(f"{zip_path}: cannot be read: {exc.strerror or exc}") from None
+    target = packages_cache_dir() / key
+    if (target / layout.CONFIG).exists():
+        _touch(target)
+        return target, None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key[:16]}-", dir=target.parent))
+    try:
+        staging.rmdir()  # extract_zip makes it again and removes it on failure
+        has_manifest = extract_zip(zip_path, staging, verify=verify)
         try:
-            try:
-                zf.extractall(staging)
-            except (zipfile.BadZipFile, OSError, ValueError) as exc:
-                raise PackageError(f"{zip_path}: corrupt zip package: {exc}") from None
-            if not (staging / layout.CONFIG).is_file():
-                raise PackageError(f"{zip_path}: no {layout.CONFIG} at the top of the zip; is this a neuropod package?")
-            try:
-                os.rename(staging, target)
-            except OSError:
-                if not (target / layout.CONFIG).exists():  # lost a race to a complete copy is fine
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+            os.rename(staging, target)
+        except OSError:
+            if not (target / layout.CONFIG).exists():  # lost a race to a complete copy is fine
+                raise
+            return target, None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _touch(target)
+    from .cache import trim_packages_cache  # the cache module lists entries through this one
+
+    trim_packages_cache(keep=target)
+    return target, has_manifest
+
+
+def _touch(entry: Path) -> None:
+    """Mark a cache entry used now (its directory's times: nothing inside it changes)."""
+    try:
+        os.utime(entry)
+    except OSError:
+        pass  # a read-only cache still serves; eviction just sees it older
 
 
 def verify_extracted(zip_path: Path, root: Path) -> bool:
@@ -119,18 +385,18 @@ def verify_extracted(zip_path: Path, root: Path) -> bool:
         ManifestError: naming the file that differs.
         PackageError: the zip cannot be read.
     """
-    try:
-        with zipfile.ZipFile(zip_path) as zf:
+    with _open_zip(zip_path) as zf:
+        try:
             files = [info for info in zf.infolist() if not info.is_dir()]
             if any(info.filename == layout.MANIFEST for info in files):
-                data = zf.read(layout.MANIFEST)
+                data = _read_entry(zf, zf.getinfo(layout.MANIFEST), zip_path)
                 expected = parse_manifest(data, f"{zip_path}!{layout.MANIFEST}")
                 expected_manifest: Optional[str] = hashlib.sha256(data).hexdigest()
             else:
-                expected = {info.filename: _entry_digest(zf, info) for info in files}
+                expected = {info.filename: _entry_digest(zf, info, zip_path) for info in files}
                 expected_manifest = None
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise PackageError(f"{zip_path}: not a valid zip package: {exc}") from None
+        except ZIP_READ_ERRORS as exc:
+            raise PackageError(f"{zip_path}: not a valid zip package: {type(exc).__name__}: {exc}") from None
     source = f"{zip_path.name}'s {layout.MANIFEST}" if expected_manifest else f"the zip {zip_path.name}"
     verify_files(root, expected, source)
     cached_manifest = root / layout.MANIFEST
@@ -140,14 +406,17 @@ def verify_extracted(zip_path: Path, root: Path) -> bool:
         or sha256_file(cached_manifest) != expected_manifest
     ):
         raise ManifestError(f"package file {layout.MANIFEST!r} in {root} differs from the one in {zip_path}")
-    if expected_manifest is None and cached_manifest.exists():
+    if expected_manifest is None and (cached_manifest.exists() or cached_manifest.is_symlink()):
         raise ManifestError(f"package file {layout.MANIFEST!r} in {root} is not in {zip_path} (added after packaging)")
     return expected_manifest is not None
 
 
-def _entry_digest(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> str:
+def _entry_digest(zf: zipfile.ZipFile, info: zipfile.ZipInfo, zip_path: Path) -> str:
     digest = hashlib.sha256()
-    with zf.open(info) as entry:
-        for chunk in iter(lambda: entry.read(1 << 20), b""):
-            digest.update(chunk)
+    try:
+        with zf.open(info) as entry:
+            for chunk in iter(lambda: entry.read(_CHUNK), b""):
+                digest.update(chunk)
+    except ZIP_READ_ERRORS as exc:
+        raise PackageError(f"{zip_path}: entry {info.filename!r} is corrupt: {type(exc).__name__}: {exc}") from None
     return digest.hexdigest()

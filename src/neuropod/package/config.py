@@ -10,6 +10,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from ..errors import PackageError, SpecError, UnsafePackageError
 from ..spec import ProblemDefinition, TensorSpec
 from . import layout
+from .files import read_json
 
 __all__ = ["PackageConfig", "DEVICES", "read_config_json", "write_backend_config"]
 
@@ -75,34 +76,49 @@ class PackageConfig:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], source: str = layout.CONFIG) -> PackageConfig:
+        """Check and parse a ``config.json`` object; every problem names ``source`` and the field.
+
+        Raises:
+            PackageError: a field is missing or of the wrong type or value.
+            UnsafePackageError: a custom op names a path rather than a file in ``0/ops``.
+        """
         if not isinstance(data, Mapping):
             raise PackageError(f"{source}: expected a JSON object, got {type(data).__name__}")
         for key in ("name", "platform", "input_spec", "output_spec"):
             if key not in data:
                 raise PackageError(f"{source}: missing field {key!r}")
+        for key in ("name", "platform"):
+            if not isinstance(data[key], str) or not data[key]:
+                raise PackageError(f"{source}: field {key!r}: expected a non-empty string, got {data[key]!r}")
+        for key in ("input_spec", "output_spec"):
+            _check_json_specs(data[key], f"{source}: field {key!r}")
         try:
             problem = ProblemDefinition(data["input_spec"], data["output_spec"])
         except SpecError as exc:
             raise PackageError(f"{source}: {exc}") from None
-        devices = dict(data.get("input_tensor_device") or {spec.name: "GPU" for spec in problem.inputs})
+        devices = _read_devices(data.get("input_tensor_device"), problem, source)
         custom_ops = data.get("custom_ops") or []
         if not isinstance(custom_ops, list) or not all(isinstance(op, str) for op in custom_ops):
-            raise PackageError(f"{source}: custom_ops must be a list of file names, got {custom_ops!r}")
+            raise PackageError(f"{source}: field 'custom_ops': expected a list of file names, got {custom_ops!r}")
         for op in custom_ops:
             # A path here would load a library from outside the package, past its manifest.
-            if PurePosixPath(op).name != op or op in (".", "..") or "\\" in op:
+            if PurePosixPath(op).name != op or op in (".", "..") or "\\" in op or "\0" in op:
                 raise UnsafePackageError(f"{source}: custom op {op!r} must be a file name inside 0/ops, not a path")
+        semver = data.get("platform_version_semver") or "*"
+        if not isinstance(semver, str):
+            raise PackageError(f"{source}: field 'platform_version_semver': expected a string, got {semver!r}")
         return cls(
-            name=str(data["name"]),
-            platform=str(data["platform"]),
+            name=data["name"],
+            platform=data["platform"],
             problem=problem,
-            platform_version_semver=str(data.get("platform_version_semver") or "*"),
+            platform_version_semver=semver,
             input_tensor_device=devices,
             custom_ops=tuple(custom_ops),
         )
 
     @classmethod
     def read(cls, root: Path) -> PackageConfig:
+        """Read and check ``root/config.json`` (a regular file of bounded size)."""
         return cls.from_json(read_config_json(root), str(root / layout.CONFIG))
 
     def to_json(self) -> Dict[str, Any]:
@@ -132,15 +148,48 @@ def read_config_json(root: Path) -> Any:
     """The parsed JSON of ``root/config.json``, unchecked.
 
     Raises:
-        PackageError: the file is missing or not JSON.
+        PackageError: the file is missing, not a regular file, too big or not JSON.
     """
     path = root / layout.CONFIG
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PackageError(f"{path}: not found; is this a neuropod package?") from None
-    except (OSError, ValueError) as exc:
-        raise PackageError(f"{path}: cannot be read as JSON: {exc}") from None
+    if not path.exists() and not path.is_symlink():
+        raise PackageError(f"{path}: not found; is this a neuropod package?")
+    return read_json(path)
+
+
+def _check_json_specs(specs: Any, where: str) -> None:
+    """JSON specs name their dtypes: a missing or null dtype is an error, not numpy's default float64."""
+    if not isinstance(specs, list):
+        raise PackageError(f"{where}: expected a list of tensor specs, got {type(specs).__name__}")
+    for index, spec in enumerate(specs):
+        if not isinstance(spec, dict):
+            raise PackageError(f"{where}[{index}]: expected an object with name, dtype and shape, got {spec!r}")
+        if not isinstance(spec.get("dtype"), str):
+            raise PackageError(
+                f"{where}[{index}] ({spec.get('name')!r}): 'dtype' must be a dtype name, got {spec.get('dtype')!r}"
+            )
+
+
+def _read_devices(value: Any, problem: ProblemDefinition, source: str) -> Dict[str, str]:
+    """``input_tensor_device``: an object of input name -> "CPU" or "GPU"; inputs it omits are on GPU (old packages)."""
+    devices = {spec.name: "GPU" for spec in problem.inputs}
+    if value is None:
+        return devices
+    if not isinstance(value, dict):
+        raise PackageError(
+            f"{source}: field 'input_tensor_device': expected an object of input name -> 'GPU' or 'CPU', "
+            f"got {type(value).__name__} {value!r}"
+        )
+    for name, device in value.items():
+        if name not in devices:
+            raise PackageError(
+                f"{source}: field 'input_tensor_device': {name!r} is not an input; inputs are {sorted(devices)}"
+            )
+        if device not in DEVICES:
+            raise PackageError(
+                f"{source}: field 'input_tensor_device'[{name!r}]: expected 'GPU' or 'CPU', got {device!r}"
+            )
+        devices[name] = device
+    return devices
 
 
 def write_backend_config(root: Path, settings: Mapping[str, Any]) -> None:

@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 from typing import Dict, Mapping
 
-from ..errors import ManifestError
+from ..errors import ManifestError, PackageError
 from . import layout
+from .files import parse_json, read_regular
 
 __all__ = ["compute_manifest", "write_manifest", "verify_manifest", "parse_manifest", "verify_files", "sha256_file"]
 
@@ -57,9 +58,15 @@ def verify_manifest(root: Path) -> bool:
         ManifestError: naming the offending file.
     """
     path = root / layout.MANIFEST
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return False
-    verify_files(root, parse_manifest(path.read_bytes(), str(path)), layout.MANIFEST)
+    if path.is_symlink():
+        raise ManifestError(f"{path}: a symbolic link; packages may not contain links")
+    try:
+        data = read_regular(path)
+    except PackageError as exc:
+        raise ManifestError(str(exc)) from None
+    verify_files(root, parse_manifest(data, str(path)), layout.MANIFEST)
     return True
 
 
@@ -70,11 +77,12 @@ def parse_manifest(data: bytes, where: str) -> Dict[str, str]:
         ManifestError: the bytes are not a manifest.
     """
     try:
-        expected = json.loads(data.decode("utf-8"))["files"]
-        if not isinstance(expected, dict) or not all(isinstance(v, str) for v in expected.values()):
-            raise TypeError("'files' is not an object of path -> sha256")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ManifestError(f"{where}: malformed manifest: {exc}") from None
+        manifest = parse_json(data, where)
+    except PackageError as exc:
+        raise ManifestError(str(exc)) from None
+    expected = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(expected, dict) or not all(isinstance(v, str) for v in expected.values()):
+        raise ManifestError(f"{where}: malformed manifest: field 'files' is not an object of path -> sha256")
     return expected
 
 

@@ -84,7 +84,8 @@ def read_neuropod_config(neuropod_path: PathLike) -> Dict[str, Any]:
     root = path if path.is_dir() else open_package(path).root
     config = read_config_json(root)
     if isinstance(config, dict) and "input_tensor_device" not in config:
-        config["input_tensor_device"] = {item["name"]: "GPU" for item in config.get("input_spec", [])}
+        parsed = PackageConfig.from_json(config, str(root / "config.json"))
+        config["input_tensor_device"] = {spec.name: "GPU" for spec in parsed.input_spec}
     validate_neuropod_config(config)
     return config  # type: ignore[no-any-return]
 
