@@ -162,3 +162,10 @@ def test_doctor_says_what_serves_a_package_and_what_it_lacks_here(tmp_path):
     assert built.exit_code == 0 and "already served by" in built.output
     here = CliRunner().invoke(main, ["envs", "build", str(_torchscript_package(tmp_path, "*"))])
     assert here.exit_code == 0 and "nothing to build" in here.output
+
+
+def test_environment_path_must_be_an_interpreter_or_venv(tmp_path):
+    from neuropod.errors import OptionError
+
+    with pytest.raises(OptionError, match="neither a Python interpreter nor a venv folder"):
+        load_neuropod(_six_package(tmp_path, "1.16.0"), environment=str(tmp_path / "nowhere"))
