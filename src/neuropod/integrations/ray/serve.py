@@ -180,6 +180,12 @@ class NeuropodDeployment:
             "pid": os.getpid(),
         }
 
+    def __del__(self) -> None:
+        # Serve calls this when it stops a replica: the model's worker and shared memory go with it.
+        model = getattr(self, "_model", None)
+        if model is not None:
+            model.close()
+
     # -- HTTP: the KServe v2 REST routes --------------------------------------
 
     async def __call__(self, request: Request) -> Response:
