@@ -119,7 +119,8 @@ def test_evaluate_and_compare_read_a_ray_dataset(ray_data: Any, adder: Path) -> 
     dataset = ray_data.from_items(
         [{"x": [float(i), 1.0], "y": [10.0, float(i)], "target": [i + 10.0, 1.0 + i]} for i in range(10)]
     )
-    report = evaluate(adder, dataset, metrics=[{"name": "mae", "output": "out"}], labels={"out": "target"}, batch_size=4, progress=False)
+    mae = {"name": "mae", "output": "out"}
+    report = evaluate(adder, dataset, metrics=[mae], labels={"out": "target"}, batch_size=4, progress=False)
     assert report.metrics["mae"]["mae"] == pytest.approx(0, abs=1e-6)
     assert list(report.batch_sizes) == [4, 4, 2]
     assert report.data["source"] == "a Ray Dataset"  # read with iter_batches, not row by row as an iterable

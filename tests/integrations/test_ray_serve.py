@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -73,6 +74,14 @@ def _get(url: str) -> Tuple[int, Dict[str, Any]]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _json_inputs(x: np.ndarray, y: np.ndarray) -> Dict[str, Any]:
@@ -210,6 +219,13 @@ def test_out_of_process_model_in_a_replica(serve_port: int, tmp_path: Path) -> N
         assert status == 200 and answer["outputs"][0]["data"] == (X + Y).reshape(-1).tolist()
     finally:
         serve.delete("ope")
+    # The replica is gone, and so is its model's worker.
+    workers = described["worker_pids"]
+    assert workers
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in workers)
 
 
 def test_a_model_needing_another_environment_runs_in_the_replicas_worker(serve_port: int, tmp_path: Path) -> None:

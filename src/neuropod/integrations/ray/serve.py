@@ -172,12 +172,15 @@ class NeuropodDeployment:
         return bool(ready()) if ready is not None else True
 
     def describe(self) -> Dict[str, Any]:
-        """Name, platform, executor and process of this replica's model (for operators and tests)."""
+        """Name, platform, executor and processes of this replica's model (for operators and tests)."""
+        executor = self._model.executor
         return {
             "name": self.name,
             "platform": self._model.platform,
-            "executor": type(self._model.executor).__name__,
+            "executor": type(executor).__name__,
             "pid": os.getpid(),
+            # Out-of-process workers, if any (None: one being restarted).
+            "worker_pids": [pid for pid in getattr(executor, "worker_pids", []) if pid is not None],
         }
 
     def __del__(self) -> None:
