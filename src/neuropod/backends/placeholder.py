@@ -9,11 +9,13 @@ original's ``randomify_neuropod`` packages did).
 
 from __future__ import annotations
 
+import math
 from typing import Dict, Sequence
 
 import numpy as np
 
-from ..package import Package
+from ..errors import InferenceError, PackageError
+from ..package import Package, layout
 from ..spec import TensorSpec, numpy_dtype
 from .base import Backend, BackendOptions, TensorDict
 
@@ -21,6 +23,19 @@ __all__ = ["PlaceholderBackend", "DEFAULT_FREE_DIM_SIZE"]
 
 #: Size given to a ``None`` or an output-only symbol.
 DEFAULT_FREE_DIM_SIZE = 2
+#: Bounds of the settings in ``0/config.json``, checked at load, and of one output's size, checked per call.
+MAX_SEED = 2**64 - 1
+MAX_FREE_DIM_SIZE = 1 << 20
+MAX_OUTPUT_ELEMENTS = 1 << 28
+
+
+def _setting(settings: Dict[str, object], key: str, default: int, largest: int, where: object) -> int:
+    value = settings.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= largest:
+        raise PackageError(f"{where}: field {key!r}: expected an int from 0 to {largest}, got {value!r}")
+    return value
+
+
 _WORDS = np.array(["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"])
 
 
@@ -28,9 +43,13 @@ class PlaceholderBackend(Backend):
     def __init__(self, package: Package, options: BackendOptions) -> None:
         super().__init__(package, options)
         settings = package.backend_config()
-        self.seed = int(settings.get("seed", 0))
-        self.free_dim_size = int(settings.get("free_dim_size", DEFAULT_FREE_DIM_SIZE))
-        self._inputs_optional = bool(settings.get("inputs_optional", False))
+        where = package.root / layout.BACKEND_CONFIG
+        self.seed = _setting(settings, "seed", 0, MAX_SEED, where)
+        self.free_dim_size = _setting(settings, "free_dim_size", DEFAULT_FREE_DIM_SIZE, MAX_FREE_DIM_SIZE, where)
+        optional = settings.get("inputs_optional", False)
+        if not isinstance(optional, bool):
+            raise PackageError(f"{where}: field 'inputs_optional': expected true or false, got {optional!r}")
+        self._inputs_optional = optional
         self._inputs = package.config.input_spec
         self._outputs = package.config.output_spec
 
@@ -58,6 +77,10 @@ class PlaceholderBackend(Backend):
                 shape.append(symbols.setdefault(dim, self.free_dim_size))
             else:
                 shape.append(self.free_dim_size)
+        if math.prod(shape) > MAX_OUTPUT_ELEMENTS:
+            raise InferenceError(
+                f"placeholder output {spec.name!r}: shape {shape} has more than {MAX_OUTPUT_ELEMENTS} elements"
+            )
         dtype = spec.dtype
         if dtype == "string":
             return rng.choice(_WORDS, size=shape)

@@ -143,7 +143,7 @@ def write_zip(
                 data = json.dumps({"manifest_version": layout.MANIFEST_VERSION, "files": ordered}, indent=4)
                 info = zipfile.ZipInfo(layout.MANIFEST, date_time=layout.ZIP_TIMESTAMP)
                 info.external_attr = 0o644 << 16
-                info.compress_type = zipfile.ZIP_DEFLATED
+                info.compress_type = zipfile.ZIP_DEFLATED if compression is None else compression
                 zf.writestr(info, data.encode("utf-8"))
 
 

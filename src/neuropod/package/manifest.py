@@ -10,6 +10,7 @@ from typing import Dict, Mapping
 from ..errors import ManifestError, PackageError
 from . import layout
 from .files import parse_json, read_regular
+from .progress import ByteProgress
 
 __all__ = ["compute_manifest", "write_manifest", "verify_manifest", "parse_manifest", "verify_files", "sha256_file"]
 
@@ -36,7 +37,13 @@ def _package_files(root: Path) -> Dict[str, Path]:
 
 def compute_manifest(root: Path) -> Dict[str, object]:
     files = _package_files(root)
-    return {"manifest_version": layout.MANIFEST_VERSION, "files": {rel: sha256_file(p) for rel, p in files.items()}}
+    total = sum(p.stat().st_size for p in files.values())
+    digests = {}
+    with ByteProgress(f"hash {root.name}", total) as progress:
+        for rel, path in files.items():
+            digests[rel] = sha256_file(path)
+            progress.advance(path.stat().st_size)
+    return {"manifest_version": layout.MANIFEST_VERSION, "files": digests}
 
 
 def write_manifest(root: Path) -> None:

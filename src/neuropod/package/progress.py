@@ -17,9 +17,9 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
-__all__ = ["ByteProgress", "progress_mode", "format_bytes"]
+__all__ = ["ByteProgress", "progress_mode", "format_bytes", "copy_file"]
 
 LOGGER = logging.getLogger("neuropod.progress")
 LOG_EVERY_S = 2.0
@@ -133,3 +133,19 @@ class ByteProgress:
 
     def __exit__(self, exc_type: Any, *exc_info: Any) -> None:
         self.close(finished=exc_type is None)
+
+
+def copy_file(source: Union[str, os.PathLike[str]], target: Union[str, os.PathLike[str]]) -> None:
+    """``shutil.copy2``, with progress in bytes for a large file."""
+    import shutil
+
+    size = os.path.getsize(source)
+    with ByteProgress(f"copy {os.path.basename(os.fspath(source))}", size) as progress:
+        if progress.mode == "off":
+            shutil.copy2(source, target)
+            return
+        with open(source, "rb") as src, open(target, "wb") as dst:
+            for chunk in iter(lambda: src.read(4 << 20), b""):
+                dst.write(chunk)
+                progress.advance(len(chunk))
+    shutil.copystat(source, target)

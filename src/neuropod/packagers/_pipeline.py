@@ -9,6 +9,12 @@ Packaging is atomic: everything is built and self-tested under a temporary
 name next to the target and renamed into place only when it passed, so after
 any failure the target does not exist (a retry just works) unless the caller
 asked to keep the failed artifact (``keep_failed=True``).
+
+Large models are streamed: files are copied, hashed and zipped in chunks
+(hashing and zipping in one pass), weights that do not compress are stored,
+and the self-test of a zip runs on a private extraction that is deleted
+afterwards (no second copy of the model stays in the cache). Each step shows
+its progress in bytes (see :mod:`neuropod.package.progress`).
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
 
 from ..errors import PackageError
 from ..package import layout
-from ..package.archive import write_zip
+from ..package.archive import AUTO_COMPRESSION, extract_zip, write_zip
 from ..package.config import PackageConfig, write_backend_config
 from ..package.manifest import write_manifest
+from ..package.progress import copy_file
 from ..package.testdata import write_test_data
 from ..selftest import run_self_test
 from ..spec import problem_specs
@@ -37,7 +44,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 #: returns the ``0/config.json`` settings, in the key order they are written, or None for no such file.
 WriteModel = Callable[[Path], Optional[Mapping[str, Any]]]
 
-_ZIP_COMPRESSIONS = {zipfile.ZIP_STORED: "ZIP_STORED", zipfile.ZIP_DEFLATED: "ZIP_DEFLATED"}
+_ZIP_COMPRESSIONS = {AUTO_COMPRESSION: "None", zipfile.ZIP_STORED: "ZIP_STORED", zipfile.ZIP_DEFLATED: "ZIP_DEFLATED"}
 
 
 def normalize_requirements(requirements: Union[None, str, Iterable[str]]) -> List[str]:
@@ -75,14 +82,16 @@ def create_neuropod(
     input_tensor_device: Optional[Mapping[str, str]] = None,
     default_input_tensor_device: str = "GPU",
     requirements: Union[None, str, Iterable[str]] = None,
-    zip_compression: int = zipfile.ZIP_DEFLATED,
+    zip_compression: Optional[int] = AUTO_COMPRESSION,
     keep_failed: bool = False,
     self_test_options: Optional[Dict[str, Any]] = None,
 ) -> Path:
     """Write a package and self-test it; return its path.
 
     Args:
-        zip_compression: ``zipfile.ZIP_DEFLATED`` (default) or ``zipfile.ZIP_STORED``.
+        zip_compression: None (default: each file deflated unless it barely
+            compresses, as weights do; those are stored), ``zipfile.ZIP_DEFLATED``
+            or ``zipfile.ZIP_STORED`` for every file.
         keep_failed: when the self-test fails, leave the failed package at
             ``neuropod_path`` for inspection; the error says so. By default
             nothing is left behind.
@@ -104,7 +113,8 @@ def create_neuropod(
         raise PackageError(f"{target}: already exists; refusing to overwrite it")
     if zip_compression not in _ZIP_COMPRESSIONS:
         raise PackageError(
-            f"zip_compression: expected zipfile.ZIP_DEFLATED or zipfile.ZIP_STORED, got {zip_compression!r}"
+            f"zip_compression: expected None (per file), zipfile.ZIP_DEFLATED or zipfile.ZIP_STORED, "
+            f"got {zip_compression!r}"
         )
     VersionRange.parse(platform_version_semver)  # an invalid range fails before anything is written
     op_paths = [Path(p) for p in custom_ops]
@@ -135,21 +145,29 @@ def create_neuropod(
         if op_paths:
             (tree / layout.OPS_DIR).mkdir(parents=True)
             for op in op_paths:
-                shutil.copy2(op, tree / layout.OPS_DIR / op.name)
+                copy_file(op, tree / layout.OPS_DIR / op.name)
         if pinned:
             (tree / layout.REQUIREMENTS).write_text("\n".join(pinned) + "\n", encoding="utf-8")
         config.write(tree)
         if persist_test_data and test_input_data is not None:
             write_test_data(tree, test_input_data, test_expected_out)
-        write_manifest(tree)
         if package_as_zip:
-            write_zip(tree, artifact, compression=zip_compression)
+            # One pass over every file: hashed for the manifest while it is zipped.
+            write_zip(tree, artifact, compression=zip_compression, add_manifest=True)
+            shutil.rmtree(tree)  # the zip holds it now; no third copy on disk during the self-test
+        else:
+            write_manifest(tree)
         if test_input_data is not None:
             try:
                 # Until a package can be run in an environment that satisfies its range, its self-test
                 # runs here or not at all.
                 check_platform_version(config.platform, config.platform_version_semver, f"self-test of {model_name!r}")
-                run_self_test(artifact, test_input_data, test_expected_out, **(self_test_options or {}))
+                tested = artifact
+                if package_as_zip:
+                    # The finished zip, extracted (and verified) privately: the cache gets no copy of it.
+                    tested = work / "self-test" / target.stem
+                    extract_zip(artifact, tested)
+                run_self_test(tested, test_input_data, test_expected_out, **(self_test_options or {}))
             except BaseException as exc:
                 if keep_failed:
                     _place(artifact, target)

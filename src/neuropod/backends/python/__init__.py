@@ -20,7 +20,7 @@ import sys
 import threading
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, List, Sequence
+from typing import Any, Callable, List, Sequence, Tuple
 
 import numpy as np
 
@@ -70,8 +70,35 @@ def _owned(module_name: str, names: List[str]) -> bool:
     return any(module_name == n or module_name.startswith(n + ".") for n in names)
 
 
+def _check_entrypoint(settings: Any, where: Path, code_dir: Path) -> Tuple[str, str]:
+    """``(entrypoint_package, entrypoint)`` from ``0/config.json``: a module of the package's own code and a name."""
+    names = {}
+    for key in ("entrypoint_package", "entrypoint"):
+        if key not in settings:
+            raise PackageError(f"{where}: missing {key!r}")
+        names[key] = settings[key]
+    package_name, function_name = names["entrypoint_package"], names["entrypoint"]
+    if not isinstance(package_name, str) or not all(part.isidentifier() for part in package_name.split(".")):
+        raise PackageError(
+            f"{where}: field 'entrypoint_package': expected a dotted module name such as 'model.main', "
+            f"got {package_name!r}"
+        )
+    if not isinstance(function_name, str) or not function_name.isidentifier():
+        raise PackageError(f"{where}: field 'entrypoint': expected a function name, got {function_name!r}")
+    top = package_name.split(".")[0]
+    own = _top_level_names(code_dir) if code_dir.is_dir() else []
+    if top not in own:
+        # Importing it anyway would run whatever module of that name is on sys.path, outside the package.
+        raise PackageError(
+            f"{where}: field 'entrypoint_package': {package_name!r} is not in the package's code "
+            f"({layout.CODE_DIR} holds {sorted(own) or 'nothing'})"
+        )
+    return package_name, function_name
+
+
 def _import_entrypoint(code_dir: Path, package_name: str, function_name: str) -> Callable[..., Any]:
     names = _top_level_names(code_dir) if code_dir.is_dir() else []
+    resolved_code_dir = code_dir.resolve()
     with _IMPORT_LOCK:
         saved = {k: v for k, v in sys.modules.items() if _owned(k, names)}
         for key in saved:
@@ -82,6 +109,14 @@ def _import_entrypoint(code_dir: Path, package_name: str, function_name: str) ->
         wrote_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
         try:
             module = importlib.import_module(package_name)
+            origins = [module.__file__] if getattr(module, "__file__", None) else list(getattr(module, "__path__", []))
+            origin = origins[0] if origins else None
+            if not origins or any(resolved_code_dir not in Path(o).resolve().parents for o in origins):
+                # A built-in or frozen module of the same name wins over sys.path: never the package's code.
+                raise PackageError(
+                    f"entrypoint package {package_name!r} resolved to {origin or 'a built-in module'}, "
+                    f"not to the package's {layout.CODE_DIR}; rename the package's module"
+                )
             entrypoint = getattr(module, function_name)
         except ImportError as exc:
             raise PackageError(
@@ -114,11 +149,9 @@ class PythonBackend(Backend):
         super().__init__(package, options)
         check_requirements(package.requirements())
         settings = package.backend_config()
-        try:
-            package_name = settings["entrypoint_package"]
-            function_name = settings["entrypoint"]
-        except KeyError as exc:
-            raise PackageError(f"{package.root / layout.BACKEND_CONFIG}: missing {exc.args[0]!r}") from None
+        package_name, function_name = _check_entrypoint(
+            settings, package.root / layout.BACKEND_CONFIG, package.code_dir
+        )
         entrypoint = _import_entrypoint(package.code_dir, package_name, function_name)
         try:
             self.model = entrypoint(str(package.data_dir.resolve()))
