@@ -94,6 +94,24 @@ def test_parquet_and_arrow_tables(tmp_path: Path) -> None:
     check_batches(collect(folder))
 
 
+def test_only_the_fields_asked_for_are_read(tmp_path: Path) -> None:
+    pa = require("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(
+        pa.table({"x": pa.array(X.tolist()), "word": WORDS.tolist(), "label": LABELS}), tmp_path / "t.parquet"
+    )
+    (tmp_path / "npy").mkdir()
+    np.save(tmp_path / "npy" / "x.npy", X)
+    np.save(tmp_path / "npy" / "label.npy", LABELS)
+    for source in (tmp_path / "t.parquet", tmp_path / "npy"):
+        dataset = open_dataset(source, PROBLEM)
+        assert "label" in dataset.field_names
+        batches = list(dataset.batches(4, fields={"x"}))
+        assert [sorted(b) for b in batches] == [["x"]] * 3
+        np.testing.assert_array_equal(np.concatenate([b["x"] for b in batches]), X)
+
+
 def test_nested_lists_become_higher_rank_tensors(tmp_path: Path) -> None:
     pa = require("pyarrow")
     import pyarrow.parquet as pq

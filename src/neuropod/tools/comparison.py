@@ -235,7 +235,7 @@ def compare(
 
 def _inputs(spec: Problem, data: Any, batch_size: int, batches: int, seed: int) -> Iterator[Dict[str, np.ndarray]]:
     if data is not None:
-        yield from open_dataset(data, spec).batches(batch_size)
+        yield from open_dataset(data, spec).batches(batch_size, {s.name for s in spec.inputs})
         return
     rng = np.random.default_rng(seed)
     for _ in range(batches):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Collection, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -50,37 +50,46 @@ class Dataset:
     """A stream of examples, read in batches.
 
     Args:
-        chunks: ``chunks(size)`` returns a fresh iterator of chunks (dicts of
-            arrays sharing axis 0 as the example axis), ideally of ``size``
-            examples each — or, when the problem has no batch dimension, of
-            single examples fed one per call.
+        chunks: ``chunks(size, wanted)`` returns a fresh iterator of chunks
+            (dicts of arrays sharing axis 0 as the example axis), ideally of
+            ``size`` examples each — or, when the problem has no batch
+            dimension, of single examples fed one per call. ``wanted`` names
+            the fields to read (None: all); a source may return more.
         num_examples: how many examples there are, when known (for progress and ETA).
         description: what the data is, for reports.
         batched: whether axis 0 is an example axis (False: each chunk is one call).
+        field_names: the fields, when known before reading (files with a header or schema).
     """
 
     def __init__(
         self,
-        chunks: Callable[[int], Iterator[Batch]],
+        chunks: Callable[[int, Optional[Collection[str]]], Iterator[Batch]],
         num_examples: Optional[int],
         description: str,
         batched: bool = True,
+        field_names: Optional[List[str]] = None,
     ) -> None:
         self._chunks = chunks
+        self.field_names = field_names
         self.num_examples = num_examples
         self.description = description
         self.batched = batched
 
-    def batches(self, batch_size: int) -> Iterator[Batch]:
-        """Batches of exactly ``batch_size`` examples; the last one may be smaller."""
+    def batches(self, batch_size: int, fields: Optional[Collection[str]] = None) -> Iterator[Batch]:
+        """Batches of exactly ``batch_size`` examples; the last one may be smaller.
+
+        Args:
+            batch_size: examples per batch.
+            fields: the fields needed; sources that can skip the others do (Parquet columns, .npy files).
+        """
         if batch_size < 1:
             raise DatasetError(f"batch_size: expected a positive int, got {batch_size}")
         if not self.batched:
-            yield from self._chunks(1)
+            yield from self._chunks(1, fields)
             return
         pending: List[Batch] = []  # pieces of the next batch, when chunks do not divide into batches
         count = 0
-        for chunk in self._chunks(batch_size):
+        for chunk in self._chunks(batch_size, fields):
             size = len(next(iter(chunk.values()))) if chunk else 0
             start = 0
             if pending:
@@ -170,7 +179,7 @@ def _dim0_free(problem: Problem) -> bool:
 
 
 def _npz_dataset(files: List[Path], fields: _Fields, description: str) -> Dataset:
-    def chunks(size: int) -> Iterator[Batch]:
+    def chunks(size: int, wanted: Optional[Collection[str]]) -> Iterator[Batch]:
         for file in files:
             try:
                 with np.load(file, allow_pickle=False) as data:
@@ -214,12 +223,14 @@ def _npy_dataset(files: List[Path], fields: _Fields, description: str) -> Datase
         raise DatasetError(f"{description}: fields hold different numbers of examples: {lengths}")
     total = next(iter(lengths.values()), 0)
 
-    def chunks(size: int) -> Iterator[Batch]:
+    def chunks(size: int, wanted: Optional[Collection[str]]) -> Iterator[Batch]:
         # Read chunk by chunk (a syscall per field per chunk, not per batch) into fresh arrays: memory
         # stays flat (no mapping whose pages pile up in the process) and batches are writable views.
         with contextlib.ExitStack() as stack:
             streams = {}
             for name, (file, shape, dtype, offset) in headers.items():
+                if wanted is not None and name not in wanted:
+                    continue
                 stream = stack.enter_context(open(file, "rb"))
                 stream.seek(offset)
                 streams[name] = (stream, shape[1:], dtype)
@@ -235,7 +246,7 @@ def _npy_dataset(files: List[Path], fields: _Fields, description: str) -> Datase
                     batch[name] = array
                 yield fields.cast(batch, description)
 
-    return Dataset(chunks, total, description)
+    return Dataset(chunks, total, description, field_names=list(headers))
 
 
 def _arrays_dataset(arrays: Mapping[str, np.ndarray], fields: _Fields, description: str) -> Dataset:
@@ -244,18 +255,18 @@ def _arrays_dataset(arrays: Mapping[str, np.ndarray], fields: _Fields, descripti
         raise DatasetError(f"{description}: fields hold different numbers of examples: {lengths}")
     total = next(iter(lengths.values()), 0)
 
-    def chunks(size: int) -> Iterator[Batch]:
+    def chunks(size: int, wanted: Optional[Collection[str]]) -> Iterator[Batch]:
         # Slices of a memory map stay lazy: a batch is read from disk when the model reads it.
         for start in range(0, total, size):
             yield fields.cast({k: np.asarray(v[start : start + size]) for k, v in arrays.items()}, description)
 
-    return Dataset(chunks, total, description)
+    return Dataset(chunks, total, description, field_names=list(arrays))
 
 
 def _examples_dataset(examples: Iterable[Mapping[str, Any]], fields: _Fields, description: str) -> Dataset:
     total = len(examples) if hasattr(examples, "__len__") else None  # type: ignore[arg-type]
 
-    def chunks(group: int) -> Iterator[Batch]:
+    def chunks(group: int, wanted: Optional[Collection[str]]) -> Iterator[Batch]:
         if not fields.batched:
             for example in examples:
                 yield fields.cast(example, description)
@@ -335,7 +346,7 @@ def _arrow_dataset(files: List[Path], fields: _Fields, description: str) -> Data
         try:
             if file.suffix in _ARROW_SUFFIXES:
                 return pa.ipc.open_file(pa.memory_map(str(file)))
-            return pq.ParquetFile(str(file), pre_buffer=False)  # pre-buffering reads far ahead: memory grows
+            return pq.ParquetFile(str(file))
         except (pa.ArrowException, OSError) as exc:
             raise DatasetError(f"{file}: cannot read as {file.suffix.lstrip('.')}: {exc}") from None
 
@@ -346,28 +357,36 @@ def _arrow_dataset(files: List[Path], fields: _Fields, description: str) -> Data
 
     total = sum(rows_of(open_table(file)) for file in files)
 
-    def record_batches(table: Any, rows: int) -> Iterator[Any]:
+    def record_batches(table: Any, rows: int, columns: Optional[List[str]]) -> Iterator[Any]:
         if isinstance(table, pq.ParquetFile):
-            yield from table.iter_batches(batch_size=rows)
+            # One row group at a time: memory is bounded by the file's row groups, and each is read in
+            # one go (iter_batches without pre-buffering is several times slower; with it, it reads ahead).
+            for group in range(table.num_row_groups):
+                yield from table.read_row_group(group, columns=columns).to_batches(max_chunksize=rows)
         else:
             for i in range(table.num_record_batches):
-                yield table.get_batch(i)
+                batch = table.get_batch(i)
+                yield batch if columns is None else batch.select(columns)
 
-    def chunks(size: int) -> Iterator[Batch]:
+    first = open_table(files[0]) if files else None
+    names = list((first.schema_arrow if isinstance(first, pq.ParquetFile) else first.schema).names) if first else []
+
+    def chunks(size: int, wanted: Optional[Collection[str]]) -> Iterator[Batch]:
         for file in files:
             table = open_table(file)
             schema = table.schema_arrow if isinstance(table, pq.ParquetFile) else table.schema
             # Converting a record batch to numpy costs tens of µs whatever its size: read chunks of about
             # _CHUNK_BYTES (guessed from the fixed-width columns) and let the batcher slice them.
-            row_bytes = sum(_fixed_width(column.type) for column in schema)
-            for record_batch in record_batches(table, _chunk_rows(size, row_bytes)):
-                columns = {
+            columns = None if wanted is None else [name for name in schema.names if name in wanted]
+            row_bytes = sum(_fixed_width(column.type) for column in schema if columns is None or column.name in columns)
+            for record_batch in record_batches(table, _chunk_rows(size, row_bytes), columns):
+                arrays = {
                     name: _arrow_to_numpy(record_batch.column(i), name, str(file))
                     for i, name in enumerate(record_batch.schema.names)
                 }
-                yield fields.cast(columns, str(file))
+                yield fields.cast(arrays, str(file))
 
-    return Dataset(chunks, total, description)
+    return Dataset(chunks, total, description, field_names=names)
 
 
 def _fixed_width(kind: Any) -> int:
@@ -392,7 +411,7 @@ def _is_ray_dataset(source: Any) -> bool:
 def _ray_dataset(dataset: Any, fields: _Fields) -> Dataset:
     from ..integrations.ray.data import iter_dataset_batches
 
-    def chunks(size: int) -> Iterator[Batch]:
+    def chunks(size: int, wanted: Optional[Collection[str]]) -> Iterator[Batch]:
         for batch in iter_dataset_batches(dataset, batch_size=size):
             if fields.batched:
                 yield fields.cast(batch, "a Ray Dataset")
@@ -426,7 +445,7 @@ def open_dataset(source: Any, problem: Optional[Problem] = None) -> Dataset:
         return _ray_dataset(source, fields)
     if isinstance(source, Mapping):
         if not fields.batched:
-            return Dataset(lambda size: iter([fields.cast(source, "dict")]), 1, "a dict of arrays", False)
+            return Dataset(lambda size, wanted: iter([fields.cast(source, "dict")]), 1, "a dict of arrays", False)
         return _arrays_dataset({k: np.asarray(v) for k, v in source.items()}, fields, "a dict of arrays")
     if isinstance(source, Iterable):
         return _examples_dataset(source, fields, f"an iterable ({type(source).__name__})")

@@ -131,21 +131,20 @@ def evaluate(
         sizes = array.array("q")
         infer = loaded.infer
         perf_counter = time.perf_counter
-        bound = False
+        # Bind the metrics to the data's fields now when the source knows them (then only the fields
+        # needed are read: a Parquet table's other columns, a label nobody scores), else at the first batch.
+        needed = None
+        if dataset.field_names is not None:
+            _bind(built, input_names, output_names, dataset.field_names, label_map)
+            needed = set(input_names) | {name for metric in built for name in metric.label_fields()}
+        bound = needed is not None
         start = perf_counter()
         with Progress(f"evaluate {loaded.name}", dataset.num_examples, progress) as bar:
             advance = bar.advance if bar.mode != "off" else None
-            for batch in dataset.batches(batch_size):
+            for batch in dataset.batches(batch_size, needed):
                 inputs = {name: batch[name] for name in input_names if name in batch}
                 if not bound:
-                    if input_names and not inputs:
-                        raise SpecError(
-                            f"data: none of the model's inputs ({', '.join(sorted(input_names))}) is a field of "
-                            f"the data ({', '.join(sorted(batch))})"
-                        )
-                    fields = [name for name in batch if name not in input_names]
-                    for metric in built:
-                        metric.bind(output_names, fields, label_map)
+                    _bind(built, input_names, output_names, list(batch), label_map)
                     bound = True
                 began = perf_counter()
                 outputs = infer(inputs)
@@ -171,6 +170,23 @@ def evaluate(
     if report_dir is not None:
         report.write(report_dir)
     return report
+
+
+def _bind(
+    metrics: List[Metric],
+    input_names: Sequence[str],
+    output_names: List[str],
+    field_names: Sequence[str],
+    labels: Mapping[str, str],
+) -> None:
+    if input_names and not set(input_names) & set(field_names):
+        raise SpecError(
+            f"data: none of the model's inputs ({', '.join(sorted(input_names))}) is a field of "
+            f"the data ({', '.join(sorted(field_names))})"
+        )
+    fields = [name for name in field_names if name not in input_names]
+    for metric in metrics:
+        metric.bind(output_names, fields, labels)
 
 
 def _with_model_inputs(problem: Problem, model_definition: Any) -> Problem:

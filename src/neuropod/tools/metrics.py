@@ -84,6 +84,10 @@ class Metric:
             f"the data has {', '.join(fields) or 'no fields besides the inputs'}; map one with --labels {output}=FIELD"
         )
 
+    def label_fields(self) -> List[str]:
+        """The data fields this metric reads (after :meth:`bind`)."""
+        return [self.label]
+
     def update(self, outputs: Mapping[str, np.ndarray], fields: Mapping[str, np.ndarray]) -> None:
         raise NotImplementedError
 
@@ -391,6 +395,9 @@ class Detection(Metric):
             self._pick_output(output, outputs)
         for key in ("boxes", "classes"):
             self.gt[key] = self._pick_label(self.gt[key], self.names[key], fields, labels, fallback=f"gt_{key}")
+
+    def label_fields(self) -> List[str]:
+        return [str(self.gt["boxes"]), str(self.gt["classes"])]
 
     def update(self, outputs: Mapping[str, np.ndarray], fields: Mapping[str, np.ndarray]) -> None:
         boxes, scores = outputs[self.names["boxes"]], outputs[self.names["scores"]]
