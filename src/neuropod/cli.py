@@ -337,6 +337,11 @@ from .isolation.cli import COMMANDS as _TRUST_COMMANDS  # noqa: E402
 for _command in _TRUST_COMMANDS:
     main.add_command(_command)
 
+# neuropod cache list | prune | clear: extracted package zips and built environments, with sizes.
+from .package.cache_cli import cache as _cache  # noqa: E402
+
+main.add_command(_cache)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,129 @@
+"""``neuropod cache list | prune | clear``: the caches of :mod:`neuropod.package.cache`, with sizes."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from typing import Any, List, Optional, Tuple
+
+import click
+
+from ..errors import NeuropodError
+
+__all__ = ["cache"]
+
+
+class _UserError(click.ClickException):
+    """One line on stderr, exit code 2 (as every neuropod command)."""
+
+    exit_code = 2
+
+
+def _user_errors(func: Any) -> Any:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (NeuropodError, OSError) as exc:
+            raise _UserError(f"{type(exc).__name__}: {exc}") from None
+
+    return wrapper
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"{seconds / 86400:.0f} days ago"
+
+
+def _kinds(kind: Tuple[str, ...]) -> Optional[List[str]]:
+    return list(kind) or None
+
+
+_KIND_OPTION = click.option(
+    "--kind",
+    multiple=True,
+    metavar="NAME",
+    help="Only this cache (repeatable): 'packages' (extracted zips) or 'envs' (built environments). Default: all.",
+)
+
+
+@click.group()
+def cache() -> None:
+    """List, prune and clear neuropod's caches: extracted package zips and built environments."""
+
+
+@cache.command("list")
+@_KIND_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@_user_errors
+def list_command(kind: Tuple[str, ...], as_json: bool) -> None:
+    """Every cache entry with its size and last use, most recent first."""
+    from .archive import cache_root
+    from .cache import list_entries
+    from .progress import format_bytes
+
+    entries = list_entries(_kinds(kind))
+    if as_json:
+        rows = [
+            {"kind": e.kind, "key": e.key, "path": str(e.path), "bytes": e.size, "last_used": e.last_used}
+            for e in entries
+        ]
+        click.echo(json.dumps({"cache_dir": str(cache_root()), "entries": rows}, indent=2))
+        return
+    click.echo(f"cache folder: {cache_root()}")
+    if not entries:
+        click.echo("empty")
+        return
+    now = time.time()
+    for entry in entries:
+        click.echo(
+            f"{entry.kind:<9} {entry.key[:16]:<16} {format_bytes(entry.size):>10}  used {_age(now - entry.last_used)}"
+        )
+    by_kind = {}
+    for entry in entries:
+        by_kind[entry.kind] = by_kind.get(entry.kind, 0) + entry.size
+    click.echo("total: " + ", ".join(f"{name} {format_bytes(size)}" for name, size in sorted(by_kind.items())))
+
+
+def _report(removed: List[Any], dry_run: bool) -> None:
+    from .progress import format_bytes
+
+    verb = "would remove" if dry_run else "removed"
+    for entry in removed:
+        click.echo(f"{verb} {entry.kind} {entry.key[:16]} ({format_bytes(entry.size)}) {entry.path}")
+    click.echo(f"{verb} {len(removed)} entries, {format_bytes(sum(e.size for e in removed))}")
+
+
+@cache.command()
+@click.option("--older-than", metavar="AGE", help="Remove entries unused for this long: 30d, 12h, 15m, 90s.")
+@click.option("--max-size", metavar="BYTES", type=int, help="Then remove the least recently used until under this.")
+@_KIND_OPTION
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@_user_errors
+def prune(older_than: Optional[str], max_size: Optional[int], kind: Tuple[str, ...], dry_run: bool) -> None:
+    """Remove entries not used recently (--older-than) or beyond a size (--max-size); entries in use are kept."""
+    from ..errors import OptionError
+    from .cache import parse_duration
+    from .cache import prune as prune_entries
+
+    if older_than is None and max_size is None:
+        raise OptionError("cache prune: give --older-than AGE, --max-size BYTES or both (`cache clear` removes all)")
+    seconds = parse_duration(older_than) if older_than is not None else None
+    _report(prune_entries(older_than=seconds, max_bytes=max_size, kinds=_kinds(kind), dry_run=dry_run), dry_run)
+
+
+@cache.command()
+@_KIND_OPTION
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@_user_errors
+def clear(kind: Tuple[str, ...], dry_run: bool) -> None:
+    """Remove every entry (the next load of a zip extracts it again; entries in use are kept)."""
+    from .cache import clear as clear_entries
+
+    _report(clear_entries(kinds=_kinds(kind), dry_run=dry_run), dry_run)
