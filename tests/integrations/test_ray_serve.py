@@ -256,6 +256,29 @@ def test_a_model_needing_another_environment_runs_in_the_replicas_worker(serve_p
         serve.delete("other-env")
 
 
+def test_ray_serve_in_front_of_a_neuropod_server(serve_port: int, tmp_path: Path) -> None:
+    """A model URL: each replica is a client of a ``neuropod serve`` (here over gRPC)."""
+    require("grpc")
+    from ray import serve
+
+    from neuropod.integrations.ray import neuropod_deployment
+    from neuropod.serving import ModelServer, ServerConfig
+
+    package = make_counting_adder(tmp_path / "adder")
+    with ModelServer.from_path(package, ServerConfig(grpc_port=0, http_port=None)) as server:
+        url = f"grpc://127.0.0.1:{server.grpc_port}/adder"
+        app = neuropod_deployment(url, model_name="front", ray_actor_options={"num_cpus": 0.1})
+        handle = serve.run(app, name="front", route_prefix="/front")
+        try:
+            assert handle.describe.remote().result()["executor"] == "RemoteExecutor"
+            status, answer = _post(f"http://127.0.0.1:{serve_port}/front/v2/models/front/infer", _json_inputs(X, Y))
+            assert status == 200, answer
+            assert answer["model_name"] == "front"
+            assert {o["name"]: o["data"] for o in answer["outputs"]}["out"] == (X + Y).reshape(-1).tolist()
+        finally:
+            serve.delete("front")
+
+
 def test_batching_settings_are_checked_before_serve_sees_them(tmp_path: Path) -> None:
     require("ray.serve")
     from neuropod.integrations.ray import neuropod_deployment
