@@ -45,6 +45,7 @@ class Progress:
         self._bar: Any = None
         self._task: Any = None
         if self.mode == "bar":
+            from rich.console import Console
             from rich.progress import (  # imported here: only a terminal needs it
                 BarColumn,
                 MofNCompleteColumn,
@@ -63,6 +64,7 @@ class Progress:
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
                 transient=False,
+                console=Console(file=self.stream),  # stderr by default: stdout may carry --json output
             )
             self._bar.start()
             self._task = self._bar.add_task(what, total=total, rate="")
