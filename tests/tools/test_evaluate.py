@@ -4,7 +4,6 @@ the HTML report rendered by headless Chromium."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from tools_fixtures import addition_fixture, server_url_fixture  # noqa: F401  (fixtures)
 
-from conftest import require
+from conftest import require, require_command
 from neuropod.cli import main
 from neuropod.packagers import create_placeholder_neuropod
 from neuropod.tools import evaluate
@@ -129,12 +128,7 @@ def test_evaluate_command_user_errors(tmp_path: Path) -> None:
 
 
 def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        if os.environ.get("NEUROPOD_REQUIRE_FRAMEWORKS") == "1":
-            pytest.fail("chromium is required here (scripts/dev.sh setup installs it)")
-        pytest.skip("chromium is not installed")
-    return found
+    return shutil.which("chromium-browser") or require_command("chromium")
 
 
 def screenshot(html: Path, png: Path, profile: Path) -> np.ndarray:
