@@ -76,12 +76,33 @@ def test_a_dataset_without_the_models_columns_names_them(ray_data: Any, adder: P
     dataset = ray_data.from_items([{"a": 1.0}, {"a": 2.0}])
     with pytest.raises(Exception) as caught:
         predict_dataset(dataset, adder).take_all()
+    messages = _messages(caught.value)
+    assert any("no column of the batch is one of its inputs" in m and "'a'" in m for m in messages), messages
+
+
+def _messages(error: BaseException | None) -> list:
     messages = []
-    error: BaseException | None = caught.value
     while error is not None:  # Ray wraps the UDF's error; ours is in the chain
         messages.append(str(error))
         error = error.__cause__ or error.__context__
-    assert any("no column of the batch is one of its inputs" in m and "'a'" in m for m in messages), messages
+    return messages
+
+
+def test_an_output_without_a_row_per_input_row_is_named(ray_data: Any, tmp_path: Path) -> None:
+    from neuropod.integrations.ray import predict_dataset
+    from neuropod.packagers import create_placeholder_neuropod
+
+    summary = create_placeholder_neuropod(
+        tmp_path / "summary",
+        "summary",
+        [{"name": "x", "dtype": "float32", "shape": ["batch"]}],
+        [{"name": "stats", "dtype": "float32", "shape": [2]}],  # two numbers whatever the batch
+        package_as_zip=False,
+    )
+    dataset = ray_data.from_items([{"x": float(i)} for i in range(4)])
+    with pytest.raises(Exception) as caught:
+        predict_dataset(dataset, summary, batch_size=4).take_all()
+    assert any("output 'stats': a dataset column needs one row per input row" in m for m in _messages(caught.value))
 
 
 def test_iter_dataset_batches(ray_data: Any) -> None:
