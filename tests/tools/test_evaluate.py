@@ -180,3 +180,19 @@ def test_the_html_report_renders_its_plots_in_chromium(tmp_path: Path) -> None:
     broken = tmp_path / "broken.html"
     broken.write_text(html.read_text().replace("data:image/png;base64,", "data:image/png;base64,AAAA"))
     assert coloured_pixels(screenshot(broken, tmp_path / "broken.png", tmp_path / "profile2")) < plotted / 20
+
+
+def test_an_empty_dataset_gives_null_metrics_in_strict_json(addition: Dict[str, Path], tmp_path: Path) -> None:
+    empty = np.zeros((0, 4), np.float32)
+    report = evaluate(
+        addition["placeholder"],
+        {"x": empty, "y": empty, "sum": empty},
+        metrics=["mae"],
+        labels={"out": "sum"},
+        report_dir=tmp_path,
+        progress=False,
+    )
+    assert report.examples == 0
+    saved = json.loads((tmp_path / "report.json").read_text())  # strict JSON: NaN became null
+    assert saved["metrics"]["mae"]["mae"] is None and saved["latency_ms"]["p50"] is None
+    assert (tmp_path / "report.html").read_text().startswith("<!DOCTYPE html>")

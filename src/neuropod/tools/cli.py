@@ -47,7 +47,9 @@ def _number(value: Any) -> str:
 
 
 def _print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    from .evaluation import strict_json
+
+    click.echo(json.dumps(strict_json(data), indent=2, default=str, allow_nan=False))
 
 
 @click.command()

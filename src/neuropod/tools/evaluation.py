@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import datetime
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from .metrics import Metric, make_metric
 from .problem import Problem, as_problem
 from .progress import Progress, ProgressMode
 
-__all__ = ["EvaluationReport", "evaluate"]
+__all__ = ["EvaluationReport", "evaluate", "strict_json"]
 
 
 @dataclass
@@ -77,10 +78,21 @@ class EvaluationReport:
         directory.mkdir(parents=True, exist_ok=True)
         data = self.to_json()
         json_path = directory / "report.json"
-        json_path.write_text(json.dumps(data, indent=2, allow_nan=True) + "\n", encoding="utf-8")
+        json_path.write_text(json.dumps(strict_json(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
         html_path = directory / "report.html"
         html_path.write_text(render_html(data), encoding="utf-8")
         return json_path, html_path
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with NaN and infinities as None: JSON has no such numbers (a metric over no examples is NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    return value
 
 
 def evaluate(
