@@ -31,7 +31,7 @@ from starlette.responses import Response
 
 from ... import __version__
 from ...errors import InputValidationError, ModelNotFoundError, ModelNotReadyError, SpecError
-from ...kserve import EXTENSIONS, HEADER_LENGTH_HEADER, rest
+from ...kserve import BINARY_EXTENSION, HEADER_LENGTH_HEADER, rest
 from ...kserve.datatypes import DTYPE_TO_DATATYPE
 from ...kserve.status import status_for
 from ...loader import REMOTE_SCHEMES, load_neuropod
@@ -44,6 +44,8 @@ __all__ = ["NeuropodDeployment", "neuropod_deployment", "SERVER_NAME", "EXTENSIO
 TensorDict = Dict[str, np.ndarray]
 
 SERVER_NAME = "neuropod-ray-serve"
+#: The protocol extensions these routes implement (fewer than neuropod serve's; the remote client looks for this one).
+EXTENSIONS = (BINARY_EXTENSION,)
 #: A deployment serves one version of one model.
 MODEL_VERSION = "1"
 
