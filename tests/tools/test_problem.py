@@ -131,6 +131,15 @@ def test_check_finds_misaligned_symbols_and_fixed_sizes(tmp_path: Path) -> None:
     assert check_problem(untied, problem).ok  # looser inputs are fine
     errors = check_problem(problem, untied).errors  # the model ties what the problem leaves free
     assert errors and "symbols not aligned" in errors[0] and "'batch'" in errors[0]
+    # An output the problem leaves free may follow an input's size.
+    specific = ProblemDefinition(
+        [
+            {"name": "x", "dtype": "float32", "shape": ["batch", "n"]},
+            {"name": "y", "dtype": "float32", "shape": ["batch", None]},
+        ],
+        [{"name": "out", "dtype": "float32", "shape": ["batch", "n"]}],
+    )
+    assert check_problem(specific, problem).ok
     fixed = ProblemDefinition(
         [{"name": "x", "dtype": "float32", "shape": [8, None]}, {"name": "y", "dtype": "float32", "shape": [8, None]}],
         [{"name": "out", "dtype": "float32", "shape": [8, None]}],

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Any, Callable, Collection, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Collection, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -473,6 +473,3 @@ def _open_path(path: Path, fields: _Fields) -> Dataset:
     if npy:
         return _npy_dataset(npy, fields, f"{path} ({len(npy)} .npy fields)")
     return _arrow_dataset(parquet, fields, f"{path} ({len(parquet)} Parquet files)")
-
-
-PathOrData = Union[str, "os.PathLike[str]", Dataset, Iterable[Mapping[str, Any]], Mapping[str, Any]]

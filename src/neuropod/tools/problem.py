@@ -289,9 +289,11 @@ class _Aligner:
         if isinstance(q, str):
             if kind == "output" and p is not None and q not in self.model_to_problem:
                 warnings.append(f"{where}: {says}, a size no input of the model binds; the model does not promise it")
-            # A unique token for "any size": a model symbol tied to it ties dims the problem leaves free.
-            # (A problem symbol may map to several model symbols: the model is looser, which is fine.)
-            self._bind(self.model_to_problem, q, p if p is not None else ("any", where), where)
+            # A unique token for "any size": a model symbol tied to it ties input dims the problem leaves
+            # free. (A problem symbol may map to several model symbols: the model is looser, which is fine;
+            # an output the problem leaves free may be anything.)
+            if kind == "input" or p is not None:
+                self._bind(self.model_to_problem, q, p if p is not None else ("any", where), where)
         if isinstance(p, int) and isinstance(q, int):
             if p != q:
                 errors.append(f"{where}: {says}")
