@@ -196,3 +196,20 @@ def test_an_empty_dataset_gives_null_metrics_in_strict_json(addition: Dict[str, 
     saved = json.loads((tmp_path / "report.json").read_text())  # strict JSON: NaN became null
     assert saved["metrics"]["mae"]["mae"] is None and saved["latency_ms"]["p50"] is None
     assert (tmp_path / "report.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_a_problem_module_brings_its_own_metric_function(addition: Dict[str, Path], tmp_path: Path) -> None:
+    problem = tmp_path / "problem.py"
+    problem.write_text(
+        "from conftest import ADDITION_INPUTS, ADDITION_OUTPUTS\n"
+        "INPUT_SPEC, OUTPUT_SPEC = ADDITION_INPUTS, ADDITION_OUTPUTS\n"
+        "LABELS = {'out': 'sum'}\n"
+        "def within_a_tenth(prediction, label):\n"
+        "    return abs(prediction - label) <= 0.1\n"
+        "METRICS = ['mae', within_a_tenth]\n"
+    )
+    result = CliRunner().invoke(
+        main, ["evaluate", str(addition["onnx"]), "--data", str(addition_data(tmp_path)), "--problem", str(problem)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "within_a_tenth: within_a_tenth=1" in result.output and "mae: mae=0" in result.output
