@@ -7,7 +7,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Dict
+from typing import Any, Dict, Iterator, List
 
 import numpy as np
 import pytest
@@ -17,7 +17,7 @@ from tools_fixtures import addition_fixture, server_url_fixture  # noqa: F401  (
 from conftest import require, require_command
 from neuropod.cli import main
 from neuropod.packagers import create_placeholder_neuropod
-from neuropod.tools import evaluate
+from neuropod.tools import Metric, evaluate
 
 ROWS = 37  # not a multiple of the batch size: the last batch is partial
 
@@ -213,3 +213,31 @@ def test_a_problem_module_brings_its_own_metric_function(addition: Dict[str, Pat
     )
     assert result.exit_code == 0, result.output
     assert "within_a_tenth: within_a_tenth=1" in result.output and "mae: mae=0" in result.output
+
+
+def test_evaluate_streams_the_data(addition: Dict[str, Path]) -> None:
+    # A generator of 20,000 examples: evaluate must pull them batch by batch, never the whole stream first.
+    produced = [0]
+    lead: List[int] = []
+
+    def examples() -> Iterator[Dict[str, np.ndarray]]:
+        row = np.ones(4, np.float32)
+        for _ in range(20_000):
+            produced[0] += 1
+            yield {"x": row, "y": row, "sum": row + row}
+
+    class Lead(Metric):
+        def __init__(self, name: str = "lead", **options: Any) -> None:
+            super().__init__(name, **options)
+            self.seen = 0
+
+        def update(self, outputs: Any, fields: Any) -> None:
+            self.seen += len(fields["sum"])
+            lead.append(produced[0] - self.seen)
+
+        def result(self) -> Dict[str, Any]:
+            return {"seen": self.seen}
+
+    report = evaluate(addition["torchscript"], examples(), metrics=[Lead(label="sum")], batch_size=100, progress=False)
+    assert report.metrics["lead"] == {"seen": 20_000}
+    assert max(lead) <= 512  # examples are stacked a few hundred at a time, however long the stream
