@@ -38,6 +38,7 @@ given)::
     ├── ModelNotReadyError (RuntimeError)            [503]
     │   └── ModelClosedError                         [503]  a call to a closed model
     ├── AuthenticationError (PermissionError)        [401]
+    ├── ServerError (RuntimeError)                          a model server cannot start (a port in use)
     ├── WireFormatError (ValueError)                        a malformed worker message
     ├── SharedMemoryError (MemoryError)
     ├── ChannelClosed                                       a worker's channel closed (internal)
@@ -69,6 +70,7 @@ __all__ = [
     "ModelClosedError",
     "RequestTooLargeError",
     "AuthenticationError",
+    "ServerError",
     "WorkerError",
     "WireFormatError",
     "SharedMemoryError",
@@ -209,6 +211,10 @@ class RequestTooLargeError(InputValidationError):
 
 class AuthenticationError(NeuropodError, PermissionError):
     """A request to a server lacks the bearer token it requires, or has a wrong one."""
+
+
+class ServerError(NeuropodError, RuntimeError):
+    """A model server cannot start: a port cannot be bound, or the server was started twice."""
 
 
 class OptionError(NeuropodError, ValueError):

@@ -212,3 +212,32 @@ def test_grpc_method_with_and_without_the_token(guarded: ModelServer, method: st
     expected = "UNAUTHENTICATED" if NEEDS_TOKEN[method] else "OK"
     assert _grpc_code(guarded.grpc_port, method, None) == expected
     assert _grpc_code(guarded.grpc_port, method, "wrong") == expected
+
+
+# -- a port in use -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_port_in_use_is_a_server_error_and_one_line_from_the_cli(tmp_path: Path, protocol: str) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from neuropod.errors import ServerError
+
+    adder = make_adder(tmp_path / "adder")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = {"grpc_port": port, "http_port": 0} if protocol == "grpc" else {"grpc_port": None, "http_port": port}
+        with pytest.raises(ServerError, match=f"cannot listen on 127.0.0.1:{port}"):
+            ModelServer.from_path(adder, ServerConfig(**ports)).start()  # was grpc's RuntimeError / an OSError
+        other = "http" if protocol == "grpc" else "grpc"
+        flags = [f"--{protocol}-port", str(port), f"--{other}-port", "0"]
+        done = subprocess.run(
+            [sys.executable, "-m", "neuropod", "serve", str(adder), *flags], capture_output=True, text=True, timeout=120
+        )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("Error: ServerError:"), done.stderr
+    assert "Traceback" not in done.stderr

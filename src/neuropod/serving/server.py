@@ -28,7 +28,7 @@ from typing import Any, Mapping, Optional, Union
 import grpc
 from aiohttp import web
 
-from ..errors import OptionError
+from ..errors import OptionError, ServerError
 from ..kserve import DEFAULT_MAX_MESSAGE_BYTES
 from .dataplane import DataPlane
 from .grpc_adapter import GrpcAdapter
@@ -141,11 +141,14 @@ class ModelServer:
                 )
                 self._grpc_server.add_generic_rpc_handlers((GrpcAdapter(self.dataplane, config.token).handler(),))
                 address = f"{_bracketed(config.host)}:{config.grpc_port}"
-                if tls is not None:
-                    credentials = grpc.ssl_server_credentials([(tls[1], tls[0])])
-                    self.grpc_port = self._grpc_server.add_secure_port(address, credentials)
-                else:
-                    self.grpc_port = self._grpc_server.add_insecure_port(address)
+                try:
+                    if tls is not None:
+                        credentials = grpc.ssl_server_credentials([(tls[1], tls[0])])
+                        self.grpc_port = self._grpc_server.add_secure_port(address, credentials)
+                    else:
+                        self.grpc_port = self._grpc_server.add_insecure_port(address)
+                except RuntimeError as exc:  # grpc's way of saying the port is taken or the host unknown
+                    raise ServerError(f"gRPC: cannot listen on {address} (in use, or not an address here)") from exc
                 self._grpc_server.start()
             if config.http_port is not None:
                 app = RestAdapter(self.dataplane, config.max_message_bytes, config.token).app()
@@ -156,7 +159,11 @@ class ModelServer:
                     ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
                     ssl_context.load_cert_chain(config.tls_cert, config.tls_key)
                 site = web.TCPSite(self._http_runner, config.host, config.http_port, ssl_context=ssl_context)
-                await site.start()
+                try:
+                    await site.start()
+                except OSError as exc:
+                    where = f"{_bracketed(config.host)}:{config.http_port}"
+                    raise ServerError(f"HTTP: cannot listen on {where}: {exc.strerror or exc}") from exc
                 self.http_port = _bound_port(site)
         except BaseException:
             await self._close_listeners(0)
@@ -227,7 +234,7 @@ class ModelServer:
     def start(self) -> ModelServer:
         """Serve from a background thread; returns once the ports are bound."""
         if self._thread is not None:
-            raise RuntimeError("the server is already started")
+            raise ServerError("the server is already started")
         started = threading.Event()
         failure: list = []
 
@@ -301,4 +308,4 @@ def _bound_port(site: web.TCPSite) -> int:
     sockets = getattr(server, "sockets", None) or []
     for sock in sockets:
         return int(sock.getsockname()[1])
-    raise RuntimeError("the HTTP listener bound no socket")
+    raise ServerError("the HTTP listener bound no socket")
