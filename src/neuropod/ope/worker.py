@@ -1,7 +1,8 @@
 """The worker process: ``python -m neuropod.ope.worker --fd N --package DIR ...``.
 
-It loads one package with its backend, says HELLO, then answers INFER
-messages until told to shut down or until its parent goes away. It must run
+It loads one package through the in-process executor (as a parent would),
+says HELLO, then answers INFER messages until told to shut down or until
+its parent goes away. It must run
 on any Python 3.9+ with numpy and the model's framework (it may be another
 interpreter than the parent's, importing neuropod from the parent's source
 tree through PYTHONPATH), so it imports nothing beyond the standard library,
