@@ -53,7 +53,9 @@ def raw_zip(path: Path, entries: Iterable[Entry]) -> Path:
         size = fields.get("size", len(data))
         attr = fields.get("external_attr", 0o644 << 16)
         offset = len(local)
-        header = struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, flags, method, 0, 0x21, crc, len(stored), size, len(name), 0)
+        header = struct.pack(
+            "<4s5H3L2H", b"PK\x03\x04", 20, flags, method, 0, 0x21, crc, len(stored), size, len(name), 0
+        )
         local += header + name + stored
         central += struct.pack(
             "<4s6H3L5H2L",

@@ -17,13 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from package_helpers import INPUTS, OUTPUTS, X, edit_json, package_entries, placeholder_dir, raw_zip
 
 from neuropod import load_neuropod
-from neuropod.errors import ManifestError, NeuropodError, PackageError, UnsafePackageError
+from neuropod.errors import ManifestError, PackageError, UnsafePackageError
 from neuropod.package import open_package
-
-sys.path.insert(0, str(Path(__file__).parent))
-from package_helpers import X, edit_json, package_entries, placeholder_dir, raw_zip  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -238,8 +236,6 @@ def test_a_refused_zip_leaves_no_cache_entry(tmp_path, defect):
 def test_the_cache_is_trimmed_to_its_size_bound_least_recently_used_first(tmp_path, monkeypatch):
     from neuropod.packagers import create_placeholder_neuropod
 
-    from package_helpers import INPUTS, OUTPUTS
-
     zips = [create_placeholder_neuropod(tmp_path / f"m{i}.zip", f"m{i}", INPUTS, OUTPUTS) for i in range(3)]
     first = open_package(zips[0]).root
     size = sum(p.stat().st_size for p in first.rglob("*") if p.is_file())
@@ -317,7 +313,6 @@ def _python_package(tmp_path: Path, manifest: bool = False) -> Path:
     code.mkdir(parents=True)
     (code / "__init__.py").write_text("")
     (code / "main.py").write_text("def get_model(data):\n    return lambda x: {'out': x}\n")
-    from package_helpers import INPUTS, OUTPUTS
 
     root = create_python_neuropod(
         tmp_path / "pkg",
@@ -383,8 +378,6 @@ def test_the_python_package_still_loads_with_and_without_a_manifest(tmp_path):
 
 def test_packaging_a_zip_with_a_self_test_leaves_the_cache_empty(tmp_path):
     from neuropod.packagers import create_placeholder_neuropod
-
-    from package_helpers import INPUTS, OUTPUTS
 
     path = create_placeholder_neuropod(tmp_path / "m.zip", "m", INPUTS, OUTPUTS, test_input_data={"x": X})
     assert zipfile.is_zipfile(path)
