@@ -297,7 +297,8 @@ def test_metadata_has_the_originals_bytes(tmp_path):
         name: hashlib.sha256((path / name).read_bytes()).hexdigest()
         for name in ("0/code/__init__.py", "0/code/addition_model.py", "0/config.json", "config.json")
     }
-    assert manifest == {"manifest_version": 1, "files": files}
+    sizes = {name: (path / name).stat().st_size for name in files}
+    assert manifest == {"manifest_version": 1, "files": files, "sizes": sizes}
     assert (path / "manifest.json").read_text() == json.dumps(manifest, indent=4)
 
 

@@ -24,7 +24,7 @@ from typing import Dict, Optional, Tuple
 from ..errors import ManifestError, PackageError, UnsafePackageError
 from . import layout
 from .files import METADATA_MAX_BYTES, ZIP_READ_ERRORS
-from .manifest import parse_manifest, sha256_file, verify_files
+from .manifest import manifest_document, parse_manifest, sha256_file, verify_files
 from .progress import ByteProgress
 
 __all__ = [
@@ -125,6 +125,7 @@ def write_zip(
         raise PackageError(f"{source_dir}: already has a {layout.MANIFEST}; cannot add one")
     total = sum(p.stat().st_size for p in entries.values() if p is not None)
     digests: Dict[str, str] = {}
+    sizes: Dict[str, int] = {}
     with ByteProgress(f"zip {zip_path.name}", total) as progress:
         with zipfile.ZipFile(zip_path, "w") as zf:
             for name in sorted(entries):
@@ -137,10 +138,12 @@ def write_zip(
                 info.external_attr = 0o644 << 16
                 info.compress_type = compression if compression is not None else _suited_compression(source)
                 digests[name] = _write_entry(zf, info, source, progress)
+                sizes[name] = info.file_size
             if add_manifest:
                 # Keys in the order write_manifest lists them, so both forms read the same.
-                ordered = {name: digests[name] for name in sorted(digests, key=PurePosixPath)}
-                data = json.dumps({"manifest_version": layout.MANIFEST_VERSION, "files": ordered}, indent=4)
+                ordered = sorted(digests, key=PurePosixPath)
+                document = manifest_document({n: digests[n] for n in ordered}, {n: sizes[n] for n in ordered})
+                data = json.dumps(document, indent=4)
                 info = zipfile.ZipInfo(layout.MANIFEST, date_time=layout.ZIP_TIMESTAMP)
                 info.external_attr = 0o644 << 16
                 info.compress_type = zipfile.ZIP_DEFLATED if compression is None else compression
@@ -259,7 +262,7 @@ def _extract_into(zip_path: Path, destination: Path, verify: bool) -> bool:
             info = zf.getinfo(layout.MANIFEST)
             if info.file_size > METADATA_MAX_BYTES:
                 raise PackageError(f"{zip_path}!{layout.MANIFEST}: {info.file_size} bytes, more than allowed")
-            manifest = parse_manifest(_read_entry(zf, info, zip_path), f"{zip_path}!{layout.MANIFEST}")
+            manifest, _ = parse_manifest(_read_entry(zf, info, zip_path), f"{zip_path}!{layout.MANIFEST}")
         digests: Dict[str, str] = {}
         with ByteProgress(f"extract {zip_path.name}", total) as progress:
             for info in infos:
@@ -388,9 +391,11 @@ def verify_extracted(zip_path: Path, root: Path) -> bool:
     with _open_zip(zip_path) as zf:
         try:
             files = [info for info in zf.infolist() if not info.is_dir()]
+            # The zip's own sizes: a cached file of another size is refused before it is hashed.
+            sizes = {info.filename: info.file_size for info in files if info.filename != layout.MANIFEST}
             if any(info.filename == layout.MANIFEST for info in files):
                 data = _read_entry(zf, zf.getinfo(layout.MANIFEST), zip_path)
-                expected = parse_manifest(data, f"{zip_path}!{layout.MANIFEST}")
+                expected, _ = parse_manifest(data, f"{zip_path}!{layout.MANIFEST}")
                 expected_manifest: Optional[str] = hashlib.sha256(data).hexdigest()
             else:
                 expected = {info.filename: _entry_digest(zf, info, zip_path) for info in files}
@@ -398,7 +403,7 @@ def verify_extracted(zip_path: Path, root: Path) -> bool:
         except ZIP_READ_ERRORS as exc:
             raise PackageError(f"{zip_path}: not a valid zip package: {type(exc).__name__}: {exc}") from None
     source = f"{zip_path.name}'s {layout.MANIFEST}" if expected_manifest else f"the zip {zip_path.name}"
-    verify_files(root, expected, source)
+    verify_files(root, expected, source, {rel: size for rel, size in sizes.items() if rel in expected})
     cached_manifest = root / layout.MANIFEST
     if expected_manifest is not None and (
         cached_manifest.is_symlink()

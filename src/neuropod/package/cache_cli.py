@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import click
 
@@ -85,7 +85,7 @@ def list_command(kind: Tuple[str, ...], as_json: bool) -> None:
         click.echo(
             f"{entry.kind:<9} {entry.key[:16]:<16} {format_bytes(entry.size):>10}  used {_age(now - entry.last_used)}"
         )
-    by_kind = {}
+    by_kind: Dict[str, int] = {}
     for entry in entries:
         by_kind[entry.kind] = by_kind.get(entry.kind, 0) + entry.size
     click.echo("total: " + ", ".join(f"{name} {format_bytes(size)}" for name, size in sorted(by_kind.items())))

@@ -159,7 +159,7 @@ def check_tree(root: Path) -> None:
             except OSError as exc:
                 raise PackageError(f"{path}: cannot be read: {exc.strerror or exc}") from None
             if stat.S_ISLNK(mode):
-                target = path.resolve()
+                target = Path(os.path.realpath(path))  # never raises: a loop resolves to itself
                 if target != resolved_root and resolved_root not in target.parents:
                     raise UnsafePackageError(
                         f"{path.relative_to(root).as_posix()}: a link to {os.readlink(path)!r}, outside the package; "
@@ -168,7 +168,7 @@ def check_tree(root: Path) -> None:
                 try:
                     mode = target.stat().st_mode
                 except OSError:
-                    raise UnsafePackageError(f"{path.relative_to(root).as_posix()}: a broken link") from None
+                    raise UnsafePackageError(f"{path.relative_to(root).as_posix()}: a broken or looping link") from None
             if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
                 raise UnsafePackageError(
                     f"{path.relative_to(root).as_posix()}: {_kind(mode)}, not a regular file; refusing the package"
