@@ -62,7 +62,12 @@ def inspect(path: str, as_json: bool) -> None:
     from .isolation.cli import trust_lines
     from .package import open_package
     from .package.manifest import verify_manifest
+    from .urls import model_url_of
 
+    url = model_url_of(path)
+    if url is not None:
+        _inspect_remote(path, as_json)
+        return
     package = open_package(path, verify=False)
     manifest_state = "verified" if verify_manifest(package.root) else "absent (package predates manifests)"
     config = package.config
@@ -84,16 +89,87 @@ def inspect(path: str, as_json: bool) -> None:
         click.echo(f"{label + ':':<10} {text}")
 
 
+def _inspect_remote(url: str, as_json: bool) -> None:
+    """The metadata a server gives for the model at ``url``."""
+    from .loader import load_neuropod
+
+    with load_neuropod(url, validate=False) as model:
+        info = model.executor.info  # type: ignore[attr-defined]
+    if as_json:
+        fields = ("name", "platform", "versions", "inputs", "outputs")
+        click.echo(json.dumps({"url": url, **{f: getattr(info, f) for f in fields}}, indent=2))
+        return
+
+    def lines(tensors: Any) -> str:
+        return "\n".join(f"    {t['name']:<20} {t['datatype']:<9} {list(t['shape'])}" for t in tensors) or "    (none)"
+
+    click.echo(f"url:       {url}")
+    click.echo(f"name:      {info.name}")
+    click.echo(f"platform:  {info.platform or '(not given)'}")
+    click.echo(f"versions:  {', '.join(info.versions) or '(not given)'}")
+    click.echo(f"inputs:\n{lines(info.inputs)}")
+    click.echo(f"outputs:\n{lines(info.outputs)}")
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _magic(file: str) -> bytes:
+    try:
+        with open(file, "rb") as handle:
+            return handle.read(6)
+    except OSError as exc:
+        raise UserError(f"--input: cannot read {file!r}: {exc.strerror or exc}") from None
+
+
+def _load_npy(name: str, file: str) -> np.ndarray:
+    magic = _magic(file)
+    if magic.startswith(_ZIP_MAGIC):
+        raise UserError(
+            f"--input {name}={file}: this is an .npz archive, not an .npy file; "
+            f"pass it as -i {file} to give every array in it as the input of its name"
+        )
+    if magic != _NPY_MAGIC:
+        raise UserError(
+            f"--input {name}={file}: not an .npy file (it starts with {magic!r}, not the .npy magic); "
+            "write it with numpy.save"
+        )
+    try:
+        return np.load(file, allow_pickle=False)  # type: ignore[no-any-return]
+    except (OSError, ValueError, EOFError) as exc:
+        raise UserError(f"--input {name}={file}: cannot read it as .npy: {exc}") from None
+
+
+def _load_npz(file: str) -> Dict[str, np.ndarray]:
+    if _magic(file)[:4] != _ZIP_MAGIC:
+        raise UserError(f"--input {file}: expected NAME=FILE.npy, or an .npz file holding several inputs")
+    import zipfile
+
+    try:
+        with np.load(file, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise UserError(f"--input {file}: cannot read it as .npz: {exc}") from None
+
+
 def _parse_inputs(pairs: Tuple[str, ...]) -> Dict[str, np.ndarray]:
-    inputs = {}
+    """``-i NAME=FILE.npy`` and ``-i FILE.npz`` (every array in it, by its name); a name given twice is refused."""
+    inputs: Dict[str, np.ndarray] = {}
+    given_by: Dict[str, str] = {}
     for pair in pairs:
         name, sep, file = pair.partition("=")
-        if not sep or not name or not file:
-            raise click.BadParameter(f"{pair!r}: expected NAME=FILE.npy", param_hint="--input")
-        try:
-            inputs[name] = np.load(file, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise click.BadParameter(f"{name}: cannot read {file!r} as .npy: {exc}", param_hint="--input") from None
+        if not sep:
+            arrays = _load_npz(pair)
+        elif not name or not file:
+            raise UserError(f"--input {pair!r}: expected NAME=FILE.npy, or an .npz file holding several inputs")
+        else:
+            arrays = {name: _load_npy(name, file)}
+        for key, array in arrays.items():
+            if key in given_by:
+                raise UserError(f"--input: input {key!r} is given twice ({given_by[key]} and {pair})")
+            given_by[key] = pair
+            inputs[key] = array
     return inputs
 
 
@@ -104,7 +180,14 @@ def _jsonable(array: np.ndarray) -> Dict[str, Any]:
 
 @main.command()
 @click.argument("path")
-@click.option("--input", "-i", "inputs", multiple=True, metavar="NAME=FILE.npy", help="An input tensor (repeatable).")
+@click.option(
+    "--input",
+    "-i",
+    "inputs",
+    multiple=True,
+    metavar="NAME=FILE.npy|FILE.npz",
+    help="An input tensor, or an .npz of several by name (repeatable).",
+)
 @click.option(
     "--output", "-o", "output_dir", type=click.Path(file_okay=False), help="Write each output to DIR/NAME.npy."
 )
@@ -112,7 +195,7 @@ def _jsonable(array: np.ndarray) -> Dict[str, Any]:
 @click.option("--use-ope", is_flag=True, help="Run the model in a worker process.")
 @_user_errors
 def infer(path: str, inputs: Tuple[str, ...], output_dir: str, as_json: bool, use_ope: bool) -> None:
-    """Run a package on inputs read from .npy files."""
+    """Run a package (or a model URL) on inputs read from .npy / .npz files."""
     from .loader import load_neuropod
 
     arrays = _parse_inputs(inputs)
@@ -139,12 +222,24 @@ def test(path: str, trusted: bool) -> None:
     """Re-run a package's stored test data; exit 1 on a mismatch."""
     from .package import open_package
     from .selftest import run_self_test
+    from .urls import model_url_of
 
+    if model_url_of(path) is not None:
+        raise UserError(
+            f"{path}: a model on a server carries no test data; run neuropod test on its package, "
+            "or neuropod check / compare against the URL"
+        )
     data = open_package(path).test_data(trusted=trusted)
     if data is None:
         raise UserError(f"{path}: the package holds no test data")
     test_input, expected = data
     run_self_test(path, test_input, expected or None)
+    if not expected:
+        click.echo(
+            f"RAN: {path} ran on its {len(test_input)} stored test input(s); checked nothing: "
+            "the package stores no expected outputs"
+        )
+        return
     click.echo(f"PASSED: {path} ({len(expected)} output(s) checked)")
 
 

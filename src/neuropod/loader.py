@@ -12,18 +12,18 @@ from .backends import BackendOptions, backend_option_table
 from .errors import InputValidationError, ModelClosedError
 from .executors.base import Executor
 from .executors.options import PACKAGE_OPTIONS, check_options
+from .input_arrays import as_numpy_inputs
 from .isolation.options import ISOLATION_OPTIONS, IsolationOptions
 from .ope.options import OPE_OPTIONS
 from .package import Package, open_package
 from .spec import ProblemDefinition, SpecValidator
 from .trust import TRUST_OPTIONS, TrustPolicy, choose_isolation
+from .urls import REMOTE_SCHEMES, is_url
 
 __all__ = ["Neuropod", "load_neuropod", "REMOTE_SCHEMES"]
 
 TensorDict = Dict[str, np.ndarray]
 
-#: URL schemes that load a model served by a remote server.
-REMOTE_SCHEMES = ("grpc://", "grpcs://", "http://", "https://")
 
 
 class Neuropod:
@@ -70,13 +70,14 @@ class Neuropod:
     def executor(self) -> Executor:
         return self._executor
 
-    def infer(self, inputs: Mapping[str, np.ndarray]) -> TensorDict:
+    def infer(self, inputs: Mapping[str, Any]) -> TensorDict:
         """Run the model.
 
         Args:
-            inputs: a dict of input name to numpy array. An input is
-                optional where the model can run without it; string inputs
-                may be unicode or bytes arrays.
+            inputs: a dict of input name to numpy array (torch tensors, JAX
+                arrays and TensorFlow tensors on the CPU are viewed as numpy
+                arrays without a copy). An input is optional where the model
+                can run without it; string inputs may be unicode or bytes arrays.
 
         Returns:
             A dict of output name to numpy array; strings as unicode arrays.
@@ -94,12 +95,13 @@ class Neuropod:
     # The two halves of ``infer``. The model server calls them apart: it checks each
     # request once, as it arrives, and may run several checked requests as one batch.
 
-    def _check_inputs(self, inputs: Mapping[str, np.ndarray]) -> Tuple[TensorDict, Optional[Dict[str, int]]]:
+    def _check_inputs(self, inputs: Mapping[str, Any]) -> Tuple[TensorDict, Optional[Dict[str, int]]]:
         """Inputs checked against the spec (bytes decoded) and the symbol sizes they bind."""
         if self._closed:
             raise ModelClosedError(f"model {self.name!r} is closed")
         if type(inputs) is not dict and not isinstance(inputs, Mapping):
             raise InputValidationError(f"inputs: expected a dict of name -> numpy array, got {type(inputs).__name__}")
+        inputs = as_numpy_inputs(inputs)  # torch/JAX/TF tensors become numpy views; string names only
         bindings = self._input_validator.validate(inputs) if self.validate else None
         for name in self._string_inputs:
             array = inputs.get(name)
@@ -176,8 +178,10 @@ def load_neuropod(
     """Load a neuropod package (directory, zip or server URL) and return a :class:`Neuropod`.
 
     Args:
-        neuropod_path: a package directory or zip, or ``grpc://host:port/model``
-            / ``http://host:port/model`` for a model on a KServe v2 server.
+        neuropod_path: a package directory or zip, or the URL of a model on a
+            KServe v2 server: ``grpc://host:port/model``, ``http://host:port/model``
+            or ``http://host:port/v2/models/model`` (each optionally ending
+            ``/versions/N``; see :mod:`neuropod.urls`).
         visible_gpu: the GPU to run on; None runs on the CPU.
         use_ope: run the model in a worker process over shared memory.
         verify_manifest: check every package file against its sha256 manifest.
@@ -206,8 +210,8 @@ def load_neuropod(
         if value != default or type(value) is not type(default):
             given[name] = value
     path_text = os.fspath(neuropod_path)
-    if isinstance(path_text, str) and path_text.startswith(REMOTE_SCHEMES):
-        return _load_remote(path_text, given)
+    if is_url(path_text):  # a model server's URL (another scheme is refused by name)
+        return _load_remote(str(path_text), given)
     return _load_package(path_text, given)
 
 
@@ -267,8 +271,10 @@ def _load_package(path: str, given: Dict[str, Any]) -> Neuropod:
 
 
 def _load_remote(url: str, given: Dict[str, Any]) -> Neuropod:
-    from .executors.remote import REMOTE_OPTIONS, REMOTE_REFUSED, RemoteExecutor  # needs the serve extra
+    from .executors.remote import REMOTE_OPTIONS, REMOTE_REFUSED, RemoteExecutor
+    from .urls import parse_model_url
 
+    parse_model_url(url)  # an unsupported scheme or a malformed URL first, before any option
     values = check_options(given, [REMOTE_OPTIONS], url, REMOTE_REFUSED)
     executor = RemoteExecutor.connect(url, values)
     validate = values["validate"]

@@ -22,9 +22,10 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-from ..errors import InputValidationError, NeuropodError, OptionError, RemoteError
+from .. import urls
+from ..errors import FrameworkNotInstalledError, InputValidationError, NeuropodError, OptionError, RemoteError
 from ..kserve import BINARY_EXTENSION, DEFAULT_MAX_MESSAGE_BYTES, HEADER_LENGTH_HEADER, rest
 from ..kserve.datatypes import DATATYPE_TO_DTYPE, datatype_of, decode_contents, decode_raw, encode_raw
 from ..kserve.status import error_class_for_grpc, error_class_for_http
@@ -87,26 +88,9 @@ class RemoteModelInfo:
 
 
 def parse_model_url(url: str) -> Tuple[str, str, int, str, str]:
-    """``(scheme, host, port, model, version)`` of a ``grpc://host:port/model[/versions/N]`` URL."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("grpc", "grpcs", "http", "https"):
-        raise OptionError(f"{url}: expected a grpc://, grpcs://, http:// or https:// URL")
-    if not parts.hostname:
-        raise OptionError(f"{url}: no host")
-    try:
-        port = parts.port
-    except ValueError:
-        raise OptionError(f"{url}: the port is not a number") from None
-    if port is None:
-        port = {"grpc": 8001, "grpcs": 8001, "http": 8000, "https": 443}[parts.scheme]
-    segments = [s for s in parts.path.split("/") if s]
-    if len(segments) == 1:
-        model, version = segments[0], ""
-    elif len(segments) == 3 and segments[1] == "versions":
-        model, version = segments[0], segments[2]
-    else:
-        raise OptionError(f"{url}: expected the path /MODEL or /MODEL/versions/VERSION, got {parts.path or '/'!r}")
-    return parts.scheme, parts.hostname, port, model, version
+    """``(scheme, host, port, model, version)`` of a model URL (the forms of :mod:`neuropod.urls`)."""
+    parsed = urls.parse_model_url(url)
+    return parsed.scheme, parsed.host, parsed.port, parsed.model, parsed.version
 
 
 def _spec_from_metadata(tensors: List[Dict[str, Any]], where: str) -> List[TensorSpec]:
@@ -130,9 +114,15 @@ def _remote_error(cls: type, where: str, message: str) -> NeuropodError:
 
 class _GrpcTransport:
     def __init__(self, scheme: str, host: str, port: int, options: Mapping[str, Any]) -> None:
-        import grpc
+        try:
+            import grpc
 
-        from ..kserve import proto
+            from ..kserve import proto
+        except ImportError as exc:
+            raise FrameworkNotInstalledError(
+                f"{scheme}://{host}:{port}: gRPC model URLs need the serve extra: pip install 'neuropod[serve]' "
+                f"({exc})"
+            ) from None
 
         self._grpc = grpc
         self._proto = proto
@@ -369,6 +359,7 @@ class RemoteExecutor(Executor):
         self.model = model
         self.version = version
         info = info or RemoteModelInfo(model, "", [], [], [])
+        self.info = info  # the metadata as the server sent it (neuropod inspect URL shows it)
         self.name = info.name or model
         self.platform = info.platform or "remote"
         self.problem = ProblemDefinition(

@@ -423,8 +423,15 @@ class WorkerProcess:
         in_call: Dict[int, Tuple[Segment, Optional[np.ndarray]]] = {}  # segment id -> (segment, caller's base array)
         inline = InlineArea()
         announcing: Set[int] = set()  # our segments this request introduces to the worker
+        if len(inputs) > wire.MAX_TENSORS:
+            raise InputValidationError(
+                f"inputs: {len(inputs)} tensors in one call; a worker takes at most {wire.MAX_TENSORS}"
+            )
         try:
             for name, array in inputs.items():
+                problem = wire.crossing_problem(name, array.ndim)
+                if problem:
+                    raise InputValidationError(f"input {name!r}: {problem}")
                 lease = find_lease(array)
                 if lease is not None:
                     segment, offset, base = lease

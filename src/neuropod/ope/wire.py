@@ -71,6 +71,10 @@ __all__ = [
     "NO_SEGMENT",
     "MAX_MESSAGE_BYTES",
     "MAX_FDS_PER_MESSAGE",
+    "MAX_NDIM",
+    "MAX_TENSORS",
+    "MAX_NAME_BYTES",
+    "crossing_problem",
 ]
 
 MAGIC = b"NPOP"
@@ -90,6 +94,8 @@ MAX_FDS_PER_MESSAGE = 250
 MAX_TEXT_BYTES = 16 * 1024
 MAX_NDIM = 32
 MAX_TENSORS = 1024
+#: Longest tensor name in UTF-8 bytes (its length is a u16).
+MAX_NAME_BYTES = 0xFFFF
 #: Largest tensor whose bytes travel inside the control message ...
 INLINE_TENSOR_BYTES = 4096
 #: ... and most inline bytes one message carries (the rest go through segments).
@@ -201,6 +207,31 @@ class Message:
     tensors: List[TensorRef] = field(default_factory=list)
     #: The inline area (bytearray when decoded, so arrays viewing it are writable).
     inline: Union[bytes, bytearray] = b""
+
+
+def crossing_problem(name: object, ndim: int) -> str:
+    """Why a tensor cannot cross the wire ("" when it can): the sender checks before sending.
+
+    These are the decoder's own limits, so a sender never hands its peer a
+    message the peer must refuse (and a worker never dies of one).
+    """
+    if not isinstance(name, str):
+        return f"a tensor name must be a string, got {type(name).__name__} {name!r}"
+    if ndim > MAX_NDIM:
+        return f"rank {ndim} exceeds the limit of {MAX_NDIM} dimensions between processes"
+    if len(name) > MAX_NAME_BYTES // 4:  # cheap bound first: a UTF-8 character is at most 4 bytes
+        try:
+            size = len(name.encode("utf-8"))
+        except UnicodeEncodeError:
+            size = 0  # reported below
+        if size > MAX_NAME_BYTES:
+            return f"the name is {size} bytes of UTF-8; the limit is {MAX_NAME_BYTES}"
+    if not name.isascii():
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return f"the name cannot be encoded as UTF-8 ({exc.reason})"
+    return ""
 
 
 def _clip_text(text: str) -> bytes:

@@ -173,6 +173,9 @@ class _Server:
         self, name: str, array: np.ndarray, inline: InlineArea
     ) -> Tuple[wire.TensorRef, Optional[Segment]]:
         """Copy one output for the parent; one that cannot cross fails as the parent's check would."""
+        problem = wire.crossing_problem(name, getattr(array, "ndim", 0))
+        if problem:
+            raise OutputValidationError(f"output {name!r}: {problem}")
         try:
             return write_tensor(name, array, self.pool, inline)
         except UnicodeEncodeError as exc:
