@@ -83,7 +83,7 @@ def test_manifest_detects_tampering(tmp_path, change):
     target = root / "0" / "config.json"
     if change == "modify":
         target.write_text('{"seed": 99}')
-        expected = "'0/config.json' does not match its sha256"
+        expected = "'0/config.json' has 12 bytes where manifest.json says"  # found without hashing it
     elif change == "delete":
         target.unlink()
         expected = "'0/config.json' is listed in manifest.json but missing"
@@ -96,6 +96,14 @@ def test_manifest_detects_tampering(tmp_path, change):
     assert expected in str(info.value)
     if change != "delete":
         load_neuropod(root, verify_manifest=False).close()  # the check can be skipped
+
+
+def test_a_same_size_change_is_found_by_its_hash(tmp_path):
+    root = _placeholder(tmp_path / "pkg", package_as_zip=False)
+    target = root / "0" / "config.json"
+    target.write_bytes(target.read_bytes().replace(b"0", b"1"))
+    with pytest.raises(ManifestError, match="'0/config.json' does not match its sha256"):
+        load_neuropod(root)
 
 
 def _zip_with(path: Path, entries):

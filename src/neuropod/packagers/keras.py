@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from ..errors import PackageError, SpecError
 from ..package import layout
-from ..spec import as_specs
-from ._pipeline import PathLike, create_neuropod
+from ..spec import as_specs, problem_specs
+from ._pipeline import PathLike, Requirements, Specs, create_neuropod, shared_options
 
 __all__ = ["create_keras_neuropod", "infer_keras_input_spec", "infer_keras_output_spec"]
 
@@ -20,7 +20,22 @@ def create_keras_neuropod(
     sess: Any = None,
     model: Any = None,
     node_name_mapping: Optional[Mapping[str, str]] = None,
-    **options: Any,
+    *,
+    input_spec: Specs = None,
+    output_spec: Specs = None,
+    problem: Any = None,
+    test_input_data: Optional[Mapping[str, Any]] = None,
+    test_expected_out: Optional[Mapping[str, Any]] = None,
+    persist_test_data: bool = True,
+    package_as_zip: bool = True,
+    custom_ops: Iterable[PathLike] = (),
+    platform_version_semver: str = "*",
+    input_tensor_device: Optional[Mapping[str, str]] = None,
+    default_input_tensor_device: str = "GPU",
+    requirements: Requirements = None,
+    zip_compression: Optional[int] = None,
+    keep_failed: bool = False,
+    self_test_options: Optional[Dict[str, Any]] = None,
 ) -> Path:
     """Package a Keras 3 model; it runs on whichever Keras backend the loading side has.
 
@@ -35,11 +50,23 @@ def create_keras_neuropod(
         node_name_mapping: spec name -> the model's input or output name
             (``keras.Input(name=...)``, the output dict key or the output
             layer's name). Spec names missing here are used as they are.
-        **options: the shared packaging options (``input_spec``,
-            ``output_spec``, ``test_input_data``, ``test_expected_out``,
-            ``persist_test_data``, ``package_as_zip``, ``custom_ops``,
-            ``platform_version_semver``, ``input_tensor_device``,
-            ``default_input_tensor_device``).
+        input_spec: the inputs: a list of ``{"name", "dtype", "shape"}`` dicts (or TensorSpecs).
+        output_spec: the outputs, in the same form.
+        problem: instead of both specs: a ProblemDefinition, its dict form or a problem file.
+        test_input_data: inputs of the self-test that runs the finished package (stored with
+            ``persist_test_data``).
+        test_expected_out: outputs the self-test must produce (None: it only runs the model).
+        persist_test_data: store the test data in the package (``test_data.npz``) for ``neuropod test``.
+        package_as_zip: write a zip (default) or a directory.
+        custom_ops: custom-op shared libraries, copied into ``0/ops`` and loaded before the model.
+        platform_version_semver: the framework versions the package runs on (``"*"``, ``">=2.0"``).
+        input_tensor_device: input name -> ``"CPU"`` or ``"GPU"`` where it differs from the default.
+        default_input_tensor_device: where inputs go unless ``input_tensor_device`` says otherwise.
+        requirements: pinned ``name==version`` lines (a string or a list), stored in ``0/requirements.lock``.
+        zip_compression: None: each file deflated unless it barely compresses (weights are stored); or
+            ``zipfile.ZIP_DEFLATED`` / ``zipfile.ZIP_STORED`` for every file.
+        keep_failed: leave a package whose self-test failed at ``neuropod_path`` for inspection.
+        self_test_options: ``load_neuropod`` options of the self-test (``use_ope=True``, ...).
 
     Returns:
         The package path.
@@ -62,11 +89,13 @@ def create_keras_neuropod(
         if not isinstance(key, str) or not isinstance(value, str) or not value:
             raise SpecError(f"node_name_mapping: expected spec name -> model name strings, got {key!r}: {value!r}")
     # As in the original, specs left out are read from the model.
-    if options.get("input_spec") is None:
-        options["input_spec"] = infer_keras_input_spec(model, node_name_mapping)
-    if options.get("output_spec") is None:
-        options["output_spec"] = infer_keras_output_spec(model, node_name_mapping)
-    _check_inputs(model, mapping, options["input_spec"])
+    input_spec, output_spec = problem_specs(problem, input_spec, output_spec)
+    problem = None  # its specs are input_spec and output_spec now
+    if input_spec is None:
+        input_spec = infer_keras_input_spec(model, node_name_mapping)
+    if output_spec is None:
+        output_spec = infer_keras_output_spec(model, node_name_mapping)
+    _check_inputs(model, mapping, input_spec)
 
     def write_model(root: Path) -> Dict[str, Any]:
         import keras
@@ -75,7 +104,11 @@ def create_keras_neuropod(
         return {"node_name_mapping": mapping, "keras_backend": keras.backend.backend()}
 
     return create_neuropod(
-        neuropod_path=neuropod_path, model_name=model_name, platform="keras", write_model=write_model, **options
+        neuropod_path=neuropod_path,
+        model_name=model_name,
+        platform="keras",
+        write_model=write_model,
+        **shared_options(locals()),
     )
 
 

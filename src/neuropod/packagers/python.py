@@ -8,7 +8,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Union
 
 from ..errors import PackageError
 from ..package import layout
-from ._pipeline import PathLike, create_neuropod
+from ._pipeline import PathLike, Specs, create_neuropod, shared_options
 
 __all__ = ["create_python_neuropod", "create_pytorch_neuropod"]
 
@@ -105,7 +105,21 @@ def create_python_neuropod(
     entrypoint: str,
     requirements: Union[None, str, Iterable[str]] = None,
     platform: str = "python",
-    **options: Any,
+    *,
+    input_spec: Specs = None,
+    output_spec: Specs = None,
+    problem: Any = None,
+    test_input_data: Optional[Mapping[str, Any]] = None,
+    test_expected_out: Optional[Mapping[str, Any]] = None,
+    persist_test_data: bool = True,
+    package_as_zip: bool = True,
+    custom_ops: Iterable[PathLike] = (),
+    platform_version_semver: str = "*",
+    input_tensor_device: Optional[Mapping[str, str]] = None,
+    default_input_tensor_device: str = "GPU",
+    zip_compression: Optional[int] = None,
+    keep_failed: bool = False,
+    self_test_options: Optional[Dict[str, Any]] = None,
 ) -> Path:
     """Package Python code and its data.
 
@@ -120,8 +134,22 @@ def create_python_neuropod(
             dict of arrays.
         requirements: pinned ``name==version`` lines (a string or a list),
             stored in ``0/requirements.lock`` and checked at load.
-        **options: the shared packaging options (see
-            :func:`~neuropod.packagers.create_torchscript_neuropod`).
+        input_spec: the inputs: a list of ``{"name", "dtype", "shape"}`` dicts (or TensorSpecs).
+        output_spec: the outputs, in the same form.
+        problem: instead of both specs: a ProblemDefinition, its dict form or a problem file.
+        test_input_data: inputs of the self-test that runs the finished package (stored with
+            ``persist_test_data``).
+        test_expected_out: outputs the self-test must produce (None: it only runs the model).
+        persist_test_data: store the test data in the package (``test_data.npz``) for ``neuropod test``.
+        package_as_zip: write a zip (default) or a directory.
+        custom_ops: custom-op shared libraries, copied into ``0/ops`` and loaded before the model.
+        platform_version_semver: the framework versions the package runs on (``"*"``, ``">=2.0"``).
+        input_tensor_device: input name -> ``"CPU"`` or ``"GPU"`` where it differs from the default.
+        default_input_tensor_device: where inputs go unless ``input_tensor_device`` says otherwise.
+        zip_compression: None: each file deflated unless it barely compresses (weights are stored); or
+            ``zipfile.ZIP_DEFLATED`` / ``zipfile.ZIP_STORED`` for every file.
+        keep_failed: leave a package whose self-test failed at ``neuropod_path`` for inspection.
+        self_test_options: ``load_neuropod`` options of the self-test (``use_ope=True``, ...).
     """
     _check_entries(neuropod_path, data_paths, code_path_spec)
     code_entries = _code_files(code_path_spec)
@@ -138,8 +166,7 @@ def create_python_neuropod(
         model_name=model_name,
         platform=platform,
         write_model=write_model,
-        requirements=requirements,
-        **options,
+        **shared_options(locals()),
     )
 
 
@@ -151,11 +178,53 @@ def create_pytorch_neuropod(
     entrypoint_package: str,
     entrypoint: str,
     requirements: Optional[Union[str, Iterable[str]]] = None,
-    **options: Any,
+    *,
+    input_spec: Specs = None,
+    output_spec: Specs = None,
+    problem: Any = None,
+    test_input_data: Optional[Mapping[str, Any]] = None,
+    test_expected_out: Optional[Mapping[str, Any]] = None,
+    persist_test_data: bool = True,
+    package_as_zip: bool = True,
+    custom_ops: Iterable[PathLike] = (),
+    platform_version_semver: str = "*",
+    input_tensor_device: Optional[Mapping[str, str]] = None,
+    default_input_tensor_device: str = "GPU",
+    zip_compression: Optional[int] = None,
+    keep_failed: bool = False,
+    self_test_options: Optional[Dict[str, Any]] = None,
 ) -> Path:
     """Package eager PyTorch code: :func:`create_python_neuropod` whose model may return torch tensors.
 
     Like the original, the package's platform is ``python``.
+
+    Args:
+        neuropod_path: where to write the package.
+        model_name: the model's name.
+        data_paths: as :func:`create_python_neuropod`.
+        code_path_spec: as :func:`create_python_neuropod`.
+        entrypoint_package: as :func:`create_python_neuropod`.
+        entrypoint: as :func:`create_python_neuropod`.
+        input_spec: the inputs: a list of ``{"name", "dtype", "shape"}`` dicts (or TensorSpecs).
+        output_spec: the outputs, in the same form.
+        problem: instead of both specs: a ProblemDefinition, its dict form or a problem file.
+        test_input_data: inputs of the self-test that runs the finished package (stored with
+            ``persist_test_data``).
+        test_expected_out: outputs the self-test must produce (None: it only runs the model).
+        persist_test_data: store the test data in the package (``test_data.npz``) for ``neuropod test``.
+        package_as_zip: write a zip (default) or a directory.
+        custom_ops: custom-op shared libraries, copied into ``0/ops`` and loaded before the model.
+        platform_version_semver: the framework versions the package runs on (``"*"``, ``">=2.0"``).
+        input_tensor_device: input name -> ``"CPU"`` or ``"GPU"`` where it differs from the default.
+        default_input_tensor_device: where inputs go unless ``input_tensor_device`` says otherwise.
+        requirements: pinned ``name==version`` lines (a string or a list), stored in ``0/requirements.lock``.
+        zip_compression: None: each file deflated unless it barely compresses (weights are stored); or
+            ``zipfile.ZIP_DEFLATED`` / ``zipfile.ZIP_STORED`` for every file.
+        keep_failed: leave a package whose self-test failed at ``neuropod_path`` for inspection.
+        self_test_options: ``load_neuropod`` options of the self-test (``use_ope=True``, ...).
+
+    Returns:
+        The package path.
     """
     return create_python_neuropod(
         neuropod_path,
@@ -164,6 +233,5 @@ def create_pytorch_neuropod(
         code_path_spec,
         entrypoint_package,
         entrypoint,
-        requirements=requirements,
-        **options,
+        **shared_options(locals()),
     )

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Dict, Iterable, Mapping, Optional
 
 from ..errors import PackageError
 from ..package import layout
-from ._pipeline import PathLike, create_neuropod
+from ..package.progress import copy_file
+from ._pipeline import PathLike, Requirements, Specs, create_neuropod, shared_options
 
 __all__ = ["create_torchscript_neuropod"]
 
@@ -19,7 +19,22 @@ def create_torchscript_neuropod(
     model_name: str,
     module: Any = None,
     module_path: Optional[PathLike] = None,
-    **options: Any,
+    *,
+    input_spec: Specs = None,
+    output_spec: Specs = None,
+    problem: Any = None,
+    test_input_data: Optional[Mapping[str, Any]] = None,
+    test_expected_out: Optional[Mapping[str, Any]] = None,
+    persist_test_data: bool = True,
+    package_as_zip: bool = True,
+    custom_ops: Iterable[PathLike] = (),
+    platform_version_semver: str = "*",
+    input_tensor_device: Optional[Mapping[str, str]] = None,
+    default_input_tensor_device: str = "GPU",
+    requirements: Requirements = None,
+    zip_compression: Optional[int] = None,
+    keep_failed: bool = False,
+    self_test_options: Optional[Dict[str, Any]] = None,
 ) -> Path:
     """Package a TorchScript model.
 
@@ -30,12 +45,23 @@ def create_torchscript_neuropod(
         module: a ``torch.jit.ScriptModule`` (a plain ``nn.Module`` is
             scripted with ``torch.jit.script``).
         module_path: or the path of a saved TorchScript file.
-        **options: the shared packaging options (``input_spec``,
-            ``output_spec``, ``test_input_data``, ``test_expected_out``,
-            ``persist_test_data``, ``package_as_zip``, ``custom_ops``,
-            ``platform_version_semver``, ``input_tensor_device``,
-            ``default_input_tensor_device``, ``zip_compression``,
-            ``keep_failed``; see :func:`neuropod.packagers._pipeline.create_neuropod`).
+        input_spec: the inputs: a list of ``{"name", "dtype", "shape"}`` dicts (or TensorSpecs).
+        output_spec: the outputs, in the same form.
+        problem: instead of both specs: a ProblemDefinition, its dict form or a problem file.
+        test_input_data: inputs of the self-test that runs the finished package (stored with
+            ``persist_test_data``).
+        test_expected_out: outputs the self-test must produce (None: it only runs the model).
+        persist_test_data: store the test data in the package (``test_data.npz``) for ``neuropod test``.
+        package_as_zip: write a zip (default) or a directory.
+        custom_ops: custom-op shared libraries, copied into ``0/ops`` and loaded before the model.
+        platform_version_semver: the framework versions the package runs on (``"*"``, ``">=2.0"``).
+        input_tensor_device: input name -> ``"CPU"`` or ``"GPU"`` where it differs from the default.
+        default_input_tensor_device: where inputs go unless ``input_tensor_device`` says otherwise.
+        requirements: pinned ``name==version`` lines (a string or a list), stored in ``0/requirements.lock``.
+        zip_compression: None: each file deflated unless it barely compresses (weights are stored); or
+            ``zipfile.ZIP_DEFLATED`` / ``zipfile.ZIP_STORED`` for every file.
+        keep_failed: leave a package whose self-test failed at ``neuropod_path`` for inspection.
+        self_test_options: ``load_neuropod`` options of the self-test (``use_ope=True``, ...).
 
     Returns:
         The package path.
@@ -48,7 +74,7 @@ def create_torchscript_neuropod(
     def write_model(root: Path) -> None:
         target = root / layout.DATA_DIR / layout.TORCHSCRIPT_MODEL
         if module_path is not None:
-            shutil.copyfile(module_path, target)
+            copy_file(module_path, target)
             return
         import torch
 
@@ -58,5 +84,9 @@ def create_torchscript_neuropod(
             torch.jit.save(scripted, str(target))
 
     return create_neuropod(
-        neuropod_path=neuropod_path, model_name=model_name, platform="torchscript", write_model=write_model, **options
+        neuropod_path=neuropod_path,
+        model_name=model_name,
+        platform="torchscript",
+        write_model=write_model,
+        **shared_options(locals()),
     )
