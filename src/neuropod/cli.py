@@ -283,6 +283,20 @@ def _serve_settings(config_file: Optional[str]) -> Dict[str, Any]:
     return {name: ModelSettings.from_dict(value, f"{config_file}: model {name!r}") for name, value in models.items()}
 
 
+def _read_token(token_file: str, token: Optional[str]) -> str:
+    """The first line of ``token_file``; refused together with --token or NEUROPOD_SERVE_TOKEN."""
+    if token is not None:
+        raise UserError("--token-file: give the token once: --token-file, or --token / NEUROPOD_SERVE_TOKEN")
+    try:
+        with open(token_file, encoding="utf-8") as handle:
+            first = handle.readline(64 * 1024).strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"--token-file {token_file}: cannot read it: {exc}") from None
+    if not first:
+        raise UserError(f"--token-file {token_file}: the file is empty; expected the token on its first line")
+    return first
+
+
 @main.command()
 @click.argument("path")
 @click.option(
@@ -344,7 +358,14 @@ def _serve_settings(config_file: Optional[str]) -> Dict[str, Any]:
     "--token",
     envvar="NEUROPOD_SERVE_TOKEN",
     default=None,
-    help="Require 'Authorization: Bearer TOKEN' (env NEUROPOD_SERVE_TOKEN).",
+    help="Require 'Authorization: Bearer TOKEN'. Prefer env NEUROPOD_SERVE_TOKEN or --token-file: "
+    "other users can read a command line.",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Read the bearer token from this file (its first line).",
 )
 @click.option(
     "--tls-cert",
@@ -378,6 +399,7 @@ def serve(
     threads: int,
     max_message_bytes: int,
     token: Optional[str],
+    token_file: Optional[str],
     tls_cert: Optional[str],
     tls_key: Optional[str],
     grace: float,
@@ -398,6 +420,8 @@ def serve(
     except ImportError as exc:
         raise UserError(f"serving needs the serve extra (pip install 'neuropod[serve]'): {exc}") from None
 
+    if token_file is not None:
+        token = _read_token(token_file, token)
     model_settings = _serve_settings(config_file)
     defaults = ModelSettings(use_ope=ope, max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms)
     config = ServerConfig(

@@ -25,7 +25,6 @@ __all__ = ["Neuropod", "load_neuropod", "REMOTE_SCHEMES"]
 TensorDict = Dict[str, np.ndarray]
 
 
-
 class Neuropod:
     """A loaded model: the same API whatever its framework and wherever it runs.
 

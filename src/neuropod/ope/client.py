@@ -28,6 +28,7 @@ from ..isolation.launch import WorkerLaunch, plan_worker, worker_cpus
 from ..isolation.options import IsolationOptions, format_bytes
 from . import wire
 from .channel import MAILBOX_BYTES, Channel, ChannelClosed, ChannelTimeout
+from .environment import declared_names, worker_environment
 from .options import OpeOptions
 from .shm import PeerSegments, Segment, SegmentPool, leased_array
 from .tensors import InlineArea, read_tensor, write_tensor
@@ -173,7 +174,8 @@ class WorkerProcess:
         options = self.options
         mailbox = Segment.create(0, MAILBOX_BYTES, options.shm_dir)
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = dict(os.environ)
+        # An allow-list of this process's variables, not all of them: the model may read its environment.
+        env = worker_environment(os.environ, declared_names(self.package_root), options.pass_env)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_SOURCE_ROOT, env.get("PYTHONPATH", "")) if p)
         self._reset_state()
         self.ready = False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Mapping, Optional, Tuple, Union
 
 from ..errors import OptionError
 from ..executors.options import Option, OptionTable, number, one_of
@@ -43,6 +43,9 @@ class OpeOptions:
         shm_dir: directory of the shared-memory filesystem for tensors.
         shm_cache_bytes: idle shared memory each side keeps for reuse.
         worker_env: extra environment variables for the workers.
+        pass_env: names of this process's variables the workers also get
+            beyond the allow-list of :mod:`neuropod.ope.environment`, or
+            ``"*"`` for the whole environment.
     """
 
     workers: int = 1
@@ -55,6 +58,7 @@ class OpeOptions:
     shm_dir: str = DEFAULT_SHM_DIR
     shm_cache_bytes: int = 1 << 30
     worker_env: Tuple[Tuple[str, str], ...] = ()
+    pass_env: Union[str, Tuple[str, ...]] = ()
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> OpeOptions:
@@ -107,6 +111,14 @@ def _environment_variables(name: str, value: Any) -> Tuple[Tuple[str, str], ...]
     return tuple(sorted(env.items()))
 
 
+def _variable_names(name: str, value: Any) -> Union[str, Tuple[str, ...]]:
+    if value == "*":
+        return "*"
+    if isinstance(value, str) or not all(isinstance(item, str) for item in (value or ())):
+        raise OptionError(f"{name}: expected a list of variable names, or '*' for the whole environment; got {value!r}")
+    return tuple(value or ())
+
+
 _DEFAULTS = OpeOptions()
 _COUNT = number("a positive int", 1, integer=True)
 _MICROSECONDS = number("a non-negative number", 0, integer=False)
@@ -126,4 +138,5 @@ OPE_OPTIONS: OptionTable = (
     Option("shm_dir", "directory of the shared-memory filesystem", _DEFAULTS.shm_dir, _directory),
     Option("shm_cache_bytes", "idle shared memory kept for reuse", _DEFAULTS.shm_cache_bytes, _BYTES),
     Option("worker_env", "extra environment variables for the workers", (), _environment_variables),
+    Option("pass_env", "variables passed to workers beyond the allow-list ('*': all)", (), _variable_names),
 )
