@@ -3,12 +3,13 @@
 ``python tests/docs/run_markdown.py FILE [--all-python]``: Python blocks share
 one namespace; a failing block's traceback names ``FILE:line``. ``bash`` blocks
 run with ``bash -euo pipefail``; ``<!-- run: background -->`` starts one in the
-background (a server), waits for ``/v2/health/live`` on port 8000, and stops it
+background (a server), waits for ``/v2/health/ready`` on port 8000, and stops it
 when the file is done. See markdown_blocks.py for the markers.
 """
 
 from __future__ import annotations
 
+import linecache
 import os
 import signal
 import subprocess
@@ -57,10 +58,12 @@ def main(argv: List[str]) -> int:
             where = f"{path.name}:{block.line}"
             print(f"--- {where} ({block.language})", flush=True)
             if block.language == "python":
+                # Registered as a source file, so inspect (TorchScript, tracebacks) can read the block's lines.
+                linecache.cache[where] = (len(block.text), None, block.text.splitlines(True), where)
                 exec(compile(block.text, where, "exec"), namespace)  # noqa: S102 - the docs are ours
             elif block.argument == "background":
                 background.append(subprocess.Popen(["bash", "-c", block.text], start_new_session=True))
-                wait_for_server("http://127.0.0.1:8000/v2/health/live")
+                wait_for_server("http://127.0.0.1:8000/v2/health/ready")
             else:
                 result = subprocess.run(["bash", "-euo", "pipefail", "-c", block.text])
                 if result.returncode != 0:
