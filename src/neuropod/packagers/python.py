@@ -8,6 +8,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Union
 
 from ..errors import PackageError
 from ..package import layout
+from ..package.progress import copy_file
 from ._pipeline import PathLike, Specs, create_neuropod, shared_options
 
 __all__ = ["create_python_neuropod", "create_pytorch_neuropod"]
@@ -89,11 +90,12 @@ def _write_code(code_dir: Path, entries: Mapping[str, Path]) -> None:
 
 
 def _copy(source: Path, target: Path) -> None:
+    """Copy a data file or directory, in chunks with progress for large files."""
     if source.is_dir():
-        shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), copy_function=copy_file)
     else:
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, target)
+        copy_file(source, target)
 
 
 def create_python_neuropod(
