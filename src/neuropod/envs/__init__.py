@@ -70,6 +70,11 @@ def _may_need_another(package: Package) -> bool:
     """Cheap test: a package asking for nothing ('*', no requirements, no python_version) runs here."""
     if package.config.platform_version_semver.strip() not in ("*", "x", "X", ""):
         return True
+    if package.config.platform == "torchscript":  # an old package may hold a file only old torch reads
+        from .legacy import implied_range
+
+        if implied_range(package, log=False) is not None:
+            return True
     if package.requirements():
         return True
     try:

@@ -166,6 +166,12 @@ def need_of(package: Package) -> Need:
     config = package.config
     distribution = framework_of(config.platform)
     framework_range = VersionRange.parse(config.platform_version_semver)
+    if framework_range.is_any:  # what the artifact implies where the config states nothing
+        from .legacy import implied_range
+
+        implied = implied_range(package)
+        if implied is not None:
+            framework_range = VersionRange.parse(implied, field="platform_version_semver (implied by the artifact)")
     python_ranges: List[VersionRange] = []
     if config.platform == "python" and not framework_range.is_any:
         python_ranges.append(framework_range)
