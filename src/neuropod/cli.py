@@ -142,7 +142,7 @@ def _load_npy(name: str, file: str) -> np.ndarray:
 
 
 def _load_npz(file: str) -> Dict[str, np.ndarray]:
-    if _magic(file)[:4] != _ZIP_MAGIC:
+    if not Path(file).is_file() or _magic(file)[:4] != _ZIP_MAGIC:
         raise UserError(f"--input {file}: expected NAME=FILE.npy, or an .npz file holding several inputs")
     import zipfile
 
