@@ -145,6 +145,9 @@ def verify_files(
     extra = sorted(set(actual) - set(expected))
     if extra:
         raise ManifestError(f"package file {extra[0]!r} is not listed in {source} (added after packaging)")
-    for rel, digest in expected.items():
-        if sha256_file(actual[rel]) != digest:
-            raise ManifestError(f"package file {rel!r} does not match its sha256 in {source} (tampered or corrupt)")
+    total = sum(actual[rel].stat().st_size for rel in expected)
+    with ByteProgress(f"verify {root.name}", total) as progress:
+        for rel, digest in expected.items():
+            if sha256_file(actual[rel]) != digest:
+                raise ManifestError(f"package file {rel!r} does not match its sha256 in {source} (tampered or corrupt)")
+            progress.advance(actual[rel].stat().st_size)
