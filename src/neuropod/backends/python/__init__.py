@@ -109,7 +109,8 @@ def _import_entrypoint(code_dir: Path, package_name: str, function_name: str) ->
         wrote_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
         try:
             module = importlib.import_module(package_name)
-            origins = [module.__file__] if getattr(module, "__file__", None) else list(getattr(module, "__path__", []))
+            file = getattr(module, "__file__", None)
+            origins: List[str] = [file] if file else list(getattr(module, "__path__", []))
             origin = origins[0] if origins else None
             if not origins or any(resolved_code_dir not in Path(o).resolve().parents for o in origins):
                 # A built-in or frozen module of the same name wins over sys.path: never the package's code.
