@@ -48,6 +48,9 @@ class BearerToken:
         """
         if self._expected is None or not NEEDS_TOKEN[method]:
             return
-        value = given.encode() if isinstance(given, str) else (given or b"")
+        try:
+            value = given.encode() if isinstance(given, str) else (given or b"")
+        except UnicodeEncodeError:  # bytes that were not UTF-8 (kept as surrogates): no token matches them
+            value = b""
         if not hmac.compare_digest(value, self._expected):
             raise AuthenticationError(f"{method} needs the server's bearer token ({where} 'Bearer <token>')")

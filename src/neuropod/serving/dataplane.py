@@ -26,6 +26,7 @@ from ..kserve.datatypes import DTYPE_TO_DATATYPE
 from ..kserve.status import status_for
 from ..spec import TensorSpec
 from .batching import DynamicBatcher
+from .failures import sanitised
 from .metrics import ServerMetrics
 from .repository import ModelRepository, ServedModel
 
@@ -199,7 +200,10 @@ class DataPlane:
             yield call
         except Exception as exc:
             self._failed(exc, request, protocol)
-            raise
+            public = sanitised(exc, request.id, request.model_name)
+            if public is exc:
+                raise
+            raise public from None
         finally:
             self._track(-1)
         self._succeeded(call.model, request, protocol, time.perf_counter() - started)
@@ -261,11 +265,6 @@ class DataPlane:
     def _failed(self, exc: Exception, request: InferRequest, protocol: str) -> None:
         code = status_for(exc).http
         self.metrics.errors.labels(request.model_name, protocol, str(code)).inc()
-        if code >= 500:
-            logger.warning(
-                "inference failed",
-                extra={"model": request.model_name, "request_id": request.id, "status": code, "error": str(exc)},
-            )
 
     def _succeeded(self, model: ServedModel, request: InferRequest, protocol: str, elapsed: float) -> None:
         self.metrics.latency.labels(model.name, protocol).observe(elapsed)

@@ -16,13 +16,14 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Optional
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from ..errors import InputValidationError
 from ..kserve import proto
 from ..kserve.datatypes import datatype_of, decode_contents, decode_raw, encode_raw
-from ..kserve.status import status_for
 from .auth import BearerToken
 from .dataplane import DataPlane, InferRequest
+from .failures import public_failure
 
 __all__ = ["GrpcAdapter", "PROTOCOL"]
 
@@ -75,24 +76,30 @@ class GrpcAdapter:
             ("ModelInfer", proto.ModelInferRequest, self.model_infer),
         )
         for name, request_class, method in table:
+            # Requests arrive as bytes and are parsed in the guard: grpc's own deserializer
+            # answers an undecodable message with INTERNAL, which is the client's mistake.
             methods[name] = grpc.unary_unary_rpc_method_handler(
-                self._guarded(method, name),
-                request_deserializer=request_class.FromString,
+                self._guarded(method, name, request_class),
                 response_serializer=lambda message: message.SerializeToString(),
             )
         return grpc.method_handlers_generic_handler(proto.SERVICE_NAME, methods)
 
-    def _guarded(self, method: Handler, name: str) -> Handler:
-        """Wrap a handler with the token check and the one error-to-status mapping."""
+    def _guarded(self, method: Handler, name: str, request_class: Any) -> Handler:
+        """Wrap a handler with the token check, the message parsing and the one error-to-status mapping."""
 
-        def call(request: Any, context: grpc.ServicerContext) -> Any:
+        def call(body: bytes, context: grpc.ServicerContext) -> Any:
             try:
                 given = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), None)
                 self._token.check(name, given, "metadata 'authorization:")
+                try:
+                    request = request_class.FromString(body)
+                except DecodeError:
+                    kind = request_class.DESCRIPTOR.name
+                    raise InputValidationError(f"{name}: the request is not a valid {kind} message") from None
                 return method(request, context)
             except Exception as exc:
-                status = status_for(exc)
-                context.abort(grpc.StatusCode[status.grpc], str(exc))
+                status, message = public_failure(exc)
+                context.abort(grpc.StatusCode[status.grpc], message)
 
         return call
 

@@ -23,12 +23,14 @@ import json
 from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Tuple
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from ..errors import InputValidationError, RequestTooLargeError
 from ..kserve import HEADER_LENGTH_HEADER, rest
-from ..kserve.status import status_for
 from .auth import BearerToken
 from .dataplane import DataPlane, InferRequest, InferResponse
+from .failures import public_failure
 from .metrics import CONTENT_TYPE_LATEST
 
 __all__ = ["RestAdapter", "PROTOCOL"]
@@ -144,11 +146,12 @@ class RestAdapter:
             exc = RequestTooLargeError(
                 f"request body is larger than the server's limit of {self.max_request_bytes} bytes"
             )
-            return _error(status_for(exc).http, str(exc))
+            return _error(public_failure(exc)[0].http, str(exc))
         except web.HTTPException as exc:  # routing errors (404 path, 405 method) keep their status
             return _error(exc.status, exc.reason)
         except Exception as exc:
-            return _error(status_for(exc).http, str(exc))
+            status, message = public_failure(exc)
+            return _error(status.http, message)
 
     async def health_live(self, request: web.Request) -> web.Response:
         live = self.dataplane.live()
@@ -183,7 +186,11 @@ class RestAdapter:
         return _json({"name": request.match_info["name"], "ready": ready}, 200 if ready else 503)
 
     async def infer(self, request: web.Request) -> web.Response:
-        body = await request.read()
+        try:
+            body = await request.read()
+        except (HttpProcessingError, RequestPayloadError) as exc:  # a body its Content-Encoding cannot decode
+            encoding = request.headers.get("Content-Encoding", "identity")
+            raise InputValidationError(f"request body: cannot decode it as Content-Encoding {encoding!r}") from exc
         document, tail = rest.split_body(body, request.headers.get(HEADER_LENGTH_HEADER))
         infer_request, binary = parse_infer_request(
             request.match_info["name"], request.match_info.get("version", ""), document, tail
