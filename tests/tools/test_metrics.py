@@ -121,3 +121,16 @@ def test_metric_errors_say_what_to_do() -> None:
         make_metric("mae").bind(["a"], ["other"], {})
     with pytest.raises(MetricError, match="unknown option"):
         make_metric("mae:colour=red")
+
+
+def test_bad_option_values_and_non_class_data_are_named() -> None:
+    with pytest.raises(MetricError, match=r"metric 'top_k': option k must be int, got 'abc'"):
+        make_metric("top_k:k=abc")
+    with pytest.raises(MetricError, match=r"metric 'detection': option iou must be float, got 'high'"):
+        make_metric("detection:iou=high")
+    with pytest.raises(MetricError, match=r"iou must be in \(0, 1\]"):
+        make_metric("detection:iou=2")
+    # Accuracy over a regression output: refused, not a silent 0.
+    regression = [{"outputs": {"out": np.array([[0.3, 1.7]])}, "fields": {"out": np.array([[0.0, 2.0]])}}]
+    with pytest.raises(MetricError, match="accuracy.*the prediction must hold integer class ids, got dtype float64"):
+        run("accuracy", regression, ["out"])

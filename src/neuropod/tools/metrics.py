@@ -110,6 +110,14 @@ def _predicted_classes(prediction: np.ndarray, label: np.ndarray, name: str) -> 
     return prediction
 
 
+def _option(name: str, option: str, value: Any, kind: Type[Union[int, float]]) -> Any:
+    """An option given as text (``top_k:k=3``) or a number, as ``kind``; a MetricError naming it otherwise."""
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise MetricError(f"metric {name!r}: option {option} must be {kind.__name__}, got {value!r}") from None
+
+
 def _class_ids(array: np.ndarray, what: str, name: str) -> np.ndarray:
     if array.dtype.kind not in "iub":
         if array.dtype.kind == "f" and np.array_equal(array, np.round(array)):
@@ -127,8 +135,8 @@ class Accuracy(Metric):
         self.total = 0
 
     def update(self, outputs: Mapping[str, np.ndarray], fields: Mapping[str, np.ndarray]) -> None:
-        label = fields[self.label]
-        predicted = _predicted_classes(outputs[self.output], label, self.name)
+        label = _class_ids(fields[self.label], "the label", self.name)
+        predicted = _class_ids(_predicted_classes(outputs[self.output], label, self.name), "the prediction", self.name)
         self.correct += int(np.count_nonzero(predicted == label))
         self.total += label.size
 
@@ -141,7 +149,7 @@ class TopK(Metric):
 
     def __init__(self, name: str = "top_k", k: Union[int, str] = 5, **options: Any) -> None:
         super().__init__(name, **options)
-        self.k = int(k)
+        self.k = _option(name, "k", k, int)
         if self.k < 1:
             raise MetricError(f"metric {name!r}: k must be >= 1, got {k}")
         self.hits = 0
@@ -385,8 +393,10 @@ class Detection(Metric):
         super().__init__(name, **options)
         self.names = {"boxes": boxes, "scores": scores, "classes": classes}
         self.gt = {"boxes": gt_boxes, "classes": gt_classes}
-        self.iou = float(iou)
-        self.score_threshold = float(score_threshold)
+        self.iou = _option(name, "iou", iou, float)
+        self.score_threshold = _option(name, "score_threshold", score_threshold, float)
+        if not 0 < self.iou <= 1:
+            raise MetricError(f"metric {name!r}: iou must be in (0, 1], got {iou!r}")
         self.detections: Dict[int, List[Tuple[float, bool]]] = {}
         self.ground_truths: Dict[int, int] = {}
 
