@@ -79,7 +79,7 @@ def _from_torch(name: str, tensor: Any) -> np.ndarray:
         )
     if str(tensor.layout) != "torch.strided":
         raise InputValidationError(
-            f"input {name!r}: a {tensor.layout} torch tensor is not a dense array; convert it with .to_dense()"
+            f"input {name!r}: a {tensor.layout} tensor is not a dense array; convert it with .to_dense()"
         )
     tensor = tensor.detach()  # a view: numpy() refuses tensors that require grad
     try:

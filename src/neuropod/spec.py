@@ -77,9 +77,12 @@ def canonical_dtype(dtype: Any) -> str:
             return "bfloat16"
     if getattr(dtype, "__name__", None) == "bfloat16" or getattr(dtype, "name", None) == "bfloat16":
         return "bfloat16"
+    if dtype is None:  # np.dtype(None) is float64: a missing dtype must not become one
+        raise SpecError(f"dtype: None is not a dtype; expected one of {', '.join(DTYPES)}")
     try:
         np_dtype = np.dtype(dtype)
-    except TypeError:
+    except (TypeError, ValueError, SyntaxError, OverflowError, RecursionError):
+        # numpy parses some strings as literals ('01' raises SyntaxError) and many more as type codes
         raise SpecError(f"dtype: {dtype!r} is not a dtype; expected one of {', '.join(DTYPES)}") from None
     if np_dtype.kind in "USO":
         return "string"
