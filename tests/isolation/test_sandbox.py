@@ -198,6 +198,9 @@ def test_isolation_options_are_checked(packages):
         load_neuropod(packages["tool"], isolation="sandbox", memory_limit="lots")
     with pytest.raises(OptionError, match="'container' needs 'image'"):
         load_neuropod(packages["tool"], isolation="container")
+    # A mistyped extra path is named at load, not found missing by the model later.
+    with pytest.raises(OptionError, match=r"option 'sandbox_paths': no such file or directory: '/no/such/dir'"):
+        load_neuropod(packages["tool"], isolation="sandbox", sandbox_paths=["/usr", "/no/such/dir"])
 
 
 def test_a_missing_bubblewrap_is_named(packages, monkeypatch):

@@ -50,6 +50,15 @@ def _strings(name: str, value: Any) -> Tuple[str, ...]:
     return tuple(os.fspath(item) for item in value)
 
 
+def _host_paths(name: str, value: Any) -> Tuple[str, ...]:
+    """Existing host paths: a mistyped one would leave the model without a file it was promised."""
+    paths = _strings(name, value)
+    missing = [path for path in paths if not os.path.exists(path)]
+    if missing:
+        raise OptionError(f"option {name!r}: no such file or directory: {', '.join(map(repr, missing))}")
+    return paths
+
+
 def _optional_command(name: str, value: Any) -> Optional[Tuple[str, ...]]:
     command = _strings(name, value)
     return command or None
@@ -88,7 +97,7 @@ ISOLATION_OPTIONS: OptionTable = (
     ),
     Option("max_open_files", "open files of an isolated worker", _DEFAULT_OPEN_FILES, optional_positive_int),
     Option("cpus", "CPUs an isolated worker may use (None: all)", None, optional_positive_int),
-    Option("sandbox_paths", "extra host paths a sandboxed worker sees read-only", (), _strings),
+    Option("sandbox_paths", "extra host paths a sandboxed worker sees read-only", (), _host_paths),
     Option("tmp_bytes", "size of an isolated worker's private /tmp and /dev/shm", 256 << 20, parse_bytes),
     Option("image", "the OCI image of a container worker", None, _optional_text),
     Option(
