@@ -132,9 +132,11 @@ def start_neuropod(package: Path) -> Tuple[subprocess.Popen[str], int, int]:
     command = neuropod_cli() + ["serve", str(package), "--grpc-port", "0", "--http-port", "0"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
     assert process.stderr is not None
+    record = None
     for line in process.stderr:
         if '"serving"' in line:
-            record = json.loads(line)
+            record = json.loads(line)  # the ports are bound; the models load next
+        elif '"all models loaded"' in line and record is not None:
             threading.Thread(target=process.stderr.read, daemon=True).start()  # keep draining the pipe
             return process, int(record["grpc_port"]), int(record["http_port"])
     raise RuntimeError(f"neuropod serve exited with {process.wait()}")

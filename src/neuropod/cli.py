@@ -386,6 +386,16 @@ def _read_token(token_file: str, token: Optional[str]) -> str:
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+@click.option(
+    "--poll-repo",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Re-read the repository this often: load added and changed packages, unload removed ones.",
+)
+@click.option(
+    "--strict", is_flag=True, help="A package that fails to load stops the server (default: log it, serve the others)."
+)
 @_user_errors
 def serve(
     path: str,
@@ -404,6 +414,8 @@ def serve(
     tls_key: Optional[str],
     grace: float,
     log_level: str,
+    poll_repo: Optional[float],
+    strict: bool,
 ) -> None:
     """Serve a package or a model repository over KServe v2 gRPC and REST.
 
@@ -415,7 +427,7 @@ def serve(
 
     try:
         from .serving.logs import configure_json_logging
-        from .serving.repository import ModelSettings
+        from .serving.repository import ModelRepository, ModelSettings
         from .serving.server import ModelServer, ServerConfig
     except ImportError as exc:
         raise UserError(f"serving needs the serve extra (pip install 'neuropod[serve]'): {exc}") from None
@@ -434,9 +446,13 @@ def serve(
         tls_cert=tls_cert,
         tls_key=tls_key,
         shutdown_grace_s=grace,
+        poll_repo_s=poll_repo,
     )
     configure_json_logging(getattr(logging, log_level.upper()))
-    ModelServer.from_path(path, config, defaults, model_settings).serve_forever()
+    repository = ModelRepository(path, defaults, model_settings)
+    repository.scan()  # a path that holds no package fails before any port is bound
+    # Models load after the ports are bound: liveness answers meanwhile, readiness waits for them.
+    ModelServer(repository, config).serve_forever(load=True, strict=strict)
 
 
 # The problem-agnostic tools (check, evaluate, compare, bench) live in neuropod.tools.

@@ -150,13 +150,16 @@ def _rest_routes() -> List[Tuple[str, str, str]]:
     adapter = RestAdapter.__new__(RestAdapter)  # only its route table is read
     routes = []
     for verb, path, _, method in RestAdapter.routes(adapter):
-        routes.append((verb.upper(), path.replace("{name}", "adder").replace("{version}", "1"), method))
+        path = path.replace("{name}", "adder").replace("{version}", "1").replace("{region}", "token-test")
+        routes.append((verb.upper(), path, method))
     return routes
 
 
 def _rest_status(port: int, verb: str, path: str, token: Optional[str]) -> int:
     body = None
-    if verb == "POST":
+    if path.endswith("/register"):
+        body = json.dumps({"key": _SHM_KEY, "offset": 0, "byte_size": 64}).encode()
+    elif verb == "POST":
         body = json.dumps(
             {"inputs": [{"name": n, "datatype": "FP32", "shape": [2, 2], "data": [1, 1, 1, 1]} for n in ("x", "y")]}
         ).encode()
@@ -178,9 +181,21 @@ def test_every_route_and_method_is_in_the_token_table() -> None:
 
 @pytest.mark.parametrize("verb, path, method", _rest_routes(), ids=lambda v: str(v))
 def test_rest_route_with_and_without_the_token(guarded: ModelServer, verb: str, path: str, method: str) -> None:
-    with_token = _rest_status(guarded.http_port, verb, path, TOKEN)
-    wrong_token = _rest_status(guarded.http_port, verb, path, "wrong")
-    without = _rest_status(guarded.http_port, verb, path, None)
+    from multiprocessing import shared_memory
+
+    region = shared_memory.SharedMemory(_SHM_KEY.lstrip("/"), create=True, size=64)
+    if "/region/" in path and not path.endswith("/register"):
+        guarded.dataplane.shared_memory.register("token-test", _SHM_KEY, 0, 64)
+    try:
+        with_token = _rest_status(guarded.http_port, verb, path, TOKEN)
+        wrong_token = _rest_status(guarded.http_port, verb, path, "wrong")
+        without = _rest_status(guarded.http_port, verb, path, None)
+    finally:
+        guarded.dataplane.shared_memory.unregister("")
+        region.close()
+        region.unlink()
+    if method == "RepositoryModelUnload":
+        guarded.repository.load("adder")  # for the routes after this one
     assert with_token == 200
     if NEEDS_TOKEN[method]:
         assert (without, wrong_token) == (401, 401)
@@ -195,7 +210,17 @@ _GRPC_REQUESTS = {
     "ServerMetadata": lambda: proto.ServerMetadataRequest(),
     "ModelMetadata": lambda: proto.ModelMetadataRequest(name="adder"),
     "ModelInfer": lambda: _infer_message(),
+    "ModelStatistics": lambda: proto.ModelStatisticsRequest(name="adder"),
+    "RepositoryIndex": lambda: proto.RepositoryIndexRequest(),
+    "RepositoryModelLoad": lambda: proto.RepositoryModelLoadRequest(model_name="adder"),
+    "RepositoryModelUnload": lambda: proto.RepositoryModelUnloadRequest(model_name="adder"),
+    "SystemSharedMemoryStatus": lambda: proto.SystemSharedMemoryStatusRequest(),
+    "SystemSharedMemoryRegister": lambda: proto.SystemSharedMemoryRegisterRequest(
+        name="token-test", key=_SHM_KEY, offset=0, byte_size=64
+    ),
+    "SystemSharedMemoryUnregister": lambda: proto.SystemSharedMemoryUnregisterRequest(name="token-test"),
 }
+_SHM_KEY = "/neuropod-token-test"
 
 
 def _grpc_code(port: int, method: str, token: Optional[str]) -> str:
@@ -208,10 +233,20 @@ def _grpc_code(port: int, method: str, token: Optional[str]) -> str:
 
 @pytest.mark.parametrize("method", sorted(_GRPC_REQUESTS))
 def test_grpc_method_with_and_without_the_token(guarded: ModelServer, method: str) -> None:
-    assert _grpc_code(guarded.grpc_port, method, TOKEN) == "OK"
-    expected = "UNAUTHENTICATED" if NEEDS_TOKEN[method] else "OK"
-    assert _grpc_code(guarded.grpc_port, method, None) == expected
-    assert _grpc_code(guarded.grpc_port, method, "wrong") == expected
+    from multiprocessing import shared_memory
+
+    region = shared_memory.SharedMemory(_SHM_KEY.lstrip("/"), create=True, size=64)
+    try:
+        assert _grpc_code(guarded.grpc_port, method, TOKEN) == "OK"
+        if method == "RepositoryModelUnload":
+            guarded.repository.load("adder")  # for the methods after this one
+        expected = "UNAUTHENTICATED" if NEEDS_TOKEN[method] else "OK"
+        assert _grpc_code(guarded.grpc_port, method, None) == expected
+        assert _grpc_code(guarded.grpc_port, method, "wrong") == expected
+    finally:
+        guarded.dataplane.shared_memory.unregister("")
+        region.close()
+        region.unlink()
 
 
 # -- a port in use -------------------------------------------------------------------------

@@ -337,8 +337,9 @@ def test_structured_json_logs(adder: Path) -> None:
         logger.setLevel(logging.NOTSET)
     records = [json.loads(line) for line in stream.getvalue().splitlines()]
     messages = [r["message"] for r in records]
-    assert messages[:2] == ["loaded model", "serving"] and messages[-1] == "stopped"
-    serving = records[1]
+    assert messages[:3] == ["loading model", "loaded model", "serving"] and messages[-1] == "stopped"
+    assert records[1]["duration_s"] >= 0 and records[1]["path"] == str(adder)
+    serving = records[2]
     assert (serving["grpc_port"], serving["http_port"]) == ports
     assert serving["level"] == "info" and serving["logger"] == "neuropod.serving" and serving["time"].endswith("Z")
 
@@ -353,12 +354,17 @@ def test_importing_serving_configures_no_logging() -> None:
 
 
 def _read_serving_line(process: subprocess.Popen[str]) -> Dict[str, Any]:
+    """The "serving" log record (ports bound), with the models of the later "all models loaded" one."""
     assert process.stderr is not None
     lines: List[str] = []
+    serving: Dict[str, Any] = {}
     for line in process.stderr:
         lines.append(line)
         if '"serving"' in line:
-            return json.loads(line)  # type: ignore[no-any-return]
+            serving = json.loads(line)
+        elif '"all models loaded"' in line:
+            assert serving, "the models loaded before the ports were bound"
+            return {**serving, "models": json.loads(line)["models"]}
     raise AssertionError("the server exited before serving: " + "".join(lines))
 
 

@@ -21,7 +21,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 BINARY_EXTENSION = "binary_tensor_data"
 
 #: Protocol extensions neuropod's server implements (listed in its server metadata).
-EXTENSIONS = (BINARY_EXTENSION,)
+EXTENSIONS = (BINARY_EXTENSION, "statistics", "model_repository", "system_shared_memory")
 
 #: The HTTP header giving the length of the JSON part of a body that carries raw tensors after it.
 HEADER_LENGTH_HEADER = "Inference-Header-Content-Length"

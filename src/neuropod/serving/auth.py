@@ -25,6 +25,13 @@ NEEDS_TOKEN: Dict[str, bool] = {
     "ModelMetadata": True,
     "ModelInfer": True,
     "Metrics": True,
+    "ModelStatistics": True,
+    "RepositoryIndex": True,
+    "RepositoryModelLoad": True,
+    "RepositoryModelUnload": True,
+    "SystemSharedMemoryStatus": True,
+    "SystemSharedMemoryRegister": True,
+    "SystemSharedMemoryUnregister": True,
 }
 
 

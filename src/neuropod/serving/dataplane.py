@@ -16,7 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -28,7 +28,8 @@ from ..spec import TensorSpec
 from .batching import DynamicBatcher
 from .failures import sanitised
 from .metrics import ServerMetrics
-from .repository import ModelRepository, ServedModel
+from .repository import ModelIndexEntry, ModelRepository, ServedModel
+from .shared_memory import SharedMemoryRegions
 
 __all__ = [
     "InferRequest",
@@ -79,15 +80,37 @@ class InferResponse:
     outputs: TensorDict
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Call:
-    """One admitted request: its model, its checked inputs and their symbol sizes, its batcher if any."""
+    """One admitted request: its model, its checked inputs and their symbol sizes, its batcher if any.
+
+    The ``*_ns`` fields are its timeline, for the statistics extension.
+    """
 
     model: ServedModel
     request: InferRequest
     inputs: TensorDict
     bindings: Optional[Dict[str, int]]
     batcher: Optional[DynamicBatcher]
+    admitted_ns: int = 0
+    queue_ns: int = 0
+    infer_ns: int = 0
+    outputs_ns: int = 0
+
+    def run(self) -> TensorDict:
+        """Call the model (on whatever thread this runs on); the wait before it counts as queueing."""
+        started = time.perf_counter_ns()
+        self.queue_ns = started - self.admitted_ns
+        outputs = self.model.run(self.inputs, self.bindings)
+        self.outputs_ns = time.perf_counter_ns()
+        self.infer_ns = self.outputs_ns - started
+        return outputs
+
+    def batched(self) -> None:
+        """Account for an answer that came from a batch: the batch's call time, the rest queueing."""
+        self.outputs_ns = time.perf_counter_ns()
+        self.infer_ns = min(self.model.last_call_ns, self.outputs_ns - self.admitted_ns)
+        self.queue_ns = self.outputs_ns - self.admitted_ns - self.infer_ns
 
 
 @dataclass(frozen=True)
@@ -134,16 +157,8 @@ class DataPlane:
         self.metrics = metrics
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="neuropod-infer")
         self._batchers: Dict[int, DynamicBatcher] = {}
-        for model in repository:
-            if model.settings.max_batch_size:
-                histogram = metrics.batch_size.labels(model.name)
-                self._batchers[id(model)] = DynamicBatcher(
-                    model.run_batch,
-                    self._pool,
-                    model.settings.max_batch_size,
-                    model.settings.max_queue_delay_ms / 1000.0,
-                    on_batch=histogram.observe,
-                )
+        #: Shared memory regions clients registered (the system shared memory extension).
+        self.shared_memory = SharedMemoryRegions()
         self._accepting = True
         self._in_flight = 0
         self._in_flight_lock = threading.Lock()
@@ -155,8 +170,8 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        """Ready when accepting requests and every model is ready."""
-        return self._accepting and all(model.ready() for model in self.repository)
+        """Ready when accepting requests, done loading the repository, and every model is ready."""
+        return self._accepting and not self.repository.loading and all(model.ready() for model in self.repository)
 
     def model_ready(self, name: str, version: str = "") -> bool:
         """Whether a model can take requests (raises ModelNotFoundError if unknown)."""
@@ -192,26 +207,44 @@ class DataPlane:
 
     @contextlib.contextmanager
     def _handling(self, request: InferRequest, protocol: str) -> Iterator[_Call]:
-        """Admit, check and account for one request; the body runs the model and sets ``response``."""
-        started = time.perf_counter()
+        """Admit, check and account for one request; the body runs the model and fills the call's timings."""
+        started = time.perf_counter_ns()
         self._track(1)
+        model: Optional[ServedModel] = None
         try:
-            call = self._admit(request, protocol)
+            if not self._accepting:
+                raise ModelNotReadyError("the server is shutting down")
+            model = self.repository.get(request.model_name, request.model_version)
+            # Held until the answer is built: a model being unloaded or replaced closes only after.
+            model.acquire()
+            call = self._admit(model, request, protocol)
+            call.admitted_ns = time.perf_counter_ns()
             yield call
         except Exception as exc:
             self._failed(exc, request, protocol)
+            if model is not None:
+                model.statistics.failed(time.perf_counter_ns() - started)
             public = sanitised(exc, request.id, request.model_name)
             if public is exc:
                 raise
             raise public from None
         finally:
             self._track(-1)
-        self._succeeded(call.model, request, protocol, time.perf_counter() - started)
+            if model is not None:
+                model.release()
+        finished = time.perf_counter_ns()
+        rows = call.bindings.get(model.batch_symbol, 1) if (call.bindings and model.batch_symbol) else 1
+        model.statistics.succeeded(
+            rows,
+            finished - started,
+            call.admitted_ns - started,
+            call.queue_ns,
+            call.infer_ns,
+            finished - call.outputs_ns,
+        )
+        self._succeeded(model, request, protocol, (finished - started) / 1e9)
 
-    def _admit(self, request: InferRequest, protocol: str) -> _Call:
-        if not self._accepting:
-            raise ModelNotReadyError("the server is shutting down")
-        model = self.repository.get(request.model_name, request.model_version)
+    def _admit(self, model: ServedModel, request: InferRequest, protocol: str) -> _Call:
         self.metrics.requests.labels(model.name, model.version, protocol).inc()
         model.check_ready()
         inputs, bindings = model.check(request.inputs)
@@ -223,7 +256,60 @@ class DataPlane:
                     f"requested output(s) {', '.join(repr(n) for n in unknown)} not in the spec of model "
                     f"{model.name!r}; expected any of {', '.join(repr(n) for n in model.output_names)}"
                 )
-        return _Call(model, request, inputs, bindings, self._batchers.get(id(model)) if inputs else None)
+        return _Call(model, request, inputs, bindings, self._batcher_for(model) if inputs else None)
+
+    def _batcher_for(self, model: ServedModel) -> Optional[DynamicBatcher]:
+        """The model's batcher, made on its first request (models come and go with repository control)."""
+        if not model.settings.max_batch_size:
+            return None
+        batcher = self._batchers.get(id(model))
+        if batcher is None:
+            with self._in_flight_lock:
+                batcher = self._batchers.get(id(model))
+                if batcher is None:
+                    batcher = DynamicBatcher(
+                        model.run_batch,
+                        self._pool,
+                        model.settings.max_batch_size,
+                        model.settings.max_queue_delay_ms / 1000.0,
+                        on_batch=self.metrics.batch_size.labels(model.name).observe,
+                    )
+                    self._batchers[id(model)] = batcher
+                    model.on_close(lambda: self._forget_batcher(id(model)))
+        return batcher
+
+    def _forget_batcher(self, key: int) -> None:
+        batcher = self._batchers.pop(key, None)
+        if batcher is not None and self._loop is not None and not self._loop.is_closed():
+            asyncio.run_coroutine_threadsafe(batcher.close(), self._loop)
+
+    # -- repository control (blocking: adapters run these off the event loop) --------
+
+    def repository_index(self, ready_only: bool = False) -> List[ModelIndexEntry]:
+        return self.repository.index(ready_only)
+
+    def load_model(self, name: str, parameters: Mapping[str, Any]) -> None:
+        """Load or reload a model from the repository directory; the old versions serve until then."""
+        if parameters:
+            raise InputValidationError(
+                f"load parameters {', '.join(sorted(parameters))}: not supported; this server loads "
+                "the packages of its repository directory as they are"
+            )
+        self.repository.load(name)
+
+    def unload_model(self, name: str) -> None:
+        self.repository.unload(name)
+
+    def model_statistics(self, name: str = "", version: str = "") -> List[Dict[str, Any]]:
+        """The statistics extension's ``model_stats``: one model (or version), or every model served."""
+        if name:
+            if version:
+                models = [self.repository.get(name, version)]
+            else:
+                models = [self.repository.get(name, v) for v in self.repository.versions(name)]
+        else:
+            models = list(self.repository)
+        return [model.statistics.as_dict(model.name, model.version) for model in models]
 
     def _response(self, call: _Call, outputs: TensorDict) -> InferResponse:
         wanted = call.request.outputs
@@ -242,13 +328,14 @@ class DataPlane:
             model = call.model
             if call.batcher is not None:
                 outputs = await call.batcher.submit(call.inputs)
+                call.batched()
             elif model.mean_call_s is not None and model.mean_call_s < INLINE_CALL_MAX_S:
                 # Handing a call this short to a thread costs more than the call (about 0.1-0.2 ms
                 # of thread switching): run it on the event loop, which it blocks only briefly.
-                outputs = model.run(call.inputs, call.bindings)
+                outputs = call.run()
             else:
                 loop = asyncio.get_running_loop()
-                outputs = await loop.run_in_executor(self._pool, model.run, call.inputs, call.bindings)
+                outputs = await loop.run_in_executor(self._pool, call.run)
             response = self._response(call, outputs)
         return response
 
@@ -257,8 +344,9 @@ class DataPlane:
         with self._handling(request, protocol) as call:
             if call.batcher is not None and self._loop is not None:
                 outputs = asyncio.run_coroutine_threadsafe(call.batcher.submit(call.inputs), self._loop).result()
+                call.batched()
             else:
-                outputs = call.model.run(call.inputs, call.bindings)
+                outputs = call.run()
             response = self._response(call, outputs)
         return response
 
@@ -301,6 +389,7 @@ class DataPlane:
         return True
 
     async def close(self) -> None:
-        for batcher in self._batchers.values():
+        self.shared_memory.close()
+        for batcher in list(self._batchers.values()):
             await batcher.close()
         self._pool.shutdown(wait=True)

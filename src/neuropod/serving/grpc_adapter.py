@@ -13,9 +13,10 @@ request runs its model on its own thread with no hand-off.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import grpc
+from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from ..errors import InputValidationError
@@ -24,6 +25,7 @@ from ..kserve.datatypes import datatype_of, decode_contents, decode_raw, encode_
 from .auth import BearerToken
 from .dataplane import DataPlane, InferRequest
 from .failures import public_failure
+from .shared_memory import SharedMemoryRegions
 
 __all__ = ["GrpcAdapter", "PROTOCOL"]
 
@@ -32,21 +34,63 @@ PROTOCOL = "grpc"
 Handler = Callable[[Any, grpc.ServicerContext], Any]
 
 
-def request_from_message(message: Any) -> InferRequest:
-    """An :class:`InferRequest` from a ``ModelInferRequest`` message."""
-    raw = message.raw_input_contents
-    if raw and len(raw) != len(message.inputs):
+def _parameter(parameters: Any, key: str) -> Any:
+    """The value of one ``InferParameter`` of a map, or None."""
+    if key not in parameters:
+        return None
+    parameter = parameters[key]
+    choice = parameter.WhichOneof("parameter_choice")
+    return getattr(parameter, choice) if choice else None
+
+
+def _region_span(
+    parameters: Any, regions: Optional[SharedMemoryRegions], tensor: str
+) -> Optional[Tuple[Any, int, int]]:
+    """``(region, offset, byte_size)`` when a tensor's parameters place it in shared memory."""
+    name = _parameter(parameters, "shared_memory_region")
+    if name is None:
+        return None
+    if regions is None:
+        raise InputValidationError(f"tensor {tensor!r}: this server has no shared memory extension")
+    byte_size = _parameter(parameters, "shared_memory_byte_size")
+    offset = _parameter(parameters, "shared_memory_offset") or 0
+    if not isinstance(byte_size, int) or not isinstance(offset, int) or isinstance(byte_size, bool):
         raise InputValidationError(
-            f"raw_input_contents holds {len(raw)} entries for {len(message.inputs)} inputs; expected one per input"
+            f"tensor {tensor!r}: shared memory needs an int64 shared_memory_byte_size (and shared_memory_offset)"
         )
+    return regions.get(str(name)), offset, byte_size
+
+
+def request_from_message(message: Any, regions: Optional[SharedMemoryRegions] = None) -> InferRequest:
+    """An :class:`InferRequest` from a ``ModelInferRequest`` message.
+
+    ``raw_input_contents`` holds one entry per input that is neither in
+    shared memory nor sent as typed ``contents``, in input order.
+    """
+    raw = message.raw_input_contents
     inputs = {}
-    for index, tensor in enumerate(message.inputs):
+    next_raw = 0
+    for tensor in message.inputs:
         if tensor.name in inputs:
             raise InputValidationError(f"input {tensor.name!r} appears more than once")
-        if raw:
-            inputs[tensor.name] = decode_raw(tensor.datatype, tensor.shape, raw[index], tensor.name)
+        span = _region_span(tensor.parameters, regions, tensor.name) if tensor.parameters else None
+        if span is not None:
+            region, offset, byte_size = span
+            data = region.read(offset, byte_size, tensor.name)
+            inputs[tensor.name] = decode_raw(tensor.datatype, tensor.shape, data, tensor.name)
+        elif raw:
+            if next_raw >= len(raw):
+                raise InputValidationError(
+                    f"raw_input_contents holds {len(raw)} entries, too few for the inputs sent raw"
+                )
+            inputs[tensor.name] = decode_raw(tensor.datatype, tensor.shape, raw[next_raw], tensor.name)
+            next_raw += 1
         else:
             inputs[tensor.name] = decode_contents(tensor.datatype, tensor.shape, tensor.contents, tensor.name)
+    if next_raw != len(raw):
+        raise InputValidationError(
+            f"raw_input_contents holds {len(raw)} entries for {next_raw} inputs sent raw; expected one per input"
+        )
     outputs = [output.name for output in message.outputs] or None
     return InferRequest(message.model_name, message.model_version, message.id, inputs, outputs)
 
@@ -74,6 +118,13 @@ class GrpcAdapter:
             ("ServerMetadata", proto.ServerMetadataRequest, self.server_metadata),
             ("ModelMetadata", proto.ModelMetadataRequest, self.model_metadata),
             ("ModelInfer", proto.ModelInferRequest, self.model_infer),
+            ("ModelStatistics", proto.ModelStatisticsRequest, self.model_statistics),
+            ("RepositoryIndex", proto.RepositoryIndexRequest, self.repository_index),
+            ("RepositoryModelLoad", proto.RepositoryModelLoadRequest, self.repository_model_load),
+            ("RepositoryModelUnload", proto.RepositoryModelUnloadRequest, self.repository_model_unload),
+            ("SystemSharedMemoryStatus", proto.SystemSharedMemoryStatusRequest, self.shared_memory_status),
+            ("SystemSharedMemoryRegister", proto.SystemSharedMemoryRegisterRequest, self.shared_memory_register),
+            ("SystemSharedMemoryUnregister", proto.SystemSharedMemoryUnregisterRequest, self.shared_memory_unregister),
         )
         for name, request_class, method in table:
             # Requests arrive as bytes and are parsed in the guard: grpc's own deserializer
@@ -125,12 +176,64 @@ class GrpcAdapter:
         return response
 
     def model_infer(self, request: Any, context: grpc.ServicerContext) -> Any:
-        result = self.dataplane.infer_blocking(request_from_message(request), PROTOCOL)
+        regions = self.dataplane.shared_memory
+        placed = {}
+        for output in request.outputs:
+            if output.parameters:
+                span = _region_span(output.parameters, regions, output.name)
+                if span is not None:
+                    placed[output.name] = span
+        result = self.dataplane.infer_blocking(request_from_message(request, regions), PROTOCOL)
         response = proto.ModelInferResponse(
             model_name=result.model_name, model_version=result.model_version, id=result.id
         )
         raw = response.raw_output_contents
         for name, array in result.outputs.items():
-            response.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
-            raw.append(encode_raw(array))
+            entry = response.outputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
+            data = encode_raw(array)
+            span = placed.get(name)
+            if span is None:
+                raw.append(data)
+                continue
+            region, offset, byte_size = span
+            region.write(offset, byte_size, data, name)
+            entry.parameters["shared_memory_region"].string_param = region.name
+            entry.parameters["shared_memory_byte_size"].int64_param = len(data)
+            if offset:
+                entry.parameters["shared_memory_offset"].int64_param = offset
+            raw.append(b"")  # keeps raw_output_contents[i] the i-th output's, as clients index it
         return response
+
+    def shared_memory_status(self, request: Any, context: grpc.ServicerContext) -> Any:
+        response = proto.SystemSharedMemoryStatusResponse()
+        for status in self.dataplane.shared_memory.status(request.name):
+            entry = response.regions[str(status["name"])]
+            entry.name, entry.key = str(status["name"]), str(status["key"])
+            entry.offset, entry.byte_size = int(status["offset"]), int(status["byte_size"])  # type: ignore[call-overload]
+        return response
+
+    def shared_memory_register(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.dataplane.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+        return proto.SystemSharedMemoryRegisterResponse()
+
+    def shared_memory_unregister(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.dataplane.shared_memory.unregister(request.name)
+        return proto.SystemSharedMemoryUnregisterResponse()
+
+    def model_statistics(self, request: Any, context: grpc.ServicerContext) -> Any:
+        stats = self.dataplane.model_statistics(request.name, request.version)
+        return json_format.ParseDict({"model_stats": stats}, proto.ModelStatisticsResponse())
+
+    def repository_index(self, request: Any, context: grpc.ServicerContext) -> Any:
+        response = proto.RepositoryIndexResponse()
+        for entry in self.dataplane.repository_index(request.ready):
+            response.models.add(name=entry.name, version=entry.version, state=entry.state, reason=entry.reason)
+        return response
+
+    def repository_model_load(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.dataplane.load_model(request.model_name, dict(request.parameters))
+        return proto.RepositoryModelLoadResponse()
+
+    def repository_model_unload(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.dataplane.unload_model(request.model_name)
+        return proto.RepositoryModelUnloadResponse()

@@ -20,7 +20,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -28,8 +28,9 @@ from ..envs.deferred import load_for_serving
 from ..errors import ModelNotFoundError, ModelNotReadyError, OptionError, PackageError
 from ..loader import Neuropod
 from ..package import layout, open_package
+from .statistics import ModelStatistics
 
-__all__ = ["ModelSettings", "ServedModel", "ModelRepository", "find_packages", "DEFAULT_VERSION"]
+__all__ = ["ModelSettings", "ServedModel", "ModelRepository", "ModelIndexEntry", "find_packages", "DEFAULT_VERSION"]
 
 logger = logging.getLogger("neuropod.serving")
 
@@ -117,6 +118,12 @@ class ServedModel:
         self._lock = threading.Lock()
         #: Moving average of the model's call time (None before the first call).
         self.mean_call_s: Optional[float] = None
+        #: Duration of the latest call, in nanoseconds.
+        self.last_call_ns = 0
+        self.statistics = ModelStatistics()
+        self._users = 0
+        self._retired = False
+        self._on_close: List[Callable[[], None]] = []
 
     @property
     def closed(self) -> bool:
@@ -142,9 +149,13 @@ class ServedModel:
 
     def run(self, inputs: TensorDict, bindings: Optional[Dict[str, int]]) -> TensorDict:
         """Run checked inputs (blocking); outputs are checked against ``bindings``. Updates :attr:`mean_call_s`."""
-        started = time.perf_counter()
+        started = time.perf_counter_ns()
         outputs = self.neuropod._run_checked(inputs, bindings)
-        elapsed = time.perf_counter() - started
+        elapsed_ns = time.perf_counter_ns() - started
+        self.last_call_ns = elapsed_ns
+        rows = next(iter(inputs.values())).shape[0] if inputs and self.batch_symbol else 1
+        self.statistics.executed(int(rows), elapsed_ns)
+        elapsed = elapsed_ns / 1e9
         mean = self.mean_call_s
         # A moving average: a model whose calls slow down (bigger inputs) is noticed within a few calls.
         self.mean_call_s = elapsed if mean is None else 0.8 * mean + 0.2 * elapsed
@@ -161,17 +172,47 @@ class ServedModel:
         checked, bindings = self.check(inputs)
         return self.run(checked, bindings)
 
+    def acquire(self) -> None:
+        """A request starts using the model (see :meth:`retire`)."""
+        with self._lock:
+            self._users += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            last = self._retired and self._users == 0
+        if last:
+            self.close()
+
+    def retire(self) -> None:
+        """Close once the requests using the model now have finished (it was unloaded or replaced)."""
+        with self._lock:
+            self._retired = True
+            idle = self._users == 0
+        if idle:
+            self.close()
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        self._on_close.append(callback)
+
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+        for callback in self._on_close:
+            callback()
         self.neuropod.close()
 
 
 def _is_package(path: Path) -> bool:
-    """A package directory, or a zip (packagers write zips with or without the suffix)."""
-    return (path.is_dir() and (path / layout.CONFIG).is_file()) or (path.is_file() and zipfile.is_zipfile(path))
+    """A package directory, or a zip (packagers write zips with or without the suffix).
+
+    A ``.zip`` file counts even when it is not a valid zip: loading it then reports why.
+    """
+    if path.is_dir():
+        return (path / layout.CONFIG).is_file()
+    return path.is_file() and (path.suffix == ".zip" or zipfile.is_zipfile(path))
 
 
 def find_packages(path: Union[str, Path]) -> List[Tuple[Optional[str], str, Path]]:
@@ -207,14 +248,62 @@ def find_packages(path: Union[str, Path]) -> List[Tuple[Optional[str], str, Path
     return found
 
 
+@dataclass(frozen=True)
+class ModelIndexEntry:
+    """One row of the repository index: a model version and its state (``READY``, ``LOADING``, ``UNAVAILABLE``)."""
+
+    name: str
+    version: str
+    state: str
+    reason: str = ""
+
+
+def _fingerprint(path: Path) -> Tuple[Tuple[str, int, int], ...]:
+    """What changes when a package on disk is replaced or edited: every file's path, size and mtime."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    found = []
+    for file in files:
+        try:
+            stat = file.stat()
+        except OSError:
+            continue
+        found.append((str(file.relative_to(path)) if file != path else file.name, stat.st_size, stat.st_mtime_ns))
+    return tuple(found)
+
+
 class ModelRepository:
     """The models a server serves, by name and version.
 
+    Built with a ``root`` (a package or a repository directory), it also
+    controls them: :meth:`load`, :meth:`unload`, :meth:`load_all` and
+    :meth:`poll` read the directory again. A model being replaced serves its
+    old version until the new one has loaded; a model unloaded or replaced
+    closes once the requests using it have finished.
+
     The repository owns the models: :meth:`close` closes them all.
+
+    Args:
+        root: where the packages are; None for a repository filled with :meth:`add`.
+        default_settings: settings for models not named in ``model_settings``.
+        model_settings: per-model settings, by model name.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        root: Union[str, Path, None] = None,
+        default_settings: Optional[ModelSettings] = None,
+        model_settings: Optional[Mapping[str, ModelSettings]] = None,
+    ) -> None:
         self._models: Dict[str, Dict[str, ServedModel]] = {}
+        self.root = Path(root) if root is not None else None
+        self._defaults = default_settings or ModelSettings()
+        self._model_settings = dict(model_settings or {})
+        self._unserved: Dict[str, Tuple[str, str]] = {}  # name -> (state, reason) of a model not serving
+        self._seen: Dict[str, Tuple[Any, ...]] = {}  # name -> fingerprint of what was last loaded (or tried)
+        self._control = threading.Lock()
+        #: True while :meth:`load_all` runs (the server is not ready meanwhile).
+        self.loading = False
+        self._closed = False
 
     @classmethod
     def from_path(
@@ -222,6 +311,7 @@ class ModelRepository:
         path: Union[str, Path],
         default_settings: Optional[ModelSettings] = None,
         model_settings: Optional[Mapping[str, ModelSettings]] = None,
+        strict: bool = True,
     ) -> ModelRepository:
         """Load every package of a package path or repository directory.
 
@@ -229,37 +319,202 @@ class ModelRepository:
             path: one package, or a repository directory (see the module doc).
             default_settings: settings for models not named in ``model_settings``.
             model_settings: per-model settings, by model name.
+            strict: a package that fails to load fails the whole repository;
+                otherwise it is logged (path and reason) and the others serve.
         """
-        repository = cls()
-        default_settings = default_settings or ModelSettings()
-        model_settings = model_settings or {}
+        repository = cls(path, default_settings, model_settings)
         try:
-            for found_name, version, package_path in find_packages(path):
-                name = found_name or open_package(package_path, verify=False).config.name
-                settings = model_settings.get(name, default_settings)
-                isolation: Dict[str, Any] = {"isolation": settings.isolation} if settings.isolation else {}
-                # A model whose environment must be built first loads in the background, not ready till then.
-                neuropod = load_for_serving(
-                    package_path, use_ope=settings.use_ope, **isolation, **dict(settings.load_options)
-                )
-                if name not in model_settings and settings.max_batch_size and _batch_symbol(neuropod) is None:
-                    # A server-wide batching default skips models that cannot batch; a per-model setting does not.
-                    logger.warning("model %s has no batch symbol to batch along; serving it unbatched", name)
-                    settings = replace(settings, max_batch_size=0)
-                try:
-                    repository.add(ServedModel(name, version, neuropod, settings))
-                except BaseException:
-                    neuropod.close()
-                    raise
-                logger.info("loaded model", extra={"model": name, "version": version, "path": str(package_path)})
+            repository.load_all(strict=strict)
         except BaseException:
             repository.close()
             raise
-        unknown = sorted(set(model_settings) - set(repository.names()))
-        if unknown:
-            repository.close()
-            raise OptionError(f"settings name model(s) the repository does not hold: {', '.join(unknown)}")
         return repository
+
+    # -- control -----------------------------------------------------------------
+
+    def scan(self) -> Dict[str, List[Tuple[str, Path]]]:
+        """Model name -> ``(version, package path)`` of what the root holds now."""
+        if self.root is None:
+            raise OptionError("this server was given no repository directory to load models from")
+        found: Dict[str, List[Tuple[str, Path]]] = {}
+        for name, version, package_path in find_packages(self.root):
+            if name is None:
+                name = open_package(package_path, verify=False).config.name
+            found.setdefault(name, []).append((version, package_path))
+        return found
+
+    def _load_one(self, name: str, version: str, package_path: Path) -> ServedModel:
+        settings = self._model_settings.get(name, self._defaults)
+        isolation: Dict[str, Any] = {"isolation": settings.isolation} if settings.isolation else {}
+        logger.info("loading model", extra={"model": name, "version": version, "path": str(package_path)})
+        started = time.perf_counter()
+        # A model whose environment must be built first loads in the background, not ready till then.
+        neuropod = load_for_serving(package_path, use_ope=settings.use_ope, **isolation, **dict(settings.load_options))
+        if name not in self._model_settings and settings.max_batch_size and _batch_symbol(neuropod) is None:
+            # A server-wide batching default skips models that cannot batch; a per-model setting does not.
+            logger.warning("model %s has no batch symbol to batch along; serving it unbatched", name)
+            settings = replace(settings, max_batch_size=0)
+        try:
+            model = ServedModel(name, version, neuropod, settings)
+        except BaseException:
+            neuropod.close()
+            raise
+        logger.info(
+            "loaded model",
+            extra={
+                "model": name,
+                "version": version,
+                "path": str(package_path),
+                "duration_s": round(time.perf_counter() - started, 3),
+            },
+        )
+        return model
+
+    def load(self, name: str) -> None:
+        """Load (or reload) every version of model ``name`` from the root.
+
+        The versions it serves now keep serving until the new ones have
+        loaded; if loading fails they stay, and the error is raised.
+
+        Raises:
+            ModelNotFoundError: the root holds no model of that name.
+        """
+        with self._control:
+            self._load_locked(name, self.scan())
+
+    def _load_locked(self, name: str, found: Mapping[str, List[Tuple[str, Path]]]) -> None:
+        entries = found.get(name)
+        if entries is None:
+            known = ", ".join(repr(n) for n in found) or "none"
+            raise ModelNotFoundError(f"the repository holds no model named {name!r}; it holds {known}")
+        self._seen[name] = tuple(_fingerprint(path) for _, path in entries)
+        if name not in self._models:
+            self._unserved[name] = ("LOADING", "")
+        loaded: Dict[str, ServedModel] = {}
+        try:
+            for version, package_path in entries:
+                loaded[version] = self._load_one(name, version, package_path)
+        except Exception as exc:
+            for model in loaded.values():
+                model.close()
+            if name not in self._models:
+                self._unserved[name] = ("UNAVAILABLE", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise
+        if self._closed:
+            for model in loaded.values():
+                model.close()
+            return
+        old = self._models.get(name, {})
+        self._models[name] = loaded  # one assignment: a request sees the old versions or the new ones
+        self._unserved.pop(name, None)
+        for model in old.values():
+            model.retire()
+
+    def unload(self, name: str) -> None:
+        """Stop serving model ``name``; requests using it now finish first.
+
+        Raises:
+            ModelNotFoundError: no model of that name is served.
+        """
+        with self._control:
+            self._lookup(name)
+            self._unload_locked(name, "unloaded")
+
+    def _unload_locked(self, name: str, reason: str) -> None:
+        old = self._models.pop(name, {})
+        self._unserved[name] = ("UNAVAILABLE", reason)
+        for model in old.values():
+            model.retire()
+        logger.info("unloaded model", extra={"model": name, "reason": reason})
+
+    def load_all(self, strict: bool = True) -> List[str]:
+        """Load every model of the root; returns the names of those that failed (logged with path and reason).
+
+        Raises:
+            NeuropodError: with ``strict``, the first model that fails to load.
+        """
+        self.loading = True
+        failed: List[str] = []
+        try:
+            with self._control:
+                found = self.scan()
+                unknown = sorted(set(self._model_settings) - set(found))
+                if unknown:
+                    raise OptionError(f"settings name model(s) the repository does not hold: {', '.join(unknown)}")
+                for name in found:
+                    try:
+                        self._load_locked(name, found)
+                    except Exception as exc:
+                        if strict:
+                            raise
+                        failed.append(name)
+                        paths = ", ".join(str(path) for _, path in found[name])
+                        logger.error(
+                            "cannot load model; serving the others",
+                            extra={
+                                "model": name,
+                                "path": paths,
+                                "reason": str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                            },
+                        )
+        finally:
+            self.loading = False
+        return failed
+
+    def poll(self) -> None:
+        """Load added and changed models of the root, unload removed ones (errors are logged)."""
+        with self._control:
+            try:
+                found = self.scan()
+            except Exception as exc:  # a repository emptied for a moment: serve on
+                logger.warning("cannot read the repository; serving on", extra={"reason": str(exc)})
+                return
+            for name in list(self._models):
+                if name not in found:
+                    self._seen.pop(name, None)
+                    self._unload_locked(name, "removed from the repository")
+            for name, entries in found.items():
+                fingerprint = tuple(_fingerprint(path) for _, path in entries)
+                if self._seen.get(name) == fingerprint:
+                    continue
+                logger.info("model changed on disk; loading it", extra={"model": name})
+                try:
+                    self._load_locked(name, found)
+                except Exception as exc:
+                    logger.error(
+                        "cannot load model; its served versions (if any) stay",
+                        extra={"model": name, "reason": str(exc).splitlines()[0] if str(exc) else type(exc).__name__},
+                    )
+
+    def index(self, ready_only: bool = False) -> List[ModelIndexEntry]:
+        """Every model the repository serves or holds on disk, with its state."""
+        entries: List[ModelIndexEntry] = []
+        for model in self:
+            ready = model.ready()
+            if ready or not ready_only:
+                entries.append(ModelIndexEntry(model.name, model.version, "READY" if ready else "UNAVAILABLE"))
+        if not ready_only:
+            on_disk: List[str] = []
+            if self.root is not None:
+                try:
+                    on_disk = list(self.scan())
+                except Exception:
+                    on_disk = []
+            unserved = dict(self._unserved)
+            for name in on_disk:
+                if name not in self._models:
+                    unserved.setdefault(name, ("UNAVAILABLE", "not loaded"))
+            for name, (state, reason) in sorted(unserved.items()):
+                if name not in self._models:
+                    entries.append(ModelIndexEntry(name, "", state, reason))
+        return entries
+
+    def max_batch_size(self) -> int:
+        """The largest batch any model may be served with (for sizing thread pools before models load)."""
+        sizes = [self._defaults.max_batch_size] + [s.max_batch_size for s in self._model_settings.values()]
+        return max(sizes + [m.settings.max_batch_size for m in self])
+
+    # -- lookups -----------------------------------------------------------------
 
     def add(self, model: ServedModel) -> None:
         versions = self._models.setdefault(model.name, {})
@@ -276,6 +531,9 @@ class ModelRepository:
     def _lookup(self, name: str) -> Dict[str, ServedModel]:
         versions = self._models.get(name)
         if versions is None:
+            state = self._unserved.get(name)
+            if state is not None and state[0] == "LOADING":
+                raise ModelNotReadyError(f"model {name!r} is loading")
             known = ", ".join(repr(n) for n in self._models) or "none"
             raise ModelNotFoundError(f"no model named {name!r}; this server serves {known}")
         return versions
@@ -297,10 +555,11 @@ class ModelRepository:
         return model
 
     def __iter__(self) -> Iterator[ServedModel]:
-        for versions in self._models.values():
-            yield from versions.values()
+        for versions in list(self._models.values()):  # a copy: loads and unloads change the dict
+            yield from list(versions.values())
 
     def close(self) -> None:
+        self._closed = True
         for model in list(self):
             try:
                 model.close()

@@ -19,6 +19,7 @@ Every failure is answered ``{"error": "..."}`` with the status of its class.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -106,10 +107,7 @@ class RestAdapter:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_request_bytes, middlewares=[self._errors])
         app.add_routes(
-            [
-                getattr(web, verb)(path, self._guarded(handler, method))
-                for verb, path, handler, method in self.routes()
-            ]
+            [getattr(web, verb)(path, self._guarded(handler, method)) for verb, path, handler, method in self.routes()]
         )
         return app
 
@@ -119,6 +117,28 @@ class RestAdapter:
             ("get", "/v2/health/live", self.health_live, "ServerLive"),
             ("get", "/v2/health/ready", self.health_ready, "ServerReady"),
             ("get", "/v2", self.server_metadata, "ServerMetadata"),
+            # Before /v2/models/{name}, which would take "stats" for a model name.
+            ("get", "/v2/models/stats", self.model_statistics, "ModelStatistics"),
+            ("get", "/v2/models/{name}/stats", self.model_statistics, "ModelStatistics"),
+            ("get", "/v2/models/{name}/versions/{version}/stats", self.model_statistics, "ModelStatistics"),
+            ("post", "/v2/repository/index", self.repository_index, "RepositoryIndex"),
+            ("post", "/v2/repository/models/{name}/load", self.repository_load, "RepositoryModelLoad"),
+            ("post", "/v2/repository/models/{name}/unload", self.repository_unload, "RepositoryModelUnload"),
+            ("get", "/v2/systemsharedmemory/status", self.shm_status, "SystemSharedMemoryStatus"),
+            ("get", "/v2/systemsharedmemory/region/{region}/status", self.shm_status, "SystemSharedMemoryStatus"),
+            (
+                "post",
+                "/v2/systemsharedmemory/region/{region}/register",
+                self.shm_register,
+                "SystemSharedMemoryRegister",
+            ),
+            ("post", "/v2/systemsharedmemory/unregister", self.shm_unregister, "SystemSharedMemoryUnregister"),
+            (
+                "post",
+                "/v2/systemsharedmemory/region/{region}/unregister",
+                self.shm_unregister,
+                "SystemSharedMemoryUnregister",
+            ),
             ("get", "/v2/models/{name}", self.model_metadata, "ModelMetadata"),
             ("get", "/v2/models/{name}/versions/{version}", self.model_metadata, "ModelMetadata"),
             ("get", "/v2/models/{name}/ready", self.model_ready, "ModelReady"),
@@ -197,6 +217,69 @@ class RestAdapter:
         )
         response = await self.dataplane.infer(infer_request, PROTOCOL)
         return render_infer_response(response, binary)
+
+    async def model_statistics(self, request: web.Request) -> web.Response:
+        stats = self.dataplane.model_statistics(
+            request.match_info.get("name", ""), request.match_info.get("version", "")
+        )
+        return _json({"model_stats": stats})
+
+    async def _optional_document(self, request: web.Request) -> Dict[str, Any]:
+        body = await request.read()
+        if not body.strip():
+            return {}
+        try:
+            document = json.loads(body)
+        except ValueError:
+            raise InputValidationError("request body: not valid JSON") from None
+        if not isinstance(document, dict):
+            raise InputValidationError("request body: expected a JSON object")
+        return document
+
+    async def repository_index(self, request: web.Request) -> web.Response:
+        document = await self._optional_document(request)
+        entries = self.dataplane.repository_index(bool(document.get("ready", False)))
+        rows = []
+        for entry in entries:
+            row = {"name": entry.name, "state": entry.state}
+            if entry.version:
+                row["version"] = entry.version
+            if entry.reason:
+                row["reason"] = entry.reason
+            rows.append(row)
+        return _json(rows)
+
+    async def repository_load(self, request: web.Request) -> web.Response:
+        document = await self._optional_document(request)
+        parameters = document.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise InputValidationError("request body: 'parameters' must be an object")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.dataplane.load_model, request.match_info["name"], parameters)
+        return _json({})
+
+    async def repository_unload(self, request: web.Request) -> web.Response:
+        await self._optional_document(request)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.dataplane.unload_model, request.match_info["name"])
+        return _json({})
+
+    async def shm_status(self, request: web.Request) -> web.Response:
+        return _json(self.dataplane.shared_memory.status(request.match_info.get("region", "")))
+
+    async def shm_register(self, request: web.Request) -> web.Response:
+        document = await self._optional_document(request)
+        key, offset, byte_size = document.get("key"), document.get("offset", 0), document.get("byte_size")
+        if not isinstance(key, str) or not isinstance(offset, int) or not isinstance(byte_size, int):
+            raise InputValidationError(
+                'request body: expected {"key": STRING, "offset": INT, "byte_size": INT} for a shared memory region'
+            )
+        self.dataplane.shared_memory.register(request.match_info["region"], key, offset, byte_size)
+        return _json({})
+
+    async def shm_unregister(self, request: web.Request) -> web.Response:
+        self.dataplane.shared_memory.unregister(request.match_info.get("region", ""))
+        return _json({})
 
     async def metrics(self, request: web.Request) -> web.Response:
         body = self.dataplane.metrics.exposition()

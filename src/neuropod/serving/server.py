@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import ssl
 import threading
@@ -57,6 +58,8 @@ class ServerConfig:
         shutdown_grace_s: how long stopping waits for requests in flight.
         health_check_interval_s: how often models that are not ready get their
             executor's ``restart()`` called (when it has one).
+        poll_repo_s: how often the repository directory is read again, loading
+            added and changed packages and unloading removed ones (None: never).
     """
 
     host: str = "127.0.0.1"
@@ -69,6 +72,7 @@ class ServerConfig:
     tls_key: Optional[str] = None
     shutdown_grace_s: float = 30.0
     health_check_interval_s: float = 1.0
+    poll_repo_s: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.grpc_port is None and self.http_port is None:
@@ -79,6 +83,8 @@ class ServerConfig:
             raise OptionError(f"max_message_bytes: expected a positive int, got {self.max_message_bytes}")
         if self.threads <= 0:
             raise OptionError(f"threads: expected a positive int, got {self.threads}")
+        if self.poll_repo_s is not None and not self.poll_repo_s > 0:
+            raise OptionError(f"poll_repo_s: expected a positive number of seconds, got {self.poll_repo_s}")
 
 
 class ModelServer:
@@ -100,7 +106,11 @@ class ModelServer:
         self._thread: Optional[threading.Thread] = None
         self._stopped: Optional[asyncio.Event] = None
         self._watcher: Optional[asyncio.Task[None]] = None
+        self._poller: Optional[asyncio.Task[None]] = None
+        self._loader: Optional[asyncio.Future[None]] = None
         self._closed = False
+        #: What stopped the server other than a signal (a model failing to load under ``strict``).
+        self.failure: Optional[BaseException] = None
 
     @classmethod
     def from_path(
@@ -134,7 +144,7 @@ class ModelServer:
                     ("grpc.so_reuseport", 0),
                 ]
                 # A request waiting for its batch holds its thread: leave room for a full batch.
-                batch_rows = max((m.settings.max_batch_size for m in self.repository), default=0)
+                batch_rows = self.repository.max_batch_size()
                 self._grpc_server = grpc.server(
                     ThreadPoolExecutor(max_workers=config.threads + batch_rows, thread_name_prefix="neuropod-grpc"),
                     options=options,
@@ -168,7 +178,10 @@ class ModelServer:
         except BaseException:
             await self._close_listeners(0)
             raise
-        self._watcher = asyncio.get_running_loop().create_task(self._watch_models())
+        loop = asyncio.get_running_loop()
+        self._watcher = loop.create_task(self._watch_models())
+        if config.poll_repo_s is not None:
+            self._poller = loop.create_task(self._poll_repository(config.poll_repo_s))
         logger.info(
             "serving",
             extra={
@@ -188,8 +201,9 @@ class ModelServer:
         self._closed = True
         grace = self.config.shutdown_grace_s if grace is None else grace
         logger.info("shutting down", extra={"grace_s": grace})
-        if self._watcher is not None:
-            self._watcher.cancel()
+        for task in (self._watcher, self._poller):
+            if task is not None:
+                task.cancel()
         drained = await self.dataplane.drain(grace)
         if not drained:
             logger.warning("requests still in flight after the grace period; closing anyway")
@@ -215,6 +229,39 @@ class ModelServer:
                     await loop.run_in_executor(None, model.neuropod.executor.restart)
                 except Exception:
                     logger.exception("restarting model %s failed", model.name)
+                    continue
+                if model.ready():
+                    logger.info("model recovered", extra={"model": model.name, "version": model.version})
+
+    async def _poll_repository(self, interval: float) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            await loop.run_in_executor(None, self.repository.poll)
+
+    def load_in_background(self, strict: bool = False) -> None:
+        """Load the repository's models after the ports are bound: liveness answers meanwhile, readiness waits.
+
+        With ``strict``, a model that fails to load stops the server (:attr:`failure` says why).
+        """
+        loop = asyncio.get_running_loop()
+        self.repository.loading = True  # not ready from the first probe on
+
+        def load() -> None:
+            self.repository.load_all(strict=strict)
+
+        async def run() -> None:
+            try:
+                await loop.run_in_executor(None, load)
+            except Exception as exc:
+                logger.error("a model failed to load and --strict is set; stopping", extra={"reason": str(exc)})
+                self.failure = exc
+                await self.stop_async(0)
+                return
+            gc.freeze()  # see serve_forever
+            logger.info("all models loaded", extra={"models": [f"{m.name}:{m.version}" for m in self.repository]})
+
+        self._loader = asyncio.ensure_future(run())
 
     async def _close_listeners(self, grace: float) -> None:
         if self._grpc_server is not None:
@@ -274,23 +321,51 @@ class ModelServer:
         self._thread.join()
         self._thread = None
 
-    def serve_forever(self) -> None:
-        """Serve in this thread until SIGINT or SIGTERM, then stop gracefully."""
+    def serve_forever(self, load: bool = False, strict: bool = False) -> None:
+        """Serve in this thread until SIGINT or SIGTERM, then stop gracefully.
+
+        Args:
+            load: load the repository's models after binding the ports (see
+                :meth:`load_in_background`) instead of serving those already loaded.
+            strict: with ``load``, a model that fails to load stops the server
+                and its error is raised here.
+
+        The first signal drains the requests in flight (logging how many); a
+        second one stops at once.
+        """
+        signals = {"count": 0}
 
         async def main() -> None:
             await self.start_async()
-            # Everything loaded so far lives as long as the server: keep it out of the
-            # collector's way so full collections stay short (fewer latency spikes).
-            gc.freeze()
             loop = asyncio.get_running_loop()
+
+            def on_signal() -> None:
+                signals["count"] += 1
+                if signals["count"] == 1:
+                    logger.info(
+                        f"draining {self.dataplane.in_flight} requests", extra={"in_flight": self.dataplane.in_flight}
+                    )
+                    asyncio.ensure_future(self.stop_async())
+                else:
+                    logger.warning("second signal: stopping now")
+                    os._exit(130)  # the operator asked twice: no more waiting on models or threads
+
             for signum in (signal.SIGINT, signal.SIGTERM):
                 try:
-                    loop.add_signal_handler(signum, lambda: asyncio.ensure_future(self.stop_async()))
+                    loop.add_signal_handler(signum, on_signal)
                 except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
                     pass
+            if load:
+                self.load_in_background(strict)
+            else:
+                # Everything loaded so far lives as long as the server: keep it out of the
+                # collector's way so full collections stay short (fewer latency spikes).
+                gc.freeze()
             await self.wait_stopped()
 
         asyncio.run(main())
+        if self.failure is not None:
+            raise self.failure
 
     def __enter__(self) -> ModelServer:
         return self.start()
