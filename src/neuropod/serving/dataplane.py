@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..errors import InputValidationError, ModelNotReadyError
+from ..errors import InputValidationError, ModelNotFoundError, ModelNotReadyError
 from ..kserve import EXTENSIONS
 from ..kserve.datatypes import DTYPE_TO_DATATYPE
 from ..kserve.status import status_for
@@ -175,7 +175,13 @@ class DataPlane:
 
     def model_ready(self, name: str, version: str = "") -> bool:
         """Whether a model can take requests (raises ModelNotFoundError if unknown)."""
-        return self._accepting and self.repository.get(name, version).ready()
+        try:
+            model = self.repository.get(name, version)
+        except (ModelNotFoundError, ModelNotReadyError):
+            if self.repository.known(name):  # unloaded, loading or failed to load: there, but not ready
+                return False
+            raise
+        return self._accepting and model.ready()
 
     def server_metadata(self) -> ServerMetadata:
         from .. import __version__
@@ -295,7 +301,14 @@ class DataPlane:
                 f"load parameters {', '.join(sorted(parameters))}: not supported; this server loads "
                 "the packages of its repository directory as they are"
             )
-        self.repository.load(name)
+        try:
+            self.repository.load(name)
+        except ModelNotFoundError:
+            raise
+        except Exception as exc:  # the package's fault, told to whoever asked (the index keeps the reason too)
+            logger.error("loading model failed", exc_info=True, extra={"model": name})
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ModelNotReadyError(f"model {name!r} failed to load: {reason}") from None
 
     def unload_model(self, name: str) -> None:
         self.repository.unload(name)

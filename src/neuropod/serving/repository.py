@@ -522,6 +522,10 @@ class ModelRepository:
             raise PackageError(f"model {model.name!r} version {model.version} is served twice")
         versions[model.version] = model
 
+    def known(self, name: str) -> bool:
+        """Whether ``name`` is served, or was found in the repository (unloaded, loading or failed)."""
+        return name in self._models or name in self._unserved
+
     def names(self) -> List[str]:
         return list(self._models)
 
