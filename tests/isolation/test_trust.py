@@ -110,3 +110,9 @@ def test_cli_keygen_sign_verify_and_inspect(code_package, tmp_path):
     assert "isolation: sandbox (carries Python code" in result.output
     result = runner.invoke(main, ["sign", str(tmp_path / "missing.zip"), "--key", str(key)])
     assert result.exit_code == 2 and "Traceback" not in result.output
+    # A malformed policy is named as the user's error, not reported as the policy refusing the package.
+    result = runner.invoke(main, ["inspect", str(code_package)], env={"NEUROPOD_TRUST": "code=sandbx"})
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "Error: OptionError: NEUROPOD_TRUST: code must be one of process, sandbox, container, got 'sandbx'"
+    )

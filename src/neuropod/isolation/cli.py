@@ -35,8 +35,8 @@ def trust_lines(package: Any) -> List[Tuple[str, str]]:
     code = carried_code(package)
     lines = [("code", "yes: " + "; ".join(code) if code else "none (data and framework artifacts only)")]
     signature = signature_path(package.source)
+    policy = TrustPolicy.parse(None)  # a malformed NEUROPOD_TRUST is the user's error (exit 2), not a refusal
     try:
-        policy = TrustPolicy.parse(None)
         level, decision = choose_isolation(package, None, policy)
         if decision.signed_by:
             signed = f"signed by trusted key {decision.signed_by} ({signature})"
