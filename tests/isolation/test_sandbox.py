@@ -201,6 +201,8 @@ def test_isolation_options_are_checked(packages):
     # A mistyped extra path is named at load, not found missing by the model later.
     with pytest.raises(OptionError, match=r"option 'sandbox_paths': no such file or directory: '/no/such/dir'"):
         load_neuropod(packages["tool"], isolation="sandbox", sandbox_paths=["/usr", "/no/such/dir"])
+    with pytest.raises(OptionError, match=r"option 'rootfs': expected a root filesystem directory, got '/no/such/"):
+        load_neuropod(packages["tool"], isolation="container", rootfs="/no/such/root")
 
 
 def test_a_missing_bubblewrap_is_named(packages, monkeypatch):

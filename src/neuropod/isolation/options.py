@@ -59,6 +59,13 @@ def _host_paths(name: str, value: Any) -> Tuple[str, ...]:
     return paths
 
 
+def _optional_directory(name: str, value: Any) -> Optional[str]:
+    path = _optional_text(name, value)
+    if path is not None and not os.path.isdir(path):
+        raise OptionError(f"option {name!r}: expected a root filesystem directory, got {path!r} (not a directory)")
+    return path
+
+
 def _optional_command(name: str, value: Any) -> Optional[Tuple[str, ...]]:
     command = _strings(name, value)
     return command or None
@@ -104,7 +111,7 @@ ISOLATION_OPTIONS: OptionTable = (
         "rootfs",
         "a root filesystem directory to run a container worker from, instead of an image",
         None,
-        _optional_text,
+        _optional_directory,
     ),
     Option(
         "container_engine",
