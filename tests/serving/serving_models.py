@@ -41,6 +41,7 @@ def get_model(data_dir):
     sleep_s = settings.get("sleep_s", 0)
     batch_log = settings.get("batch_log")
     fail_on_negative = settings.get("fail_on_negative", False)
+    time.sleep(settings.get("load_sleep_s", 0))  # a model that takes a while to load
 
     def add(x, y):
         if fail_on_negative and (x < 0).any():
@@ -122,7 +123,7 @@ def _python_package(
 
 
 def make_adder(target: Path, name: str = "adder", **settings: Any) -> Path:
-    """out = x + y over float32 [batch, None]; ``sleep_s``, ``batch_log``, ``fail_on_negative`` tune it."""
+    """out = x + y over float32 [batch, None]; tuned by sleep_s, load_sleep_s, batch_log, fail_on_negative."""
     return _python_package(target, name, ADDER_CODE, f"{name}_code", ADDER_INPUTS, ADDER_OUTPUTS, settings)
 
 

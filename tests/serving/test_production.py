@@ -457,7 +457,7 @@ def test_readiness_of_a_model_whose_worker_is_killed(adder: Path, caplog: pytest
     # Not ready lasts from the kill until the watcher's replacement has loaded the model:
     # at least the worker's start-up, up to one check interval more.
     config = ServerConfig(grpc_port=0, http_port=0, health_check_interval_s=1.0)
-    caplog.set_level(logging.WARNING, logger="neuropod.serving")
+    caplog.set_level(logging.INFO, logger="neuropod.serving")
     with ModelServer.from_path(adder, config, default_settings=ModelSettings(use_ope=True)) as server:
         executor = server.repository.get("adder").neuropod.executor
         client = tritonclient_grpc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
@@ -493,6 +493,7 @@ def test_readiness_of_a_model_whose_worker_is_killed(adder: Path, caplog: pytest
         client.close()
     # The watcher restarted it (no call did: none was made while it was down).
     assert any(record.getMessage() == "model not ready; restarting its executor" for record in caplog.records)
+    assert any(record.getMessage() == "model recovered" for record in caplog.records)  # and said so
 
 
 def test_server_closes_its_models(adder: Path) -> None:
