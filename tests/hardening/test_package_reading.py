@@ -383,3 +383,22 @@ def test_packaging_a_zip_with_a_self_test_leaves_the_cache_empty(tmp_path):
     assert zipfile.is_zipfile(path)
     assert _cache_entries() == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.zip"]  # no work dir left either
+
+
+def test_inspect_checks_a_cached_zip_against_the_zip(tmp_path):
+    from neuropod.package.archive import write_zip
+    from neuropod.package.manifest import write_manifest
+
+    write_zip(placeholder_dir(tmp_path / "tree"), tmp_path / "m.zip")
+    root = open_package(tmp_path / "m.zip").root
+    edit_json(root / "config.json", name="evil")
+    write_manifest(root)  # the cache now agrees with itself
+    result = subprocess.run(
+        [sys.executable, "-m", "neuropod.cli", "inspect", "--json", str(tmp_path / "m.zip")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["name"] == "target" and info["manifest"] == "verified"
