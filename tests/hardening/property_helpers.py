@@ -19,7 +19,7 @@ from neuropod.errors import NeuropodError
 
 LONG = os.environ.get("NEUROPOD_PROPERTY_LONG") == "1"
 #: How many times the CI count a long run executes.
-LONG_FACTOR = 12
+LONG_FACTOR = 8
 CASE_TIMEOUT_S = 5.0
 
 
