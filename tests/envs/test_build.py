@@ -136,8 +136,11 @@ def test_offline_mode_installs_only_from_the_wheel_folder(empty_envs_dir, tmp_pa
         framework_range=VersionRange.parse("*"),
         requirements=("six==1.15.0",),
     )
-    with pytest.raises(RequirementsError, match=rf"offline, from {wheels}"):
+    with pytest.raises(RequirementsError, match=rf"offline, from {wheels}") as info:
         Builder(find_links=str(wheels)).plan(missing)
+    # A requirement set has no package path: the hint names no empty command.
+    assert str(info.value).endswith("the same `neuropod envs build` command builds it")
+    assert "doctor" not in str(info.value)
 
 
 def test_cli_build_list_doctor_prune(empty_envs_dir, tmp_path):
@@ -162,6 +165,15 @@ def test_cli_build_list_doctor_prune(empty_envs_dir, tmp_path):
     assert not Path(row["path"]).exists()
     bad = runner.invoke(main, ["envs", "prune", "--older-than", "soon"])
     assert bad.exit_code == 2
+
+
+def test_a_requirements_line_that_is_no_requirement_is_named(empty_envs_dir, tmp_path):
+    lock = tmp_path / "requirements.txt"
+    lock.write_text("six==1.16.0  # why\nrequests[socks] >=2.0, <3 ; python_version > '3'\n\n# note\nsix 1.16\n")
+    result = CliRunner().invoke(main, ["envs", "build", "-r", str(lock)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"{lock} line 5: 'six 1.16' is not a requirement (expected name==version" in result.output
+    assert not built_environments()
 
 
 def test_without_uv_pip_and_venv_build_it(empty_envs_dir, monkeypatch):

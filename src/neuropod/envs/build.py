@@ -177,12 +177,17 @@ class Builder:
             "none is in the Python range asked for (`uv python install VERSION` or pyenv adds one)"
         )
         source = f" ({'offline, from ' + self.find_links})" if self.find_links else ""
-        command = f"neuropod envs build {need.source}" if need.source else "neuropod envs build"
+        if need.source:
+            then = (
+                f"`neuropod envs build {need.source}` builds it (or list an interpreter that has it in "
+                f"NEUROPOD_ENVIRONMENTS; `neuropod envs doctor {need.source}` says more)"
+            )
+        else:  # a requirement set given on the command line: there is no package path to name
+            then = "the same `neuropod envs build` command builds it"
         text = (
             f"{where}no environment can run it: it needs {need.describe()}; found {need.found_here()} here, "
             f"no registered or built environment holds it, and none can be built with the Pythons found "
-            f"({pythons}){source}: {tried}. Once that can be installed, `{command}` builds it (or list an "
-            f"interpreter that has it in NEUROPOD_ENVIRONMENTS; `neuropod envs doctor {need.source}` says more)"
+            f"({pythons}){source}: {tried}. Once that can be installed, {then}"
         )
         if need.distribution:
             raise FrameworkVersionError(text, range_text=need.framework_range.text, found=need.found_here())

@@ -110,6 +110,32 @@ def list_command(as_json: bool) -> None:
         click.echo(f"{'':<18} {row['path']}")
 
 
+#: One requirement: a distribution name, optional extras, optional version clauses, an optional marker.
+_REQUIREMENT = re.compile(
+    r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?(?:\s*\[[A-Za-z0-9._,\s-]*\])?"
+    r"(?:\s*(?:===|==|!=|<=|>=|~=|<|>)\s*[A-Za-z0-9.*+!_-]+"
+    r"(?:\s*,\s*(?:===|==|!=|<=|>=|~=|<|>)\s*[A-Za-z0-9.*+!_-]+)*)?\s*(?:;.*)?$"
+)
+
+
+def _requirement_lines(requirements_file: str) -> Tuple[str, ...]:
+    """The requirement lines of ``-r FILE``; a line that is none is named here, not after every Python fails."""
+    from ..errors import RequirementsError
+
+    lines = []
+    for number, raw in enumerate(Path(requirements_file).read_text().splitlines(), 1):
+        line = raw.split(" #", 1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        if not _REQUIREMENT.match(line):
+            raise RequirementsError(
+                f"{requirements_file} line {number}: {line!r} is not a requirement "
+                "(expected name==version, e.g. six==1.16.0)"
+            )
+        lines.append(line)
+    return tuple(lines)
+
+
 def _needs(
     paths: Tuple[str, ...],
     platform: Optional[str],
@@ -125,8 +151,7 @@ def _needs(
     if platform or python or requirements_file:
         lines: Tuple[str, ...] = ()
         if requirements_file:
-            text = Path(requirements_file).read_text()
-            lines = tuple(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
+            lines = _requirement_lines(requirements_file)
         distribution = framework_of(platform) if platform else None
         needs.append(
             Need(
