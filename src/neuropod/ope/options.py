@@ -114,9 +114,11 @@ def _environment_variables(name: str, value: Any) -> Tuple[Tuple[str, str], ...]
 def _variable_names(name: str, value: Any) -> Union[str, Tuple[str, ...]]:
     if value == "*":
         return "*"
-    if isinstance(value, str) or not all(isinstance(item, str) for item in (value or ())):
+    if value is None:
+        return ()
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise OptionError(f"{name}: expected a list of variable names, or '*' for the whole environment; got {value!r}")
-    return tuple(value or ())
+    return tuple(value)
 
 
 _DEFAULTS = OpeOptions()
