@@ -99,9 +99,16 @@ class RestAdapter:
             so; None for none.
     """
 
-    def __init__(self, dataplane: DataPlane, max_request_bytes: int, token: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        max_request_bytes: int,
+        token: Optional[str] = None,
+        body_timeout_s: Optional[float] = None,
+    ) -> None:
         self.dataplane = dataplane
         self.max_request_bytes = max_request_bytes
+        self.body_timeout_s = body_timeout_s
         self._token = BearerToken(token)
 
     def app(self) -> web.Application:
@@ -207,7 +214,9 @@ class RestAdapter:
 
     async def infer(self, request: web.Request) -> web.Response:
         try:
-            body = await request.read()
+            body = await asyncio.wait_for(request.read(), self.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise web.HTTPRequestTimeout(reason=f"the request body took longer than {self.body_timeout_s} s") from None
         except (HttpProcessingError, RequestPayloadError) as exc:  # a body its Content-Encoding cannot decode
             encoding = request.headers.get("Content-Encoding", "identity")
             raise InputValidationError(f"request body: cannot decode it as Content-Encoding {encoding!r}") from exc

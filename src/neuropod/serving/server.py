@@ -31,6 +31,7 @@ from aiohttp import web
 
 from ..errors import OptionError, ServerError
 from ..kserve import DEFAULT_MAX_MESSAGE_BYTES
+from .connections import GuardedProtocolFactory
 from .dataplane import DataPlane
 from .grpc_adapter import GrpcAdapter
 from .metrics import ServerMetrics
@@ -60,6 +61,13 @@ class ServerConfig:
             executor's ``restart()`` called (when it has one).
         poll_repo_s: how often the repository directory is read again, loading
             added and changed packages and unloading removed ones (None: never).
+        header_timeout_s: a REST connection that has not sent its first request
+            head (request line and headers) this long after connecting is closed.
+        body_timeout_s: a REST request body that takes longer to arrive is
+            answered 408.
+        keepalive_timeout_s: idle REST keep-alive connections close after this.
+        max_connections_per_client: most REST connections one client address
+            may hold open; more are closed at once.
     """
 
     host: str = "127.0.0.1"
@@ -73,6 +81,10 @@ class ServerConfig:
     shutdown_grace_s: float = 30.0
     health_check_interval_s: float = 1.0
     poll_repo_s: Optional[float] = None
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    keepalive_timeout_s: float = 75.0
+    max_connections_per_client: int = 256
 
     def __post_init__(self) -> None:
         if self.grpc_port is None and self.http_port is None:
@@ -83,6 +95,9 @@ class ServerConfig:
             raise OptionError(f"max_message_bytes: expected a positive int, got {self.max_message_bytes}")
         if self.threads <= 0:
             raise OptionError(f"threads: expected a positive int, got {self.threads}")
+        for name in ("header_timeout_s", "body_timeout_s", "keepalive_timeout_s", "max_connections_per_client"):
+            if not getattr(self, name) > 0:
+                raise OptionError(f"{name}: expected a positive number, got {getattr(self, name)!r}")
         if self.poll_repo_s is not None and not self.poll_repo_s > 0:
             raise OptionError(f"poll_repo_s: expected a positive number of seconds, got {self.poll_repo_s}")
 
@@ -102,6 +117,7 @@ class ModelServer:
         self.http_port: Optional[int] = None
         self._grpc_server: Optional[grpc.Server] = None
         self._http_runner: Optional[web.AppRunner] = None
+        self._http_listener: Optional[asyncio.AbstractServer] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
         self._stopped: Optional[asyncio.Event] = None
@@ -161,20 +177,33 @@ class ModelServer:
                     raise ServerError(f"gRPC: cannot listen on {address} (in use, or not an address here)") from exc
                 self._grpc_server.start()
             if config.http_port is not None:
-                app = RestAdapter(self.dataplane, config.max_message_bytes, config.token).app()
-                self._http_runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_grace_s)
+                app = RestAdapter(
+                    self.dataplane, config.max_message_bytes, config.token, body_timeout_s=config.body_timeout_s
+                ).app()
+                self._http_runner = web.AppRunner(
+                    app,
+                    access_log=None,
+                    shutdown_timeout=config.shutdown_grace_s,
+                    keepalive_timeout=config.keepalive_timeout_s,
+                )
                 await self._http_runner.setup()
                 ssl_context = None
                 if config.tls_cert is not None:
                     ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
                     ssl_context.load_cert_chain(config.tls_cert, config.tls_key)
-                site = web.TCPSite(self._http_runner, config.host, config.http_port, ssl_context=ssl_context)
+                # Our own listener (not aiohttp's TCPSite): each connection goes through the guard
+                # that bounds connections per client and the time to send a request head.
+                guarded = GuardedProtocolFactory(
+                    self._http_runner.server, config.max_connections_per_client, config.header_timeout_s
+                )
                 try:
-                    await site.start()
+                    self._http_listener = await asyncio.get_running_loop().create_server(
+                        guarded, config.host, config.http_port, ssl=ssl_context, reuse_address=True
+                    )
                 except OSError as exc:
                     where = f"{_bracketed(config.host)}:{config.http_port}"
                     raise ServerError(f"HTTP: cannot listen on {where}: {exc.strerror or exc}") from exc
-                self.http_port = _bound_port(site)
+                self.http_port = int(self._http_listener.sockets[0].getsockname()[1])
         except BaseException:
             await self._close_listeners(0)
             raise
@@ -268,6 +297,9 @@ class ModelServer:
             stopped = self._grpc_server.stop(grace)
             await asyncio.get_running_loop().run_in_executor(None, stopped.wait)
             self._grpc_server = None
+        if self._http_listener is not None:
+            self._http_listener.close()  # no new connections; those open are drained by the runner
+            self._http_listener = None
         if self._http_runner is not None:
             await self._http_runner.cleanup()
             self._http_runner = None
@@ -376,11 +408,3 @@ class ModelServer:
 
 def _bracketed(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
-def _bound_port(site: web.TCPSite) -> int:
-    server = site._server  # aiohttp exposes the bound sockets only here
-    sockets = getattr(server, "sockets", None) or []
-    for sock in sockets:
-        return int(sock.getsockname()[1])
-    raise ServerError("the HTTP listener bound no socket")
