@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from tools_fixtures import addition_fixture, server_url_fixture  # noqa: F401  (fixtures)
 
-from neuropod import SpecError, load_neuropod
+from neuropod import DatasetError, SpecError, load_neuropod
 from neuropod.cli import main
 from neuropod.packagers import create_placeholder_neuropod
 from neuropod.tools import InputBuilder, bench
@@ -78,6 +78,23 @@ def test_feature_specs_are_checked_when_the_plan_is_made(addition: Dict[str, Pat
     assert builder.calls == {}  # nothing ran
     with pytest.raises(SpecError, match="input 'y' has no feature"):
         InputBuilder().plan([load_neuropod(addition["placeholder"])])
+
+
+def test_a_failing_or_misfit_feature_is_named_when_the_batch_is_built() -> None:
+    builder = InputBuilder()
+
+    @builder.feature("pixels", "float32", ("batch", 3))
+    def pixels(example: Dict[str, Any]) -> Any:
+        return example["png"]
+
+    with pytest.raises(
+        DatasetError, match=r"feature 'pixels': .*pixels\(\) failed on example 1 of the batch: KeyError"
+    ):
+        builder.compute(["pixels"], [{"png": [1, 2, 3]}, {}])
+    with pytest.raises(SpecError, match=r"feature 'pixels': .*gave a batch of shape \[1, 4\]; the feature's spec says"):
+        builder.compute(["pixels"], [{"png": [1, 2, 3, 4]}])
+    with pytest.raises(SpecError, match=r"gave <U1 values, which do not convert to its spec's dtype float32"):
+        builder.compute(["pixels"], [{"png": ["a", "b", "c"]}])
 
 
 @pytest.mark.parametrize("framework", ["torchscript", "onnx", "jax"])

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import SpecError
+from ..errors import DatasetError, SpecError
 from ..spec import TensorSpec
 from .problem import check_problem
 
@@ -104,20 +104,52 @@ class InputBuilder:
         return InputPlan(self, list(models), wanted)
 
     def compute(self, names: Sequence[str], examples: Sequence[Any]) -> Dict[str, np.ndarray]:
-        """Each named feature over ``examples``, stacked into a batch (each computed once)."""
+        """Each named feature over ``examples``, stacked into a batch (each computed once).
+
+        Raises:
+            DatasetError: a feature's function raised on an example (named, with its index).
+            SpecError: a feature's values do not fit its own spec (dtype, rank, fixed sizes).
+        """
         batch = {}
         for name in names:
             feature = self._features[name]
-            values = [feature.function(example) for example in examples]
+            values = []
+            for index, example in enumerate(examples):
+                try:
+                    values.append(feature.function(example))
+                except Exception as exc:  # the user's function: say which feature and example
+                    raise DatasetError(
+                        f"feature {name!r}: {_function_name(feature.function)} failed on example {index} "
+                        f"of the batch: {type(exc).__name__}: {exc}"
+                    ) from exc
             self.calls[name] += len(values)
             try:
                 array = np.stack([np.asarray(value) for value in values]) if values else np.empty((0,))
             except ValueError as exc:
                 raise SpecError(f"feature {name!r}: examples of different shapes cannot be batched: {exc}") from None
             if feature.spec.dtype != "string" and array.dtype != feature.spec.numpy_dtype:
-                array = array.astype(feature.spec.numpy_dtype)
+                try:
+                    array = array.astype(feature.spec.numpy_dtype)
+                except (TypeError, ValueError):
+                    raise SpecError(
+                        f"feature {name!r}: {_function_name(feature.function)} gave {array.dtype} values, "
+                        f"which do not convert to its spec's dtype {feature.spec.dtype}"
+                    ) from None
+            expected = feature.spec.shape
+            if values and (
+                array.ndim != len(expected)
+                or any(isinstance(size, int) and size != got for size, got in zip(expected, array.shape))
+            ):
+                raise SpecError(
+                    f"feature {name!r}: {_function_name(feature.function)} gave a batch of shape "
+                    f"{list(array.shape)}; the feature's spec says {list(expected)}"
+                )
             batch[name] = array
         return batch
+
+
+def _function_name(function: Callable[[Any], Any]) -> str:
+    return f"{getattr(function, '__qualname__', None) or repr(function)}()"
 
 
 def _as_feature(error: str) -> str:
