@@ -396,6 +396,14 @@ def _read_token(token_file: str, token: Optional[str]) -> str:
 @click.option(
     "--strict", is_flag=True, help="A package that fails to load stops the server (default: log it, serve the others)."
 )
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Server processes sharing the ports (SO_REUSEPORT), so every core serves.",
+)
+@click.option("--reuse-port", is_flag=True, hidden=True, help="Bind with SO_REUSEPORT (set by --workers).")
 @_user_errors
 def serve(
     path: str,
@@ -416,6 +424,8 @@ def serve(
     log_level: str,
     poll_repo: Optional[float],
     strict: bool,
+    workers: int,
+    reuse_port: bool,
 ) -> None:
     """Serve a package or a model repository over KServe v2 gRPC and REST.
 
@@ -432,6 +442,11 @@ def serve(
     except ImportError as exc:
         raise UserError(f"serving needs the serve extra (pip install 'neuropod[serve]'): {exc}") from None
 
+    if workers > 1:
+        from .serving.workers import serve_workers
+
+        configure_json_logging(getattr(logging, log_level.upper()))
+        sys.exit(serve_workers(sys.argv, workers, host, grpc_port, http_port))
     if token_file is not None:
         token = _read_token(token_file, token)
     model_settings = _serve_settings(config_file)
@@ -447,6 +462,7 @@ def serve(
         tls_key=tls_key,
         shutdown_grace_s=grace,
         poll_repo_s=poll_repo,
+        reuse_port=reuse_port,
     )
     configure_json_logging(getattr(logging, log_level.upper()))
     repository = ModelRepository(path, defaults, model_settings)

@@ -68,6 +68,8 @@ class ServerConfig:
         keepalive_timeout_s: idle REST keep-alive connections close after this.
         max_connections_per_client: most REST connections one client address
             may hold open; more are closed at once.
+        reuse_port: bind both ports with SO_REUSEPORT, so several server
+            processes share them (``neuropod serve --workers N``).
     """
 
     host: str = "127.0.0.1"
@@ -85,6 +87,7 @@ class ServerConfig:
     body_timeout_s: float = 60.0
     keepalive_timeout_s: float = 75.0
     max_connections_per_client: int = 256
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         if self.grpc_port is None and self.http_port is None:
@@ -157,7 +160,8 @@ class ModelServer:
                 options = [
                     ("grpc.max_receive_message_length", config.max_message_bytes),
                     ("grpc.max_send_message_length", config.max_message_bytes),
-                    ("grpc.so_reuseport", 0),
+                    # Off unless asked: a second server must not silently share a port by accident.
+                    ("grpc.so_reuseport", 1 if config.reuse_port else 0),
                 ]
                 # A request waiting for its batch holds its thread: leave room for a full batch.
                 batch_rows = self.repository.max_batch_size()
@@ -198,7 +202,12 @@ class ModelServer:
                 )
                 try:
                     self._http_listener = await asyncio.get_running_loop().create_server(
-                        guarded, config.host, config.http_port, ssl=ssl_context, reuse_address=True
+                        guarded,
+                        config.host,
+                        config.http_port,
+                        ssl=ssl_context,
+                        reuse_address=True,
+                        reuse_port=config.reuse_port or None,
                     )
                 except OSError as exc:
                     where = f"{_bracketed(config.host)}:{config.http_port}"
