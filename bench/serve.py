@@ -1,26 +1,31 @@
 """Throughput and latency of ``neuropod serve`` against MLServer, same model, same client, same run.
 
-Both servers serve out = x + y over float32 [4, 64] tensors (neuropod: a
-Python package; MLServer 1.7.1: the equivalent custom ``MLModel`` from
-tests/serving/mlserver_adder, with its default settings). Each runs in its
-own process; the client is tritonclient for all of them (gRPC, and HTTP:
-binary tensors for neuropod, JSON for MLServer, which has no binary
-extension), with N threads each holding its own client for N = 1, 4, 16, 64.
+Every server serves out = x + y over float32 [4, 64] tensors (neuropod: a
+Python package, with its defaults and with ``--workers 2``; MLServer 1.7.1:
+the equivalent custom ``MLModel`` from tests/serving/mlserver_adder, with its
+default settings and with ``parallel_workers: 0``, its fastest setting here).
+Each runs in its own process group; the client is tritonclient for all of
+them (gRPC, and HTTP: binary tensors for neuropod, JSON for MLServer, which
+has no binary extension), with N threads each holding its own client for
+N = 1, 4, 16, 64. The server's CPU per request is the CPU time (user +
+system) of its whole process group over a cell's measured window, divided
+by the requests answered in it.
 
-    python bench/serve.py                      # about 2 minutes (2 rounds x 2 s per cell)
+    python bench/serve.py                      # about 5 minutes (2 rounds x 2 s per cell)
     python bench/serve.py --duration 1 --concurrency 1 16
 
 MLServer runs from the venv made by scripts/mlserver-venv.sh; without it the
 MLServer rows are skipped. Every cell runs --rounds times, the servers taking
 turns, and keeps the best value of each metric over its rounds (this machine
 is noisy; the same rule applies to every server). Prints a table and the
-neuropod/MLServer ratios.
+ratios of each neuropod row to MLServer with parallel_workers: 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -69,10 +74,30 @@ def _http_caller(port: int, binary: bool) -> Tuple[Callable[[], None], Callable[
     return call, client.close
 
 
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of process group ``pgid``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # after the command name: state, ppid, pgrp, ..., utime [11], stime [12]
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
 def measure(
-    make_caller: Callable[[], Tuple[Callable[[], None], Callable[[], None]]], concurrency: int, duration: float
+    make_caller: Callable[[], Tuple[Callable[[], None], Callable[[], None]]],
+    concurrency: int,
+    duration: float,
+    server_pgid: int = 0,
 ) -> Dict[str, float]:
-    """Run ``concurrency`` closed-loop clients for ``duration`` s after a short warm-up."""
+    """Run ``concurrency`` closed-loop clients for ``duration`` s after a short warm-up.
+
+    With ``server_pgid``, also the server's CPU time per request over the measured window.
+    """
     latencies: List[List[float]] = [[] for _ in range(concurrency)]
     errors: List[BaseException] = []
     barrier = threading.Barrier(concurrency + 1)
@@ -115,6 +140,12 @@ def measure(
     now = time.perf_counter()
     window["start"] = now + min(0.5, duration / 4)  # warm-up under load is not counted
     window["end"] = window["start"] + duration
+    cpu = [0.0, 0.0]
+    if server_pgid:
+        time.sleep(max(0.0, window["start"] - time.perf_counter()))
+        cpu[0] = group_cpu_s(server_pgid)
+        time.sleep(max(0.0, window["end"] - time.perf_counter()))
+        cpu[1] = group_cpu_s(server_pgid)
     for thread in threads:
         thread.join(duration + 60)
     if errors:
@@ -125,11 +156,12 @@ def measure(
         "p50_ms": float(np.percentile(flat, 50) * 1000) if len(flat) else float("nan"),
         "p99_ms": float(np.percentile(flat, 99) * 1000) if len(flat) else float("nan"),
         "requests": float(len(flat)),
+        "cpu_us": (cpu[1] - cpu[0]) / len(flat) * 1e6 if server_pgid and len(flat) else float("nan"),
     }
 
 
-def start_neuropod(package: Path) -> Tuple[subprocess.Popen[str], int, int]:
-    command = neuropod_cli() + ["serve", str(package), "--grpc-port", "0", "--http-port", "0"]
+def start_neuropod(package: Path, *extra: str) -> Tuple[subprocess.Popen[str], int, int]:
+    command = neuropod_cli() + ["serve", str(package), "--grpc-port", "0", "--http-port", "0", *extra]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
     assert process.stderr is not None
     record = None
@@ -148,6 +180,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds per cell; the best is kept")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--skip-mlserver", action="store_true")
+    parser.add_argument("--workers", type=int, default=2, help="also serve with neuropod serve --workers N (1: not)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -155,57 +188,75 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         package = make_adder(work / "adder")
-        targets: List[Tuple[str, Callable[[int], Callable[[], Any]], str]] = []
-        neuropod_process, grpc_port, http_port = start_neuropod(package)
-        processes = [neuropod_process]
+        # (row name, caller factory, port, process group whose CPU is the server's)
+        targets: List[Tuple[str, Callable[[int], Any], int, int]] = []
+        processes: List[Any] = []
         try:
-            targets.append(("neuropod gRPC", lambda p: _grpc_caller(p), f"{grpc_port}"))
-            targets.append(("neuropod REST", lambda p: _http_caller(p, binary=True), f"{http_port}"))
+            for label, extra in (("neuropod", ()), (f"neuropod x{args.workers}", ("--workers", str(args.workers)))):
+                if label != "neuropod" and args.workers < 2:
+                    continue
+                process, grpc_port, http_port = start_neuropod(package, *extra)
+                processes.append(process)
+                targets.append((f"{label} gRPC", lambda p: _grpc_caller(p), grpc_port, process.pid))
+                targets.append((f"{label} REST", lambda p: _http_caller(p, binary=True), http_port, process.pid))
             if not args.skip_mlserver and mlserver_available():
-                (work / "mlserver").mkdir()
-                ml_process, ml_http, ml_grpc = start_mlserver(work / "mlserver")
-                processes.append(ml_process)  # type: ignore[arg-type]
-                targets.append(("MLServer gRPC", lambda p: _grpc_caller(p), f"{ml_grpc}"))
-                targets.append(("MLServer REST", lambda p: _http_caller(p, binary=False), f"{ml_http}"))
+                # MLServer's default (a pool of inference processes) and its fastest setting here
+                # (parallel_workers: 0, inference in the server process).
+                for label, parallel_workers in (("MLServer", None), ("MLServer pw0", 0)):
+                    workdir = work / label.replace(" ", "-")
+                    workdir.mkdir()
+                    ml_process, ml_http, ml_grpc = start_mlserver(workdir, parallel_workers=parallel_workers)
+                    processes.append(ml_process)
+                    targets.append((f"{label} gRPC", lambda p: _grpc_caller(p), ml_grpc, ml_process.pid))
+                    targets.append((f"{label} REST", lambda p: _http_caller(p, binary=False), ml_http, ml_process.pid))
             elif not args.skip_mlserver:
                 print("MLServer venv missing (scripts/mlserver-venv.sh): MLServer rows skipped", file=sys.stderr)
-            # Rounds interleave the servers, so a burst of background load hits both; each
-            # cell keeps the best of its rounds per metric (highest req/s, lowest p50 and p99).
+            # Rounds interleave the servers, so a burst of background load hits all; each cell
+            # keeps the best of its rounds per metric (highest req/s, lowest p50, p99 and CPU).
             for round_index in range(args.rounds):
                 for concurrency in args.concurrency:
-                    for name, caller, port in targets:
-                        cell = measure(lambda c=caller, p=int(port): c(p), concurrency, args.duration)  # type: ignore[misc]
+                    for name, caller, port, pgid in targets:
+                        cell = measure(lambda c=caller, p=port: c(p), concurrency, args.duration, pgid)  # type: ignore[misc]
                         best = results.setdefault(name, {}).setdefault(concurrency, dict(cell))
                         best["throughput"] = max(best["throughput"], cell["throughput"])
-                        best["p50_ms"] = min(best["p50_ms"], cell["p50_ms"])
-                        best["p99_ms"] = min(best["p99_ms"], cell["p99_ms"])
+                        for key in ("p50_ms", "p99_ms", "cpu_us"):
+                            best[key] = min(best[key], cell[key])
                         print(
-                            f"  round {round_index + 1} {name:<14} c={concurrency:<3} {cell['throughput']:8.0f} req/s  "
-                            f"p50 {cell['p50_ms']:7.2f} ms  p99 {cell['p99_ms']:7.2f} ms",
+                            f"  round {round_index + 1} {name:<18} c={concurrency:<3} {cell['throughput']:8.0f} req/s  "
+                            f"p50 {cell['p50_ms']:7.2f} ms  p99 {cell['p99_ms']:7.2f} ms  "
+                            f"cpu {cell['cpu_us']:6.0f} us/req",
                             file=sys.stderr,
                             flush=True,
                         )
         finally:
             for process in processes:
-                stop_process(process)  # type: ignore[arg-type]
+                stop_process(process)
 
     print(f"\nadder, float32 {list(SHAPE)} x2, tritonclient, best of {args.rounds} x {args.duration:g} s per cell\n")
-    print(f"| {'server':<14} | conc | req/s   | p50 ms | p99 ms |")
-    print(f"|{'-' * 16}|------|---------|--------|--------|")
+    print(f"| {'server':<18} | conc | req/s   | p50 ms | p99 ms | server CPU us/req |")
+    print(f"|{'-' * 20}|------|---------|--------|--------|-------------------|")
     for name, by_concurrency in results.items():
         for concurrency, cell in by_concurrency.items():
-            numbers = f"{cell['throughput']:7.0f} | {cell['p50_ms']:6.2f} | {cell['p99_ms']:6.2f}"
-            print(f"| {name:<14} | {concurrency:>4} | {numbers} |")
-    if "MLServer gRPC" in results:
-        print("\nneuropod / MLServer (throughput ratio, p99 ratio: want >= 2 and <= 0.5)\n")
-        print("| protocol | conc | throughput x | p99 x |")
-        print("|----------|------|--------------|-------|")
-        for protocol in ("gRPC", "REST"):
-            ours, theirs = results[f"neuropod {protocol}"], results[f"MLServer {protocol}"]
+            numbers = (
+                f"{cell['throughput']:7.0f} | {cell['p50_ms']:6.2f} | {cell['p99_ms']:6.2f} | {cell['cpu_us']:17.0f}"
+            )
+            print(f"| {name:<18} | {concurrency:>4} | {numbers} |")
+    baseline = "MLServer pw0"
+    if f"{baseline} gRPC" in results:
+        print(f"\nneuropod / {baseline} (targets: throughput >= 3, p99 <= 0.5, CPU per request <= 0.33)\n")
+        print("| neuropod row | conc | throughput x | p99 x | CPU/req x |")
+        print("|--------------|------|--------------|-------|-----------|")
+        for name in results:
+            if not name.startswith("neuropod"):
+                continue
+            protocol = name.rsplit(" ", 1)[1]
+            theirs = results[f"{baseline} {protocol}"]
             for concurrency in args.concurrency:
-                speed = ours[concurrency]["throughput"] / theirs[concurrency]["throughput"]
-                tail = ours[concurrency]["p99_ms"] / theirs[concurrency]["p99_ms"]
-                print(f"| {protocol:<8} | {concurrency:>4} | {speed:12.2f} | {tail:5.2f} |")
+                ours = results[name][concurrency]
+                speed = ours["throughput"] / theirs[concurrency]["throughput"]
+                tail = ours["p99_ms"] / theirs[concurrency]["p99_ms"]
+                cpu = ours["cpu_us"] / theirs[concurrency]["cpu_us"]
+                print(f"| {name:<12} | {concurrency:>4} | {speed:12.2f} | {tail:5.2f} | {cpu:9.2f} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

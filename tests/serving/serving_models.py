@@ -164,8 +164,14 @@ def mlserver_available() -> bool:
     return (MLSERVER_VENV / "bin" / "mlserver").exists()
 
 
-def start_mlserver(workdir: Path, timeout_s: float = 90.0) -> Tuple[subprocess.Popen[bytes], int, int]:
-    """Start MLServer from its own venv serving the adder; return (process, http port, grpc port)."""
+def start_mlserver(
+    workdir: Path, timeout_s: float = 90.0, parallel_workers: Optional[int] = None
+) -> Tuple[subprocess.Popen[bytes], int, int]:
+    """Start MLServer from its own venv serving the adder; return (process, http port, grpc port).
+
+    ``parallel_workers`` None keeps MLServer's default (a pool of inference worker
+    processes); 0 runs inference in the server process, its fastest setting here.
+    """
     model_dir = workdir / "adder"
     shutil.copytree(MLSERVER_MODEL_DIR, model_dir, ignore=shutil.ignore_patterns("__pycache__"))
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
@@ -176,6 +182,8 @@ def start_mlserver(workdir: Path, timeout_s: float = 90.0) -> Tuple[subprocess.P
         "metrics_port": metrics_port,
         "debug": False,
     }
+    if parallel_workers is not None:
+        settings["parallel_workers"] = parallel_workers
     (workdir / "settings.json").write_text(json.dumps(settings))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     env["PATH"] = f"{MLSERVER_VENV / 'bin'}{os.pathsep}{env.get('PATH', '')}"
