@@ -104,6 +104,10 @@ def test_cli_keygen_sign_verify_and_inspect(code_package, tmp_path):
     assert runner.invoke(main, ["sign", str(code_package), "--key", str(key)]).exit_code == 0
     result = runner.invoke(main, ["verify", str(code_package), "--key", f"{key}.pub"])
     assert result.exit_code == 0 and "verified" in result.output
+    # The private key where the public one belongs: the user's error, not "not verified".
+    result = runner.invoke(main, ["verify", str(code_package), "--key", str(key)])
+    assert result.exit_code == 2 and "Error: TrustError: trusted key" in result.output
+    assert "NOT VERIFIED" not in result.output
     result = runner.invoke(main, ["inspect", str(code_package)], env={"NEUROPOD_TRUST": "code=sandbox"})
     assert result.exit_code == 0
     assert "code:      yes: Python code" in result.output

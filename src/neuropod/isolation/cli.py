@@ -88,13 +88,17 @@ def sign(path: str, key: str) -> None:
 )
 @_user_errors
 def verify(path: str, keys: Tuple[str, ...]) -> None:
-    """Check package PATH's files against its manifest and its signature against trusted keys (exit 1 if not)."""
+    """Check package PATH's files against its manifest and its signature against trusted keys (exit 1 if not).
+
+    A key that cannot be read exits 2, as every user error does.
+    """
     from ..package import open_package
     from ..trust import load_public_keys, signature_path, verify_signature
 
     package = open_package(path, verify=True)
+    trusted = load_public_keys(keys)  # an unreadable key is the user's error (exit 2), not a failed check
     try:
-        signer = verify_signature(package, load_public_keys(keys))
+        signer = verify_signature(package, trusted)
     except TrustError as exc:
         click.echo(f"NOT VERIFIED: {exc}", err=True)
         sys.exit(1)
