@@ -402,3 +402,17 @@ def test_inspect_checks_a_cached_zip_against_the_zip(tmp_path):
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["name"] == "target" and info["manifest"] == "verified"
+
+
+@pytest.mark.parametrize(
+    "names",
+    [[b"0", b"0/config.json"], [b"0/config.json", b"0/config.json/x"], [b"a", b"a/"], [b"0/x", b"0\\x"]],
+    ids=["file_then_dir", "dir_under_file", "same_name_as_dir", "backslash_twin"],
+)
+def test_clashing_entries_are_a_package_error(tmp_path, names):
+    entries = [(name, data, {}) for name, data in _zip_of(tmp_path).items() if name != b"0/config.json"]
+    entries += [(name, b"{}", {}) for name in names]
+    path = raw_zip(tmp_path / "clash.zip", entries)
+    with pytest.raises(PackageError, match="clash.zip"):
+        open_package(path)
+    assert _cache_entries() == []

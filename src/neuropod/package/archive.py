@@ -267,11 +267,14 @@ def _extract_into(zip_path: Path, destination: Path, verify: bool) -> bool:
         with ByteProgress(f"extract {zip_path.name}", total) as progress:
             for info in infos:
                 target = destination.joinpath(*PurePosixPath(info.filename.replace("\\", "/")).parts)
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                digests[info.filename] = _extract_entry(zf, info, target, zip_path, progress)
+                try:
+                    (target if info.is_dir() else target.parent).mkdir(parents=True, exist_ok=True)
+                except OSError as exc:  # e.g. a file entry "0" and an entry "0/config.json"
+                    raise UnsafePackageError(
+                        f"{zip_path}: entry {info.filename!r} clashes with another entry: {exc.strerror or exc}"
+                    ) from None
+                if not info.is_dir():
+                    digests[info.filename] = _extract_entry(zf, info, target, zip_path, progress)
     if manifest is not None and verify:
         source = f"{zip_path.name}'s {layout.MANIFEST}"
         for rel, digest in manifest.items():
