@@ -210,6 +210,37 @@ def test_zips_with_a_mutated_entry_and_a_matching_crc_give_a_neuropod_error_or_r
         _exercise(path)
 
 
+# --- zips written field by field ----------------------------------------------------------------
+
+_part = st.sampled_from(["0", "data", "config.json", "manifest.json", "x", "..", ".", "", "\\", "a:b", "\x00"])
+_entry = st.tuples(
+    st.one_of(
+        st.lists(_part, min_size=1, max_size=4).map(lambda parts: "/".join(parts).encode("utf-8")),
+        st.binary(min_size=1, max_size=12),
+    ),
+    st.binary(max_size=64),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "method": st.sampled_from([0, 8, 12, 14, 99]),
+            "flags": st.sampled_from([0, 0x1, 0x8, 0x800]),
+            "size": st.integers(0, 2**32 - 1),
+            "external_attr": st.sampled_from([0, 0o120777 << 16, 0o40755 << 16, 0o10644 << 16]),
+        },
+    ),
+)
+
+
+@SETTINGS
+@given(extra=st.lists(_entry, min_size=1, max_size=4), keep_config=st.booleans())
+def test_zips_with_generated_entries_give_a_neuropod_error_or_run(base: Path, extra: Any, keep_config: bool) -> None:
+    from package_helpers import package_entries, raw_zip
+
+    entries = [(n, d, {}) for n, d in package_entries(base / "tree").items() if keep_config or n != b"config.json"]
+    with tempfile.TemporaryDirectory() as work:
+        _exercise(raw_zip(Path(work) / "generated.zip", entries + list(extra)))
+
+
 # --- trees with odd entries -------------------------------------------------------------------------
 
 _odd = st.sampled_from(["fifo", "link_out", "link_in", "link_loop", "dir", "empty", "huge_sparse"])
