@@ -36,7 +36,7 @@ class GuardedProtocolFactory:
         header_timeout_s: seconds a new connection has to send its first request head.
     """
 
-    def __init__(self, factory: Callable[[], asyncio.Protocol], max_per_client: int, header_timeout_s: float) -> None:
+    def __init__(self, factory: Callable[[], Any], max_per_client: int, header_timeout_s: float) -> None:
         self._factory = factory
         self.max_per_client = max_per_client
         self.header_timeout_s = header_timeout_s

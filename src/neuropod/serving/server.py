@@ -197,9 +197,9 @@ class ModelServer:
                     ssl_context.load_cert_chain(config.tls_cert, config.tls_key)
                 # Our own listener (not aiohttp's TCPSite): each connection goes through the guard
                 # that bounds connections per client and the time to send a request head.
-                guarded = GuardedProtocolFactory(
-                    self._http_runner.server, config.max_connections_per_client, config.header_timeout_s
-                )
+                protocols = self._http_runner.server
+                assert protocols is not None  # set by setup()
+                guarded = GuardedProtocolFactory(protocols, config.max_connections_per_client, config.header_timeout_s)
                 try:
                     self._http_listener = await asyncio.get_running_loop().create_server(
                         guarded,
