@@ -225,3 +225,21 @@ def test_remote_backend_against_mlserver(mlserver: tuple, scheme: str) -> None:
         np.testing.assert_array_equal(model.infer({"x": x, "y": y})["out"], x + y)
         with pytest.raises(InputValidationError):
             model.infer({"x": x.astype(np.float64), "y": y})
+
+
+def test_large_inputs_go_through_shared_memory_on_the_same_host(server: ModelServer) -> None:
+    x = np.random.default_rng(3).standard_normal((2, 128 * 1024)).astype(np.float32)  # 1 MiB per input
+    before = server.repository.get("adder").statistics.as_dict("adder", "1")["inference_stats"]["success"]["count"]
+    with load_neuropod(f"grpc://127.0.0.1:{server.grpc_port}/adder") as model:
+        np.testing.assert_array_equal(model.infer({"x": x, "y": x})["out"], x + x)
+        regions = server.dataplane.shared_memory.status()
+        assert len(regions) == 1 and regions[0]["byte_size"] >= 2 * x.nbytes  # the inputs went this way
+        assert not list(Path("/dev/shm").glob("neuropod-remote-*"))  # unlinked once the server had it mapped
+        np.testing.assert_array_equal(model.infer({"x": x, "y": -x})["out"], np.zeros_like(x))  # reused
+        assert len(server.dataplane.shared_memory.status()) == 1
+    assert server.dataplane.shared_memory.status() == []  # unregistered at close
+    after = server.repository.get("adder").statistics.as_dict("adder", "1")["inference_stats"]["success"]["count"]
+    assert after - before == 2
+    with load_neuropod(f"grpc://127.0.0.1:{server.grpc_port}/adder", shared_memory=False) as model:
+        np.testing.assert_array_equal(model.infer({"x": x, "y": x})["out"], x + x)
+        assert server.dataplane.shared_memory.status() == []  # opted out: all in the message

@@ -15,10 +15,13 @@ empty spec; such a model is loaded with ``validate=False``.
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
+import os
 import socket
 import ssl
 import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
@@ -60,7 +63,17 @@ REMOTE_OPTIONS: OptionTable = (
     Option("root_certificates", "PEM bytes or a PEM file to trust for grpcs:// and https://", None, any_value),
     Option("max_message_bytes", "largest gRPC message sent or received", DEFAULT_MAX_MESSAGE_BYTES, _POSITIVE_BYTES),
     Option("binary", "REST: send raw tensors (None: when the server lists the extension)", None, _optional_flag),
+    Option(
+        "shared_memory",
+        "gRPC: send large inputs through system shared memory (None: when the server is on this host and lists "
+        "the extension; False: never)",
+        None,
+        _optional_flag,
+    ),
 )
+
+#: Inputs smaller than this (all together) go in the message even when shared memory is on.
+SHARED_MEMORY_MIN_BYTES = 256 * 1024
 
 _SERVER_DECIDES = "the server decides how its models run (neuropod serve and its model settings)"
 
@@ -120,8 +133,7 @@ class _GrpcTransport:
             from ..kserve import proto
         except ImportError as exc:
             raise FrameworkNotInstalledError(
-                f"{scheme}://{host}:{port}: gRPC model URLs need the serve extra: pip install 'neuropod[serve]' "
-                f"({exc})"
+                f"{scheme}://{host}:{port}: gRPC model URLs need the serve extra: pip install 'neuropod[serve]' ({exc})"
             ) from None
 
         self._grpc = grpc
@@ -139,11 +151,27 @@ class _GrpcTransport:
         token = options["token"]
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._timeout = options["timeout"]
+        self._host = host
+        self._shared_memory_option = options.get("shared_memory")
+        self._shared_memory: Optional[bool] = None
+        self._region: Any = None
+        self._region_lock = threading.Lock()
         self._methods: Dict[str, Any] = {}
         for method, request_class, response_class in (
             ("ModelReady", proto.ModelReadyRequest, proto.ModelReadyResponse),
             ("ModelMetadata", proto.ModelMetadataRequest, proto.ModelMetadataResponse),
             ("ModelInfer", proto.ModelInferRequest, proto.ModelInferResponse),
+            ("ServerMetadata", proto.ServerMetadataRequest, proto.ServerMetadataResponse),
+            (
+                "SystemSharedMemoryRegister",
+                proto.SystemSharedMemoryRegisterRequest,
+                proto.SystemSharedMemoryRegisterResponse,
+            ),
+            (
+                "SystemSharedMemoryUnregister",
+                proto.SystemSharedMemoryUnregisterRequest,
+                proto.SystemSharedMemoryUnregisterResponse,
+            ),
         ):
             self._methods[method] = self._channel.unary_unary(
                 proto.method_path(method),
@@ -182,11 +210,80 @@ class _GrpcTransport:
     def ready(self, model: str, version: str) -> bool:
         return bool(self._call("ModelReady", self._proto.ModelReadyRequest(name=model, version=version)).ready)
 
+    def _use_shared_memory(self) -> bool:
+        """Whether this server can read inputs from this host's shared memory (asked once)."""
+        if self._shared_memory is None:
+            wanted = self._shared_memory_option
+            local = _is_loopback(self._host)
+            listed = False
+            if wanted is not False and local:
+                meta = self._call("ServerMetadata", self._proto.ServerMetadataRequest())
+                listed = "system_shared_memory" in meta.extensions
+            if wanted is True and not (local and listed):
+                raise OptionError(
+                    f"option 'shared_memory': {self.where} is not on this host or does not list the "
+                    "system_shared_memory extension"
+                )
+            self._shared_memory = bool(local and listed and wanted is not False)
+        return self._shared_memory
+
+    def _region_for(self, size: int) -> Any:
+        """This client's registered region, grown to ``size`` bytes when smaller."""
+        from multiprocessing import shared_memory
+
+        if self._region is not None and self._region.size >= size:
+            return self._region
+        self._drop_region()
+        name = f"neuropod-remote-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        region = shared_memory.SharedMemory(name, create=True, size=size)
+        try:
+            self._call(
+                "SystemSharedMemoryRegister",
+                self._proto.SystemSharedMemoryRegisterRequest(name=name, key=f"/{name}", offset=0, byte_size=size),
+            )
+        except BaseException:
+            region.close()
+            raise
+        finally:
+            # The server has it mapped now (or failed to): the name goes at once, so a killed
+            # client leaves nothing behind in /dev/shm; both mappings stay valid.
+            region.unlink()
+        self._region = region
+        return region
+
+    def _drop_region(self) -> None:
+        region, self._region = self._region, None
+        if region is None:
+            return
+        try:
+            self._call(
+                "SystemSharedMemoryUnregister", self._proto.SystemSharedMemoryUnregisterRequest(name=region.name)
+            )
+        except NeuropodError:
+            pass  # the server may be gone; its registration goes with it
+        region.close()
+
     def infer(self, model: str, version: str, inputs: TensorDict) -> TensorDict:
+        encoded = [(name, array, encode_raw(array)) for name, array in inputs.items()]
+        total = sum(len(data) for _, _, data in encoded)
+        if total >= SHARED_MEMORY_MIN_BYTES and self._use_shared_memory():
+            with self._region_lock:  # one region per client: calls through it take turns
+                return self._infer(model, version, encoded, self._region_for(total))
+        return self._infer(model, version, encoded, None)
+
+    def _infer(self, model: str, version: str, encoded: List[Tuple[str, Any, bytes]], region: Any) -> TensorDict:
         request = self._proto.ModelInferRequest(model_name=model, model_version=version)
-        for name, array in inputs.items():
-            request.inputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
-            request.raw_input_contents.append(encode_raw(array))
+        offset = 0
+        for name, array, data in encoded:
+            tensor = request.inputs.add(name=name, datatype=datatype_of(array), shape=array.shape)
+            if region is None:
+                request.raw_input_contents.append(data)
+                continue
+            region.buf[offset : offset + len(data)] = data
+            tensor.parameters["shared_memory_region"].string_param = region.name
+            tensor.parameters["shared_memory_byte_size"].int64_param = len(data)
+            tensor.parameters["shared_memory_offset"].int64_param = offset
+            offset += len(data)
         response = self._call("ModelInfer", request)
         raw = response.raw_output_contents
         outputs = {}
@@ -201,6 +298,8 @@ class _GrpcTransport:
         return outputs
 
     def close(self) -> None:
+        with self._region_lock:
+            self._drop_region()
         self._channel.close()
 
 
@@ -331,6 +430,15 @@ class _HttpTransport:
             self._connections.clear()
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _read_bytes(value: Union[str, bytes, Path]) -> bytes:
     """Certificate bytes given directly, or read from a file path."""
     if isinstance(value, bytes):
@@ -352,9 +460,7 @@ class RemoteExecutor(Executor):
         problem: its problem definition, from the metadata.
     """
 
-    def __init__(
-        self, transport: Transport, model: str, version: str, info: Optional[RemoteModelInfo] = None
-    ) -> None:
+    def __init__(self, transport: Transport, model: str, version: str, info: Optional[RemoteModelInfo] = None) -> None:
         self._transport = transport
         self.model = model
         self.version = version
