@@ -163,3 +163,18 @@ def test_first_ctrl_c_drains_in_flight_requests_a_second_stops_at_once(tmp_path:
     assert second.process.wait(30) == 130
     assert time.monotonic() - began < 1.5  # it did not wait for the 2 s request
     second.wait_for("second signal: stopping now")
+
+
+def test_a_settings_error_without_strict_does_not_blame_strict(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    make_adder(repo / "adder")
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"models": {"nosuch": {}}}))
+    done = subprocess.run(
+        neuropod_cli() + ["serve", str(repo), "--config", str(settings), "--grpc-port", "0", "--http-port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--strict" not in done.stderr and "nosuch" in done.stderr

@@ -292,7 +292,9 @@ class ModelServer:
             try:
                 await loop.run_in_executor(None, load)
             except Exception as exc:
-                logger.error("a model failed to load and --strict is set; stopping", extra={"reason": str(exc)})
+                # Reaching here means --strict and a failed model, or a settings error that no model can get past.
+                why = "a model failed to load and --strict is set" if strict else "the repository cannot be served"
+                logger.error(f"{why}; stopping", extra={"reason": str(exc)})
                 self.failure = exc
                 await self.stop_async(0)
                 return
