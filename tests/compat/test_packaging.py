@@ -167,6 +167,26 @@ def test_a_package_inside_python_root_is_refused(tmp_path):
         )
 
 
+@pytest.mark.parametrize("entry", ["..", "../elsewhere", "ABSOLUTE"])
+def test_a_dirs_to_package_entry_outside_python_root_is_refused(tmp_path, entry):
+    code = _model_code(tmp_path / "root" / "code")
+    (tmp_path / "root" / "elsewhere").mkdir()
+    (tmp_path / "root" / "elsewhere" / "secret.py").write_text("S = 1\n")
+    if entry == "ABSOLUTE":
+        entry = str(code)
+    with pytest.raises(PackageError, match="outside python_root"):
+        create_python_neuropod(
+            neuropod_path=tmp_path / "out",
+            model_name="m",
+            data_paths=[],
+            code_path_spec=[{"python_root": str(code), "dirs_to_package": [entry]}],
+            entrypoint_package="addition_model",
+            entrypoint="get_model",
+            **{k: v for k, v in get_addition_model_spec().items() if k.endswith("spec")},
+        )
+    assert not (tmp_path / "out").exists()
+
+
 # --- item 2: zip_compression ---------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from package_helpers import INPUTS, OUTPUTS, X, edit_json, package_entries, placeholder_dir, raw_zip
 
+from conftest import require
 from neuropod import load_neuropod
 from neuropod.errors import ManifestError, PackageError, UnsafePackageError
 from neuropod.package import open_package
@@ -416,3 +417,37 @@ def test_clashing_entries_are_a_package_error(tmp_path, names):
     with pytest.raises(PackageError, match="clash.zip"):
         open_package(path)
     assert _cache_entries() == []
+
+
+@pytest.mark.parametrize("corruption", ["truncated", "garbage", "zeros", "flipped"])
+def test_a_corrupt_torchscript_model_is_a_package_error_naming_the_data_dir(tmp_path, corruption):
+    torch = require("torch")
+    from neuropod.packagers import create_torchscript_neuropod
+
+    class Addition(torch.nn.Module):
+        def forward(self, x, y):
+            return {"out": x + y}
+
+    root = create_torchscript_neuropod(
+        neuropod_path=tmp_path / "pkg",
+        model_name="addition",
+        module=Addition(),
+        input_spec=[{"name": n, "dtype": "float32", "shape": ["batch"]} for n in ("x", "y")],
+        output_spec=[{"name": "out", "dtype": "float32", "shape": ["batch"]}],
+        package_as_zip=False,
+    )
+    (root / "manifest.json").unlink()  # a package as the original wrote it: nothing catches the edit before torch
+    model = root / "0" / "data" / "model.pt"
+    data = bytearray(model.read_bytes())
+    if corruption == "truncated":
+        data = data[: len(data) // 2]
+    elif corruption == "garbage":
+        data = bytearray(np.random.default_rng(0).integers(0, 256, len(data), dtype=np.uint8).tobytes())
+    elif corruption == "zeros":
+        data[64:-64] = b"\0" * (len(data) - 128)
+    else:
+        for index in range(100, len(data), 97):
+            data[index] ^= 0xFF
+    model.write_bytes(bytes(data))
+    with pytest.raises(PackageError, match=r"0/data"):
+        load_neuropod(root)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..backends import BackendOptions, get_backend_class
 from ..backends.base import missing_input_error
+from ..errors import NeuropodError, PackageError
 from ..package import Package
 from .base import Executor, TensorDict
 
@@ -17,7 +18,16 @@ __all__ = ["InProcessExecutor"]
 class InProcessExecutor(Executor):
     def __init__(self, package: Package, options: BackendOptions) -> None:
         backend_class = get_backend_class(package.config.platform)
-        self.backend = backend_class(package, options)
+        try:
+            self.backend = backend_class(package, options)
+        except NeuropodError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a framework's loader fails on corrupt files in its own ways
+            # A corrupt artifact makes frameworks raise IndexError, UnicodeDecodeError, ... from deep inside.
+            raise PackageError(
+                f"{package.data_dir}: the {package.config.platform} backend cannot load the model: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         self._required_order = list(self.backend.required_inputs())
         self._required = frozenset(self._required_order)
         if not self._required:

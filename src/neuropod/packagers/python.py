@@ -41,6 +41,12 @@ def _check_entries(
             raise PackageError(f"code_path_spec: dirs_to_package must be a list of directories, got {dirs!r}")
         for directory in dirs:
             source = Path(spec["python_root"]) / directory
+            # Each entry keeps its path under 0/code, so it must stay inside python_root.
+            if Path(directory).is_absolute() or python_root not in (source.resolve(), *source.resolve().parents):
+                raise PackageError(
+                    f"code_path_spec: dirs_to_package entry {directory!r} is outside python_root "
+                    f"{str(spec['python_root'])!r}; name directories relative to it"
+                )
             if not source.is_dir():
                 raise PackageError(f"code_path_spec: {str(source)!r} is not a directory")
 
