@@ -241,15 +241,31 @@ class ProblemDefinition:
         return load_problem(path).definition
 
 
-def problem_specs(problem: Any, input_spec: Any = None, output_spec: Any = None) -> Tuple[Any, Any]:
+def problem_specs(
+    problem: Any,
+    input_spec: Any = None,
+    output_spec: Any = None,
+    test_input_data: Any = None,
+    test_expected_out: Any = None,
+) -> Tuple[Any, Any]:
     """``(input_spec, output_spec)`` from a packager's ``problem=`` argument, or the specs given as they are.
 
     Args:
         problem: None, a ProblemDefinition, its dict form, a problem file
             path, or a ``neuropod.tools.Problem``.
         input_spec, output_spec: the separate specs; given together with ``problem`` they are refused.
+        test_input_data, test_expected_out: a spec left out (and no problem) is read off these
+            examples with :func:`neuropod.infer_spec`, axis 0 named ``"batch"``.
     """
     if problem is None:
+        if input_spec is None and test_input_data is not None:
+            from .spec_inference import infer_spec  # imported here: it builds on this module
+
+            input_spec = infer_spec(test_input_data)
+        if output_spec is None and test_expected_out is not None:
+            from .spec_inference import infer_spec
+
+            output_spec = infer_spec(test_expected_out)
         return input_spec, output_spec
     if input_spec is not None or output_spec is not None:
         raise SpecError("problem: pass problem= or input_spec= and output_spec=, not both")

@@ -135,7 +135,7 @@ def create_neuropod(
             framework installed does not satisfy ``platform_version_semver``.
         TestMismatchError: the self-test's outputs differ from ``test_expected_out``.
     """
-    input_spec, output_spec = problem_specs(problem, input_spec, output_spec)
+    input_spec, output_spec = problem_specs(problem, input_spec, output_spec, test_input_data, test_expected_out)
     target = Path(neuropod_path)
     if target.exists():
         raise PackageError(f"{target}: already exists; refusing to overwrite it")

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 from ..errors import PackageError, SpecError
 from ..package import layout
-from ..spec import TensorSpec, as_specs, numpy_dtype
+from ..spec import TensorSpec, as_specs, numpy_dtype, problem_specs
 from ._pipeline import PathLike, Requirements, create_neuropod, shared_options
 
 __all__ = ["create_jax_neuropod", "EXPORTED_FILE", "PARAMS_FILE"]
@@ -140,8 +140,12 @@ def create_jax_neuropod(
         SpecError: the spec declares string tensors.
         PackageError: ``jax.export`` cannot trace the function with these shapes.
     """
+    input_spec, output_spec = problem_specs(problem, input_spec, output_spec, test_input_data, test_expected_out)
+    problem = None  # its specs are input_spec and output_spec now
     if input_spec is None or output_spec is None:
-        raise SpecError("create_jax_neuropod: input_spec= and output_spec= are required")
+        raise SpecError(
+            "create_jax_neuropod: input_spec= and output_spec= are required (or problem=, or test data to read them off)"
+        )
     inputs = as_specs(input_spec, "input_spec")
     outputs = as_specs(output_spec, "output_spec")
     strings = [s.name for s in (*inputs, *outputs) if s.dtype == "string"]

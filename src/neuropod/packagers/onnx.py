@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from ..errors import FrameworkNotInstalledError, PackageError, SpecError
 from ..package import layout
-from ..spec import TensorSpec, as_specs
+from ..spec import TensorSpec, as_specs, problem_specs
 from ._pipeline import PathLike, Requirements, create_neuropod, shared_options
 
 __all__ = ["create_onnx_neuropod"]
@@ -139,8 +139,12 @@ def create_onnx_neuropod(
         PackageError: the file is missing, or the module cannot be exported.
         SpecError: a torch module with string tensors in its spec.
     """
+    input_spec, output_spec = problem_specs(problem, input_spec, output_spec, test_input_data, test_expected_out)
+    problem = None  # its specs are input_spec and output_spec now
     if input_spec is None or output_spec is None:
-        raise SpecError("create_onnx_neuropod: input_spec= and output_spec= are required")
+        raise SpecError(
+            "create_onnx_neuropod: input_spec= and output_spec= are required (or problem=, or test data to read them off)"
+        )
     inputs = list(as_specs(input_spec, "input_spec"))
     outputs = list(as_specs(output_spec, "output_spec"))
     if isinstance(model, (str, os.PathLike)):

@@ -8,7 +8,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 
 from ..errors import PackageError, SpecError
 from ..package import layout
-from ..spec import TensorSpec, as_specs
+from ..spec import TensorSpec, as_specs, problem_specs
 from ._pipeline import PathLike, Requirements, Specs, create_neuropod, shared_options
 
 __all__ = ["create_tensorflow_neuropod"]
@@ -115,6 +115,8 @@ def create_tensorflow_neuropod(
         )
     mapping = _check_mapping(node_name_mapping)
     init_ops = list(init_op_names or [])
+    input_spec, output_spec = problem_specs(problem, input_spec, output_spec, test_input_data, test_expected_out)
+    problem = None  # its specs are input_spec and output_spec now
     input_specs = as_specs(input_spec or (), "input_spec")
     output_specs = as_specs(output_spec or (), "output_spec")
     model = model if model is not None else trackable_obj  # the original's name for the same thing

@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 from ..errors import PackageError, SpecError
 from ..package import layout
-from ..spec import TensorSpec, as_specs
+from ..spec import TensorSpec, as_specs, problem_specs
 from ._pipeline import PathLike, Requirements, create_neuropod, shared_options
 
 __all__ = ["create_torch_export_neuropod", "torch_dynamic_shapes", "torch_example_inputs"]
@@ -167,8 +167,12 @@ def create_torch_export_neuropod(
         SpecError: the spec holds string tensors (torch.export has none).
         PackageError: the module cannot be exported with these dynamic shapes.
     """
+    input_spec, output_spec = problem_specs(problem, input_spec, output_spec, test_input_data, test_expected_out)
+    problem = None  # its specs are input_spec and output_spec now
     if input_spec is None or output_spec is None:
-        raise SpecError("create_torch_export_neuropod: input_spec= and output_spec= are required")
+        raise SpecError(
+            "create_torch_export_neuropod: input_spec= and output_spec= are required (or problem=, or test data to read them off)"
+        )
     strings = _string_specs(input_spec, output_spec)
     if strings:
         raise SpecError(
