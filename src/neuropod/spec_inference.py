@@ -76,7 +76,9 @@ def infer_spec(
         dtypes = {dtype_of_array(a) for a in arrays}
         ranks = {a.ndim for a in arrays}
         if len(dtypes) > 1 or len(ranks) > 1:
-            raise SpecError(f"infer_spec: {name!r} has dtypes {sorted(dtypes)} and ranks {sorted(ranks)} across examples")
+            raise SpecError(
+                f"infer_spec: {name!r} has dtypes {sorted(dtypes)} and ranks {sorted(ranks)} across examples"
+            )
         shape: List[Dim] = []
         for axis in range(arrays[0].ndim):
             sizes = {a.shape[axis] for a in arrays}

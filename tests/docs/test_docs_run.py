@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from markdown_blocks import read_blocks
 
 REPO = Path(__file__).resolve().parents[2]

@@ -27,7 +27,8 @@ def _onnx(path: Path, **specs: Any) -> Path:
     from neuropod.packagers import create_onnx_neuropod
 
     value = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 3])  # noqa: E731
-    graph = helper.make_graph([helper.make_node("Add", ["x", "y"], ["out"])], "add", [value("x"), value("y")], [value("out")])
+    add = helper.make_node("Add", ["x", "y"], ["out"])
+    graph = helper.make_graph([add], "add", [value("x"), value("y")], [value("out")])
     return create_onnx_neuropod(neuropod_path=path, model_name="addition", model=helper.make_model(graph), **specs)
 
 

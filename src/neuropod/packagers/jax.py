@@ -144,7 +144,8 @@ def create_jax_neuropod(
     problem = None  # its specs are input_spec and output_spec now
     if input_spec is None or output_spec is None:
         raise SpecError(
-            "create_jax_neuropod: input_spec= and output_spec= are required (or problem=, or test data to read them off)"
+            "create_jax_neuropod: input_spec= and output_spec= are required "
+            "(or problem=, or test data to read them off)"
         )
     inputs = as_specs(input_spec, "input_spec")
     outputs = as_specs(output_spec, "output_spec")

@@ -143,7 +143,8 @@ def create_onnx_neuropod(
     problem = None  # its specs are input_spec and output_spec now
     if input_spec is None or output_spec is None:
         raise SpecError(
-            "create_onnx_neuropod: input_spec= and output_spec= are required (or problem=, or test data to read them off)"
+            "create_onnx_neuropod: input_spec= and output_spec= are required "
+            "(or problem=, or test data to read them off)"
         )
     inputs = list(as_specs(input_spec, "input_spec"))
     outputs = list(as_specs(output_spec, "output_spec"))

@@ -171,7 +171,8 @@ def create_torch_export_neuropod(
     problem = None  # its specs are input_spec and output_spec now
     if input_spec is None or output_spec is None:
         raise SpecError(
-            "create_torch_export_neuropod: input_spec= and output_spec= are required (or problem=, or test data to read them off)"
+            "create_torch_export_neuropod: input_spec= and output_spec= are required "
+            "(or problem=, or test data to read them off)"
         )
     strings = _string_specs(input_spec, output_spec)
     if strings:
