@@ -241,3 +241,10 @@ def test_a_worker_killed_under_a_memory_limit_names_it(packages, bystander):
             model.infer({"cmd": np.array(["kill"])})
         np.testing.assert_array_equal(model.infer({"x": np.ones(2)})["y"], [2.0, 2.0])
     still_serving(bystander)
+
+
+def test_a_worker_that_dies_at_start_under_a_low_limit_names_the_limits(packages):
+    require_command("bwrap")
+    # Too few descriptors for the interpreter to start: the error says what the worker ran under.
+    with pytest.raises(WorkerCrashedError, match=r"while loading the model; it ran under isolation sandbox .*max_open_files=3"):
+        load_neuropod(packages["tool"], isolation="sandbox", max_open_files=3)

@@ -244,7 +244,7 @@ class WorkerProcess:
             self._discard()
             error = WorkerCrashedError(
                 f"the worker for model {self.model_name!r} {describe_returncode(returncode)} while loading the model"
-                f"{self._limit_hint(returncode)}"
+                f"{self._limit_hint(returncode) or self._start_hint()}"
             )
             error.returncode = returncode
             raise error from None
@@ -382,6 +382,15 @@ class WorkerProcess:
         limit = self.isolation.memory_limit if self.isolation.isolated else None
         killed = returncode is not None and returncode < 0
         return f" (its memory_limit is {format_bytes(limit)}: it may have run past it)" if limit and killed else ""
+
+    def _start_hint(self) -> str:
+        """For an isolated worker that died before it could report: its level and limits are the usual suspects."""
+        if not self.isolation.isolated:
+            return ""
+        return (
+            f"; it ran under isolation {self.isolation.describe()}: a limit set too low (max_open_files, "
+            "memory_limit, max_processes) or a container engine that could not start it (its message is on stderr)"
+        )
 
     def _out_of_memory(self, reply: wire.Message) -> Optional[WorkerCrashedError]:
         """A MemoryError under a memory limit: the worker is killed and replaced, the call fails naming the limit."""
