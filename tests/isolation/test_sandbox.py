@@ -246,5 +246,6 @@ def test_a_worker_killed_under_a_memory_limit_names_it(packages, bystander):
 def test_a_worker_that_dies_at_start_under_a_low_limit_names_the_limits(packages):
     require_command("bwrap")
     # Too few descriptors for the interpreter to start: the error says what the worker ran under.
-    with pytest.raises(WorkerCrashedError, match=r"while loading the model; it ran under isolation sandbox .*max_open_files=3"):
+    expected = r"while loading the model; it ran under isolation sandbox .*max_open_files=3"
+    with pytest.raises(WorkerCrashedError, match=expected):
         load_neuropod(packages["tool"], isolation="sandbox", max_open_files=3)
