@@ -199,7 +199,7 @@ def test_rest_route_with_and_without_the_token(guarded: ModelServer, verb: str, 
     assert with_token == 200
     if NEEDS_TOKEN[method]:
         assert (without, wrong_token) == (401, 401)
-    else:  # health probes: open (REST model readiness needed the token before)
+    else:  # the server's health probes: open
         assert (without, wrong_token) == (200, 200)
 
 
@@ -276,3 +276,13 @@ def test_a_port_in_use_is_a_server_error_and_one_line_from_the_cli(tmp_path: Pat
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("Error: ServerError:"), done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_model_readiness_reveals_no_model_names_without_the_token(guarded: ModelServer) -> None:
+    # Issue 13 item 9: an open ModelReady answered NOT_FOUND for names that do not exist.
+    for name in ("adder", "no-such-model"):
+        request = proto.ModelReadyRequest(name=name)
+        with pytest.raises(Exception) as info:
+            _grpc_call(guarded.grpc_port, "ModelReady", request)
+        assert info.value.code().name == "UNAUTHENTICATED"  # type: ignore[attr-defined]
+        assert _rest_status(guarded.http_port, "GET", f"/v2/models/{name}/ready", None) == 401

@@ -1,10 +1,12 @@
 """Which of the server's methods need the bearer token: one table for both protocols.
 
 Each logical method of the KServe v2 protocol (plus the Prometheus page) is
-listed once with whether it needs the token. Health probes stay open, so
-load balancers and orchestrators can probe a server they hold no secret
-for; everything else needs ``Authorization: Bearer <token>`` (a header over
-REST, metadata over gRPC) when the server has a token.
+listed once with whether it needs the token. The server's health probes
+(live, ready) stay open, so load balancers and orchestrators can probe a
+server they hold no secret for; everything else needs ``Authorization:
+Bearer <token>`` (a header over REST, metadata over gRPC) when the server has
+a token. Model readiness needs it too: answered openly it tells anyone which
+model names exist (NOT_FOUND or not).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ __all__ = ["NEEDS_TOKEN", "BearerToken"]
 NEEDS_TOKEN: Dict[str, bool] = {
     "ServerLive": False,  # health probes: open
     "ServerReady": False,
-    "ModelReady": False,
+    "ModelReady": True,  # a per-model answer reveals which names exist
     "ServerMetadata": True,
     "ModelMetadata": True,
     "ModelInfer": True,
