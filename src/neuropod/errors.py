@@ -33,7 +33,8 @@ given)::
     │   ├── WorkerCrashedError
     │   ├── WorkerTimeoutError
     │   ├── WorkerError                                     a foreign exception in a worker
-    │   └── RemoteError                                     a server failed or answered nonsense
+    │   ├── RemoteError                                     a server failed or answered nonsense
+    │   └── ServerFailure                            [500]  what a client is told of a failure (a request id)
     ├── ModelNotFoundError (LookupError)             [404]
     ├── ModelNotReadyError (RuntimeError)            [503]
     │   └── ModelClosedError                         [503]  a call to a closed model
@@ -65,6 +66,7 @@ __all__ = [
     "WorkerCrashedError",
     "WorkerTimeoutError",
     "RemoteError",
+    "ServerFailure",
     "ModelNotFoundError",
     "ModelNotReadyError",
     "ModelClosedError",
@@ -155,6 +157,10 @@ class WorkerTimeoutError(InferenceError):
 
 class RemoteError(InferenceError):
     """A remote model server answered with an error."""
+
+
+class ServerFailure(InferenceError):
+    """A request failed on the server's side; the message holds only the request id (details are logged)."""
 
 
 class WorkerError(InferenceError):

@@ -13,7 +13,7 @@ import logging
 import uuid
 from typing import Tuple
 
-from ..errors import InferenceError
+from ..errors import ServerFailure
 from ..kserve.status import INTERNAL, Status, status_for
 
 __all__ = ["ServerFailure", "public_failure", "MAX_MESSAGE_CHARS"]
@@ -22,10 +22,6 @@ logger = logging.getLogger("neuropod.serving")
 
 #: Longest error message a client is sent.
 MAX_MESSAGE_CHARS = 1000
-
-
-class ServerFailure(InferenceError):
-    """A request failed on the server's side; the message holds only the request id (details are logged)."""
 
 
 def public_failure(exc: BaseException, request_id: str = "", model: str = "") -> Tuple[Status, str]:
