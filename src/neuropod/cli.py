@@ -6,41 +6,21 @@ a failed self-test exits with code 1.
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import click
 import numpy as np
 
-from .errors import NeuropodError, TestMismatchError
+from ._cli_errors import UserError, user_errors
 from .kserve import DEFAULT_MAX_MESSAGE_BYTES
 
 __all__ = ["main"]
 
 
-class UserError(click.ClickException):
-    """A mistake in what the user asked for: one line on stderr, exit code 2."""
-
-    exit_code = 2
-
-
-def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn library and file errors into one clean line and exit code 2."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except TestMismatchError as exc:
-            click.echo(f"FAILED: {exc}", err=True)
-            sys.exit(1)
-        except (NeuropodError, OSError) as exc:
-            raise UserError(f"{type(exc).__name__}: {exc}") from None
-
-    return wrapper
+_user_errors = user_errors
 
 
 @click.group()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import re
@@ -13,26 +12,13 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import click
 
+from .._cli_errors import user_errors
 from ..errors import NeuropodError
 
 __all__ = ["envs"]
 
 
-class _UserError(click.ClickException):
-    """One line on stderr, exit code 2 (as every neuropod command)."""
-
-    exit_code = 2
-
-
-def _user_errors(func: Any) -> Any:
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (NeuropodError, OSError) as exc:
-            raise _UserError(f"{type(exc).__name__}: {exc}") from None
-
-    return wrapper
+_user_errors = user_errors
 
 
 def _size(n: float) -> str:

@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
-from typing import Any, Callable, List, Tuple
+from typing import Any, List, Tuple
 
 import click
 
+from .._cli_errors import user_errors
 from ..errors import NeuropodError, TrustError
 
 __all__ = ["COMMANDS", "trust_lines"]
 
 
-def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """A library or file error is one line on stderr and exit code 2; a bad signature exits 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (NeuropodError, OSError) as exc:
-            click.echo(f"Error: {type(exc).__name__}: {exc}", err=True)
-            sys.exit(2)
-
-    return wrapper
+_user_errors = user_errors  # a library or file error: one line, exit 2 (a bad signature exits 1 itself)
 
 
 def trust_lines(package: Any) -> List[Tuple[str, str]]:

@@ -2,33 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import click
 
-from ..errors import NeuropodError
+from .._cli_errors import user_errors
 
 __all__ = ["cache"]
 
 
-class _UserError(click.ClickException):
-    """One line on stderr, exit code 2 (as every neuropod command)."""
-
-    exit_code = 2
-
-
-def _user_errors(func: Any) -> Any:
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (NeuropodError, OSError) as exc:
-            raise _UserError(f"{type(exc).__name__}: {exc}") from None
-
-    return wrapper
+_user_errors = user_errors
 
 
 def _age(seconds: float) -> str:

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import sys
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import click
+
+from .._cli_errors import user_errors
 
 __all__ = ["COMMANDS"]
 
 
-def _user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """neuropod.cli's user-error handling (one line, exit 2), looked up late: that module imports this one."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from ..cli import _user_errors as handle
-
-        return handle(func)(*args, **kwargs)
-
-    return wrapper
+_user_errors = user_errors
 
 
 def _pairs(values: Tuple[str, ...], option: str, convert: Any = str) -> Dict[str, Any]:
