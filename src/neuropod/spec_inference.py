@@ -15,7 +15,7 @@ import numpy as np
 from .errors import SpecError
 from .spec import Dim, TensorSpec, dtype_of_array
 
-__all__ = ["infer_spec"]
+__all__ = ["infer_spec", "spec_from_shape"]
 
 Examples = Union[Mapping[str, Any], Sequence[Mapping[str, Any]]]
 
@@ -33,6 +33,18 @@ def _as_array(name: str, value: Any) -> np.ndarray:
     if hasattr(value, "__array__") or hasattr(value, "__dlpack__"):
         return np.asarray(value)
     raise SpecError(f"example {name!r}: expected an array (numpy or a framework tensor), got {type(value).__name__}")
+
+
+def spec_from_shape(
+    name: str, dtype: Any, shape: Sequence[Optional[int]], symbols: Mapping[int, str]
+) -> Dict[str, Any]:
+    """One spec entry from a known shape: the axes in ``symbols`` (axis -> symbol) named, ``None`` kept free.
+
+    Shared by :func:`infer_spec` (shapes of example arrays) and the Keras helpers
+    (shapes of a model's symbolic tensors, whose unknown sizes are ``None``).
+    """
+    dims: List[Dim] = [symbols.get(axis, size) for axis, size in enumerate(shape)]
+    return TensorSpec(name, dtype, tuple(dims)).to_dict()
 
 
 def infer_spec(
@@ -79,14 +91,10 @@ def infer_spec(
             raise SpecError(
                 f"infer_spec: {name!r} has dtypes {sorted(dtypes)} and ranks {sorted(ranks)} across examples"
             )
-        shape: List[Dim] = []
+        shape: List[Optional[int]] = []
         for axis in range(arrays[0].ndim):
             sizes = {a.shape[axis] for a in arrays}
-            if axis in symbol_of_axis:
-                shape.append(symbol_of_axis[axis])
-            elif len(sizes) > 1 or 0 in sizes:
-                shape.append(None)  # varies (or is empty): a fixed size would refuse real inputs
-            else:
-                shape.append(sizes.pop())
-        specs.append(TensorSpec(name, dtypes.pop(), tuple(shape)).to_dict())
+            # A size that varies (or is empty) stays free: a fixed size would refuse real inputs.
+            shape.append(None if len(sizes) > 1 or 0 in sizes else sizes.pop())
+        specs.append(spec_from_shape(name, dtypes.pop(), shape, symbol_of_axis))
     return specs

@@ -9,6 +9,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 from ..errors import PackageError, SpecError
 from ..package import layout
 from ..spec import as_specs, problem_specs
+from ..spec_inference import spec_from_shape
 from ._pipeline import PathLike, Requirements, Specs, create_neuropod, shared_options
 
 __all__ = ["create_keras_neuropod", "infer_keras_input_spec", "infer_keras_output_spec"]
@@ -169,8 +170,7 @@ def _infer_spec(
         name = spec_names.get(keras_name, None if spec_names else keras_name)
         if name is None:
             raise SpecError(f"node_name_mapping: the Keras {kind} {keras_name!r} is not mapped to a spec name")
-        dims = [None if dim is None else int(dim) for dim in tuple(tensor.shape)[1:]]
-        spec.append(
-            {"name": name, "dtype": str(getattr(tensor.dtype, "name", tensor.dtype)), "shape": ["batch_size", *dims]}
-        )
+        dims = [None if dim is None else int(dim) for dim in tuple(tensor.shape)]
+        # As the original: the first dimension is the batch, named "batch_size".
+        spec.append(spec_from_shape(name, str(getattr(tensor.dtype, "name", tensor.dtype)), dims, {0: "batch_size"}))
     return spec
