@@ -415,6 +415,8 @@ def serve(
     """
     import logging
 
+    if token_file is not None:  # the user's own mistakes first, whatever is installed
+        token = _read_token(token_file, token)
     try:
         from .serving.logs import configure_json_logging
         from .serving.repository import ModelRepository, ModelSettings
@@ -427,8 +429,6 @@ def serve(
 
         configure_json_logging(getattr(logging, log_level.upper()))
         sys.exit(serve_workers(sys.argv, workers, host, grpc_port, http_port))
-    if token_file is not None:
-        token = _read_token(token_file, token)
     model_settings = _serve_settings(config_file)
     defaults = ModelSettings(use_ope=ope, max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms)
     config = ServerConfig(
