@@ -258,13 +258,11 @@ def problem_specs(
             examples with :func:`neuropod.infer_spec`, axis 0 named ``"batch"``.
     """
     if problem is None:
-        if input_spec is None and test_input_data is not None:
-            from .spec_inference import infer_spec  # imported here: it builds on this module
+        from .spec_inference import infer_spec  # imported here: it builds on this module
 
+        if input_spec is None and test_input_data is not None:
             input_spec = infer_spec(test_input_data)
         if output_spec is None and test_expected_out is not None:
-            from .spec_inference import infer_spec
-
             output_spec = infer_spec(test_expected_out)
         return input_spec, output_spec
     if input_spec is not None or output_spec is not None:

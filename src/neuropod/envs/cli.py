@@ -64,7 +64,8 @@ def envs() -> None:
 @_user_errors
 def list_command(as_json: bool) -> None:
     """What environments exist: where, what they hold, size and last use."""
-    from .store import built_environments, envs_dir, folder_bytes, registered_environments
+    from ..package.cache import tree_bytes
+    from .store import built_environments, envs_dir, registered_environments
 
     rows: List[Dict[str, Any]] = []
     for environment in registered_environments() + built_environments():
@@ -77,7 +78,7 @@ def list_command(as_json: bool) -> None:
                 "path": environment.path,
                 "python": environment.python_version,
                 "holds": meta.get("requirements") or sorted(f"{k}=={v}" for k, v in environment.packages.items()),
-                "bytes": folder_bytes(environment.path) if environment.built else None,
+                "bytes": tree_bytes(environment.path) if environment.built else None,
                 "last_used": environment.last_used() if environment.built else None,
             }
         )
@@ -218,7 +219,8 @@ def prune(older_than: str, dry_run: bool) -> None:
     """Remove built environments not used recently, and leftovers of interrupted builds."""
     from filelock import FileLock, Timeout
 
-    from .store import built_environments, envs_dir, folder_bytes, remove
+    from ..package.cache import tree_bytes
+    from .store import built_environments, envs_dir, remove
 
     cutoff = time.time() - _duration(older_than)
     freed, removed = 0, 0
@@ -226,7 +228,7 @@ def prune(older_than: str, dry_run: bool) -> None:
     for environment in built_environments():
         if environment.last_used() > cutoff:
             continue
-        size = folder_bytes(environment.path)
+        size = tree_bytes(environment.path)
         if not dry_run:
             try:
                 with FileLock(str(root / f".{environment.key}.lock"), timeout=0):

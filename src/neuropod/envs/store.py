@@ -223,18 +223,6 @@ def registered_environments() -> List[Environment]:
     return found
 
 
-def folder_bytes(path: str) -> int:
-    """Disk use of a folder (files hard-linked from uv's cache count in full)."""
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except OSError:
-                pass
-    return total
-
-
 def remove(path: str) -> None:
     """Delete an environment: renamed first, so no reader ever sees half of one."""
     folder = Path(path)

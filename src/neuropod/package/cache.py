@@ -23,7 +23,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Union
 
 from ..errors import OptionError
 from .archive import packages_cache_dir
@@ -33,6 +33,7 @@ __all__ = [
     "CacheKind",
     "register_cache_kind",
     "cache_kinds",
+    "tree_bytes",
     "list_entries",
     "prune",
     "clear",
@@ -77,7 +78,8 @@ def cache_kinds() -> List[CacheKind]:
     return list(_KINDS.values())
 
 
-def _tree_bytes(path: Path) -> int:
+def tree_bytes(path: Union[str, os.PathLike[str]]) -> int:
+    """Disk use of a folder's files (hard-linked files, as uv's environments have, count in full)."""
     total = 0
     for root, _dirs, files in os.walk(path):
         for name in files:
@@ -100,7 +102,7 @@ def _package_entries() -> List[CacheEntry]:
             last_used = folder.stat().st_mtime
         except OSError:
             continue  # removed meanwhile
-        found.append(CacheEntry("packages", folder.name, folder, _tree_bytes(folder), last_used))
+        found.append(CacheEntry("packages", folder.name, folder, tree_bytes(folder), last_used))
     return found
 
 
@@ -122,10 +124,10 @@ def _remove_package_entry(entry: CacheEntry) -> bool:
 
 
 def _env_entries() -> List[CacheEntry]:
-    from ..envs.store import built_environments, folder_bytes
+    from ..envs.store import built_environments
 
     return [
-        CacheEntry("envs", env.key, Path(env.path), folder_bytes(env.path), env.last_used())
+        CacheEntry("envs", env.key, Path(env.path), tree_bytes(env.path), env.last_used())
         for env in built_environments()
     ]
 
