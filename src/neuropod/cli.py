@@ -20,7 +20,6 @@ from .kserve import DEFAULT_MAX_MESSAGE_BYTES
 __all__ = ["main"]
 
 
-_user_errors = user_errors
 
 
 @click.group()
@@ -36,7 +35,7 @@ def _spec_lines(specs: Any) -> str:
 @main.command()
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-@_user_errors
+@user_errors
 def inspect(path: str, as_json: bool) -> None:
     """Show a package's name, platform, specs, devices, files and manifest check."""
     from .isolation.cli import trust_lines
@@ -173,7 +172,7 @@ def _jsonable(array: np.ndarray) -> Dict[str, Any]:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the outputs as JSON.")
 @click.option("--use-ope", is_flag=True, help="Run the model in a worker process.")
-@_user_errors
+@user_errors
 def infer(path: str, inputs: Tuple[str, ...], output_dir: str, as_json: bool, use_ope: bool) -> None:
     """Run a package (or a model URL) on inputs read from .npy / .npz files."""
     from .loader import load_neuropod
@@ -197,7 +196,7 @@ def infer(path: str, inputs: Tuple[str, ...], output_dir: str, as_json: bool, us
 @main.command()
 @click.argument("path")
 @click.option("--trusted", is_flag=True, help="Allow a legacy pickled test_data.pkl (it runs code when loaded).")
-@_user_errors
+@user_errors
 def test(path: str, trusted: bool) -> None:
     """Re-run a package's stored test data; exit 1 on a mismatch."""
     from .package import open_package
@@ -231,7 +230,7 @@ def test(path: str, trusted: bool) -> None:
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed of the outputs.")
 @click.option("--zip/--dir", "as_zip", default=True, show_default=True, help="Write a zip or a directory.")
 @click.argument("out")
-@_user_errors
+@user_errors
 def placeholder(spec_file: str, model_name: str, seed: int, as_zip: bool, out: str) -> None:
     """Generate a placeholder model from a problem definition."""
     from .packagers.placeholder import create_placeholder_neuropod
@@ -384,7 +383,7 @@ def _read_token(token_file: str, token: Optional[str]) -> str:
     help="Server processes sharing the ports (SO_REUSEPORT), so every core serves.",
 )
 @click.option("--reuse-port", is_flag=True, hidden=True, help="Bind with SO_REUSEPORT (set by --workers).")
-@_user_errors
+@user_errors
 def serve(
     path: str,
     host: str,

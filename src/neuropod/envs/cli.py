@@ -18,7 +18,6 @@ from ..errors import NeuropodError
 __all__ = ["envs"]
 
 
-_user_errors = user_errors
 
 
 def _size(n: float) -> str:
@@ -61,7 +60,7 @@ def envs() -> None:
 
 @envs.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-@_user_errors
+@user_errors
 def list_command(as_json: bool) -> None:
     """What environments exist: where, what they hold, size and last use."""
     from ..package.cache import tree_bytes
@@ -170,7 +169,7 @@ def _needs(
 @click.option(
     "--find-links", type=click.Path(exists=True, file_okay=False), help="Offline: install only wheels from this folder."
 )
-@_user_errors
+@user_errors
 def build(
     paths: Tuple[str, ...],
     platform: Optional[str],
@@ -214,7 +213,7 @@ def build(
     help="Remove environments not used for this long (30d, 12h, 0 = all).",
 )
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
-@_user_errors
+@user_errors
 def prune(older_than: str, dry_run: bool) -> None:
     """Remove built environments not used recently, and leftovers of interrupted builds."""
     from filelock import FileLock, Timeout
@@ -248,7 +247,7 @@ def prune(older_than: str, dry_run: bool) -> None:
 
 @envs.command()
 @click.argument("path")
-@_user_errors
+@user_errors
 def doctor(path: str) -> None:
     """What a package needs, what here would serve it, and what is missing."""
     from ..package import open_package

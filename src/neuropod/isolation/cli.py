@@ -14,7 +14,6 @@ from ..errors import NeuropodError, TrustError
 __all__ = ["COMMANDS", "trust_lines"]
 
 
-_user_errors = user_errors  # a library or file error: one line, exit 2 (a bad signature exits 1 itself)
 
 
 def trust_lines(package: Any) -> List[Tuple[str, str]]:
@@ -43,7 +42,7 @@ def trust_lines(package: Any) -> List[Tuple[str, str]]:
 
 @click.command()
 @click.argument("private_key", type=click.Path(dir_okay=False))
-@_user_errors
+@user_errors
 def keygen(private_key: str) -> None:
     """Make an ed25519 key pair: PRIVATE_KEY (PEM, mode 0600) and PRIVATE_KEY.pub."""
     from ..trust import generate_key
@@ -55,7 +54,7 @@ def keygen(private_key: str) -> None:
 @click.command()
 @click.argument("path")
 @click.option("--key", "key", required=True, type=click.Path(exists=True, dir_okay=False), help="ed25519 private key.")
-@_user_errors
+@user_errors
 def sign(path: str, key: str) -> None:
     """Sign package PATH's manifest; writes PATH.sig next to it."""
     from ..package import open_package
@@ -75,7 +74,7 @@ def sign(path: str, key: str) -> None:
     type=click.Path(exists=True),
     help="Trusted public key file or directory (repeatable).",
 )
-@_user_errors
+@user_errors
 def verify(path: str, keys: Tuple[str, ...]) -> None:
     """Check package PATH's files against its manifest and its signature against trusted keys (exit 1 if not).
 

@@ -13,7 +13,6 @@ from .._cli_errors import user_errors
 __all__ = ["cache"]
 
 
-_user_errors = user_errors
 
 
 def _age(seconds: float) -> str:
@@ -46,7 +45,7 @@ def cache() -> None:
 @cache.command("list")
 @_KIND_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-@_user_errors
+@user_errors
 def list_command(kind: Tuple[str, ...], as_json: bool) -> None:
     """Every cache entry with its size and last use, most recent first."""
     from .archive import cache_root
@@ -90,7 +89,7 @@ def _report(removed: List[Any], dry_run: bool) -> None:
 @click.option("--max-size", metavar="BYTES", type=int, help="Then remove the least recently used until under this.")
 @_KIND_OPTION
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
-@_user_errors
+@user_errors
 def prune(older_than: Optional[str], max_size: Optional[int], kind: Tuple[str, ...], dry_run: bool) -> None:
     """Remove entries not used recently (--older-than) or beyond a size (--max-size); entries in use are kept."""
     from ..errors import OptionError
@@ -106,7 +105,7 @@ def prune(older_than: Optional[str], max_size: Optional[int], kind: Tuple[str, .
 @cache.command()
 @_KIND_OPTION
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
-@_user_errors
+@user_errors
 def clear(kind: Tuple[str, ...], dry_run: bool) -> None:
     """Remove every entry (the next load of a zip extracts it again; entries in use are kept)."""
     from .cache import clear as clear_entries

@@ -14,7 +14,6 @@ from .._cli_errors import user_errors
 __all__ = ["COMMANDS"]
 
 
-_user_errors = user_errors
 
 
 def _pairs(values: Tuple[str, ...], option: str, convert: Any = str) -> Dict[str, Any]:
@@ -48,7 +47,7 @@ def _print_json(data: Any) -> None:
 @click.argument("package")
 @click.option("--problem", "problem_file", required=True, help="problem.json or a Python problem module.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-@_user_errors
+@user_errors
 def check(package: str, problem_file: str, as_json: bool) -> None:
     """Say whether PACKAGE (a path or URL) implements a problem, and exactly where not; exit 1 when not."""
     from .problem import check_problem, load_problem
@@ -83,7 +82,7 @@ def check(package: str, problem_file: str, as_json: bool) -> None:
 @click.option("--report", "report_dir", default=None, type=click.Path(file_okay=False), help="Write report.json/html.")
 @click.option("--use-ope", is_flag=True, help="Run the model in a worker process.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@_user_errors
+@user_errors
 def evaluate(
     package: str,
     data: str,
@@ -140,7 +139,7 @@ def evaluate(
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--batches", default=4, show_default=True, type=click.IntRange(1), help="Batches of generated inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-@_user_errors
+@user_errors
 def compare(
     models: Tuple[str, ...],
     data: Optional[str],
@@ -205,7 +204,7 @@ def _print_comparison(result: Any, models: List[str]) -> None:
 @click.option("--data", default=None, help="Take the inputs from a dataset (default: generated from the spec).")
 @click.option("--dim", "dims", multiple=True, metavar="SYMBOL=N", help="Size of a symbol in generated inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-@_user_errors
+@user_errors
 def bench(
     package: str,
     modes: Tuple[str, ...],
