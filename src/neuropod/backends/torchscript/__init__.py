@@ -30,7 +30,7 @@ class TorchScriptBackend(TorchBackend):
                 # torch marks TorchScript deprecated; the package format still is TorchScript.
                 warnings.simplefilter("ignore", DeprecationWarning)
                 self.module = torch.jit.load(str(path), map_location=self.device)
-        except RuntimeError as exc:
+        except Exception as exc:  # a corrupt file raises RuntimeError, IndexError, UnicodeDecodeError, ...
             raise PackageError(f"{path}: torch {torch.__version__} cannot load this TorchScript file: {exc}") from exc
         self.module.eval()
         freeze_parameters(self.module)
