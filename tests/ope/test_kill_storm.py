@@ -2,7 +2,10 @@
 
 Every call returns the right answer or a NeuropodError; after every round of
 kills (one per worker) the shared-memory names, this process's descriptors
-and its child processes are back to their baseline. Workers are killed from
+and its child processes are back to their baseline: every descriptor is one
+this process had before the model, or one a live part of the model holds (a
+current worker's socket and mailbox, a pooled segment, a mapping of a current
+worker's segment) — none is left over from a dead worker. Workers are killed from
 outside at whatever point of a call they are in. ``NEUROPOD_KILL_STORM_KILLS``
 sets the count (default 1,000; the measured cost is in docs/security.md).
 """
@@ -31,10 +34,6 @@ def _shm_names() -> set:
     return {name for name in os.listdir("/dev/shm") if name.startswith("neuropod-")}
 
 
-def _fds() -> int:
-    return len(_fd_targets())
-
-
 def _fd_targets() -> list:
     targets = []
     for fd in os.listdir("/proc/self/fd"):
@@ -43,6 +42,29 @@ def _fd_targets() -> list:
         except OSError:  # the descriptor listdir itself used
             pass
     return sorted(targets)
+
+
+def _unaccounted_descriptors(executor, before: list) -> str:
+    """What this process holds beyond ``before`` and what the model's live parts account for ("" if nothing).
+
+    Each segment of the parent's pool holds two descriptors (its fd, kept to hand to new workers, and
+    its mapping's), a worker's mailbox and each segment of a worker mapped here one (the mapping's).
+    """
+    live = [worker for worker in executor.workers if worker.channel is not None]
+    now = _fd_targets()
+    segments = [target for target in now if target.startswith("/memfd:neuropod-")]
+    expected_segments = 2 * len(executor._pool) + sum(1 + len(worker.segments) for worker in live)
+    sockets = [target for target in now if target.startswith("socket:")]
+    others = sorted(target for target in now if target not in segments and target not in sockets)
+    before_others = sorted(t for t in before if not t.startswith(("/memfd:neuropod-", "socket:")))
+    problems = []
+    if len(segments) != expected_segments:
+        problems.append(f"{len(segments)} segment descriptors, the live model accounts for {expected_segments}")
+    if len(sockets) != len(live) + sum(t.startswith("socket:") for t in before):
+        problems.append(f"{len(sockets)} sockets for {len(live)} live workers")
+    if others != before_others:
+        problems.append(f"other descriptors changed: {sorted(set(others) ^ set(before_others))}")
+    return "; ".join(problems)
 
 
 def _children() -> set:
@@ -121,16 +143,17 @@ def test_a_thousand_sigkills_under_four_callers(tmp_path):
             for thread in callers:
                 thread.join(30)
             assert not wrong, wrong[:5]
-            # Back to baseline: dead workers reaped, no name in /dev/shm. (A dead worker's socket is
-            # closed when its slot is next used, so descriptors are counted once the model is closed.)
+            # Back to baseline: dead workers reaped, no name in /dev/shm, no descriptor of a dead worker.
             for _ in range(WORKERS):
                 model.infer({"x": np.ones(1)})
             assert _wait_for(steady), (counts, _children() - children_before, _shm_names() - shm_before)
+            assert _wait_for(lambda: not _unaccounted_descriptors(model.executor, fds_before), 5), (
+                counts,
+                _unaccounted_descriptors(model.executor, fds_before),
+            )
     assert counts["kills"] >= KILLS and counts["ok"] > KILLS, counts
     assert _wait_for(lambda: _children() == children_before and _shm_names() == shm_before)
-    # A discarded worker's channel can sit in a reference cycle (an exception's traceback): its
-    # mailbox mapping holds a descriptor until the cycle is collected.
-    gc.collect()
+    gc.collect()  # arrays this test made may sit in reference cycles until collected
     assert _wait_for(lambda: len(_fd_targets()) <= len(fds_before)), sorted(set(_fd_targets()) - set(fds_before))
     # closed: every descriptor of every worker, dead or alive, is gone
     print(counts)

@@ -121,10 +121,9 @@ class OutOfProcessExecutor(Executor):
             worker = self._idle.pop()
         try:
             if worker.process is None and worker.starts and self.options.restart_policy == "never":
-                error = WorkerCrashedError(
+                raise WorkerCrashedError(
                     f"the worker of model {self.model_name!r} {worker.last_failure} earlier and restart_policy='never'"
                 )
-                raise error
             return worker.call(inputs, self._find_lease, self.options.timeout)
         finally:
             with self._idle_lock:

@@ -240,14 +240,7 @@ class WorkerProcess:
         try:
             message, fds = self.channel.receive(0, self.options.start_timeout, self._check_alive)
         except ChannelClosed:
-            returncode = self._reap()
-            self._discard()
-            error = WorkerCrashedError(
-                f"the worker for model {self.model_name!r} {describe_returncode(returncode)} while loading the model"
-                f"{self._limit_hint(returncode) or self._start_hint()}"
-            )
-            error.returncode = returncode
-            raise error from None
+            raise self._crashed_loading() from None
         except ChannelTimeout:
             self._kill()
             raise WorkerTimeoutError(
@@ -267,6 +260,18 @@ class WorkerProcess:
             )
         self.python_version, self.numpy_version = message.texts[1], message.texts[2]
         self.ready = True
+
+    def _crashed_loading(self) -> WorkerCrashedError:
+        # Built here, not in wait_ready: an error held in a local of a frame on its own traceback is a
+        # reference cycle, which would keep the dead worker's channel (socket, mailbox) until a gc pass.
+        returncode = self._reap()
+        self._discard()
+        error = WorkerCrashedError(
+            f"the worker for model {self.model_name!r} {describe_returncode(returncode)} while loading the model"
+            f"{self._limit_hint(returncode) or self._start_hint()}"
+        )
+        error.returncode = returncode
+        return error
 
     @property
     def alive(self) -> bool:
