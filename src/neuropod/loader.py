@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .backends import BackendOptions, backend_option_table
-from .errors import InputValidationError, ModelClosedError
+from .errors import InputValidationError, ModelClosedError, OptionError
 from .executors.base import Executor
 from .executors.options import PACKAGE_OPTIONS, check_options
 from .input_arrays import as_numpy_inputs
@@ -167,7 +167,7 @@ def load_neuropod(
     neuropod_path: Union[str, os.PathLike[str]],
     visible_gpu: Optional[int] = None,
     *,
-    use_ope: bool = False,
+    use_ope: Optional[bool] = None,
     verify_manifest: bool = True,
     validate: bool = True,
     intra_op_threads: Optional[int] = None,
@@ -182,7 +182,10 @@ def load_neuropod(
             or ``http://host:port/v2/models/model`` (each optionally ending
             ``/versions/N``; see :mod:`neuropod.urls`).
         visible_gpu: the GPU to run on; None runs on the CPU.
-        use_ope: run the model in a worker process over shared memory.
+        use_ope: run the model in a worker process over shared memory. None
+            (the default) runs it in this process unless the package needs
+            another environment or an isolation level is asked for (or the
+            trust policy requires one); False insists on this process.
         verify_manifest: check every package file against its sha256 manifest.
         validate: check inputs and outputs against the spec on every call.
         intra_op_threads: threads inside one operator, for backends that have them.
@@ -200,7 +203,7 @@ def load_neuropod(
     # their defaults, so a remote load can refuse visible_gpu=0 but not visible_gpu=None.
     for name, value, default in (
         ("visible_gpu", visible_gpu, None),
-        ("use_ope", use_ope, False),
+        ("use_ope", use_ope, None),
         ("verify_manifest", verify_manifest, True),
         ("validate", validate, True),
         ("intra_op_threads", intra_op_threads, None),
@@ -210,6 +213,8 @@ def load_neuropod(
             given[name] = value
     path_text = os.fspath(neuropod_path)
     if is_url(path_text):  # a model server's URL (another scheme is refused by name)
+        if given.get("use_ope") is False:  # says nothing the server could disagree with
+            del given["use_ope"]
         return _load_remote(str(path_text), given)
     return _load_package(path_text, given)
 
@@ -226,11 +231,19 @@ def _load_package(path: str, given: Dict[str, Any]) -> Neuropod:
     # backend's own options (and so the full check) are known only once its platform is.
     package_values = check_options({k: v for k, v in given.items() if k in _PACKAGE_NAMES}, [PACKAGE_OPTIONS], path)
     use_ope = package_values["use_ope"]
+    in_process = given.get("use_ope") is False  # asked for, not just the default
+    environment = package_values["environment"]
+    if in_process and environment not in (None, "current"):
+        raise OptionError(
+            f"{path}: use_ope=False runs the model in this process, but environment={environment!r} "
+            "runs it in a worker of that environment; drop one of them"
+        )
     package = open_package(path, verify=package_values["verify_manifest"])
     if "python_executable" not in given:  # a caller who names the interpreter has chosen the environment
         from .envs import environment_for
 
-        python = environment_for(package, package_values["environment"])
+        # In this process or an error naming what the package asks for.
+        python = environment_for(package, "current" if in_process else environment)
         if python is not None:  # this process does not satisfy the package: a worker in that environment does
             use_ope, given = True, {**given, "use_ope": True, "python_executable": python}
     # The trust policy may require (or, with isolation=None, choose) a sandbox or container.
@@ -238,7 +251,14 @@ def _load_package(path: str, given: Dict[str, Any]) -> Neuropod:
         package, package_values["isolation"], TrustPolicy.parse(given.get("trust")), package_values["verify_manifest"]
     )
     isolated = isolation != "process"
-    use_ope = use_ope or package_values["isolation"] is not None or isolated  # isolation="process": a worker
+    worker_needed = package_values["isolation"] is not None or isolated  # isolation="process": a worker too
+    if worker_needed and in_process:
+        why = "was asked for" if package_values["isolation"] is not None else "is required by the trust policy"
+        raise OptionError(
+            f"{path}: use_ope=False runs the model in this process, but isolation={isolation!r} {why}, "
+            "which runs it in a worker; drop use_ope=False"
+        )
+    use_ope = use_ope or worker_needed
     inapplicable = {**({} if use_ope else _OPE_ONLY), **({} if isolated else _ISOLATED_ONLY)}
     platform = package.config.platform
     backend_table = backend_option_table(platform)

@@ -13,7 +13,7 @@ from envs_helpers import use_envs_dir
 
 from conftest import require
 from neuropod import load_neuropod
-from neuropod.errors import FrameworkVersionError, RequirementsError
+from neuropod.errors import FrameworkVersionError, OptionError, RequirementsError
 from neuropod.packagers import create_python_neuropod
 
 
@@ -83,6 +83,15 @@ def test_python_packages_with_conflicting_pins_each_see_their_own(tmp_path, capl
 def test_current_environment_refuses_unmet_requirements(tmp_path):
     with pytest.raises(RequirementsError, match=r"six==1\.15\.0"):
         load_neuropod(_six_package(tmp_path, "1.15.0"), environment="current")
+
+
+def test_use_ope_false_insists_on_this_process(tmp_path):
+    package = _six_package(tmp_path, "1.15.0")
+    # Refused, not quietly run in a worker of another environment.
+    with pytest.raises(RequirementsError, match=r"six==1\.15\.0"):
+        load_neuropod(package, use_ope=False)
+    with pytest.raises(OptionError, match=r"use_ope=False runs the model in this process, but environment='/venv'"):
+        load_neuropod(package, use_ope=False, environment="/venv")
 
 
 def _torchscript_package(tmp_path: Path, version_range: str) -> Path:

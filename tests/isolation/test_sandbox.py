@@ -203,6 +203,11 @@ def test_isolation_options_are_checked(packages):
         load_neuropod(packages["tool"], isolation="sandbox", sandbox_paths=["/usr", "/no/such/dir"])
     with pytest.raises(OptionError, match=r"option 'rootfs': expected a root filesystem directory, got '/no/such/"):
         load_neuropod(packages["tool"], isolation="container", rootfs="/no/such/root")
+    # use_ope=False insists on this process, which an isolation level cannot honour (None lets it choose).
+    with pytest.raises(OptionError, match=r"use_ope=False runs the model in this process, but isolation='sandbox'"):
+        load_neuropod(packages["tool"], isolation="sandbox", use_ope=False)
+    with pytest.raises(OptionError, match=r"isolation='sandbox' is required by the trust policy"):
+        load_neuropod(packages["tool"], trust="code=sandbox", use_ope=False)
 
 
 def test_a_missing_bubblewrap_is_named(packages, monkeypatch):
