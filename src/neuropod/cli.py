@@ -178,7 +178,7 @@ def infer(path: str, inputs: Tuple[str, ...], output_dir: str, as_json: bool, us
     from .loader import load_neuropod
 
     arrays = _parse_inputs(inputs)
-    with load_neuropod(path, use_ope=use_ope) as model:
+    with load_neuropod(path, use_ope=use_ope or None) as model:  # None: the package may need a worker
         outputs = model.infer(arrays)
     if output_dir:
         Path(output_dir).mkdir(parents=True, exist_ok=True)

@@ -349,7 +349,8 @@ class ModelRepository:
         logger.info("loading model", extra={"model": name, "version": version, "path": str(package_path)})
         started = time.perf_counter()
         # A model whose environment must be built first loads in the background, not ready till then.
-        neuropod = load_for_serving(package_path, use_ope=settings.use_ope, **isolation, **dict(settings.load_options))
+        use_ope = settings.use_ope or None  # None: isolation or another environment may still need a worker
+        neuropod = load_for_serving(package_path, use_ope=use_ope, **isolation, **dict(settings.load_options))
         if name not in self._model_settings and settings.max_batch_size and _batch_symbol(neuropod) is None:
             # A server-wide batching default skips models that cannot batch; a per-model setting does not.
             logger.warning("model %s has no batch symbol to batch along; serving it unbatched", name)
