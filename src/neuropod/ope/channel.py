@@ -6,27 +6,35 @@ Two parts:
   A box holds a sequence counter, the length of the message and the message
   itself, plus a flag the receiver raises while it sleeps. Sending writes the
   message, then bumps the counter; receiving polls the counter. Polling
-  shared memory costs nanoseconds where a socket round trip costs tens of
-  microseconds and waking a sleeping process on another CPU 40-90 us, so the
-  receiver busy-polls for a bounded time (``spin_ns``) first.
-* a **SOCK_SEQPACKET Unix socket**: it carries the messages that bring file
-  descriptors (new shared-memory segments, SCM_RIGHTS), wakes a receiver that
-  stopped spinning and sleeps in ``poll`` (a one-byte doorbell), and tells
-  each side when the other has gone (hang-up).
+  shared memory costs nanoseconds where waking a sleeping process costs
+  10-90 us, so a receiver that expects an answer soon busy-polls for a
+  bounded time first (how long: :class:`~neuropod.ope.spin.SpinPolicy`).
+* a **SOCK_SEQPACKET Unix socket**: it carries every message to a receiver
+  that sleeps (the whole message, in one ``send``: the receiver wakes with
+  it in hand, as with a pipe), the messages that bring file descriptors (new
+  shared-memory segments, SCM_RIGHTS), and tells each side when the other
+  has gone (hang-up).
 
 Ordering: the counter is written after the message, and x86 keeps stores in
 order, so a reader that sees the new count sees the whole message. On other
 CPUs (weaker memory order) every message goes through the socket and the
-counter only signals it. The one race left is the classic one of a sleeper's
-flag and a sender's counter passing each other in the store buffers; a
-sleeper therefore wakes on its own after 1 ms, then 2, 4 ... up to
+counter only signals it. A sender picks the mailbox or the socket by the
+receiver's sleep flag; the one race left is the classic one of that flag and
+the sender's counter passing each other in the store buffers (the receiver
+goes to sleep just as the sender writes to the mailbox). The sender looks at
+the flag again after publishing and then rings a one-byte doorbell on the
+socket; and a sleeper wakes on its own after 1 ms, then 2, 4 ... up to
 :data:`POLL_SLICE_S`, and looks again.
+
+Message order: a side sends several messages without an answer in between
+only when all but the last carry descriptors (SEGMENTS batches), which go
+through the socket. So a real message that arrives on the socket is always
+the next one, and at most one message, the last, waits in the mailbox.
 """
 
 from __future__ import annotations
 
 import array
-import collections
 import mmap
 import os
 import platform
@@ -34,12 +42,13 @@ import select
 import socket
 import struct
 import time
-from typing import Callable, Deque, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 from ..errors import ChannelClosed, ChannelTimeout, WireFormatError
 from . import wire
+from .spin import SPIN_MODES, SpinPolicy
 
-__all__ = ["Channel", "ChannelClosed", "ChannelTimeout", "POLL_SLICE_S", "MAILBOX_BYTES"]
+__all__ = ["Channel", "ChannelClosed", "ChannelTimeout", "POLL_SLICE_S", "MAILBOX_BYTES", "STAMP_SLOTS"]
 
 #: Longest a sleeping reader waits before it runs its liveness check.
 POLL_SLICE_S = 0.1
@@ -53,7 +62,10 @@ _yield = getattr(os, "sched_yield", lambda: None)
 # 8-byte aligned so each counter is written by one store.
 _COUNTER = struct.Struct("=Q")
 _LENGTH = struct.Struct("=Q")
-_SEQ_AT, _LENGTH_AT, _SLEEPING_AT, _PAYLOAD_AT = 0, 8, 16, 64
+_SEQ_AT, _LENGTH_AT, _SLEEPING_AT, _SPIN_MODE_AT, _STAMPS_AT, _PAYLOAD_AT = 0, 8, 16, 24, 32, 128
+#: Timestamps a side may leave in its box for the other (stage timing, :mod:`neuropod.ope.stages`).
+STAMP_SLOTS = (_PAYLOAD_AT - _STAMPS_AT) // 8
+_STAMPS = struct.Struct(f"={STAMP_SLOTS}Q")
 _BOX_BYTES = _PAYLOAD_AT + wire.MAX_MESSAGE_BYTES
 #: Size of a mailbox segment (two boxes).
 MAILBOX_BYTES = 2 * _BOX_BYTES
@@ -94,65 +106,85 @@ class Channel:
         self._received = 0
         self._buffer = bytearray(wire.MAX_MESSAGE_BYTES + 1)
         self._view = memoryview(self._buffer)
-        self._stash: Deque[Tuple[bytes, List[int]]] = collections.deque()
         self._poller = select.poll()
         self._poller.register(sock.fileno(), select.POLLIN)
+        self.spin_mode_set = False
 
     # -- sending -------------------------------------------------------------
 
     def send(self, message: wire.Message, fds: Sequence[int] = ()) -> None:
-        data = wire.encode(message)
+        self.send_bytes(wire.encode(message), fds)
+
+    def send_bytes(self, data: bytes, fds: Sequence[int] = ()) -> None:
+        """Send one encoded message (and the descriptors it announces)."""
         mailbox, box = self.mailbox, self._out
-        if fds or not _MESSAGES_IN_MAILBOX:
+        sleeping_at = box + _SLEEPING_AT
+        if fds or not _MESSAGES_IN_MAILBOX or _COUNTER.unpack_from(mailbox, sleeping_at)[0]:
+            # The receiver sleeps in poll: the message itself wakes it (one send, as on a pipe).
             if fds:
                 self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
             else:
                 self.sock.send(data)
-            length = _ON_SOCKET
-        else:
-            start = box + _PAYLOAD_AT
-            mailbox[start : start + len(data)] = data
-            length = len(data)
-        _LENGTH.pack_into(mailbox, box + _LENGTH_AT, length)
+            _LENGTH.pack_into(mailbox, box + _LENGTH_AT, _ON_SOCKET)
+            self._sent += 1
+            _COUNTER.pack_into(mailbox, box + _SEQ_AT, self._sent)
+            return
+        start = box + _PAYLOAD_AT
+        mailbox[start : start + len(data)] = data
+        _LENGTH.pack_into(mailbox, box + _LENGTH_AT, len(data))
         self._sent += 1
         _COUNTER.pack_into(mailbox, box + _SEQ_AT, self._sent)  # publishes the message
-        if _COUNTER.unpack_from(mailbox, box + _SLEEPING_AT)[0]:
+        if _COUNTER.unpack_from(mailbox, sleeping_at)[0]:  # it fell asleep meanwhile
             self.sock.send(_DOORBELL)
+
+    def set_spin_mode(self, mode: str) -> None:
+        """Tell the peer how to spin (the parent's ``spin_mode`` option holds for its worker too)."""
+        _COUNTER.pack_into(self.mailbox, self._out + _SPIN_MODE_AT, SPIN_MODES.index(mode) + 1)
+        self.spin_mode_set = True
+
+    def peer_spin_mode(self) -> Optional[str]:
+        """The mode the peer asked for with :meth:`set_spin_mode`, or None if it has not (yet)."""
+        code = _COUNTER.unpack_from(self.mailbox, self._in + _SPIN_MODE_AT)[0]
+        return SPIN_MODES[code - 1] if 0 < code <= len(SPIN_MODES) else None
+
+    def leave_stamps(self, stamps: Sequence[int]) -> None:
+        """Put up to :data:`STAMP_SLOTS` timestamps where the peer reads them with :meth:`peer_stamps`."""
+        _STAMPS.pack_into(self.mailbox, self._out + _STAMPS_AT, *(list(stamps) + [0] * STAMP_SLOTS)[:STAMP_SLOTS])
+
+    def peer_stamps(self) -> Tuple[int, ...]:
+        return _STAMPS.unpack_from(self.mailbox, self._in + _STAMPS_AT)
 
     # -- receiving -----------------------------------------------------------
 
     def _socket_message(self, block: bool) -> Optional[Tuple[bytes, List[int]]]:
-        """The next real message from the socket (doorbells are skipped), or None if none is waiting."""
-        while True:
-            try:
-                size, ancillary, flags, _ = self.sock.recvmsg_into(
-                    [self._view], _ANCILLARY_SPACE, 0 if block else socket.MSG_DONTWAIT
-                )
-            except BlockingIOError:
-                return None
-            except ConnectionResetError:
-                raise ChannelClosed() from None
-            fds: List[int] = []
-            for level, kind, payload in ancillary:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    usable = len(payload) - len(payload) % _FD_BYTES
-                    fds.extend(array.array("i", payload[:usable]))
-            if size == 0 and not fds:
-                raise ChannelClosed()
-            if flags & _TRUNCATED:
-                _close_all(fds)
-                raise WireFormatError("a control message or its descriptors were truncated")
-            if size == 1 and self._buffer[0:1] == _DOORBELL and not fds:
-                continue
-            return bytes(self._view[:size]), fds
+        """The message waiting on the socket; None if none is waiting or it was a doorbell."""
+        try:
+            size, ancillary, flags, _ = self.sock.recvmsg_into(
+                [self._view], _ANCILLARY_SPACE, 0 if block else socket.MSG_DONTWAIT
+            )
+        except BlockingIOError:
+            return None
+        except ConnectionResetError:
+            raise ChannelClosed() from None
+        fds: List[int] = []
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                usable = len(payload) - len(payload) % _FD_BYTES
+                fds.extend(array.array("i", payload[:usable]))
+        if size == 0 and not fds:
+            raise ChannelClosed()
+        if flags & _TRUNCATED:
+            _close_all(fds)
+            raise WireFormatError("a control message or its descriptors were truncated")
+        if size == 1 and self._buffer[0] == _DOORBELL[0] and not fds:
+            return None
+        return bytes(self._view[:size]), fds
 
-    def _take(self) -> Tuple[wire.Message, List[int]]:
-        """Read the oldest message the peer has published and we have not read.
+    def _take(self) -> Tuple[bytes, List[int]]:
+        """The bytes of the oldest message the peer has published and we have not read.
 
-        A side sends several messages without an answer in between only when
-        all but the last carry descriptors (SEGMENTS batches), and those go
-        through the socket, in order. So when more than one is waiting, this
-        one came through the socket; the length field describes the last one.
+        When more than one is waiting, this one came through the socket (see the
+        module's notes on order); the length field describes the last one.
         """
         self._received += 1
         mailbox, box = self.mailbox, self._in
@@ -160,34 +192,26 @@ class Channel:
             length = _ON_SOCKET
         else:
             length = _LENGTH.unpack_from(mailbox, box + _LENGTH_AT)[0]
-        fds: List[int] = []
         if length == _ON_SOCKET:
-            found = self._stash.popleft() if self._stash else self._socket_message(block=True)
-            assert found is not None
-            data, fds = found
-        else:
-            if length > wire.MAX_MESSAGE_BYTES:
-                raise WireFormatError(f"mailbox message claims {length} bytes; the limit is {wire.MAX_MESSAGE_BYTES}")
-            start = box + _PAYLOAD_AT
-            data = mailbox[start : start + length]  # one copy, as bytes: the box is reused by the next message
-        try:
-            message = wire.decode(data)
-            if len(fds) != len(message.new_segments):
-                raise WireFormatError(
-                    f"message announces {len(message.new_segments)} segments but carries {len(fds)} descriptors"
-                )
-        except BaseException:
-            _close_all(fds)
-            raise
-        return message, fds
+            while True:
+                found = self._socket_message(block=True)
+                if found is not None:  # else a doorbell rung late
+                    return found
+        if length > wire.MAX_MESSAGE_BYTES:
+            raise WireFormatError(f"mailbox message claims {length} bytes; the limit is {wire.MAX_MESSAGE_BYTES}")
+        start = box + _PAYLOAD_AT
+        return mailbox[start : start + length], []  # one copy, as bytes: the box is reused by the next message
 
-    def receive(
+    def receive_bytes(
         self,
-        spin_ns: int,
+        spin: Union[int, SpinPolicy],
         timeout: Optional[float] = None,
         check_alive: Optional[Callable[[], None]] = None,
-    ) -> Tuple[wire.Message, List[int]]:
-        """The next message and the descriptors it carries.
+    ) -> Tuple[bytes, List[int]]:
+        """The next message, still encoded, and the descriptors it carries.
+
+        ``spin`` is how many nanoseconds to busy-poll before sleeping, or a
+        policy that decides it (and learns from how the wait went).
 
         Raises:
             ChannelClosed: the peer is gone.
@@ -200,6 +224,11 @@ class Channel:
         read_counter = _COUNTER.unpack_from
         if read_counter(mailbox, seq_at)[0] >= expected:
             return self._take()
+        if type(spin) is int:
+            spin_ns, policy = spin, None
+        else:
+            policy = spin  # type: ignore[assignment]
+            spin_ns = policy.budget()  # type: ignore[union-attr]
         if spin_ns > 0:
             now = time.perf_counter_ns
             spin_until = now() + spin_ns
@@ -208,7 +237,19 @@ class Channel:
                 # or small machine), where a plain spin would only delay the answer.
                 _yield()
                 if read_counter(mailbox, seq_at)[0] >= expected:
+                    if policy is not None:
+                        policy.won()
                     return self._take()
+            if policy is not None:
+                policy.lost()
+        return self._sleep(expected, timeout, check_alive)
+
+    def _sleep(
+        self, expected: int, timeout: Optional[float], check_alive: Optional[Callable[[], None]]
+    ) -> Tuple[bytes, List[int]]:
+        mailbox = self.mailbox
+        seq_at = self._in + _SEQ_AT
+        read_counter = _COUNTER.unpack_from
         deadline = None if timeout is None else time.monotonic() + timeout
         sleeping_at = self._in + _SLEEPING_AT
         wait = _FIRST_SLICE_S
@@ -223,7 +264,7 @@ class Channel:
                         raise ChannelTimeout()
                     wait = min(wait, left)
                 if self._poller.poll(wait * 1000):
-                    # Doorbells, a message that brings descriptors (kept for _take), or a hang-up.
+                    # The message itself (see send_bytes), a late doorbell, or a hang-up.
                     try:
                         found = self._socket_message(block=False)
                     except ChannelClosed:
@@ -232,7 +273,8 @@ class Channel:
                             return self._take()
                         raise
                     if found is not None:
-                        self._stash.append(found)
+                        self._received += 1
+                        return found
                 elif check_alive is not None:
                     try:
                         check_alive()
@@ -244,8 +286,32 @@ class Channel:
                 _COUNTER.pack_into(mailbox, sleeping_at, 0)
             wait = min(wait * 2, POLL_SLICE_S)
 
+    def receive(
+        self,
+        spin: Union[int, SpinPolicy],
+        timeout: Optional[float] = None,
+        check_alive: Optional[Callable[[], None]] = None,
+    ) -> Tuple[wire.Message, List[int]]:
+        """The next message, decoded, and the descriptors it carries (see :meth:`receive_bytes`)."""
+        data, fds = self.receive_bytes(spin, timeout, check_alive)
+        return decode_checked(data, fds), fds
+
     def close(self) -> None:
-        for _, fds in self._stash:
-            _close_all(fds)
-        self._stash.clear()
         self.sock.close()
+
+
+def decode_checked(data: bytes, fds: List[int]) -> wire.Message:
+    """Decode a received message and check it announces as many segments as it brought descriptors.
+
+    On any error the descriptors are closed.
+    """
+    try:
+        message = wire.decode(data)
+        if len(fds) != len(message.new_segments):
+            raise WireFormatError(
+                f"message announces {len(message.new_segments)} segments but carries {len(fds)} descriptors"
+            )
+    except BaseException:
+        _close_all(fds)
+        raise
+    return message

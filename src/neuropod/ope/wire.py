@@ -41,8 +41,9 @@ A string tensor's bytes are an offsets table of ``n + 1`` little-endian u64
 from __future__ import annotations
 
 import struct
+import sys
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -526,3 +527,159 @@ def decode_strings(name: str, buffer: memoryview, shape: Tuple[int, ...]) -> np.
     if not items:
         return np.empty(shape, dtype="U1")
     return np.array(items, dtype=str).reshape(shape)
+
+
+# -- the small call: only inline tensors -------------------------------------
+#
+# Most calls carry a few small tensors and nothing else, with the same names,
+# dtypes and shapes call after call. Such a message is the same bytes every
+# time except the request id and the tensors' own bytes, so each side keeps
+# its layout: the sender joins the fixed parts with the arrays' bytes, the
+# receiver (after one full decode and check of the first such message) cuts
+# arrays straight out of its copy of the inline area.
+
+_REQUEST_ID = struct.Struct("<Q")
+_REQUEST_ID_AT = 8  # in HEADER: magic 4 | version 2 | kind 2 | request id 8 | body length 4
+_NO_LISTS_AT = _HEADER_SIZE
+_INLINE_LENGTH_AT = _NO_LISTS_AT + len(_NO_LISTS)
+_LAYOUTS_MAX = 256
+_NOT_INLINE = None  # cached for a message or key that does not take the small path
+_BIG_ENDIAN = sys.byteorder == "big"  # native arrays would need a byte swap
+
+
+class _InlineWriter:
+    """The fixed bytes of a message of one kind whose tensors (fixed names, dtypes, shapes) all travel inline."""
+
+    __slots__ = ("start", "rest", "paddings")
+
+    def __init__(self, message: Message, paddings: List[bytes]) -> None:
+        data = encode(message)
+        self.start = data[:_REQUEST_ID_AT]
+        self.rest = data[_REQUEST_ID_AT + 8 : len(data) - len(message.inline)]
+        self.paddings = paddings  # zero bytes before each tensor's bytes
+
+    def encode(self, request_id: int, arrays: Sequence[np.ndarray]) -> bytes:
+        parts: List[Any] = [self.start, _REQUEST_ID.pack(request_id), self.rest]
+        for padding, array in zip(self.paddings, arrays):
+            if padding:
+                parts.append(padding)
+            parts.append(array)  # its buffer: raises BufferError for a non-contiguous array
+        return b"".join(parts)
+
+
+_WRITERS: Dict[Tuple[Any, ...], Optional[_InlineWriter]] = {}
+
+
+def _inline_writer(key: Tuple[Any, ...]) -> Optional[_InlineWriter]:
+    kind, layout = key
+    if len(layout) > MAX_TENSORS:
+        return _NOT_INLINE
+    tensors: List[TensorRef] = []
+    paddings: List[bytes] = []
+    size = 0
+    for name, dtype, shape in layout:
+        if (
+            not isinstance(dtype, np.dtype)
+            or dtype.name not in DTYPE_NAMES  # strings, objects and the like are encoded in full
+            or dtype.byteorder == ">"
+            or crossing_problem(name, len(shape))
+        ):
+            return _NOT_INLINE
+        nbytes = element_count(shape) * dtype.itemsize
+        padding = -size % INLINE_ALIGN
+        if not 0 < nbytes <= INLINE_TENSOR_BYTES or size + padding + nbytes > INLINE_MESSAGE_BYTES - INLINE_ALIGN:
+            return _NOT_INLINE
+        paddings.append(bytes(padding))
+        size += padding
+        tensors.append(TensorRef(name, dtype_code(dtype), tuple(shape), NO_SEGMENT, size, nbytes))
+        size += nbytes
+    try:
+        return _InlineWriter(Message(kind, 0, tensors=tensors, inline=bytes(size)), paddings)
+    except WireFormatError:  # too long for one message: the full path says so
+        return _NOT_INLINE
+
+
+def encode_inline(kind: int, request_id: int, tensors: Mapping[str, np.ndarray]) -> Optional[bytes]:
+    """The message of ``kind`` carrying ``tensors`` (and nothing else) inline; None when they cannot all go inline.
+
+    None also for anything but contiguous numpy arrays of a wire dtype in
+    native (little-endian) order: the caller then builds the message in full.
+    """
+    try:
+        key = (kind, tuple([(name, array.dtype, array.shape) for name, array in tensors.items()]))
+        writer = _WRITERS[key]
+    except KeyError:
+        if len(_WRITERS) >= _LAYOUTS_MAX:
+            _WRITERS.clear()
+        writer = _WRITERS[key] = _inline_writer(key)
+    except (AttributeError, TypeError):  # not arrays, or an unhashable name
+        return None
+    if writer is None or _BIG_ENDIAN:
+        return None
+    try:
+        return writer.encode(request_id, list(tensors.values()))
+    except (BufferError, TypeError, ValueError):  # a strided view: the full path copies it
+        return None
+
+
+class _InlineReader:
+    """How to cut the tensors of one layout out of a message's inline area (checked once, by a full decode)."""
+
+    __slots__ = ("start", "kind", "inline_at", "tensors")
+
+    def __init__(self, data: bytes, message: Message, inline_at: int) -> None:
+        self.start = data[:_REQUEST_ID_AT]  # magic, version, kind
+        self.kind = message.kind
+        self.inline_at = inline_at
+        self.tensors = [
+            (ref.name, dtype_of_code(ref.dtype_code), element_count(ref.shape), ref.offset, ref.shape)
+            for ref in message.tensors
+        ]
+
+    def read(self, data: bytes) -> Tuple[int, Dict[str, np.ndarray]]:
+        inline = bytearray(data[self.inline_at :])  # arrays view this private, writable copy
+        frombuffer = np.frombuffer
+        arrays = {}
+        for name, dtype, count, offset, shape in self.tensors:
+            array = frombuffer(inline, dtype, count, offset)
+            arrays[name] = array if len(shape) == 1 else array.reshape(shape)
+        return _REQUEST_ID.unpack_from(data, _REQUEST_ID_AT)[0], arrays
+
+
+_READERS: Dict[bytes, Optional[_InlineReader]] = {}
+
+
+def _inline_reader(data: bytes, inline_at: int) -> Optional[_InlineReader]:
+    message = decode(data)  # every check of the full decoder, once per layout
+    for ref in message.tensors:
+        if ref.segment != NO_SEGMENT or ref.owner != OWNER_SENDER or ref.dtype_code == STRING_CODE or not ref.nbytes:
+            return _NOT_INLINE
+        check_tensor_ref(ref, len(message.inline))
+    return _InlineReader(data, message, inline_at)
+
+
+def decode_inline(data: bytes) -> Optional[Tuple[int, int, Dict[str, np.ndarray]]]:
+    """(kind, request id, arrays) of a message that carries only inline tensors; None for any other message.
+
+    The arrays view one private, writable copy of the inline area. A message
+    that this returns None for goes through :func:`decode`; one that is
+    malformed raises :class:`WireFormatError` as there.
+    """
+    if len(data) < _INLINE_LENGTH_AT + 6 or not data.startswith(_NO_LISTS, _NO_LISTS_AT):
+        return None
+    inline_at = len(data) - _U32.unpack_from(data, _INLINE_LENGTH_AT)[0]
+    # The layout: body length, the empty lists, inline length and the tensors section.
+    layout = data[_REQUEST_ID_AT + 8 : inline_at]
+    try:
+        reader = _READERS[layout]
+    except KeyError:
+        if inline_at < _INLINE_LENGTH_AT or len(layout) > _PARSED_SECTION_MAX_BYTES:
+            return None
+        reader = _inline_reader(data, inline_at)
+        if len(_READERS) >= _LAYOUTS_MAX:
+            _READERS.clear()
+        _READERS[layout] = reader
+    if reader is None or not data.startswith(reader.start):
+        return None
+    request_id, arrays = reader.read(data)
+    return reader.kind, request_id, arrays

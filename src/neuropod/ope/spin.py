@@ -1,0 +1,129 @@
+"""How long a side of an OPE channel busy-polls for the next message before it sleeps.
+
+Spinning buys latency with CPU: a receiver that polls shared memory sees a
+message within a microsecond, one that sleeps pays a wake-up (10-90 us on
+the VMs we measured), and a spin that ends empty-handed wastes its whole
+budget. It pays when the answer usually comes within the budget *and* the
+machine has a core to spare for it; on a busy machine the spinner takes the
+core that the peer (or someone else) needs, and every call gets slower.
+
+:class:`SpinPolicy` (``spin_mode="adaptive"``, the default) therefore spins
+only while both hold:
+
+* **It pays**: an average over recent spins (each weighs 1/16) of those that
+  ended with the message stays at or above :data:`PAYS_AT`. Below it, the
+  side stops spinning, and spins once every :data:`PROBE_EVERY` waits to see
+  whether it would pay again (a model whose calls got shorter, a caller that
+  calls back to back again).
+* **A core is idle**: the machine's count of runnable tasks (the fourth
+  field of ``/proc/loadavg``, read at most every :data:`LOAD_CHECK_NS`) is at
+  most its CPU count. That count includes this process and a peer that is
+  computing; one more means a task is waiting for a CPU, and spinning would
+  hold one back from it.
+
+``spin_mode="fixed"`` spins the whole budget before every wait (the
+behaviour before the policy existed), for benchmarks and for machines
+reserved for the model.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Optional
+
+__all__ = ["SpinPolicy", "SPIN_MODES", "PAYS_AT", "PROBE_EVERY", "LOAD_CHECK_NS", "runnable_tasks"]
+
+#: ``adaptive``: spin while it pays and a core is idle; ``fixed``: always spin the budget.
+SPIN_MODES = ("adaptive", "fixed")
+#: Share of recent spins that must end with the message for spinning to go on.
+PAYS_AT = 0.5
+#: While not spinning, spin on one wait in this many, to re-measure.
+PROBE_EVERY = 32
+#: How often the runnable count is read (nanoseconds).
+LOAD_CHECK_NS = 20_000_000
+_WEIGHT = 1 / 16
+
+
+def runnable_tasks() -> Optional[int]:
+    """Tasks running or waiting for a CPU right now, machine-wide (None where /proc/loadavg is missing)."""
+    try:
+        with open("/proc/loadavg", "rb") as handle:
+            return int(handle.read().split()[3].split(b"/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class SpinPolicy:
+    """Decides each wait's spin budget and learns from how the spin went.
+
+    Args:
+        spin_ns: the most one wait spins.
+        mode: one of :data:`SPIN_MODES`.
+        cpus: CPUs of the machine (default ``os.cpu_count()``).
+        read_runnable: the runnable-task count (default: :func:`runnable_tasks`).
+        clock: nanoseconds (default ``time.perf_counter_ns``); both are parameters for the tests.
+    """
+
+    __slots__ = (
+        "spin_ns",
+        "adaptive",
+        "cpus",
+        "read_runnable",
+        "clock",
+        "paid",
+        "busy",
+        "_load_checked",
+        "_waits_since_spin",
+        "spins",
+        "wins",
+    )
+
+    def __init__(
+        self,
+        spin_ns: int,
+        mode: str = "adaptive",
+        cpus: Optional[int] = None,
+        read_runnable: Callable[[], Optional[int]] = runnable_tasks,
+        clock: Callable[[], int] = time.perf_counter_ns,
+    ) -> None:
+        self.spin_ns = max(0, int(spin_ns))
+        self.adaptive = mode != "fixed"
+        self.cpus = cpus or os.cpu_count() or 1
+        self.read_runnable = read_runnable
+        self.clock = clock
+        self.paid = 1.0  # average of recent spins that ended with the message (optimistic start)
+        self.busy = False  # no idle core at the last look
+        self._load_checked: Optional[int] = None
+        self._waits_since_spin = 0
+        self.spins = 0  # counts, for benchmarks and tests
+        self.wins = 0
+
+    def budget(self) -> int:
+        """Nanoseconds to spin before this wait sleeps."""
+        if not self.adaptive or not self.spin_ns:
+            return self.spin_ns
+        now = self.clock()
+        if self._load_checked is None or now - self._load_checked >= LOAD_CHECK_NS:
+            self._load_checked = now
+            runnable = self.read_runnable()
+            self.busy = runnable is not None and runnable > self.cpus
+        if self.busy:
+            return 0
+        if self.paid < PAYS_AT:
+            self._waits_since_spin += 1
+            if self._waits_since_spin < PROBE_EVERY:
+                return 0
+        self._waits_since_spin = 0
+        return self.spin_ns
+
+    def won(self) -> None:
+        """The message came while spinning."""
+        self.spins += 1
+        self.wins += 1
+        self.paid += (1.0 - self.paid) * _WEIGHT
+
+    def lost(self) -> None:
+        """The whole budget went by without the message."""
+        self.spins += 1
+        self.paid -= self.paid * _WEIGHT

@@ -1,0 +1,117 @@
+"""Where the time of an out-of-process call goes: per-stage timing, off by default.
+
+Turn it on before the model is loaded, with ``NEUROPOD_OPE_STAGES=1`` in the
+environment or :func:`enable` (which also sets that variable, so the workers
+started from then on time their side too: they read it once, when they
+start). Off, it costs the call path one test of a module attribute per call
+and the worker one attribute test per call.
+
+Every timestamp is ``time.perf_counter_ns()``, which on Linux reads
+``CLOCK_MONOTONIC``: one clock for all processes of the machine, so the
+parent can subtract the worker's timestamps (left in the mailbox,
+:meth:`~neuropod.ope.channel.Channel.leave_stamps`) from its own.
+
+The stages of one call, in order (:data:`STAGES`):
+
+* ``parent encode``: from ``WorkerProcess.call`` to the request's bytes;
+* ``parent send``: writing them to the mailbox or the socket;
+* ``wake``: until the worker has the bytes (a spinning worker notices within a
+  microsecond; a sleeping one pays a wake-up);
+* ``worker decode``: the bytes to numpy inputs;
+* ``worker convert``: the backend's numpy-to-framework conversion, where the
+  backend has it as a step of its own (torch's ``to_tensors``); elsewhere it
+  is part of ``worker call``;
+* ``worker call``: the model, through the worker's in-process executor;
+* ``worker encode``: the outputs to the reply's bytes;
+* ``return``: the reply's send, until the parent has it;
+* ``parent decode``: the bytes to the arrays ``infer`` returns.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+__all__ = ["ENV", "STAGES", "StageRecorder", "enable", "disable", "recorder", "enabled_in_environment"]
+
+#: The environment variable that turns stage timing on ("1").
+ENV = "NEUROPOD_OPE_STAGES"
+STAGES = (
+    "parent encode",
+    "parent send",
+    "wake",
+    "worker decode",
+    "worker convert",
+    "worker call",
+    "worker encode",
+    "return",
+    "parent decode",
+)
+clock = time.perf_counter_ns
+
+
+def enabled_in_environment() -> bool:
+    return os.environ.get(ENV) == "1"
+
+
+class StageRecorder:
+    """The timestamps of every timed call, and their per-stage summary."""
+
+    def __init__(self) -> None:
+        self.calls: List[Tuple[int, ...]] = []
+
+    def add(self, parent: Sequence[int], worker: Sequence[int]) -> None:
+        """One call: the parent's 5 timestamps (start, encoded, sent, reply seen, done) and the worker's 5 stamps
+        (request seen, decoded, called, encoded, convert nanoseconds); a worker that does not time leaves zeros."""
+        self.calls.append(tuple(parent[:5]) + tuple(worker[:5]))
+
+    def clear(self) -> None:
+        self.calls.clear()
+
+    @staticmethod
+    def stages_of(call: Sequence[int]) -> Optional[Dict[str, int]]:
+        """One call's stage durations in nanoseconds (None when the worker did not time it)."""
+        began, encoded, sent, seen, done, w_seen, w_decoded, w_called, w_encoded, convert = call
+        if not w_seen:
+            return None
+        return {
+            "parent encode": encoded - began,
+            "parent send": sent - encoded,
+            "wake": w_seen - sent,
+            "worker decode": w_decoded - w_seen,
+            "worker convert": convert,
+            "worker call": w_called - w_decoded - convert,
+            "worker encode": w_encoded - w_called,
+            "return": seen - w_encoded,
+            "parent decode": done - seen,
+        }
+
+    def summary(self) -> Dict[str, float]:
+        """Median microseconds of each stage, and of the whole call (``total``), over the calls timed so far."""
+        timed = [stages for stages in map(self.stages_of, self.calls) if stages is not None]
+        if not timed:
+            return {}
+        result = {stage: statistics.median(call[stage] for call in timed) / 1e3 for stage in STAGES}
+        result["total"] = statistics.median(call[4] - call[0] for call in self.calls) / 1e3
+        return result
+
+
+#: The recorder the call path writes to; None while stage timing is off.
+recorder: Optional[StageRecorder] = StageRecorder() if enabled_in_environment() else None
+
+
+def enable() -> StageRecorder:
+    """Time every OPE call from now on (and in every worker started from now on); returns the recorder."""
+    global recorder
+    os.environ[ENV] = "1"
+    if recorder is None:
+        recorder = StageRecorder()
+    return recorder
+
+
+def disable() -> None:
+    global recorder
+    os.environ.pop(ENV, None)
+    recorder = None
