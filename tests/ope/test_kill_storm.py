@@ -48,9 +48,11 @@ def _unaccounted_descriptors(executor, before: list) -> str:
     """What this process holds beyond ``before`` and what the model's live parts account for ("" if nothing).
 
     Each segment of the parent's pool holds two descriptors (its fd, kept to hand to new workers, and
-    its mapping's), a worker's mailbox and each segment of a worker mapped here one (the mapping's).
+    its mapping's), a worker's mailbox and each segment of a worker mapped here one (the mapping's);
+    a zygote (the process the workers are forked from) holds one socket.
     """
     live = [worker for worker in executor.workers if worker.channel is not None]
+    zygotes = int(executor.zygote is not None and executor.zygote.pid is not None)
     now = _fd_targets()
     segments = [target for target in now if target.startswith("/memfd:neuropod-")]
     expected_segments = 2 * len(executor._pool) + sum(1 + len(worker.segments) for worker in live)
@@ -60,18 +62,18 @@ def _unaccounted_descriptors(executor, before: list) -> str:
     problems = []
     if len(segments) != expected_segments:
         problems.append(f"{len(segments)} segment descriptors, the live model accounts for {expected_segments}")
-    if len(sockets) != len(live) + sum(t.startswith("socket:") for t in before):
-        problems.append(f"{len(sockets)} sockets for {len(live)} live workers")
+    if len(sockets) != len(live) + zygotes + sum(t.startswith("socket:") for t in before):
+        problems.append(f"{len(sockets)} sockets for {len(live)} live workers and {zygotes} zygote")
     if others != before_others:
         problems.append(f"other descriptors changed: {sorted(set(others) ^ set(before_others))}")
     return "; ".join(problems)
 
 
-def _children() -> set:
+def _children(pid="self") -> set:
     children = set()
-    for task in os.listdir("/proc/self/task"):
+    for task in os.listdir(f"/proc/{pid}/task"):
         try:
-            text = Path(f"/proc/self/task/{task}/children").read_text()
+            text = Path(f"/proc/{pid}/task/{task}/children").read_text()
         except OSError:
             continue
         children.update(int(pid) for pid in text.split())
@@ -118,9 +120,14 @@ def test_a_thousand_sigkills_under_four_callers(tmp_path):
                     counts["ok"] += 1
 
         def steady() -> bool:
-            # Every child is a current worker (a killed one reaped, none orphaned), no name in /dev/shm.
+            # Every child is a current worker or their zygote, every child of the zygote a current worker
+            # (a killed one reaped, none orphaned), no name in /dev/shm.
             pids = {worker.pid for worker in workers if worker.pid is not None and worker.alive}
-            return _children() - children_before <= pids and _shm_names() == shm_before
+            zygote = model.executor.zygote.pid if model.executor.zygote is not None else None
+            children = _children() - children_before
+            if zygote is not None:
+                children = (children - {zygote}) | _children(zygote)
+            return children <= pids and _shm_names() == shm_before
 
         assert _wait_for(steady)
         rng = np.random.default_rng(0)

@@ -334,8 +334,8 @@ def test_an_output_not_in_the_spec_fails_as_in_process_and_poisons_nothing(tool_
 
 
 def _live_workers():
-    """Our child processes that are OPE workers and have not exited."""
-    found = []
+    """Our OPE worker processes that have not exited: children, and children of our zygotes."""
+    workers = {}  # pid -> parent pid
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -347,9 +347,10 @@ def _live_workers():
         except OSError:
             continue
         state, ppid = fields[0], int(fields[1])
-        if ppid == os.getpid() and state != "Z" and "neuropod.ope.worker" in argv:
-            found.append(int(entry))
-    return found
+        if state != "Z" and "neuropod.ope.worker" in argv:
+            workers[int(entry)] = ppid
+    ours = {pid for pid, ppid in workers.items() if ppid == os.getpid()}
+    return sorted(pid for pid, ppid in workers.items() if ppid == os.getpid() or ppid in ours)
 
 
 def test_closing_during_a_call_leaves_no_worker_behind(tool_path):

@@ -4,8 +4,10 @@
 :class:`OutOfProcessExecutor`; the options it understands are the table
 :data:`~neuropod.ope.options.OPE_OPTIONS` (``workers``, ``spin_us``,
 ``cpu_affinity``, ``python_executable``, ``timeout``, ``restart_policy``,
-``start_timeout``, ``shm_dir``, ``shm_cache_bytes``, ``worker_env``); the
-backend's options go to the backend inside each worker as JSON.
+``start_timeout``, ``shm_dir``, ``shm_cache_bytes``, ``worker_env``,
+``share_weights``); the backend's options go to the backend inside each
+worker as JSON. Where it applies, the workers are forked from one zygote
+that loaded the model (:mod:`neuropod.ope.zygote`): one copy of the weights.
 
 Copies: an input is copied once into shared memory, or not at all when it
 came from :meth:`OutOfProcessExecutor.allocate` (or ``seal``); an output is
@@ -31,9 +33,10 @@ from ..backends import BackendOptions
 from ..errors import InputValidationError, ModelClosedError, WorkerCrashedError
 from ..isolation.options import IsolationOptions
 from ..ope import wire
-from ..ope.client import WorkerProcess
+from ..ope.client import WorkerProcess, make_zygote
 from ..ope.options import OpeOptions
 from ..ope.shm import Segment, SegmentPool, leased_array
+from ..ope.zygote import Zygote, sharing_refusal
 from ..package import Package
 from .base import Executor, TensorDict
 
@@ -85,8 +88,16 @@ class OutOfProcessExecutor(Executor):
         self._leases: Dict[int, _Lease] = {}
         self._lease_lock = threading.Lock()
         self._copier: Optional[ThreadPoolExecutor] = None
+        #: Why each worker loads its own copy of the weights ("" when they fork from one zygote).
+        self.sharing_refusal = sharing_refusal(
+            self.options.share_weights, package.config.platform, self.isolation.level, options.visible_gpu
+        )
+        root = str(package.root)
+        self.zygote: Optional[Zygote] = None
+        if not self.sharing_refusal:
+            self.zygote = make_zygote(root, self.model_name, backend_json, self.options)
         self.workers.extend(
-            WorkerProcess(i, str(package.root), self.model_name, backend_json, self.options, self._pool, self.isolation)
+            WorkerProcess(i, root, self.model_name, backend_json, self.options, self._pool, self.isolation, self.zygote)
             for i in range(self.options.workers)
         )
         try:
@@ -103,7 +114,7 @@ class OutOfProcessExecutor(Executor):
         self._idle_changed = threading.Condition(self._idle_lock)
         self._waiting = 0  # threads waiting on _idle_changed: notify only when there are some (it is not cheap)
         # Workers must not outlive a forgotten executor either.
-        self._finalizer = weakref.finalize(self, _close_workers, list(self.workers), self._pool)
+        self._finalizer = weakref.finalize(self, _close_workers, list(self.workers), self._pool, self.zygote)
 
     # -- running -----------------------------------------------------------
 
@@ -258,7 +269,7 @@ class OutOfProcessExecutor(Executor):
                     self._idle_changed.wait_for(lambda: len(self._idle) == len(self.workers), timeout=grace)
                 finally:
                     self._waiting -= 1
-        _close_workers(self.workers, self._pool)
+        _close_workers(self.workers, self._pool, self.zygote)
         if hasattr(self, "_finalizer"):
             self._finalizer.detach()
 
@@ -268,10 +279,12 @@ def _forget_segment(workers: List[WorkerProcess], segment_id: int) -> None:
         worker.forget_segment(segment_id)
 
 
-def _close_workers(workers: List[WorkerProcess], pool: SegmentPool) -> None:
+def _close_workers(workers: List[WorkerProcess], pool: SegmentPool, zygote: Optional[Zygote] = None) -> None:
     for worker in workers:
         try:
             worker.close()
         except Exception:  # closing must go on to the next worker
             pass
+    if zygote is not None:  # after its workers: they die with it
+        zygote.close()
     pool.close()

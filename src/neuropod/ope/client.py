@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import logging
 import os
 import queue
 import signal
@@ -18,7 +19,7 @@ import subprocess
 import threading
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
@@ -32,8 +33,11 @@ from .environment import declared_names, worker_environment
 from .options import OpeOptions
 from .shm import PeerSegments, Segment, SegmentPool, leased_array
 from .tensors import InlineArea, read_tensor, write_tensor
+from .zygote import ForkedProcess, Zygote
 
-__all__ = ["WorkerProcess", "remote_error", "LeaseLookup"]
+__all__ = ["WorkerProcess", "remote_error", "LeaseLookup", "make_zygote"]
+
+_log = logging.getLogger(__name__)
 
 #: Finds whether an array lies in one of our segments: (segment, offset, base array) or None.
 LeaseLookup = Callable[[np.ndarray], Optional[Tuple[Segment, int, np.ndarray]]]
@@ -113,6 +117,62 @@ def remote_error(texts: Sequence[str], where: str) -> Exception:
     return exc
 
 
+def _worker_env(package_root: str, options: OpeOptions) -> Dict[str, str]:
+    # An allow-list of this process's variables, not all of them: the model may read its environment.
+    env = worker_environment(os.environ, declared_names(package_root), options.pass_env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_SOURCE_ROOT, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def _worker_argv(launch: WorkerLaunch, backend_options_json: str, options: OpeOptions) -> List[str]:
+    """``python -m neuropod.ope.worker`` and the options every worker (and a zygote) takes."""
+    return launch.prefix + [
+        launch.python,
+        "-m",
+        "neuropod.ope.worker",
+        "--fd",
+        str(launch.fds[0]),
+        "--package",
+        launch.package_root,
+        "--parent-pid",
+        str(launch.parent_pid),
+        "--options",
+        backend_options_json,
+        "--spin-us",
+        str(options.spin_us),
+        "--shm-dir",
+        launch.shm_dir,
+        "--cache-bytes",
+        str(options.shm_cache_bytes),
+    ]
+
+
+def make_zygote(package_root: str, model_name: str, backend_options_json: str, options: OpeOptions) -> Zygote:
+    """The zygote of a model whose workers run as plain processes (see :mod:`neuropod.ope.zygote`)."""
+
+    def spawn(control_fd: int) -> subprocess.Popen[bytes]:
+        launch = plan_worker(
+            IsolationOptions(),
+            python=options.python_executable,
+            env=_worker_env(package_root, options),
+            worker_env=dict(options.worker_env),
+            fds=(control_fd, control_fd),  # a zygote has no mailbox: its workers get theirs with each fork
+            package_root=package_root,
+            source_root=_SOURCE_ROOT,
+            shm_dir=options.shm_dir,
+            cpus=(),
+        )
+        argv = _worker_argv(launch, backend_options_json, options) + ["--zygote"]
+        try:
+            return _SPAWNER.spawn(argv, launch.env, (control_fd,))
+        except OSError as exc:
+            raise WorkerCrashedError(
+                f"cannot start the zygote of model {model_name!r} with {options.python_executable}: {exc}"
+            ) from exc
+
+    return Zygote(spawn, model_name)
+
+
 class WorkerProcess:
     """One worker process of a model (restarted in place when it dies).
 
@@ -124,6 +184,7 @@ class WorkerProcess:
         options: the OPE options.
         pool: the parent's segment pool for inputs.
         isolation: how the worker is isolated (default: a plain process).
+        zygote: the model's zygote, to fork this worker from (None: it loads the model itself).
     """
 
     def __init__(
@@ -135,8 +196,10 @@ class WorkerProcess:
         options: OpeOptions,
         pool: SegmentPool,
         isolation: Optional[IsolationOptions] = None,
+        zygote: Optional[Zygote] = None,
     ) -> None:
         self.index = index
+        self.zygote = zygote
         self.isolation = isolation or IsolationOptions()
         self.launch: Optional[WorkerLaunch] = None
         self.package_root = package_root
@@ -145,9 +208,9 @@ class WorkerProcess:
         self.options = options
         self.pool = pool
         self.spin_ns = int(options.spin_us * 1000)
-        self.process: Optional[subprocess.Popen[bytes]] = None
+        self.process: Optional[Union[subprocess.Popen[bytes], ForkedProcess]] = None
         self.channel: Optional[Channel] = None
-        self.pid: Optional[int] = None
+        self._pid: Optional[int] = None
         self.python_version = ""
         self.numpy_version = ""
         self.starts = 0
@@ -174,49 +237,30 @@ class WorkerProcess:
         options = self.options
         mailbox = Segment.create(0, MAILBOX_BYTES, options.shm_dir)
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        # An allow-list of this process's variables, not all of them: the model may read its environment.
-        env = worker_environment(os.environ, declared_names(self.package_root), options.pass_env)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_SOURCE_ROOT, env.get("PYTHONPATH", "")) if p)
         self._reset_state()
         self.ready = False
         cpus = worker_cpus(self.isolation, self.index, options.cpus_of_worker(self.index))
         launch: Optional[WorkerLaunch] = None
         try:
-            launch = self.launch = plan_worker(
-                self.isolation,
-                python=options.python_executable,
-                env=env,
-                worker_env=dict(options.worker_env),
-                fds=(child_end.fileno(), mailbox.fd),
-                package_root=self.package_root,
-                source_root=_SOURCE_ROOT,
-                shm_dir=options.shm_dir,
-                cpus=cpus,
-            )
-            argv = launch.prefix + [
-                launch.python,
-                "-m",
-                "neuropod.ope.worker",
-                "--fd",
-                str(launch.fds[0]),
-                "--mailbox-fd",
-                str(launch.fds[1]),
-                "--package",
-                launch.package_root,
-                "--parent-pid",
-                str(launch.parent_pid),
-                "--options",
-                self.backend_options_json,
-                "--spin-us",
-                str(options.spin_us),
-                "--shm-dir",
-                launch.shm_dir,
-                "--cache-bytes",
-                str(options.shm_cache_bytes),
-            ]
-            if cpus:
-                argv += ["--cpus", ",".join(str(cpu) for cpu in cpus)]
-            self.process = _SPAWNER.spawn(argv, launch.env, launch.pass_fds)
+            if self.zygote is not None and self.zygote.usable:
+                self.launch = None
+                self.process = self.zygote.fork(child_end.fileno(), mailbox.fd, cpus)
+            else:
+                launch = self.launch = plan_worker(
+                    self.isolation,
+                    python=options.python_executable,
+                    env=_worker_env(self.package_root, options),
+                    worker_env=dict(options.worker_env),
+                    fds=(child_end.fileno(), mailbox.fd),
+                    package_root=self.package_root,
+                    source_root=_SOURCE_ROOT,
+                    shm_dir=options.shm_dir,
+                    cpus=cpus,
+                )
+                argv = _worker_argv(launch, self.backend_options_json, options) + ["--mailbox-fd", str(launch.fds[1])]
+                if cpus:
+                    argv += ["--cpus", ",".join(str(cpu) for cpu in cpus)]
+                self.process = _SPAWNER.spawn(argv, launch.env, launch.pass_fds)
         except BaseException as exc:
             parent_end.close()
             if launch is not None:
@@ -236,6 +280,8 @@ class WorkerProcess:
 
     def wait_ready(self) -> None:
         """Wait for the worker's HELLO; raise the worker's load error if it failed."""
+        if isinstance(self.process, ForkedProcess):
+            self._wait_forked()
         assert self.channel is not None and self.process is not None
         try:
             message, fds = self.channel.receive(0, self.options.start_timeout, self._check_alive)
@@ -261,6 +307,41 @@ class WorkerProcess:
         self.python_version, self.numpy_version = message.texts[1], message.texts[2]
         self.ready = True
 
+    def _wait_forked(self) -> None:
+        """Wait for the zygote to fork this worker (the first time: to load the model).
+
+        Where the zygote will not fork, this worker is started the ordinary way
+        (and so is every later one); its load errors are raised as a worker's.
+        """
+        process, zygote = self.process, self.zygote
+        assert isinstance(process, ForkedProcess) and zygote is not None
+        failure = process.wait_forked(self.options.start_timeout)
+        if failure is None:
+            self.pid = process.pid
+            return
+        self._discard()
+        if failure.load_error is not None:
+            raise remote_error(failure.load_error, f"the worker loading model {self.model_name!r}")
+        if failure.died:
+            raise self._zygote_died(failure.returncode, process.zygote_pid)
+        if failure.timed_out:
+            zygote.kill()  # its workers go with it: they could not have been forked either
+            raise WorkerTimeoutError(
+                f"the worker for model {self.model_name!r} did not load it "
+                f"within start_timeout={self.options.start_timeout}s"
+            )
+        _log.warning("model %r: each worker loads its own copy of the weights: %s", self.model_name, failure.refusal)
+        zygote.refused(failure.refusal)
+        self.start()
+
+    def _zygote_died(self, returncode: Optional[int], zygote_pid: int) -> WorkerCrashedError:
+        error = WorkerCrashedError(
+            f"the worker for model {self.model_name!r} {describe_returncode(returncode)} while loading the model "
+            f"(in its zygote, pid {zygote_pid}, which forks the workers)"
+        )
+        error.returncode = returncode
+        return error
+
     def _crashed_loading(self) -> WorkerCrashedError:
         # Built here, not in wait_ready: an error held in a local of a frame on its own traceback is a
         # reference cycle, which would keep the dead worker's channel (socket, mailbox) until a gc pass.
@@ -272,6 +353,17 @@ class WorkerProcess:
         )
         error.returncode = returncode
         return error
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The worker's process id (a forked worker's once its zygote has reported the fork)."""
+        if self._pid is None and self.process is not None:
+            self._pid = self.process.pid
+        return self._pid
+
+    @pid.setter
+    def pid(self, value: Optional[int]) -> None:
+        self._pid = value
 
     @property
     def alive(self) -> bool:

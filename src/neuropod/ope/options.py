@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Tuple, Union
 
 from ..errors import OptionError
-from ..executors.options import Option, OptionTable, number, one_of
+from ..executors.options import Option, OptionTable, flag, number, one_of
 from .shm import DEFAULT_SHM_DIR
 
 __all__ = ["OpeOptions", "OPE_OPTIONS", "RESTART_POLICIES"]
@@ -46,6 +46,12 @@ class OpeOptions:
         pass_env: names of this process's variables the workers also get
             beyond the allow-list of :mod:`neuropod.ope.environment`, or
             ``"*"`` for the whole environment.
+        share_weights: load the model once in a zygote process and fork the
+            workers from it, so they share one copy of the weights (and a
+            replacement worker starts in milliseconds). Applies to plain
+            processes (``isolation="process"``) of Python and TorchScript
+            models on the CPU; elsewhere each worker loads its own copy
+            (see :func:`neuropod.ope.zygote.sharing_refusal`).
     """
 
     workers: int = 1
@@ -59,6 +65,7 @@ class OpeOptions:
     shm_cache_bytes: int = 1 << 30
     worker_env: Tuple[Tuple[str, str], ...] = ()
     pass_env: Union[str, Tuple[str, ...]] = ()
+    share_weights: bool = True
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> OpeOptions:
@@ -141,4 +148,5 @@ OPE_OPTIONS: OptionTable = (
     Option("shm_cache_bytes", "idle shared memory kept for reuse", _DEFAULTS.shm_cache_bytes, _BYTES),
     Option("worker_env", "extra environment variables for the workers", (), _environment_variables),
     Option("pass_env", "variables passed to workers beyond the allow-list ('*': all)", (), _variable_names),
+    Option("share_weights", "fork the workers from one process that loaded the model", True, flag),
 )

@@ -12,6 +12,10 @@ Inputs are numpy views of the parent's segments (no copy). Outputs are
 copied once into segments this worker owns and lent to the parent until it
 releases them; an output that is a view of an input goes back as a reference
 to the parent's own segment (no copy at all).
+
+With ``--zygote`` it loads the model and then forks workers on the parent's
+orders instead of serving (:mod:`neuropod.ope.zygote`); each child goes on
+as a worker above, with the model already loaded.
 """
 
 from __future__ import annotations
@@ -226,8 +230,9 @@ class _Server:
 
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m neuropod.ope.worker", description=__doc__)
-    parser.add_argument("--fd", type=int, required=True, help="inherited control socket")
-    parser.add_argument("--mailbox-fd", type=int, required=True, help="inherited mailbox segment")
+    parser.add_argument("--fd", type=int, required=True, help="inherited control socket (a zygote's: fork orders)")
+    parser.add_argument("--mailbox-fd", type=int, default=-1, help="inherited mailbox segment (not for --zygote)")
+    parser.add_argument("--zygote", action="store_true", help="load the model, then fork workers on order")
     parser.add_argument("--package", required=True, help="package directory (already extracted and verified)")
     parser.add_argument("--parent-pid", type=int, required=True)
     parser.add_argument("--options", default="{}", help="backend options as JSON")
@@ -235,7 +240,10 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--shm-dir", default="/dev/shm")
     parser.add_argument("--cache-bytes", type=int, default=1 << 30)
     parser.add_argument("--cpus", default="", help="comma-separated CPUs to pin to")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.zygote and args.mailbox_fd < 0:
+        parser.error("--mailbox-fd is required (except with --zygote)")
+    return args
 
 
 def _load_model(package_dir: str, options_json: str) -> Tuple[InProcessExecutor, SpecValidator]:
@@ -257,22 +265,77 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     set_parent_death_signal()
     if os.getppid() != args.parent_pid:
         return 0  # the parent died before we could ask to follow it
-    sock = socket.socket(fileno=args.fd)
-    os.set_inheritable(args.fd, False)  # processes the model starts must not hold our channel open
-    mailbox = mmap.mmap(args.mailbox_fd, MAILBOX_BYTES)
-    os.close(args.mailbox_fd)
-    channel = Channel(sock, mailbox, side=1)
-    if args.cpus:
-        os.sched_setaffinity(0, {int(cpu) for cpu in args.cpus.split(",")})
+    if args.zygote:
+        return _zygote_main(args)
+    channel = _open_channel(args.fd, args.mailbox_fd)
+    _pin(args.cpus)
     try:
         model, output_validator = _load_model(args.package, args.options)
     except Exception as exc:
         channel.send(wire.Message(wire.Kind.LOAD_FAILED, texts=describe_exception(exc)))
         return 1
+    return _serve(channel, model, output_validator, args, args.parent_pid)
+
+
+def _zygote_main(args: argparse.Namespace) -> int:
+    """Load the model, fork workers on the parent's orders; each child goes on in :func:`_serve`."""
+    from . import zygote
+
+    control = socket.socket(fileno=args.fd)
+    os.set_inheritable(args.fd, False)
+    try:
+        model, output_validator = _load_model(args.package, args.options)
+    except Exception as exc:
+        zygote.report_load_failure(control, describe_exception(exc))
+        return 1
+    order = zygote.serve_forks(control)
+    if order is None:  # the parent closed the model (or died)
+        return 0
+    # A forked worker: it dies with its zygote, which dies with the parent.
+    set_parent_death_signal()
+    if os.getppid() != order.zygote_pid:
+        return 0
+    channel = _open_channel(order.fd, order.mailbox_fd)
+    if order.cpus:
+        _pin(",".join(str(cpu) for cpu in order.cpus))
+        _size_thread_pools(len(order.cpus), args.options)
+    return _serve(channel, model, output_validator, args, order.zygote_pid)
+
+
+def _open_channel(fd: int, mailbox_fd: int) -> Channel:
+    sock = socket.socket(fileno=fd)
+    os.set_inheritable(fd, False)  # processes the model starts must not hold our channel open
+    mailbox = mmap.mmap(mailbox_fd, MAILBOX_BYTES)
+    os.close(mailbox_fd)
+    return Channel(sock, mailbox, side=1)
+
+
+def _pin(cpus: str) -> None:
+    if cpus:
+        os.sched_setaffinity(0, {int(cpu) for cpu in cpus.split(",")})
+
+
+def _size_thread_pools(cpu_count: int, options_json: str) -> None:
+    """A forked worker pinned to ``cpu_count`` CPUs sizes torch's pool as a worker pinned before loading would.
+
+    (OpenMP read the CPU count when the zygote loaded torch, before any pinning.)
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    from ..backends import BackendOptions
+
+    if BackendOptions.from_json(options_json).intra_op_threads is None:
+        torch.set_num_threads(cpu_count)
+
+
+def _serve(
+    channel: Channel, model: Executor, output_validator: SpecValidator, args: argparse.Namespace, parent_pid: int
+) -> int:
     hello = [str(os.getpid()), sys.version.split()[0], np.__version__]
     channel.send(wire.Message(wire.Kind.HELLO, texts=hello))
     server = _Server(
-        channel, model, args.shm_dir, args.cache_bytes, int(args.spin_us * 1000), args.parent_pid, output_validator
+        channel, model, args.shm_dir, args.cache_bytes, int(args.spin_us * 1000), parent_pid, output_validator
     )
     try:
         server.serve()

@@ -1,0 +1,500 @@
+"""One copy of a model's weights for N workers: load it once in a *zygote*, fork the workers from it.
+
+The zygote is a worker process (``python -m neuropod.ope.worker --zygote``)
+that loads the model and then never runs it: it waits on its control socket
+for FORK orders. Each order brings a new worker's control socket and mailbox
+(``SCM_RIGHTS``); the zygote forks, and the child goes on as an ordinary
+worker with the model already in memory. Fork shares every page copy-on-write,
+and inference reads weights without writing them (Python's reference counts
+live in object headers, not in numpy or torch data buffers), so N workers hold
+the weights once. Replacing a dead worker is a fork: milliseconds, not a load.
+
+Who does what:
+
+* The parent holds one :class:`Zygote` per model. Its workers are the
+  zygote's children, not the parent's, so the zygote reaps them and reports
+  each exit status over its socket (a reader thread here records them);
+  :class:`ForkedProcess` gives the parent the ``poll``/``wait``/``kill`` of a
+  ``subprocess.Popen``. Kills go through the zygote too: a pid it has not yet
+  reaped cannot have been reused, where a pid the parent signals might.
+* Death signals chain: the zygote dies with the parent (``PR_SET_PDEATHSIG``,
+  as any worker), each worker with its zygote. A dead zygote thus takes its
+  workers along; the next start of a worker starts a fresh zygote (one load).
+* The zygote must not run the model before it forks: thread pools (OpenMP,
+  torch's intra-op pool) and GPU contexts do not survive a fork. It refuses a
+  fork (and the parent falls back to loading each worker itself) when loading
+  started Python threads, and forking is only used where the framework has
+  no native threads after a load (:data:`FORK_PLATFORMS`, on the CPU).
+
+The socket's messages (all constants of the format are here, one record per
+SOCK_SEQPACKET message): a :data:`HEADER` (magic, kind, two signed 64-bit
+numbers) then UTF-8 text.
+"""
+
+from __future__ import annotations
+
+import array
+import gc
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from ..errors import WireFormatError
+
+__all__ = [
+    "FORK_PLATFORMS",
+    "ForkFailure",
+    "ForkOrder",
+    "ForkedProcess",
+    "Zygote",
+    "serve_forks",
+    "sharing_refusal",
+]
+
+#: Platforms whose backend leaves no native thread pool or device context behind a load on the CPU.
+FORK_PLATFORMS = frozenset({"python", "pytorch", "torchscript", "placeholder"})
+
+MAGIC = b"NPZG"
+#: magic, kind, then two numbers whose meaning depends on the kind.
+HEADER = struct.Struct("=4sIqq")
+MAX_MESSAGE_BYTES = 64 * 1024
+
+
+class Kind:
+    """Message kinds. Parent -> zygote: FORK, KILL. Zygote -> parent: the others."""
+
+    FORK = 1  # a: fork id; text: CPUs to pin to ("0,1", "" for any); fds: control socket, mailbox
+    KILL = 2  # a: fork id; b: the signal
+    FORKED = 11  # a: fork id; b: the child's pid
+    REFUSED = 12  # a: fork id; text: why the zygote will not fork
+    EXITED = 13  # a: fork id; b: its return code (negative: the signal)
+    LOAD_FAILED = 14  # text: error type, message, traceback, module, separated by NUL
+
+    ALL = frozenset({1, 2, 11, 12, 13, 14})
+
+
+def encode(kind: int, a: int = 0, b: int = 0, text: str = "") -> bytes:
+    data = HEADER.pack(MAGIC, kind, a, b) + text.encode("utf-8", "replace")
+    return data[:MAX_MESSAGE_BYTES]
+
+
+def decode(data: bytes) -> Tuple[int, int, int, str]:
+    """(kind, a, b, text) of one message; anything malformed raises WireFormatError."""
+    if len(data) < HEADER.size:
+        raise WireFormatError(f"zygote message of {len(data)} bytes is shorter than its {HEADER.size}-byte header")
+    magic, kind, a, b = HEADER.unpack_from(data)
+    if magic != MAGIC or kind not in Kind.ALL:
+        raise WireFormatError(
+            f"zygote message with magic {magic!r} and kind {kind}: expected {MAGIC!r} and a known kind"
+        )
+    return kind, a, b, data[HEADER.size :].decode("utf-8", "replace")
+
+
+def sharing_refusal(share_weights: bool, platform: str, isolation_level: str, visible_gpu: Optional[int]) -> str:
+    """Why this model's workers each load their own copy of the weights ("" when they fork from a zygote)."""
+    if not share_weights:
+        return "share_weights=False"
+    if isolation_level != "process":
+        # A sandbox or container per worker is the point of those levels: one zygote would make them one.
+        return f"isolation={isolation_level!r} gives each worker its own sandbox or container"
+    if platform not in FORK_PLATFORMS:
+        return f"the {platform} backend starts native threads while loading, which a fork would not copy"
+    if visible_gpu is not None:
+        return "a GPU context does not survive a fork"
+    if not hasattr(os, "fork") or not hasattr(signal, "SIGCHLD"):
+        return "this system cannot fork"
+    return ""
+
+
+# -- the zygote's side --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ForkOrder:
+    """What a freshly forked worker needs to become a worker (returned in the child only)."""
+
+    fd: int
+    mailbox_fd: int
+    cpus: Tuple[int, ...]
+    zygote_pid: int
+
+
+def _fork_refusal() -> str:
+    threads = [thread.name for thread in threading.enumerate() if thread is not threading.current_thread()]
+    if threads:
+        return f"loading the model started Python threads ({', '.join(threads)}), which a fork would not copy"
+    return ""
+
+
+def serve_forks(control: socket.socket) -> Optional[ForkOrder]:
+    """Fork workers on the parent's orders until it closes ``control``.
+
+    Returns the order in each forked child (which goes on as a worker), and
+    None in the zygote once the parent has gone.
+    """
+    gc.collect()
+    gc.freeze()  # the workers' collector never walks (so never writes to) what the load built
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    previous_handler = signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    signal.set_wakeup_fd(wake_write)
+    try:
+        return _serve(control, wake_read)
+    finally:  # in the zygote, and in each child before it becomes a worker
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, previous_handler if previous_handler is not None else signal.SIG_DFL)
+        os.close(wake_read)
+        os.close(wake_write)
+
+
+def _serve(control: socket.socket, wake_read: int) -> Optional[ForkOrder]:
+    children: Dict[int, int] = {}  # fork id -> pid, until reaped
+    poller = select.poll()
+    poller.register(control.fileno(), select.POLLIN)
+    poller.register(wake_read, select.POLLIN)
+    while True:
+        try:
+            ready = [fd for fd, _ in poller.poll()]
+        except InterruptedError:
+            continue
+        if wake_read in ready:
+            os.read(wake_read, 4096)
+        _reap(children, control)  # also on a wake-up for another signal: cheap
+        if control.fileno() not in ready:
+            continue
+        try:
+            data, ancillary, _, _ = control.recvmsg(MAX_MESSAGE_BYTES, socket.CMSG_SPACE(8 * 4))
+        except ConnectionError:
+            return None
+        fds = _received_fds(ancillary)
+        if not data:
+            _close(fds)
+            return None
+        try:
+            kind, fork_id, number, text = decode(data)
+        except WireFormatError:
+            _close(fds)
+            return None  # not our parent speaking: stop, the workers go with us
+        if kind == Kind.FORK:
+            order = _fork(control, fork_id, text, fds, children)
+            if order is not None:  # we are the child now
+                return order
+            continue
+        _close(fds)
+        if kind == Kind.KILL:
+            pid = children.get(fork_id)
+            if pid is not None:  # not reaped yet, so the pid is still our child's
+                os.kill(pid, number)
+
+
+def _fork(
+    control: socket.socket, fork_id: int, cpu_text: str, fds: List[int], children: Dict[int, int]
+) -> Optional[ForkOrder]:
+    refusal = _fork_refusal()
+    try:
+        cpus = tuple(int(cpu) for cpu in cpu_text.split(",") if cpu)
+    except ValueError:
+        refusal = f"CPU list {cpu_text!r} is not comma-separated integers"
+    if len(fds) != 2:
+        refusal = f"a fork order brought {len(fds)} descriptors, expected 2 (control socket, mailbox)"
+    if refusal:
+        _close(fds)
+        control.send(encode(Kind.REFUSED, fork_id, text=refusal))
+        return None
+    zygote_pid = os.getpid()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns about forking with threads: the ones left are the framework's own
+        # idle native threads (FORK_PLATFORMS), which the child does not need.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        control.close()
+        for fd in fds:
+            os.set_inheritable(fd, False)  # programs the model starts must not hold them open
+        return ForkOrder(fds[0], fds[1], cpus, zygote_pid)
+    _close(fds)
+    children[fork_id] = pid
+    control.send(encode(Kind.FORKED, fork_id, pid))
+    return None
+
+
+def _reap(children: Dict[int, int], control: socket.socket) -> None:
+    # One waitpid per child we made: a child process the model itself started is not ours to reap.
+    for fork_id, pid in list(children.items()):
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done, status = pid, 0
+        if done:
+            del children[fork_id]
+            try:
+                control.send(encode(Kind.EXITED, fork_id, os.waitstatus_to_exitcode(status)))
+            except OSError:
+                pass  # the parent is gone; so shall we be
+
+
+def _received_fds(ancillary: Sequence[Tuple[int, int, bytes]]) -> List[int]:
+    fds: List[int] = []
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            received = array.array("i")
+            received.frombytes(data[: len(data) - len(data) % received.itemsize])
+            fds.extend(received)
+    return fds
+
+
+def _close(fds: Sequence[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def report_load_failure(control: socket.socket, texts: Sequence[str]) -> None:
+    """Tell the parent the model did not load (``texts`` as :func:`neuropod.ope.worker.describe_exception`)."""
+    try:
+        control.send(encode(Kind.LOAD_FAILED, text="\0".join(texts)))
+    except OSError:
+        pass
+
+
+# -- the parent's side -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ForkFailure:
+    """Why the zygote did not fork a worker (one field is set)."""
+
+    refusal: str = ""  # it will not fork: load this worker the ordinary way
+    load_error: Optional[Tuple[str, ...]] = None  # it could not load the model (a LOAD_FAILED's texts)
+    died: bool = False  # it exited first, with ``returncode``
+    returncode: Optional[int] = None
+    timed_out: bool = False  # it was still loading when the start timeout ran out
+
+
+class ForkedProcess:
+    """A worker forked by a zygote, with the parts of ``subprocess.Popen`` a worker's handle uses."""
+
+    def __init__(self, incarnation: _Incarnation, fork_id: int) -> None:
+        self._incarnation = incarnation
+        self.fork_id = fork_id
+        self.pid: Optional[int] = None  # known once the zygote has forked
+        self.returncode: Optional[int] = None
+        self.refusal: Optional[str] = None
+
+    @property
+    def zygote_pid(self) -> int:
+        return self._incarnation.process.pid
+
+    def wait_forked(self, timeout: float) -> Optional[ForkFailure]:
+        """Wait until the zygote has forked this worker: None when it has, else why not."""
+        incarnation = self._incarnation
+        with incarnation.changed:
+            incarnation.changed.wait_for(
+                lambda: self.pid is not None or self.refusal is not None or incarnation.ended, timeout
+            )
+            if self.refusal is not None:
+                return ForkFailure(refusal=self.refusal)
+            if self.pid is not None:
+                return None
+            if incarnation.load_error is not None:
+                return ForkFailure(load_error=tuple(incarnation.load_error))
+            if incarnation.ended:
+                return ForkFailure(died=True, returncode=incarnation.returncode)
+        return ForkFailure(timed_out=True)
+
+    def poll(self) -> Optional[int]:
+        return self.returncode
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        incarnation = self._incarnation
+        with incarnation.changed:
+            if not incarnation.changed.wait_for(lambda: self.returncode is not None, timeout):
+                raise subprocess.TimeoutExpired(f"worker forked by zygote {incarnation.process.pid}", timeout or 0)
+            assert self.returncode is not None
+            return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is not None:
+            return
+        if self.pid is None:  # the zygote has not forked it yet: it is still loading, or stuck
+            self._incarnation.kill()
+        else:
+            self._incarnation.send(encode(Kind.KILL, self.fork_id, int(signal.SIGKILL)))
+
+
+class _Incarnation:
+    """One zygote process: its socket, its reader thread and the workers it forked."""
+
+    def __init__(self, spawn: Callable[[int], subprocess.Popen], model_name: str) -> None:
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.process = spawn(child_end.fileno())
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
+        self.sock = parent_end
+        self.changed = threading.Condition()
+        self.forks: Dict[int, ForkedProcess] = {}
+        self.ended = False
+        self.returncode: Optional[int] = None
+        self.load_error: Optional[List[str]] = None
+        self._next_id = 0
+        self._send_lock = threading.Lock()
+        self._reader = threading.Thread(
+            target=self._read, name=f"neuropod-zygote-{model_name}-{self.process.pid}", daemon=True
+        )
+        self._reader.start()
+
+    def fork(self, fd: int, mailbox_fd: int, cpus: Tuple[int, ...]) -> ForkedProcess:
+        with self.changed:
+            self._next_id += 1
+            forked = self.forks[self._next_id] = ForkedProcess(self, self._next_id)
+        text = ",".join(str(cpu) for cpu in cpus)
+        message = encode(Kind.FORK, forked.fork_id, text=text)
+        with self._send_lock:
+            self.sock.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd, mailbox_fd]))])
+        return forked
+
+    def send(self, message: bytes) -> None:
+        try:
+            with self._send_lock:
+                self.sock.send(message)
+        except OSError:
+            pass  # the zygote is gone, and its children with it
+
+    def _read(self) -> None:
+        resets = 0
+        while True:
+            try:
+                data = self.sock.recv(MAX_MESSAGE_BYTES)
+                if not data:
+                    break
+                kind, fork_id, number, text = decode(data)
+            except ConnectionResetError:
+                # The zygote exited with a FORK order unread (it failed to load): Linux reports
+                # that once, ahead of what the zygote sent before it went. Read on.
+                resets += 1
+                if resets > 1:
+                    break
+                continue
+            except (OSError, WireFormatError):
+                self.process.kill()
+                break
+            with self.changed:
+                forked = self.forks.get(fork_id)
+                if kind == Kind.LOAD_FAILED:
+                    self.load_error = (text.split("\0") + ["", "", "", ""])[:4]
+                elif forked is None:
+                    pass
+                elif kind == Kind.FORKED:
+                    forked.pid = number
+                elif kind == Kind.REFUSED:
+                    forked.refusal = text
+                elif kind == Kind.EXITED:
+                    forked.returncode = number
+                    del self.forks[fork_id]
+                self.changed.notify_all()
+        try:
+            returncode: Optional[int] = self.process.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            returncode = self.process.wait()
+        with self.changed:
+            self.ended = True
+            self.returncode = returncode
+            for forked in self.forks.values():
+                # A forked worker died of its death signal (SIGKILL) with us, its status went to init;
+                # one not forked yet never ran.
+                forked.returncode = -int(signal.SIGKILL)
+            self.changed.notify_all()
+
+    def close(self, grace: float) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # the zygote reads end-of-file and exits
+        except OSError:
+            pass
+        self._reader.join(grace + 5.0)
+        if self._reader.is_alive():
+            self.process.kill()
+            self._reader.join()
+        self.sock.close()
+
+    def kill(self) -> None:
+        try:
+            self.process.kill()
+        except OSError:
+            pass
+
+
+class Zygote:
+    """The parent's handle on a model's zygote; started on the first fork, started again if it died.
+
+    Args:
+        spawn: starts ``python -m neuropod.ope.worker --zygote`` with the given
+            control socket descriptor and returns its ``Popen``.
+        model_name: for thread names and messages.
+    """
+
+    def __init__(self, spawn: Callable[[int], subprocess.Popen], model_name: str) -> None:
+        self._spawn = spawn
+        self.model_name = model_name
+        self._lock = threading.Lock()
+        self._current: Optional[_Incarnation] = None
+        self.refusal = ""  # set when the zygote refused a fork: every later worker loads its own copy
+        self.closed = False
+
+    @property
+    def usable(self) -> bool:
+        return not self.refusal and not self.closed
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The live zygote's pid (None when none runs)."""
+        current = self._current
+        return current.process.pid if current is not None and not current.ended else None
+
+    def fork(self, fd: int, mailbox_fd: int, cpus: Tuple[int, ...]) -> ForkedProcess:
+        """Order a worker forked with these descriptors (duplicated into the zygote: close yours)."""
+        with self._lock:
+            current = self._current
+            if current is not None and not current.ended and current.load_error is None:
+                try:
+                    return current.fork(fd, mailbox_fd, cpus)
+                except OSError:  # it died just now
+                    pass
+            if current is not None:
+                current.close(grace=2.0)  # dead or dying: its workers died with it
+            current = self._current = _Incarnation(self._spawn, self.model_name)
+            return current.fork(fd, mailbox_fd, cpus)
+
+    def refused(self, reason: str) -> None:
+        """The zygote would not fork: stop it (its memory is wasted) and load each worker from now on."""
+        with self._lock:
+            self.refusal = reason
+            current, self._current = self._current, None
+        if current is not None:
+            current.close(grace=2.0)
+
+    def kill(self) -> None:
+        current = self._current
+        if current is not None:
+            current.kill()
+
+    def close(self, grace: float = 2.0) -> None:
+        """Stop the zygote (its workers should be closed first: they die with it)."""
+        with self._lock:
+            self.closed = True
+            current, self._current = self._current, None
+        if current is not None:
+            current.close(grace)
