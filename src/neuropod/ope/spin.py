@@ -19,7 +19,11 @@ only while both hold:
   field of ``/proc/loadavg``, read at most every :data:`LOAD_CHECK_NS`) is at
   most its CPU count. That count includes this process and a peer that is
   computing; one more means a task is waiting for a CPU, and spinning would
-  hold one back from it.
+  hold one back from it (a spinner that yields hands its CPU to a CPU-bound
+  neighbour for a whole time slice, milliseconds, where a sleeper woken by
+  the socket preempts it at once). One reading is an instant; the machine
+  counts as busy only when two readings in a row say so, so that a
+  short-lived process does not stop spinning.
 
 ``spin_mode="fixed"`` spins the whole budget before every wait (the
 behaviour before the policy existed), for benchmarks and for machines
@@ -73,6 +77,7 @@ class SpinPolicy:
         "clock",
         "paid",
         "busy",
+        "_over",
         "_load_checked",
         "_waits_since_spin",
         "spins",
@@ -93,7 +98,8 @@ class SpinPolicy:
         self.read_runnable = read_runnable
         self.clock = clock
         self.paid = 1.0  # average of recent spins that ended with the message (optimistic start)
-        self.busy = False  # no idle core at the last look
+        self.busy = False  # no idle core at the last two looks
+        self._over = False  # more runnable tasks than CPUs at the last look
         self._load_checked: Optional[int] = None
         self._waits_since_spin = 0
         self.spins = 0  # counts, for benchmarks and tests
@@ -107,7 +113,8 @@ class SpinPolicy:
         if self._load_checked is None or now - self._load_checked >= LOAD_CHECK_NS:
             self._load_checked = now
             runnable = self.read_runnable()
-            self.busy = runnable is not None and runnable > self.cpus
+            over = runnable is not None and runnable > self.cpus
+            self.busy, self._over = over and self._over, over
         if self.busy:
             return 0
         if self.paid < PAYS_AT:

@@ -14,7 +14,9 @@ parent can subtract the worker's timestamps (left in the mailbox,
 The stages of one call, in order (:data:`STAGES`):
 
 * ``parent encode``: from ``WorkerProcess.call`` to the request's bytes;
-* ``parent send``: writing them to the mailbox or the socket;
+* ``parent send``: writing them to the mailbox or the socket (until the
+  worker has them, if that came first: a send on the socket may wake the
+  worker before it returns);
 * ``wake``: until the worker has the bytes (a spinning worker notices within a
   microsecond; a sleeping one pays a wake-up);
 * ``worker decode``: the bytes to numpy inputs;
@@ -76,6 +78,9 @@ class StageRecorder:
         began, encoded, sent, seen, done, w_seen, w_decoded, w_called, w_encoded, convert = call
         if not w_seen:
             return None
+        # A send through the socket may wake the worker before the send returns here: the
+        # message was out by the time the worker had it.
+        sent = min(sent, w_seen)
         return {
             "parent encode": encoded - began,
             "parent send": sent - encoded,

@@ -1,0 +1,196 @@
+"""Adaptive spinning (neuropod.ope.spin), the channel's sleeping and spinning paths, and the small-call wire path."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import pytest
+from ope_models import make_identity_model
+
+from neuropod import load_neuropod
+from neuropod.errors import OptionError, WireFormatError
+from neuropod.ope import wire
+from neuropod.ope.channel import MAILBOX_BYTES, Channel
+from neuropod.ope.shm import Segment
+from neuropod.ope.spin import LOAD_CHECK_NS, PAYS_AT, PROBE_EVERY, SpinPolicy
+
+SPIN = 100_000
+
+
+class Machine:
+    """A fake clock and runnable-task count for the policy."""
+
+    def __init__(self, runnable: Optional[int] = 1) -> None:
+        self.now = 0
+        self.runnable = runnable
+        self.reads = 0
+
+    def clock(self) -> int:
+        return self.now
+
+    def read(self) -> Optional[int]:
+        self.reads += 1
+        return self.runnable
+
+
+def policy(machine: Machine, mode: str = "adaptive", cpus: int = 2) -> SpinPolicy:
+    return SpinPolicy(SPIN, mode, cpus=cpus, read_runnable=machine.read, clock=machine.clock)
+
+
+def test_spins_while_spinning_pays_and_probes_after_it_stopped_paying() -> None:
+    spin = policy(Machine())
+    for _ in range(100):
+        assert spin.budget() == SPIN
+        spin.won()
+    assert spin.paid > 0.99
+    waits = 0
+    while spin.paid >= PAYS_AT:  # the answers now come after the budget
+        assert spin.budget() == SPIN
+        spin.lost()
+        waits += 1
+    assert 5 <= waits <= 20  # a handful of misses, not one, and not hundreds
+    budgets = [spin.budget() for _ in range(3 * PROBE_EVERY)]
+    assert budgets.count(SPIN) == 3 and budgets[PROBE_EVERY - 1] == SPIN  # one probe per PROBE_EVERY waits
+    # Probes that win bring spinning back.
+    while spin.paid < PAYS_AT:
+        if spin.budget():
+            spin.won()
+    assert all(spin.budget() == SPIN for _ in range(10))
+
+
+def test_no_spinning_while_more_tasks_are_runnable_than_cpus() -> None:
+    machine = Machine(runnable=2)
+    spin = policy(machine, cpus=2)
+    assert spin.budget() == SPIN  # this process and its computing peer: each has a core
+    machine.runnable = 5
+    machine.now += LOAD_CHECK_NS
+    assert spin.budget() == SPIN  # one crowded look is an instant, not a busy machine
+    machine.now += LOAD_CHECK_NS
+    assert spin.budget() == 0 and spin.busy
+    reads = machine.reads
+    machine.now += LOAD_CHECK_NS - 1
+    assert spin.budget() == 0 and machine.reads == reads  # /proc/loadavg is read at most once per period
+    machine.runnable = 2
+    machine.now += 1
+    assert spin.budget() == SPIN and not spin.busy
+    machine.runnable = None  # no /proc/loadavg: only the payoff decides
+    machine.now += LOAD_CHECK_NS
+    assert spin.budget() == SPIN
+
+
+def test_fixed_mode_and_a_zero_budget_ignore_what_happened() -> None:
+    machine = Machine(runnable=99)
+    fixed = policy(machine, mode="fixed")
+    for _ in range(200):
+        assert fixed.budget() == SPIN
+        fixed.lost()
+    assert machine.reads == 0
+    assert SpinPolicy(0, read_runnable=machine.read).budget() == 0
+
+
+def test_spin_mode_option_is_checked_and_reaches_the_worker(tmp_path: Path) -> None:
+    identity = make_identity_model(tmp_path, dtype="float32")
+    with pytest.raises(OptionError, match="spin_mode"):
+        load_neuropod(identity, use_ope=True, spin_mode="sometimes")
+    with load_neuropod(identity, use_ope=True, spin_mode="fixed") as model:
+        assert model.infer({"x": np.ones(2, np.float32)})["x"].tolist() == [1, 1]
+        worker = model.executor.workers[0]
+        assert not worker.spin_policy.adaptive
+        # What the worker reads from its side of the mailbox.
+        mirror = Channel(socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)[0], worker.channel.mailbox, side=1)
+        assert mirror.peer_spin_mode() == "fixed"
+
+
+@pytest.fixture()
+def pair():
+    mailbox = Segment.create(0, MAILBOX_BYTES, "/dev/shm")
+    here, there = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ends = Channel(here, mailbox.memory, side=0), Channel(there, mailbox.memory, side=1)
+    yield ends
+    for end in ends:
+        end.close()
+    mailbox.close()
+
+
+def message(request_id: int) -> wire.Message:
+    return wire.Message(wire.Kind.INFER, request_id, texts=[f"call {request_id}"])
+
+
+def test_a_sleeping_receiver_gets_the_whole_message_on_the_socket(pair) -> None:
+    parent, worker = pair
+    got: List[wire.Message] = []
+    receiver = threading.Thread(target=lambda: got.extend(worker.receive(0)[0] for _ in range(3)))
+    receiver.start()
+    for request_id in (1, 2, 3):
+        while not struct.unpack_from("=Q", parent.mailbox, 16)[0]:  # until it sleeps
+            pass
+        parent.send(message(request_id))
+        while len(got) < request_id and receiver.is_alive():
+            pass
+    receiver.join(5)
+    assert [m.texts for m in got] == [["call 1"], ["call 2"], ["call 3"]]
+    # Socket messages still count in the mailbox, so a spinning receiver stays in step.
+    parent.send(message(4))
+    assert worker.receive(SPIN)[0].texts == ["call 4"]
+
+
+def test_a_spinning_receiver_reads_the_mailbox_and_learns(pair) -> None:
+    parent, worker = pair
+    spin = SpinPolicy(50_000_000, read_runnable=lambda: 1)
+    timer = threading.Timer(0.005, parent.send, args=(message(1),))
+    timer.start()
+    assert worker.receive(spin)[0].texts == ["call 1"]
+    timer.join()
+    assert (spin.spins, spin.wins) == (1, 1)
+    short = SpinPolicy(1000, read_runnable=lambda: 1)
+    timer = threading.Timer(0.02, parent.send, args=(message(2),))
+    timer.start()
+    assert worker.receive(short)[0].texts == ["call 2"]  # the spin ran out; the sleeper got it
+    timer.join()
+    assert (short.spins, short.wins) == (1, 0) and short.paid < 1
+
+
+def test_small_tensors_take_the_cached_layout_and_anything_else_the_full_path() -> None:
+    tensors = {
+        "f": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "scalar": np.array(2.5),
+        "b": np.array([True, False, True]),
+        "i": np.arange(3, dtype=np.int64),
+    }
+    for request_id in (5, 6):
+        data = wire.encode_inline(wire.Kind.INFER, request_id, tensors)
+        assert data is not None
+        full = wire.decode(data)
+        assert full.request_id == request_id and [ref.name for ref in full.tensors] == list(tensors)
+        kind, answered, arrays = wire.decode_inline(data)
+        assert (kind, answered) == (wire.Kind.INFER, request_id)
+        for name, array in tensors.items():
+            assert arrays[name].dtype == array.dtype and np.array_equal(arrays[name], array)
+            assert arrays[name].flags.writeable
+    assert wire.encode_inline(wire.Kind.INFER, 1, {"s": np.array(["text"])}) is None
+    assert wire.encode_inline(wire.Kind.INFER, 1, {"big": np.zeros(wire.INLINE_TENSOR_BYTES + 1, np.uint8)}) is None
+    assert wire.encode_inline(wire.Kind.INFER, 1, {"strided": np.arange(10)[::2]}) is None
+    assert wire.encode_inline(wire.Kind.INFER, 1, {"swapped": np.arange(3, dtype=">f4")}) is None
+    assert wire.encode_inline(wire.Kind.INFER, 1, {"empty": np.zeros(0, np.float32)}) is None
+    assert wire.encode_inline(wire.Kind.INFER, 1, {"list": [1, 2]}) is None  # type: ignore[dict-item]
+    assert wire.decode_inline(wire.encode(wire.Message(wire.Kind.ERROR, 1, texts=["x"]))) is None
+
+
+def test_a_small_message_with_a_bad_layout_fails_as_the_full_decoder_does() -> None:
+    valid = wire.encode_inline(wire.Kind.RESULT, 1, {"weird_name": np.ones(4, np.float32)})
+    assert valid is not None
+    tensor_end = len(valid) - 16  # then the 16-byte inline area
+    data = bytearray(valid)
+    struct.pack_into("<Q", data, tensor_end - 16, 1 << 40)  # the tensor's offset, far outside the inline area
+    with pytest.raises(WireFormatError, match="outside"):
+        wire.decode_inline(bytes(data))
+    data = bytearray(valid)
+    struct.pack_into("<I", data, tensor_end - 20, 9)  # now it claims a segment: not a small message any more
+    assert wire.decode_inline(bytes(data)) is None
+    with pytest.raises(WireFormatError):
+        wire.decode_inline(bytes(valid[:-1]))  # one byte short
