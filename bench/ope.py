@@ -44,6 +44,7 @@ import numpy as np
 from neuropod import load_neuropod
 from neuropod.errors import NeuropodError
 from neuropod.packagers import create_python_neuropod
+from ope_shared_weights import shared_weights_rows
 
 IDENTITY_CODE = """
 def get_model(data_root):
@@ -280,6 +281,8 @@ def main() -> None:
     here.send_bytes(b"")
     queue_peer.join(5)
     pipe_peer.join(5)
+    print()
+    shared_weights_rows(quick=args.quick)  # bench/ope_shared_weights.py: one copy of the weights for N workers
 
 
 if __name__ == "__main__":

@@ -322,7 +322,7 @@ class WorkerProcess:
         self._discard()
         if failure.load_error is not None:
             raise remote_error(failure.load_error, f"the worker loading model {self.model_name!r}")
-        if failure.died:
+        if failure.died and not zygote.refusal:  # (a zygote that refused another fork was stopped)
             raise self._zygote_died(failure.returncode, process.zygote_pid)
         if failure.timed_out:
             zygote.kill()  # its workers go with it: they could not have been forked either
@@ -330,8 +330,9 @@ class WorkerProcess:
                 f"the worker for model {self.model_name!r} did not load it "
                 f"within start_timeout={self.options.start_timeout}s"
             )
-        _log.warning("model %r: each worker loads its own copy of the weights: %s", self.model_name, failure.refusal)
-        zygote.refused(failure.refusal)
+        if failure.refusal:
+            _log.warning("model %r: each worker loads its own copy of the weights: %s", self.model_name, failure.refusal)
+            zygote.refused(failure.refusal)
         self.start()
 
     def _zygote_died(self, returncode: Optional[int], zygote_pid: int) -> WorkerCrashedError:

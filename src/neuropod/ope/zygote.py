@@ -206,7 +206,7 @@ def _fork(
         refusal = f"a fork order brought {len(fds)} descriptors, expected 2 (control socket, mailbox)"
     if refusal:
         _close(fds)
-        control.send(encode(Kind.REFUSED, fork_id, text=refusal))
+        _tell(control, encode(Kind.REFUSED, fork_id, text=refusal))
         return None
     zygote_pid = os.getpid()
     with warnings.catch_warnings():
@@ -221,7 +221,7 @@ def _fork(
         return ForkOrder(fds[0], fds[1], cpus, zygote_pid)
     _close(fds)
     children[fork_id] = pid
-    control.send(encode(Kind.FORKED, fork_id, pid))
+    _tell(control, encode(Kind.FORKED, fork_id, pid))
     return None
 
 
@@ -234,10 +234,14 @@ def _reap(children: Dict[int, int], control: socket.socket) -> None:
             done, status = pid, 0
         if done:
             del children[fork_id]
-            try:
-                control.send(encode(Kind.EXITED, fork_id, os.waitstatus_to_exitcode(status)))
-            except OSError:
-                pass  # the parent is gone; so shall we be
+            _tell(control, encode(Kind.EXITED, fork_id, os.waitstatus_to_exitcode(status)))
+
+
+def _tell(control: socket.socket, message: bytes) -> None:
+    try:
+        control.send(message)
+    except OSError:
+        pass  # the parent is gone (or closing): the next read sees it, and we exit
 
 
 def _received_fds(ancillary: Sequence[Tuple[int, int, bytes]]) -> List[int]:
@@ -260,10 +264,7 @@ def _close(fds: Sequence[int]) -> None:
 
 def report_load_failure(control: socket.socket, texts: Sequence[str]) -> None:
     """Tell the parent the model did not load (``texts`` as :func:`neuropod.ope.worker.describe_exception`)."""
-    try:
-        control.send(encode(Kind.LOAD_FAILED, text="\0".join(texts)))
-    except OSError:
-        pass
+    _tell(control, encode(Kind.LOAD_FAILED, text="\0".join(texts)))
 
 
 # -- the parent's side -----------------------------------------------------------

@@ -1,0 +1,244 @@
+"""Issue 16 item 4: ``workers=N`` of one model hold its weights once, not N times.
+
+Memory is the proportional set size (PSS, ``/proc/PID/smaps_rollup``) summed
+over every process of the model: a page shared by k processes counts 1/k in
+each, so the sum is what the model really costs. Four workers forked from
+one zygote must cost at most 1.3x one worker that loaded the model itself,
+for a ~200 MB TorchScript model and a Python model holding a ~200 MB numpy
+array (both read all of their weights on every call).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ope_models import make_tool_model
+
+from neuropod import load_neuropod
+from neuropod.ope.zygote import sharing_refusal
+from neuropod.packagers import create_python_neuropod
+
+SIDE = 7200  # a SIDE x SIDE float32 matrix: 207 MB
+WORKERS = 4
+LIMIT = 1.3
+
+
+def pss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no Pss line in /proc/{pid}/smaps_rollup")
+
+
+def model_pss(model) -> int:
+    """PSS of the model's workers and of the zygote they were forked from."""
+    executor = model.executor
+    pids = [worker.pid for worker in executor.workers]
+    if executor.zygote is not None:
+        pids.append(executor.zygote.pid)
+    assert None not in pids
+    return sum(pss_bytes(pid) for pid in pids)
+
+
+def serve_once_in_each_worker(model, inputs) -> None:
+    executor = model.executor
+    for worker in executor.workers:  # every worker, not whichever the executor picks
+        outputs = worker.call(inputs, executor._find_lease, None)
+        assert outputs["y"].shape == (SIDE,)
+
+
+def torchscript_model(root: Path) -> Path:
+    torch = pytest.importorskip("torch")
+    from neuropod.packagers import create_torchscript_neuropod
+
+    class MatrixVector(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.randn(SIDE, SIDE))
+
+        def forward(self, x):
+            return {"y": torch.mv(self.weight, x)}
+
+    return create_torchscript_neuropod(
+        neuropod_path=root / "mv_torchscript",
+        model_name="mv_torchscript",
+        module=torch.jit.script(MatrixVector()),
+        input_spec=[{"name": "x", "dtype": "float32", "shape": [SIDE]}],
+        output_spec=[{"name": "y", "dtype": "float32", "shape": [SIDE]}],
+    )
+
+
+PYTHON_MODEL = """
+import os
+
+import numpy as np
+
+
+def get_model(data_root):
+    # A plain load (private memory, as most models hold their weights): shared only by the fork.
+    weight = np.load(os.path.join(data_root, "weight.npy"))
+
+    def run(x):
+        return {"y": weight @ x}
+
+    return run
+"""
+
+
+def python_model(root: Path) -> Path:
+    weights = root / "weight.npy"
+    np.save(weights, np.random.default_rng(0).standard_normal((SIDE, SIDE), dtype=np.float32))
+    code = root / "mv_code" / "mv_pkg"
+    code.mkdir(parents=True)
+    (code / "__init__.py").write_text(textwrap.dedent(PYTHON_MODEL))
+    path = create_python_neuropod(
+        root / "mv_python",
+        "mv_python",
+        data_paths=[{"path": str(weights), "packaged_name": "weight.npy"}],
+        code_path_spec=[{"python_root": str(root / "mv_code"), "dirs_to_package": ["mv_pkg"]}],
+        entrypoint_package="mv_pkg",
+        entrypoint="get_model",
+        input_spec=[{"name": "x", "dtype": "float32", "shape": [SIDE]}],
+        output_spec=[{"name": "y", "dtype": "float32", "shape": [SIDE]}],
+    )
+    weights.unlink()
+    return path
+
+
+@pytest.mark.parametrize("build", [torchscript_model, python_model], ids=["torchscript", "python"])
+def test_four_workers_hold_the_weights_once(build, tmp_path):
+    path = build(tmp_path)
+    inputs = {"x": np.ones(SIDE, np.float32)}
+    with load_neuropod(path, use_ope=True, share_weights=False) as alone:
+        assert alone.executor.zygote is None
+        serve_once_in_each_worker(alone, inputs)
+        one_worker = model_pss(alone)
+    assert one_worker > SIDE * SIDE * 4  # the weights are in it: the measurement can see them
+    with load_neuropod(path, use_ope=True, workers=WORKERS) as shared:
+        assert shared.executor.zygote is not None
+        serve_once_in_each_worker(shared, inputs)
+        four_workers = model_pss(shared)
+    ratio = four_workers / one_worker
+    print(f"{build.__name__}: 1 worker {one_worker / 2**20:.0f} MiB, {WORKERS} forked {four_workers / 2**20:.0f} MiB")
+    assert ratio <= LIMIT, f"{WORKERS} workers cost {ratio:.2f}x one worker's memory (limit {LIMIT}x)"
+
+
+# -- the zygote's life ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tool_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tool_model(tmp_path_factory.mktemp("tool"))
+
+
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_workers_are_forked_from_the_zygote_and_a_dead_one_is_forked_again(tool_path):
+    with load_neuropod(tool_path, use_ope=True, workers=2) as model:
+        executor = model.executor
+        zygote = executor.zygote.pid
+        assert all(parent_of(pid) == zygote for pid in executor.worker_pids)
+        first = executor.worker_pids[0]
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while executor.ready() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        executor.restart()
+        assert executor.workers[0].last_failure == "killed by signal 9 (SIGKILL)"  # reported by the zygote
+        replacement = executor.worker_pids[0]
+        assert replacement != first and parent_of(replacement) == zygote
+        assert executor.zygote.pid == zygote  # the model was not loaded again
+        assert model.infer({"x": np.ones(2)})["y"].tolist() == [2.0, 2.0]
+
+
+def test_a_dead_zygote_takes_its_workers_and_the_next_call_starts_a_new_one(tool_path):
+    with load_neuropod(tool_path, use_ope=True, workers=2) as model:
+        executor = model.executor
+        zygote, workers = executor.zygote.pid, executor.worker_pids
+        os.kill(zygote, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while any(pid is not None for pid in executor.worker_pids) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert executor.worker_pids == [None, None]  # their death signal followed the zygote's
+        executor.restart()
+        assert executor.ready()
+        assert executor.zygote.pid not in (None, zygote)
+        assert not set(executor.worker_pids) & set(workers)
+        assert model.infer({"x": np.ones(1)})["y"][0] == 2.0
+
+
+THREAD_MODEL = """
+import threading
+
+import numpy as np
+
+
+def get_model(data_root):
+    stop = threading.Event()
+    threading.Thread(target=stop.wait, name="model-background", daemon=True).start()
+
+    def run(x):
+        return {"y": x + 1}
+
+    return run
+"""
+
+
+def test_a_model_that_starts_threads_while_loading_gets_one_load_per_worker(tmp_path):
+    code = tmp_path / "code" / "threaded_pkg"
+    code.mkdir(parents=True)
+    (code / "__init__.py").write_text(textwrap.dedent(THREAD_MODEL))
+    spec = [{"name": "x", "dtype": "float64", "shape": [None]}]
+    path = create_python_neuropod(
+        tmp_path / "threaded",
+        "threaded",
+        data_paths=[],
+        code_path_spec=[{"python_root": str(tmp_path / "code"), "dirs_to_package": ["threaded_pkg"]}],
+        entrypoint_package="threaded_pkg",
+        entrypoint="get_model",
+        input_spec=spec,
+        output_spec=[{"name": "y", "dtype": "float64", "shape": [None]}],
+    )
+    with load_neuropod(path, use_ope=True, workers=2) as model:
+        executor = model.executor
+        assert "model-background" in executor.zygote.refusal
+        assert executor.zygote.pid is None  # stopped: its copy of the weights would be wasted
+        assert all(parent_of(pid) == os.getpid() for pid in executor.worker_pids)
+        assert model.infer({"x": np.ones(1)})["y"][0] == 2.0
+
+
+def test_where_each_worker_loads_its_own_copy():
+    assert sharing_refusal(True, "torchscript", "process", None) == ""
+    assert sharing_refusal(True, "python", "process", None) == ""
+    assert "share_weights=False" in sharing_refusal(False, "python", "process", None)
+    assert "sandbox" in sharing_refusal(True, "python", "sandbox", None)
+    assert "native threads" in sharing_refusal(True, "tensorflow", "process", None)
+    assert "GPU" in sharing_refusal(True, "torchscript", "process", 0)
+
+
+def test_calls_from_threads_spread_over_forked_workers(tool_path):
+    with load_neuropod(tool_path, use_ope=True, workers=2) as model:
+        pids = set()
+        barrier = threading.Barrier(2)
+
+        def busy() -> None:
+            barrier.wait()
+            pids.add(int(model.infer({"x": np.array([0.3]), "cmd": np.array(["busy"])})["pid"][0]))
+
+        threads = [threading.Thread(target=busy) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert pids == set(model.executor.worker_pids)
