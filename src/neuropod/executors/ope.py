@@ -135,7 +135,7 @@ class OutOfProcessExecutor(Executor):
                 raise WorkerCrashedError(
                     f"the worker of model {self.model_name!r} {worker.last_failure} earlier and restart_policy='never'"
                 )
-            return worker.call(inputs, self._find_lease, self.options.timeout)
+            return worker.call(inputs, self._find_lease if self._leases else None, self.options.timeout)
         finally:
             with self._idle_lock:
                 self._idle.append(worker)

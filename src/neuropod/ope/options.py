@@ -10,6 +10,7 @@ from typing import Any, Mapping, Optional, Tuple, Union
 from ..errors import OptionError
 from ..executors.options import Option, OptionTable, flag, number, one_of
 from .shm import DEFAULT_SHM_DIR
+from .spin import SPIN_MODES
 
 __all__ = ["OpeOptions", "OPE_OPTIONS", "RESTART_POLICIES"]
 
@@ -29,6 +30,10 @@ class OpeOptions:
             message before sleeping. Spinning skips a 40-90 us process
             wake-up on short calls at the cost of that much CPU per call;
             0 disables it (default 100).
+        spin_mode: ``"adaptive"`` (default) spins only while spinning pays
+            (most recent waits end within the spin) and the machine has an
+            idle core; ``"fixed"`` always spins ``spin_us``. See
+            :mod:`neuropod.ope.spin`.
         cpu_affinity: CPUs to pin workers to: a list of ints (every worker
             gets that set) or a list of lists (worker ``i`` gets entry
             ``i % len``). None leaves scheduling to the OS.
@@ -56,6 +61,7 @@ class OpeOptions:
 
     workers: int = 1
     spin_us: float = 100.0
+    spin_mode: str = "adaptive"
     cpu_affinity: Optional[Tuple[Tuple[int, ...], ...]] = None
     python_executable: str = field(default_factory=lambda: sys.executable)
     timeout: Optional[float] = None
@@ -139,6 +145,7 @@ _BYTES = number("a non-negative int", 0, integer=True)
 OPE_OPTIONS: OptionTable = (
     Option("workers", "worker processes serving the model", _DEFAULTS.workers, _COUNT),
     Option("spin_us", "microseconds to busy-poll for the next message", _DEFAULTS.spin_us, _MICROSECONDS),
+    Option("spin_mode", "'adaptive': spin while it pays and a core is idle; 'fixed'", "adaptive", one_of(*SPIN_MODES)),
     Option("cpu_affinity", "CPUs to pin workers to (a list, or a list per worker)", None, _affinity),
     Option("python_executable", "the interpreter that runs the workers", _DEFAULTS.python_executable, _executable),
     Option("timeout", "seconds one call may take (None: no limit)", None, _SECONDS_OR_NONE),

@@ -35,9 +35,10 @@ import numpy as np
 from ..errors import OutputValidationError, WireFormatError
 from ..executors.base import Executor
 from ..spec import SpecValidator
-from . import wire
-from .channel import MAILBOX_BYTES, Channel, ChannelClosed
+from . import stages, wire
+from .channel import MAILBOX_BYTES, Channel, ChannelClosed, decode_checked
 from .shm import PeerSegments, Segment, SegmentPool
+from .spin import SpinPolicy
 from .tensors import InlineArea, read_tensor, write_tensor
 
 if TYPE_CHECKING:
@@ -79,24 +80,42 @@ class _Server:
         self.channel = channel
         self.model = model
         self.output_validator = output_validator
-        self.spin_ns = spin_ns
+        # Adaptive until the parent says otherwise (its spin_mode option, left in the mailbox).
+        self.policy = SpinPolicy(spin_ns)
         self.parent_pid = parent_pid
         self.pending_drops: List[int] = []
         self.pool = SegmentPool(shm_dir, cache_bytes, on_destroy=self.pending_drops.append)
         self.peer = PeerSegments()
         self.lent: Dict[int, Segment] = {}  # our segments the parent still views
         self.announced: set = set()
+        self.timing = stages.enabled_in_environment()
+        self._convert_ns = 0
+        if self.timing:
+            self._time_conversion()
 
     def check_parent(self) -> None:
         if os.getppid() != self.parent_pid:
             raise ChannelClosed()
 
     def serve(self) -> None:
+        channel, policy = self.channel, self.policy
+        mode_known = False
         while True:
             try:
-                message, fds = self.channel.receive(self.spin_ns, None, self.check_parent)
+                data, fds = channel.receive_bytes(policy, None, self.check_parent)
             except ChannelClosed:
                 return
+            seen = stages.clock() if self.timing else 0
+            if not mode_known:
+                mode = channel.peer_spin_mode()
+                if mode is not None:
+                    policy.adaptive, mode_known = mode != "fixed", True
+            if not fds:
+                small = wire.decode_inline(data)
+                if small is not None and small[0] == wire.Kind.INFER:  # the usual call: small tensors only
+                    self.answer_small(small[1], small[2], seen)
+                    continue
+            message = decode_checked(data, fds)
             for (segment_id, size), fd in zip(message.new_segments, fds):
                 self.peer.add(segment_id, size, fd)
             for segment_id in message.drop_segments:
@@ -108,27 +127,90 @@ class _Server:
             if message.kind == wire.Kind.SHUTDOWN:
                 return
             if message.kind == wire.Kind.INFER:
-                self.answer(message)
+                self.answer(message, seen)
 
-    def answer(self, message: wire.Message) -> None:
-        announcing: List[int] = []
+    def answer_small(self, request_id: int, inputs: Dict[str, np.ndarray], seen: int) -> None:
+        """Answer a call whose inputs all came inline; the reply is built in full only when it must be."""
+        decoded = stages.clock() if self.timing else 0
         try:
-            reply, fds = self.run(message, announcing)
+            outputs = self.model.infer(inputs)
         except Exception as exc:
-            reply, fds = wire.Message(wire.Kind.ERROR, message.request_id, texts=describe_exception(exc)), []
-            announcing = []  # an error reply carries no segments: they go back to the pool unannounced
+            self._send_error(request_id, exc)
+            return
+        del inputs
+        called = stages.clock() if self.timing else 0
+        data = None if self.pending_drops else wire.encode_inline(wire.Kind.RESULT, request_id, outputs)
+        if data is None:
+            self._reply(request_id, outputs, {}, seen, decoded, called)
+            return
+        if self.timing:
+            self._leave_stamps(seen, decoded, called)
+        self.channel.send_bytes(data)
+
+    def answer(self, message: wire.Message, seen: int = 0) -> None:
+        try:
+            inputs, input_refs = self._inputs(message)
+            decoded = stages.clock() if self.timing else 0
+            outputs = self.model.infer(inputs)
+            del inputs
+        except Exception as exc:
+            self._send_error(message.request_id, exc)
+            return
+        called = stages.clock() if self.timing else 0
+        self._reply(message.request_id, outputs, input_refs, seen, decoded, called)
+
+    def _send_error(self, request_id: int, exc: Exception) -> None:
+        reply = wire.Message(wire.Kind.ERROR, request_id, texts=describe_exception(exc))
         if self.pending_drops:
             reply.drop_segments = self.pending_drops[:]
             del self.pending_drops[:]
+        self.channel.send(reply)
+
+    def _reply(
+        self,
+        request_id: int,
+        outputs: Dict[str, np.ndarray],
+        input_refs: Dict[int, wire.TensorRef],
+        seen: int = 0,
+        decoded: int = 0,
+        called: int = 0,
+    ) -> None:
+        announcing: List[int] = []
+        try:
+            reply, fds = self.run_result(request_id, outputs, input_refs, announcing)
+        except Exception as exc:  # an output that cannot cross
+            self._send_error(request_id, exc)  # an error reply carries no segments: they went back to the pool
+            return
+        if self.pending_drops:
+            reply.drop_segments = self.pending_drops[:]
+            del self.pending_drops[:]
+        if self.timing:
+            self._leave_stamps(seen, decoded, called)
         self.channel.send(reply, fds)
         self.announced.update(announcing)
 
-    def run(self, message: wire.Message, announcing: List[int]) -> Tuple[wire.Message, List[int]]:
-        """The reply to an INFER message and its descriptors.
+    def _leave_stamps(self, seen: int, decoded: int, called: int) -> None:
+        self.channel.leave_stamps((seen, decoded, called, stages.clock(), self._convert_ns))
+        self._convert_ns = 0
 
-        The ids of segments the reply introduces to the parent are added to
-        ``announcing``; they count as announced only once the reply is sent.
-        """
+    def _time_conversion(self) -> None:
+        """Stage timing: time the backend's own numpy-to-framework step, where it has one."""
+        backend = getattr(self.model, "backend", None)
+        convert = getattr(backend, "to_tensors", None)
+        if convert is None:
+            return
+
+        def timed(inputs: Dict[str, np.ndarray]) -> object:
+            began = stages.clock()
+            try:
+                return convert(inputs)
+            finally:
+                self._convert_ns += stages.clock() - began
+
+        backend.to_tensors = timed  # type: ignore[union-attr]
+
+    def _inputs(self, message: wire.Message) -> Tuple[Dict[str, np.ndarray], Dict[int, wire.TensorRef]]:
+        """The inputs of an INFER message, and which segment each segment-held input views."""
         inputs: Dict[str, np.ndarray] = {}
         # Inputs in segments view the parent's mappings directly (their base is the
         # mmap), which is how an output that is a view of an input is recognised.
@@ -142,9 +224,21 @@ class _Server:
                 memory = self.peer.get(ref.segment)
                 inputs[ref.name] = read_tensor(ref, memory)
                 input_refs[id(memory)] = ref
-        outputs = self.model.infer(inputs)
-        del inputs
-        reply = wire.Message(wire.Kind.RESULT, message.request_id)
+        return inputs, input_refs
+
+    def run_result(
+        self,
+        request_id: int,
+        outputs: Dict[str, np.ndarray],
+        input_refs: Dict[int, wire.TensorRef],
+        announcing: List[int],
+    ) -> Tuple[wire.Message, List[int]]:
+        """The RESULT message for ``outputs`` and its descriptors.
+
+        The ids of segments the reply introduces to the parent are added to
+        ``announcing``; they count as announced only once the reply is sent.
+        """
+        reply = wire.Message(wire.Kind.RESULT, request_id)
         fds: List[int] = []
         inline = InlineArea()
         try:
@@ -166,6 +260,7 @@ class _Server:
                 segment = self.lent.pop(ref.segment, None) if ref.owner == wire.OWNER_SENDER else None
                 if segment is not None:
                     self.pool.release(segment)
+            del announcing[:]
             raise
         reply.inline = inline.getvalue()
         if len(fds) > wire.MAX_FDS_PER_MESSAGE:
