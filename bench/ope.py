@@ -1,29 +1,36 @@
 """Round-trip latency of out-of-process execution (OPE) against in-process and plain IPC baselines.
 
-    .venv/bin/python bench/ope.py [--quick] [--spin-us 100] [--cpus 0,1]
+    .venv/bin/python bench/ope.py [--quick] [--stages] [--spin-us 100] [--cpus 0,1] [--backends python,onnx]
 
-Every row times one round trip of a tensor of that size through an identity
-model (a Python-code package that returns its input), so no framework cost
-hides the transport:
+Every ratio is against a baseline measured in the same run, in batches that
+alternate with the case they scale (so other load on the machine hits both):
 
-* ``inproc``    — ``load_neuropod(path).infer``: the floor.
-* ``ope``       — ``use_ope=True`` with an ordinary numpy input (one copy in;
-  the output is a view of that copy, so none back).
-* ``ope+alloc`` — the input was made by ``model.allocate`` (no copy at all).
-* ``mp.Queue``  — the array pickled through ``multiprocessing.Queue`` to a
-  process that puts it back on a second queue.
-* ``mp.Pipe``   — the array's raw bytes through a ``multiprocessing.Pipe`` to a
-  process that sends them back (no pickle, two copies each way).
-* ``memcpy``    — one ``np.copyto`` of that size, for scale.
-
-Then a 1-element addition model (the smallest real call), in-process and OPE
-with and without spinning, and ``seal``: a 64 MiB input whose copy into shared
-memory overlaps 30 ms of the caller's other work. Last, the cost of isolation
-(docs/isolation.md): start-up (``load_neuropod`` until the first answer) and
-the 1-element addition's round trip for ``process``, ``sandbox`` (bubblewrap)
-and ``container`` (podman, from a root filesystem of the host's ``/usr`` and
-this Python, or ``--image``) workers; levels whose tool is missing are skipped.
-All cases run in the same process, one after another, so compare within a run.
+* **Pipe**: a raw 8-byte ``multiprocessing.Pipe`` round trip to an echo
+  process, the price of any hand-over between two processes.
+* **Small calls, per backend** (Python code, TorchScript, ONNX, TensorFlow;
+  a 1-element float32 addition built with the real packager): in-process
+  p50, OPE p50/p99 with spinning and with ``spin_us=0``, and what OPE adds
+  over in-process as a multiple of the pipe round trip:
+  ``added = (OPE p50 - in-process p50) / pipe p50`` (target <= 1.0 spinning,
+  <= 1.5 with ``spin_us=0``) and ``p99 added = (OPE p99 - in-process p99) /
+  pipe p50`` (target <= 2.0).
+* ``--stages``: where a call's time goes, per backend (parent encode/send,
+  wake, worker decode/convert/call/encode, return, parent decode; see
+  ``neuropod.ope.stages``), next to the in-process backend call.
+* **Under load**: one CPU-bound process per core, then the pipe round trip
+  and the Python-code addition through OPE with ``spin_mode="adaptive"``
+  (default) and ``"fixed"`` (always spin), interleaved.
+* **Tensor sizes**: one uint8 tensor through an identity model (a
+  Python-code package that returns its input), by size: in-process, ``ope``
+  (ordinary numpy input: one copy in, the output views that copy),
+  ``ope+alloc`` (input from ``model.allocate``: no copy), ``mp.Queue``
+  (pickled), ``mp.Pipe`` (raw bytes, two copies each way) and one
+  ``memcpy``; then the 64 MiB ratios: ``(ope - ope+alloc) / memcpy``
+  (target <= 1.2) and ``ope+alloc`` at 64 MiB over 8 B (flat: ~1).
+* ``seal``: a 64 MiB input whose copy into shared memory overlaps 30 ms of
+  the caller's other work; last, the cost of isolation (docs/isolation.md):
+  start-up and the addition's round trip for ``process``, ``sandbox``
+  (bubblewrap) and ``container`` (podman) workers (missing tools: skipped).
 """
 
 from __future__ import annotations
@@ -172,6 +179,294 @@ def isolation_rows(add: Path, root: Path, ope_options: Dict[str, Any], args: arg
         )
 
 
+ADD_SPEC = [{"name": n, "dtype": "float32", "shape": [None]} for n in ("x", "y")]
+ADD_OUT = [{"name": "out", "dtype": "float32", "shape": [None]}]
+ONE = {"x": np.ones(1, np.float32), "y": np.ones(1, np.float32)}
+
+
+def python_addition(root: Path) -> Path:
+    return make_package(root, "add", ADD_CODE, ADD_SPEC, ADD_OUT)
+
+
+def torchscript_addition(root: Path) -> Path:
+    import torch
+
+    from neuropod.packagers import create_torchscript_neuropod
+
+    class Addition(torch.nn.Module):
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
+            return {"out": x + y}
+
+    return create_torchscript_neuropod(
+        root / "add_ts",
+        "add_ts",
+        module=torch.jit.script(Addition()),
+        input_spec=ADD_SPEC,
+        output_spec=ADD_OUT,
+        default_input_tensor_device="CPU",
+        package_as_zip=False,
+    )
+
+
+def onnx_addition(root: Path) -> Path:
+    from onnx import TensorProto, helper
+
+    from neuropod.packagers import create_onnx_neuropod
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "y"], ["out"])],
+        "add",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n"]) for n in ("x", "y")],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n"])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    return create_onnx_neuropod(
+        root / "add_onnx", "add_onnx", model=proto, input_spec=ADD_SPEC, output_spec=ADD_OUT, package_as_zip=False
+    )
+
+
+def tensorflow_addition(root: Path) -> Path:
+    import tensorflow as tf
+
+    from neuropod.packagers import create_tensorflow_neuropod
+
+    return create_tensorflow_neuropod(
+        root / "add_tf",
+        "add_tf",
+        model=tf.function(lambda x, y: {"out": x + y}),
+        input_spec=ADD_SPEC,
+        output_spec=ADD_OUT,
+        package_as_zip=False,
+    )
+
+
+#: backend -> (module it needs, package builder)
+BACKENDS: Dict[str, Tuple[str, Callable[[Path], Path]]] = {
+    "python": ("numpy", python_addition),
+    "torchscript": ("torch", torchscript_addition),
+    "onnx": ("onnxruntime", onnx_addition),
+    "tensorflow": ("tensorflow", tensorflow_addition),
+}
+
+
+def interleaved(calls: Dict[str, Callable[[], object]], rounds: int, batch: int) -> Dict[str, Tuple[float, float]]:
+    """p50 and p99 (us) of each call, timed in batches that take turns, so load hits every call alike."""
+    for call in calls.values():
+        for _ in range(min(50, batch)):
+            call()
+    samples: Dict[str, List[int]] = {name: [] for name in calls}
+    clock = time.perf_counter_ns
+    for _ in range(rounds):
+        for name, call in calls.items():
+            times = samples[name]
+            for _ in range(batch):
+                began = clock()
+                call()
+                times.append(clock() - began)
+    result = {}
+    for name, times in samples.items():
+        times.sort()
+        result[name] = (times[len(times) // 2] / 1e3, times[min(len(times) - 1, int(len(times) * 0.99))] / 1e3)
+    return result
+
+
+class PipePeer:
+    """An echo process at the other end of a ``multiprocessing.Pipe``: the baseline round trip."""
+
+    def __init__(self) -> None:
+        ctx = mp.get_context("spawn")
+        self.here, there = ctx.Pipe()
+        self.process = ctx.Process(target=_pipe_echo, args=(there,), daemon=True)
+        self.process.start()
+        self.message = b"12345678"
+
+    def trip(self) -> None:
+        self.here.send_bytes(self.message)
+        self.here.recv_bytes()
+
+    def close(self) -> None:
+        self.here.send_bytes(b"")
+        self.process.join(5)
+
+
+def available_backends(wanted: List[str]) -> List[str]:
+    import importlib.util
+
+    return [name for name in wanted if importlib.util.find_spec(BACKENDS[name][0]) is not None]
+
+
+def small_call_rows(
+    packages: Dict[str, Path], pipe: PipePeer, ope_options: Dict[str, Any], args: argparse.Namespace
+) -> None:
+    rounds, batch = (10, 100) if args.quick else (30, 200)
+    print("1-element float32 addition per backend, us; pipe = raw 8-byte mp.Pipe round trip, measured alongside")
+    print(
+        f"{'backend':>12} | {'pipe p50':>8} | {'inproc':>7} | {'OPE p50':>8} {'p99':>7} | {'added':>6} {'p99 add':>7} |"
+        f" {'spin0 p50':>9} {'added':>6} | {'pipe':>5}"
+    )
+    print(f"{'':>12} | {'':>8} | {'p50':>7} | {'':>8} {'':>7} | {'x pipe':>6} {'x pipe':>7} | {'':>9} {'x pipe':>6} |")
+    for name, path in packages.items():
+        with load_neuropod(path) as local, load_neuropod(path, use_ope=True, **ope_options) as spinning:
+            with load_neuropod(path, use_ope=True, **dict(ope_options, spin_us=0)) as sleeping:
+                result = interleaved(
+                    {
+                        "pipe": pipe.trip,
+                        "inproc": lambda: local.infer(ONE),
+                        "ope": lambda: spinning.infer(ONE),
+                        "spin0": lambda: sleeping.infer(ONE),
+                    },
+                    rounds,
+                    batch,
+                )
+        base, trip = result["inproc"], result["pipe"][0]
+        added = (result["ope"][0] - base[0]) / trip
+        tail = (result["ope"][1] - base[1]) / trip
+        asleep = (result["spin0"][0] - base[0]) / trip
+        print(
+            f"{name:>12} | {trip:>8.1f} | {base[0]:>7.1f} | {result['ope'][0]:>8.1f} {result['ope'][1]:>7.1f} |"
+            f" {added:>6.2f} {tail:>7.2f} | {result['spin0'][0]:>9.1f} {asleep:>6.2f} | {result['pipe'][1]:>5.0f}"
+        )
+    print("targets: added <= 1.0, p99 add <= 2.0, spin0 added <= 1.5 (last column: pipe p99)")
+
+
+def stage_rows(packages: Dict[str, Path], ope_options: Dict[str, Any], args: argparse.Namespace) -> None:
+    from neuropod.ope import stages
+
+    repeats = 1000 if args.quick else 5000
+    recorder = stages.enable()
+    try:
+        print("where a 1-element addition's time goes: median us per stage (see neuropod.ope.stages)")
+        columns = ["in-process"] + list(stages.STAGES) + ["total"]
+        print(f"{'stage':>15} | " + " | ".join(f"{name:>11}" for name in packages))
+        rows: Dict[str, List[float]] = {column: [] for column in columns}
+        for path in packages.values():
+            with load_neuropod(path) as local:
+                rows["in-process"].append(percentiles(lambda local=local: local.infer(ONE), repeats)[0])
+            with load_neuropod(path, use_ope=True, **ope_options) as remote:
+                for _ in range(200):
+                    remote.infer(ONE)
+                recorder.clear()
+                for _ in range(repeats):
+                    remote.infer(ONE)
+                summary = recorder.summary()
+            for column in columns[1:]:
+                rows[column].append(summary.get(column, float("nan")))
+        for column, values in rows.items():
+            print(f"{column:>15} | " + " | ".join(f"{value:>11.1f}" for value in values))
+        print("in-process: the whole Neuropod.infer in this process; total: the OPE call from WorkerProcess.call")
+    finally:
+        stages.disable()
+
+
+def load_rows(add: Path, pipe: PipePeer, ope_options: Dict[str, Any], args: argparse.Namespace) -> None:
+    import subprocess
+
+    cpus = os.cpu_count() or 1
+    rounds, batch = (10, 50) if args.quick else (20, 100)
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cpus)]
+    try:
+        time.sleep(0.5)
+        print(f"under load: {cpus} CPU-bound processes (one per core); us, p50 and p99")
+        with load_neuropod(add) as local, load_neuropod(add, use_ope=True, **ope_options) as adaptive:
+            with load_neuropod(add, use_ope=True, **dict(ope_options, spin_mode="fixed")) as fixed:
+                result = interleaved(
+                    {
+                        "pipe": pipe.trip,
+                        "inproc": lambda: local.infer(ONE),
+                        "adaptive": lambda: adaptive.infer(ONE),
+                        "fixed": lambda: fixed.infer(ONE),
+                    },
+                    rounds,
+                    batch,
+                )
+                policy = adaptive.executor.workers[0].spin_policy  # type: ignore[attr-defined]
+                spins = f"{policy.spins} spins, {policy.wins} won"
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    trip, base = result["pipe"], result["inproc"]
+    print(f"{'mp.Pipe round trip':>28}: {fmt(trip)}")
+    print(f"{'in-process':>28}: {fmt(base)}")
+    for name in ("adaptive", "fixed"):
+        p50, p99 = result[name]
+        print(
+            f"{'OPE spin_mode=' + name:>28}: {fmt(result[name])}   call / pipe {p50 / trip[0]:.2f}"
+            f" (p99 {p99 / trip[1]:.2f}), added / pipe {(p50 - base[0]) / trip[0]:.2f}"
+        )
+    print(f"{'':>28}  (the adaptive parent side: {spins})")
+
+
+def size_rows(identity: Path, pipe: PipePeer, ope_options: Dict[str, Any], args: argparse.Namespace) -> None:
+    ctx = mp.get_context("spawn")
+    inbox, outbox = ctx.Queue(), ctx.Queue()
+    queue_peer = ctx.Process(target=_queue_echo, args=(inbox, outbox), daemon=True)
+    queue_peer.start()
+    print("round trip of one uint8 tensor through an identity model; microseconds, p50 and p99")
+    header = f"{'size':>8} |" + "|".join(
+        f"{name:^19}" for name in ("inproc", "ope", "ope+alloc", "mp.Queue", "mp.Pipe", "memcpy")
+    )
+    print(header)
+    print("-" * len(header))
+    p50s: Dict[int, List[float]] = {}
+    with load_neuropod(identity) as local, load_neuropod(identity, use_ope=True, **ope_options) as remote:
+        for size in SIZES:
+            repeats = repeats_for(size, args.quick)
+            x = np.random.default_rng(0).integers(0, 255, size, dtype=np.uint8)
+            shared = remote.allocate("x", (size,))
+            shared[:] = x
+            target = np.empty_like(x)
+
+            def queue_trip(x: np.ndarray = x) -> None:
+                inbox.put(x)
+                outbox.get()
+
+            def pipe_trip(x: np.ndarray = x) -> None:
+                pipe.here.send_bytes(x)
+                np.frombuffer(pipe.here.recv_bytes(), np.uint8)
+
+            row = [
+                percentiles(lambda x=x: local.infer({"x": x}), repeats),
+                percentiles(lambda x=x: remote.infer({"x": x}), repeats),
+                percentiles(lambda shared=shared: remote.infer({"x": shared}), repeats),
+                percentiles(queue_trip, repeats),
+                percentiles(pipe_trip, repeats),
+                percentiles(lambda x=x, target=target: np.copyto(target, x), repeats),
+            ]
+            p50s[size] = [cell[0] for cell in row]
+            print(f"{size_name(size):>8} |" + "|".join(fmt(cell) for cell in row))
+            del shared
+    inbox.put(None)
+    queue_peer.join(5)
+    big, small = p50s[SIZES[-1]], p50s[SIZES[0]]
+    print(
+        f"{size_name(SIZES[-1])}: (ope - ope+alloc) / memcpy = {(big[1] - big[2]) / big[5]:.2f} (target <= 1.2); "
+        f"ope+alloc {size_name(SIZES[-1])} / {size_name(SIZES[0])} = {big[2] / small[2]:.2f} (flat: ~1)"
+    )
+
+
+def seal_rows(identity: Path, ope_options: Dict[str, Any], args: argparse.Namespace) -> None:
+    size = 64 << 20
+    work_s = 0.03
+    print(f"seal: {size_name(size)} input, the caller does {work_s * 1e3:.0f} ms of other work (sleep) before infer")
+    x = np.random.default_rng(1).integers(0, 255, size, dtype=np.uint8)
+    with load_neuropod(identity, use_ope=True, **ope_options) as remote:
+
+        def plain() -> None:
+            time.sleep(work_s)
+            remote.infer({"x": x})
+
+        def sealed() -> None:
+            handle = remote.seal("x", x)
+            time.sleep(work_s)
+            remote.infer({"x": handle})
+
+        repeats = 10 if args.quick else 30
+        for name, call in (("infer after the work", plain), ("seal, work, infer", sealed)):
+            p50, p99 = percentiles(call, repeats)
+            print(f"{name:>24}: {p50 / 1e3:8.2f} ms p50 {p99 / 1e3:8.2f} ms p99 (work alone: {work_s * 1e3:.0f} ms)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
@@ -179,108 +474,45 @@ def main() -> None:
     parser.add_argument("--cpus", default="", help="pin the OPE worker to these CPUs, e.g. 1")
     parser.add_argument("--image", default=None, help="OCI image for the container rows (default: a host rootfs)")
     parser.add_argument("--only-isolation", action="store_true", help="run only the isolation rows")
+    parser.add_argument("--stages", action="store_true", help="also print the per-stage breakdown per backend")
+    parser.add_argument("--backends", default=",".join(BACKENDS), help="backends of the small-call rows")
+    parser.add_argument("--only-small", action="store_true", help="only the pipe baseline and the small-call rows")
     args = parser.parse_args()
     ope_options: Dict[str, Any] = {"spin_us": args.spin_us}
     if args.cpus:
         ope_options["cpu_affinity"] = [int(c) for c in args.cpus.split(",")]
 
-    add_spec = [{"name": n, "dtype": "float32", "shape": [None]} for n in ("x", "y")]
-    add_out = [{"name": "out", "dtype": "float32", "shape": [None]}]
-    if args.only_isolation:
-        with tempfile.TemporaryDirectory() as tmp:
-            print(f"python {sys.version.split()[0]}, numpy {np.__version__}, OPE options {ope_options}")
-            isolation_rows(make_package(Path(tmp), "add", ADD_CODE, add_spec, add_out), Path(tmp), ope_options, args)
-        return
-
-    ctx = mp.get_context("spawn")
-    inbox, outbox = ctx.Queue(), ctx.Queue()
-    queue_peer = ctx.Process(target=_queue_echo, args=(inbox, outbox), daemon=True)
-    here, there = ctx.Pipe()
-    pipe_peer = ctx.Process(target=_pipe_echo, args=(there,), daemon=True)
-    queue_peer.start()
-    pipe_peer.start()
-
     with tempfile.TemporaryDirectory() as tmp:
-        spec = [{"name": "x", "dtype": "uint8", "shape": [None]}]
-        identity = make_package(Path(tmp), "identity", IDENTITY_CODE, spec, spec)
-        add = make_package(Path(tmp), "add", ADD_CODE, add_spec, add_out)
+        root = Path(tmp)
+        add = python_addition(root)
         print(f"python {sys.version.split()[0]}, numpy {np.__version__}, OPE options {ope_options}")
-        print("round trip of one uint8 tensor through an identity model; microseconds, p50 and p99")
-        header = f"{'size':>8} |" + "|".join(
-            f"{name:^19}" for name in ("inproc", "ope", "ope+alloc", "mp.Queue", "mp.Pipe", "memcpy")
-        )
-        print(header)
-        print("-" * len(header))
-        with load_neuropod(identity) as local, load_neuropod(identity, use_ope=True, **ope_options) as remote:
-            for size in SIZES:
-                repeats = repeats_for(size, args.quick)
-                x = np.random.default_rng(0).integers(0, 255, size, dtype=np.uint8)
-                shared = remote.allocate("x", (size,))
-                shared[:] = x
-                target = np.empty_like(x)
-
-                def queue_trip(x: np.ndarray = x) -> None:
-                    inbox.put(x)
-                    outbox.get()
-
-                def pipe_trip(x: np.ndarray = x) -> None:
-                    here.send_bytes(x)
-                    np.frombuffer(here.recv_bytes(), np.uint8)
-
-                row = [
-                    percentiles(lambda x=x: local.infer({"x": x}), repeats),
-                    percentiles(lambda x=x: remote.infer({"x": x}), repeats),
-                    percentiles(lambda shared=shared: remote.infer({"x": shared}), repeats),
-                    percentiles(queue_trip, repeats),
-                    percentiles(pipe_trip, repeats),
-                    percentiles(lambda x=x, target=target: np.copyto(target, x), repeats),
-                ]
-                print(f"{size_name(size):>8} |" + "|".join(fmt(cell) for cell in row))
-                del shared
-
+        print(f"load average at start: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+        if args.only_isolation:
+            isolation_rows(add, root, ope_options, args)
+            return
+        spec = [{"name": "x", "dtype": "uint8", "shape": [None]}]
+        identity = make_package(root, "identity", IDENTITY_CODE, spec, spec)
+        names = available_backends([name for name in args.backends.split(",") if name])
+        packages = {name: (add if name == "python" else BACKENDS[name][1](root)) for name in names}
+        pipe = PipePeer()
+        try:
+            print()
+            small_call_rows(packages, pipe, ope_options, args)
+            if args.stages:
+                print()
+                stage_rows(packages, ope_options, args)
+            if args.only_small:
+                return
+            print()
+            load_rows(add, pipe, ope_options, args)
+            print()
+            size_rows(identity, pipe, ope_options, args)
+        finally:
+            pipe.close()
         print()
-        print("1-element float32 addition; microseconds, p50 and p99 (added = OPE p50 - in-process p50)")
-        one = {"x": np.ones(1, np.float32), "y": np.ones(1, np.float32)}
-        with load_neuropod(add) as local:
-            base = percentiles(lambda: local.infer(one), 5000 if not args.quick else 1000)
-        print(f"{'in-process':>24}: {fmt(base)}")
-        for spin in sorted({args.spin_us, 0.0, 200.0}):
-            options = dict(ope_options, spin_us=spin)
-            with load_neuropod(add, use_ope=True, **options) as remote:
-                result = percentiles(lambda remote=remote: remote.infer(one), 5000 if not args.quick else 1000)
-            print(f"{f'OPE spin_us={spin:g}':>24}: {fmt(result)}   added {result[0] - base[0]:.1f}")
-
+        seal_rows(identity, ope_options, args)
         print()
-        size = 64 << 20
-        work_s = 0.03
-        print(
-            f"seal: {size_name(size)} input, the caller does {work_s * 1e3:.0f} ms of other work (sleep) before infer"
-        )
-        x = np.random.default_rng(1).integers(0, 255, size, dtype=np.uint8)
-        with load_neuropod(identity, use_ope=True, **ope_options) as remote:
-
-            def plain() -> None:
-                time.sleep(work_s)
-                remote.infer({"x": x})
-
-            def sealed() -> None:
-                handle = remote.seal("x", x)
-                time.sleep(work_s)
-                remote.infer({"x": handle})
-
-            repeats = 10 if args.quick else 30
-            for name, call in (("infer after the work", plain), ("seal, work, infer", sealed)):
-                p50, p99 = percentiles(call, repeats)
-                print(
-                    f"{name:>24}: {p50 / 1e3:8.2f} ms p50 {p99 / 1e3:8.2f} ms p99 (work alone: {work_s * 1e3:.0f} ms)"
-                )
-        print()
-        isolation_rows(add, Path(tmp), ope_options, args)
-
-    inbox.put(None)
-    here.send_bytes(b"")
-    queue_peer.join(5)
-    pipe_peer.join(5)
+        isolation_rows(add, root, ope_options, args)
     print()
     shared_weights_rows(quick=args.quick)  # bench/ope_shared_weights.py: one copy of the weights for N workers
 

@@ -27,11 +27,12 @@ from .. import errors
 from ..errors import InputValidationError, WireFormatError, WorkerCrashedError, WorkerError, WorkerTimeoutError
 from ..isolation.launch import WorkerLaunch, plan_worker, worker_cpus
 from ..isolation.options import IsolationOptions, format_bytes
-from . import wire
-from .channel import MAILBOX_BYTES, Channel, ChannelClosed, ChannelTimeout
+from . import stages, wire
+from .channel import MAILBOX_BYTES, Channel, ChannelClosed, ChannelTimeout, decode_checked
 from .environment import declared_names, worker_environment
 from .options import OpeOptions
 from .shm import PeerSegments, Segment, SegmentPool, leased_array
+from .spin import SpinPolicy
 from .tensors import InlineArea, read_tensor, write_tensor
 from .zygote import ForkedProcess, Zygote
 
@@ -208,6 +209,8 @@ class WorkerProcess:
         self.options = options
         self.pool = pool
         self.spin_ns = int(options.spin_us * 1000)
+        self.spin_policy = SpinPolicy(self.spin_ns, options.spin_mode)
+        self._seen = 0  # when the last answer came (stage timing)
         self.process: Optional[Union[subprocess.Popen[bytes], ForkedProcess]] = None
         self.channel: Optional[Channel] = None
         self._pid: Optional[int] = None
@@ -517,70 +520,43 @@ class WorkerProcess:
             self.process = None
 
     def call(
-        self, inputs: Dict[str, np.ndarray], find_lease: LeaseLookup, timeout: Optional[float]
+        self, inputs: Dict[str, np.ndarray], find_lease: Optional[LeaseLookup], timeout: Optional[float]
     ) -> Dict[str, np.ndarray]:
-        """Run the model in the worker on ``inputs``; the caller holds this worker exclusively."""
+        """Run the model in the worker on ``inputs``; the caller holds this worker exclusively.
+
+        ``find_lease`` is None when no input can be one of the caller's shared arrays.
+        """
         if self.process is None:
             self.start()
         if not self.ready:
             self.wait_ready()
-        assert self.channel is not None
+        channel = self.channel
+        assert channel is not None
+        record = stages.recorder
+        began = stages.clock() if record is not None else 0
+        if not channel.spin_mode_set:
+            channel.set_spin_mode(self.options.spin_mode)
         self._request_id += 1
-        request = wire.Message(wire.Kind.INFER, self._request_id)
-        fds: List[int] = []
+        request_id = self._request_id
+        small = None  # the usual call: small inputs only, all in the message, nothing else to tell
+        if find_lease is None and not self.pending_drops and not self.releases:
+            small = wire.encode_inline(wire.Kind.INFER, request_id, inputs)
         temporary: Dict[int, Segment] = {}  # segments we filled for this call
         in_call: Dict[int, Tuple[Segment, Optional[np.ndarray]]] = {}  # segment id -> (segment, caller's base array)
-        inline = InlineArea()
-        announcing: Set[int] = set()  # our segments this request introduces to the worker
-        if len(inputs) > wire.MAX_TENSORS:
-            raise InputValidationError(
-                f"inputs: {len(inputs)} tensors in one call; a worker takes at most {wire.MAX_TENSORS}"
-            )
         try:
-            for name, array in inputs.items():
-                problem = wire.crossing_problem(name, array.ndim)
-                if problem:
-                    raise InputValidationError(f"input {name!r}: {problem}")
-                lease = find_lease(array)
-                if lease is not None:
-                    segment, offset, base = lease
-                    request.tensors.append(
-                        wire.TensorRef(
-                            name, wire.dtype_code(array.dtype), array.shape, segment.id, offset, array.nbytes
-                        )
-                    )
-                    in_call[segment.id] = (segment, base)
-                else:
-                    try:
-                        ref, filled = write_tensor(name, array, self.pool, inline)
-                    except UnicodeEncodeError as exc:
-                        raise InputValidationError(
-                            f"input {name!r}: string {exc.object!r} cannot be encoded as UTF-8 ({exc.reason})"
-                        ) from None
-                    request.tensors.append(ref)
-                    if filled is None:
-                        continue
-                    segment = temporary[filled.id] = filled
-                    in_call[segment.id] = (segment, None)
-                # The worker learns of a segment only once the request is sent: until then
-                # a later input may still fail, and the segment go back to the pool unannounced.
-                if segment.id not in self.known and segment.id not in announcing:
-                    announcing.add(segment.id)
-                    request.new_segments.append((segment.id, segment.size))
-                    fds.append(segment.fd)
-            request.inline = inline.getvalue()
-            if self.pending_drops:  # a drop that lands just after this look goes with the next call
-                with self._state_lock:
-                    request.drop_segments, self.pending_drops = self.pending_drops, []
-            releases = self.releases
-            if releases:
-                request.release_segments = [releases.popleft() for _ in range(len(releases))]
+            if small is None:
+                request, fds, announcing = self._request(inputs, find_lease, temporary, in_call)
+            encoded = stages.clock() if record is not None else 0
             try:
-                self._send(request, fds)
-                if announcing:
-                    with self._state_lock:
-                        self.known.update(announcing)
-                reply = self._receive(self._request_id, timeout)
+                if small is None:
+                    self._send(request, fds)
+                    if announcing:
+                        with self._state_lock:
+                            self.known.update(announcing)
+                else:
+                    channel.send_bytes(small)
+                sent = stages.clock() if record is not None else 0
+                reply = self._receive(request_id, timeout)
             except (ChannelClosed, OSError):
                 raise self._crashed() from None
             except ChannelTimeout:
@@ -595,22 +571,82 @@ class WorkerProcess:
             except WireFormatError:
                 self._kill()
                 raise
-            if reply.kind == wire.Kind.ERROR:
-                out_of_memory = self._out_of_memory(reply)
-                if out_of_memory is not None:
-                    raise out_of_memory
-                raise remote_error(reply.texts, f"the worker (pid {self.pid}) of model {self.model_name!r}")
-            if reply.kind != wire.Kind.RESULT:
-                self._kill()
-                raise WireFormatError(f"worker answered a call with message kind {reply.kind}")
-            try:
-                return self._outputs(reply, in_call, temporary)
-            except WireFormatError:
-                self._kill()
-                raise
+            if type(reply) is dict:
+                outputs = reply
+            else:
+                if reply.kind == wire.Kind.ERROR:
+                    out_of_memory = self._out_of_memory(reply)
+                    if out_of_memory is not None:
+                        raise out_of_memory
+                    raise remote_error(reply.texts, f"the worker (pid {self.pid}) of model {self.model_name!r}")
+                try:
+                    outputs = self._outputs(reply, in_call, temporary)
+                except WireFormatError:
+                    self._kill()
+                    raise
+            if record is not None:
+                record.add((began, encoded, sent, self._seen, stages.clock()), channel.peer_stamps())
+            return outputs
         finally:
             for segment in temporary.values():
                 self.pool.release(segment)
+
+    def _request(
+        self,
+        inputs: Dict[str, np.ndarray],
+        find_lease: Optional[LeaseLookup],
+        temporary: Dict[int, Segment],
+        in_call: Dict[int, Tuple[Segment, Optional[np.ndarray]]],
+    ) -> Tuple[wire.Message, List[int], Set[int]]:
+        """The INFER message in full, its descriptors and the ids of our segments it introduces.
+
+        Segments filled for it are added to ``temporary`` (the caller gives them back to the pool).
+        """
+        request = wire.Message(wire.Kind.INFER, self._request_id)
+        fds: List[int] = []
+        inline = InlineArea()
+        announcing: Set[int] = set()  # our segments this request introduces to the worker
+        if len(inputs) > wire.MAX_TENSORS:
+            raise InputValidationError(
+                f"inputs: {len(inputs)} tensors in one call; a worker takes at most {wire.MAX_TENSORS}"
+            )
+        for name, array in inputs.items():
+            problem = wire.crossing_problem(name, array.ndim)
+            if problem:
+                raise InputValidationError(f"input {name!r}: {problem}")
+            lease = find_lease(array) if find_lease is not None else None
+            if lease is not None:
+                segment, offset, base = lease
+                request.tensors.append(
+                    wire.TensorRef(name, wire.dtype_code(array.dtype), array.shape, segment.id, offset, array.nbytes)
+                )
+                in_call[segment.id] = (segment, base)
+            else:
+                try:
+                    ref, filled = write_tensor(name, array, self.pool, inline)
+                except UnicodeEncodeError as exc:
+                    raise InputValidationError(
+                        f"input {name!r}: string {exc.object!r} cannot be encoded as UTF-8 ({exc.reason})"
+                    ) from None
+                request.tensors.append(ref)
+                if filled is None:
+                    continue
+                segment = temporary[filled.id] = filled
+                in_call[segment.id] = (segment, None)
+            # The worker learns of a segment only once the request is sent: until then
+            # a later input may still fail, and the segment go back to the pool unannounced.
+            if segment.id not in self.known and segment.id not in announcing:
+                announcing.add(segment.id)
+                request.new_segments.append((segment.id, segment.size))
+                fds.append(segment.fd)
+        request.inline = inline.getvalue()
+        if self.pending_drops:  # a drop that lands just after this look goes with the next call
+            with self._state_lock:
+                request.drop_segments, self.pending_drops = self.pending_drops, []
+        releases = self.releases
+        if releases:
+            request.release_segments = [releases.popleft() for _ in range(len(releases))]
+        return request, fds, announcing
 
     def _send(self, message: wire.Message, fds: List[int]) -> None:
         assert self.channel is not None
@@ -624,10 +660,24 @@ class WorkerProcess:
             message.new_segments, fds = [], []
         self.channel.send(message, fds)
 
-    def _receive(self, request_id: int, timeout: Optional[float]) -> wire.Message:
-        assert self.channel is not None
+    def _receive(self, request_id: int, timeout: Optional[float]) -> Union[wire.Message, Dict[str, np.ndarray]]:
+        """The worker's answer: the outputs themselves when they all came inline, else the message."""
+        channel = self.channel
+        assert channel is not None
         while True:
-            message, fds = self.channel.receive(self.spin_ns, timeout, self._check_alive)
+            data, fds = channel.receive_bytes(self.spin_policy, timeout, self._check_alive)
+            if stages.recorder is not None:
+                self._seen = stages.clock()
+            if not fds:
+                small = wire.decode_inline(data)
+                if small is not None:
+                    kind, answered, outputs = small
+                    if kind != wire.Kind.RESULT:
+                        raise WireFormatError(f"worker answered a call with message kind {kind}")
+                    if answered != request_id:
+                        raise WireFormatError(f"worker answered request {answered}, expected {request_id}")
+                    return outputs
+            message = decode_checked(data, fds)
             for (segment_id, size), fd in zip(message.new_segments, fds):
                 self.segments.add(segment_id, size, fd)
             for segment_id in message.drop_segments:
@@ -636,6 +686,8 @@ class WorkerProcess:
                 continue
             if message.request_id != request_id:
                 raise WireFormatError(f"worker answered request {message.request_id}, expected {request_id}")
+            if message.kind not in (wire.Kind.RESULT, wire.Kind.ERROR):
+                raise WireFormatError(f"worker answered a call with message kind {message.kind}")
             return message
 
     def _outputs(
