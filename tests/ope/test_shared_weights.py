@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -22,6 +24,7 @@ import pytest
 from ope_models import make_tool_model
 
 from neuropod import load_neuropod
+from neuropod.errors import WorkerTimeoutError
 from neuropod.ope.zygote import sharing_refusal
 from neuropod.packagers import create_python_neuropod
 
@@ -242,3 +245,77 @@ def test_calls_from_threads_spread_over_forked_workers(tool_path):
         for thread in threads:
             thread.join()
         assert pids == set(model.executor.worker_pids)
+
+
+SLOW_MODEL = """
+import time
+
+
+def get_model(data_root):
+    time.sleep(30)
+"""
+
+
+def test_a_zygote_slower_than_start_timeout_is_killed_and_leaves_nothing(tmp_path):
+    code = tmp_path / "code" / "slow_pkg"
+    code.mkdir(parents=True)
+    (code / "__init__.py").write_text(textwrap.dedent(SLOW_MODEL))
+    spec = [{"name": "x", "dtype": "float64", "shape": [None]}]
+    path = create_python_neuropod(
+        tmp_path / "slow",
+        "slow",
+        data_paths=[],
+        code_path_spec=[{"python_root": str(tmp_path / "code"), "dirs_to_package": ["slow_pkg"]}],
+        entrypoint_package="slow_pkg",
+        entrypoint="get_model",
+        input_spec=spec,
+        output_spec=spec,
+    )
+    before = children()
+    started = time.monotonic()
+    with pytest.raises(WorkerTimeoutError, match="start_timeout=0.5"):
+        load_neuropod(path, use_ope=True, workers=2, start_timeout=0.5)
+    assert time.monotonic() - started < 10
+    assert children() <= before
+
+
+def children() -> set:
+    found = set()
+    for task in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{task}/children") as listing:
+            found.update(int(pid) for pid in listing.read().split())
+    return found
+
+
+PARENT_SCRIPT = """
+import sys, time
+sys.path[:0] = [{src!r}]
+from neuropod import load_neuropod
+model = load_neuropod({path!r}, use_ope=True, workers=2)
+print(model.executor.zygote.pid, *model.executor.worker_pids, flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_zygote_and_its_workers_die_with_the_parent(tool_path):
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    script = PARENT_SCRIPT.format(src=src, path=str(tool_path))
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(pid) for pid in (parent.stdout.readline() if parent.stdout else "").split()]
+        assert len(pids) == 3
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not all(gone(pid) for pid in pids):
+        time.sleep(0.02)
+    assert all(gone(pid) for pid in pids)
+
+
+def gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
