@@ -38,7 +38,6 @@ import array
 import mmap
 import os
 import platform
-import select
 import socket
 import struct
 import time
@@ -66,6 +65,7 @@ _SEQ_AT, _LENGTH_AT, _SLEEPING_AT, _SPIN_MODE_AT, _STAMPS_AT, _PAYLOAD_AT = 0, 8
 #: Timestamps a side may leave in its box for the other (stage timing, :mod:`neuropod.ope.stages`).
 STAMP_SLOTS = (_PAYLOAD_AT - _STAMPS_AT) // 8
 _STAMPS = struct.Struct(f"={STAMP_SLOTS}Q")
+_TIMEVAL = struct.Struct("@ll")  # struct timeval: seconds, microseconds
 _BOX_BYTES = _PAYLOAD_AT + wire.MAX_MESSAGE_BYTES
 #: Size of a mailbox segment (two boxes).
 MAILBOX_BYTES = 2 * _BOX_BYTES
@@ -106,8 +106,7 @@ class Channel:
         self._received = 0
         self._buffer = bytearray(wire.MAX_MESSAGE_BYTES + 1)
         self._view = memoryview(self._buffer)
-        self._poller = select.poll()
-        self._poller.register(sock.fileno(), select.POLLIN)
+        self._receive_timeout = 0.0  # the socket's SO_RCVTIMEO (0: none)
         self.spin_mode_set = False
 
     # -- sending -------------------------------------------------------------
@@ -120,7 +119,7 @@ class Channel:
         mailbox, box = self.mailbox, self._out
         sleeping_at = box + _SLEEPING_AT
         if fds or not _MESSAGES_IN_MAILBOX or _COUNTER.unpack_from(mailbox, sleeping_at)[0]:
-            # The receiver sleeps in poll: the message itself wakes it (one send, as on a pipe).
+            # The receiver sleeps in a receive: the message itself wakes it (one send, as on a pipe).
             if fds:
                 self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
             else:
@@ -156,14 +155,13 @@ class Channel:
 
     # -- receiving -----------------------------------------------------------
 
-    def _socket_message(self, block: bool) -> Optional[Tuple[bytes, List[int]]]:
-        """The message waiting on the socket; None if none is waiting or it was a doorbell."""
+    def _socket_message(self) -> Optional[Tuple[bytes, List[int]]]:
+        """The next message on the socket, or None for a doorbell.
+
+        Raises BlockingIOError when none came within the receive timeout (:meth:`_set_receive_timeout`).
+        """
         try:
-            size, ancillary, flags, _ = self.sock.recvmsg_into(
-                [self._view], _ANCILLARY_SPACE, 0 if block else socket.MSG_DONTWAIT
-            )
-        except BlockingIOError:
-            return None
+            size, ancillary, flags, _ = self.sock.recvmsg_into([self._view], _ANCILLARY_SPACE)
         except ConnectionResetError:
             raise ChannelClosed() from None
         fds: List[int] = []
@@ -193,8 +191,11 @@ class Channel:
         else:
             length = _LENGTH.unpack_from(mailbox, box + _LENGTH_AT)[0]
         if length == _ON_SOCKET:
-            while True:
-                found = self._socket_message(block=True)
+            while True:  # the peer sent it before it counted it: it is there
+                try:
+                    found = self._socket_message()
+                except BlockingIOError:
+                    continue
                 if found is not None:  # else a doorbell rung late
                     return found
         if length > wire.MAX_MESSAGE_BYTES:
@@ -247,6 +248,7 @@ class Channel:
     def _sleep(
         self, expected: int, timeout: Optional[float], check_alive: Optional[Callable[[], None]]
     ) -> Tuple[bytes, List[int]]:
+        """Wait for the next message in a blocking receive on the socket, in slices of growing length."""
         mailbox = self.mailbox
         seq_at = self._in + _SEQ_AT
         read_counter = _COUNTER.unpack_from
@@ -263,28 +265,35 @@ class Channel:
                     if left <= 0:
                         raise ChannelTimeout()
                     wait = min(wait, left)
-                if self._poller.poll(wait * 1000):
+                self._set_receive_timeout(wait)
+                try:
                     # The message itself (see send_bytes), a late doorbell, or a hang-up.
-                    try:
-                        found = self._socket_message(block=False)
-                    except ChannelClosed:
-                        # The peer may have published its last message just before it went.
-                        if read_counter(mailbox, seq_at)[0] >= expected:
-                            return self._take()
-                        raise
-                    if found is not None:
-                        self._received += 1
-                        return found
-                elif check_alive is not None:
-                    try:
+                    found = self._socket_message()
+                except BlockingIOError:  # the slice ran out
+                    if check_alive is not None:
                         check_alive()
-                    except ChannelClosed:
-                        if read_counter(mailbox, seq_at)[0] >= expected:
-                            return self._take()
-                        raise
+                    wait = min(wait * 2, POLL_SLICE_S)
+                    continue
+                if found is not None:
+                    self._received += 1
+                    return found
+            except ChannelClosed:
+                # The peer may have published its last message just before it went.
+                if read_counter(mailbox, seq_at)[0] >= expected:
+                    return self._take()
+                raise
             finally:
                 _COUNTER.pack_into(mailbox, sleeping_at, 0)
-            wait = min(wait * 2, POLL_SLICE_S)
+
+    def _set_receive_timeout(self, seconds: float) -> None:
+        # A blocking receive that times out (SO_RCVTIMEO) wakes at once when a message
+        # comes, where poll() and then a receive cost a second wake-up path (twice the
+        # latency on a loaded machine). Set only when the slice changes.
+        if seconds != self._receive_timeout:
+            whole = int(seconds)
+            micros = max(int((seconds - whole) * 1e6), 0 if whole else 1)  # 0 s 0 us would mean "forever"
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(whole, micros))
+            self._receive_timeout = seconds
 
     def receive(
         self,
