@@ -406,6 +406,8 @@ class _Incarnation:
                     forked.returncode = number
                     del self.forks[fork_id]
                 self.changed.notify_all()
+        with self._send_lock:  # no fork order can be on its way out through it now
+            self.sock.close()  # the descriptor goes with the zygote, not with the next start
         try:
             returncode: Optional[int] = self.process.wait(timeout=5.0)
         except subprocess.TimeoutExpired:
