@@ -24,7 +24,7 @@ import pytest
 from ope_models import make_tool_model
 
 from neuropod import load_neuropod
-from neuropod.errors import WorkerTimeoutError
+from neuropod.errors import WireFormatError, WorkerTimeoutError
 from neuropod.ope.zygote import sharing_refusal
 from neuropod.packagers import create_python_neuropod
 
@@ -319,3 +319,13 @@ def gone(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_zygote_messages_are_checked():
+    from neuropod.ope import zygote
+
+    assert zygote.decode(zygote.encode(zygote.Kind.EXITED, 3, -9)) == (zygote.Kind.EXITED, 3, -9, "")
+    assert zygote.decode(zygote.encode(zygote.Kind.FORK, 1, text="0,1"))[3] == "0,1"
+    for bad in (b"", b"NPZG", b"XXXX" + bytes(20), zygote.HEADER.pack(b"NPZG", 99, 0, 0)):
+        with pytest.raises(WireFormatError):
+            zygote.decode(bad)

@@ -65,6 +65,8 @@ MAGIC = b"NPZG"
 #: magic, kind, then two numbers whose meaning depends on the kind.
 HEADER = struct.Struct("=4sIqq")
 MAX_MESSAGE_BYTES = 64 * 1024
+#: The signals a KILL order may send.
+_KILL_SIGNALS = frozenset({int(signal.SIGKILL), int(signal.SIGTERM)})
 
 
 class Kind:
@@ -188,10 +190,12 @@ def _serve(control: socket.socket, wake_read: int) -> Optional[ForkOrder]:
                 return order
             continue
         _close(fds)
-        if kind == Kind.KILL:
-            pid = children.get(fork_id)
-            if pid is not None:  # not reaped yet, so the pid is still our child's
-                os.kill(pid, number)
+        pid = children.get(fork_id)
+        if kind == Kind.KILL and pid is not None and number in _KILL_SIGNALS:
+            try:
+                os.kill(pid, number)  # not reaped yet, so the pid is still our child's
+            except OSError:
+                pass
 
 
 def _fork(
