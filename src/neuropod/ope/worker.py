@@ -383,6 +383,8 @@ def _zygote_main(args: argparse.Namespace) -> int:
     except Exception as exc:
         zygote.report_load_failure(control, describe_exception(exc))
         return 1
+    # Nothing may run the model before this point (no warm-up call): thread pools (OpenMP, torch's
+    # intra-op pool) would start here, and a fork copies only the forking thread: a warm-up belongs in _serve.
     order = zygote.serve_forks(control)
     if order is None:  # the parent closed the model (or died)
         return 0
