@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from ope_models import make_tool_model
 
+from conftest import require
 from neuropod import load_neuropod
 from neuropod.errors import WireFormatError, WorkerTimeoutError
 from neuropod.ope.zygote import sharing_refusal
@@ -59,7 +60,7 @@ def serve_once_in_each_worker(model, inputs) -> None:
 
 
 def torchscript_model(root: Path) -> Path:
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     from neuropod.packagers import create_torchscript_neuropod
 
     class MatrixVector(torch.nn.Module):
@@ -199,26 +200,57 @@ def get_model(data_root):
 
 
 def test_a_model_that_starts_threads_while_loading_gets_one_load_per_worker(tmp_path):
-    code = tmp_path / "code" / "threaded_pkg"
-    code.mkdir(parents=True)
-    (code / "__init__.py").write_text(textwrap.dedent(THREAD_MODEL))
-    spec = [{"name": "x", "dtype": "float64", "shape": [None]}]
-    path = create_python_neuropod(
-        tmp_path / "threaded",
-        "threaded",
-        data_paths=[],
-        code_path_spec=[{"python_root": str(tmp_path / "code"), "dirs_to_package": ["threaded_pkg"]}],
-        entrypoint_package="threaded_pkg",
-        entrypoint="get_model",
-        input_spec=spec,
-        output_spec=[{"name": "y", "dtype": "float64", "shape": [None]}],
-    )
+    path = python_package(tmp_path, "threaded", THREAD_MODEL)
     with load_neuropod(path, use_ope=True, workers=2) as model:
         executor = model.executor
         assert "model-background" in executor.zygote.refusal
         assert executor.zygote.pid is None  # stopped: its copy of the weights would be wasted
         assert all(parent_of(pid) == os.getpid() for pid in executor.worker_pids)
         assert model.infer({"x": np.ones(1)})["y"][0] == 2.0
+
+
+WARM_UP_MODEL = """
+import numpy as np
+import torch
+
+
+def get_model(data_root):
+    weight = torch.randn(1500, 1500)
+    weight @ weight  # a warm-up call: it starts torch's thread pool in the zygote
+
+    def run(x):
+        return {"y": x + 1}
+
+    return run
+"""
+
+
+def test_a_model_that_runs_torch_while_loading_gets_one_load_per_worker(tmp_path):
+    # A forked child of a process whose OpenMP pool has started waits forever on its first parallel op.
+    require("torch")
+    path = python_package(tmp_path, "warm", WARM_UP_MODEL)
+    with load_neuropod(path, use_ope=True, workers=2, timeout=60) as model:
+        executor = model.executor
+        assert "native thread" in executor.zygote.refusal
+        assert all(parent_of(pid) == os.getpid() for pid in executor.worker_pids)
+        assert model.infer({"x": np.ones(1)})["y"][0] == 2.0
+
+
+def python_package(root: Path, name: str, code: str) -> Path:
+    folder = root / f"{name}_code" / f"{name}_pkg"
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text(textwrap.dedent(code))
+    spec = [{"name": "x", "dtype": "float64", "shape": [None]}]
+    return create_python_neuropod(
+        root / name,
+        name,
+        data_paths=[],
+        code_path_spec=[{"python_root": str(root / f"{name}_code"), "dirs_to_package": [f"{name}_pkg"]}],
+        entrypoint_package=f"{name}_pkg",
+        entrypoint="get_model",
+        input_spec=spec,
+        output_spec=[{"name": "y", "dtype": "float64", "shape": [None]}],
+    )
 
 
 def test_where_each_worker_loads_its_own_copy():
@@ -257,20 +289,7 @@ def get_model(data_root):
 
 
 def test_a_zygote_slower_than_start_timeout_is_killed_and_leaves_nothing(tmp_path):
-    code = tmp_path / "code" / "slow_pkg"
-    code.mkdir(parents=True)
-    (code / "__init__.py").write_text(textwrap.dedent(SLOW_MODEL))
-    spec = [{"name": "x", "dtype": "float64", "shape": [None]}]
-    path = create_python_neuropod(
-        tmp_path / "slow",
-        "slow",
-        data_paths=[],
-        code_path_spec=[{"python_root": str(tmp_path / "code"), "dirs_to_package": ["slow_pkg"]}],
-        entrypoint_package="slow_pkg",
-        entrypoint="get_model",
-        input_spec=spec,
-        output_spec=spec,
-    )
+    path = python_package(tmp_path, "slow", SLOW_MODEL)
     before = children()
     started = time.monotonic()
     with pytest.raises(WorkerTimeoutError, match="start_timeout=0.5"):

@@ -378,6 +378,7 @@ def _zygote_main(args: argparse.Namespace) -> int:
 
     control = socket.socket(fileno=args.fd)
     os.set_inheritable(args.fd, False)
+    threads_before_load = zygote.native_threads()
     try:
         model, output_validator = _load_model(args.package, args.options)
     except Exception as exc:
@@ -385,7 +386,7 @@ def _zygote_main(args: argparse.Namespace) -> int:
         return 1
     # Nothing may run the model before this point (no warm-up call): thread pools (OpenMP, torch's
     # intra-op pool) would start here, and a fork copies only the forking thread: a warm-up belongs in _serve.
-    order = zygote.serve_forks(control)
+    order = zygote.serve_forks(control, threads_before_load)
     if order is None:  # the parent closed the model (or died)
         return 0
     # A forked worker: it dies with its zygote, which dies with the parent.

@@ -54,6 +54,7 @@ __all__ = [
     "ForkOrder",
     "ForkedProcess",
     "Zygote",
+    "native_threads",
     "serve_forks",
     "sharing_refusal",
 ]
@@ -128,18 +129,36 @@ class ForkOrder:
     zygote_pid: int
 
 
-def _fork_refusal() -> str:
+def native_threads() -> int:
+    """This process's threads, as the kernel counts them (Python's and every library's)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1
+
+
+def _fork_refusal(threads_before_load: int) -> str:
     threads = [thread.name for thread in threading.enumerate() if thread is not threading.current_thread()]
     if threads:
         return f"loading the model started Python threads ({', '.join(threads)}), which a fork would not copy"
+    started = native_threads() - threads_before_load
+    if started > 0:
+        # Typically an OpenMP or BLAS pool that a call at load time (a warm-up) started: a forked
+        # child would wait forever on the threads it did not get.
+        return (
+            f"loading the model started {started} native thread(s) (a framework's thread pool), "
+            "which a fork would not copy"
+        )
     return ""
 
 
-def serve_forks(control: socket.socket) -> Optional[ForkOrder]:
+def serve_forks(control: socket.socket, threads_before_load: int) -> Optional[ForkOrder]:
     """Fork workers on the parent's orders until it closes ``control``.
 
     Returns the order in each forked child (which goes on as a worker), and
-    None in the zygote once the parent has gone.
+    None in the zygote once the parent has gone. ``threads_before_load`` is
+    :func:`native_threads` before the model was loaded: a fork is refused if
+    loading started any.
     """
     gc.collect()
     gc.freeze()  # the workers' collector never walks (so never writes to) what the load built
@@ -148,7 +167,7 @@ def serve_forks(control: socket.socket) -> Optional[ForkOrder]:
     previous_handler = signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     signal.set_wakeup_fd(wake_write)
     try:
-        return _serve(control, wake_read)
+        return _serve(control, wake_read, threads_before_load)
     finally:  # in the zygote, and in each child before it becomes a worker
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, previous_handler if previous_handler is not None else signal.SIG_DFL)
@@ -156,7 +175,7 @@ def serve_forks(control: socket.socket) -> Optional[ForkOrder]:
         os.close(wake_write)
 
 
-def _serve(control: socket.socket, wake_read: int) -> Optional[ForkOrder]:
+def _serve(control: socket.socket, wake_read: int, threads_before_load: int) -> Optional[ForkOrder]:
     children: Dict[int, int] = {}  # fork id -> pid, until reaped
     poller = select.poll()
     poller.register(control.fileno(), select.POLLIN)
@@ -185,7 +204,7 @@ def _serve(control: socket.socket, wake_read: int) -> Optional[ForkOrder]:
             _close(fds)
             return None  # not our parent speaking: stop, the workers go with us
         if kind == Kind.FORK:
-            order = _fork(control, fork_id, text, fds, children)
+            order = _fork(control, fork_id, text, fds, children, threads_before_load)
             if order is not None:  # we are the child now
                 return order
             continue
@@ -199,9 +218,14 @@ def _serve(control: socket.socket, wake_read: int) -> Optional[ForkOrder]:
 
 
 def _fork(
-    control: socket.socket, fork_id: int, cpu_text: str, fds: List[int], children: Dict[int, int]
+    control: socket.socket,
+    fork_id: int,
+    cpu_text: str,
+    fds: List[int],
+    children: Dict[int, int],
+    threads_before_load: int,
 ) -> Optional[ForkOrder]:
-    refusal = _fork_refusal()
+    refusal = _fork_refusal(threads_before_load)
     try:
         cpus = tuple(int(cpu) for cpu in cpu_text.split(",") if cpu)
     except ValueError:
