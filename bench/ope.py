@@ -437,7 +437,7 @@ def size_rows(identity: Path, pipe: PipePeer, ope_options: Dict[str, Any], args:
             row = [
                 percentiles(lambda x=x: local.infer({"x": x}), repeats),
                 percentiles(lambda x=x: remote.infer({"x": x}), repeats),
-                percentiles(lambda shared=shared: remote.infer({"x": shared}), repeats_for(0, args.quick)),  # no copy: cheap
+                percentiles(lambda shared=shared: remote.infer({"x": shared}), repeats_for(0, args.quick)),
                 percentiles(queue_trip, repeats),
                 percentiles(pipe_trip, repeats),
                 percentiles(lambda x=x, target=target: np.copyto(target, x), repeats),
