@@ -1,6 +1,6 @@
 """Round-trip latency of out-of-process execution (OPE) against in-process and plain IPC baselines.
 
-    .venv/bin/python bench/ope.py [--quick] [--stages] [--spin-us 100] [--cpus 0,1] [--backends python,onnx]
+    .venv/bin/python bench/ope.py [--quick] [--stages] [--only-small] [--spin-us 100] [--backends python,onnx]
 
 Every ratio is against a baseline measured in the same run, in batches that
 alternate with the case they scale (so other load on the machine hits both):
@@ -8,15 +8,18 @@ alternate with the case they scale (so other load on the machine hits both):
 * **Pipe**: a raw 8-byte ``multiprocessing.Pipe`` round trip to an echo
   process, the price of any hand-over between two processes.
 * **Small calls, per backend** (Python code, TorchScript, ONNX, TensorFlow;
-  a 1-element float32 addition built with the real packager): in-process
-  p50, OPE p50/p99 with spinning and with ``spin_us=0``, and what OPE adds
-  over in-process as a multiple of the pipe round trip:
-  ``added = (OPE p50 - in-process p50) / pipe p50`` (target <= 1.0 spinning,
-  <= 1.5 with ``spin_us=0``) and ``p99 added = (OPE p99 - in-process p99) /
-  pipe p50`` (target <= 2.0).
-* ``--stages``: where a call's time goes, per backend (parent encode/send,
-  wake, worker decode/convert/call/encode, return, parent decode; see
-  ``neuropod.ope.stages``), next to the in-process backend call.
+  a 1-element float32 addition built with the real packager): OPE p50/p99
+  with ``spin_mode="adaptive"`` (the default; it also says how many of its
+  waits spun), ``"fixed"`` (always spins) and ``spin_us=0``, each timed in
+  batches taking turns with the pipe and the in-process model, and what OPE
+  adds over in-process as a multiple of the pipe round trip:
+  ``x pipe = (OPE p50 - in-process p50) / pipe p50`` (target <= 1.0 while
+  spinning, <= 1.5 with ``spin_us=0``) and ``p99 x = (OPE p99 - in-process
+  p99) / pipe p50`` (target <= 2.0).
+* ``--stages``: where a call's time goes, per backend and for the first
+  backend without spinning (parent encode/send, wake, worker
+  decode/convert/call/encode, return, parent decode; see
+  ``neuropod.ope.stages``), next to the in-process call.
 * **Under load**: one CPU-bound process per core, then the pipe round trip
   and the Python-code addition through OPE with ``spin_mode="adaptive"``
   (default) and ``"fixed"`` (always spin), interleaved.
@@ -346,12 +349,16 @@ def stage_rows(packages: Dict[str, Path], ope_options: Dict[str, Any], args: arg
     try:
         print("where a 1-element addition's time goes: median us per stage (see neuropod.ope.stages)")
         columns = ["in-process"] + list(stages.STAGES) + ["total"]
-        print(f"{'stage':>15} | " + " | ".join(f"{name:>11}" for name in packages))
+        # The last column: the first backend again, without spinning (every message a wake-up).
+        runs = [(name, path, ope_options) for name, path in packages.items()]
+        first, first_path, _ = runs[0]
+        runs.append((f"{first} spin0", first_path, dict(ope_options, spin_us=0)))
+        print(f"{'stage':>15} | " + " | ".join(f"{name:>12}" for name, _, _ in runs))
         rows: Dict[str, List[float]] = {column: [] for column in columns}
-        for path in packages.values():
+        for _, path, options in runs:
             with load_neuropod(path) as local:
                 rows["in-process"].append(percentiles(lambda local=local: local.infer(ONE), repeats)[0])
-            with load_neuropod(path, use_ope=True, **ope_options) as remote:
+            with load_neuropod(path, use_ope=True, **options) as remote:
                 for _ in range(200):
                     remote.infer(ONE)
                 recorder.clear()
@@ -361,7 +368,7 @@ def stage_rows(packages: Dict[str, Path], ope_options: Dict[str, Any], args: arg
             for column in columns[1:]:
                 rows[column].append(summary.get(column, float("nan")))
         for column, values in rows.items():
-            print(f"{column:>15} | " + " | ".join(f"{value:>11.1f}" for value in values))
+            print(f"{column:>15} | " + " | ".join(f"{value:>12.1f}" for value in values))
         print("in-process: the whole Neuropod.infer in this process; total: the OPE call from WorkerProcess.call")
     finally:
         stages.disable()
