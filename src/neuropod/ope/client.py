@@ -333,9 +333,10 @@ class WorkerProcess:
                 f"the worker for model {self.model_name!r} did not load it "
                 f"within start_timeout={self.options.start_timeout}s"
             )
-        if failure.refusal:
-            _log.warning("model %r: each worker loads its own copy of the weights: %s", self.model_name, failure.refusal)
-            zygote.refused(failure.refusal)
+        refusal = failure.refusal
+        if refusal:
+            _log.warning("model %r: each worker loads its own copy of the weights: %s", self.model_name, refusal)
+            zygote.refused(refusal)
         self.start()
 
     def _zygote_died(self, returncode: Optional[int], zygote_pid: int) -> WorkerCrashedError:
