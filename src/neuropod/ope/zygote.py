@@ -21,10 +21,11 @@ Who does what:
   as any worker), each worker with its zygote. A dead zygote thus takes its
   workers along; the next start of a worker starts a fresh zygote (one load).
 * The zygote must not run the model before it forks: thread pools (OpenMP,
-  torch's intra-op pool) and GPU contexts do not survive a fork. It refuses a
-  fork (and the parent falls back to loading each worker itself) when loading
-  started Python threads, and forking is only used where the framework has
-  no native threads after a load (:data:`FORK_PLATFORMS`, on the CPU).
+  torch's intra-op pool) and GPU contexts do not survive a fork. Forking is
+  only used where the framework has no native threads after a load
+  (:data:`FORK_PLATFORMS`, on the CPU), and the zygote refuses a fork (the
+  parent then loads each worker itself) when loading started any thread,
+  Python's or native (a warm-up call at load starts torch's OpenMP pool).
 
 The socket's messages (all constants of the format are here, one record per
 SOCK_SEQPACKET message): a :data:`HEADER` (magic, kind, two signed 64-bit
