@@ -16,6 +16,8 @@ checked against byte counts before anything is reshaped.
 
 from __future__ import annotations
 
+import functools
+import math
 import struct
 from typing import Any, Dict, List, Sequence, Tuple, Union
 
@@ -94,15 +96,22 @@ MAX_RANK = 32
 MAX_EXTENT = 2**40
 
 
+#: numpy dtype -> KServe datatype, filled as dtypes are met (``dtype.name`` is slow to compute).
+_DATATYPE_OF_DTYPE: Dict[np.dtype, str] = {}
+
+
 def datatype_of(array: np.ndarray) -> str:
     """The KServe datatype of a numpy array (unicode and bytes arrays are BYTES)."""
-    kind = array.dtype.kind
-    if kind in "USO":
+    dtype = array.dtype
+    datatype = _DATATYPE_OF_DTYPE.get(dtype)
+    if datatype is not None:
+        return datatype
+    if dtype.kind in "USO":
         return "BYTES"
-    name = "bfloat16" if array.dtype.name == "bfloat16" else array.dtype.name
-    datatype = DTYPE_TO_DATATYPE.get(name)
+    datatype = DTYPE_TO_DATATYPE.get(dtype.name)
     if datatype is None:
-        raise InputValidationError(f"numpy dtype {array.dtype} has no KServe v2 datatype")
+        raise InputValidationError(f"numpy dtype {dtype} has no KServe v2 datatype")
+    _DATATYPE_OF_DTYPE[dtype] = datatype
     return datatype
 
 
@@ -120,6 +129,15 @@ def check_shape(shape: Sequence[Any], tensor: str) -> Tuple[Tuple[int, ...], int
     """Check a shape from the wire; return it as a tuple and its element count."""
     if len(shape) > MAX_RANK:
         raise InputValidationError(f"tensor {tensor!r}: rank {len(shape)} is above the limit of {MAX_RANK}")
+    dims = tuple(shape)
+    if all(type(dim) is int and dim > 0 for dim in dims):  # the usual shape: no zero, nothing odd
+        count = math.prod(dims)
+        if count <= MAX_EXTENT:
+            return dims, count
+    return _check_odd_shape(shape, tensor)
+
+
+def _check_odd_shape(shape: Sequence[Any], tensor: str) -> Tuple[Tuple[int, ...], int]:
     count = 1
     extent = 1  # the product of the non-zero dimensions
     dims = []
@@ -145,6 +163,7 @@ def _reshaped(array: np.ndarray, dims: Tuple[int, ...], tensor: str) -> np.ndarr
         raise InputValidationError(f"tensor {tensor!r}: cannot take shape {list(dims)}: {exc}") from None
 
 
+@functools.cache
 def _wire_dtype(dtype: str) -> np.dtype:
     """The little-endian numpy dtype of a numeric neuropod dtype on the wire."""
     return numpy_dtype(dtype).newbyteorder("<")

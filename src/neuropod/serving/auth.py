@@ -47,6 +47,10 @@ class BearerToken:
     def __init__(self, token: Optional[str]) -> None:
         self._expected = f"Bearer {token}".encode() if token else None
 
+    def needed(self, method: str) -> bool:
+        """Whether calls to ``method`` must carry the token (there is one, and the method needs it)."""
+        return self._expected is not None and NEEDS_TOKEN[method]
+
     def check(self, method: str, given: Union[str, bytes, None], where: str) -> None:
         """Let a call to ``method`` through, or raise AuthenticationError.
 

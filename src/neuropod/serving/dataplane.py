@@ -251,7 +251,7 @@ class DataPlane:
         self._succeeded(model, request, protocol, (finished - started) / 1e9)
 
     def _admit(self, model: ServedModel, request: InferRequest, protocol: str) -> _Call:
-        self.metrics.requests.labels(model.name, model.version, protocol).inc()
+        self.metrics.count_request(model.name, model.version, protocol)
         model.check_ready()
         inputs, bindings = model.check(request.inputs)
         wanted = request.outputs
@@ -352,6 +352,19 @@ class DataPlane:
             response = self._response(call, outputs)
         return response
 
+    def runs_inline(self, name: str, version: str = "") -> bool:
+        """Whether a call of this model is short enough to run on the thread that received it.
+
+        True for an unbatched model whose calls average under :data:`INLINE_CALL_MAX_S`, and for
+        a model that is not there (the call fails at once, wherever it runs).
+        """
+        try:
+            model = self.repository.get(name, version)
+        except Exception:
+            return True
+        mean = model.mean_call_s
+        return not model.settings.max_batch_size and mean is not None and mean < INLINE_CALL_MAX_S
+
     def infer_blocking(self, request: InferRequest, protocol: str) -> InferResponse:
         """Run one request on the calling thread (batched models go through the loop)."""
         with self._handling(request, protocol) as call:
@@ -368,7 +381,7 @@ class DataPlane:
         self.metrics.errors.labels(request.model_name, protocol, str(code)).inc()
 
     def _succeeded(self, model: ServedModel, request: InferRequest, protocol: str, elapsed: float) -> None:
-        self.metrics.latency.labels(model.name, protocol).observe(elapsed)
+        self.metrics.observe_latency(model.name, protocol, elapsed)
         if logger.isEnabledFor(logging.DEBUG):  # an access log, at --log-level debug
             logger.debug(
                 "inference",

@@ -13,6 +13,7 @@ request runs its model on its own thread with no hand-off.
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import grpc
@@ -25,13 +26,18 @@ from ..kserve.datatypes import datatype_of, decode_contents, decode_raw, encode_
 from .auth import BearerToken
 from .dataplane import DataPlane, InferRequest
 from .failures import public_failure
+from .grpc_server import Answer, Metadata, Method
 from .shared_memory import SharedMemoryRegions
 
 __all__ = ["GrpcAdapter", "PROTOCOL"]
 
 PROTOCOL = "grpc"
 
-Handler = Callable[[Any, grpc.ServicerContext], Any]
+#: A method of the service: its request message in, its response message out.
+Handler = Callable[[Any], Any]
+
+#: Methods that may take long whatever the request: never run on the server's polling thread.
+_BLOCKING = frozenset({"RepositoryModelLoad", "RepositoryModelUnload", "RepositoryIndex"})
 
 
 def _parameter(parameters: Any, key: str) -> Any:
@@ -96,21 +102,23 @@ def request_from_message(message: Any, regions: Optional[SharedMemoryRegions] = 
 
 
 class GrpcAdapter:
-    """Serves the data plane's calls as gRPC methods.
+    """Serves the data plane's calls as gRPC methods (for :class:`~.grpc_server.UnaryServer`).
 
     Args:
         dataplane: what answers the calls.
+        pool: where calls that may block run (slow or batched models, repository loads).
         token: the bearer token calls must carry (``authorization: Bearer
             <token>`` metadata) where :data:`~neuropod.serving.auth.NEEDS_TOKEN`
             says so; None for none.
     """
 
-    def __init__(self, dataplane: DataPlane, token: Optional[str] = None) -> None:
+    def __init__(self, dataplane: DataPlane, pool: Executor, token: Optional[str] = None) -> None:
         self.dataplane = dataplane
+        self._pool = pool
         self._token = BearerToken(token)
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        methods: Dict[str, Any] = {}
+    def methods(self) -> Dict[str, Method]:
+        """Full method path -> method, for every method of the service."""
         table = (
             ("ServerLive", proto.ServerLiveRequest, self.server_live),
             ("ServerReady", proto.ServerReadyRequest, self.server_ready),
@@ -126,48 +134,52 @@ class GrpcAdapter:
             ("SystemSharedMemoryRegister", proto.SystemSharedMemoryRegisterRequest, self.shared_memory_register),
             ("SystemSharedMemoryUnregister", proto.SystemSharedMemoryUnregisterRequest, self.shared_memory_unregister),
         )
-        for name, request_class, method in table:
-            # Requests arrive as bytes and are parsed in the guard: grpc's own deserializer
-            # answers an undecodable message with INTERNAL, which is the client's mistake.
-            methods[name] = grpc.unary_unary_rpc_method_handler(
-                self._guarded(method, name, request_class),
-                response_serializer=lambda message: message.SerializeToString(),
-            )
-        return grpc.method_handlers_generic_handler(proto.SERVICE_NAME, methods)
+        return {
+            f"/{proto.SERVICE_NAME}/{name}": self._guarded(method, name, request_class)
+            for name, request_class, method in table
+        }
 
-    def _guarded(self, method: Handler, name: str, request_class: Any) -> Handler:
-        """Wrap a handler with the token check, the message parsing and the one error-to-status mapping."""
+    @staticmethod
+    def failure(exc: BaseException) -> Tuple[grpc.StatusCode, str]:
+        """The status and message a client gets for a method's exception."""
+        status, message = public_failure(exc)
+        return grpc.StatusCode[status.grpc], message
 
-        def call(body: bytes, context: grpc.ServicerContext) -> Any:
-            try:
-                given = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), None)
+    def _guarded(self, method: Handler, name: str, request_class: Any) -> Method:
+        """Wrap a handler with the token check and the message parsing; slow work goes to the pool."""
+        blocking = name in _BLOCKING
+        infer = name == "ModelInfer"
+        check_token = self._token.needed(name)
+
+        def call(body: bytes, metadata: Metadata) -> Answer:
+            if check_token:
+                given = next((v for k, v in metadata or () if k == "authorization"), None)
                 self._token.check(name, given, "metadata 'authorization:")
-                try:
-                    request = request_class.FromString(body)
-                except DecodeError:
-                    kind = request_class.DESCRIPTOR.name
-                    raise InputValidationError(f"{name}: the request is not a valid {kind} message") from None
-                return method(request, context)
-            except Exception as exc:
-                status, message = public_failure(exc)
-                context.abort(grpc.StatusCode[status.grpc], message)
+            try:
+                request = request_class.FromString(body)
+            except DecodeError:
+                kind = request_class.DESCRIPTOR.name
+                raise InputValidationError(f"{name}: the request is not a valid {kind} message") from None
+            if blocking or (infer and not self.dataplane.runs_inline(request.model_name, request.model_version)):
+                return self._pool.submit(lambda: method(request).SerializeToString())
+            return method(request).SerializeToString()  # type: ignore[no-any-return]
 
         return call
 
-    def server_live(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def server_live(self, request: Any) -> Any:
         return proto.ServerLiveResponse(live=self.dataplane.live())
 
-    def server_ready(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def server_ready(self, request: Any) -> Any:
         return proto.ServerReadyResponse(ready=self.dataplane.ready())
 
-    def model_ready(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def model_ready(self, request: Any) -> Any:
         return proto.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))
 
-    def server_metadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def server_metadata(self, request: Any) -> Any:
         meta = self.dataplane.server_metadata()
         return proto.ServerMetadataResponse(name=meta.name, version=meta.version, extensions=list(meta.extensions))
 
-    def model_metadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def model_metadata(self, request: Any) -> Any:
         meta = self.dataplane.model_metadata(request.name, request.version)
         response = proto.ModelMetadataResponse(name=meta.name, versions=meta.versions, platform=meta.platform)
         for target, tensors in ((response.inputs, meta.inputs), (response.outputs, meta.outputs)):
@@ -175,7 +187,7 @@ class GrpcAdapter:
                 target.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
         return response
 
-    def model_infer(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def model_infer(self, request: Any) -> Any:
         regions = self.dataplane.shared_memory
         placed = {}
         for output in request.outputs:
@@ -204,7 +216,7 @@ class GrpcAdapter:
             raw.append(b"")  # keeps raw_output_contents[i] the i-th output's, as clients index it
         return response
 
-    def shared_memory_status(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def shared_memory_status(self, request: Any) -> Any:
         response = proto.SystemSharedMemoryStatusResponse()
         for status in self.dataplane.shared_memory.status(request.name):
             entry = response.regions[str(status["name"])]
@@ -212,28 +224,28 @@ class GrpcAdapter:
             entry.offset, entry.byte_size = int(status["offset"]), int(status["byte_size"])  # type: ignore[call-overload]
         return response
 
-    def shared_memory_register(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def shared_memory_register(self, request: Any) -> Any:
         self.dataplane.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
         return proto.SystemSharedMemoryRegisterResponse()
 
-    def shared_memory_unregister(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def shared_memory_unregister(self, request: Any) -> Any:
         self.dataplane.shared_memory.unregister(request.name)
         return proto.SystemSharedMemoryUnregisterResponse()
 
-    def model_statistics(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def model_statistics(self, request: Any) -> Any:
         stats = self.dataplane.model_statistics(request.name, request.version)
         return json_format.ParseDict({"model_stats": stats}, proto.ModelStatisticsResponse())
 
-    def repository_index(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def repository_index(self, request: Any) -> Any:
         response = proto.RepositoryIndexResponse()
         for entry in self.dataplane.repository_index(request.ready):
             response.models.add(name=entry.name, version=entry.version, state=entry.state, reason=entry.reason)
         return response
 
-    def repository_model_load(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def repository_model_load(self, request: Any) -> Any:
         self.dataplane.load_model(request.model_name, dict(request.parameters))
         return proto.RepositoryModelLoadResponse()
 
-    def repository_model_unload(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def repository_model_unload(self, request: Any) -> Any:
         self.dataplane.unload_model(request.model_name)
         return proto.RepositoryModelUnloadResponse()

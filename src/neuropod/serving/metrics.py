@@ -6,7 +6,7 @@ several servers in one process (tests, benchmarks) count separately.
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Any, Dict, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -66,6 +66,25 @@ class ServerMetrics:
             buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
+
+        # Each request updates two labelled children; looking them up through ``labels()``
+        # (argument checks, a lock) costs more than the update, so they are kept here.
+        self._request_counters: Dict[Tuple[str, str, str], Any] = {}
+        self._latency_histograms: Dict[Tuple[str, str], Any] = {}
+
+    def count_request(self, model: str, version: str, protocol: str) -> None:
+        key = (model, version, protocol)
+        counter = self._request_counters.get(key)
+        if counter is None:
+            counter = self._request_counters[key] = self.requests.labels(model, version, protocol)
+        counter.inc()
+
+    def observe_latency(self, model: str, protocol: str, seconds: float) -> None:
+        key = (model, protocol)
+        histogram = self._latency_histograms.get(key)
+        if histogram is None:
+            histogram = self._latency_histograms[key] = self.latency.labels(model, protocol)
+        histogram.observe(seconds)
 
     def exposition(self) -> bytes:
         """The metrics in Prometheus text format."""

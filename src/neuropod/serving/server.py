@@ -34,6 +34,7 @@ from ..kserve import DEFAULT_MAX_MESSAGE_BYTES
 from .connections import GuardedProtocolFactory
 from .dataplane import DataPlane
 from .grpc_adapter import GrpcAdapter
+from .grpc_server import UnaryServer
 from .metrics import ServerMetrics
 from .repository import ModelRepository, ModelSettings
 from .rest_adapter import RestAdapter
@@ -118,7 +119,8 @@ class ModelServer:
         self.dataplane = DataPlane(repository, self.metrics, threads=self.config.threads)
         self.grpc_port: Optional[int] = None
         self.http_port: Optional[int] = None
-        self._grpc_server: Optional[grpc.Server] = None
+        self._grpc_server: Optional[UnaryServer] = None
+        self._grpc_pool: Optional[ThreadPoolExecutor] = None
         self._http_runner: Optional[web.AppRunner] = None
         self._http_listener: Optional[asyncio.AbstractServer] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -165,20 +167,19 @@ class ModelServer:
                 ]
                 # A request waiting for its batch holds its thread: leave room for a full batch.
                 batch_rows = self.repository.max_batch_size()
-                self._grpc_server = grpc.server(
-                    ThreadPoolExecutor(max_workers=config.threads + batch_rows, thread_name_prefix="neuropod-grpc"),
-                    options=options,
+                self._grpc_pool = ThreadPoolExecutor(
+                    max_workers=config.threads + batch_rows, thread_name_prefix="neuropod-grpc"
                 )
-                self._grpc_server.add_generic_rpc_handlers((GrpcAdapter(self.dataplane, config.token).handler(),))
+                adapter = GrpcAdapter(self.dataplane, self._grpc_pool, config.token)
+                self._grpc_server = UnaryServer(adapter.methods(), adapter.failure, options)
                 address = f"{_bracketed(config.host)}:{config.grpc_port}"
-                try:
-                    if tls is not None:
-                        credentials = grpc.ssl_server_credentials([(tls[1], tls[0])])
-                        self.grpc_port = self._grpc_server.add_secure_port(address, credentials)
-                    else:
-                        self.grpc_port = self._grpc_server.add_insecure_port(address)
-                except RuntimeError as exc:  # grpc's way of saying the port is taken or the host unknown
-                    raise ServerError(f"gRPC: cannot listen on {address} (in use, or not an address here)") from exc
+                if tls is not None:
+                    credentials = grpc.ssl_server_credentials([(tls[1], tls[0])])
+                    self.grpc_port = self._grpc_server.add_secure_port(address, credentials)
+                else:
+                    self.grpc_port = self._grpc_server.add_insecure_port(address)
+                if not self.grpc_port:  # grpc's way of saying the port is taken or the host unknown
+                    raise ServerError(f"gRPC: cannot listen on {address} (in use, or not an address here)")
                 self._grpc_server.start()
             if config.http_port is not None:
                 app = RestAdapter(
@@ -308,6 +309,9 @@ class ModelServer:
             stopped = self._grpc_server.stop(grace)
             await asyncio.get_running_loop().run_in_executor(None, stopped.wait)
             self._grpc_server = None
+        if self._grpc_pool is not None:
+            self._grpc_pool.shutdown(wait=False)
+            self._grpc_pool = None
         if self._http_listener is not None:
             self._http_listener.close()  # no new connections; those open are drained by the runner
             self._http_listener = None

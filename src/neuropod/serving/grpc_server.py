@@ -1,0 +1,219 @@
+"""A unary-only gRPC server driven from one completion-queue thread.
+
+grpcio's own synchronous server (``grpc.server``) hands every call from its
+polling thread to a pool thread and back, parks that thread on a condition
+until the request message has arrived, and runs a ``Future`` per call; on a
+small request that machinery (thread switches, GIL hand-offs) is most of the
+server's CPU (profiled in docs/benchmarks.md). Every method this project
+serves is unary-unary, so this server does only that, with as few steps as
+gRPC's core allows: one thread polls the completion queue; a new call gets
+one batch that receives its message and its close, a handler runs on that
+thread and answers with one batch that sends metadata, message and status.
+A handler that would block (a slow model, a batch, a repository load)
+returns a :class:`concurrent.futures.Future` instead of the answer; the call
+is answered from whichever thread completes it.
+
+It drives grpcio's core through ``grpc._cython.cygrpc``, the layer grpcio's
+own servers are written on; the serving tests cover every path of it against
+the grpcio version installed.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+
+import grpc
+from grpc._cython import cygrpc
+
+__all__ = ["UnaryServer", "Metadata", "Answer", "Method", "Failure"]
+
+#: The call's metadata: (key, value) pairs, values ``bytes`` for ``-bin`` keys.
+Metadata = Tuple[Tuple[str, Union[str, bytes]], ...]
+#: What a method gives back: the serialised response now, or a future of it.
+Answer = Union[bytes, "Future[bytes]"]
+#: A method: request bytes and metadata in, an answer out; exceptions become statuses.
+Method = Callable[[bytes, Metadata], Answer]
+#: Turns a method's exception into the status and details the client gets.
+Failure = Callable[[BaseException], Tuple[grpc.StatusCode, str]]
+
+_OK = cygrpc.StatusCode.ok
+_NO_FLAGS = 0
+_NEW_CALL = object()
+_SHUTDOWN = object()
+_MESSAGE, _SENT, _CLOSED = "message", "sent", "closed"  # the steps of a call, in its tags
+#: Calls requested from the core ahead of their arrival, so a burst is matched at once.
+_REQUESTS_AHEAD = 8
+
+
+def _status(code: grpc.StatusCode) -> int:
+    return int(code.value[0])
+
+
+class _Call:
+    """One RPC in progress; its tags are ``(self, step)``."""
+
+    __slots__ = ("call", "method", "metadata", "open_batches")
+
+    def __init__(self, call: Any, method: bytes, metadata: Metadata) -> None:
+        self.call = call
+        self.method = method
+        self.metadata = metadata
+        self.open_batches = 0
+
+
+class UnaryServer:
+    """Serves unary methods by full path (``/package.Service/Method``).
+
+    Args:
+        methods: full method path -> method.
+        failure: maps a method's exception to a status (never raises).
+        options: gRPC channel arguments, as for ``grpc.server``.
+    """
+
+    def __init__(self, methods: Dict[str, Method], failure: Failure, options: Sequence[Tuple[str, Any]] = ()) -> None:
+        self._methods = {path.encode(): method for path, method in methods.items()}
+        self._failure = failure
+        self._cq = cygrpc.CompletionQueue()
+        self._server = cygrpc.Server(tuple(options), False)
+        self._server.register_completion_queue(self._cq)
+        self._lock = threading.Lock()
+        self._calls = 0  # calls the core has given us that are not finished
+        self._requests = 0  # request_call tags outstanding
+        self._stopping = False
+        self._shutdown_pending = False
+        self._stopped = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def add_insecure_port(self, address: str) -> int:
+        return int(self._server.add_http2_port(address.encode()))
+
+    def add_secure_port(self, address: str, credentials: grpc.ServerCredentials) -> int:
+        return int(self._server.add_http2_port(address.encode(), credentials._credentials))
+
+    def start(self) -> None:
+        self._server.start()
+        with self._lock:
+            for _ in range(_REQUESTS_AHEAD):
+                self._request_call()
+        self._thread = threading.Thread(target=self._serve, name="neuropod-grpc", daemon=True)
+        self._thread.start()
+
+    def stop(self, grace: Optional[float]) -> threading.Event:
+        """Refuse new calls, cancel those still running after ``grace`` s (None: at once); set when stopped."""
+        with self._lock:
+            if self._thread is None or self._stopped.is_set():
+                self._stopped.set()
+                return self._stopped
+            if not self._stopping:
+                self._stopping = True
+                self._shutdown_pending = True
+                self._server.shutdown(self._cq, _SHUTDOWN)
+        if grace is None:
+            self._server.cancel_all_calls()
+        else:
+
+            def cancel_after_grace() -> None:
+                if not self._stopped.wait(grace):
+                    with self._lock:
+                        if not self._stopped.is_set():
+                            self._server.cancel_all_calls()
+
+            threading.Thread(target=cancel_after_grace, daemon=True).start()
+        return self._stopped
+
+    # -- the completion-queue thread -----------------------------------------
+
+    def _request_call(self) -> None:
+        self._server.request_call(self._cq, self._cq, _NEW_CALL)
+        self._requests += 1
+
+    def _serve(self) -> None:
+        poll = self._cq.poll
+        while True:
+            event = poll()
+            tag = event.tag
+            if tag is _NEW_CALL:
+                self._on_new_call(event)
+            elif tag is _SHUTDOWN:
+                with self._lock:
+                    self._shutdown_pending = False
+            elif tag is not None:
+                rpc, step = tag
+                if step is _MESSAGE:
+                    self._on_request(rpc, event)
+                self._close_batch(rpc)
+            if self._stopping:
+                with self._lock:
+                    if not self._shutdown_pending and not self._calls and not self._requests:
+                        self._server.destroy()
+                        self._stopped.set()
+                        return
+            event = tag = None  # drop the event's references before blocking again
+
+    def _on_new_call(self, event: Any) -> None:
+        with self._lock:
+            self._requests -= 1
+            if not event.success:  # shutting down: the requested call will not come
+                return
+            self._calls += 1
+            if not self._stopping:
+                self._request_call()
+        rpc = _Call(event.call, event.call_details.method, event.invocation_metadata)
+        rpc.open_batches = 2
+        # The close completes only once the call is over (status sent, or cancelled): it is how the
+        # core tells a call finished; the message comes on its own batch.
+        rpc.call.start_server_batch((cygrpc.ReceiveCloseOnServerOperation(_NO_FLAGS),), (rpc, _CLOSED))
+        rpc.call.start_server_batch((cygrpc.ReceiveMessageOperation(_NO_FLAGS),), (rpc, _MESSAGE))
+
+    def _on_request(self, rpc: _Call, event: Any) -> None:
+        if not event.success:  # cancelled before its message came
+            return
+        body = event.batch_operations[0].message()
+        method = self._methods.get(rpc.method)
+        if method is None:
+            self._finish(rpc, None, _status(grpc.StatusCode.UNIMPLEMENTED), b"Method not found!")
+            return
+        if body is None:
+            self._finish(rpc, None, _status(grpc.StatusCode.UNIMPLEMENTED), b"a unary method needs one request message")
+            return
+        try:
+            answer = method(body, rpc.metadata)
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes the call's status
+            self._fail(rpc, exc)
+            return
+        if isinstance(answer, Future):
+            with self._lock:
+                rpc.open_batches += 1  # the answer to come keeps the call open
+            answer.add_done_callback(lambda done: self._answer_later(rpc, done))
+        else:
+            self._finish(rpc, answer, _OK, b"")
+
+    def _answer_later(self, rpc: _Call, done: Future[bytes]) -> None:
+        try:
+            answer = done.result()
+        except BaseException as exc:  # noqa: BLE001
+            self._fail(rpc, exc)
+        else:
+            self._finish(rpc, answer, _OK, b"")
+        self._close_batch(rpc)
+
+    def _close_batch(self, rpc: _Call) -> None:
+        with self._lock:
+            rpc.open_batches -= 1
+            if rpc.open_batches == 0:
+                self._calls -= 1
+
+    def _fail(self, rpc: _Call, exc: BaseException) -> None:
+        code, details = self._failure(exc)
+        self._finish(rpc, None, _status(code), details.encode("utf-8", "replace"))
+
+    def _finish(self, rpc: _Call, body: Optional[bytes], code: int, details: bytes) -> None:
+        operations: Tuple[Any, ...] = (cygrpc.SendInitialMetadataOperation(None, _NO_FLAGS),)
+        if body is not None:
+            operations += (cygrpc.SendMessageOperation(body, _NO_FLAGS),)
+        operations += (cygrpc.SendStatusFromServerOperation(None, code, details, _NO_FLAGS),)
+        with self._lock:
+            rpc.open_batches += 1
+        rpc.call.start_server_batch(operations, (rpc, _SENT))
