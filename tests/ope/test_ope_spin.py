@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -13,7 +14,7 @@ import pytest
 from ope_models import make_identity_model
 
 from neuropod import load_neuropod
-from neuropod.errors import OptionError, WireFormatError
+from neuropod.errors import ChannelClosed, ChannelTimeout, OptionError, WireFormatError
 from neuropod.ope import wire
 from neuropod.ope.channel import MAILBOX_BYTES, Channel
 from neuropod.ope.shm import Segment
@@ -137,6 +138,23 @@ def test_a_sleeping_receiver_gets_the_whole_message_on_the_socket(pair) -> None:
     # Socket messages still count in the mailbox, so a spinning receiver stays in step.
     parent.send(message(4))
     assert worker.receive(SPIN)[0].texts == ["call 4"]
+
+
+def test_a_sleeper_wakes_in_slices_to_check_liveness_times_out_and_sees_a_hang_up(pair) -> None:
+    parent, worker = pair
+    checks: List[float] = []
+    began = time.monotonic()
+    with pytest.raises(ChannelTimeout):
+        worker.receive(0, timeout=0.05, check_alive=lambda: checks.append(time.monotonic()))
+    assert 0.05 <= time.monotonic() - began < 2
+    assert len(checks) >= 3 and checks[-1] - checks[-2] > checks[1] - checks[0]  # slices of growing length
+    parent.send(message(1))  # nothing was lost: the next receive still gets the next message
+    assert worker.receive(0, timeout=5)[0].texts == ["call 1"]
+    closer = threading.Timer(0.02, parent.sock.close)
+    closer.start()
+    with pytest.raises(ChannelClosed):
+        worker.receive(0, timeout=5)
+    closer.join()
 
 
 def test_a_spinning_receiver_reads_the_mailbox_and_learns(pair) -> None:

@@ -267,21 +267,22 @@ class Channel:
                     wait = min(wait, left)
                 self._set_receive_timeout(wait)
                 try:
-                    # The message itself (see send_bytes), a late doorbell, or a hang-up.
-                    found = self._socket_message()
-                except BlockingIOError:  # the slice ran out
-                    if check_alive is not None:
-                        check_alive()
-                    wait = min(wait * 2, POLL_SLICE_S)
-                    continue
+                    try:
+                        # The message itself (see send_bytes), a late doorbell, or a hang-up.
+                        found = self._socket_message()
+                    except BlockingIOError:  # the slice ran out
+                        if check_alive is not None:
+                            check_alive()
+                        wait = min(wait * 2, POLL_SLICE_S)
+                        continue
+                except ChannelClosed:
+                    # The peer may have published its last message just before it went.
+                    if read_counter(mailbox, seq_at)[0] >= expected:
+                        return self._take()
+                    raise
                 if found is not None:
                     self._received += 1
                     return found
-            except ChannelClosed:
-                # The peer may have published its last message just before it went.
-                if read_counter(mailbox, seq_at)[0] >= expected:
-                    return self._take()
-                raise
             finally:
                 _COUNTER.pack_into(mailbox, sleeping_at, 0)
 
