@@ -225,11 +225,12 @@ class Channel:
         read_counter = _COUNTER.unpack_from
         if read_counter(mailbox, seq_at)[0] >= expected:
             return self._take()
-        if type(spin) is int:
-            spin_ns, policy = spin, None
+        policy: Optional[SpinPolicy] = None
+        if isinstance(spin, SpinPolicy):
+            policy = spin
+            spin_ns = spin.budget()
         else:
-            policy = spin  # type: ignore[assignment]
-            spin_ns = policy.budget()  # type: ignore[union-attr]
+            spin_ns = spin
         if spin_ns > 0:
             now = time.perf_counter_ns
             spin_until = now() + spin_ns

@@ -572,7 +572,7 @@ class WorkerProcess:
             except WireFormatError:
                 self._kill()
                 raise
-            if type(reply) is dict:
+            if isinstance(reply, dict):
                 outputs = reply
             else:
                 if reply.kind == wire.Kind.ERROR:
