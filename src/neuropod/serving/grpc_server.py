@@ -42,7 +42,7 @@ _OK = cygrpc.StatusCode.ok
 _NO_FLAGS = 0
 _NEW_CALL = object()
 _SHUTDOWN = object()
-_MESSAGE, _SENT, _CLOSED = "message", "sent", "closed"  # the steps of a call, in its tags
+_MESSAGE, _DONE = "message", "done"  # the two batches of a call, named in their tags
 #: Calls requested from the core ahead of their arrival, so a burst is matched at once.
 _REQUESTS_AHEAD = 8
 
@@ -52,19 +52,23 @@ def _status(code: grpc.StatusCode) -> int:
 
 
 class _Call:
-    """One RPC in progress; its tags are ``(self, step)``."""
+    """One RPC in progress; its tags are ``(self, batch)``."""
 
-    __slots__ = ("call", "method", "metadata", "open_batches")
+    __slots__ = ("call", "method", "metadata")
 
     def __init__(self, call: Any, method: bytes, metadata: Metadata) -> None:
         self.call = call
         self.method = method
         self.metadata = metadata
-        self.open_batches = 0
 
 
 class UnaryServer:
     """Serves unary methods by full path (``/package.Service/Method``).
+
+    A call takes two batches: one receives its request message; the other
+    sends the answer (initial metadata, message, status) and receives the
+    client's close, which completes once the call is over. The call is
+    finished when that second batch completes.
 
     Args:
         methods: full method path -> method.
@@ -78,25 +82,26 @@ class UnaryServer:
         self._cq = cygrpc.CompletionQueue()
         self._server = cygrpc.Server(tuple(options), False)
         self._server.register_completion_queue(self._cq)
-        self._lock = threading.Lock()
-        self._calls = 0  # calls the core has given us that are not finished
-        self._requests = 0  # request_call tags outstanding
+        self._lock = threading.Lock()  # between stop() and the thread asking the core for calls
+        self._calls = 0  # calls the core has handed over that are not finished (the polling thread's)
+        self._requests = 0  # request_call tags outstanding (the polling thread's after start)
         self._stopping = False
         self._shutdown_pending = False
         self._stopped = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
     def add_insecure_port(self, address: str) -> int:
+        """Listen on ``host:port`` (port 0: any free one); returns the port, 0 when it cannot."""
         return int(self._server.add_http2_port(address.encode()))
 
     def add_secure_port(self, address: str, credentials: grpc.ServerCredentials) -> int:
+        """As :meth:`add_insecure_port`, speaking TLS with ``credentials``."""
         return int(self._server.add_http2_port(address.encode(), credentials._credentials))
 
     def start(self) -> None:
         self._server.start()
-        with self._lock:
-            for _ in range(_REQUESTS_AHEAD):
-                self._request_call()
+        for _ in range(_REQUESTS_AHEAD):
+            self._request_call()
         self._thread = threading.Thread(target=self._serve, name="neuropod-grpc", daemon=True)
         self._thread.start()
 
@@ -123,7 +128,7 @@ class UnaryServer:
             threading.Thread(target=cancel_after_grace, daemon=True).start()
         return self._stopped
 
-    # -- the completion-queue thread -----------------------------------------
+    # -- the polling thread ---------------------------------------------------
 
     def _request_call(self) -> None:
         self._server.request_call(self._cq, self._cq, _NEW_CALL)
@@ -140,10 +145,11 @@ class UnaryServer:
                 with self._lock:
                     self._shutdown_pending = False
             elif tag is not None:
-                rpc, step = tag
-                if step is _MESSAGE:
-                    self._on_request(rpc, event)
-                self._close_batch(rpc)
+                rpc, batch = tag
+                if batch is _MESSAGE:
+                    self._on_message(rpc, event)
+                else:
+                    self._calls -= 1
             if self._stopping:
                 with self._lock:
                     if not self._shutdown_pending and not self._calls and not self._requests:
@@ -153,22 +159,19 @@ class UnaryServer:
             event = tag = None  # drop the event's references before blocking again
 
     def _on_new_call(self, event: Any) -> None:
+        self._requests -= 1
+        if not event.success:  # shutting down: the requested call will not come
+            return
+        self._calls += 1
         with self._lock:
-            self._requests -= 1
-            if not event.success:  # shutting down: the requested call will not come
-                return
-            self._calls += 1
             if not self._stopping:
                 self._request_call()
         rpc = _Call(event.call, event.call_details.method, event.invocation_metadata)
-        rpc.open_batches = 2
-        # The close completes only once the call is over (status sent, or cancelled): it is how the
-        # core tells a call finished; the message comes on its own batch.
-        rpc.call.start_server_batch((cygrpc.ReceiveCloseOnServerOperation(_NO_FLAGS),), (rpc, _CLOSED))
         rpc.call.start_server_batch((cygrpc.ReceiveMessageOperation(_NO_FLAGS),), (rpc, _MESSAGE))
 
-    def _on_request(self, rpc: _Call, event: Any) -> None:
-        if not event.success:  # cancelled before its message came
+    def _on_message(self, rpc: _Call, event: Any) -> None:
+        if not event.success:  # cancelled before its message came: only the close is left to wait for
+            rpc.call.start_server_batch((cygrpc.ReceiveCloseOnServerOperation(_NO_FLAGS),), (rpc, _DONE))
             return
         body = event.batch_operations[0].message()
         method = self._methods.get(rpc.method)
@@ -184,11 +187,11 @@ class UnaryServer:
             self._fail(rpc, exc)
             return
         if isinstance(answer, Future):
-            with self._lock:
-                rpc.open_batches += 1  # the answer to come keeps the call open
             answer.add_done_callback(lambda done: self._answer_later(rpc, done))
         else:
             self._finish(rpc, answer, _OK, b"")
+
+    # -- answering (on the polling thread, or the thread that completed a future) ----
 
     def _answer_later(self, rpc: _Call, done: Future[bytes]) -> None:
         try:
@@ -197,23 +200,23 @@ class UnaryServer:
             self._fail(rpc, exc)
         else:
             self._finish(rpc, answer, _OK, b"")
-        self._close_batch(rpc)
-
-    def _close_batch(self, rpc: _Call) -> None:
-        with self._lock:
-            rpc.open_batches -= 1
-            if rpc.open_batches == 0:
-                self._calls -= 1
 
     def _fail(self, rpc: _Call, exc: BaseException) -> None:
         code, details = self._failure(exc)
         self._finish(rpc, None, _status(code), details.encode("utf-8", "replace"))
 
     def _finish(self, rpc: _Call, body: Optional[bytes], code: int, details: bytes) -> None:
-        operations: Tuple[Any, ...] = (cygrpc.SendInitialMetadataOperation(None, _NO_FLAGS),)
-        if body is not None:
-            operations += (cygrpc.SendMessageOperation(body, _NO_FLAGS),)
-        operations += (cygrpc.SendStatusFromServerOperation(None, code, details, _NO_FLAGS),)
-        with self._lock:
-            rpc.open_batches += 1
-        rpc.call.start_server_batch(operations, (rpc, _SENT))
+        if body is None:
+            operations: Tuple[Any, ...] = (
+                cygrpc.SendInitialMetadataOperation(None, _NO_FLAGS),
+                cygrpc.SendStatusFromServerOperation(None, code, details, _NO_FLAGS),
+                cygrpc.ReceiveCloseOnServerOperation(_NO_FLAGS),
+            )
+        else:
+            operations = (
+                cygrpc.SendInitialMetadataOperation(None, _NO_FLAGS),
+                cygrpc.SendMessageOperation(body, _NO_FLAGS),
+                cygrpc.SendStatusFromServerOperation(None, code, details, _NO_FLAGS),
+                cygrpc.ReceiveCloseOnServerOperation(_NO_FLAGS),
+            )
+        rpc.call.start_server_batch(operations, (rpc, _DONE))

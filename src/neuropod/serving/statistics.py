@@ -40,14 +40,21 @@ class ModelStatistics:
 
     def succeeded(self, rows: int, total_ns: int, input_ns: int, queue_ns: int, infer_ns: int, output_ns: int) -> None:
         """One request answered: ``rows`` inferences (its batch size; 1 for an unbatched model)."""
+        durations = self._durations
+        now_ms = int(time.time() * 1000)
         with self._lock:
-            self._add("success", total_ns)
-            self._add("compute_input", input_ns)
-            self._add("queue", queue_ns)
-            self._add("compute_infer", infer_ns)
-            self._add("compute_output", output_ns)
+            for name, ns in (
+                ("success", total_ns),
+                ("compute_input", input_ns),
+                ("queue", queue_ns),
+                ("compute_infer", infer_ns),
+                ("compute_output", output_ns),
+            ):
+                entry = durations[name]
+                entry[0] += 1
+                entry[1] += ns if ns > 0 else 0
             self.inference_count += rows
-            self.last_inference_ms = int(time.time() * 1000)
+            self.last_inference_ms = now_ms
 
     def failed(self, total_ns: int) -> None:
         with self._lock:
