@@ -1,24 +1,28 @@
 """Throughput and latency of ``neuropod serve`` against MLServer, same model, same client, same run.
 
 Every server serves out = x + y over float32 [4, 64] tensors (neuropod: a
-Python package, with its defaults and with ``--workers 2``; MLServer 1.7.1:
-the equivalent custom ``MLModel`` from tests/serving/mlserver_adder, with its
-default settings and with ``parallel_workers: 0``, its fastest setting here).
-Each runs in its own process group; the client is tritonclient for all of
-them (gRPC, and HTTP: binary tensors for neuropod, JSON for MLServer, which
-has no binary extension), with N threads each holding its own client for
-N = 1, 4, 16, 64. The server's CPU per request is the CPU time (user +
-system) of its whole process group over a cell's measured window, divided
-by the requests answered in it.
+Python package, with its defaults, with ``--pin-cpus`` and with ``--workers 2
+--pin-cpus``; MLServer 1.7.1: the equivalent custom ``MLModel`` from
+tests/serving/mlserver_adder, with its default settings, with
+``parallel_workers: 0`` (its fastest setting here), and with
+``parallel_workers: 0`` pinned to one CPU by ``taskset``, as ``--pin-cpus``
+pins neuropod). Each runs in its own process group; the client is
+tritonclient for all of them (gRPC, and HTTP: binary tensors for neuropod,
+JSON for MLServer, which has no binary extension), with N threads each
+holding its own client for N = 1, 4, 16, 64. The server's CPU per request is
+the CPU time (user + system) of its whole process group over a cell's
+measured window, divided by the requests answered in it; the client's is the
+same for this process (the client threads), which shares the machine.
 
-    python bench/serve.py                      # about 5 minutes (2 rounds x 2 s per cell)
-    python bench/serve.py --duration 1 --concurrency 1 16
+    python bench/serve.py                      # about 8 minutes (2 rounds x 2 s per cell)
+    python bench/serve.py --duration 1 --concurrency 16 64 --protocols grpc
 
 MLServer runs from the venv made by scripts/mlserver-venv.sh; without it the
 MLServer rows are skipped. Every cell runs --rounds times, the servers taking
 turns, and keeps the best value of each metric over its rounds (this machine
 is noisy; the same rule applies to every server). Prints a table and the
-ratios of each neuropod row to MLServer with parallel_workers: 0.
+ratios of each neuropod row to MLServer's fastest row of the same protocol
+and concurrency (by throughput; its p99 and CPU are that row's too).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -88,6 +94,12 @@ def group_cpu_s(pgid: int) -> float:
     return total / tick
 
 
+def _own_cpu_s() -> float:
+    """CPU seconds (user + system) of this process so far: the client threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def measure(
     make_caller: Callable[[], Tuple[Callable[[], None], Callable[[], None]]],
     concurrency: int,
@@ -141,11 +153,13 @@ def measure(
     window["start"] = now + min(0.5, duration / 4)  # warm-up under load is not counted
     window["end"] = window["start"] + duration
     cpu = [0.0, 0.0]
-    if server_pgid:
-        time.sleep(max(0.0, window["start"] - time.perf_counter()))
-        cpu[0] = group_cpu_s(server_pgid)
-        time.sleep(max(0.0, window["end"] - time.perf_counter()))
-        cpu[1] = group_cpu_s(server_pgid)
+    client_cpu = [0.0, 0.0]
+    time.sleep(max(0.0, window["start"] - time.perf_counter()))
+    cpu[0] = group_cpu_s(server_pgid) if server_pgid else 0.0
+    client_cpu[0] = _own_cpu_s()
+    time.sleep(max(0.0, window["end"] - time.perf_counter()))
+    cpu[1] = group_cpu_s(server_pgid) if server_pgid else 0.0
+    client_cpu[1] = _own_cpu_s()
     for thread in threads:
         thread.join(duration + 60)
     if errors:
@@ -157,6 +171,7 @@ def measure(
         "p99_ms": float(np.percentile(flat, 99) * 1000) if len(flat) else float("nan"),
         "requests": float(len(flat)),
         "cpu_us": (cpu[1] - cpu[0]) / len(flat) * 1e6 if server_pgid and len(flat) else float("nan"),
+        "client_cpu_us": (client_cpu[1] - client_cpu[0]) / len(flat) * 1e6 if len(flat) else float("nan"),
     }
 
 
@@ -179,8 +194,15 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=2.0, help="measured seconds per cell and round")
     parser.add_argument("--rounds", type=int, default=2, help="rounds per cell; the best is kept")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--protocols", nargs="+", choices=["grpc", "rest"], default=["grpc", "rest"])
+    parser.add_argument(
+        "--neuropod",
+        nargs="+",
+        default=["", "--pin-cpus", "--workers 2 --pin-cpus"],
+        metavar="ARGS",
+        help="one neuropod row per entry: extra `neuropod serve` arguments ('' for the defaults)",
+    )
     parser.add_argument("--skip-mlserver", action="store_true")
-    parser.add_argument("--workers", type=int, default=2, help="also serve with neuropod serve --workers N (1: not)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -191,24 +213,30 @@ def main() -> None:
         # (row name, caller factory, port, process group whose CPU is the server's)
         targets: List[Tuple[str, Callable[[int], Any], int, int]] = []
         processes: List[Any] = []
-        try:
-            for label, extra in (("neuropod", ()), (f"neuropod x{args.workers}", ("--workers", str(args.workers)))):
-                if label != "neuropod" and args.workers < 2:
-                    continue
-                process, grpc_port, http_port = start_neuropod(package, *extra)
-                processes.append(process)
+
+        def add(label: str, process: Any, grpc_port: int, http_port: int, binary: bool) -> None:
+            processes.append(process)
+            if "grpc" in args.protocols:
                 targets.append((f"{label} gRPC", lambda p: _grpc_caller(p), grpc_port, process.pid))
-                targets.append((f"{label} REST", lambda p: _http_caller(p, binary=True), http_port, process.pid))
+            if "rest" in args.protocols:
+                targets.append((f"{label} REST", lambda p: _http_caller(p, binary), http_port, process.pid))
+
+        try:
+            for extra in args.neuropod:
+                process, grpc_port, http_port = start_neuropod(package, *shlex.split(extra))
+                add(f"neuropod {extra}".strip(), process, grpc_port, http_port, binary=True)
             if not args.skip_mlserver and mlserver_available():
-                # MLServer's default (a pool of inference processes) and its fastest setting here
-                # (parallel_workers: 0, inference in the server process).
-                for label, parallel_workers in (("MLServer", None), ("MLServer pw0", 0)):
+                # MLServer's default (a pool of inference processes), its fastest setting here
+                # (parallel_workers: 0, inference in the server process), and that pinned to one CPU.
+                for label, parallel_workers, cpu in (
+                    ("MLServer", None, None),
+                    ("MLServer pw0", 0, None),
+                    ("MLServer pw0 pinned", 0, 0),
+                ):
                     workdir = work / label.replace(" ", "-")
                     workdir.mkdir()
-                    ml_process, ml_http, ml_grpc = start_mlserver(workdir, parallel_workers=parallel_workers)
-                    processes.append(ml_process)
-                    targets.append((f"{label} gRPC", lambda p: _grpc_caller(p), ml_grpc, ml_process.pid))
-                    targets.append((f"{label} REST", lambda p: _http_caller(p, binary=False), ml_http, ml_process.pid))
+                    ml_process, ml_http, ml_grpc = start_mlserver(workdir, parallel_workers=parallel_workers, cpu=cpu)
+                    add(label, ml_process, ml_grpc, ml_http, binary=False)
             elif not args.skip_mlserver:
                 print("MLServer venv missing (scripts/mlserver-venv.sh): MLServer rows skipped", file=sys.stderr)
             # Rounds interleave the servers, so a burst of background load hits all; each cell
@@ -219,12 +247,13 @@ def main() -> None:
                         cell = measure(lambda c=caller, p=port: c(p), concurrency, args.duration, pgid)  # type: ignore[misc]
                         best = results.setdefault(name, {}).setdefault(concurrency, dict(cell))
                         best["throughput"] = max(best["throughput"], cell["throughput"])
-                        for key in ("p50_ms", "p99_ms", "cpu_us"):
+                        for key in ("p50_ms", "p99_ms", "cpu_us", "client_cpu_us"):
                             best[key] = min(best[key], cell[key])
                         print(
-                            f"  round {round_index + 1} {name:<18} c={concurrency:<3} {cell['throughput']:8.0f} req/s  "
+                            f"  round {round_index + 1} {name:<38} c={concurrency:<3} {cell['throughput']:8.0f} req/s  "
                             f"p50 {cell['p50_ms']:7.2f} ms  p99 {cell['p99_ms']:7.2f} ms  "
-                            f"cpu {cell['cpu_us']:6.0f} us/req",
+                            f"cpu {cell['cpu_us']:6.0f} us/req  client {cell['client_cpu_us']:6.0f} us/req  "
+                            f"load {os.getloadavg()[0]:.1f}",
                             file=sys.stderr,
                             flush=True,
                         )
@@ -232,31 +261,41 @@ def main() -> None:
             for process in processes:
                 stop_process(process)
 
-    print(f"\nadder, float32 {list(SHAPE)} x2, tritonclient, best of {args.rounds} x {args.duration:g} s per cell\n")
-    print(f"| {'server':<18} | conc | req/s   | p50 ms | p99 ms | server CPU us/req |")
-    print(f"|{'-' * 20}|------|---------|--------|--------|-------------------|")
+    load = os.getloadavg()
+    print(
+        f"\nadder, float32 {list(SHAPE)} x2, tritonclient, best of {args.rounds} x {args.duration:g} s per cell; "
+        f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min)\n"
+    )
+    print(f"| {'server':<38} | conc | req/s   | p50 ms | p99 ms | server CPU us/req | client CPU us/req |")
+    print(f"|{'-' * 40}|------|---------|--------|--------|-------------------|-------------------|")
     for name, by_concurrency in results.items():
         for concurrency, cell in by_concurrency.items():
             numbers = (
-                f"{cell['throughput']:7.0f} | {cell['p50_ms']:6.2f} | {cell['p99_ms']:6.2f} | {cell['cpu_us']:17.0f}"
+                f"{cell['throughput']:7.0f} | {cell['p50_ms']:6.2f} | {cell['p99_ms']:6.2f} | "
+                f"{cell['cpu_us']:17.0f} | {cell['client_cpu_us']:17.0f}"
             )
-            print(f"| {name:<18} | {concurrency:>4} | {numbers} |")
-    baseline = "MLServer pw0"
-    if f"{baseline} gRPC" in results:
-        print(f"\nneuropod / {baseline} (targets: throughput >= 3, p99 <= 0.5, CPU per request <= 0.33)\n")
-        print("| neuropod row | conc | throughput x | p99 x | CPU/req x |")
-        print("|--------------|------|--------------|-------|-----------|")
+            print(f"| {name:<38} | {concurrency:>4} | {numbers} |")
+    baselines = [name for name in results if name.startswith("MLServer pw0")]
+    if baselines:
+        print(
+            "\nneuropod / MLServer's fastest row (pw0 or pw0 pinned, by throughput) of the same protocol and "
+            "concurrency\n(targets at 16 and 64: throughput >= 3, p99 <= 0.5, CPU per request <= 0.33)\n"
+        )
+        print(f"| {'neuropod row':<38} | conc | MLServer row        | throughput x | p99 x | CPU/req x |")
+        print(f"|{'-' * 40}|------|---------------------|--------------|-------|-----------|")
         for name in results:
             if not name.startswith("neuropod"):
                 continue
             protocol = name.rsplit(" ", 1)[1]
-            theirs = results[f"{baseline} {protocol}"]
             for concurrency in args.concurrency:
-                ours = results[name][concurrency]
-                speed = ours["throughput"] / theirs[concurrency]["throughput"]
-                tail = ours["p99_ms"] / theirs[concurrency]["p99_ms"]
-                cpu = ours["cpu_us"] / theirs[concurrency]["cpu_us"]
-                print(f"| {name:<12} | {concurrency:>4} | {speed:12.2f} | {tail:5.2f} | {cpu:9.2f} |")
+                rows = [n for n in baselines if n.endswith(protocol)]
+                best = max(rows, key=lambda n: results[n][concurrency]["throughput"])
+                theirs, ours = results[best][concurrency], results[name][concurrency]
+                speed = ours["throughput"] / theirs["throughput"]
+                tail = ours["p99_ms"] / theirs["p99_ms"]
+                cpu = ours["cpu_us"] / theirs["cpu_us"]
+                label = best[: -len(protocol) - 1]
+                print(f"| {name:<38} | {concurrency:>4} | {label:<19} | {speed:12.2f} | {tail:5.2f} | {cpu:9.2f} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

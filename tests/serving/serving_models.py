@@ -165,12 +165,13 @@ def mlserver_available() -> bool:
 
 
 def start_mlserver(
-    workdir: Path, timeout_s: float = 90.0, parallel_workers: Optional[int] = None
+    workdir: Path, timeout_s: float = 90.0, parallel_workers: Optional[int] = None, cpu: Optional[int] = None
 ) -> Tuple[subprocess.Popen[bytes], int, int]:
     """Start MLServer from its own venv serving the adder; return (process, http port, grpc port).
 
     ``parallel_workers`` None keeps MLServer's default (a pool of inference worker
     processes); 0 runs inference in the server process, its fastest setting here.
+    ``cpu`` pins it to that CPU (``taskset``), as ``neuropod serve --pin-cpus`` pins itself.
     """
     model_dir = workdir / "adder"
     shutil.copytree(MLSERVER_MODEL_DIR, model_dir, ignore=shutil.ignore_patterns("__pycache__"))
@@ -188,8 +189,9 @@ def start_mlserver(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     env["PATH"] = f"{MLSERVER_VENV / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     log = open(workdir / "mlserver.log", "wb")  # noqa: SIM115 - closed with the process by the caller's stop
+    pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
     process = subprocess.Popen(
-        [str(MLSERVER_VENV / "bin" / "mlserver"), "start", str(workdir)],
+        [*pin, str(MLSERVER_VENV / "bin" / "mlserver"), "start", str(workdir)],
         cwd=workdir,
         env=env,
         stdout=log,

@@ -10,13 +10,16 @@ The children's log lines pass through; their ``serving`` and ``all models
 loaded`` lines are folded into one of each, logged when every child has
 reached that point. A signal is forwarded to every child (the first drains,
 a second stops at once, as with one process). A child that dies while the
-server is not stopping is logged and started again.
+server is not stopping is logged and started again. Each child is told its
+index (``--worker-index``), which ``--pin-cpus`` uses to give worker i the
+i-th CPU.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -24,11 +27,24 @@ import sys
 import threading
 from typing import Any, Dict, List, Optional, Sequence
 
-__all__ = ["serve_workers", "child_arguments"]
+__all__ = ["serve_workers", "child_arguments", "pin_to_cpu"]
 
 logger = logging.getLogger("neuropod.serving")
 
-_STRIPPED = {"--workers", "--grpc-port", "--http-port"}
+_STRIPPED = {"--workers", "--grpc-port", "--http-port", "--worker-index"}
+
+
+def pin_to_cpu(index: int) -> int:
+    """Pin this process to one CPU: the ``index``-th (mod their count) of those it may run on; returns it.
+
+    Call it before any thread starts: a thread keeps the CPUs it was created with. Keeping
+    the server's threads (the gRPC poller, grpc's I/O threads) on one core saves the
+    cross-core wake-ups and cache misses of every request handed between them.
+    """
+    allowed = sorted(os.sched_getaffinity(0))
+    cpu = allowed[index % len(allowed)]
+    os.sched_setaffinity(0, {cpu})
+    return cpu
 
 
 def child_arguments(argv: Sequence[str]) -> List[str]:
@@ -72,7 +88,8 @@ class _Supervisor:
         self.announced = {"serving": False, "loaded": False}
 
     def start(self, index: int) -> None:
-        child = subprocess.Popen(self.command, stderr=subprocess.PIPE, text=True)
+        command = self.command + ["--worker-index", str(index)]
+        child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
         self.children[index] = child
         threading.Thread(target=self._relay, args=(index, child), daemon=True).start()
 
