@@ -324,7 +324,7 @@ def _read_token(token_file: str, token: Optional[str]) -> str:
     default=4,
     show_default=True,
     type=click.IntRange(1),
-    help="Threads serving gRPC calls (and slow models' REST calls).",
+    help="Threads running slow models' calls (fast ones run where they arrive).",
 )
 @click.option(
     "--max-message-bytes",

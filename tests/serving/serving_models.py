@@ -42,6 +42,7 @@ def get_model(data_dir):
     batch_log = settings.get("batch_log")
     fail_on_negative = settings.get("fail_on_negative", False)
     time.sleep(settings.get("load_sleep_s", 0))  # a model that takes a while to load
+    gate = settings.get("wait_for_file")  # each call waits until this file exists (a test lets it go)
 
     def add(x, y):
         if fail_on_negative and (x < 0).any():
@@ -51,6 +52,9 @@ def get_model(data_dir):
                 f.write(f"{x.shape[0]}\\n")
         if sleep_s:
             time.sleep(sleep_s)
+        deadline = time.monotonic() + 60
+        while gate and not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.01)
         return {"out": x + y}
 
     return add
@@ -123,7 +127,10 @@ def _python_package(
 
 
 def make_adder(target: Path, name: str = "adder", **settings: Any) -> Path:
-    """out = x + y over float32 [batch, None]; tuned by sleep_s, load_sleep_s, batch_log, fail_on_negative."""
+    """out = x + y over float32 [batch, None].
+
+    Tuned by sleep_s, load_sleep_s, batch_log, fail_on_negative and wait_for_file.
+    """
     return _python_package(target, name, ADDER_CODE, f"{name}_code", ADDER_INPUTS, ADDER_OUTPUTS, settings)
 
 

@@ -5,10 +5,10 @@ the KServe v2 proto). Handlers are registered generically by method path, so
 no generated service stubs are needed. Outputs always go back as
 ``raw_output_contents`` (what Triton does, and what every v2 client reads).
 
-The handlers are blocking and run on the thread pool of grpc's classic server:
-measured here, it costs about half the CPU per call of ``grpc.aio`` (roughly
-250 us against 450 us on one core) and has a shorter latency tail, and each
-request runs its model on its own thread with no hand-off.
+The methods run on :class:`~.grpc_server.UnaryServer`'s polling thread when
+they are quick (health, metadata, a model whose calls average under
+:data:`~.dataplane.INLINE_CALL_MAX_S`) and hand the rest to a thread pool,
+answering with a future: slow or batched models, repository loads.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ _OK = cygrpc.StatusCode.ok
 _NO_FLAGS = 0
 _NEW_CALL = object()
 _SHUTDOWN = object()
-_MESSAGE, _DONE = "message", "done"  # the two batches of a call, named in their tags
+_MESSAGE, _DONE, _CLOSED = "message", "done", "closed"  # the batches of a call, named in their tags
 #: Calls requested from the core ahead of their arrival, so a burst is matched at once.
 _REQUESTS_AHEAD = 8
 
@@ -54,12 +54,14 @@ def _status(code: grpc.StatusCode) -> int:
 class _Call:
     """One RPC in progress; its tags are ``(self, batch)``."""
 
-    __slots__ = ("call", "method", "metadata")
+    __slots__ = ("call", "method", "metadata", "waiting")
 
     def __init__(self, call: Any, method: bytes, metadata: Metadata) -> None:
         self.call = call
         self.method = method
         self.metadata = metadata
+        #: Batches to complete before the call is over; -1 once it is (cancelled while its answer was pending).
+        self.waiting = 1
 
 
 class UnaryServer:
@@ -68,7 +70,10 @@ class UnaryServer:
     A call takes two batches: one receives its request message; the other
     sends the answer (initial metadata, message, status) and receives the
     client's close, which completes once the call is over. The call is
-    finished when that second batch completes.
+    finished when that second batch completes. A call whose answer is a
+    future waits for the client's close in a batch of its own, so that a
+    call cancelled meanwhile (by the client, or by :meth:`stop`) is over at
+    once; its answer, when it comes, goes nowhere.
 
     Args:
         methods: full method path -> method.
@@ -148,8 +153,11 @@ class UnaryServer:
                 rpc, batch = tag
                 if batch is _MESSAGE:
                     self._on_message(rpc, event)
-                else:
-                    self._calls -= 1
+                elif rpc.waiting > 0:
+                    cancelled = batch is _CLOSED and event.batch_operations[0].cancelled()
+                    rpc.waiting = -1 if cancelled else rpc.waiting - 1
+                    if rpc.waiting <= 0:
+                        self._calls -= 1
             if self._stopping:
                 with self._lock:
                     if not self._shutdown_pending and not self._calls and not self._requests:
@@ -187,6 +195,8 @@ class UnaryServer:
             self._fail(rpc, exc)
             return
         if isinstance(answer, Future):
+            rpc.waiting = 2  # the close, and the answer to come
+            rpc.call.start_server_batch((cygrpc.ReceiveCloseOnServerOperation(_NO_FLAGS),), (rpc, _CLOSED))
             answer.add_done_callback(lambda done: self._answer_later(rpc, done))
         else:
             self._finish(rpc, answer, _OK, b"")
@@ -206,17 +216,10 @@ class UnaryServer:
         self._finish(rpc, None, _status(code), details.encode("utf-8", "replace"))
 
     def _finish(self, rpc: _Call, body: Optional[bytes], code: int, details: bytes) -> None:
-        if body is None:
-            operations: Tuple[Any, ...] = (
-                cygrpc.SendInitialMetadataOperation(None, _NO_FLAGS),
-                cygrpc.SendStatusFromServerOperation(None, code, details, _NO_FLAGS),
-                cygrpc.ReceiveCloseOnServerOperation(_NO_FLAGS),
-            )
-        else:
-            operations = (
-                cygrpc.SendInitialMetadataOperation(None, _NO_FLAGS),
-                cygrpc.SendMessageOperation(body, _NO_FLAGS),
-                cygrpc.SendStatusFromServerOperation(None, code, details, _NO_FLAGS),
-                cygrpc.ReceiveCloseOnServerOperation(_NO_FLAGS),
-            )
+        operations: Tuple[Any, ...] = (cygrpc.SendInitialMetadataOperation(None, _NO_FLAGS),)
+        if body is not None:
+            operations += (cygrpc.SendMessageOperation(body, _NO_FLAGS),)
+        operations += (cygrpc.SendStatusFromServerOperation(None, code, details, _NO_FLAGS),)
+        if rpc.waiting == 1:  # answered at once: the close comes with the answer
+            operations += (cygrpc.ReceiveCloseOnServerOperation(_NO_FLAGS),)
         rpc.call.start_server_batch(operations, (rpc, _DONE))

@@ -53,7 +53,8 @@ class ServerConfig:
         grpc_port: the gRPC port (0 picks a free one; None turns gRPC off).
         http_port: the REST and metrics port (0 picks a free one; None turns REST off).
         max_message_bytes: requests (and gRPC responses) above this are refused.
-        threads: threads serving gRPC calls, and threads running slow models for REST calls.
+        threads: threads running the calls of slow models (both protocols); fast calls run
+            on the thread that received them.
         token: a bearer token required on every call but health checks.
         tls_cert: PEM certificate chain file; with ``tls_key`` both ports speak TLS.
         tls_key: PEM private key file.
