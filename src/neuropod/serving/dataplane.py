@@ -204,8 +204,9 @@ class DataPlane:
     # One path for both protocols: ``_handling`` finds the model, checks readiness and
     # validates the inputs once, and keeps the books; only the model call differs between
     # ``infer`` (adapters on the event loop: REST) and ``infer_blocking`` (adapters that
-    # run each request on a thread of their own: gRPC's thread-pool server). The loop is
-    # given by ``bind_loop`` and is where dynamic batching happens.
+    # call from a thread: gRPC, on its polling thread when ``runs_inline`` says the model
+    # is fast, on a pool thread otherwise). The loop is given by ``bind_loop`` and is where
+    # dynamic batching happens.
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """The server's event loop: batching runs there, blocking callers submit to it."""
