@@ -172,3 +172,24 @@ def test_pin_cpus_puts_each_worker_on_its_own_cpu(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_an_answer_that_cannot_be_sent_is_an_internal_error_and_the_server_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = UnaryServer(
+        {"/t.S/Bad": lambda body, metadata: "not bytes", "/t.S/Echo": lambda body, metadata: body},
+        lambda exc: (grpc.StatusCode.UNKNOWN, str(exc)),
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        with pytest.raises(grpc.RpcError) as bad:
+            channel.unary_unary("/t.S/Bad")(b"", timeout=10)
+        assert bad.value.code() == grpc.StatusCode.INTERNAL
+        assert channel.unary_unary("/t.S/Echo")(b"still here", timeout=10) == b"still here"
+        assert "sending an answer failed" in caplog.text
+    finally:
+        channel.close()
+        assert server.stop(0).wait(10)

@@ -20,6 +20,7 @@ the grpcio version installed.
 
 from __future__ import annotations
 
+import logging
 import threading
 from concurrent.futures import Future
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
@@ -28,6 +29,8 @@ import grpc
 from grpc._cython import cygrpc
 
 __all__ = ["UnaryServer", "Metadata", "Answer", "Method", "Failure"]
+
+logger = logging.getLogger("neuropod.serving")
 
 #: The call's metadata: (key, value) pairs, values ``bytes`` for ``-bin`` keys.
 Metadata = Tuple[Tuple[str, Union[str, bytes]], ...]
@@ -144,20 +147,10 @@ class UnaryServer:
         while True:
             event = poll()
             tag = event.tag
-            if tag is _NEW_CALL:
-                self._on_new_call(event)
-            elif tag is _SHUTDOWN:
-                with self._lock:
-                    self._shutdown_pending = False
-            elif tag is not None:
-                rpc, batch = tag
-                if batch is _MESSAGE:
-                    self._on_message(rpc, event)
-                elif rpc.waiting > 0:
-                    cancelled = batch is _CLOSED and event.batch_operations[0].cancelled()
-                    rpc.waiting = -1 if cancelled else rpc.waiting - 1
-                    if rpc.waiting <= 0:
-                        self._calls -= 1
+            try:
+                self._on_event(event, tag)
+            except Exception:  # this thread serves every call: it must outlive any one of them
+                logger.exception("gRPC: handling a completion failed")
             if self._stopping:
                 with self._lock:
                     if not self._shutdown_pending and not self._calls and not self._requests:
@@ -165,6 +158,22 @@ class UnaryServer:
                         self._stopped.set()
                         return
             event = tag = None  # drop the event's references before blocking again
+
+    def _on_event(self, event: Any, tag: Any) -> None:
+        if tag is _NEW_CALL:
+            self._on_new_call(event)
+        elif tag is _SHUTDOWN:
+            with self._lock:
+                self._shutdown_pending = False
+        elif tag is not None:
+            rpc, batch = tag
+            if batch is _MESSAGE:
+                self._on_message(rpc, event)
+            elif rpc.waiting > 0:
+                cancelled = batch is _CLOSED and event.batch_operations[0].cancelled()
+                rpc.waiting = -1 if cancelled else rpc.waiting - 1
+                if rpc.waiting <= 0:
+                    self._calls -= 1
 
     def _on_new_call(self, event: Any) -> None:
         self._requests -= 1
@@ -216,6 +225,13 @@ class UnaryServer:
         self._finish(rpc, None, _status(code), details.encode("utf-8", "replace"))
 
     def _finish(self, rpc: _Call, body: Optional[bytes], code: int, details: bytes) -> None:
+        try:
+            self._send(rpc, body, code, details)
+        except Exception:  # the answer itself could not be sent (not bytes, say): the call still ends
+            logger.exception("gRPC: sending an answer failed", extra={"method": rpc.method.decode(errors="replace")})
+            self._send(rpc, None, _status(grpc.StatusCode.INTERNAL), b"the server failed to send its answer")
+
+    def _send(self, rpc: _Call, body: Optional[bytes], code: int, details: bytes) -> None:
         operations: Tuple[Any, ...] = (cygrpc.SendInitialMetadataOperation(None, _NO_FLAGS),)
         if body is not None:
             operations += (cygrpc.SendMessageOperation(body, _NO_FLAGS),)
