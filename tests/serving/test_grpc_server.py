@@ -146,6 +146,19 @@ def _thread_cpus(pid: int) -> List[str]:
     return found
 
 
+def _children(pid: int) -> List[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # after the command name: state, ppid, ...
+            found.append(int(stat.parent.name))
+    return found
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="CPU affinity is Linux's")
 def test_pin_cpus_puts_each_worker_on_its_own_cpu(tmp_path: Path) -> None:
     make_adder(tmp_path / "adder")
@@ -157,10 +170,9 @@ def test_pin_cpus_puts_each_worker_on_its_own_cpu(tmp_path: Path) -> None:
         for line in process.stderr:
             if json.loads(line)["message"] == "all models loaded":
                 break
-        children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True, check=True)
         pinned = set()
-        for child in children.stdout.split():
-            allowed = _thread_cpus(int(child))
+        for child in _children(process.pid):
+            allowed = _thread_cpus(child)
             # Every thread the server started is on one CPU (numpy's BLAS thread predates the pinning).
             single = [cpu for cpu in allowed if cpu.isdigit()]
             assert len(single) >= len(allowed) - 1 and len(set(single)) == 1, allowed
