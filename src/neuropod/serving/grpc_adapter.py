@@ -74,26 +74,28 @@ def request_from_message(message: Any, regions: Optional[SharedMemoryRegions] = 
     shared memory nor sent as typed ``contents``, in input order.
     """
     raw = message.raw_input_contents
+    raw_count = len(raw)
     inputs = {}
     next_raw = 0
     for tensor in message.inputs:
-        if tensor.name in inputs:
-            raise InputValidationError(f"input {tensor.name!r} appears more than once")
-        span = _region_span(tensor.parameters, regions, tensor.name) if tensor.parameters else None
+        name = tensor.name
+        if name in inputs:
+            raise InputValidationError(f"input {name!r} appears more than once")
+        span = _region_span(tensor.parameters, regions, name) if tensor.parameters else None
         if span is not None:
             region, offset, byte_size = span
-            data = region.read(offset, byte_size, tensor.name)
-            inputs[tensor.name] = decode_raw(tensor.datatype, tensor.shape, data, tensor.name)
-        elif raw:
-            if next_raw >= len(raw):
+            data = region.read(offset, byte_size, name)
+            inputs[name] = decode_raw(tensor.datatype, tensor.shape, data, name)
+        elif raw_count:
+            if next_raw >= raw_count:
                 raise InputValidationError(
-                    f"raw_input_contents holds {len(raw)} entries, too few for the inputs sent raw"
+                    f"raw_input_contents holds {raw_count} entries, too few for the inputs sent raw"
                 )
-            inputs[tensor.name] = decode_raw(tensor.datatype, tensor.shape, raw[next_raw], tensor.name)
+            inputs[name] = decode_raw(tensor.datatype, tensor.shape, raw[next_raw], name)
             next_raw += 1
         else:
-            inputs[tensor.name] = decode_contents(tensor.datatype, tensor.shape, tensor.contents, tensor.name)
-    if next_raw != len(raw):
+            inputs[name] = decode_contents(tensor.datatype, tensor.shape, tensor.contents, name)
+    if next_raw != raw_count:
         raise InputValidationError(
             f"raw_input_contents holds {len(raw)} entries for {next_raw} inputs sent raw; expected one per input"
         )
