@@ -7,8 +7,8 @@ small request that machinery (thread switches, GIL hand-offs) is most of the
 server's CPU (profiled in docs/benchmarks.md). Every method this project
 serves is unary-unary, so this server does only that, with as few steps as
 gRPC's core allows: one thread polls the completion queue; a new call gets
-one batch that receives its message and its close, a handler runs on that
-thread and answers with one batch that sends metadata, message and status.
+one batch that receives its message, a handler runs on that thread, and one
+batch sends metadata, message and status and receives the client's close.
 A handler that would block (a slow model, a batch, a repository load)
 returns a :class:`concurrent.futures.Future` instead of the answer; the call
 is answered from whichever thread completes it.
