@@ -10,6 +10,7 @@ array (both read all of their weights on every call).
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -23,7 +24,7 @@ import numpy as np
 import pytest
 from ope_models import make_tool_model
 
-from conftest import require
+from conftest import require, require_command
 from neuropod import load_neuropod
 from neuropod.errors import WireFormatError, WorkerTimeoutError
 from neuropod.ope.zygote import sharing_refusal
@@ -204,6 +205,7 @@ def test_a_model_that_starts_threads_while_loading_gets_one_load_per_worker(tmp_
     with load_neuropod(path, use_ope=True, workers=2) as model:
         executor = model.executor
         assert "model-background" in executor.zygote.refusal
+        assert executor.sharing_refusal == executor.zygote.refusal  # the run-time reason, where users look
         assert executor.zygote.pid is None  # stopped: its copy of the weights would be wasted
         assert all(parent_of(pid) == os.getpid() for pid in executor.worker_pids)
         assert model.infer({"x": np.ones(1)})["y"][0] == 2.0
@@ -253,9 +255,24 @@ def python_package(root: Path, name: str, code: str) -> Path:
     )
 
 
+def test_share_weights_asked_for_where_it_cannot_apply_says_why_once(tool_path, caplog):
+    require_command("bwrap")
+    with caplog.at_level(logging.WARNING, logger="neuropod.executors.ope"):
+        with load_neuropod(tool_path, use_ope=True, isolation="sandbox", workers=2, share_weights=True) as model:
+            assert "sandbox" in model.executor.sharing_refusal and model.executor.zygote is None
+    warnings = [record.getMessage() for record in caplog.records if "share_weights=True" in record.getMessage()]
+    assert len(warnings) == 1 and "sandbox" in warnings[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="neuropod.executors.ope"):
+        with load_neuropod(tool_path, use_ope=True, isolation="sandbox"):  # the default: no one asked
+            pass
+    assert not [record for record in caplog.records if "share_weights" in record.getMessage()]
+
+
 def test_where_each_worker_loads_its_own_copy():
     assert sharing_refusal(True, "torchscript", "process", None) == ""
     assert sharing_refusal(True, "python", "process", None) == ""
+    assert sharing_refusal(None, "python", "process", None) == ""  # the default: where it applies
     assert "share_weights=False" in sharing_refusal(False, "python", "process", None)
     assert "sandbox" in sharing_refusal(True, "python", "sandbox", None)
     assert "native threads" in sharing_refusal(True, "tensorflow", "process", None)
@@ -348,3 +365,24 @@ def test_zygote_messages_are_checked():
     for bad in (b"", b"NPZG", b"XXXX" + bytes(20), zygote.HEADER.pack(b"NPZG", 99, 0, 0)):
         with pytest.raises(WireFormatError):
             zygote.decode(bad)
+
+
+def test_a_stopped_zygote_does_not_hold_a_timed_out_call_past_its_timeout(tool_path):
+    # A kill goes through the zygote; one that does not act on it (stopped here) is killed itself.
+    from neuropod.errors import WorkerCrashedError
+
+    with load_neuropod(tool_path, use_ope=True, timeout=2) as model:
+        executor = model.executor
+        zygote, worker = executor.zygote.pid, executor.worker_pids[0]
+        os.kill(zygote, signal.SIGSTOP)
+        os.kill(worker, signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises((WorkerTimeoutError, WorkerCrashedError)):
+            model.infer({"x": np.ones(1)})
+        assert time.monotonic() - started < 10  # the timeout, a second's grace, the zygote's reaping
+        deadline = time.monotonic() + 5
+        while not (gone(zygote) and gone(worker)) and time.monotonic() < deadline:
+            time.sleep(0.02)  # the worker's death signal follows its zygote's death
+        assert gone(zygote) and gone(worker)
+        assert model.infer({"x": np.ones(1)})["y"][0] == 2.0
+        assert executor.zygote.pid not in (None, zygote)

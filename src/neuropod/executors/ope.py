@@ -21,6 +21,7 @@ the control message, which costs less than a segment's bookkeeping.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,6 +42,8 @@ from ..package import Package
 from .base import Executor, TensorDict
 
 __all__ = ["OutOfProcessExecutor"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -88,13 +91,18 @@ class OutOfProcessExecutor(Executor):
         self._leases: Dict[int, _Lease] = {}
         self._lease_lock = threading.Lock()
         self._copier: Optional[ThreadPoolExecutor] = None
-        #: Why each worker loads its own copy of the weights ("" when they fork from one zygote).
-        self.sharing_refusal = sharing_refusal(
+        self._static_refusal = sharing_refusal(
             self.options.share_weights, package.config.platform, self.isolation.level, options.visible_gpu
         )
+        if self.options.share_weights and self._static_refusal:  # asked for by name, so say why not
+            _log.warning(
+                "model %r: share_weights=True does not apply, each worker loads its own copy of the weights: %s",
+                self.model_name,
+                self._static_refusal,
+            )
         root = str(package.root)
         self.zygote: Optional[Zygote] = None
-        if not self.sharing_refusal:
+        if not self._static_refusal:
             self.zygote = make_zygote(root, self.model_name, backend_json, self.options)
         self.workers.extend(
             WorkerProcess(i, root, self.model_name, backend_json, self.options, self._pool, self.isolation, self.zygote)
@@ -115,6 +123,16 @@ class OutOfProcessExecutor(Executor):
         self._waiting = 0  # threads waiting on _idle_changed: notify only when there are some (it is not cheap)
         # Workers must not outlive a forgotten executor either.
         self._finalizer = weakref.finalize(self, _close_workers, list(self.workers), self._pool, self.zygote)
+
+    @property
+    def sharing_refusal(self) -> str:
+        """Why each worker loads its own copy of the weights ("" when they fork from one zygote).
+
+        Known at load for the platform, isolation level and device; else the
+        zygote's own refusal to fork, which comes at run time (a model whose
+        load started threads).
+        """
+        return self._static_refusal or (self.zygote.refusal if self.zygote is not None else "")
 
     # -- running -----------------------------------------------------------
 

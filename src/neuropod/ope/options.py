@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Tuple, Union
 
 from ..errors import OptionError
-from ..executors.options import Option, OptionTable, flag, number, one_of
+from ..executors.options import Option, OptionTable, number, one_of
 from .shm import DEFAULT_SHM_DIR
 from .spin import SPIN_MODES
 
@@ -56,7 +56,9 @@ class OpeOptions:
             replacement worker starts in milliseconds). Applies to plain
             processes (``isolation="process"``) of Python and TorchScript
             models on the CPU; elsewhere each worker loads its own copy
-            (see :func:`neuropod.ope.zygote.sharing_refusal`).
+            (see :func:`neuropod.ope.zygote.sharing_refusal`). None (default):
+            share where it applies; True: the same, and a warning is logged
+            where it does not apply; False: never share.
     """
 
     workers: int = 1
@@ -71,7 +73,7 @@ class OpeOptions:
     shm_cache_bytes: int = 1 << 30
     worker_env: Tuple[Tuple[str, str], ...] = ()
     pass_env: Union[str, Tuple[str, ...]] = ()
-    share_weights: bool = True
+    share_weights: Optional[bool] = None
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> OpeOptions:
@@ -134,6 +136,12 @@ def _variable_names(name: str, value: Any) -> Union[str, Tuple[str, ...]]:
     return tuple(value)
 
 
+def _flag_or_none(name: str, value: Any) -> Optional[bool]:
+    if value is not None and not isinstance(value, bool):
+        raise OptionError(f"option {name!r}: expected None, True or False, got {value!r}")
+    return value
+
+
 _DEFAULTS = OpeOptions()
 _COUNT = number("a positive int", 1, integer=True)
 _MICROSECONDS = number("a non-negative number", 0, integer=False)
@@ -155,5 +163,10 @@ OPE_OPTIONS: OptionTable = (
     Option("shm_cache_bytes", "idle shared memory kept for reuse", _DEFAULTS.shm_cache_bytes, _BYTES),
     Option("worker_env", "extra environment variables for the workers", (), _environment_variables),
     Option("pass_env", "variables passed to workers beyond the allow-list ('*': all)", (), _variable_names),
-    Option("share_weights", "fork the workers from one process that loaded the model", True, flag),
+    Option(
+        "share_weights",
+        "fork the workers from one process that loaded the model (None: where it applies)",
+        None,
+        _flag_or_none,
+    ),
 )

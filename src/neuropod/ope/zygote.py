@@ -43,6 +43,7 @@ import socket
 import struct
 import subprocess
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -67,6 +68,8 @@ MAGIC = b"NPZG"
 #: magic, kind, then two numbers whose meaning depends on the kind.
 HEADER = struct.Struct("=4sIqq")
 MAX_MESSAGE_BYTES = 64 * 1024
+#: Seconds a killed worker's exit report may take before the zygote itself is killed.
+KILL_REPORT_GRACE = 1.0
 #: The signals a KILL order may send.
 _KILL_SIGNALS = frozenset({int(signal.SIGKILL), int(signal.SIGTERM)})
 
@@ -101,9 +104,14 @@ def decode(data: bytes) -> Tuple[int, int, int, str]:
     return kind, a, b, data[HEADER.size :].decode("utf-8", "replace")
 
 
-def sharing_refusal(share_weights: bool, platform: str, isolation_level: str, visible_gpu: Optional[int]) -> str:
-    """Why this model's workers each load their own copy of the weights ("" when they fork from a zygote)."""
-    if not share_weights:
+def sharing_refusal(
+    share_weights: Optional[bool], platform: str, isolation_level: str, visible_gpu: Optional[int]
+) -> str:
+    """Why this model's workers each load their own copy of the weights ("" when they fork from a zygote).
+
+    ``share_weights`` None (the default) and True both share where it applies.
+    """
+    if share_weights is False:
         return "share_weights=False"
     if isolation_level != "process":
         # A sandbox or container per worker is the point of those levels: one zygote would make them one.
@@ -319,6 +327,7 @@ class ForkedProcess:
         self.pid: Optional[int] = None  # known once the zygote has forked
         self.returncode: Optional[int] = None
         self.refusal: Optional[str] = None
+        self._kill_deadline: Optional[float] = None  # a KILL order went out: when to stop trusting the zygote
 
     @property
     def zygote_pid(self) -> int:
@@ -346,10 +355,19 @@ class ForkedProcess:
 
     def wait(self, timeout: Optional[float] = None) -> int:
         incarnation = self._incarnation
+        deadline = None if timeout is None else time.monotonic() + timeout
         with incarnation.changed:
-            if not incarnation.changed.wait_for(lambda: self.returncode is not None, timeout):
-                raise subprocess.TimeoutExpired(f"worker forked by zygote {incarnation.process.pid}", timeout or 0)
-            assert self.returncode is not None
+            while self.returncode is None:
+                now = time.monotonic()
+                if self._kill_deadline is not None and now >= self._kill_deadline:
+                    # The zygote did not act on our KILL (stopped, frozen, stuck): kill it, which takes
+                    # this worker along (its death signal) and reports it killed when the reader sees it go.
+                    self._kill_deadline = None
+                    incarnation.kill()
+                if deadline is not None and now >= deadline:
+                    raise subprocess.TimeoutExpired(f"worker forked by zygote {incarnation.process.pid}", timeout or 0)
+                ends = [end for end in (deadline, self._kill_deadline) if end is not None]
+                incarnation.changed.wait(min(ends) - now if ends else None)
             return self.returncode
 
     def kill(self) -> None:
@@ -359,6 +377,9 @@ class ForkedProcess:
             self._incarnation.kill()
         else:
             self._incarnation.send(encode(Kind.KILL, self.fork_id, int(signal.SIGKILL)))
+            with self._incarnation.changed:
+                if self._kill_deadline is None:
+                    self._kill_deadline = time.monotonic() + KILL_REPORT_GRACE
 
 
 class _Incarnation:
