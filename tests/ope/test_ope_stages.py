@@ -102,3 +102,37 @@ def test_workers_started_before_enabling_do_not_time(tmp_path: Path) -> None:
             stages.disable()
     assert len(recorder.calls) == 1 and stages.StageRecorder.stages_of(recorder.calls[0]) is None
     assert recorder.summary() == {}
+
+
+def test_workers_forked_after_enabling_time_though_their_zygote_started_before(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    with load_neuropod(make_tool_model(tmp_path), use_ope=True) as model:
+        executor = model.executor
+        zygote, first = executor.zygote.pid, executor.worker_pids[0]
+        recorder = stages.enable()
+        try:
+            os.kill(first, signal.SIGKILL)
+            deadline = time.monotonic() + 5
+            while executor.ready() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            executor.restart()
+            assert executor.zygote.pid == zygote and executor.worker_pids[0] != first  # forked by the old zygote
+            model.infer({"x": np.ones(2), "cmd": np.array([""]), "words": np.array([["a"]])})
+        finally:
+            stages.disable()
+    assert len(recorder.calls) == 1
+    check_call(recorder.calls[0])
+
+
+def test_the_recorder_keeps_only_the_latest_calls() -> None:
+    assert stages.StageRecorder().calls.maxlen == stages.KEPT_CALLS
+    recorder = stages.StageRecorder(kept=3)
+    for began in range(5):
+        recorder.add((began, began + 1, began + 2, began + 8, began + 9), (began + 3, began + 4, began + 5, began + 6, 0))
+    assert len(recorder.calls) == 3 and recorder.recorded == 5
+    assert [call[0] for call in recorder.calls] == [2, 3, 4]  # the oldest went first
+    assert recorder.summary()["total"] == 9e-3
+    recorder.clear()
+    assert recorder.recorded == 0 and recorder.summary() == {}

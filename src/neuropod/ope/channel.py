@@ -61,7 +61,9 @@ _yield = getattr(os, "sched_yield", lambda: None)
 # 8-byte aligned so each counter is written by one store.
 _COUNTER = struct.Struct("=Q")
 _LENGTH = struct.Struct("=Q")
-_SEQ_AT, _LENGTH_AT, _SLEEPING_AT, _SPIN_MODE_AT, _STAMPS_AT, _PAYLOAD_AT = 0, 8, 16, 24, 32, 128
+_SEQ_AT, _LENGTH_AT, _SLEEPING_AT, _SETTINGS_AT, _STAMPS_AT, _PAYLOAD_AT = 0, 8, 16, 24, 32, 128
+# The settings word: the spin mode's number (1 + its index in SPIN_MODES) in the low byte, then a timing bit.
+_SPIN_MODE_MASK, _TIMING_BIT = 0xFF, 1 << 8
 #: Timestamps a side may leave in its box for the other (stage timing, :mod:`neuropod.ope.stages`).
 STAMP_SLOTS = (_PAYLOAD_AT - _STAMPS_AT) // 8
 _STAMPS = struct.Struct(f"={STAMP_SLOTS}Q")
@@ -107,7 +109,6 @@ class Channel:
         self._buffer = bytearray(wire.MAX_MESSAGE_BYTES + 1)
         self._view = memoryview(self._buffer)
         self._receive_timeout = 0.0  # the socket's SO_RCVTIMEO (0: none)
-        self.spin_mode_set = False
 
     # -- sending -------------------------------------------------------------
 
@@ -136,15 +137,25 @@ class Channel:
         if _COUNTER.unpack_from(mailbox, sleeping_at)[0]:  # it fell asleep meanwhile
             self.sock.send(_DOORBELL)
 
-    def set_spin_mode(self, mode: str) -> None:
-        """Tell the peer how to spin (the parent's ``spin_mode`` option holds for its worker too)."""
-        _COUNTER.pack_into(self.mailbox, self._out + _SPIN_MODE_AT, SPIN_MODES.index(mode) + 1)
-        self.spin_mode_set = True
+    def set_peer_settings(self, spin_mode: str, timing: bool) -> None:
+        """Tell the peer how to spin and whether to time its stages (:mod:`neuropod.ope.stages`).
+
+        The parent writes them before its worker starts (or is forked) and the
+        worker reads them once, as it starts: the parent's ``spin_mode`` option
+        and its stage timing hold for the worker too, whenever the worker's
+        zygote was started.
+        """
+        code = (SPIN_MODES.index(spin_mode) + 1) | (_TIMING_BIT if timing else 0)
+        _COUNTER.pack_into(self.mailbox, self._out + _SETTINGS_AT, code)
 
     def peer_spin_mode(self) -> Optional[str]:
-        """The mode the peer asked for with :meth:`set_spin_mode`, or None if it has not (yet)."""
-        code = _COUNTER.unpack_from(self.mailbox, self._in + _SPIN_MODE_AT)[0]
+        """The mode the peer asked for with :meth:`set_peer_settings`, or None if it has not."""
+        code = _COUNTER.unpack_from(self.mailbox, self._in + _SETTINGS_AT)[0] & _SPIN_MODE_MASK
         return SPIN_MODES[code - 1] if 0 < code <= len(SPIN_MODES) else None
+
+    def peer_timing(self) -> bool:
+        """Whether the peer asked for stage timing with :meth:`set_peer_settings`."""
+        return bool(_COUNTER.unpack_from(self.mailbox, self._in + _SETTINGS_AT)[0] & _TIMING_BIT)
 
     def leave_stamps(self, stamps: Sequence[int]) -> None:
         """Put up to :data:`STAMP_SLOTS` timestamps where the peer reads them with :meth:`peer_stamps`."""

@@ -244,6 +244,9 @@ class WorkerProcess:
         self.ready = False
         cpus = worker_cpus(self.isolation, self.index, options.cpus_of_worker(self.index))
         launch: Optional[WorkerLaunch] = None
+        channel = Channel(parent_end, mailbox.memory, side=0)
+        # Before the worker can look: it reads them once, as it starts.
+        channel.set_peer_settings(options.spin_mode, timing=stages.recorder is not None)
         try:
             if self.zygote is not None and self.zygote.usable:
                 self.launch = None
@@ -277,7 +280,7 @@ class WorkerProcess:
             child_end.close()
             os.close(mailbox.fd)  # the worker has its own copy; our mapping stays
             mailbox.fd = -1
-        self.channel = Channel(parent_end, mailbox.memory, side=0)
+        self.channel = channel
         self.pid = self.process.pid
         self.starts += 1
 
@@ -535,8 +538,6 @@ class WorkerProcess:
         assert channel is not None
         record = stages.recorder
         began = stages.clock() if record is not None else 0
-        if not channel.spin_mode_set:
-            channel.set_spin_mode(self.options.spin_mode)
         self._request_id += 1
         request_id = self._request_id
         small = None  # the usual call: small inputs only, all in the message, nothing else to tell

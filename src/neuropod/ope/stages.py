@@ -1,10 +1,13 @@
 """Where the time of an out-of-process call goes: per-stage timing, off by default.
 
 Turn it on before the model is loaded, with ``NEUROPOD_OPE_STAGES=1`` in the
-environment or :func:`enable` (which also sets that variable, so the workers
-started from then on time their side too: they read it once, when they
-start). Off, it costs the call path one test of a module attribute per call
-and the worker one attribute test per call.
+environment or :func:`enable`, which returns the recorder; read the results
+with ``recorder.summary()`` (median microseconds per stage). Each worker
+started from then on times its side too (forked from a zygote or not): its
+parent tells it so in its mailbox before it starts, and it looks once, when it
+starts. Off, it costs the call path one test of a module attribute per call
+and the worker one attribute test per call. The recorder keeps the last
+:data:`KEPT_CALLS` calls, so timing may stay on in a long-running process.
 
 Every timestamp is ``time.perf_counter_ns()``, which on Linux reads
 ``CLOCK_MONOTONIC``: one clock for all processes of the machine, so the
@@ -31,12 +34,13 @@ The stages of one call, in order (:data:`STAGES`):
 
 from __future__ import annotations
 
+import collections
 import os
 import statistics
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Deque, Dict, Optional, Sequence, Tuple
 
-__all__ = ["ENV", "STAGES", "StageRecorder", "enable", "disable", "recorder", "enabled_in_environment"]
+__all__ = ["ENV", "KEPT_CALLS", "STAGES", "StageRecorder", "enable", "disable", "recorder", "enabled_in_environment"]
 
 #: The environment variable that turns stage timing on ("1").
 ENV = "NEUROPOD_OPE_STAGES"
@@ -52,6 +56,8 @@ STAGES = (
     "parent decode",
 )
 clock = time.perf_counter_ns
+#: Calls a recorder keeps (the oldest go first): about 4 MB of timestamps.
+KEPT_CALLS = 10_000
 
 
 def enabled_in_environment() -> bool:
@@ -59,18 +65,25 @@ def enabled_in_environment() -> bool:
 
 
 class StageRecorder:
-    """The timestamps of every timed call, and their per-stage summary."""
+    """The timestamps of the last ``kept`` timed calls, and their per-stage summary.
 
-    def __init__(self) -> None:
-        self.calls: List[Tuple[int, ...]] = []
+    Args:
+        kept: how many calls to keep (older ones are dropped).
+    """
+
+    def __init__(self, kept: int = KEPT_CALLS) -> None:
+        self.calls: Deque[Tuple[int, ...]] = collections.deque(maxlen=kept)
+        self.recorded = 0  # calls added since the last clear, kept or not
 
     def add(self, parent: Sequence[int], worker: Sequence[int]) -> None:
         """One call: the parent's 5 timestamps (start, encoded, sent, reply seen, done) and the worker's 5 stamps
         (request seen, decoded, called, encoded, convert nanoseconds); a worker that does not time leaves zeros."""
         self.calls.append(tuple(parent[:5]) + tuple(worker[:5]))
+        self.recorded += 1
 
     def clear(self) -> None:
         self.calls.clear()
+        self.recorded = 0
 
     @staticmethod
     def stages_of(call: Sequence[int]) -> Optional[Dict[str, int]]:
@@ -94,7 +107,7 @@ class StageRecorder:
         }
 
     def summary(self) -> Dict[str, float]:
-        """Median microseconds of each stage, and of the whole call (``total``), over the calls timed so far."""
+        """Median microseconds of each stage, and of the whole call (``total``), over the calls kept."""
         timed = [stages for stages in map(self.stages_of, self.calls) if stages is not None]
         if not timed:
             return {}

@@ -80,15 +80,15 @@ class _Server:
         self.channel = channel
         self.model = model
         self.output_validator = output_validator
-        # Adaptive until the parent says otherwise (its spin_mode option, left in the mailbox).
-        self.policy = SpinPolicy(spin_ns)
+        # The parent's spin_mode option and stage timing, left in the mailbox before we started.
+        self.policy = SpinPolicy(spin_ns, channel.peer_spin_mode() or "adaptive")
         self.parent_pid = parent_pid
         self.pending_drops: List[int] = []
         self.pool = SegmentPool(shm_dir, cache_bytes, on_destroy=self.pending_drops.append)
         self.peer = PeerSegments()
         self.lent: Dict[int, Segment] = {}  # our segments the parent still views
         self.announced: set = set()
-        self.timing = stages.enabled_in_environment()
+        self.timing = channel.peer_timing()
         self._convert_ns = 0
         if self.timing:
             self._time_conversion()
@@ -99,17 +99,12 @@ class _Server:
 
     def serve(self) -> None:
         channel, policy = self.channel, self.policy
-        mode_known = False
         while True:
             try:
                 data, fds = channel.receive_bytes(policy, None, self.check_parent)
             except ChannelClosed:
                 return
             seen = stages.clock() if self.timing else 0
-            if not mode_known:
-                mode = channel.peer_spin_mode()
-                if mode is not None:
-                    policy.adaptive, mode_known = mode != "fixed", True
             if not fds:
                 small = wire.decode_inline(data)
                 if small is not None and small[0] == wire.Kind.INFER:  # the usual call: small tensors only
