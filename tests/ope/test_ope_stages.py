@@ -130,7 +130,8 @@ def test_the_recorder_keeps_only_the_latest_calls() -> None:
     assert stages.StageRecorder().calls.maxlen == stages.KEPT_CALLS
     recorder = stages.StageRecorder(kept=3)
     for began in range(5):
-        recorder.add((began, began + 1, began + 2, began + 8, began + 9), (began + 3, began + 4, began + 5, began + 6, 0))
+        parent = (began, began + 1, began + 2, began + 8, began + 9)
+        recorder.add(parent, (began + 3, began + 4, began + 5, began + 6, 0))
     assert len(recorder.calls) == 3 and recorder.recorded == 5
     assert [call[0] for call in recorder.calls] == [2, 3, 4]  # the oldest went first
     assert recorder.summary()["total"] == 9e-3
