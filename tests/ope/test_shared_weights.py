@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -386,3 +387,85 @@ def test_a_stopped_zygote_does_not_hold_a_timed_out_call_past_its_timeout(tool_p
         assert gone(zygote) and gone(worker)
         assert model.infer({"x": np.ones(1)})["y"][0] == 2.0
         assert executor.zygote.pid not in (None, zygote)
+
+
+LATE_THREAD_MODEL = """
+import signal
+import socket
+import threading
+
+
+def get_model(data_root):
+    # SIGUSR1 starts a thread in whichever process gets it: in the zygote, after it forked workers.
+    def start_thread(signum, frame):
+        threading.Thread(target=threading.Event().wait, name="late-thread", daemon=True).start()
+
+    signal.signal(signal.SIGUSR1, start_thread)
+
+    def run(x):
+        return {"y": x + 1}
+
+    return run
+"""
+
+
+def test_a_refusal_after_earlier_forks_leaves_the_forked_workers_serving(tmp_path):
+    path = python_package(tmp_path, "late", LATE_THREAD_MODEL)
+    with load_neuropod(path, use_ope=True, workers=2) as model:
+        executor = model.executor
+        zygote, (first, second) = executor.zygote.pid, executor.worker_pids
+        os.kill(zygote, signal.SIGUSR1)
+        deadline = time.monotonic() + 5
+        while len(os.listdir(f"/proc/{zygote}/task")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(first, signal.SIGKILL)
+        while executor.ready() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        executor.restart()  # the zygote refuses this fork: the replacement loads the model itself
+        assert "late-thread" in executor.sharing_refusal
+        replacement = executor.worker_pids[0]
+        assert parent_of(replacement) == os.getpid()
+        assert executor.worker_pids[1] == second and parent_of(second) == zygote  # not killed by the refusal
+        assert executor.zygote.pid == zygote
+        for worker in executor.workers:
+            assert worker.call({"x": np.ones(1)}, None, None)["y"][0] == 2.0
+        # Once its last worker is gone, the zygote goes too (and the replacement loads itself as well).
+        os.kill(second, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while not gone(zygote) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert gone(zygote)
+        executor.restart()
+        assert parent_of(executor.worker_pids[1]) == os.getpid()
+
+
+def test_a_closed_zygote_forks_nothing(tool_path):
+    from neuropod.errors import ModelClosedError
+
+    model = load_neuropod(tool_path, use_ope=True)
+    zygote = model.executor.zygote
+    model.close()
+    assert zygote.pid is None
+    with pytest.raises(ModelClosedError, match="tool"):
+        zygote.fork(0, 0, ())
+    assert zygote.pid is None  # no new zygote started
+
+
+def test_a_child_reaped_by_someone_else_is_reported_with_an_unknown_status():
+    from neuropod.ope import zygote
+
+    child = os.fork()
+    if child == 0:
+        os._exit(3)
+    os.waitpid(child, 0)  # reaped here, behind the zygote's back
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours, theirs:
+        children = {5: child}
+        zygote._reap(children, ours)
+        assert children == {}
+        assert zygote.decode(theirs.recv(zygote.MAX_MESSAGE_BYTES)) == (
+            zygote.Kind.EXITED,
+            5,
+            zygote.UNKNOWN_STATUS,
+            "",
+        )

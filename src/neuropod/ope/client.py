@@ -34,7 +34,7 @@ from .options import OpeOptions
 from .shm import PeerSegments, Segment, SegmentPool, leased_array
 from .spin import SpinPolicy
 from .tensors import InlineArea, read_tensor, write_tensor
-from .zygote import ForkedProcess, Zygote
+from .zygote import UNKNOWN_STATUS, ForkedProcess, Zygote
 
 __all__ = ["WorkerProcess", "remote_error", "LeaseLookup", "make_zygote"]
 
@@ -411,6 +411,8 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             process.kill()
             status = process.wait()
+        if isinstance(process, ForkedProcess) and status == UNKNOWN_STATUS:
+            return None  # its zygote could not learn how it ended
         launch = self.launch
         return launch.returncode(status) if launch is not None else status
 

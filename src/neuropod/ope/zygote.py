@@ -48,7 +48,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..errors import WireFormatError
+from ..errors import ModelClosedError, WireFormatError
 
 __all__ = [
     "FORK_PLATFORMS",
@@ -59,6 +59,7 @@ __all__ = [
     "native_threads",
     "serve_forks",
     "sharing_refusal",
+    "UNKNOWN_STATUS",
 ]
 
 #: Platforms whose backend leaves no native thread pool or device context behind a load on the CPU.
@@ -70,6 +71,8 @@ HEADER = struct.Struct("=4sIqq")
 MAX_MESSAGE_BYTES = 64 * 1024
 #: Seconds a killed worker's exit report may take before the zygote itself is killed.
 KILL_REPORT_GRACE = 1.0
+#: An EXITED report's return code for a worker whose exit status the zygote could not learn.
+UNKNOWN_STATUS = -(2**63)
 #: The signals a KILL order may send.
 _KILL_SIGNALS = frozenset({int(signal.SIGKILL), int(signal.SIGTERM)})
 
@@ -81,7 +84,7 @@ class Kind:
     KILL = 2  # a: fork id; b: the signal
     FORKED = 11  # a: fork id; b: the child's pid
     REFUSED = 12  # a: fork id; text: why the zygote will not fork
-    EXITED = 13  # a: fork id; b: its return code (negative: the signal)
+    EXITED = 13  # a: fork id; b: its return code (negative: the signal; UNKNOWN_STATUS: it could not tell)
     LOAD_FAILED = 14  # text: error type, message, traceback, module, separated by NUL
 
     ALL = frozenset({1, 2, 11, 12, 13, 14})
@@ -267,11 +270,12 @@ def _reap(children: Dict[int, int], control: socket.socket) -> None:
     for fork_id, pid in list(children.items()):
         try:
             done, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            done, status = pid, 0
+            returncode = os.waitstatus_to_exitcode(status) if done else 0
+        except ChildProcessError:  # someone else reaped it (the model's own code): its status is lost
+            done, returncode = pid, UNKNOWN_STATUS
         if done:
             del children[fork_id]
-            _tell(control, encode(Kind.EXITED, fork_id, os.waitstatus_to_exitcode(status)))
+            _tell(control, encode(Kind.EXITED, fork_id, returncode))
 
 
 def _tell(control: socket.socket, message: bytes) -> None:
@@ -400,6 +404,7 @@ class _Incarnation:
         self.ended = False
         self.returncode: Optional[int] = None
         self.load_error: Optional[List[str]] = None
+        self.retiring = False  # forks no more: exits with its last worker
         self._next_id = 0
         self._send_lock = threading.Lock()
         self._reader = threading.Thread(
@@ -452,9 +457,12 @@ class _Incarnation:
                     forked.pid = number
                 elif kind == Kind.REFUSED:
                     forked.refusal = text
+                    del self.forks[fork_id]
                 elif kind == Kind.EXITED:
                     forked.returncode = number
                     del self.forks[fork_id]
+                if self.retiring and not self.forks:
+                    self._hang_up()  # its last worker is gone: the zygote reads end-of-file and exits
                 self.changed.notify_all()
         with self._send_lock:  # no fork order can be on its way out through it now
             self.sock.close()  # the descriptor goes with the zygote, not with the next start
@@ -472,11 +480,25 @@ class _Incarnation:
                 forked.returncode = -int(signal.SIGKILL)
             self.changed.notify_all()
 
-    def close(self, grace: float) -> None:
+    def _hang_up(self) -> None:
         try:
             self.sock.shutdown(socket.SHUT_RDWR)  # the zygote reads end-of-file and exits
         except OSError:
             pass
+
+    def has_workers(self) -> bool:
+        with self.changed:
+            return bool(self.forks)
+
+    def retire(self) -> None:
+        """Fork no more; exit once the workers forked so far have (they die with the zygote)."""
+        with self.changed:
+            self.retiring = True
+            if not self.forks:
+                self._hang_up()
+
+    def close(self, grace: float) -> None:
+        self._hang_up()
         self._reader.join(grace + 5.0)
         if self._reader.is_alive():
             self.process.kill()
@@ -518,8 +540,14 @@ class Zygote:
         return current.process.pid if current is not None and not current.ended else None
 
     def fork(self, fd: int, mailbox_fd: int, cpus: Tuple[int, ...]) -> ForkedProcess:
-        """Order a worker forked with these descriptors (duplicated into the zygote: close yours)."""
+        """Order a worker forked with these descriptors (duplicated into the zygote: close yours).
+
+        Raises:
+            ModelClosedError: :meth:`close` came first (a zygote started now would outlive it).
+        """
         with self._lock:
+            if self.closed:
+                raise ModelClosedError(f"model {self.model_name!r} is closed: its zygote forks no more workers")
             current = self._current
             if current is not None and not current.ended and current.load_error is None:
                 try:
@@ -532,12 +560,24 @@ class Zygote:
             return current.fork(fd, mailbox_fd, cpus)
 
     def refused(self, reason: str) -> None:
-        """The zygote would not fork: stop it (its memory is wasted) and load each worker from now on."""
+        """The zygote would not fork: each worker loads the model itself from now on.
+
+        A zygote with no workers is stopped now (its memory is wasted); one
+        that forked workers before goes on until they have exited, as they
+        die with it.
+        """
         with self._lock:
             self.refusal = reason
-            current, self._current = self._current, None
-        if current is not None:
+            current = self._current
+            idle = current is not None and not current.has_workers()
+            if idle:
+                self._current = None
+        if current is None:
+            return
+        if idle:
             current.close(grace=2.0)
+        else:
+            current.retire()
 
     def kill(self) -> None:
         current = self._current
