@@ -24,7 +24,7 @@ tritonclient_grpc = require("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from neuropod.serving import ModelServer, ServerConfig  # noqa: E402
-from neuropod.serving.grpc_server import UnaryServer  # noqa: E402
+from neuropod.serving.grpc_server import StockUnaryServer, UnaryServer, unary_server  # noqa: E402
 
 LOOPBACK = ServerConfig(grpc_port=0, http_port=0)
 
@@ -36,9 +36,10 @@ def _inputs(x: np.ndarray) -> list:
     return inputs
 
 
-@pytest.fixture
-def echo() -> Iterator[Any]:
-    """A bare UnaryServer: /t.S/Echo answers at once, /t.S/Later from a pool thread, /t.S/Fail raises."""
+@pytest.fixture(params=[UnaryServer, StockUnaryServer])
+def echo(request: Any) -> Iterator[Any]:
+    """A bare server (ours, and the grpc.server fallback): /t.S/Echo answers at once, /t.S/Later from a pool
+    thread, /t.S/Fail raises."""
     pool = ThreadPoolExecutor(2)
     release = threading.Event()
 
@@ -49,7 +50,7 @@ def echo() -> Iterator[Any]:
         raise KeyError("no such thing")
 
     methods = {"/t.S/Echo": lambda body, metadata: body, "/t.S/Later": later, "/t.S/Fail": fail}
-    server = UnaryServer(methods, lambda exc: (grpc.StatusCode.NOT_FOUND, f"failed: {exc}"))
+    server = request.param(methods, lambda exc: (grpc.StatusCode.NOT_FOUND, f"failed: {exc}"))
     port = server.add_insecure_port("127.0.0.1:0")
     assert port > 0
     server.start()
@@ -100,6 +101,27 @@ def test_stopping_without_grace_cancels_the_call_in_flight(echo: Any) -> None:
     with pytest.raises(grpc.RpcError) as cut:
         later.result()
     assert cut.value.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+
+
+def test_the_stock_fallback_serves_the_same(tmp_path: Path, monkeypatch: Any) -> None:
+    """NEUROPOD_GRPC_SERVER=stock (or a grpcio without the core layer UnaryServer uses): grpc.server, same answers."""
+    monkeypatch.delenv("NEUROPOD_GRPC_SERVER", raising=False)
+    assert isinstance(unary_server({}, lambda exc: (grpc.StatusCode.INTERNAL, "")), UnaryServer)
+    monkeypatch.setenv("NEUROPOD_GRPC_SERVER", "stock")
+    make_adder(tmp_path / "adder", fail_on_negative=True)
+    config = ServerConfig(grpc_port=0, http_port=0, token="s3cret")
+    with ModelServer.from_path(tmp_path / "adder", config) as server:
+        assert isinstance(server._grpc_server, StockUnaryServer)
+        client = tritonclient_grpc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+        auth = {"authorization": "Bearer s3cret"}
+        ones = np.ones((1, 2), np.float32)
+        assert client.infer("adder", _inputs(ones), headers=auth).as_numpy("out").tolist() == [[2, 2]]
+        with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
+            client.infer("adder", _inputs(ones))
+        with pytest.raises(InferenceServerException, match="INTERNAL") as failed:
+            client.infer("adder", _inputs(-ones), headers=auth)
+        assert "Traceback" not in str(failed.value)
+        client.close()
 
 
 def test_a_slow_model_runs_off_the_polling_thread(tmp_path: Path) -> None:

@@ -15,20 +15,28 @@ is answered from whichever thread completes it.
 
 It drives grpcio's core through ``grpc._cython.cygrpc``, the layer grpcio's
 own servers are written on; the serving tests cover every path of it against
-the grpcio version installed.
+the grpcio version installed. That layer is not grpcio's public API, so
+:func:`unary_server` falls back to :class:`StockUnaryServer` (the same
+methods on ``grpc.server``: slower, nothing else differs) when a grpcio
+release lacks what this server uses, or when ``NEUROPOD_GRPC_SERVER=stock``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import grpc
-from grpc._cython import cygrpc
 
-__all__ = ["UnaryServer", "Metadata", "Answer", "Method", "Failure"]
+try:  # grpcio's private core layer: present in every grpcio this project supports, but not promised
+    from grpc._cython import cygrpc
+except ImportError:  # pragma: no cover - exercised through NEUROPOD_GRPC_SERVER=stock instead
+    cygrpc = None
+
+__all__ = ["UnaryServer", "StockUnaryServer", "unary_server", "Metadata", "Answer", "Method", "Failure"]
 
 logger = logging.getLogger("neuropod.serving")
 
@@ -41,11 +49,21 @@ Method = Callable[[bytes, Metadata], Answer]
 #: Turns a method's exception into the status and details the client gets.
 Failure = Callable[[BaseException], Tuple[grpc.StatusCode, str]]
 
-_OK = cygrpc.StatusCode.ok
+_OK = 0  # grpc_status_code GRPC_STATUS_OK
 _NO_FLAGS = 0
 _NEW_CALL = object()
 _SHUTDOWN = object()
 _MESSAGE, _DONE, _CLOSED = "message", "done", "closed"  # the batches of a call, named in their tags
+#: What this server uses of grpcio's core layer.
+_CORE_NAMES = (
+    "CompletionQueue",
+    "Server",
+    "ReceiveMessageOperation",
+    "ReceiveCloseOnServerOperation",
+    "SendInitialMetadataOperation",
+    "SendMessageOperation",
+    "SendStatusFromServerOperation",
+)
 #: Calls requested from the core ahead of their arrival, so a burst is matched at once.
 _REQUESTS_AHEAD = 8
 
@@ -85,6 +103,10 @@ class UnaryServer:
     """
 
     def __init__(self, methods: Dict[str, Method], failure: Failure, options: Sequence[Tuple[str, Any]] = ()) -> None:
+        if cygrpc is None:
+            raise RuntimeError(f"grpcio {grpc.__version__} has no grpc._cython.cygrpc")
+        for name in _CORE_NAMES:  # all at once here, not one missing name per call later
+            getattr(cygrpc, name)
         self._methods = {path.encode(): method for path, method in methods.items()}
         self._failure = failure
         self._cq = cygrpc.CompletionQueue()
@@ -239,3 +261,77 @@ class UnaryServer:
         if rpc.waiting == 1:  # answered at once: the close comes with the answer
             operations += (cygrpc.ReceiveCloseOnServerOperation(_NO_FLAGS),)
         rpc.call.start_server_batch(operations, (rpc, _DONE))
+
+
+class StockUnaryServer:
+    """The same methods served by grpcio's public ``grpc.server`` (a thread per call in flight).
+
+    The fallback of :func:`unary_server`: each call runs on one of
+    ``threads`` pool threads, which waits for a method's future when it
+    returns one. Same interface as :class:`UnaryServer`.
+    """
+
+    def __init__(
+        self, methods: Dict[str, Method], failure: Failure, options: Sequence[Tuple[str, Any]] = (), threads: int = 16
+    ) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="neuropod-grpc-stock")
+        handlers = {path: self._handler(method, failure) for path, method in methods.items()}
+        self._server = grpc.server(self._pool, options=list(options), maximum_concurrent_rpcs=None)
+        self._server.add_generic_rpc_handlers((_ByPath(handlers),))
+
+    @staticmethod
+    def _handler(method: Method, failure: Failure) -> grpc.RpcMethodHandler:
+        def unary(request: bytes, context: grpc.ServicerContext) -> bytes:
+            try:
+                answer = method(request, tuple(context.invocation_metadata()))
+                body = answer.result() if isinstance(answer, Future) else answer
+            except BaseException as exc:  # noqa: BLE001 - every failure becomes the call's status
+                code, details = failure(exc)
+            else:
+                return body
+            context.abort(code, details)  # raises: outside the except, so nothing chains onto it
+            raise AssertionError("unreachable")
+
+        return grpc.unary_unary_rpc_method_handler(unary)  # no (de)serialisers: the methods take bytes
+
+    def add_insecure_port(self, address: str) -> int:
+        try:
+            return int(self._server.add_insecure_port(address))
+        except RuntimeError:  # newer grpcio raises where older ones returned 0
+            return 0
+
+    def add_secure_port(self, address: str, credentials: grpc.ServerCredentials) -> int:
+        try:
+            return int(self._server.add_secure_port(address, credentials))
+        except RuntimeError:
+            return 0
+
+    def start(self) -> None:
+        self._server.start()
+
+    def stop(self, grace: Optional[float]) -> threading.Event:
+        stopped = self._server.stop(grace)
+        self._pool.shutdown(wait=False)
+        return stopped
+
+
+class _ByPath(grpc.GenericRpcHandler):
+    def __init__(self, handlers: Dict[str, grpc.RpcMethodHandler]) -> None:
+        self._handlers = handlers
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Optional[grpc.RpcMethodHandler]:
+        return self._handlers.get(handler_call_details.method)  # type: ignore[attr-defined]
+
+
+def unary_server(
+    methods: Dict[str, Method], failure: Failure, options: Sequence[Tuple[str, Any]] = (), threads: int = 16
+) -> Union[UnaryServer, StockUnaryServer]:
+    """A :class:`UnaryServer`, or the :class:`StockUnaryServer` when ``NEUROPOD_GRPC_SERVER=stock`` or it cannot run."""
+    if os.environ.get("NEUROPOD_GRPC_SERVER", "").strip().lower() != "stock":
+        try:
+            return UnaryServer(methods, failure, options)
+        except (AttributeError, TypeError) as exc:  # this grpcio's core layer differs from the one it was written on
+            logger.warning("gRPC: serving through grpc.server (slower): grpcio %s: %s", grpc.__version__, exc)
+        except RuntimeError as exc:
+            logger.warning("gRPC: serving through grpc.server (slower): %s", exc)
+    return StockUnaryServer(methods, failure, options, threads)

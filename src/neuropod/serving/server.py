@@ -34,7 +34,7 @@ from ..kserve import DEFAULT_MAX_MESSAGE_BYTES
 from .connections import GuardedProtocolFactory
 from .dataplane import DataPlane
 from .grpc_adapter import GrpcAdapter
-from .grpc_server import UnaryServer
+from .grpc_server import StockUnaryServer, UnaryServer, unary_server
 from .metrics import ServerMetrics
 from .repository import ModelRepository, ModelSettings
 from .rest_adapter import RestAdapter
@@ -120,7 +120,7 @@ class ModelServer:
         self.dataplane = DataPlane(repository, self.metrics, threads=self.config.threads)
         self.grpc_port: Optional[int] = None
         self.http_port: Optional[int] = None
-        self._grpc_server: Optional[UnaryServer] = None
+        self._grpc_server: Optional[Union[UnaryServer, StockUnaryServer]] = None
         self._grpc_pool: Optional[ThreadPoolExecutor] = None
         self._http_runner: Optional[web.AppRunner] = None
         self._http_listener: Optional[asyncio.AbstractServer] = None
@@ -172,7 +172,9 @@ class ModelServer:
                     max_workers=config.threads + batch_rows, thread_name_prefix="neuropod-grpc"
                 )
                 adapter = GrpcAdapter(self.dataplane, self._grpc_pool, config.token)
-                self._grpc_server = UnaryServer(adapter.methods(), adapter.failure, options)
+                self._grpc_server = unary_server(
+                    adapter.methods(), adapter.failure, options, threads=config.threads + batch_rows
+                )
                 address = f"{_bracketed(config.host)}:{config.grpc_port}"
                 if tls is not None:
                     credentials = grpc.ssl_server_credentials([(tls[1], tls[0])])
