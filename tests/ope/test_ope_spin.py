@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -212,3 +215,21 @@ def test_a_small_message_with_a_bad_layout_fails_as_the_full_decoder_does() -> N
     assert wire.decode_inline(bytes(data)) is None
     with pytest.raises(WireFormatError):
         wire.decode_inline(bytes(valid[:-1]))  # one byte short
+
+
+def test_an_unknown_spin_mode_is_refused() -> None:
+    with pytest.raises(OptionError, match="spin_mode.*'sometimes'"):
+        SpinPolicy(SPIN, "sometimes")
+
+
+def test_a_core_is_idle_counts_the_cpus_this_process_may_use() -> None:
+    # A process confined to one CPU (taskset, a CPU set) compares the runnable count with 1, not the machine's CPUs.
+    code = (
+        "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
+        "from neuropod.ope.spin import SpinPolicy; print(SpinPolicy(1).cpus)"
+    )
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": src}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.stdout.strip() == "1", done.stderr
+    assert SpinPolicy(SPIN).cpus == len(os.sched_getaffinity(0))

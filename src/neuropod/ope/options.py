@@ -27,9 +27,10 @@ class OpeOptions:
         workers: worker processes serving the model; concurrent ``infer``
             calls are spread over them (default 1: calls queue).
         spin_us: microseconds either side busy-polls for the other's next
-            message before sleeping. Spinning skips a 40-90 us process
-            wake-up on short calls at the cost of that much CPU per call;
-            0 disables it (default 100).
+            message before sleeping. Spinning skips a process wake-up
+            (9-40 us on the VMs measured, docs/benchmarks.md) on short calls
+            at the cost of up to that much CPU per call; 0 disables it
+            (default 100).
         spin_mode: ``"adaptive"`` (default) spins only while spinning pays
             (most recent waits end within the spin) and the machine has an
             idle core; ``"fixed"`` always spins ``spin_us``. See
@@ -53,7 +54,8 @@ class OpeOptions:
             ``"*"`` for the whole environment.
         share_weights: load the model once in a zygote process and fork the
             workers from it, so they share one copy of the weights (and a
-            replacement worker starts in milliseconds). Applies to plain
+            replacement worker is a fork, tens of milliseconds, not a
+            load). Applies to plain
             processes (``isolation="process"``) of Python and TorchScript
             models on the CPU; elsewhere each worker loads its own copy
             (see :func:`neuropod.ope.zygote.sharing_refusal`). None (default):

@@ -1,9 +1,9 @@
 """How long a side of an OPE channel busy-polls for the next message before it sleeps.
 
 Spinning buys latency with CPU: a receiver that polls shared memory sees a
-message within a microsecond, one that sleeps pays a wake-up (10-90 us on
-the VMs we measured), and a spin that ends empty-handed wastes its whole
-budget. It pays when the answer usually comes within the budget *and* the
+message within a microsecond, one that sleeps pays a wake-up (9-40 us on the
+VMs we measured: the ``spin_us=0`` stage tables of docs/benchmarks.md), and a
+spin that ends empty-handed wastes its whole budget. It pays when the answer usually comes within the budget *and* the
 machine has a core to spare for it; on a busy machine the spinner takes the
 core that the peer (or someone else) needs, and every call gets slower.
 
@@ -17,8 +17,9 @@ only while both hold:
   calls back to back again).
 * **A core is idle**: the machine's count of runnable tasks (the fourth
   field of ``/proc/loadavg``, read at most every :data:`LOAD_CHECK_NS`) is at
-  most its CPU count. That count includes this process and a peer that is
-  computing; one more means a task is waiting for a CPU, and spinning would
+  most the CPUs this process may use (its affinity set when this module was
+  imported, before a worker pins itself to its own CPUs). That count
+  includes this process and a peer that is computing; one more means a task is waiting for a CPU, and spinning would
   hold one back from it (a spinner that yields hands its CPU to a CPU-bound
   neighbour for a whole time slice, milliseconds, where a sleeper woken by
   the socket preempts it at once). One reading is an instant; the machine
@@ -28,6 +29,11 @@ only while both hold:
 ``spin_mode="fixed"`` spins the whole budget before every wait (the
 behaviour before the policy existed), for benchmarks and for machines
 reserved for the model.
+
+The runnable count is the whole machine's (``/proc/loadavg`` is not per
+container or per CPU set): a process confined to a few CPUs of a busy machine
+sees it busy while its own CPUs idle, and stops spinning where it would have
+paid. The error is on the side of not spinning.
 """
 
 from __future__ import annotations
@@ -36,7 +42,9 @@ import os
 import time
 from typing import Callable, Optional
 
-__all__ = ["SpinPolicy", "SPIN_MODES", "PAYS_AT", "PROBE_EVERY", "LOAD_CHECK_NS", "runnable_tasks"]
+from ..errors import OptionError
+
+__all__ = ["SpinPolicy", "SPIN_MODES", "PAYS_AT", "PROBE_EVERY", "LOAD_CHECK_NS", "runnable_tasks", "usable_cpus"]
 
 #: ``adaptive``: spin while it pays and a core is idle; ``fixed``: always spin the budget.
 SPIN_MODES = ("adaptive", "fixed")
@@ -47,6 +55,19 @@ PROBE_EVERY = 32
 #: How often the runnable count is read (nanoseconds).
 LOAD_CHECK_NS = 20_000_000
 _WEIGHT = 1 / 16
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity set (the machine's CPU count where that is unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+# Read once, at import: a worker imports this before it pins itself to the CPUs of its own, and the
+# runnable count it compares against is all the model's processes', not those on its CPUs.
+_CPUS_AT_IMPORT = usable_cpus()
 
 
 def runnable_tasks() -> Optional[int]:
@@ -63,8 +84,8 @@ class SpinPolicy:
 
     Args:
         spin_ns: the most one wait spins.
-        mode: one of :data:`SPIN_MODES`.
-        cpus: CPUs of the machine (default ``os.cpu_count()``).
+        mode: one of :data:`SPIN_MODES` (anything else raises OptionError).
+        cpus: CPUs to compare the runnable count with (default: :func:`usable_cpus` at import).
         read_runnable: the runnable-task count (default: :func:`runnable_tasks`).
         clock: nanoseconds (default ``time.perf_counter_ns``); both are parameters for the tests.
     """
@@ -92,9 +113,11 @@ class SpinPolicy:
         read_runnable: Callable[[], Optional[int]] = runnable_tasks,
         clock: Callable[[], int] = time.perf_counter_ns,
     ) -> None:
+        if mode not in SPIN_MODES:
+            raise OptionError(f"spin_mode: expected one of {', '.join(map(repr, SPIN_MODES))}, got {mode!r}")
         self.spin_ns = max(0, int(spin_ns))
-        self.adaptive = mode != "fixed"
-        self.cpus = cpus or os.cpu_count() or 1
+        self.adaptive = mode == "adaptive"
+        self.cpus = cpus or _CPUS_AT_IMPORT
         self.read_runnable = read_runnable
         self.clock = clock
         self.paid = 1.0  # average of recent spins that ended with the message (optimistic start)
