@@ -469,3 +469,36 @@ def test_a_child_reaped_by_someone_else_is_reported_with_an_unknown_status():
             zygote.UNKNOWN_STATUS,
             "",
         )
+
+
+REAPING_MODEL = """
+import os
+import signal
+
+
+def get_model(data_root):
+    # SIGUSR2 makes whichever process gets it reap any child of its own: in the zygote, a worker.
+    signal.signal(signal.SIGUSR2, lambda signum, frame: os.waitpid(-1, 0))
+
+    def run(x):
+        return {"y": x + 1}
+
+    return run
+"""
+
+
+def test_a_worker_the_zygote_could_not_reap_is_reported_with_an_unknown_status(tmp_path):
+    path = python_package(tmp_path, "reaping", REAPING_MODEL)
+    with load_neuropod(path, use_ope=True) as model:
+        executor = model.executor
+        zygote, worker = executor.zygote.pid, executor.worker_pids[0]
+        os.kill(zygote, signal.SIGUSR2)  # the model's handler now waits for a child to exit
+        time.sleep(0.3)
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while executor.ready() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        executor.restart()
+        assert executor.workers[0].last_failure == "exit status unknown"  # not "exited with code 0"
+        assert executor.zygote.pid == zygote
+        assert model.infer({"x": np.ones(1)})["y"][0] == 2.0
