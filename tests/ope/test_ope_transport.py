@@ -230,6 +230,7 @@ def test_explicit_python_executable_and_bad_options(tool_path):
         ({"restart_policy": "sometimes"}, "restart_policy"),
         ({"python_executable": "/nonexistent/python"}, "python_executable"),
         ({"cpu_affinity": ["a"]}, "cpu_affinity"),
+        ({"cpu_affinity": [os.cpu_count()]}, f"cpu_affinity: this machine has CPUs 0-{os.cpu_count() - 1}, got"),
         ({"backend_thing": object()}, "unknown option 'backend_thing'; valid options: cpu_affinity, environment"),
     ):
         with pytest.raises(OptionError, match=match):

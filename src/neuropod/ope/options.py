@@ -92,6 +92,10 @@ def _cpu_set(value: Any) -> Tuple[int, ...]:
     cpus = tuple(value)
     if not cpus or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in cpus):
         raise OptionError(f"cpu_affinity: expected CPU numbers, got {value!r}")
+    count = os.cpu_count() or 0
+    missing = [cpu for cpu in cpus if count and cpu >= count]
+    if missing:  # refused here, not as a worker dying at start with "exited with code 1"
+        raise OptionError(f"cpu_affinity: this machine has CPUs 0-{count - 1}, got {missing[0]} in {value!r}")
     return cpus
 
 
