@@ -58,7 +58,8 @@ def test_two_workers_share_the_ports_and_both_serve(tmp_path: Path) -> None:
             with urllib.request.urlopen(request, timeout=10) as response:
                 assert json.loads(response.read())["outputs"][0]["data"] == [2.0, 4.0]
         seen = {_served_count(port) for _ in range(40)}  # each process counts only what it served
-        assert len(seen) == 2 and sum(seen) == 100 and min(seen) > 0, seen
+        # Two counts that add up to 100, or one of 50 when the kernel happened to split them evenly.
+        assert (len(seen) == 2 and sum(seen) == 100 and min(seen) > 0) or seen == {50.0}, seen
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
     finally:
