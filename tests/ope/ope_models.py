@@ -10,6 +10,7 @@ also returns an output ``dbg`` that is not in the spec.
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 from typing import Any, Union
@@ -103,3 +104,14 @@ def make_tool_model(root: Union[str, Path], name: str = "tool", **options: Any) 
 def make_identity_model(root: Union[str, Path], dtype: str = "uint8", name: str = "identity") -> Path:
     spec = [{"name": "x", "dtype": dtype, "shape": [None]}]
     return _make(Path(root), name, IDENTITY_CODE, spec, spec)
+
+
+def fd_targets() -> list:
+    """What each of this process's open descriptors points at, sorted (for leak checks)."""
+    targets = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # the descriptor listdir itself used
+            pass
+    return sorted(targets)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from ope_models import make_tool_model
+from ope_models import fd_targets, make_tool_model
 
 from neuropod import load_neuropod
 from neuropod.errors import NeuropodError
@@ -34,16 +34,6 @@ def _shm_names() -> set:
     return {name for name in os.listdir("/dev/shm") if name.startswith("neuropod-")}
 
 
-def _fd_targets() -> list:
-    targets = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            targets.append(os.readlink(f"/proc/self/fd/{fd}"))
-        except OSError:  # the descriptor listdir itself used
-            pass
-    return sorted(targets)
-
-
 def _unaccounted_descriptors(executor, before: list) -> str:
     """What this process holds beyond ``before`` and what the model's live parts account for ("" if nothing).
 
@@ -53,7 +43,7 @@ def _unaccounted_descriptors(executor, before: list) -> str:
     """
     live = [worker for worker in executor.workers if worker.channel is not None]
     zygotes = int(executor.zygote is not None and executor.zygote.pid is not None)
-    now = _fd_targets()
+    now = fd_targets()
     segments = [target for target in now if target.startswith("/memfd:neuropod-")]
     expected_segments = 2 * len(executor._pool) + sum(1 + len(worker.segments) for worker in live)
     sockets = [target for target in now if target.startswith("socket:")]
@@ -91,7 +81,7 @@ def _wait_for(condition, seconds: float = 20.0) -> bool:
 
 def test_a_thousand_sigkills_under_four_callers(tmp_path):
     path = make_tool_model(tmp_path)
-    shm_before, children_before, fds_before = _shm_names(), _children(), _fd_targets()
+    shm_before, children_before, fds_before = _shm_names(), _children(), fd_targets()
     wrong: list = []
     counts = {"ok": 0, "failed": 0, "kills": 0}
     lock = threading.Lock()
@@ -161,6 +151,6 @@ def test_a_thousand_sigkills_under_four_callers(tmp_path):
     assert counts["kills"] >= KILLS and counts["ok"] > KILLS, counts
     assert _wait_for(lambda: _children() == children_before and _shm_names() == shm_before)
     gc.collect()  # arrays this test made may sit in reference cycles until collected
-    assert _wait_for(lambda: len(_fd_targets()) <= len(fds_before)), sorted(set(_fd_targets()) - set(fds_before))
+    assert _wait_for(lambda: len(fd_targets()) <= len(fds_before)), sorted(set(fd_targets()) - set(fds_before))
     # closed: every descriptor of every worker, dead or alive, is gone
     print(counts)

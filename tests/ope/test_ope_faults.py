@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ope_models import make_tool_model
+from ope_models import fd_targets, make_tool_model
 
 from neuropod import load_neuropod
 from neuropod.errors import (
@@ -35,16 +35,6 @@ TESTS_OPE = str(Path(__file__).resolve().parent)
 @pytest.fixture(scope="module")
 def tool_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tool_model(tmp_path_factory.mktemp("tool"))
-
-
-def _fd_targets() -> list:
-    targets = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            targets.append(os.readlink(f"/proc/self/fd/{fd}"))
-        except OSError:  # the descriptor listdir itself used
-            pass
-    return sorted(targets)
 
 
 def command(cmd: str, x: float = 1.0):
@@ -248,7 +238,7 @@ def test_no_shared_memory_or_descriptor_outlives_100_killed_workers(tool_path):
     deadline = time.monotonic() + 5
     while len(os.listdir("/proc/self/fd")) > fds_before and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert len(os.listdir("/proc/self/fd")) <= fds_before, _fd_targets()
+    assert len(os.listdir("/proc/self/fd")) <= fds_before, fd_targets()
 
 
 RLIMIT_SCRIPT = """
