@@ -21,7 +21,7 @@ from neuropod.errors import ChannelClosed, ChannelTimeout, OptionError, WireForm
 from neuropod.ope import wire
 from neuropod.ope.channel import MAILBOX_BYTES, Channel
 from neuropod.ope.shm import Segment
-from neuropod.ope.spin import LOAD_CHECK_NS, PAYS_AT, PROBE_EVERY, SpinPolicy
+from neuropod.ope.spin import LOAD_CHECK_NS, PAYS_AT, PROBE_EVERY, STRETCH_LIMIT, SpinPolicy
 
 SPIN = 100_000
 
@@ -42,8 +42,8 @@ class Machine:
         return self.runnable
 
 
-def policy(machine: Machine, mode: str = "adaptive", cpus: int = 2) -> SpinPolicy:
-    return SpinPolicy(SPIN, mode, cpus=cpus, read_runnable=machine.read, clock=machine.clock)
+def policy(machine: Machine, mode: str = "adaptive", cpus: int = 2, stretch: bool = False) -> SpinPolicy:
+    return SpinPolicy(SPIN, mode, stretch=stretch, cpus=cpus, read_runnable=machine.read, clock=machine.clock)
 
 
 def test_spins_while_spinning_pays_and_probes_after_it_stopped_paying() -> None:
@@ -95,6 +95,44 @@ def test_fixed_mode_and_a_zero_budget_ignore_what_happened() -> None:
         fixed.lost()
     assert machine.reads == 0
     assert SpinPolicy(0, read_runnable=machine.read).budget() == 0
+
+
+def test_a_stretching_policy_spins_through_calls_a_little_longer_than_its_budget() -> None:
+    machine = Machine()
+    spin = policy(machine, stretch=True)
+    assert spin.budget() == SPIN  # nothing learnt yet
+    spin.lost()
+    spin.waited(3 * SPIN)  # the answer came after the budget: slept for it
+    assert spin.budget() == int(3 * SPIN * 1.25)
+    for _ in range(50):  # answers at 3x keep coming within the stretched budget
+        spin.won()
+        spin.waited(3 * SPIN)
+    assert spin.budget() == int(3 * SPIN * 1.25) and spin.paid > 0.99
+    for _ in range(50):  # the calls got short again: back to the plain budget
+        spin.waited(SPIN // 10)
+    assert spin.budget() == SPIN
+    for _ in range(100):  # far longer calls than the limit: not worth spinning through
+        spin.waited(2 * STRETCH_LIMIT * SPIN)
+    assert spin.budget() == SPIN
+    machine.runnable = 9  # a busy machine still stops every spin
+    machine.now += 2 * LOAD_CHECK_NS
+    spin.budget()
+    machine.now += LOAD_CHECK_NS
+    assert spin.budget() == 0
+    # The worker's side, and fixed mode, never stretch.
+    for other in (policy(Machine()), policy(Machine(), mode="fixed", stretch=True)):
+        other.waited(3 * SPIN)
+        assert other.budget() == SPIN
+
+
+def test_a_parent_learns_how_long_its_calls_wait(tmp_path: Path) -> None:
+    identity = make_identity_model(tmp_path, dtype="float32")
+    with load_neuropod(identity, use_ope=True) as model:
+        model.infer({"x": np.ones(2, np.float32)})
+        policy = model.executor.workers[0].spin_policy
+        assert policy.stretch_ns == STRETCH_LIMIT * policy.spin_ns
+        # At least the round trip, and not the seconds a wrong clock would give.
+        assert 0 < policy.typical_wait < 1e9
 
 
 def test_spin_mode_option_is_checked_and_reaches_the_worker(tmp_path: Path) -> None:

@@ -242,9 +242,10 @@ class Channel:
             spin_ns = spin.budget()
         else:
             spin_ns = spin
+        now = time.perf_counter_ns
+        began = now()
         if spin_ns > 0:
-            now = time.perf_counter_ns
-            spin_until = now() + spin_ns
+            spin_until = began + spin_ns
             while now() < spin_until:
                 # Yielding hands the CPU to the peer when both share one (a busy
                 # or small machine), where a plain spin would only delay the answer.
@@ -252,10 +253,14 @@ class Channel:
                 if read_counter(mailbox, seq_at)[0] >= expected:
                     if policy is not None:
                         policy.won()
+                        policy.waited(now() - began)
                     return self._take()
             if policy is not None:
                 policy.lost()
-        return self._sleep(expected, timeout, check_alive)
+        found = self._sleep(expected, timeout, check_alive)
+        if policy is not None:
+            policy.waited(now() - began)
+        return found
 
     def _sleep(
         self, expected: int, timeout: Optional[float], check_alive: Optional[Callable[[], None]]

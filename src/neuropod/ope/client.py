@@ -209,7 +209,7 @@ class WorkerProcess:
         self.options = options
         self.pool = pool
         self.spin_ns = int(options.spin_us * 1000)
-        self.spin_policy = SpinPolicy(self.spin_ns, options.spin_mode)
+        self.spin_policy = SpinPolicy(self.spin_ns, options.spin_mode, stretch=True)
         self._seen = 0  # when the last answer came (stage timing)
         self.process: Optional[Union[subprocess.Popen[bytes], ForkedProcess]] = None
         self.channel: Optional[Channel] = None

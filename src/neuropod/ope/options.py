@@ -33,7 +33,9 @@ class OpeOptions:
             (default 100).
         spin_mode: ``"adaptive"`` (default) spins only while spinning pays
             (most recent waits end within the spin) and the machine has an
-            idle core; ``"fixed"`` always spins ``spin_us``. See
+            idle core, and the caller's side stretches its spin (up to 10x
+            ``spin_us``) when the answers usually come a little after
+            ``spin_us``; ``"fixed"`` always spins ``spin_us``. See
             :mod:`neuropod.ope.spin`.
         cpu_affinity: CPUs to pin workers to: a list of ints (every worker
             gets that set) or a list of lists (worker ``i`` gets entry

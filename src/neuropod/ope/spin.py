@@ -26,6 +26,16 @@ only while both hold:
   counts as busy only when two readings in a row say so, so that a
   short-lived process does not stop spinning.
 
+**Stretching** (the parent's side only): a call whose answer usually comes
+a little after the budget (a model that computes for a few hundred
+microseconds) would spin in vain and then pay the wake-up on every call. The
+parent's policy keeps an average of how long its waits took, and while that
+average, with a quarter more as margin, is longer than ``spin_us`` but no
+more than :data:`STRETCH_LIMIT` times it, it spins that long instead. Waits
+longer than that are left to sleep: the wake-up is then a small part of the
+call. The worker's policy does not stretch: what it waits for is the
+caller's next call, which may never come.
+
 ``spin_mode="fixed"`` spins the whole budget before every wait (the
 behaviour before the policy existed), for benchmarks and for machines
 reserved for the model.
@@ -44,7 +54,16 @@ from typing import Callable, Optional
 
 from ..errors import OptionError
 
-__all__ = ["SpinPolicy", "SPIN_MODES", "PAYS_AT", "PROBE_EVERY", "LOAD_CHECK_NS", "runnable_tasks", "usable_cpus"]
+__all__ = [
+    "SpinPolicy",
+    "SPIN_MODES",
+    "PAYS_AT",
+    "PROBE_EVERY",
+    "LOAD_CHECK_NS",
+    "STRETCH_LIMIT",
+    "runnable_tasks",
+    "usable_cpus",
+]
 
 #: ``adaptive``: spin while it pays and a core is idle; ``fixed``: always spin the budget.
 SPIN_MODES = ("adaptive", "fixed")
@@ -54,7 +73,11 @@ PAYS_AT = 0.5
 PROBE_EVERY = 32
 #: How often the runnable count is read (nanoseconds).
 LOAD_CHECK_NS = 20_000_000
+#: A stretching policy spins at most this many times its ``spin_ns`` to outlast a call.
+STRETCH_LIMIT = 10
 _WEIGHT = 1 / 16
+_WAIT_WEIGHT = 1 / 8
+_STRETCH_MARGIN = 1.25
 
 
 def usable_cpus() -> int:
@@ -85,6 +108,8 @@ class SpinPolicy:
     Args:
         spin_ns: the most one wait spins.
         mode: one of :data:`SPIN_MODES` (anything else raises OptionError).
+        stretch: spin up to :data:`STRETCH_LIMIT` times ``spin_ns`` when the waits
+            usually end a little after ``spin_ns`` (adaptive mode only; the parent's side).
         cpus: CPUs to compare the runnable count with (default: :func:`usable_cpus` at import).
         read_runnable: the runnable-task count (default: :func:`runnable_tasks`).
         clock: nanoseconds (default ``time.perf_counter_ns``); both are parameters for the tests.
@@ -93,6 +118,8 @@ class SpinPolicy:
     __slots__ = (
         "spin_ns",
         "adaptive",
+        "stretch_ns",
+        "typical_wait",
         "cpus",
         "read_runnable",
         "clock",
@@ -109,6 +136,7 @@ class SpinPolicy:
         self,
         spin_ns: int,
         mode: str = "adaptive",
+        stretch: bool = False,
         cpus: Optional[int] = None,
         read_runnable: Callable[[], Optional[int]] = runnable_tasks,
         clock: Callable[[], int] = time.perf_counter_ns,
@@ -117,6 +145,8 @@ class SpinPolicy:
             raise OptionError(f"spin_mode: expected one of {', '.join(map(repr, SPIN_MODES))}, got {mode!r}")
         self.spin_ns = max(0, int(spin_ns))
         self.adaptive = mode == "adaptive"
+        self.stretch_ns = self.spin_ns * STRETCH_LIMIT if stretch and self.adaptive else self.spin_ns
+        self.typical_wait = 0.0  # average of recent waits, ns (0: none yet)
         self.cpus = cpus or _CPUS_AT_IMPORT
         self.read_runnable = read_runnable
         self.clock = clock
@@ -145,7 +175,17 @@ class SpinPolicy:
             if self._waits_since_spin < PROBE_EVERY:
                 return 0
         self._waits_since_spin = 0
+        wanted = self.typical_wait * _STRETCH_MARGIN
+        if self.spin_ns < wanted <= self.stretch_ns:
+            return int(wanted)
         return self.spin_ns
+
+    def waited(self, nanoseconds: int) -> None:
+        """A wait (spun, slept or both) ended after this long: what a stretching policy learns from."""
+        if self.typical_wait:
+            self.typical_wait += (nanoseconds - self.typical_wait) * _WAIT_WEIGHT
+        else:
+            self.typical_wait = float(nanoseconds)
 
     def won(self) -> None:
         """The message came while spinning."""
