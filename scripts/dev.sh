@@ -112,6 +112,7 @@ build_test_envs() {
 run_tests() {
   export NEUROPOD_REQUIRE_FRAMEWORKS=1  # every framework is installed: a skip for a missing one is a failure
   "$VENV/bin/ruff" check src tests bench examples
+  "$VENV/bin/ruff" format --check src tests bench examples
   "$VENV/bin/mypy"
   use_checkout_envs
   if [ $# -eq 0 ]; then run_python39_tests; build_test_envs; fi

@@ -20,8 +20,6 @@ from .kserve import DEFAULT_MAX_MESSAGE_BYTES
 __all__ = ["main"]
 
 
-
-
 @click.group()
 @click.version_option(package_name="neuropod")
 def main() -> None:

@@ -34,9 +34,7 @@ def adder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _dataset(ray_data: Any, rows: int) -> Any:
     # Python floats: Ray stores them as float64, the model takes float32.
-    return ray_data.from_items(
-        [{"x": [float(i), 1.0], "y": [10.0, float(i)], "label": i} for i in range(rows)]
-    )
+    return ray_data.from_items([{"x": [float(i), 1.0], "y": [10.0, float(i)], "label": i} for i in range(rows)])
 
 
 def test_predict_dataset_runs_the_package_in_batches(ray_data: Any, adder: Path) -> None:

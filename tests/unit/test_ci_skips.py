@@ -42,5 +42,5 @@ def test_legacy_fixtures_are_in_the_repository():
 
 def test_dev_script_installs_python39_instead_of_skipping_its_run():
     script = (REPO / "scripts" / "dev.sh").read_text(encoding="utf-8")
-    assert "uv\" python install 3.9" in script
+    assert 'uv" python install 3.9' in script
     assert "skipping the Python 3.9 run" not in script

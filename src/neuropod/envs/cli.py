@@ -18,8 +18,6 @@ from ..errors import NeuropodError
 __all__ = ["envs"]
 
 
-
-
 def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":

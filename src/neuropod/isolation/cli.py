@@ -14,8 +14,6 @@ from ..errors import NeuropodError, TrustError
 __all__ = ["COMMANDS", "trust_lines"]
 
 
-
-
 def trust_lines(package: Any) -> List[Tuple[str, str]]:
     """``(label, text)`` lines for ``neuropod inspect``: carried code, signature, isolation under the policy."""
     from ..trust import TrustPolicy, carried_code, choose_isolation, signature_path

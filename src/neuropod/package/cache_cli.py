@@ -13,8 +13,6 @@ from .._cli_errors import user_errors
 __all__ = ["cache"]
 
 
-
-
 def _age(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s ago"

@@ -14,8 +14,6 @@ from .._cli_errors import user_errors
 __all__ = ["COMMANDS"]
 
 
-
-
 def _pairs(values: Tuple[str, ...], option: str, convert: Any = str) -> Dict[str, Any]:
     result = {}
     for value in values:

@@ -170,8 +170,10 @@ def predict_dataset(
     """
     from ray.data import ActorPoolStrategy
 
-    pool = ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1]) if isinstance(concurrency, tuple) else (
-        ActorPoolStrategy(size=concurrency)
+    pool = (
+        ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
+        if isinstance(concurrency, tuple)
+        else (ActorPoolStrategy(size=concurrency))
     )
     return dataset.map_batches(
         NeuropodPredictor,
