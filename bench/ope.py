@@ -8,7 +8,8 @@ alternate with the case they scale (so other load on the machine hits both):
 * **Pipe**: a raw 8-byte ``multiprocessing.Pipe`` round trip to an echo
   process, the price of any hand-over between two processes.
 * **Small calls, per backend** (Python code, TorchScript, ONNX, TensorFlow;
-  a 1-element float32 addition built with the real packager): OPE p50/p99
+  a 1-element float32 addition built with the real packager; and
+  TensorFlow again with ``inter_op_threads=1`` in the worker): OPE p50/p99
   with ``spin_mode="adaptive"`` (the default; it also says how many of its
   waits spun), ``"fixed"`` (always spins) and ``spin_us=0``, each timed in
   batches taking turns with the pipe and the in-process model, and what OPE
@@ -251,6 +252,12 @@ BACKENDS: Dict[str, Tuple[str, Callable[[Path], Path]]] = {
     "tensorflow": ("tensorflow", tensorflow_addition),
 }
 
+#: More small-call rows: (row name, backend, options of its OPE workers only; in-process keeps the defaults).
+#: TensorFlow's inter-op pool competes with the spinning caller for the cores (docs/ope.md, "TensorFlow").
+EXTRA_ROWS: List[Tuple[str, str, Dict[str, Any]]] = [("tf interop=1", "tensorflow", {"inter_op_threads": 1})]
+#: row name -> (package, options of its OPE workers)
+Rows = Dict[str, Tuple[Path, Dict[str, Any]]]
+
 
 def interleaved(calls: Dict[str, Callable[[], object]], rounds: int, batch: int) -> Dict[str, Tuple[float, float]]:
     """p50 and p99 (us) of each call, timed in batches that take turns, so load hits every call alike."""
@@ -298,9 +305,7 @@ def available_backends(wanted: List[str]) -> List[str]:
     return [name for name in wanted if importlib.util.find_spec(BACKENDS[name][0]) is not None]
 
 
-def small_call_rows(
-    packages: Dict[str, Path], pipe: PipePeer, ope_options: Dict[str, Any], args: argparse.Namespace
-) -> None:
+def small_call_rows(rows: Rows, pipe: PipePeer, ope_options: Dict[str, Any], args: argparse.Namespace) -> None:
     rounds, batch = (10, 100) if args.quick else (20, 200)
     variants = {"adaptive": {}, "fixed": {"spin_mode": "fixed"}, "spin0": {"spin_us": 0}}
     print("1-element float32 addition per backend, us; pipe = raw 8-byte mp.Pipe round trip, measured alongside")
@@ -312,14 +317,14 @@ def small_call_rows(
         f"{'backend':>12} | {'pipe':>5} {'inproc':>6} | {'adaptive':>8} {'p99':>6} {'x pipe':>6} {'p99 x':>5}"
         f" {'spun':>5} | {'fixed':>6} {'p99':>6} {'x pipe':>6} {'p99 x':>5} | {'spin0':>6} {'x pipe':>6}"
     )
-    for name, path in packages.items():
+    for name, (path, worker_options) in rows.items():
         cells: Dict[str, Tuple[float, float, float, float]] = {}  # variant -> p50, p99, x pipe, p99 x
         trips: List[float] = []
         bases: List[float] = []
         spun = 0.0
         with load_neuropod(path) as local:
             for variant, extra in variants.items():
-                with load_neuropod(path, use_ope=True, **dict(ope_options, **extra)) as remote:
+                with load_neuropod(path, use_ope=True, **dict(ope_options, **worker_options, **extra)) as remote:
                     policy = remote.executor.workers[0].spin_policy  # type: ignore[attr-defined]
                     result = interleaved(
                         {"pipe": pipe.trip, "inproc": lambda: local.infer(ONE), "ope": lambda: remote.infer(ONE)},
@@ -341,7 +346,7 @@ def small_call_rows(
     print("targets: x pipe <= 1.0 while spinning, p99 x <= 2.0, spin0 x pipe <= 1.5 (pipe, inproc: medians of the 3)")
 
 
-def stage_rows(packages: Dict[str, Path], ope_options: Dict[str, Any], args: argparse.Namespace) -> None:
+def stage_rows(rows: Rows, ope_options: Dict[str, Any], args: argparse.Namespace) -> None:
     from neuropod.ope import stages
 
     repeats = 1000 if args.quick else 5000
@@ -350,7 +355,7 @@ def stage_rows(packages: Dict[str, Path], ope_options: Dict[str, Any], args: arg
         print("where a 1-element addition's time goes: median us per stage (see neuropod.ope.stages)")
         columns = ["in-process"] + list(stages.STAGES) + ["total"]
         # The last column: the first backend again, without spinning (every message a wake-up).
-        runs = [(name, path, ope_options) for name, path in packages.items()]
+        runs = [(name, path, dict(ope_options, **worker_options)) for name, (path, worker_options) in rows.items()]
         first, first_path, _ = runs[0]
         runs.append((f"{first} spin0", first_path, dict(ope_options, spin_us=0)))
         print(f"{'stage':>15} | " + " | ".join(f"{name:>12}" for name, _, _ in runs))
@@ -510,13 +515,15 @@ def main() -> None:
         identity = make_package(root, "identity", IDENTITY_CODE, spec, spec)
         names = available_backends([name for name in args.backends.split(",") if name])
         packages = {name: (add if name == "python" else BACKENDS[name][1](root)) for name in names}
+        rows: Rows = {name: (path, {}) for name, path in packages.items()}
+        rows.update((label, (packages[backend], extra)) for label, backend, extra in EXTRA_ROWS if backend in packages)
         pipe = PipePeer()
         try:
             print()
-            small_call_rows(packages, pipe, ope_options, args)
+            small_call_rows(rows, pipe, ope_options, args)
             if args.stages:
                 print()
-                stage_rows(packages, ope_options, args)
+                stage_rows(rows, ope_options, args)
             if args.only_small:
                 return
             print()
