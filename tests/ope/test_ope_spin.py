@@ -21,7 +21,7 @@ from neuropod.errors import ChannelClosed, ChannelTimeout, OptionError, WireForm
 from neuropod.ope import wire
 from neuropod.ope.channel import MAILBOX_BYTES, Channel
 from neuropod.ope.shm import Segment
-from neuropod.ope.spin import LOAD_CHECK_NS, PAYS_AT, PROBE_EVERY, STRETCH_LIMIT, SpinPolicy
+from neuropod.ope.spin import BUSY_LOOKS, LOAD_CHECK_NS, PAYS_AT, PROBE_EVERY, STRETCH_LIMIT, SpinPolicy
 
 SPIN = 100_000
 
@@ -72,8 +72,16 @@ def test_no_spinning_while_more_tasks_are_runnable_than_cpus() -> None:
     spin = policy(machine, cpus=2)
     assert spin.budget() == SPIN  # this process and its computing peer: each has a core
     machine.runnable = 5
+    for _ in range(BUSY_LOOKS - 1):  # a few crowded looks are instants, not a busy machine
+        machine.now += LOAD_CHECK_NS
+        assert spin.budget() == SPIN
+    machine.runnable = 2  # an idle core seen between them starts the count again
     machine.now += LOAD_CHECK_NS
-    assert spin.budget() == SPIN  # one crowded look is an instant, not a busy machine
+    assert spin.budget() == SPIN
+    machine.runnable = 5
+    for _ in range(BUSY_LOOKS - 1):
+        machine.now += LOAD_CHECK_NS
+        assert spin.budget() == SPIN
     machine.now += LOAD_CHECK_NS
     assert spin.budget() == 0 and spin.busy
     reads = machine.reads
@@ -115,9 +123,9 @@ def test_a_stretching_policy_spins_through_calls_a_little_longer_than_its_budget
         spin.waited(2 * STRETCH_LIMIT * SPIN)
     assert spin.budget() == SPIN
     machine.runnable = 9  # a busy machine still stops every spin
-    machine.now += 2 * LOAD_CHECK_NS
-    spin.budget()
-    machine.now += LOAD_CHECK_NS
+    for _ in range(BUSY_LOOKS):
+        machine.now += LOAD_CHECK_NS
+        spin.budget()
     assert spin.budget() == 0
     # The worker's side, and fixed mode, never stretch.
     for other in (policy(Machine()), policy(Machine(), mode="fixed", stretch=True)):
