@@ -332,7 +332,7 @@ def small_call_rows(rows: Rows, pipe: PipePeer, ope_options: Dict[str, Any], arg
                         batch,
                     )
                     if variant == "adaptive":
-                        spun = min(1.0, policy.spins / ((rounds + 1) * batch))
+                        spun = min(1.0, policy.spins / (rounds * batch + min(50, batch)))  # with the warm-up
                 trip, base, ope = result["pipe"][0], result["inproc"], result["ope"]
                 trips.append(trip)
                 bases.append(base[0])

@@ -21,7 +21,15 @@ from neuropod.errors import ChannelClosed, ChannelTimeout, OptionError, WireForm
 from neuropod.ope import wire
 from neuropod.ope.channel import MAILBOX_BYTES, Channel
 from neuropod.ope.shm import Segment
-from neuropod.ope.spin import BUSY_LOOKS, LOAD_CHECK_NS, PAYS_AT, PROBE_EVERY, STRETCH_LIMIT, SpinPolicy
+from neuropod.ope.spin import (
+    BUSY_LOOKS,
+    LOAD_CHECK_NS,
+    PAYS_AT,
+    PROBE_EVERY,
+    STRETCH_LIMIT,
+    STRETCH_PAYS_AT,
+    SpinPolicy,
+)
 
 SPIN = 100_000
 
@@ -111,11 +119,11 @@ def test_a_stretching_policy_spins_through_calls_a_little_longer_than_its_budget
     assert spin.budget() == SPIN  # nothing learnt yet
     spin.lost()
     spin.waited(3 * SPIN)  # the answer came after the budget: slept for it
-    assert spin.budget() == int(3 * SPIN * 1.25)
+    assert spin.budget() == 6 * SPIN
     for _ in range(50):  # answers at 3x keep coming within the stretched budget
         spin.won()
         spin.waited(3 * SPIN)
-    assert spin.budget() == int(3 * SPIN * 1.25) and spin.paid > 0.99
+    assert spin.budget() == 6 * SPIN and spin.paid > 0.99
     for _ in range(50):  # the calls got short again: back to the plain budget
         spin.waited(SPIN // 10)
     assert spin.budget() == SPIN
@@ -131,6 +139,42 @@ def test_a_stretching_policy_spins_through_calls_a_little_longer_than_its_budget
     for other in (policy(Machine()), policy(Machine(), mode="fixed", stretch=True)):
         other.waited(3 * SPIN)
         assert other.budget() == SPIN
+
+
+def test_stretching_stops_when_waits_spread_widely_around_their_average() -> None:
+    spin = policy(Machine(), stretch=True)
+    # Mostly quick, now and then far longer than twice the average: stretching wins nothing and loses.
+    waits = [SPIN // 5, SPIN // 5, SPIN // 5, 16 * SPIN]
+    stretched = []
+    for index in range(400):
+        budget = spin.budget()
+        wait = waits[index % 4]
+        if budget:
+            spin.won() if wait <= budget else spin.lost()
+        spin.waited(wait)
+        stretched.append(budget > SPIN)
+    assert spin.stretch_paid < STRETCH_PAYS_AT
+    # After the first losses, only the probes stretch (one wait in PROBE_EVERY).
+    assert sum(stretched[-4 * PROBE_EVERY :]) <= 5
+
+
+def test_stretching_edges() -> None:
+    spin = policy(Machine(), stretch=True)
+    spin.waited(5 * SPIN)  # twice 5 is exactly the limit: still stretched
+    assert spin.budget() == STRETCH_LIMIT * SPIN
+    learnt = policy(Machine(), stretch=True)
+    learnt.waited(2 * SPIN)
+    learnt.waited(1000 * SPIN)  # one very long call counts as twice the limit, not a thousand times
+    assert SPIN < learnt.budget() < STRETCH_LIMIT * SPIN
+    # A side that has stopped spinning probes with the stretched budget.
+    slow = policy(Machine(), stretch=True)
+    slow.waited(3 * SPIN)
+    slow.paid = PAYS_AT / 2  # plain spins stopped paying; stretched ones have not been tried
+    budgets = [slow.budget() for _ in range(PROBE_EVERY)]
+    assert budgets.count(0) == PROBE_EVERY - 1 and max(budgets) == 6 * SPIN
+    zero = SpinPolicy(0, stretch=True, read_runnable=lambda: 1)  # spin_us=0 never spins, stretched or not
+    zero.waited(3 * SPIN)
+    assert zero.budget() == 0 and zero.typical_wait is None
 
 
 def test_a_parent_learns_how_long_its_calls_wait(tmp_path: Path) -> None:
@@ -209,18 +253,31 @@ def test_a_sleeper_wakes_in_slices_to_check_liveness_times_out_and_sees_a_hang_u
 
 def test_a_spinning_receiver_reads_the_mailbox_and_learns(pair) -> None:
     parent, worker = pair
-    spin = SpinPolicy(50_000_000, read_runnable=lambda: 1)
+    spin = SpinPolicy(50_000_000, stretch=True, read_runnable=lambda: 1)
     timer = threading.Timer(0.005, parent.send, args=(message(1),))
     timer.start()
     assert worker.receive(spin)[0].texts == ["call 1"]
     timer.join()
     assert (spin.spins, spin.wins) == (1, 1)
-    short = SpinPolicy(1000, read_runnable=lambda: 1)
+    assert 5e6 <= spin.typical_wait < 50e6  # how long that wait took
+    short = SpinPolicy(1000, stretch=True, read_runnable=lambda: 1)
     timer = threading.Timer(0.02, parent.send, args=(message(2),))
     timer.start()
     assert worker.receive(short)[0].texts == ["call 2"]  # the spin ran out; the sleeper got it
     timer.join()
     assert (short.spins, short.wins) == (1, 0) and short.paid < 1
+    assert short.typical_wait == 2 * short.stretch_ns  # the slept wait counts too (20 ms, capped)
+    parent.send(message(3))
+    assert worker.receive(short)[0].texts == ["call 3"]  # already there: a wait of 0
+    assert short.typical_wait == 2 * short.stretch_ns * (1 - 1 / 8)
+
+
+def test_a_spin_longer_than_the_timeout_is_cut_to_it(pair) -> None:
+    _, worker = pair
+    began = time.monotonic()
+    with pytest.raises(ChannelTimeout):
+        worker.receive(SpinPolicy(10_000_000_000, "fixed"), timeout=0.05)  # a 10 s spin
+    assert time.monotonic() - began < 2
 
 
 def test_small_tensors_take_the_cached_layout_and_anything_else_the_full_path() -> None:

@@ -234,14 +234,14 @@ class Channel:
         seq_at = self._in + _SEQ_AT
         expected = self._received + 1
         read_counter = _COUNTER.unpack_from
+        policy = spin if isinstance(spin, SpinPolicy) else None
         if read_counter(mailbox, seq_at)[0] >= expected:
+            if policy is not None:
+                policy.waited(0)
             return self._take()
-        policy: Optional[SpinPolicy] = None
-        if isinstance(spin, SpinPolicy):
-            policy = spin
-            spin_ns = spin.budget()
-        else:
-            spin_ns = spin
+        spin_ns = spin.budget() if isinstance(spin, SpinPolicy) else spin
+        if timeout is not None:
+            spin_ns = min(spin_ns, int(timeout * 1e9))  # the spin counts against the timeout too
         now = time.perf_counter_ns
         began = now()
         if spin_ns > 0:
@@ -257,6 +257,8 @@ class Channel:
                     return self._take()
             if policy is not None:
                 policy.lost()
+            if timeout is not None:
+                timeout = max(0.0, timeout - (now() - began) / 1e9)
         found = self._sleep(expected, timeout, check_alive)
         if policy is not None:
             policy.waited(now() - began)

@@ -23,20 +23,26 @@ only while both hold:
   hold one back from it (a spinner that yields hands its CPU to a CPU-bound
   neighbour for a whole time slice, milliseconds, where a sleeper woken by
   the socket preempts it at once). One reading is an instant; the machine
-  counts as busy only when :data:`BUSY_LOOKS` (4) readings in a row say so,
-  80 ms: on a machine with a few other processes about, one reading in
-  several sees a short-lived task, and with two readings the caller stopped
-  spinning for a while every few thousand calls, which set the p99.
+  counts as busy only when :data:`BUSY_LOOKS` (4) readings in a row say so
+  (readings at least :data:`LOAD_CHECK_NS` apart, so 60 ms or more): on a
+  machine with a few other processes about, one reading in several sees a
+  short-lived task, and with two readings the caller stopped spinning for a
+  while every few thousand calls, which set the p99.
 
 **Stretching** (the parent's side only): a call whose answer usually comes
 a little after the budget (a model that computes for a few hundred
 microseconds) would spin in vain and then pay the wake-up on every call. The
-parent's policy keeps an average of how long its waits took, and while that
-average, with a quarter more as margin, is longer than ``spin_us`` but no
-more than :data:`STRETCH_LIMIT` times it, it spins that long instead. Waits
-longer than that are left to sleep: the wake-up is then a small part of the
-call. The worker's policy does not stretch: what it waits for is the
-caller's next call, which may never come.
+parent's policy keeps an average of how long its waits took (each capped at
+twice the limit), and while twice that average is longer than ``spin_us``
+but no more than :data:`STRETCH_LIMIT` times it, it spins that long
+instead, as long as at least :data:`STRETCH_PAYS_AT` of the recent
+stretched waits that outlasted ``spin_us`` ended within the stretched
+budget (waits spread widely around their average would lose whole
+stretched budgets and gain nothing; one wait in :data:`PROBE_EVERY`
+stretches anyway, to re-measure). Waits longer than the limit are left to
+sleep: the wake-up is then a small part of the call. The worker's policy
+does not stretch: what it waits for is the caller's next call, which may
+never come.
 
 ``spin_mode="fixed"`` spins the whole budget before every wait (the
 behaviour before the policy existed), for benchmarks and for machines
@@ -64,6 +70,7 @@ __all__ = [
     "PROBE_EVERY",
     "LOAD_CHECK_NS",
     "STRETCH_LIMIT",
+    "STRETCH_PAYS_AT",
     "runnable_tasks",
     "usable_cpus",
 ]
@@ -80,9 +87,11 @@ LOAD_CHECK_NS = 20_000_000
 BUSY_LOOKS = 4
 #: A stretching policy spins at most this many times its ``spin_ns`` to outlast a call.
 STRETCH_LIMIT = 10
+#: Share of recent stretched spins that must end with the message for stretching to go on.
+STRETCH_PAYS_AT = 0.75
 _WEIGHT = 1 / 16
 _WAIT_WEIGHT = 1 / 8
-_STRETCH_MARGIN = 1.25
+_STRETCH_MARGIN = 2.0
 
 
 def usable_cpus() -> int:
@@ -125,6 +134,9 @@ class SpinPolicy:
         "adaptive",
         "stretch_ns",
         "typical_wait",
+        "stretch_paid",
+        "_stretched_ns",
+        "_waits_since_stretch",
         "cpus",
         "read_runnable",
         "clock",
@@ -151,7 +163,10 @@ class SpinPolicy:
         self.spin_ns = max(0, int(spin_ns))
         self.adaptive = mode == "adaptive"
         self.stretch_ns = self.spin_ns * STRETCH_LIMIT if stretch and self.adaptive else self.spin_ns
-        self.typical_wait = 0.0  # average of recent waits, ns (0: none yet)
+        self.typical_wait: Optional[float] = None  # average of recent waits, ns (None: none yet)
+        self.stretch_paid = 1.0  # like paid, over the stretched spins only
+        self._stretched_ns = 0  # the current wait's budget where it is stretched, else 0
+        self._waits_since_stretch = 0
         self.cpus = cpus or _CPUS_AT_IMPORT
         self.read_runnable = read_runnable
         self.clock = clock
@@ -181,17 +196,35 @@ class SpinPolicy:
             if self._waits_since_spin < PROBE_EVERY:
                 return 0
         self._waits_since_spin = 0
-        wanted = self.typical_wait * _STRETCH_MARGIN
-        if self.spin_ns < wanted <= self.stretch_ns:
-            return int(wanted)
+        self._stretched_ns = 0
+        if self.typical_wait is not None:
+            wanted = int(self.typical_wait * _STRETCH_MARGIN)
+            if self.spin_ns < wanted <= self.stretch_ns:
+                # Stretch while stretching pays (waits that vary widely around their
+                # average would lose whole stretched budgets), and probe now and then.
+                self._waits_since_stretch += 1
+                if self.stretch_paid >= STRETCH_PAYS_AT or self._waits_since_stretch >= PROBE_EVERY:
+                    self._waits_since_stretch = 0
+                    self._stretched_ns = wanted
+                    return wanted
         return self.spin_ns
 
     def waited(self, nanoseconds: int) -> None:
         """A wait (spun, slept or both) ended after this long: what a stretching policy learns from."""
-        if self.typical_wait:
-            self.typical_wait += (nanoseconds - self.typical_wait) * _WAIT_WEIGHT
+        if self.stretch_ns == self.spin_ns:
+            return  # nothing to stretch
+        if self._stretched_ns and nanoseconds > self.spin_ns:
+            # Only waits that outlasted the plain budget tell whether stretching pays.
+            if nanoseconds <= self._stretched_ns:
+                self.stretch_paid += (1.0 - self.stretch_paid) * _WEIGHT
+            else:
+                self.stretch_paid -= self.stretch_paid * _WEIGHT
+        # Capped, so that one long call (a warm-up, a retry) does not stop stretching for dozens of calls.
+        sample = float(min(nanoseconds, 2 * self.stretch_ns))
+        if self.typical_wait is None:
+            self.typical_wait = sample
         else:
-            self.typical_wait = float(nanoseconds)
+            self.typical_wait += (sample - self.typical_wait) * _WAIT_WEIGHT
 
     def won(self) -> None:
         """The message came while spinning."""
