@@ -135,6 +135,18 @@ def test_a_stretching_policy_spins_through_calls_a_little_longer_than_its_budget
         machine.now += LOAD_CHECK_NS
         spin.budget()
     assert spin.budget() == 0
+    # A wait that slept without spinning says nothing of whether stretching pays.
+    busy = Machine()
+    stretching = policy(busy, stretch=True)
+    stretching.waited(3 * SPIN)
+    assert stretching.budget() > SPIN
+    busy.runnable = 9
+    for _ in range(BUSY_LOOKS):
+        busy.now += LOAD_CHECK_NS
+        stretching.budget()
+    assert stretching.budget() == 0
+    stretching.waited(8 * SPIN)
+    assert stretching.stretch_paid == 1.0
     # The worker's side, and fixed mode, never stretch.
     for other in (policy(Machine()), policy(Machine(), mode="fixed", stretch=True)):
         other.waited(3 * SPIN)

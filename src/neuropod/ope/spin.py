@@ -182,6 +182,7 @@ class SpinPolicy:
         """Nanoseconds to spin before this wait sleeps."""
         if not self.adaptive or not self.spin_ns:
             return self.spin_ns
+        self._stretched_ns = 0  # until this wait's budget turns out stretched
         now = self.clock()
         if self._load_checked is None or now - self._load_checked >= LOAD_CHECK_NS:
             self._load_checked = now
@@ -196,7 +197,6 @@ class SpinPolicy:
             if self._waits_since_spin < PROBE_EVERY:
                 return 0
         self._waits_since_spin = 0
-        self._stretched_ns = 0
         if self.typical_wait is not None:
             wanted = int(self.typical_wait * _STRETCH_MARGIN)
             if self.spin_ns < wanted <= self.stretch_ns:
