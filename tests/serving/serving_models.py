@@ -8,6 +8,7 @@ gets one line per call with the batch size the model saw).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import textwrap
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 REPO = Path(__file__).resolve().parents[2]
 MLSERVER_MODEL_DIR = Path(__file__).resolve().parent / "mlserver_adder"
@@ -243,3 +244,23 @@ def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> N
 
 def neuropod_cli() -> list:
     return [sys.executable, "-m", "neuropod.cli"]
+
+
+@contextlib.contextmanager
+def serve_cli(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """``neuropod serve ARGS`` with its JSON log on ``stderr``; killed on the way out if still running."""
+    process = subprocess.Popen(neuropod_cli() + ["serve", *args], stderr=subprocess.PIPE, text=True)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def assert_stops_cleanly(process: subprocess.Popen[str]) -> None:
+    """SIGTERM drains and exits 0."""
+    import signal
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -14,7 +12,7 @@ from typing import Any, Iterator, List
 
 import numpy as np
 import pytest
-from serving_models import make_adder, neuropod_cli
+from serving_models import assert_stops_cleanly, make_adder, serve_cli
 
 from conftest import require
 
@@ -185,9 +183,8 @@ def _children(pid: int) -> List[int]:
 def test_pin_cpus_puts_each_worker_on_its_own_cpu(tmp_path: Path) -> None:
     make_adder(tmp_path / "adder")
     cpus = sorted(os.sched_getaffinity(0))
-    command = neuropod_cli() + ["serve", str(tmp_path / "adder"), "--grpc-port", "0", "--http-port", "0"]
-    process = subprocess.Popen([*command, "--workers", "2", "--pin-cpus"], stderr=subprocess.PIPE, text=True)
-    try:
+    args = [str(tmp_path / "adder"), "--grpc-port", "0", "--http-port", "0", "--workers", "2", "--pin-cpus"]
+    with serve_cli(*args) as process:
         assert process.stderr is not None
         for line in process.stderr:
             if json.loads(line)["message"] == "all models loaded":
@@ -200,12 +197,7 @@ def test_pin_cpus_puts_each_worker_on_its_own_cpu(tmp_path: Path) -> None:
             assert len(single) >= len(allowed) - 1 and len(set(single)) == 1, allowed
             pinned.add(single[0])
         assert pinned == {str(cpus[0]), str(cpus[1 % len(cpus)])}
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        assert_stops_cleanly(process)
 
 
 def test_an_answer_that_cannot_be_sent_is_an_internal_error_and_the_server_goes_on(

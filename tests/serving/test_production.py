@@ -6,7 +6,6 @@ import http.client
 import io
 import json
 import logging
-import signal
 import subprocess
 import threading
 import time
@@ -16,7 +15,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 import pytest
-from serving_models import make_adder, make_strings, neuropod_cli
+from serving_models import assert_stops_cleanly, make_adder, make_strings, neuropod_cli, serve_cli
 
 from conftest import require, require_command
 from neuropod import load_neuropod
@@ -372,9 +371,7 @@ def test_cli_serve_subprocess_and_sigterm(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     make_adder(repo / "adder")
     make_strings(repo / "strings")
-    command = neuropod_cli() + ["serve", str(repo), "--grpc-port", "0", "--http-port", "0", "--max-batch-size", "8"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    try:
+    with serve_cli(str(repo), "--grpc-port", "0", "--http-port", "0", "--max-batch-size", "8") as process:
         serving = _read_serving_line(process)
         assert serving["host"] == "127.0.0.1"
         assert sorted(serving["models"]) == ["adder:1", "strings:1"]
@@ -383,14 +380,9 @@ def test_cli_serve_subprocess_and_sigterm(tmp_path: Path) -> None:
         words.set_data_from_numpy(np.array([b"cli"], dtype=object))
         assert client.infer("strings", [words]).as_numpy("upper")[0] == b"CLI"
         client.close()
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(30) == 0
+        assert_stops_cleanly(process)
         assert process.stderr is not None
         assert '"stopped"' in process.stderr.read()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
 
 def test_cli_serve_user_errors(tmp_path: Path) -> None:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-import signal
-import subprocess
 import urllib.request
 from pathlib import Path
 
-from serving_models import make_adder, neuropod_cli
+from serving_models import assert_stops_cleanly, make_adder, serve_cli
 
 from conftest import require
 
@@ -30,18 +28,7 @@ def _served_count(port: int) -> float:
 
 def test_two_workers_share_the_ports_and_both_serve(tmp_path: Path) -> None:
     make_adder(tmp_path / "adder")
-    command = neuropod_cli() + [
-        "serve",
-        str(tmp_path / "adder"),
-        "--workers",
-        "2",
-        "--grpc-port",
-        "0",
-        "--http-port",
-        "0",
-    ]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    try:
+    with serve_cli(str(tmp_path / "adder"), "--workers", "2", "--grpc-port", "0", "--http-port", "0") as process:
         assert process.stderr is not None
         serving = None
         for line in process.stderr:
@@ -60,9 +47,4 @@ def test_two_workers_share_the_ports_and_both_serve(tmp_path: Path) -> None:
         seen = {_served_count(port) for _ in range(40)}  # each process counts only what it served
         # Two counts that add up to 100, or one of 50 when the kernel happened to split them evenly.
         assert (len(seen) == 2 and sum(seen) == 100 and min(seen) > 0) or seen == {50.0}, seen
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        assert_stops_cleanly(process)
