@@ -97,7 +97,7 @@ def request_from_message(message: Any, regions: Optional[SharedMemoryRegions] = 
             inputs[name] = decode_contents(tensor.datatype, tensor.shape, tensor.contents, name)
     if next_raw != raw_count:
         raise InputValidationError(
-            f"raw_input_contents holds {len(raw)} entries for {next_raw} inputs sent raw; expected one per input"
+            f"raw_input_contents holds {raw_count} entries for {next_raw} inputs sent raw; expected one per input"
         )
     outputs = [output.name for output in message.outputs] or None
     return InferRequest(message.model_name, message.model_version, message.id, inputs, outputs)

@@ -173,7 +173,7 @@ def predict_dataset(
     pool = (
         ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
         if isinstance(concurrency, tuple)
-        else (ActorPoolStrategy(size=concurrency))
+        else ActorPoolStrategy(size=concurrency)
     )
     return dataset.map_batches(
         NeuropodPredictor,
