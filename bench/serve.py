@@ -28,10 +28,12 @@ and concurrency (by throughput; its p99 and CPU are that row's too).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,9 +45,17 @@ from typing import Any, Callable, Dict, List, Tuple
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "serving"))
-from serving_models import make_adder, mlserver_available, neuropod_cli, start_mlserver, stop_process  # noqa: E402
+from serving_models import (  # noqa: E402
+    grpc_infer_frame,
+    make_adder,
+    mlserver_available,
+    neuropod_cli,
+    start_mlserver,
+    stop_process,
+)
 
 SHAPE = (4, 64)
+PROTOCOL_NAMES = {"grpc": "gRPC", "rest": "REST"}
 X = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
 
 
@@ -78,6 +88,88 @@ def _http_caller(port: int, binary: bool) -> Tuple[Callable[[], None], Callable[
         assert out is not None and out.shape == SHAPE
 
     return call, client.close
+
+
+def _rest_infer_body(binary: bool) -> Tuple[bytes, List[str]]:
+    """The REST request of the tritonclient rows (binary tensors or JSON) and its headers."""
+    if not binary:
+        inputs = [{"name": n, "shape": list(SHAPE), "datatype": "FP32", "data": X.ravel().tolist()} for n in "xy"]
+        return json.dumps({"inputs": inputs}).encode(), ["content-type: application/json"]
+    size = {"binary_data_size": X.nbytes}
+    inputs = [{"name": n, "shape": list(SHAPE), "datatype": "FP32", "parameters": size} for n in "xy"]
+    header = json.dumps({"inputs": inputs, "outputs": [{"name": "out", "parameters": {"binary_data": True}}]}).encode()
+    return header + X.tobytes() * 2, [
+        "content-type: application/octet-stream",
+        f"inference-header-content-length: {len(header)}",
+    ]
+
+
+def _check_h2load_request(url: str, body: bytes, headers: List[str], grpc: bool) -> None:
+    """Send h2load's exact request once and check the sum, since h2load counts any 2xx as a success."""
+    if grpc:
+        import grpc as grpc_module
+
+        from neuropod.kserve import proto
+
+        host, path = url.split("//", 1)[1].split("/", 1)
+        with grpc_module.insecure_channel(host) as channel:
+            raw = channel.unary_unary(f"/{path}")(body[5:], timeout=30)
+        out = proto.ModelInferResponse.FromString(raw).raw_output_contents[0]
+        total = np.frombuffer(out, np.float32).reshape(SHAPE)
+    else:
+        import urllib.request
+
+        request = urllib.request.Request(url, data=body, headers=dict(h.split(": ", 1) for h in headers))
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = response.read()
+            binary_size = response.headers.get("inference-header-content-length")
+        if binary_size is not None:
+            total = np.frombuffer(answer[int(binary_size) :], np.float32).reshape(SHAPE)
+        else:
+            total = np.array(json.loads(answer)["outputs"][0]["data"], np.float32).reshape(SHAPE)
+    np.testing.assert_allclose(total, X + X, rtol=1e-6)
+
+
+def measure_h2load(
+    url: str, body: bytes, headers: List[str], concurrency: int, duration: float, server_pgid: int
+) -> Dict[str, float]:
+    """One cell with h2load: ``concurrency`` connections, one request in flight on each (a closed loop).
+
+    h2load (nghttp2's C load generator) keeps the client's CPU per request low, so the
+    server gets most of the machine; p50/p99 come from its per-request log.
+    """
+    grpc = "/inference.GRPCInferenceService/" in url
+    warm_up = min(0.5, duration / 4)
+    with tempfile.TemporaryDirectory() as tmp:
+        body_file, log_file = Path(tmp) / "body", Path(tmp) / "requests.tsv"
+        body_file.write_bytes(body)
+        command = ["h2load", "-D", f"{duration * 1000:.0f}ms", "--warm-up-time", f"{warm_up * 1000:.0f}ms"]
+        command += ["-c", str(concurrency), "-m", "1", "-d", str(body_file), f"--log-file={log_file}"]
+        command += [] if grpc else ["--h1"]
+        for header in headers:
+            command += ["-H", header]
+        started = time.perf_counter()
+        client = subprocess.Popen(
+            [*command, url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+        # Measured window as h2load times it: after its warm-up (connecting takes a few ms more).
+        time.sleep(max(0.0, started + warm_up - time.perf_counter()))
+        cpu = [group_cpu_s(server_pgid), group_cpu_s(client.pid)]
+        time.sleep(max(0.0, started + warm_up + duration - time.perf_counter()))
+        cpu = [group_cpu_s(server_pgid) - cpu[0], group_cpu_s(client.pid) - cpu[1]]
+        output, _ = client.communicate(timeout=duration + 60)
+        if client.returncode != 0 or " 0 failed, 0 errored" not in output:
+            raise RuntimeError(f"h2load failed ({client.returncode}): {output[-800:]}")
+        latencies = np.array([int(row.split("\t")[2]) for row in log_file.read_text().splitlines()]) / 1e3
+    count = len(latencies)
+    return {
+        "throughput": count / duration,
+        "p50_ms": float(np.percentile(latencies, 50)) if count else float("nan"),
+        "p99_ms": float(np.percentile(latencies, 99)) if count else float("nan"),
+        "requests": float(count),
+        "cpu_us": cpu[0] / count * 1e6 if count else float("nan"),
+        "client_cpu_us": cpu[1] / count * 1e6 if count else float("nan"),
+    }
 
 
 def group_cpu_s(pgid: int) -> float:
@@ -202,24 +294,47 @@ def main() -> None:
         metavar="ARGS",
         help="one neuropod row per entry: extra `neuropod serve` arguments ('' for the defaults)",
     )
+    parser.add_argument(
+        "--client",
+        choices=["tritonclient", "h2load"],
+        default="tritonclient",
+        help="tritonclient: N Python threads, each with its own client; h2load: nghttp2's C load "
+        "generator with N connections (apt-get install nghttp2-client)",
+    )
     parser.add_argument("--skip-mlserver", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    if args.client == "h2load" and shutil.which("h2load") is None:
+        parser.error("h2load not found: install it with apt-get install nghttp2-client")
 
     results: Dict[str, Dict[int, Dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         package = make_adder(work / "adder")
-        # (row name, caller factory, port, process group whose CPU is the server's)
-        targets: List[Tuple[str, Callable[[int], Any], int, int]] = []
+        # (row name, run one cell: (concurrency, duration) -> metrics)
+        targets: List[Tuple[str, Callable[[int, float], Dict[str, float]]]] = []
         processes: List[Any] = []
 
         def add(label: str, process: Any, grpc_port: int, http_port: int, binary: bool) -> None:
             processes.append(process)
-            if "grpc" in args.protocols:
-                targets.append((f"{label} gRPC", lambda p: _grpc_caller(p), grpc_port, process.pid))
-            if "rest" in args.protocols:
-                targets.append((f"{label} REST", lambda p: _http_caller(p, binary), http_port, process.pid))
+            pgid = process.pid
+            if args.client == "h2load":
+                grpc_headers = ["content-type: application/grpc", "te: trailers"]
+                requests = {
+                    "grpc": (f"http://127.0.0.1:{grpc_port}/inference.GRPCInferenceService/ModelInfer",
+                             grpc_infer_frame("adder", {"x": X, "y": X}), grpc_headers),
+                    "rest": (f"http://127.0.0.1:{http_port}/v2/models/adder/infer", *_rest_infer_body(binary)),
+                }  # fmt: skip
+                for protocol in args.protocols:
+                    url, body, headers = requests[protocol]
+                    _check_h2load_request(url, body, headers, grpc=protocol == "grpc")
+                    run = functools.partial(measure_h2load, url, body, headers, server_pgid=pgid)
+                    targets.append((f"{label} {PROTOCOL_NAMES[protocol]}", run))
+                return
+            callers = {"grpc": lambda: _grpc_caller(grpc_port), "rest": lambda: _http_caller(http_port, binary)}
+            for protocol in args.protocols:
+                run = functools.partial(measure, callers[protocol], server_pgid=pgid)
+                targets.append((f"{label} {PROTOCOL_NAMES[protocol]}", run))
 
         try:
             for extra in args.neuropod:
@@ -243,8 +358,8 @@ def main() -> None:
             # keeps the best of its rounds per metric (highest req/s, lowest p50, p99 and CPU).
             for round_index in range(args.rounds):
                 for concurrency in args.concurrency:
-                    for name, caller, port, pgid in targets:
-                        cell = measure(lambda c=caller, p=port: c(p), concurrency, args.duration, pgid)  # type: ignore[misc]
+                    for name, run_cell in targets:
+                        cell = run_cell(concurrency, args.duration)
                         best = results.setdefault(name, {}).setdefault(concurrency, dict(cell))
                         best["throughput"] = max(best["throughput"], cell["throughput"])
                         for key in ("p50_ms", "p99_ms", "cpu_us", "client_cpu_us"):
@@ -263,7 +378,7 @@ def main() -> None:
 
     load = os.getloadavg()
     print(
-        f"\nadder, float32 {list(SHAPE)} x2, tritonclient, best of {args.rounds} x {args.duration:g} s per cell; "
+        f"\nadder, float32 {list(SHAPE)} x2, {args.client}, best of {args.rounds} x {args.duration:g} s per cell; "
         f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min)\n"
     )
     print(f"| {'server':<38} | conc | req/s   | p50 ms | p99 ms | server CPU us/req | client CPU us/req |")

@@ -11,8 +11,9 @@ PY="$VENV/bin/python"
 # OS packages the tests need, as "command:package" (CI runs as root): installed when the command is missing.
 # chromium: the headless browser the HTML-report screenshot test (tests/tools) opens reports in.
 # bwrap, prlimit: the isolation="sandbox" workers (tests/isolation); podman: the isolation="container" ones.
+# h2load (with nghttp): raw HTTP/2 clients of the gRPC server (tests/serving), bench/serve.py's native load generator.
 OS_PACKAGES=("g++:g++" "openssl:openssl" "curl:curl" "chromium:chromium" "bwrap:bubblewrap" "prlimit:util-linux"
-  "podman:podman")
+  "podman:podman" "h2load:nghttp2-client")
 
 install_os_packages() {
   local missing=() entry

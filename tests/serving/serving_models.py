@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -240,6 +241,21 @@ def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> N
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def grpc_infer_frame(model: str, inputs: Dict[str, Any]) -> bytes:
+    """A ``ModelInfer`` request of float32 arrays, framed as on the wire (flag byte, big-endian length).
+
+    What a raw HTTP/2 client (nghttp, h2load) sends as the body of a gRPC call.
+    """
+    from neuropod.kserve import proto
+
+    request = proto.ModelInferRequest(model_name=model)
+    for name, array in inputs.items():
+        request.inputs.add(name=name, datatype="FP32", shape=list(array.shape))
+        request.raw_input_contents.append(array.astype("<f4").tobytes())
+    body = request.SerializeToString()
+    return b"\0" + struct.pack(">I", len(body)) + body
 
 
 def neuropod_cli() -> list:

@@ -1,15 +1,17 @@
-"""Our server driven by clients nobody here wrote: tritonclient (gRPC, HTTP binary and JSON) and curl."""
+"""Our server driven by clients nobody here wrote: tritonclient (gRPC, HTTP binary and JSON), curl, and
+nghttp2's nghttp and h2load (raw HTTP/2: what bench/serve.py loads both servers with)."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pytest
-from serving_models import make_adder, make_halves, make_strings
+from serving_models import grpc_infer_frame, make_adder, make_halves, make_strings
 
 from conftest import require, require_command
 from neuropod.packagers.placeholder import create_placeholder_neuropod
@@ -306,3 +308,35 @@ def test_curl(server: ModelServer) -> None:
     assert code == 400 and "nested too deeply" in json.loads(body)["error"]
     code, body = curl(f"{base}/v2/models/nope")
     assert code == 404 and "nope" in json.loads(body)["error"]
+
+
+def test_raw_http2_clients_over_grpc(server: ModelServer, tmp_path: Path) -> None:
+    """nghttp gets the sum and grpc-status 0; h2load's closed loop (bench/serve.py's client) gets only answers."""
+    require_command("nghttp")
+    require_command("h2load")
+    from neuropod.kserve import proto
+
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    (tmp_path / "request").write_bytes(grpc_infer_frame("adder", {"x": x, "y": x * 10}))
+    url = f"http://127.0.0.1:{server.grpc_port}/inference.GRPCInferenceService/ModelInfer"
+    headers = ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+    command = ["nghttp", "-d", str(tmp_path / "request"), *headers, url]
+    verbose = subprocess.run([*command, "-v"], capture_output=True, text=True, errors="replace", timeout=30)
+    assert verbose.returncode == 0, verbose.stdout[-2000:]
+    assert "grpc-status: 0" in verbose.stdout
+    answer = subprocess.run(command, capture_output=True, timeout=30, check=True).stdout  # the body alone
+    flag, length = answer[0], int.from_bytes(answer[1:5], "big")
+    assert flag == 0 and length == len(answer) - 5
+    response = proto.ModelInferResponse.FromString(answer[5:])
+    assert [(o.name, o.datatype, list(o.shape)) for o in response.outputs] == [("out", "FP32", [2, 3])]
+    np.testing.assert_array_equal(np.frombuffer(response.raw_output_contents[0], "<f4").reshape(2, 3), x * 11)
+
+    done = subprocess.run(
+        ["h2load", "-n", "400", "-c", "4", "-m", "1", "-d", str(tmp_path / "request"), *headers, url],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert "400 succeeded, 0 failed, 0 errored" in done.stdout, done.stdout[-2000:]
+    # A gRPC failure is an HTTP 200 too: every answer carrying the 24-byte output shows none failed.
+    received = int(re.search(r"\(([0-9]+)\) data", done.stdout).group(1))  # type: ignore[union-attr]
+    assert received >= 400 * (5 + len(response.raw_output_contents[0]))
