@@ -92,11 +92,13 @@ def _http_caller(port: int, binary: bool) -> Tuple[Callable[[], None], Callable[
 
 def _rest_infer_body(binary: bool) -> Tuple[bytes, List[str]]:
     """The REST request of the tritonclient rows (binary tensors or JSON) and its headers."""
+    inputs: List[Dict[str, Any]] = [{"name": n, "shape": list(SHAPE), "datatype": "FP32"} for n in "xy"]
     if not binary:
-        inputs = [{"name": n, "shape": list(SHAPE), "datatype": "FP32", "data": X.ravel().tolist()} for n in "xy"]
+        for tensor in inputs:
+            tensor["data"] = X.ravel().tolist()
         return json.dumps({"inputs": inputs}).encode(), ["content-type: application/json"]
-    size = {"binary_data_size": X.nbytes}
-    inputs = [{"name": n, "shape": list(SHAPE), "datatype": "FP32", "parameters": size} for n in "xy"]
+    for tensor in inputs:
+        tensor["parameters"] = {"binary_data_size": X.nbytes}
     header = json.dumps({"inputs": inputs, "outputs": [{"name": "out", "parameters": {"binary_data": True}}]}).encode()
     return header + X.tobytes() * 2, [
         "content-type: application/octet-stream",
