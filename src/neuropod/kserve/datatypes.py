@@ -130,11 +130,13 @@ def check_shape(shape: Sequence[Any], tensor: str) -> Tuple[Tuple[int, ...], int
     if len(shape) > MAX_RANK:
         raise InputValidationError(f"tensor {tensor!r}: rank {len(shape)} is above the limit of {MAX_RANK}")
     dims = tuple(shape)
-    if all(type(dim) is int and dim > 0 for dim in dims):  # the usual shape: no zero, nothing odd
-        count = math.prod(dims)
-        if count <= MAX_EXTENT:
-            return dims, count
-    return _check_odd_shape(shape, tensor)
+    for dim in dims:  # a loop, not all(...): this runs for every tensor of every request
+        if type(dim) is not int or dim <= 0:
+            return _check_odd_shape(shape, tensor)
+    count = math.prod(dims)
+    if count > MAX_EXTENT:
+        return _check_odd_shape(shape, tensor)
+    return dims, count  # the usual shape: no zero, nothing odd
 
 
 def _check_odd_shape(shape: Sequence[Any], tensor: str) -> Tuple[Tuple[int, ...], int]:

@@ -10,13 +10,12 @@ decided here once for both protocols.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -111,6 +110,85 @@ class _Call:
         self.outputs_ns = time.perf_counter_ns()
         self.infer_ns = min(self.model.last_call_ns, self.outputs_ns - self.admitted_ns)
         self.queue_ns = self.outputs_ns - self.admitted_ns - self.infer_ns
+
+
+class _Handling:
+    """The context of one request (``with plane._handling(request, protocol) as call``).
+
+    Entering admits it (finds the model, holds it, checks the inputs) and gives
+    its :class:`_Call`; leaving accounts for it: statistics and metrics, and on
+    failure the error the client may see. A class rather than a generator
+    context manager: this runs for every request, and the generator's
+    machinery cost a tenth of a small request's time.
+    """
+
+    __slots__ = ("plane", "request", "protocol", "started", "model", "call")
+
+    def __init__(self, plane: DataPlane, request: InferRequest, protocol: str) -> None:
+        self.plane = plane
+        self.request = request
+        self.protocol = protocol
+        self.model: Optional[ServedModel] = None
+        self.call: Optional[_Call] = None
+
+    def __enter__(self) -> _Call:
+        plane, request = self.plane, self.request
+        self.started = time.perf_counter_ns()
+        plane._track(1)
+        try:
+            if not plane._accepting:
+                raise ModelNotReadyError("the server is shutting down")
+            model = self.model = plane.repository.get(request.model_name, request.model_version)
+            # Held until the answer is built: a model being unloaded or replaced closes only after.
+            model.acquire()
+            call = self.call = plane._admit(model, request, self.protocol)
+        except Exception as exc:
+            public = self._fail(exc)
+            if public is exc:
+                raise
+            raise public from None
+        call.admitted_ns = time.perf_counter_ns()
+        return call
+
+    def __exit__(self, kind: Any, exc: Optional[BaseException], traceback: Any) -> None:
+        if exc is None:
+            self._succeed()
+        elif isinstance(exc, Exception):
+            public = self._fail(exc)
+            if public is not exc:
+                raise public from None
+        else:  # KeyboardInterrupt, a cancelled task: nothing to account for, it goes on up
+            self._release()
+
+    def _release(self) -> None:
+        self.plane._track(-1)
+        if self.model is not None:
+            self.model.release()
+
+    def _fail(self, exc: Exception) -> BaseException:
+        """Account for a failed request; what the client may see of ``exc``."""
+        self._release()
+        request = self.request
+        self.plane._failed(exc, request, self.protocol)
+        if self.model is not None:
+            self.model.statistics.failed(time.perf_counter_ns() - self.started)
+        return sanitised(exc, request.id, request.model_name)
+
+    def _succeed(self) -> None:
+        self._release()
+        model, call, started = self.model, self.call, self.started
+        assert model is not None and call is not None
+        finished = time.perf_counter_ns()
+        rows = call.bindings.get(model.batch_symbol, 1) if (call.bindings and model.batch_symbol) else 1
+        model.statistics.succeeded(
+            rows,
+            finished - started,
+            call.admitted_ns - started,
+            call.queue_ns,
+            call.infer_ns,
+            finished - call.outputs_ns,
+        )
+        self.plane._succeeded(model, self.request, self.protocol, (finished - started) / 1e9)
 
 
 @dataclass(frozen=True)
@@ -212,44 +290,9 @@ class DataPlane:
         """The server's event loop: batching runs there, blocking callers submit to it."""
         self._loop = loop
 
-    @contextlib.contextmanager
-    def _handling(self, request: InferRequest, protocol: str) -> Iterator[_Call]:
+    def _handling(self, request: InferRequest, protocol: str) -> _Handling:
         """Admit, check and account for one request; the body runs the model and fills the call's timings."""
-        started = time.perf_counter_ns()
-        self._track(1)
-        model: Optional[ServedModel] = None
-        try:
-            if not self._accepting:
-                raise ModelNotReadyError("the server is shutting down")
-            model = self.repository.get(request.model_name, request.model_version)
-            # Held until the answer is built: a model being unloaded or replaced closes only after.
-            model.acquire()
-            call = self._admit(model, request, protocol)
-            call.admitted_ns = time.perf_counter_ns()
-            yield call
-        except Exception as exc:
-            self._failed(exc, request, protocol)
-            if model is not None:
-                model.statistics.failed(time.perf_counter_ns() - started)
-            public = sanitised(exc, request.id, request.model_name)
-            if public is exc:
-                raise
-            raise public from None
-        finally:
-            self._track(-1)
-            if model is not None:
-                model.release()
-        finished = time.perf_counter_ns()
-        rows = call.bindings.get(model.batch_symbol, 1) if (call.bindings and model.batch_symbol) else 1
-        model.statistics.succeeded(
-            rows,
-            finished - started,
-            call.admitted_ns - started,
-            call.queue_ns,
-            call.infer_ns,
-            finished - call.outputs_ns,
-        )
-        self._succeeded(model, request, protocol, (finished - started) / 1e9)
+        return _Handling(self, request, protocol)
 
     def _admit(self, model: ServedModel, request: InferRequest, protocol: str) -> _Call:
         self.metrics.count_request(model.name, model.version, protocol)

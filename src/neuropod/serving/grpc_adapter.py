@@ -73,11 +73,13 @@ def request_from_message(message: Any, regions: Optional[SharedMemoryRegions] = 
     ``raw_input_contents`` holds one entry per input that is neither in
     shared memory nor sent as typed ``contents``, in input order.
     """
-    raw = message.raw_input_contents
+    # Protobuf's repeated fields are read through slices (lists): iterating one directly
+    # ends by raising and catching an IndexError, a cost paid on every request.
+    raw = message.raw_input_contents[:]
     raw_count = len(raw)
     inputs = {}
     next_raw = 0
-    for tensor in message.inputs:
+    for tensor in message.inputs[:]:
         name = tensor.name
         if name in inputs:
             raise InputValidationError(f"input {name!r} appears more than once")
@@ -85,13 +87,13 @@ def request_from_message(message: Any, regions: Optional[SharedMemoryRegions] = 
         if span is not None:
             region, offset, byte_size = span
             data = region.read(offset, byte_size, name)
-            inputs[name] = decode_raw(tensor.datatype, tensor.shape, data, name)
+            inputs[name] = decode_raw(tensor.datatype, tensor.shape[:], data, name)
         elif raw_count:
             if next_raw >= raw_count:
                 raise InputValidationError(
                     f"raw_input_contents holds {raw_count} entries, too few for the inputs sent raw"
                 )
-            inputs[name] = decode_raw(tensor.datatype, tensor.shape, raw[next_raw], name)
+            inputs[name] = decode_raw(tensor.datatype, tensor.shape[:], raw[next_raw], name)
             next_raw += 1
         else:
             inputs[name] = decode_contents(tensor.datatype, tensor.shape, tensor.contents, name)
@@ -99,7 +101,7 @@ def request_from_message(message: Any, regions: Optional[SharedMemoryRegions] = 
         raise InputValidationError(
             f"raw_input_contents holds {raw_count} entries for {next_raw} inputs sent raw; expected one per input"
         )
-    outputs = [output.name for output in message.outputs] or None
+    outputs = [output.name for output in message.outputs[:]] or None
     return InferRequest(message.model_name, message.model_version, message.id, inputs, outputs)
 
 
@@ -192,7 +194,7 @@ class GrpcAdapter:
     def model_infer(self, request: Any) -> Any:
         regions = self.dataplane.shared_memory
         placed = {}
-        for output in request.outputs:
+        for output in request.outputs[:]:  # a slice, as in request_from_message
             if output.parameters:
                 span = _region_span(output.parameters, regions, output.name)
                 if span is not None:
