@@ -6,15 +6,19 @@ Python package, with its defaults, with ``--pin-cpus`` and with ``--workers 2
 tests/serving/mlserver_adder, with its default settings, with
 ``parallel_workers: 0`` (its fastest setting here), and with
 ``parallel_workers: 0`` pinned to one CPU by ``taskset``, as ``--pin-cpus``
-pins neuropod). Each runs in its own process group; the client is
-tritonclient for all of them (gRPC, and HTTP: binary tensors for neuropod,
-JSON for MLServer, which has no binary extension), with N threads each
-holding its own client for N = 1, 4, 16, 64. The server's CPU per request is
-the CPU time (user + system) of its whole process group over a cell's
-measured window, divided by the requests answered in it; the client's is the
-same for this process (the client threads), which shares the machine.
+pins neuropod). Each runs in its own process group; one client drives them
+all (gRPC, and HTTP: binary tensors for neuropod, JSON for MLServer, which
+has no binary extension) with N = 1, 4, 16, 64 requests in flight:
+tritonclient (``--client tritonclient``, the default: N threads each holding
+its own client) or h2load (``--client h2load``: nghttp2's C load generator,
+N connections, the same request bytes every time). The server's CPU per
+request is the CPU time (user + system) of its whole process group over a
+cell's measured window, divided by the requests answered in it; the
+client's is the same for the client (this process's threads, or h2load),
+which shares the machine.
 
     python bench/serve.py                      # about 8 minutes (2 rounds x 2 s per cell)
+    python bench/serve.py --client h2load      # about 4 minutes; apt-get install nghttp2-client
     python bench/serve.py --duration 1 --concurrency 16 64 --protocols grpc
 
 MLServer runs from the venv made by scripts/mlserver-venv.sh; without it the
@@ -31,9 +35,11 @@ import argparse
 import functools
 import json
 import os
+import re
 import resource
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -106,8 +112,13 @@ def _rest_infer_body(binary: bool) -> Tuple[bytes, List[str]]:
     ]
 
 
-def _check_h2load_request(url: str, body: bytes, headers: List[str], grpc: bool) -> None:
-    """Send h2load's exact request once and check the sum, since h2load counts any 2xx as a success."""
+def _check_h2load_request(url: str, body: bytes, headers: List[str], grpc: bool) -> int:
+    """Send h2load's request once and check the sum; return the size of the answer's body.
+
+    h2load counts any 2xx or 3xx as a success (and a gRPC error is an HTTP 200), so
+    :func:`measure_h2load` checks that every answer was this size. gRPC goes through
+    grpcio here: the same message, framed by grpcio instead of taken from ``body``.
+    """
     if grpc:
         import grpc as grpc_module
 
@@ -115,9 +126,10 @@ def _check_h2load_request(url: str, body: bytes, headers: List[str], grpc: bool)
 
         host, path = url.split("//", 1)[1].split("/", 1)
         with grpc_module.insecure_channel(host) as channel:
-            raw = channel.unary_unary(f"/{path}")(body[5:], timeout=30)
-        out = proto.ModelInferResponse.FromString(raw).raw_output_contents[0]
+            answer = channel.unary_unary(f"/{path}")(body[5:], timeout=30)
+        out = proto.ModelInferResponse.FromString(answer).raw_output_contents[0]
         total = np.frombuffer(out, np.float32).reshape(SHAPE)
+        size = 5 + len(answer)  # on the wire: the flag byte and the length, then the message
     else:
         import urllib.request
 
@@ -129,43 +141,62 @@ def _check_h2load_request(url: str, body: bytes, headers: List[str], grpc: bool)
             total = np.frombuffer(answer[int(binary_size) :], np.float32).reshape(SHAPE)
         else:
             total = np.array(json.loads(answer)["outputs"][0]["data"], np.float32).reshape(SHAPE)
+        size = len(answer)
     np.testing.assert_allclose(total, X + X, rtol=1e-6)
+    return size
 
 
 def measure_h2load(
-    url: str, body: bytes, headers: List[str], concurrency: int, duration: float, server_pgid: int
+    url: str, body: bytes, headers: List[str], answer_size: int, concurrency: int, duration: float, server_pgid: int
 ) -> Dict[str, float]:
     """One cell with h2load: ``concurrency`` connections, one request in flight on each (a closed loop).
 
     h2load (nghttp2's C load generator) keeps the client's CPU per request low, so the
-    server gets most of the machine; p50/p99 come from its per-request log.
+    server gets most of the machine. It runs a warm-up and then ``duration`` s; the
+    requests counted are those its per-request log says started between the two CPU
+    readings, and every answer of the run must be ``answer_size`` bytes.
     """
     grpc = "/inference.GRPCInferenceService/" in url
     warm_up = min(0.5, duration / 4)
     with tempfile.TemporaryDirectory() as tmp:
         body_file, log_file = Path(tmp) / "body", Path(tmp) / "requests.tsv"
         body_file.write_bytes(body)
-        command = ["h2load", "-D", f"{duration * 1000:.0f}ms", "--warm-up-time", f"{warm_up * 1000:.0f}ms"]
-        command += ["-c", str(concurrency), "-m", "1", "-d", str(body_file), f"--log-file={log_file}"]
-        command += [] if grpc else ["--h1"]
+        command = ["h2load", "-D", f"{(warm_up + duration + 0.1) * 1000:.0f}ms", "-c", str(concurrency), "-m", "1"]
+        command += ["-d", str(body_file), f"--log-file={log_file}"] + ([] if grpc else ["--h1"])
         for header in headers:
             command += ["-H", header]
         started = time.perf_counter()
         client = subprocess.Popen(
             [*command, url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
         )
-        # Measured window as h2load times it: after its warm-up (connecting takes a few ms more).
-        time.sleep(max(0.0, started + warm_up - time.perf_counter()))
-        cpu = [group_cpu_s(server_pgid), group_cpu_s(client.pid)]
-        time.sleep(max(0.0, started + warm_up + duration - time.perf_counter()))
-        cpu = [group_cpu_s(server_pgid) - cpu[0], group_cpu_s(client.pid) - cpu[1]]
-        output, _ = client.communicate(timeout=duration + 60)
-        if client.returncode != 0 or " 0 failed, 0 errored" not in output:
+        try:
+            time.sleep(max(0.0, started + warm_up - time.perf_counter()))
+            window = [time.time()]
+            cpu = [group_cpu_s(server_pgid), group_cpu_s(client.pid)]
+            time.sleep(max(0.0, started + warm_up + duration - time.perf_counter()))
+            window.append(time.time())
+            cpu = [group_cpu_s(server_pgid) - cpu[0], group_cpu_s(client.pid) - cpu[1]]
+            output, _ = client.communicate(timeout=duration + 60)
+        finally:
+            if client.poll() is None:
+                os.killpg(client.pid, signal.SIGKILL)
+                client.wait()
+        done = re.search(r"requests: \d+ total, \d+ started, (\d+) done", output)
+        received = re.search(r"\((\d+)\) data", output)
+        if client.returncode != 0 or done is None or received is None or " 0 failed, 0 errored" not in output:
             raise RuntimeError(f"h2load failed ({client.returncode}): {output[-800:]}")
-        latencies = np.array([int(row.split("\t")[2]) for row in log_file.read_text().splitlines()]) / 1e3
+        if int(received.group(1)) < int(done.group(1)) * answer_size:
+            raise RuntimeError(
+                f"h2load: {done.group(1)} answers of {answer_size} bytes expected, {received.group(1)} bytes "
+                f"came: some requests failed ({url})"
+            )
+        rows = [row.split("\t") for row in log_file.read_text().splitlines()]
+        start_us, end_us = window[0] * 1e6, window[1] * 1e6
+        latencies = np.array([int(row[2]) for row in rows if start_us <= int(row[0]) < end_us]) / 1e3
     count = len(latencies)
+    seconds = window[1] - window[0]
     return {
-        "throughput": count / duration,
+        "throughput": count / seconds,
         "p50_ms": float(np.percentile(latencies, 50)) if count else float("nan"),
         "p99_ms": float(np.percentile(latencies, 99)) if count else float("nan"),
         "requests": float(count),
@@ -329,8 +360,8 @@ def main() -> None:
                 }  # fmt: skip
                 for protocol in args.protocols:
                     url, body, headers = requests[protocol]
-                    _check_h2load_request(url, body, headers, grpc=protocol == "grpc")
-                    run = functools.partial(measure_h2load, url, body, headers, server_pgid=pgid)
+                    size = _check_h2load_request(url, body, headers, grpc=protocol == "grpc")
+                    run = functools.partial(measure_h2load, url, body, headers, size, server_pgid=pgid)
                     targets.append((f"{label} {PROTOCOL_NAMES[protocol]}", run))
                 return
             callers = {"grpc": lambda: _grpc_caller(grpc_port), "rest": lambda: _http_caller(http_port, binary)}

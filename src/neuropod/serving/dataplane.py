@@ -147,6 +147,9 @@ class _Handling:
             if public is exc:
                 raise
             raise public from None
+        except BaseException:  # KeyboardInterrupt and the like: __exit__ will not run, so release here
+            self._release()
+            raise
         call.admitted_ns = time.perf_counter_ns()
         return call
 
@@ -166,13 +169,15 @@ class _Handling:
             self.model.release()
 
     def _fail(self, exc: Exception) -> BaseException:
-        """Account for a failed request; what the client may see of ``exc``."""
-        self._release()
+        """Account for a failed request, then release it; what the client may see of ``exc``."""
         request = self.request
-        self.plane._failed(exc, request, self.protocol)
-        if self.model is not None:
-            self.model.statistics.failed(time.perf_counter_ns() - self.started)
-        return sanitised(exc, request.id, request.model_name)
+        try:  # counted before the release, so that a drain or a retired model's close comes after it
+            self.plane._failed(exc, request, self.protocol)
+            if self.model is not None:
+                self.model.statistics.failed(time.perf_counter_ns() - self.started)
+            return sanitised(exc, request.id, request.model_name)
+        finally:
+            self._release()
 
     def _succeed(self) -> None:
         self._release()
