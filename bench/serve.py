@@ -437,13 +437,15 @@ def main() -> None:
             protocol = name.rsplit(" ", 1)[1]
             for concurrency in args.concurrency:
                 rows = [n for n in baselines if n.endswith(protocol)]
-                best = max(rows, key=lambda n: results[n][concurrency]["throughput"])
-                theirs, ours = results[best][concurrency], results[name][concurrency]
+                fastest = max(rows, key=lambda n: results[n][concurrency]["throughput"])
+                theirs, ours = results[fastest][concurrency], results[name][concurrency]
                 speed = ours["throughput"] / theirs["throughput"]
                 tail = ours["p99_ms"] / theirs["p99_ms"]
-                cpu = ours["cpu_us"] / theirs["cpu_us"]
-                label = best[: -len(protocol) - 1]
-                print(f"| {name:<38} | {concurrency:>4} | {label:<19} | {speed:12.2f} | {tail:5.2f} | {cpu:9.2f} |")
+                cpu_ratio = ours["cpu_us"] / theirs["cpu_us"]
+                label = fastest[: -len(protocol) - 1]
+                print(
+                    f"| {name:<38} | {concurrency:>4} | {label:<19} | {speed:12.2f} | {tail:5.2f} | {cpu_ratio:9.2f} |"
+                )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
