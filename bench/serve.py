@@ -147,7 +147,14 @@ def _check_h2load_request(url: str, body: bytes, headers: List[str], grpc: bool)
 
 
 def measure_h2load(
-    url: str, body: bytes, headers: List[str], answer_size: int, concurrency: int, duration: float, server_pgid: int
+    url: str,
+    body: bytes,
+    headers: List[str],
+    answer_size: int,
+    concurrency: int,
+    duration: float,
+    server_pgid: int,
+    grpc: bool,
 ) -> Dict[str, float]:
     """One cell with h2load: ``concurrency`` connections, one request in flight on each (a closed loop).
 
@@ -156,7 +163,6 @@ def measure_h2load(
     requests counted are those its per-request log says started between the two CPU
     readings, and every answer of the run must be ``answer_size`` bytes.
     """
-    grpc = "/inference.GRPCInferenceService/" in url
     warm_up = min(0.5, duration / 4)
     with tempfile.TemporaryDirectory() as tmp:
         body_file, log_file = Path(tmp) / "body", Path(tmp) / "requests.tsv"
@@ -360,8 +366,9 @@ def main() -> None:
                 }  # fmt: skip
                 for protocol in args.protocols:
                     url, body, headers = requests[protocol]
-                    size = _check_h2load_request(url, body, headers, grpc=protocol == "grpc")
-                    run = functools.partial(measure_h2load, url, body, headers, size, server_pgid=pgid)
+                    grpc = protocol == "grpc"
+                    size = _check_h2load_request(url, body, headers, grpc=grpc)
+                    run = functools.partial(measure_h2load, url, body, headers, size, server_pgid=pgid, grpc=grpc)
                     targets.append((f"{label} {PROTOCOL_NAMES[protocol]}", run))
                 return
             callers = {"grpc": lambda: _grpc_caller(grpc_port), "rest": lambda: _http_caller(http_port, binary)}
