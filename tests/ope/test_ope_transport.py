@@ -231,7 +231,7 @@ def test_explicit_python_executable_and_bad_options(tool_path):
         ({"python_executable": "/nonexistent/python"}, "python_executable"),
         ({"cpu_affinity": ["a"]}, "cpu_affinity"),
         ({"cpu_affinity": [os.cpu_count()]}, f"cpu_affinity: this machine has CPUs 0-{os.cpu_count() - 1}, got"),
-        ({"backend_thing": object()}, "unknown option 'backend_thing'; valid options: cpu_affinity, environment"),
+        ({"backend_thing": object()}, "unknown option 'backend_thing'; valid options: colocate, cpu_affinity, env"),
     ):
         with pytest.raises(OptionError, match=match):
             load_neuropod(tool_path, use_ope=True, **bad)

@@ -45,6 +45,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 from ..errors import ChannelClosed, ChannelTimeout, WireFormatError
 from . import wire
+from .colocate import current_cpu, hold_thread_on, restore_thread
 from .spin import SPIN_MODES, SpinPolicy
 
 __all__ = ["Channel", "ChannelClosed", "ChannelTimeout", "POLL_SLICE_S", "MAILBOX_BYTES", "STAMP_SLOTS"]
@@ -61,7 +62,7 @@ _yield = getattr(os, "sched_yield", lambda: None)
 # 8-byte aligned so each counter is written by one store.
 _COUNTER = struct.Struct("=Q")
 _LENGTH = struct.Struct("=Q")
-_SEQ_AT, _LENGTH_AT, _SLEEPING_AT, _SETTINGS_AT, _STAMPS_AT, _PAYLOAD_AT = 0, 8, 16, 24, 32, 128
+_SEQ_AT, _LENGTH_AT, _SLEEPING_AT, _SETTINGS_AT, _MEETING_AT, _STAMPS_AT, _PAYLOAD_AT = 0, 8, 16, 24, 32, 40, 128
 # The settings word: the spin mode's number (1 + its index in SPIN_MODES) in the low byte, then a timing bit.
 _SPIN_MODE_MASK, _TIMING_BIT = 0xFF, 1 << 8
 #: Timestamps a side may leave in its box for the other (stage timing, :mod:`neuropod.ope.stages`).
@@ -109,6 +110,7 @@ class Channel:
         self._buffer = bytearray(wire.MAX_MESSAGE_BYTES + 1)
         self._view = memoryview(self._buffer)
         self._receive_timeout = 0.0  # the socket's SO_RCVTIMEO (0: none)
+        self._meeting = 0  # the word at _MEETING_AT of our box, as we last wrote it
 
     # -- sending -------------------------------------------------------------
 
@@ -219,11 +221,15 @@ class Channel:
         spin: Union[int, SpinPolicy],
         timeout: Optional[float] = None,
         check_alive: Optional[Callable[[], None]] = None,
+        meet: bool = False,
     ) -> Tuple[bytes, List[int]]:
         """The next message, still encoded, and the descriptors it carries.
 
         ``spin`` is how many nanoseconds to busy-poll before sleeping, or a
-        policy that decides it (and learns from how the wait went).
+        policy that decides it (and learns from how the wait went). With
+        ``meet``, a wait that does not spin at all holds this thread on its
+        CPU while it sleeps and tells the peer which CPU that is
+        (:meth:`peer_meeting_cpu`, :mod:`neuropod.ope.colocate`).
 
         Raises:
             ChannelClosed: the peer is gone.
@@ -240,10 +246,17 @@ class Channel:
                 policy.waited(0)
             return self._take()
         spin_ns = spin.budget() if isinstance(spin, SpinPolicy) else spin
-        if timeout is not None:
-            spin_ns = min(spin_ns, int(timeout * 1e9))  # the spin counts against the timeout too
         now = time.perf_counter_ns
         began = now()
+        if meet and spin_ns <= 0:
+            found = self._sleep_on_this_cpu(expected, timeout, check_alive)
+            if policy is not None:
+                policy.waited(now() - began)
+            return found
+        if self._meeting:
+            self._publish_meeting(0)
+        if timeout is not None:
+            spin_ns = min(spin_ns, int(timeout * 1e9))  # the spin counts against the timeout too
         if spin_ns > 0:
             spin_until = began + spin_ns
             while now() < spin_until:
@@ -305,6 +318,32 @@ class Channel:
             finally:
                 _COUNTER.pack_into(mailbox, sleeping_at, 0)
 
+    def _sleep_on_this_cpu(
+        self, expected: int, timeout: Optional[float], check_alive: Optional[Callable[[], None]]
+    ) -> Tuple[bytes, List[int]]:
+        cpu = current_cpu()
+        previous = None if cpu is None else hold_thread_on(cpu)
+        if previous is None:
+            if self._meeting:
+                self._publish_meeting(0)
+            return self._sleep(expected, timeout, check_alive)
+        assert cpu is not None
+        if self._meeting != cpu + 1:
+            self._publish_meeting(cpu + 1)
+        try:
+            return self._sleep(expected, timeout, check_alive)
+        finally:
+            restore_thread(previous)
+
+    def _publish_meeting(self, word: int) -> None:
+        _COUNTER.pack_into(self.mailbox, self._out + _MEETING_AT, word)
+        self._meeting = word
+
+    def peer_meeting_cpu(self) -> Optional[int]:
+        """The CPU the peer sleeps on in its calls (``receive_bytes(meet=True)``), or None while it does not."""
+        word = _COUNTER.unpack_from(self.mailbox, self._in + _MEETING_AT)[0]
+        return word - 1 if word else None
+
     def _set_receive_timeout(self, seconds: float) -> None:
         # A blocking receive that times out (SO_RCVTIMEO) wakes at once when a message
         # comes, where poll() and then a receive cost a second wake-up path (twice the
@@ -320,9 +359,10 @@ class Channel:
         spin: Union[int, SpinPolicy],
         timeout: Optional[float] = None,
         check_alive: Optional[Callable[[], None]] = None,
+        meet: bool = False,
     ) -> Tuple[wire.Message, List[int]]:
         """The next message, decoded, and the descriptors it carries (see :meth:`receive_bytes`)."""
-        data, fds = self.receive_bytes(spin, timeout, check_alive)
+        data, fds = self.receive_bytes(spin, timeout, check_alive, meet)
         return decode_checked(data, fds), fds
 
     def close(self) -> None:

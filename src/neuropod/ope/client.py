@@ -669,7 +669,7 @@ class WorkerProcess:
         channel = self.channel
         assert channel is not None
         while True:
-            data, fds = channel.receive_bytes(self.spin_policy, timeout, self._check_alive)
+            data, fds = channel.receive_bytes(self.spin_policy, timeout, self._check_alive, self.options.colocate)
             if stages.recorder is not None:
                 self._seen = stages.clock()
             if not fds:

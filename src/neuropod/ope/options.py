@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Tuple, Union
 
 from ..errors import OptionError
-from ..executors.options import Option, OptionTable, number, one_of
+from ..executors.options import Option, OptionTable, flag, number, one_of
 from .shm import DEFAULT_SHM_DIR
 from .spin import SPIN_MODES
 
@@ -37,6 +37,13 @@ class OpeOptions:
             ``spin_us``) when the answers usually come a little after
             ``spin_us``; ``"fixed"`` always spins ``spin_us``. See
             :mod:`neuropod.ope.spin`.
+        colocate: while a call sleeps for its answer (``spin_us=0``, or
+            spinning stopped: a busy machine, spins that do not pay), the
+            caller's thread and the worker's serving thread wait on the CPU
+            the caller runs on, so each hand-over is a switch between two
+            tasks on one CPU rather than the wake-up of an idle one (default
+            True; workers pinned with ``cpu_affinity`` keep to their CPUs).
+            See :mod:`neuropod.ope.colocate`.
         cpu_affinity: CPUs to pin workers to: a list of ints (every worker
             gets that set) or a list of lists (worker ``i`` gets entry
             ``i % len``). None leaves scheduling to the OS.
@@ -68,6 +75,7 @@ class OpeOptions:
     workers: int = 1
     spin_us: float = 100.0
     spin_mode: str = "adaptive"
+    colocate: bool = True
     cpu_affinity: Optional[Tuple[Tuple[int, ...], ...]] = None
     python_executable: str = field(default_factory=lambda: sys.executable)
     timeout: Optional[float] = None
@@ -162,6 +170,7 @@ OPE_OPTIONS: OptionTable = (
     Option("workers", "worker processes serving the model", _DEFAULTS.workers, _COUNT),
     Option("spin_us", "microseconds to busy-poll for the next message", _DEFAULTS.spin_us, _MICROSECONDS),
     Option("spin_mode", "'adaptive': spin while it pays and a core is idle; 'fixed'", "adaptive", one_of(*SPIN_MODES)),
+    Option("colocate", "while a call sleeps, caller and worker wait on the caller's CPU", True, flag),
     Option("cpu_affinity", "CPUs to pin workers to (a list, or a list per worker)", None, _affinity),
     Option("python_executable", "the interpreter that runs the workers", _DEFAULTS.python_executable, _executable),
     Option("timeout", "seconds one call may take (None: no limit)", None, _SECONDS_OR_NONE),

@@ -37,6 +37,7 @@ from ..executors.base import Executor
 from ..spec import SpecValidator
 from . import stages, wire
 from .channel import MAILBOX_BYTES, Channel, ChannelClosed, decode_checked
+from .colocate import hold_thread_on, restore_thread
 from .shm import PeerSegments, Segment, SegmentPool
 from .spin import SpinPolicy
 from .tensors import InlineArea, read_tensor, write_tensor
@@ -76,8 +77,11 @@ class _Server:
         spin_ns: int,
         parent_pid: int,
         output_validator: Optional[SpecValidator] = None,
+        meet_caller: bool = True,
     ) -> None:
         self.channel = channel
+        # Wait for calls on the CPU the caller sleeps on (neuropod.ope.colocate); not when pinned by cpu_affinity.
+        self.meet_caller = meet_caller
         self.model = model
         self.output_validator = output_validator
         # The parent's spin_mode option and stage timing, left in the mailbox before we started.
@@ -100,8 +104,12 @@ class _Server:
     def serve(self) -> None:
         channel, policy = self.channel, self.policy
         while True:
+            meeting = channel.peer_meeting_cpu() if self.meet_caller else None
             try:
-                data, fds = channel.receive_bytes(policy, None, self.check_parent)
+                if meeting is None:
+                    data, fds = channel.receive_bytes(policy, None, self.check_parent)
+                else:
+                    data, fds = self._receive_on(meeting)
             except ChannelClosed:
                 return
             seen = stages.clock() if self.timing else 0
@@ -123,6 +131,16 @@ class _Server:
                 return
             if message.kind == wire.Kind.INFER:
                 self.answer(message, seen)
+
+    def _receive_on(self, cpu: int) -> Tuple[bytes, List[int]]:
+        """The next call, waited for on ``cpu`` without spinning; the thread has its own CPUs back once it comes."""
+        previous = hold_thread_on(cpu)
+        if previous is None:
+            return self.channel.receive_bytes(self.policy, None, self.check_parent)
+        try:
+            return self.channel.receive_bytes(0, None, self.check_parent)
+        finally:
+            restore_thread(previous)
 
     def answer_small(self, request_id: int, inputs: Dict[str, np.ndarray], seen: int) -> None:
         """Answer a call whose inputs all came inline; the reply is built in full only when it must be."""
@@ -364,7 +382,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as exc:
         channel.send(wire.Message(wire.Kind.LOAD_FAILED, texts=describe_exception(exc)))
         return 1
-    return _serve(channel, model, output_validator, args, args.parent_pid)
+    return _serve(channel, model, output_validator, args, args.parent_pid, pinned=bool(args.cpus))
 
 
 def _zygote_main(args: argparse.Namespace) -> int:
@@ -392,7 +410,7 @@ def _zygote_main(args: argparse.Namespace) -> int:
     if order.cpus:
         _pin(",".join(str(cpu) for cpu in order.cpus))
         _size_thread_pools(len(order.cpus), args.options)
-    return _serve(channel, model, output_validator, args, order.zygote_pid)
+    return _serve(channel, model, output_validator, args, order.zygote_pid, pinned=bool(order.cpus))
 
 
 def _open_channel(fd: int, mailbox_fd: int) -> Channel:
@@ -423,12 +441,24 @@ def _size_thread_pools(cpu_count: int, options_json: str) -> None:
 
 
 def _serve(
-    channel: Channel, model: Executor, output_validator: SpecValidator, args: argparse.Namespace, parent_pid: int
+    channel: Channel,
+    model: Executor,
+    output_validator: SpecValidator,
+    args: argparse.Namespace,
+    parent_pid: int,
+    pinned: bool,
 ) -> int:
     hello = [str(os.getpid()), sys.version.split()[0], np.__version__]
     channel.send(wire.Message(wire.Kind.HELLO, texts=hello))
     server = _Server(
-        channel, model, args.shm_dir, args.cache_bytes, int(args.spin_us * 1000), parent_pid, output_validator
+        channel,
+        model,
+        args.shm_dir,
+        args.cache_bytes,
+        int(args.spin_us * 1000),
+        parent_pid,
+        output_validator,
+        meet_caller=not pinned,
     )
     try:
         server.serve()

@@ -1,0 +1,234 @@
+"""Sleeping calls wait on one CPU (neuropod.ope.colocate): the caller's thread and the worker's serving thread."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import List, Set
+
+import numpy as np
+import pytest
+from ope_models import make_identity_model
+
+from neuropod import load_neuropod
+from neuropod.errors import ChannelTimeout, OptionError
+from neuropod.ope import wire
+from neuropod.ope.channel import MAILBOX_BYTES, Channel
+from neuropod.ope.colocate import current_cpu, hold_thread_on, restore_thread
+from neuropod.ope.shm import Segment
+from neuropod.packagers import create_python_neuropod
+
+ALL_CPUS = os.sched_getaffinity(0)
+# CI's machines have 2 cores; a pin to one CPU is not observable on a machine (or CPU set) of one.
+pytestmark = pytest.mark.skipif(len(ALL_CPUS) < 2, reason="needs a process allowed on two CPUs or more")
+
+# A model that says which CPUs its calling thread, and a thread it starts, may use.
+AFFINITY_CODE = """
+import os
+import threading
+
+import numpy as np
+
+
+def get_model(data_root):
+    def where(x):
+        born = []
+        thread = threading.Thread(target=lambda: born.append(sorted(os.sched_getaffinity(0))))
+        thread.start()
+        thread.join()
+        mask = np.zeros(64, np.int64)
+        mask[sorted(os.sched_getaffinity(0))] = 1
+        mask_of_born = np.zeros(64, np.int64)
+        mask_of_born[born[0]] = 1
+        return {"caller": mask, "born": mask_of_born, "pid": np.array([os.getpid()], np.int64)}
+
+    return where
+"""
+
+
+def make_affinity_model(root: Path) -> Path:
+    code_dir = root / "where_code"
+    (code_dir / "where_pkg").mkdir(parents=True)
+    (code_dir / "where_pkg" / "__init__.py").write_text(AFFINITY_CODE)
+    return create_python_neuropod(
+        root / "where",
+        "where",
+        data_paths=[],
+        code_path_spec=[{"python_root": str(code_dir), "dirs_to_package": ["where_pkg"]}],
+        entrypoint_package="where_pkg",
+        entrypoint="get_model",
+        input_spec=[{"name": "x", "dtype": "float32", "shape": [None]}],
+        output_spec=[
+            {"name": "caller", "dtype": "int64", "shape": [64]},
+            {"name": "born", "dtype": "int64", "shape": [64]},
+            {"name": "pid", "dtype": "int64", "shape": [1]},
+        ],
+    )
+
+
+def cpus_of(mask: np.ndarray) -> Set[int]:
+    return {int(cpu) for cpu in np.flatnonzero(mask)}
+
+
+def wait_for_affinity(tid: int, wanted: Set[int], seconds: float = 5.0) -> Set[int]:
+    """The affinity of thread ``tid`` once it is ``wanted`` (or what it is after ``seconds``)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        now = os.sched_getaffinity(tid)
+        if now == wanted or time.monotonic() > deadline:
+            return now
+        time.sleep(0.001)
+
+
+def test_a_thread_is_held_on_its_cpu_and_given_back_its_cpus() -> None:
+    cpu = current_cpu()
+    assert cpu in ALL_CPUS
+    previous = hold_thread_on(cpu)
+    try:
+        assert previous == ALL_CPUS
+        assert os.sched_getaffinity(0) == {cpu}
+        # Per thread: another thread of this process keeps every CPU.
+        seen: List[Set[int]] = []
+        other = threading.Thread(target=lambda: seen.append(os.sched_getaffinity(0)))
+        other.start()  # (born of a held thread: it inherits the pin, which is why workers unpin before a call)
+        other.join()
+        assert seen == [{cpu}]
+    finally:
+        restore_thread(previous)
+    assert os.sched_getaffinity(0) == ALL_CPUS
+    seen.clear()
+    other = threading.Thread(target=lambda: seen.append(os.sched_getaffinity(0)))
+    other.start()
+    other.join()
+    assert seen == [ALL_CPUS]
+
+
+def test_a_cpu_the_thread_may_not_use_is_refused_and_a_thread_on_one_cpu_stays() -> None:
+    assert hold_thread_on(max(ALL_CPUS) + 1000) is None
+    assert os.sched_getaffinity(0) == ALL_CPUS
+    only = min(ALL_CPUS)
+    os.sched_setaffinity(0, {only})
+    try:
+        previous = hold_thread_on(only)
+        assert previous == {only}
+        restore_thread(previous)
+        assert os.sched_getaffinity(0) == {only}
+    finally:
+        os.sched_setaffinity(0, ALL_CPUS)
+
+
+@pytest.fixture()
+def pair():
+    mailbox = Segment.create(0, MAILBOX_BYTES, "/dev/shm")
+    here, there = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ends = Channel(here, mailbox.memory, side=0), Channel(there, mailbox.memory, side=1)
+    yield ends
+    for end in ends:
+        end.close()
+    mailbox.close()
+
+
+def answer_while_asleep(parent: Channel, worker: Channel, request_id: int, held: List[Set[int]]) -> threading.Thread:
+    """Answer ``parent`` once it sleeps, noting which CPUs its thread (this one) may use while it sleeps."""
+    tid = threading.get_native_id()
+
+    def answer() -> None:
+        while not parent.mailbox[parent._in + 16]:  # the parent's sleeping flag
+            time.sleep(0.0005)
+        held.append(os.sched_getaffinity(tid))
+        worker.send(wire.Message(wire.Kind.RESULT, request_id))
+
+    responder = threading.Thread(target=answer)
+    responder.start()
+    return responder
+
+
+def test_a_meeting_sleeper_is_held_on_its_cpu_and_says_which(pair) -> None:
+    parent, worker = pair
+    held: List[Set[int]] = []
+    responder = answer_while_asleep(parent, worker, 1, held)
+    assert parent.receive(0, timeout=10, meet=True)[0].request_id == 1
+    responder.join()
+    meeting = worker.peer_meeting_cpu()
+    assert meeting in ALL_CPUS and held == [{meeting}]
+    assert os.sched_getaffinity(0) == ALL_CPUS  # given back once the answer came
+    # An answer already there: no wait, nothing changes.
+    worker.send(wire.Message(wire.Kind.RESULT, 2))
+    assert parent.receive(0, meet=True)[0].request_id == 2
+    assert worker.peer_meeting_cpu() == meeting
+    # A wait that may spin says it no longer sleeps on one CPU.
+    threading.Timer(0.01, worker.send, args=(wire.Message(wire.Kind.RESULT, 3),)).start()
+    assert parent.receive(1_000_000, meet=True)[0].request_id == 3
+    assert worker.peer_meeting_cpu() is None
+    # Without meet, a sleeper keeps its CPUs.
+    held.clear()
+    responder = answer_while_asleep(parent, worker, 4, held)
+    assert parent.receive(0, timeout=10)[0].request_id == 4
+    responder.join()
+    assert held == [ALL_CPUS] and worker.peer_meeting_cpu() is None
+    # A meeting sleep that times out gives the CPUs back too.
+    with pytest.raises(ChannelTimeout):
+        parent.receive(0, timeout=0.02, meet=True)
+    assert os.sched_getaffinity(0) == ALL_CPUS and worker.peer_meeting_cpu() in ALL_CPUS
+
+
+def test_the_worker_waits_on_the_callers_cpu_and_runs_the_model_with_its_own(tmp_path: Path) -> None:
+    where = make_affinity_model(tmp_path)
+    x = {"x": np.ones(1, np.float32)}
+    with load_neuropod(where, use_ope=True, spin_us=0) as model:
+        for _ in range(20):
+            out = model.infer(x)
+            # The model's thread, and one it starts, have every CPU: the pin lasts only while the worker waits.
+            assert cpus_of(out["caller"]) == ALL_CPUS and cpus_of(out["born"]) == ALL_CPUS
+            assert os.sched_getaffinity(0) == ALL_CPUS  # the caller's thread too, after the call
+        published = model.executor.workers[0].channel._meeting - 1
+        assert published in ALL_CPUS
+        worker_pid = int(out["pid"][0])
+        # Between calls the worker's serving thread waits on the CPU the caller slept on.
+        assert wait_for_affinity(worker_pid, {published}) == {published}
+    # Off: the worker never leaves its CPUs, whatever the caller does.
+    with load_neuropod(where, use_ope=True, spin_us=0, colocate=False) as model:
+        for _ in range(5):
+            out = model.infer(x)
+        assert model.executor.workers[0].channel._meeting == 0
+        time.sleep(0.05)
+        assert os.sched_getaffinity(int(out["pid"][0])) == ALL_CPUS
+
+
+def test_a_worker_pinned_with_cpu_affinity_keeps_to_its_cpus(tmp_path: Path) -> None:
+    where = make_affinity_model(tmp_path)
+    pinned = {max(ALL_CPUS)}
+    with load_neuropod(where, use_ope=True, spin_us=0, cpu_affinity=sorted(pinned)) as model:
+        os.sched_setaffinity(0, {min(ALL_CPUS)})  # the caller sleeps on another CPU than the worker's
+        try:
+            for _ in range(5):
+                out = model.infer({"x": np.ones(1, np.float32)})
+        finally:
+            os.sched_setaffinity(0, ALL_CPUS)
+        assert cpus_of(out["caller"]) == pinned
+        time.sleep(0.05)
+        assert os.sched_getaffinity(int(out["pid"][0])) == pinned
+
+
+def test_a_caller_on_one_cpu_brings_the_worker_there(tmp_path: Path) -> None:
+    identity = make_identity_model(tmp_path, dtype="float32")
+    target = max(ALL_CPUS)
+    with load_neuropod(identity, use_ope=True, spin_us=0) as model:
+        os.sched_setaffinity(0, {target})
+        try:
+            for _ in range(5):
+                model.infer({"x": np.ones(1, np.float32)})
+            assert os.sched_getaffinity(0) == {target}  # the user's own pin is left as it was
+        finally:
+            os.sched_setaffinity(0, ALL_CPUS)
+        worker_pid = model.executor.workers[0].pid
+        assert wait_for_affinity(worker_pid, {target}) == {target}
+
+
+def test_the_colocate_option_is_checked(tmp_path: Path) -> None:
+    identity = make_identity_model(tmp_path, dtype="float32")
+    with pytest.raises(OptionError, match="colocate"):
+        load_neuropod(identity, use_ope=True, colocate="yes")
