@@ -43,12 +43,13 @@ import argparse
 import multiprocessing as mp
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import textwrap
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -307,15 +308,22 @@ def available_backends(wanted: List[str]) -> List[str]:
 
 def small_call_rows(rows: Rows, pipe: PipePeer, ope_options: Dict[str, Any], args: argparse.Namespace) -> None:
     rounds, batch = (10, 100) if args.quick else (20, 200)
-    variants = {"adaptive": {}, "fixed": {"spin_mode": "fixed"}, "spin0": {"spin_us": 0}}
+    variants = {
+        "adaptive": {},
+        "fixed": {"spin_mode": "fixed"},
+        "spin0": {"spin_us": 0},
+        "apart": {"spin_us": 0, "colocate": False},
+    }
     print("1-element float32 addition per backend, us; pipe = raw 8-byte mp.Pipe round trip, measured alongside")
     print("each OPE variant is timed in batches taking turns with the pipe and the in-process model (its own")
     print("ratios use those); x pipe = (OPE p50 - in-process p50) / pipe p50,")
     print("p99 x = (OPE p99 - in-process p99) / pipe p50; spun = share of the adaptive parent's waits that spun")
-    print("(it does not while the machine has no idle core)")
+    print("(it does not while the machine has no idle core); spin0: spin_us=0, caller and worker waiting on one")
+    print("CPU (colocate, the default); apart: spin_us=0, colocate=False (each wakes wherever the kernel puts it)")
     print(
         f"{'backend':>12} | {'pipe':>5} {'inproc':>6} | {'adaptive':>8} {'p99':>6} {'x pipe':>6} {'p99 x':>5}"
         f" {'spun':>5} | {'fixed':>6} {'p99':>6} {'x pipe':>6} {'p99 x':>5} | {'spin0':>6} {'x pipe':>6}"
+        f" | {'apart':>6} {'x pipe':>6}"
     )
     for name, (path, worker_options) in rows.items():
         cells: Dict[str, Tuple[float, float, float, float]] = {}  # variant -> p50, p99, x pipe, p99 x
@@ -337,13 +345,37 @@ def small_call_rows(rows: Rows, pipe: PipePeer, ope_options: Dict[str, Any], arg
                 trips.append(trip)
                 bases.append(base[0])
                 cells[variant] = (ope[0], ope[1], (ope[0] - base[0]) / trip, (ope[1] - base[1]) / trip)
-        a, f, z = cells["adaptive"], cells["fixed"], cells["spin0"]
+        a, f, z, w = cells["adaptive"], cells["fixed"], cells["spin0"], cells["apart"]
         print(
-            f"{name:>12} | {sorted(trips)[1]:>5.1f} {sorted(bases)[1]:>6.1f} | {a[0]:>8.1f} {a[1]:>6.1f} {a[2]:>6.2f}"
-            f" {a[3]:>5.2f} {spun:>5.0%} | {f[0]:>6.1f} {f[1]:>6.1f} {f[2]:>6.2f} {f[3]:>5.2f} |"
-            f" {z[0]:>6.1f} {z[2]:>6.2f}"
+            f"{name:>12} | {statistics.median(trips):>5.1f} {statistics.median(bases):>6.1f} | {a[0]:>8.1f}"
+            f" {a[1]:>6.1f} {a[2]:>6.2f} {a[3]:>5.2f} {spun:>5.0%} | {f[0]:>6.1f} {f[1]:>6.1f} {f[2]:>6.2f}"
+            f" {f[3]:>5.2f} | {z[0]:>6.1f} {z[2]:>6.2f} | {w[0]:>6.1f} {w[2]:>6.2f}"
         )
-    print("targets: x pipe <= 1.0 while spinning, p99 x <= 2.0, spin0 x pipe <= 1.5 (pipe, inproc: medians of the 3)")
+    print("targets: x pipe <= 1.0 while spinning, p99 x <= 2.0, spin0 x pipe <= 1.5 (pipe, inproc: medians of the 4)")
+    one_cpu = one_cpu_pipe_trip(pipe, rounds, batch)
+    if one_cpu is not None:
+        trip, held = one_cpu
+        print(
+            f"pipe round trip with both ends held on one CPU: {held:.1f} us against {trip:.1f} us left to the"
+            f" scheduler ({held / trip:.2f}x): the price of a hand-over without waking an idle CPU"
+        )
+
+
+def one_cpu_pipe_trip(pipe: PipePeer, rounds: int, batch: int) -> Optional[Tuple[float, float]]:
+    """p50 of the pipe round trip left to the scheduler, and with this thread and the echo on one CPU."""
+    cpus = os.sched_getaffinity(0)
+    if len(cpus) < 2:
+        return None
+    cpu = min(cpus)
+    free = interleaved({"pipe": pipe.trip}, rounds, batch)["pipe"][0]
+    os.sched_setaffinity(pipe.process.pid, {cpu})  # type: ignore[arg-type]
+    os.sched_setaffinity(0, {cpu})
+    try:
+        held = interleaved({"pipe": pipe.trip}, rounds, batch)["pipe"][0]
+    finally:
+        os.sched_setaffinity(0, cpus)
+        os.sched_setaffinity(pipe.process.pid, cpus)  # type: ignore[arg-type]
+    return free, held
 
 
 def stage_rows(rows: Rows, ope_options: Dict[str, Any], args: argparse.Namespace) -> None:
@@ -358,6 +390,7 @@ def stage_rows(rows: Rows, ope_options: Dict[str, Any], args: argparse.Namespace
         runs = [(name, path, dict(ope_options, **worker_options)) for name, (path, worker_options) in rows.items()]
         first, first_path, _ = runs[0]
         runs.append((f"{first} spin0", first_path, dict(ope_options, spin_us=0)))
+        runs.append((f"{first} apart", first_path, dict(ope_options, spin_us=0, colocate=False)))
         print(f"{'stage':>15} | " + " | ".join(f"{name:>12}" for name, _, _ in runs))
         rows: Dict[str, List[float]] = {column: [] for column in columns}
         for _, path, options in runs:
@@ -389,13 +422,16 @@ def load_rows(add: Path, pipe: PipePeer, ope_options: Dict[str, Any], args: argp
         time.sleep(0.5)
         print(f"under load: {cpus} CPU-bound processes (one per core); us, p50 and p99")
         with load_neuropod(add) as local, load_neuropod(add, use_ope=True, **ope_options) as adaptive:
-            with load_neuropod(add, use_ope=True, **dict(ope_options, spin_mode="fixed")) as fixed:
+            fixed = load_neuropod(add, use_ope=True, **dict(ope_options, spin_mode="fixed"))
+            apart = load_neuropod(add, use_ope=True, **dict(ope_options, colocate=False))
+            with fixed, apart:
                 result = interleaved(
                     {
                         "pipe": pipe.trip,
                         "inproc": lambda: local.infer(ONE),
                         "adaptive": lambda: adaptive.infer(ONE),
                         "fixed": lambda: fixed.infer(ONE),
+                        "adaptive apart": lambda: apart.infer(ONE),
                     },
                     rounds,
                     batch,
@@ -407,15 +443,16 @@ def load_rows(add: Path, pipe: PipePeer, ope_options: Dict[str, Any], args: argp
             hog.kill()
             hog.wait()
     trip, base = result["pipe"], result["inproc"]
-    print(f"{'mp.Pipe round trip':>28}: {fmt(trip)}")
-    print(f"{'in-process':>28}: {fmt(base)}")
-    for name in ("adaptive", "fixed"):
+    print(f"{'mp.Pipe round trip':>40}: {fmt(trip)}")
+    print(f"{'in-process':>40}: {fmt(base)}")
+    for name in ("adaptive", "fixed", "adaptive apart"):
         p50, p99 = result[name]
+        label = "OPE spin_mode=" + name.replace(" apart", ", colocate=False")
         print(
-            f"{'OPE spin_mode=' + name:>28}: {fmt(result[name])}   call / pipe {p50 / trip[0]:.2f}"
+            f"{label:>40}: {fmt(result[name])}   call / pipe {p50 / trip[0]:.2f}"
             f" (p99 {p99 / trip[1]:.2f}), added / pipe {(p50 - base[0]) / trip[0]:.2f}"
         )
-    print(f"{'':>28}  (the adaptive parent side: {spins})")
+    print(f"{'':>40}  (the adaptive parent side: {spins})")
 
 
 def size_rows(identity: Path, pipe: PipePeer, ope_options: Dict[str, Any], args: argparse.Namespace) -> None:
