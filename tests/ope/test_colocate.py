@@ -19,6 +19,7 @@ from neuropod.ope import wire
 from neuropod.ope.channel import MAILBOX_BYTES, Channel
 from neuropod.ope.colocate import current_cpu, hold_thread_on, restore_thread
 from neuropod.ope.shm import Segment
+from neuropod.ope.spin import BUSY_LOOKS, LOAD_CHECK_NS, SpinPolicy
 from neuropod.packagers import create_python_neuropod
 
 ALL_CPUS = os.sched_getaffinity(0)
@@ -173,6 +174,29 @@ def test_a_meeting_sleeper_is_held_on_its_cpu_and_says_which(pair) -> None:
     with pytest.raises(ChannelTimeout):
         parent.receive(0, timeout=0.02, meet=True)
     assert os.sched_getaffinity(0) == ALL_CPUS and worker.peer_meeting_cpu() in ALL_CPUS
+
+
+def test_no_meeting_while_the_machine_is_busy(pair) -> None:
+    parent, worker = pair
+    runnable = [1]
+    clock = [0]
+    policy = SpinPolicy(0, read_runnable=lambda: runnable[0], clock=lambda: clock[0])
+    held: List[Set[int]] = []
+    responder = answer_while_asleep(parent, worker, 1, held)
+    parent.receive(policy, timeout=10, meet=True)
+    responder.join()
+    meeting = worker.peer_meeting_cpu()
+    assert meeting in ALL_CPUS and held == [{meeting}]
+    runnable[0] = len(ALL_CPUS) + 1  # a task waits for a CPU at every look from now on
+    for _ in range(BUSY_LOOKS):
+        clock[0] += LOAD_CHECK_NS
+        policy.machine_busy()
+    assert policy.busy
+    held.clear()
+    responder = answer_while_asleep(parent, worker, 2, held)
+    parent.receive(policy, timeout=10, meet=True)
+    responder.join()
+    assert held == [ALL_CPUS] and worker.peer_meeting_cpu() is None
 
 
 def test_the_worker_waits_on_the_callers_cpu_and_runs_the_model_with_its_own(tmp_path: Path) -> None:

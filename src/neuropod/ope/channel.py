@@ -229,7 +229,8 @@ class Channel:
         policy that decides it (and learns from how the wait went). With
         ``meet``, a wait that does not spin at all holds this thread on its
         CPU while it sleeps and tells the peer which CPU that is
-        (:meth:`peer_meeting_cpu`, :mod:`neuropod.ope.colocate`).
+        (:meth:`peer_meeting_cpu`, :mod:`neuropod.ope.colocate`), unless the
+        policy finds the machine busy (no idle CPU to spare a wake-up of).
 
         Raises:
             ChannelClosed: the peer is gone.
@@ -248,7 +249,7 @@ class Channel:
         spin_ns = spin.budget() if isinstance(spin, SpinPolicy) else spin
         now = time.perf_counter_ns
         began = now()
-        if meet and spin_ns <= 0:
+        if meet and spin_ns <= 0 and not (policy is not None and policy.machine_busy()):
             found = self._sleep_on_this_cpu(expected, timeout, check_alive)
             if policy is not None:
                 policy.waited(now() - began)

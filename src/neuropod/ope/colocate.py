@@ -1,7 +1,7 @@
 """Waiting on one CPU: the caller and its worker meet where the caller runs while the caller sleeps.
 
-A call that sleeps for its answer (``spin_us=0``, a busy machine, spinning
-that does not pay) pays two wake-ups. Left to the scheduler, the worker
+A call that sleeps for its answer (``spin_us=0``, or spinning that does
+not pay) pays two wake-ups. Left to the scheduler, the worker
 wakes on an idle CPU, and so does the caller when the answer comes (Linux
 places a woken task on an idle CPU rather than behind the task that woke
 it). On the VMs we measured, waking an idle (halted) vCPU costs far more
@@ -16,7 +16,11 @@ serving thread waits for the next call on that CPU, and takes back its own
 CPU set as soon as a call wakes it, so the model runs (and any thread it
 starts is born) with the CPUs it had. Each side restores its mask at once:
 a pin lasts only while its side sleeps. Pinning costs a few microseconds of
-system calls a call, so spinning calls do not do it.
+system calls a call, so spinning calls do not do it; nor do calls while the
+caller's spin policy finds the machine busy (no idle CPU): then no vCPU
+halts, a wake-up is cheap anyway, and holding both sides on one CPU beside a
+busy neighbour made calls slower, not faster (the "under load" rows of
+``bench/ope.py``).
 
 Nothing here applies where the calls to do it are missing (other systems,
 a C library without ``sched_getcpu``): every function then returns None and

@@ -38,7 +38,7 @@ class OpeOptions:
             ``spin_us``; ``"fixed"`` always spins ``spin_us``. See
             :mod:`neuropod.ope.spin`.
         colocate: while a call sleeps for its answer (``spin_us=0``, or
-            spinning stopped: a busy machine, spins that do not pay), the
+            spins that do not pay) on a machine with an idle CPU, the
             caller's thread and the worker's serving thread wait on the CPU
             the caller runs on, so each hand-over is a switch between two
             tasks on one CPU rather than the wake-up of an idle one (default

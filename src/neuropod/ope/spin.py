@@ -183,14 +183,7 @@ class SpinPolicy:
         if not self.adaptive or not self.spin_ns:
             return self.spin_ns
         self._stretched_ns = 0  # until this wait's budget turns out stretched
-        now = self.clock()
-        if self._load_checked is None or now - self._load_checked >= LOAD_CHECK_NS:
-            self._load_checked = now
-            runnable = self.read_runnable()
-            crowded = runnable is not None and runnable > self.cpus
-            self._crowded_looks = self._crowded_looks + 1 if crowded else 0
-            self.busy = self._crowded_looks >= BUSY_LOOKS
-        if self.busy:
+        if self.machine_busy():
             return 0
         if self.paid < PAYS_AT:
             self._waits_since_spin += 1
@@ -208,6 +201,17 @@ class SpinPolicy:
                     self._stretched_ns = wanted
                     return wanted
         return self.spin_ns
+
+    def machine_busy(self) -> bool:
+        """Whether the last :data:`BUSY_LOOKS` looks found no idle core (looking again when one is due)."""
+        now = self.clock()
+        if self._load_checked is None or now - self._load_checked >= LOAD_CHECK_NS:
+            self._load_checked = now
+            runnable = self.read_runnable()
+            crowded = runnable is not None and runnable > self.cpus
+            self._crowded_looks = self._crowded_looks + 1 if crowded else 0
+            self.busy = self._crowded_looks >= BUSY_LOOKS
+        return self.busy
 
     def waited(self, nanoseconds: int) -> None:
         """A wait (spun, slept or both) ended after this long: what a stretching policy learns from."""
