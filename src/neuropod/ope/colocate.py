@@ -8,7 +8,7 @@ it). On the VMs we measured, waking an idle (halted) vCPU costs far more
 than a switch between two tasks on one CPU, and more the longer it slept: a
 pipe round trip to an echo process cost 38-83 us that way, against 16-18 us
 with both ends on one CPU, whatever the echo computed in between (see
-docs/ope.md, "Sleeping calls").
+docs/ope.md, "Sleeping calls wait on one CPU").
 
 So while the caller sleeps in a call, it holds its thread on the CPU it is
 on and tells the worker which one (a word in the mailbox); the worker's
