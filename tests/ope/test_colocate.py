@@ -11,10 +11,10 @@ from typing import List, Set
 
 import numpy as np
 import pytest
-from ope_models import make_identity_model
+from ope_models import make_identity_model, make_tool_model
 
 from neuropod import load_neuropod
-from neuropod.errors import ChannelTimeout, OptionError
+from neuropod.errors import ChannelTimeout, OptionError, WorkerCrashedError
 from neuropod.ope import wire
 from neuropod.ope.channel import MAILBOX_BYTES, Channel
 from neuropod.ope.colocate import current_cpu, hold_thread_on, restore_thread
@@ -70,6 +70,11 @@ def make_affinity_model(root: Path) -> Path:
     )
 
 
+def as_if_idle(model) -> None:
+    """Make the caller's spin policy see an idle machine: a busy one (CI's shared hosts) turns the meeting off."""
+    model.executor.workers[0].spin_policy.read_runnable = lambda: 0
+
+
 def cpus_of(mask: np.ndarray) -> Set[int]:
     return {int(cpu) for cpu in np.flatnonzero(mask)}
 
@@ -113,6 +118,8 @@ def test_a_cpu_the_thread_may_not_use_is_refused_and_a_thread_on_one_cpu_stays()
     only = min(ALL_CPUS)
     os.sched_setaffinity(0, {only})
     try:
+        assert hold_thread_on(max(ALL_CPUS)) is None  # a CPU of the machine, but not of this thread
+        assert os.sched_getaffinity(0) == {only}
         previous = hold_thread_on(only)
         assert previous == {only}
         restore_thread(previous)
@@ -203,6 +210,7 @@ def test_the_worker_waits_on_the_callers_cpu_and_runs_the_model_with_its_own(tmp
     where = make_affinity_model(tmp_path)
     x = {"x": np.ones(1, np.float32)}
     with load_neuropod(where, use_ope=True, spin_us=0) as model:
+        as_if_idle(model)
         for _ in range(20):
             out = model.infer(x)
             # The model's thread, and one it starts, have every CPU: the pin lasts only while the worker waits.
@@ -224,23 +232,26 @@ def test_the_worker_waits_on_the_callers_cpu_and_runs_the_model_with_its_own(tmp
 
 def test_a_worker_pinned_with_cpu_affinity_keeps_to_its_cpus(tmp_path: Path) -> None:
     where = make_affinity_model(tmp_path)
-    pinned = {max(ALL_CPUS)}
-    with load_neuropod(where, use_ope=True, spin_us=0, cpu_affinity=sorted(pinned)) as model:
-        os.sched_setaffinity(0, {min(ALL_CPUS)})  # the caller sleeps on another CPU than the worker's
+    # Pinned to every CPU: the caller's CPU is one of them, so only the worker's own rule keeps it from following.
+    with load_neuropod(where, use_ope=True, spin_us=0, cpu_affinity=sorted(ALL_CPUS)) as model:
+        as_if_idle(model)
+        os.sched_setaffinity(0, {min(ALL_CPUS)})
         try:
             for _ in range(5):
                 out = model.infer({"x": np.ones(1, np.float32)})
+            assert model.executor.workers[0].channel._meeting == min(ALL_CPUS) + 1  # the caller did sleep on one
         finally:
             os.sched_setaffinity(0, ALL_CPUS)
-        assert cpus_of(out["caller"]) == pinned
+        assert cpus_of(out["caller"]) == ALL_CPUS
         time.sleep(0.05)
-        assert os.sched_getaffinity(int(out["pid"][0])) == pinned
+        assert os.sched_getaffinity(int(out["pid"][0])) == ALL_CPUS
 
 
 def test_a_caller_on_one_cpu_brings_the_worker_there(tmp_path: Path) -> None:
     identity = make_identity_model(tmp_path, dtype="float32")
     target = max(ALL_CPUS)
     with load_neuropod(identity, use_ope=True, spin_us=0) as model:
+        as_if_idle(model)
         os.sched_setaffinity(0, {target})
         try:
             for _ in range(5):
@@ -250,6 +261,18 @@ def test_a_caller_on_one_cpu_brings_the_worker_there(tmp_path: Path) -> None:
             os.sched_setaffinity(0, ALL_CPUS)
         worker_pid = model.executor.workers[0].pid
         assert wait_for_affinity(worker_pid, {target}) == {target}
+
+
+def test_a_worker_that_dies_while_the_caller_sleeps_on_its_cpu_gives_the_caller_its_cpus_back(tmp_path: Path) -> None:
+    tool = make_tool_model(tmp_path)
+    with load_neuropod(tool, use_ope=True, spin_us=0) as model:
+        as_if_idle(model)
+        model.infer({"x": np.ones(1)})
+        with pytest.raises(WorkerCrashedError):
+            model.infer({"x": np.ones(1), "cmd": np.array(["kill"])})
+        assert os.sched_getaffinity(0) == ALL_CPUS
+        assert model.infer({"x": np.ones(1)})["y"].tolist() == [2.0]  # its replacement answers
+        assert os.sched_getaffinity(0) == ALL_CPUS
 
 
 def test_the_colocate_option_is_checked(tmp_path: Path) -> None:

@@ -324,17 +324,14 @@ class Channel:
     ) -> Tuple[bytes, List[int]]:
         cpu = current_cpu()
         previous = None if cpu is None else hold_thread_on(cpu)
-        if previous is None:
-            if self._meeting:
-                self._publish_meeting(0)
-            return self._sleep(expected, timeout, check_alive)
-        assert cpu is not None
-        if self._meeting != cpu + 1:
-            self._publish_meeting(cpu + 1)
-        try:
+        try:  # entered at once: an interrupt from here on still gives the thread its CPUs back
+            word = 0 if cpu is None or previous is None else cpu + 1
+            if self._meeting != word:
+                self._publish_meeting(word)
             return self._sleep(expected, timeout, check_alive)
         finally:
-            restore_thread(previous)
+            if previous is not None:
+                restore_thread(previous)
 
     def _publish_meeting(self, word: int) -> None:
         _COUNTER.pack_into(self.mailbox, self._out + _MEETING_AT, word)

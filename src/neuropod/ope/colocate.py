@@ -19,8 +19,7 @@ a pin lasts only while its side sleeps. Pinning costs a few microseconds of
 system calls a call, so spinning calls do not do it; nor do calls while the
 caller's spin policy finds the machine busy (no idle CPU): then no vCPU
 halts, a wake-up is cheap anyway, and holding both sides on one CPU beside a
-busy neighbour made calls slower, not faster (the "under load" rows of
-``bench/ope.py``).
+busy neighbour did not make calls faster (docs/ope.md).
 
 Nothing here applies where the calls to do it are missing (other systems,
 a C library without ``sched_getcpu``): every function then returns None and

@@ -79,7 +79,8 @@ __all__ = [
 ]
 
 MAGIC = b"NPOP"
-VERSION = 2
+# 3: the mailbox's boxes gained the meeting word (neuropod.ope.colocate), and their stamps moved after it.
+VERSION = 3
 
 HEADER = struct.Struct("<4sHHQI")
 _U16 = struct.Struct("<H")

@@ -135,12 +135,13 @@ class _Server:
     def _receive_on(self, cpu: int) -> Tuple[bytes, List[int]]:
         """The next call, waited for on ``cpu`` without spinning; the thread has its own CPUs back once it comes."""
         previous = hold_thread_on(cpu)
-        if previous is None:
-            return self.channel.receive_bytes(self.policy, None, self.check_parent)
-        try:
+        try:  # entered at once: an interrupt from here on still gives the thread its CPUs back
+            if previous is None:  # a CPU we may not use: wait as if the caller did not sleep on one
+                return self.channel.receive_bytes(self.policy, None, self.check_parent)
             return self.channel.receive_bytes(0, None, self.check_parent)
         finally:
-            restore_thread(previous)
+            if previous is not None:
+                restore_thread(previous)
 
     def answer_small(self, request_id: int, inputs: Dict[str, np.ndarray], seen: int) -> None:
         """Answer a call whose inputs all came inline; the reply is built in full only when it must be."""
