@@ -381,3 +381,20 @@ def test_closing_during_a_call_leaves_no_worker_behind(tool_path):
     assert "closed during the call" in str(failures[0])
     assert gone(pid)
     assert set(_live_workers()) <= others  # no replacement was started
+
+
+@pytest.mark.parametrize("size", [1, 20_000])  # answers inline, and in the worker's segments
+def test_a_call_interrupted_by_ctrl_c_leaves_the_worker_in_step(tool_path, size):
+    with load_neuropod(tool_path, use_ope=True) as model:
+        pid = pid_of(model)
+        x = np.full(size, 0.3)  # busy for 0.3 s
+        interrupter = threading.Timer(0.05, os.kill, args=(os.getpid(), signal.SIGINT))
+        interrupter.start()
+        with pytest.raises(KeyboardInterrupt):
+            model.infer({"x": x, "cmd": np.array(["busy"])})
+        interrupter.join()
+        # The abandoned call's answer is dropped, not taken for the next call's.
+        for value in (1.0, 2.0):
+            out = model.infer({"x": np.full(size, value)})
+            assert out["y"].tolist() == [value + 1] * size
+        assert int(out["pid"][0]) == pid  # the same worker: nothing was killed

@@ -230,6 +230,7 @@ class WorkerProcess:
             self.pending_drops: List[int] = []  # ... and that we destroyed since the last message
         self.releases: Deque[int] = collections.deque()  # its segments our arrays no longer view
         self.segments = PeerSegments()
+        self.abandoned: Set[int] = set()  # calls interrupted after they were sent: their answers are dropped
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -560,7 +561,12 @@ class WorkerProcess:
                 else:
                     channel.send_bytes(small)
                 sent = stages.clock() if record is not None else 0
-                reply = self._receive(request_id, timeout)
+                try:
+                    reply = self._receive(request_id, timeout)
+                except BaseException as exc:
+                    if not isinstance(exc, Exception):  # KeyboardInterrupt: the answer still comes, to be dropped
+                        self.abandoned.add(request_id)
+                    raise
             except (ChannelClosed, OSError):
                 raise self._crashed() from None
             except ChannelTimeout:
@@ -676,6 +682,9 @@ class WorkerProcess:
                 small = wire.decode_inline(data)
                 if small is not None:
                     kind, answered, outputs = small
+                    if answered in self.abandoned:
+                        self.abandoned.discard(answered)
+                        continue
                     if kind != wire.Kind.RESULT:
                         raise WireFormatError(f"worker answered a call with message kind {kind}")
                     if answered != request_id:
@@ -688,11 +697,21 @@ class WorkerProcess:
                 self.segments.drop(segment_id)
             if message.kind == wire.Kind.SEGMENTS:
                 continue
+            if message.request_id in self.abandoned and message.kind in (wire.Kind.RESULT, wire.Kind.ERROR):
+                self.abandoned.discard(message.request_id)
+                self._drop_answer(message)
+                continue
             if message.request_id != request_id:
                 raise WireFormatError(f"worker answered request {message.request_id}, expected {request_id}")
             if message.kind not in (wire.Kind.RESULT, wire.Kind.ERROR):
                 raise WireFormatError(f"worker answered a call with message kind {message.kind}")
             return message
+
+    def _drop_answer(self, reply: wire.Message) -> None:
+        """Let go of an abandoned call's answer: the worker's segments its outputs were in go back to it."""
+        for ref in reply.tensors:
+            if ref.owner != wire.OWNER_RECEIVER and ref.segment != wire.NO_SEGMENT:
+                self.releases.append(ref.segment)
 
     def _outputs(
         self,
