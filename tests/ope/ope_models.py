@@ -10,11 +10,15 @@ also returns an output ``dbg`` that is not in the spec.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import textwrap
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Iterator, Tuple, Union
 
+from neuropod.ope.channel import MAILBOX_BYTES, Channel
+from neuropod.ope.shm import Segment
 from neuropod.packagers import create_python_neuropod
 
 TOOL_CODE = """
@@ -115,3 +119,17 @@ def fd_targets() -> list:
         except OSError:  # the descriptor listdir itself used
             pass
     return sorted(targets)
+
+
+@contextlib.contextmanager
+def channel_pair() -> Iterator[Tuple[Channel, Channel]]:
+    """Both ends of a control channel in this process: (the parent's, the worker's)."""
+    mailbox = Segment.create(0, MAILBOX_BYTES, "/dev/shm")
+    here, there = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ends = Channel(here, mailbox.memory, side=0), Channel(there, mailbox.memory, side=1)
+    try:
+        yield ends
+    finally:
+        for end in ends:
+            end.close()
+        mailbox.close()

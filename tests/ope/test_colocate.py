@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from pathlib import Path
@@ -11,14 +10,13 @@ from typing import List, Set
 
 import numpy as np
 import pytest
-from ope_models import make_identity_model, make_tool_model
+from ope_models import channel_pair, make_identity_model, make_tool_model
 
 from neuropod import load_neuropod
 from neuropod.errors import ChannelTimeout, OptionError, WorkerCrashedError
 from neuropod.ope import wire
-from neuropod.ope.channel import MAILBOX_BYTES, Channel
+from neuropod.ope.channel import Channel
 from neuropod.ope.colocate import current_cpu, hold_thread_on, restore_thread
-from neuropod.ope.shm import Segment
 from neuropod.ope.spin import BUSY_LOOKS, LOAD_CHECK_NS, SpinPolicy
 from neuropod.packagers import create_python_neuropod
 
@@ -130,13 +128,8 @@ def test_a_cpu_the_thread_may_not_use_is_refused_and_a_thread_on_one_cpu_stays()
 
 @pytest.fixture()
 def pair():
-    mailbox = Segment.create(0, MAILBOX_BYTES, "/dev/shm")
-    here, there = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    ends = Channel(here, mailbox.memory, side=0), Channel(there, mailbox.memory, side=1)
-    yield ends
-    for end in ends:
-        end.close()
-    mailbox.close()
+    with channel_pair() as ends:
+        yield ends
 
 
 def answer_while_asleep(parent: Channel, worker: Channel, request_id: int, held: List[Set[int]]) -> threading.Thread:

@@ -14,13 +14,12 @@ from typing import List, Optional
 
 import numpy as np
 import pytest
-from ope_models import make_identity_model
+from ope_models import channel_pair, make_identity_model
 
 from neuropod import load_neuropod
 from neuropod.errors import ChannelClosed, ChannelTimeout, OptionError, WireFormatError
 from neuropod.ope import wire
-from neuropod.ope.channel import MAILBOX_BYTES, Channel
-from neuropod.ope.shm import Segment
+from neuropod.ope.channel import Channel
 from neuropod.ope.spin import (
     BUSY_LOOKS,
     LOAD_CHECK_NS,
@@ -214,13 +213,8 @@ def test_spin_mode_option_is_checked_and_reaches_the_worker(tmp_path: Path) -> N
 
 @pytest.fixture()
 def pair():
-    mailbox = Segment.create(0, MAILBOX_BYTES, "/dev/shm")
-    here, there = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    ends = Channel(here, mailbox.memory, side=0), Channel(there, mailbox.memory, side=1)
-    yield ends
-    for end in ends:
-        end.close()
-    mailbox.close()
+    with channel_pair() as ends:
+        yield ends
 
 
 def message(request_id: int) -> wire.Message:
