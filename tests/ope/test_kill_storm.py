@@ -81,6 +81,9 @@ def _wait_for(condition, seconds: float = 20.0) -> bool:
 
 def test_a_thousand_sigkills_under_four_callers(tmp_path):
     path = make_tool_model(tmp_path)
+    # Earlier tests' objects may sit in reference cycles until collected, holding descriptors that the
+    # counts below would take for this model's (the same reason as the collection at the end).
+    gc.collect()
     shm_before, children_before, fds_before = _shm_names(), _children(), fd_targets()
     wrong: list = []
     counts = {"ok": 0, "failed": 0, "kills": 0}
