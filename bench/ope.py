@@ -40,10 +40,13 @@ alternate with the case they scale (so other load on the machine hits both):
 from __future__ import annotations
 
 import argparse
+import mmap
 import multiprocessing as mp
 import os
 import shutil
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -55,6 +58,8 @@ import numpy as np
 
 from neuropod import load_neuropod
 from neuropod.errors import NeuropodError
+from neuropod.ope import wire
+from neuropod.ope.channel import MAILBOX_BYTES, Channel
 from neuropod.packagers import create_python_neuropod
 from ope_shared_weights import shared_weights_rows
 
@@ -300,13 +305,60 @@ class PipePeer:
         self.process.join(5)
 
 
+CHANNEL_ECHO = """
+import mmap, socket, sys
+from neuropod.errors import ChannelClosed
+from neuropod.ope.channel import MAILBOX_BYTES, Channel
+
+channel = Channel(socket.socket(fileno=int(sys.argv[1])), mmap.mmap(int(sys.argv[2]), MAILBOX_BYTES), side=1)
+while True:
+    try:
+        data, _ = channel.receive_following(0)  # on the caller's CPU while it sleeps there, as a worker waits
+    except ChannelClosed:
+        break
+    channel.send_bytes(data)
+"""
+
+
+class ChannelPeer:
+    """An echo process at the other end of an OPE control channel: a call's two hand-overs without OPE's work.
+
+    It answers every message with itself at once: no decoding, no model, no encoding.
+    """
+
+    def __init__(self) -> None:
+        mailbox_fd = os.memfd_create("bench-mailbox")
+        os.ftruncate(mailbox_fd, MAILBOX_BYTES)
+        self.mailbox = mmap.mmap(mailbox_fd, MAILBOX_BYTES)
+        here, there = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        command = [sys.executable, "-c", CHANNEL_ECHO, str(there.fileno()), str(mailbox_fd)]
+        self.process = subprocess.Popen(command, pass_fds=(there.fileno(), mailbox_fd))
+        there.close()
+        os.close(mailbox_fd)
+        self.channel = Channel(here, self.mailbox, side=0)
+        self.message = wire.encode_inline(wire.Kind.INFER, 1, ONE)  # a 1-element addition's call, as sent
+
+    def trip(self, meet: bool = True) -> None:
+        """One sleeping round trip; ``meet``: both ends wait on this thread's CPU (the spin_us=0 default)."""
+        assert self.message is not None
+        self.channel.send_bytes(self.message)
+        self.channel.receive_bytes(0, meet=meet)
+
+    def close(self) -> None:
+        self.channel.close()
+        self.process.wait(5)
+        self.mailbox.close()
+
+
 def available_backends(wanted: List[str]) -> List[str]:
     import importlib.util
 
     return [name for name in wanted if importlib.util.find_spec(BACKENDS[name][0]) is not None]
 
 
-def small_call_rows(rows: Rows, pipe: PipePeer, ope_options: Dict[str, Any], args: argparse.Namespace) -> None:
+def small_call_rows(
+    rows: Rows, pipe: PipePeer, echo: ChannelPeer, ope_options: Dict[str, Any], args: argparse.Namespace
+) -> None:
     rounds, batch = (10, 100) if args.quick else (20, 200)
     variants = {
         "adaptive": {},
@@ -359,6 +411,16 @@ def small_call_rows(rows: Rows, pipe: PipePeer, ope_options: Dict[str, Any], arg
             f"pipe round trip with both ends held on one CPU: {held:.1f} us against {trip:.1f} us left to the"
             f" scheduler ({held / trip:.2f}x): the price of a hand-over without waking an idle CPU"
         )
+    floor = interleaved({"pipe": pipe.trip, "meet": echo.trip, "apart": lambda: echo.trip(False)}, rounds, batch)
+    trip, meet, apart = floor["pipe"][0], floor["meet"][0], floor["apart"][0]
+    print(
+        f"hand-over floor: an echo at the other end of an OPE channel (no model, no decoding), sleeping: {meet:.1f} us"
+        f" on one CPU ({meet / trip:.2f} pipe), {apart:.1f} us apart ({apart / trip:.2f} pipe), pipe {trip:.1f} us;"
+    )
+    print(
+        f"  so spin0's 1.5 pipe leaves {1.5 - meet / trip:.2f} pipe ({1.5 * trip - meet:.1f} us) for OPE's encoding,"
+        " decoding and bookkeeping on both sides and the model's slow-down on the caller's CPU"
+    )
 
 
 def one_cpu_pipe_trip(pipe: PipePeer, rounds: int, batch: int) -> Optional[Tuple[float, float]]:
@@ -412,9 +474,9 @@ def stage_rows(rows: Rows, ope_options: Dict[str, Any], args: argparse.Namespace
         stages.disable()
 
 
-def load_rows(add: Path, pipe: PipePeer, ope_options: Dict[str, Any], args: argparse.Namespace) -> None:
-    import subprocess
-
+def load_rows(
+    add: Path, pipe: PipePeer, echo: ChannelPeer, ope_options: Dict[str, Any], args: argparse.Namespace
+) -> None:
     cpus = os.cpu_count() or 1
     rounds, batch = (10, 50) if args.quick else (20, 100)
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cpus)]
@@ -434,6 +496,7 @@ def load_rows(add: Path, pipe: PipePeer, ope_options: Dict[str, Any], args: argp
                         "adaptive": lambda: adaptive.infer(ONE),
                         "fixed": lambda: fixed.infer(ONE),
                         "adaptive apart": lambda: apart.infer(ONE),
+                        "channel": lambda: echo.trip(False),  # what OPE does while the machine is busy
                     },
                     rounds,
                     batch,
@@ -456,6 +519,11 @@ def load_rows(add: Path, pipe: PipePeer, ope_options: Dict[str, Any], args: argp
             f" (p99 {p99 / trip[1]:.2f}), added / pipe {(p50 - base[0]) / trip[0]:.2f}"
         )
     print(f"{'':>50}  (the adaptive parent side: {spins})")
+    channel = result["channel"]
+    print(
+        f"{'bare OPE channel echo, sleeping (no model, no work)':>50}: {fmt(channel)}   call / pipe"
+        f" {channel[0] / trip[0]:.2f}: a sleeping call's two hand-overs alone"
+    )
 
 
 def size_rows(identity: Path, pipe: PipePeer, ope_options: Dict[str, Any], args: argparse.Namespace) -> None:
@@ -557,21 +625,22 @@ def main() -> None:
         packages = {name: (add if name == "python" else BACKENDS[name][1](root)) for name in names}
         rows: Rows = {name: (path, {}) for name, path in packages.items()}
         rows.update((label, (packages[backend], extra)) for label, backend, extra in EXTRA_ROWS if backend in packages)
-        pipe = PipePeer()
+        pipe, echo = PipePeer(), ChannelPeer()
         try:
             print()
-            small_call_rows(rows, pipe, ope_options, args)
+            small_call_rows(rows, pipe, echo, ope_options, args)
             if args.stages:
                 print()
                 stage_rows(rows, ope_options, args)
             if args.only_small:
                 return
             print()
-            load_rows(add, pipe, ope_options, args)
+            load_rows(add, pipe, echo, ope_options, args)
             print()
             size_rows(identity, pipe, ope_options, args)
         finally:
             pipe.close()
+            echo.close()
         print()
         seal_rows(identity, ope_options, args)
         print()

@@ -278,6 +278,24 @@ class Channel:
             policy.waited(now() - began)
         return found
 
+    def receive_following(
+        self, spin: Union[int, SpinPolicy], check_alive: Optional[Callable[[], None]] = None
+    ) -> Tuple[bytes, List[int]]:
+        """The next message, waited for where the peer sleeps: the worker's side of ``meet``.
+
+        While the peer holds its thread on a CPU (:meth:`peer_meeting_cpu`),
+        this thread waits on that CPU without spinning and has its own CPUs
+        back as soon as the message comes; otherwise, and where it may not
+        use that CPU, it waits as :meth:`receive_bytes` with ``spin`` does.
+        """
+        cpu = self.peer_meeting_cpu()
+        previous = None if cpu is None else hold_thread_on(cpu)
+        try:  # entered at once: an interrupt from here on still gives the thread its CPUs back
+            return self.receive_bytes(spin if previous is None else 0, None, check_alive)
+        finally:
+            if previous is not None:
+                restore_thread(previous)
+
     def _sleep(
         self, expected: int, timeout: Optional[float], check_alive: Optional[Callable[[], None]]
     ) -> Tuple[bytes, List[int]]:

@@ -37,7 +37,6 @@ from ..executors.base import Executor
 from ..spec import SpecValidator
 from . import stages, wire
 from .channel import MAILBOX_BYTES, Channel, ChannelClosed, decode_checked
-from .colocate import hold_thread_on, restore_thread
 from .shm import PeerSegments, Segment, SegmentPool
 from .spin import SpinPolicy
 from .tensors import InlineArea, read_tensor, write_tensor
@@ -104,12 +103,11 @@ class _Server:
     def serve(self) -> None:
         channel, policy = self.channel, self.policy
         while True:
-            meeting = channel.peer_meeting_cpu() if self.meet_caller else None
             try:
-                if meeting is None:
-                    data, fds = channel.receive_bytes(policy, None, self.check_parent)
+                if self.meet_caller:
+                    data, fds = channel.receive_following(policy, self.check_parent)
                 else:
-                    data, fds = self._receive_on(meeting)
+                    data, fds = channel.receive_bytes(policy, None, self.check_parent)
             except ChannelClosed:
                 return
             seen = stages.clock() if self.timing else 0
@@ -131,17 +129,6 @@ class _Server:
                 return
             if message.kind == wire.Kind.INFER:
                 self.answer(message, seen)
-
-    def _receive_on(self, cpu: int) -> Tuple[bytes, List[int]]:
-        """The next call, waited for on ``cpu`` without spinning; the thread has its own CPUs back once it comes."""
-        previous = hold_thread_on(cpu)
-        try:  # entered at once: an interrupt from here on still gives the thread its CPUs back
-            if previous is None:  # a CPU we may not use: wait as if the caller did not sleep on one
-                return self.channel.receive_bytes(self.policy, None, self.check_parent)
-            return self.channel.receive_bytes(0, None, self.check_parent)
-        finally:
-            if previous is not None:
-                restore_thread(previous)
 
     def answer_small(self, request_id: int, inputs: Dict[str, np.ndarray], seen: int) -> None:
         """Answer a call whose inputs all came inline; the reply is built in full only when it must be."""
