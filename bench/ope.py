@@ -17,20 +17,27 @@ alternate with the case they scale (so other load on the machine hits both):
   ``x pipe = (OPE p50 - in-process p50) / pipe p50`` (target <= 1.0 while
   spinning, <= 1.5 with ``spin_us=0``) and ``p99 x = (OPE p99 - in-process
   p99) / pipe p50`` (target <= 2.0).
+* **Hand-over floor**: the same pipe, against an echo at the other end of an
+  OPE control channel (it answers each message with itself: no model, no
+  decoding, no encoding), sleeping on one CPU as ``spin_us=0`` does and
+  apart: what a sleeping call's two hand-overs cost before any of OPE's
+  work, and so what ``spin_us=0``'s 1.5 pipe round trips leave for it.
 * ``--stages``: where a call's time goes, per backend and for the first
   backend without spinning (parent encode/send, wake, worker
   decode/convert/call/encode, return, parent decode; see
   ``neuropod.ope.stages``), next to the in-process call.
 * **Under load**: one CPU-bound process per core, then the pipe round trip
   and the Python-code addition through OPE with ``spin_mode="adaptive"``
-  (default) and ``"fixed"`` (always spin), interleaved.
+  (default) and ``"fixed"`` (always spin), and the bare channel echo,
+  interleaved.
 * **Tensor sizes**: one uint8 tensor through an identity model (a
   Python-code package that returns its input), by size: in-process, ``ope``
   (ordinary numpy input: one copy in, the output views that copy),
   ``ope+alloc`` (input from ``model.allocate``: no copy), ``mp.Queue``
   (pickled), ``mp.Pipe`` (raw bytes, two copies each way) and one
   ``memcpy``; then the 64 MiB ratios: ``(ope - ope+alloc) / memcpy``
-  (target <= 1.2) and ``ope+alloc`` at 64 MiB over 8 B (flat: ~1).
+  (target <= 1.2; timed again in batches that take turns) and
+  ``ope+alloc`` at 64 MiB over 8 B (flat: ~1).
 * ``seal``: a 64 MiB input whose copy into shared memory overlaps 30 ms of
   the caller's other work; last, the cost of isolation (docs/isolation.md):
   start-up and the addition's round trip for ``process``, ``sandbox``
@@ -51,6 +58,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -454,10 +462,10 @@ def stage_rows(rows: Rows, ope_options: Dict[str, Any], args: argparse.Namespace
         runs.append((f"{first} spin0", first_path, dict(ope_options, spin_us=0)))
         runs.append((f"{first} apart", first_path, dict(ope_options, spin_us=0, colocate=False)))
         print(f"{'stage':>15} | " + " | ".join(f"{name:>12}" for name, _, _ in runs))
-        rows: Dict[str, List[float]] = {column: [] for column in columns}
+        table: Dict[str, List[float]] = {column: [] for column in columns}
         for _, path, options in runs:
             with load_neuropod(path) as local:
-                rows["in-process"].append(percentiles(lambda local=local: local.infer(ONE), repeats)[0])
+                table["in-process"].append(percentiles(lambda local=local: local.infer(ONE), repeats)[0])
             with load_neuropod(path, use_ope=True, **options) as remote:
                 for _ in range(200):
                     remote.infer(ONE)
@@ -466,8 +474,8 @@ def stage_rows(rows: Rows, ope_options: Dict[str, Any], args: argparse.Namespace
                     remote.infer(ONE)
                 summary = recorder.summary()
             for column in columns[1:]:
-                rows[column].append(summary.get(column, float("nan")))
-        for column, values in rows.items():
+                table[column].append(summary.get(column, float("nan")))
+        for column, values in table.items():
             print(f"{column:>15} | " + " | ".join(f"{value:>12.1f}" for value in values))
         print("in-process: the whole Neuropod.infer in this process; total: the OPE call from WorkerProcess.call")
     finally:
@@ -564,13 +572,24 @@ def size_rows(identity: Path, pipe: PipePeer, ope_options: Dict[str, Any], args:
             ]
             p50s[size] = [cell[0] for cell in row]
             print(f"{size_name(size):>8} |" + "|".join(fmt(cell) for cell in row))
+            if size == SIZES[-1]:
+                # The copy's ratio below, again in batches that take turns: memory bandwidth here drifts
+                # by a third from minute to minute, more than the gap it measures.
+                calls: Dict[str, Callable[[], object]] = {
+                    "ope": partial(remote.infer, {"x": x}),
+                    "ope+alloc": partial(remote.infer, {"x": shared}),
+                    "memcpy": partial(np.copyto, target, x),
+                }
+                turns = interleaved(calls, 5 if args.quick else 10, 2)
             del shared
     inbox.put(None)
     queue_peer.join(5)
-    big, small = p50s[SIZES[-1]], p50s[SIZES[0]]
+    copy = (turns["ope"][0] - turns["ope+alloc"][0]) / turns["memcpy"][0]
+    # From the table: taking turns, each ope+alloc call follows a 64 MiB copy that flushed the caches.
+    flat = p50s[SIZES[-1]][2] / p50s[SIZES[0]][2]
     print(
-        f"{size_name(SIZES[-1])}: (ope - ope+alloc) / memcpy = {(big[1] - big[2]) / big[5]:.2f} (target <= 1.2); "
-        f"ope+alloc {size_name(SIZES[-1])} / {size_name(SIZES[0])} = {big[2] / small[2]:.2f} (flat: ~1)"
+        f"{size_name(SIZES[-1])}: (ope - ope+alloc) / memcpy = {copy:.2f}, timed taking turns (target <= 1.2); "
+        f"ope+alloc {size_name(SIZES[-1])} / {size_name(SIZES[0])} = {flat:.2f} (flat: ~1)"
     )
 
 
