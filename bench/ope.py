@@ -385,6 +385,7 @@ def small_call_rows(
         f" {'spun':>5} | {'fixed':>6} {'p99':>6} {'x pipe':>6} {'p99 x':>5} | {'spin0':>6} {'x pipe':>6}"
         f" | {'apart':>6} {'x pipe':>6}"
     )
+    added: Dict[str, Dict[str, float]] = {}  # row -> variant -> OPE p50 - in-process p50, us
     for name, (path, worker_options) in rows.items():
         cells: Dict[str, Tuple[float, float, float, float]] = {}  # variant -> p50, p99, x pipe, p99 x
         trips: List[float] = []
@@ -405,6 +406,7 @@ def small_call_rows(
                 trips.append(trip)
                 bases.append(base[0])
                 cells[variant] = (ope[0], ope[1], (ope[0] - base[0]) / trip, (ope[1] - base[1]) / trip)
+                added.setdefault(name, {})[variant] = ope[0] - base[0]
         a, f, z, w = cells["adaptive"], cells["fixed"], cells["spin0"], cells["apart"]
         print(
             f"{name:>12} | {statistics.median(trips):>5.1f} {statistics.median(bases):>6.1f} | {a[0]:>8.1f}"
@@ -412,22 +414,26 @@ def small_call_rows(
             f" {f[3]:>5.2f} | {z[0]:>6.1f} {z[2]:>6.2f} | {w[0]:>6.1f} {w[2]:>6.2f}"
         )
     print("targets: x pipe <= 1.0 while spinning, p99 x <= 2.0, spin0 x pipe <= 1.5 (pipe, inproc: medians of the 4)")
-    one_cpu = one_cpu_pipe_trip(pipe, rounds, batch)
-    if one_cpu is not None:
-        trip, held = one_cpu
-        print(
-            f"pipe round trip with both ends held on one CPU: {held:.1f} us against {trip:.1f} us left to the"
-            f" scheduler ({held / trip:.2f}x): the price of a hand-over without waking an idle CPU"
-        )
     floor = interleaved({"pipe": pipe.trip, "meet": echo.trip, "apart": lambda: echo.trip(False)}, rounds, batch)
     trip, meet, apart = floor["pipe"][0], floor["meet"][0], floor["apart"][0]
+    one_cpu = one_cpu_pipe_trip(pipe, rounds, batch)
+    held = trip if one_cpu is None else one_cpu[1]
+    if one_cpu is not None:
+        print(
+            f"pipe round trip with both ends held on one CPU: {held:.1f} us against {one_cpu[0]:.1f} us left to the"
+            f" scheduler ({held / one_cpu[0]:.2f}x): the pipe at its fastest, no idle CPU woken"
+        )
     print(
         f"hand-over floor: an echo at the other end of an OPE channel (no model, no decoding), sleeping: {meet:.1f} us"
-        f" on one CPU ({meet / trip:.2f} pipe), {apart:.1f} us apart ({apart / trip:.2f} pipe), pipe {trip:.1f} us;"
+        f" on one CPU, {apart:.1f} us apart; the pipe alongside {trip:.1f} us, at its fastest {held:.1f} us:"
     )
     print(
-        f"  so spin0's 1.5 pipe leaves {1.5 - meet / trip:.2f} pipe ({1.5 * trip - meet:.1f} us) for OPE's encoding,"
-        " decoding and bookkeeping on both sides and the model's slow-down on the caller's CPU"
+        f"  spin0's 1.5 pipe leaves {1.5 * trip - meet:.1f} us (alongside) or {1.5 * held - meet:.1f} us (fastest) for"
+        " OPE's encoding, decoding and bookkeeping on both sides and the model's slow-down on the caller's CPU"
+    )
+    print(
+        "x pipe at its fastest, adaptive / spin0: "
+        + ", ".join(f"{name} {row['adaptive'] / held:.2f} / {row['spin0'] / held:.2f}" for name, row in added.items())
     )
 
 
