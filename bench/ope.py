@@ -65,7 +65,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from neuropod import load_neuropod
-from neuropod.errors import NeuropodError
+from neuropod.errors import ChannelClosed, ChannelTimeout, NeuropodError
 from neuropod.ope import wire
 from neuropod.ope.channel import MAILBOX_BYTES, Channel
 from neuropod.packagers import create_python_neuropod
@@ -321,7 +321,7 @@ from neuropod.ope.channel import MAILBOX_BYTES, Channel
 channel = Channel(socket.socket(fileno=int(sys.argv[1])), mmap.mmap(int(sys.argv[2]), MAILBOX_BYTES), side=1)
 while True:
     try:
-        data, _ = channel.receive_following(0)  # on the caller's CPU while it sleeps there, as a worker waits
+        data, _ = channel.receive_on_peer_cpu(0)  # on the caller's CPU while it sleeps there, as a worker waits
     except ChannelClosed:
         break
     channel.send_bytes(data)
@@ -336,25 +336,41 @@ class ChannelPeer:
 
     def __init__(self) -> None:
         mailbox_fd = os.memfd_create("bench-mailbox")
-        os.ftruncate(mailbox_fd, MAILBOX_BYTES)
-        self.mailbox = mmap.mmap(mailbox_fd, MAILBOX_BYTES)
         here, there = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        command = [sys.executable, "-c", CHANNEL_ECHO, str(there.fileno()), str(mailbox_fd)]
-        self.process = subprocess.Popen(command, pass_fds=(there.fileno(), mailbox_fd))
-        there.close()
-        os.close(mailbox_fd)
+        try:
+            os.ftruncate(mailbox_fd, MAILBOX_BYTES)
+            self.mailbox = mmap.mmap(mailbox_fd, MAILBOX_BYTES)
+            command = [sys.executable, "-c", CHANNEL_ECHO, str(there.fileno()), str(mailbox_fd)]
+            self.process = subprocess.Popen(command, pass_fds=(there.fileno(), mailbox_fd))
+        except BaseException:
+            here.close()
+            raise
+        finally:
+            there.close()
+            os.close(mailbox_fd)
         self.channel = Channel(here, self.mailbox, side=0)
-        self.message = wire.encode_inline(wire.Kind.INFER, 1, ONE)  # a 1-element addition's call, as sent
+        message = wire.encode_inline(wire.Kind.INFER, 1, ONE)  # a 1-element addition's call, as sent
+        assert message is not None
+        self.message = message
+        try:  # the first answer also says the echo started (it imports neuropod from this interpreter)
+            self.channel.send_bytes(self.message)
+            self.channel.receive_bytes(0, timeout=60)
+        except (ChannelClosed, ChannelTimeout):
+            self.close()
+            raise RuntimeError(f"the channel echo did not answer (exit status {self.process.poll()})") from None
 
     def trip(self, meet: bool = True) -> None:
         """One sleeping round trip; ``meet``: both ends wait on this thread's CPU (the spin_us=0 default)."""
-        assert self.message is not None
         self.channel.send_bytes(self.message)
         self.channel.receive_bytes(0, meet=meet)
 
     def close(self) -> None:
-        self.channel.close()
-        self.process.wait(5)
+        self.channel.close()  # the echo sees the hang-up and exits
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
         self.mailbox.close()
 
 
@@ -386,6 +402,7 @@ def small_call_rows(
         f" | {'apart':>6} {'x pipe':>6}"
     )
     added: Dict[str, Dict[str, float]] = {}  # row -> variant -> OPE p50 - in-process p50, us
+    own_pipes: Dict[str, List[float]] = {}  # row -> the pipe p50 of each variant's batches, us
     for name, (path, worker_options) in rows.items():
         cells: Dict[str, Tuple[float, float, float, float]] = {}  # variant -> p50, p99, x pipe, p99 x
         trips: List[float] = []
@@ -407,6 +424,7 @@ def small_call_rows(
                 bases.append(base[0])
                 cells[variant] = (ope[0], ope[1], (ope[0] - base[0]) / trip, (ope[1] - base[1]) / trip)
                 added.setdefault(name, {})[variant] = ope[0] - base[0]
+                own_pipes.setdefault(name, []).append(trip)
         a, f, z, w = cells["adaptive"], cells["fixed"], cells["spin0"], cells["apart"]
         print(
             f"{name:>12} | {statistics.median(trips):>5.1f} {statistics.median(bases):>6.1f} | {a[0]:>8.1f}"
@@ -414,26 +432,35 @@ def small_call_rows(
             f" {f[3]:>5.2f} | {z[0]:>6.1f} {z[2]:>6.2f} | {w[0]:>6.1f} {w[2]:>6.2f}"
         )
     print("targets: x pipe <= 1.0 while spinning, p99 x <= 2.0, spin0 x pipe <= 1.5 (pipe, inproc: medians of the 4)")
+    print(
+        "each variant's own pipe p50, us (adaptive / fixed / spin0 / apart): "
+        + ", ".join(f"{name} {' / '.join(f'{trip:.1f}' for trip in trips)}" for name, trips in own_pipes.items())
+    )
     floor = interleaved({"pipe": pipe.trip, "meet": echo.trip, "apart": lambda: echo.trip(False)}, rounds, batch)
-    trip, meet, apart = floor["pipe"][0], floor["meet"][0], floor["apart"][0]
-    one_cpu = one_cpu_pipe_trip(pipe, rounds, batch)
-    held = trip if one_cpu is None else one_cpu[1]
-    if one_cpu is not None:
-        print(
-            f"pipe round trip with both ends held on one CPU: {held:.1f} us against {one_cpu[0]:.1f} us left to the"
-            f" scheduler ({held / one_cpu[0]:.2f}x): the pipe at its fastest, no idle CPU woken"
-        )
+    floor_pipe, meet, apart = floor["pipe"][0], floor["meet"][0], floor["apart"][0]
     print(
         f"hand-over floor: an echo at the other end of an OPE channel (no model, no decoding), sleeping: {meet:.1f} us"
-        f" on one CPU, {apart:.1f} us apart; the pipe alongside {trip:.1f} us, at its fastest {held:.1f} us:"
+        f" on one CPU, {apart:.1f} us apart; the pipe alongside {floor_pipe:.1f} us;"
+        f" spin0's 1.5 pipe leaves {1.5 * floor_pipe - meet:.1f} us of it"
+    )
+    one_cpu = one_cpu_pipe_trip(pipe, rounds, batch)
+    if one_cpu is None:
+        return
+    free, fastest = one_cpu
+    print(
+        f"pipe round trip with both ends held on one CPU: {fastest:.1f} us against {free:.1f} us left to the"
+        f" scheduler ({fastest / free:.2f}x): the pipe at its fastest, no idle CPU woken; against it, spin0's 1.5 pipe"
+        f" leaves {1.5 * fastest - meet:.1f} us after the floor"
     )
     print(
-        f"  spin0's 1.5 pipe leaves {1.5 * trip - meet:.1f} us (alongside) or {1.5 * held - meet:.1f} us (fastest) for"
-        " OPE's encoding, decoding and bookkeeping on both sides and the model's slow-down on the caller's CPU"
+        "  (that is for OPE's encoding, decoding and bookkeeping on both sides and the model's slow-down on the"
+        " caller's CPU)"
     )
     print(
         "x pipe at its fastest, adaptive / spin0: "
-        + ", ".join(f"{name} {row['adaptive'] / held:.2f} / {row['spin0'] / held:.2f}" for name, row in added.items())
+        + ", ".join(
+            f"{name} {row['adaptive'] / fastest:.2f} / {row['spin0'] / fastest:.2f}" for name, row in added.items()
+        )
     )
 
 
@@ -552,6 +579,7 @@ def size_rows(identity: Path, pipe: PipePeer, ope_options: Dict[str, Any], args:
     print(header)
     print("-" * len(header))
     p50s: Dict[int, List[float]] = {}
+    turns: Dict[str, Tuple[float, float]] = {}
     with load_neuropod(identity) as local, load_neuropod(identity, use_ope=True, **ope_options) as remote:
         for size in SIZES:
             repeats = repeats_for(size, args.quick)
@@ -587,6 +615,7 @@ def size_rows(identity: Path, pipe: PipePeer, ope_options: Dict[str, Any], args:
                     "memcpy": partial(np.copyto, target, x),
                 }
                 turns = interleaved(calls, 5 if args.quick else 10, 2)
+                del calls  # it holds the shared array
             del shared
     inbox.put(None)
     queue_peer.join(5)
@@ -664,8 +693,10 @@ def main() -> None:
             print()
             size_rows(identity, pipe, ope_options, args)
         finally:
-            pipe.close()
-            echo.close()
+            try:
+                pipe.close()
+            finally:
+                echo.close()
         print()
         seal_rows(identity, ope_options, args)
         print()

@@ -13,9 +13,9 @@ import pytest
 from ope_models import channel_pair, make_identity_model, make_tool_model
 
 from neuropod import load_neuropod
-from neuropod.errors import ChannelTimeout, OptionError, WorkerCrashedError
+from neuropod.errors import ChannelClosed, ChannelTimeout, OptionError, WorkerCrashedError
 from neuropod.ope import wire
-from neuropod.ope.channel import Channel
+from neuropod.ope.channel import Channel, decode_checked
 from neuropod.ope.colocate import current_cpu, hold_thread_on, restore_thread
 from neuropod.ope.spin import BUSY_LOOKS, LOAD_CHECK_NS, SpinPolicy
 from neuropod.packagers import create_python_neuropod
@@ -132,15 +132,15 @@ def pair():
         yield ends
 
 
-def answer_while_asleep(parent: Channel, worker: Channel, request_id: int, held: List[Set[int]]) -> threading.Thread:
-    """Answer ``parent`` once it sleeps, noting which CPUs its thread (this one) may use while it sleeps."""
+def answer_while_asleep(sleeper: Channel, answerer: Channel, request_id: int, held: List[Set[int]]) -> threading.Thread:
+    """Answer ``sleeper`` once it sleeps, noting which CPUs its thread (this one) may use while it sleeps."""
     tid = threading.get_native_id()
 
     def answer() -> None:
-        while not parent.mailbox[parent._in + 16]:  # the parent's sleeping flag
+        while not sleeper.mailbox[sleeper._in + 16]:  # the sleeper's sleeping flag
             time.sleep(0.0005)
         held.append(os.sched_getaffinity(tid))
-        worker.send(wire.Message(wire.Kind.RESULT, request_id))
+        answerer.send(wire.Message(wire.Kind.RESULT, request_id))
 
     responder = threading.Thread(target=answer)
     responder.start()
@@ -174,6 +174,28 @@ def test_a_meeting_sleeper_is_held_on_its_cpu_and_says_which(pair) -> None:
     with pytest.raises(ChannelTimeout):
         parent.receive(0, timeout=0.02, meet=True)
     assert os.sched_getaffinity(0) == ALL_CPUS and worker.peer_meeting_cpu() in ALL_CPUS
+
+
+def test_the_workers_side_waits_on_the_peers_cpu_and_gets_its_cpus_back(pair) -> None:
+    parent, worker = pair
+    held: List[Set[int]] = []
+    responder = answer_while_asleep(worker, parent, 1, held)  # no meeting yet: waits with its CPUs
+    assert decode_checked(*worker.receive_on_peer_cpu(0)).request_id == 1
+    responder.join()
+    assert held == [ALL_CPUS]
+    with pytest.raises(ChannelTimeout):
+        parent.receive(0, timeout=0.02, meet=True)  # a sleeping caller leaves its CPU in the mailbox
+    meeting = worker.peer_meeting_cpu()
+    assert meeting in ALL_CPUS
+    held.clear()
+    responder = answer_while_asleep(worker, parent, 2, held)
+    assert decode_checked(*worker.receive_on_peer_cpu(0)).request_id == 2
+    responder.join()
+    assert held == [{meeting}] and os.sched_getaffinity(0) == ALL_CPUS
+    parent.close()  # the peer has gone: the wait on its CPU ends in ChannelClosed and gives the CPUs back
+    with pytest.raises(ChannelClosed):
+        worker.receive_on_peer_cpu(0)
+    assert os.sched_getaffinity(0) == ALL_CPUS
 
 
 def test_no_meeting_while_the_machine_is_busy(pair) -> None:

@@ -278,7 +278,7 @@ class Channel:
             policy.waited(now() - began)
         return found
 
-    def receive_following(
+    def receive_on_peer_cpu(
         self, spin: Union[int, SpinPolicy], check_alive: Optional[Callable[[], None]] = None
     ) -> Tuple[bytes, List[int]]:
         """The next message, waited for where the peer sleeps: the worker's side of ``meet``.

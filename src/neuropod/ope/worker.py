@@ -105,7 +105,7 @@ class _Server:
         while True:
             try:
                 if self.meet_caller:
-                    data, fds = channel.receive_following(policy, self.check_parent)
+                    data, fds = channel.receive_on_peer_cpu(policy, self.check_parent)
                 else:
                     data, fds = channel.receive_bytes(policy, None, self.check_parent)
             except ChannelClosed:
