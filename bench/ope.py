@@ -405,7 +405,7 @@ def small_call_rows(
     own_pipes: Dict[str, List[float]] = {}  # row -> the pipe p50 of each variant's batches, us
     for name, (path, worker_options) in rows.items():
         cells: Dict[str, Tuple[float, float, float, float]] = {}  # variant -> p50, p99, x pipe, p99 x
-        trips: List[float] = []
+        trips = own_pipes[name] = []
         bases: List[float] = []
         spun = 0.0
         with load_neuropod(path) as local:
@@ -424,7 +424,6 @@ def small_call_rows(
                 bases.append(base[0])
                 cells[variant] = (ope[0], ope[1], (ope[0] - base[0]) / trip, (ope[1] - base[1]) / trip)
                 added.setdefault(name, {})[variant] = ope[0] - base[0]
-                own_pipes.setdefault(name, []).append(trip)
         a, f, z, w = cells["adaptive"], cells["fixed"], cells["spin0"], cells["apart"]
         print(
             f"{name:>12} | {statistics.median(trips):>5.1f} {statistics.median(bases):>6.1f} | {a[0]:>8.1f}"

@@ -45,7 +45,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 from ..errors import ChannelClosed, ChannelTimeout, WireFormatError
 from . import wire
-from .colocate import current_cpu, hold_thread_on, restore_thread
+from .colocate import current_cpu, held_on
 from .spin import SPIN_MODES, SpinPolicy
 
 __all__ = ["Channel", "ChannelClosed", "ChannelTimeout", "POLL_SLICE_S", "MAILBOX_BYTES", "STAMP_SLOTS"]
@@ -288,13 +288,8 @@ class Channel:
         back as soon as the message comes; otherwise, and where it may not
         use that CPU, it waits as :meth:`receive_bytes` with ``spin`` does.
         """
-        cpu = self.peer_meeting_cpu()
-        previous = None if cpu is None else hold_thread_on(cpu)
-        try:  # entered at once: an interrupt from here on still gives the thread its CPUs back
-            return self.receive_bytes(spin if previous is None else 0, None, check_alive)
-        finally:
-            if previous is not None:
-                restore_thread(previous)
+        with held_on(self.peer_meeting_cpu()) as held:
+            return self.receive_bytes(0 if held else spin, None, check_alive)
 
     def _sleep(
         self, expected: int, timeout: Optional[float], check_alive: Optional[Callable[[], None]]
@@ -341,15 +336,11 @@ class Channel:
         self, expected: int, timeout: Optional[float], check_alive: Optional[Callable[[], None]]
     ) -> Tuple[bytes, List[int]]:
         cpu = current_cpu()
-        previous = None if cpu is None else hold_thread_on(cpu)
-        try:  # entered at once: an interrupt from here on still gives the thread its CPUs back
-            word = 0 if cpu is None or previous is None else cpu + 1
+        with held_on(cpu) as held:
+            word = cpu + 1 if held and cpu is not None else 0
             if self._meeting != word:
                 self._publish_meeting(word)
             return self._sleep(expected, timeout, check_alive)
-        finally:
-            if previous is not None:
-                restore_thread(previous)
 
     def _publish_meeting(self, word: int) -> None:
         _COUNTER.pack_into(self.mailbox, self._out + _MEETING_AT, word)

@@ -28,11 +28,12 @@ the sides sleep as before.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
-from typing import Callable, Optional, Set
+from typing import Callable, Iterator, Optional, Set
 
-__all__ = ["current_cpu", "hold_thread_on", "restore_thread"]
+__all__ = ["current_cpu", "held_on", "hold_thread_on", "restore_thread"]
 
 
 def _cpu_reader() -> Optional[Callable[[], int]]:
@@ -78,3 +79,14 @@ def restore_thread(previous: Set[int]) -> None:
             os.sched_setaffinity(0, previous)
         except OSError:  # a CPU went offline or left our cpuset meanwhile: keep what the kernel allows
             pass
+
+
+@contextlib.contextmanager
+def held_on(cpu: Optional[int]) -> Iterator[bool]:
+    """Hold the calling thread on ``cpu`` for the block (None: leave it be); yields whether it is held there."""
+    previous = None if cpu is None else hold_thread_on(cpu)
+    try:  # entered at once: an interrupt from here on still gives the thread its CPUs back
+        yield previous is not None
+    finally:
+        if previous is not None:
+            restore_thread(previous)
