@@ -116,6 +116,7 @@ def test_offline_mode_installs_only_from_the_wheel_folder(empty_envs_dir, tmp_pa
             str(wheels),
             "six==1.16.0",
             f"numpy=={np.__version__}",
+            "packaging",  # the worker checks the requirements with it
         ],
         check=True,
     )
@@ -205,10 +206,13 @@ def test_a_registered_environment_is_used_before_building(empty_envs_dir, tmp_pa
 
 
 def test_the_worker_needs_only_numpy_of_neuropods_dependencies():
-    """Environments hold numpy and the framework only: the worker must not import neuropod's other deps."""
+    """Environments hold numpy and the framework only (plus packaging where requirements are checked).
+
+    The worker must not import neuropod's other dependencies.
+    """
     check = (
-        "import sys, neuropod, neuropod.ope.worker, neuropod.envs\n"
-        "pulled = {'semantic_version', 'filelock', 'click', 'rich'} & set(sys.modules)\n"
+        "import sys, neuropod, neuropod.ope.worker, neuropod.envs, neuropod.backends.python\n"
+        "pulled = {'semantic_version', 'filelock', 'click', 'rich', 'packaging'} & set(sys.modules)\n"
         "assert not pulled, pulled\n"
     )
     subprocess.run([sys.executable, "-c", check], check=True)

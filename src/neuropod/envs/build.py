@@ -31,13 +31,9 @@ from .need import Need, era_pins, range_to_specifiers
 from .progress import Progress, make_progress
 from .store import METADATA, Environment, envs_dir, normalize_name, probe
 
-__all__ = ["BuildPlan", "Builder", "worker_version", "WORKER_REQUIREMENTS", "SOURCE_ROOT"]
+__all__ = ["BuildPlan", "Builder", "worker_version", "SOURCE_ROOT"]
 
 logger = logging.getLogger("neuropod.envs")
-
-#: What neuropod's worker needs in an environment (its code comes from this
-#: process's source tree on PYTHONPATH, not from an install).
-WORKER_REQUIREMENTS = ("numpy",)
 
 #: The folder holding the ``neuropod`` package (the worker's PYTHONPATH).
 SOURCE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
@@ -163,7 +159,7 @@ class Builder:
             requirements += era_pins(need.distribution, version)
         requirements += list(need.requirements)
         held = {normalize_name(re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0]) for r in requirements}
-        requirements += [r for r in WORKER_REQUIREMENTS if normalize_name(r) not in held]
+        requirements += [r for r in need.worker_requirements if normalize_name(r) not in held]
         key = _key(interpreter.version, tuple(requirements), self.find_links)
         return BuildPlan(need, interpreter, tuple(requirements), key)
 

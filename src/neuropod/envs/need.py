@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import semantic_version
+from packaging.requirements import Requirement
 
 from ..package import Package, layout
+from ..requirements import requirement_problems
 from ..versions import VersionRange, framework_distributions, framework_of, installed_version, parse_version
 from .store import Environment, normalize_name
 
@@ -124,15 +126,24 @@ class Need:
                 problems.append(f"{self.distribution} {self.framework_range.text} (not installed)")
             elif version not in self.framework_range:
                 problems.append(f"{self.distribution} {self.framework_range.text} (found {version})")
-        for line in self.requirements:
-            name, _, wanted = line.partition("==")
-            found = packages.get(normalize_name(name))
-            if found != wanted.strip():
-                problems.append(f"{line} ({'not installed' if found is None else 'found ' + found})")
+        problems += requirement_problems(self.requirements, lambda name: packages.get(normalize_name(name)))
         return problems
 
     def served_by(self, environment: Environment) -> bool:
-        return not self.problems(environment.python_version, environment.packages) and ("numpy" in environment.packages)
+        return not self.problems(environment.python_version, environment.packages) and all(
+            normalize_name(name) in environment.packages for name in self.worker_requirements
+        )
+
+    @property
+    def worker_requirements(self) -> Tuple[str, ...]:
+        """What neuropod's worker needs in an environment serving this package.
+
+        Its code comes from this process's source tree on PYTHONPATH, not
+        from an install; of neuropod's dependencies it needs numpy always, and
+        ``packaging`` where it checks pinned requirements (a Python package's
+        lock, compared by :mod:`neuropod.requirements`).
+        """
+        return ("numpy", "packaging") if self.requirements else ("numpy",)
 
     def problems_here(self) -> List[str]:
         """What this process lacks to serve the package in-process."""
@@ -140,7 +151,7 @@ class Need:
 
         here: Dict[str, str] = {}
         for line in self.requirements:
-            name = line.partition("==")[0].strip()
+            name = Requirement(line).name
             try:
                 here[normalize_name(name)] = metadata.version(name)
             except metadata.PackageNotFoundError:

@@ -18,7 +18,6 @@ import importlib
 import inspect
 import sys
 import threading
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, List, Sequence, Tuple
 
@@ -26,6 +25,7 @@ import numpy as np
 
 from ...errors import InferenceError, PackageError, RequirementsError
 from ...package import Package, layout
+from ...requirements import installed_distribution_version, requirement_problems
 from ..base import Backend, BackendOptions, TensorDict, as_string_array
 
 __all__ = ["PythonBackend", "check_requirements"]
@@ -34,24 +34,16 @@ _IMPORT_LOCK = threading.Lock()
 
 
 def check_requirements(requirements: List[str]) -> None:
-    """Check pinned ``name==version`` lines against this environment.
+    """Check pinned ``name==version`` lines against this environment (by the standard version rules).
 
     Raises:
+        PackageError: a line is not a requirement.
         RequirementsError: naming every missing or mismatched requirement.
     """
-    problems = []
-    for line in requirements:
-        name, sep, wanted = line.partition("==")
-        name, wanted = name.strip(), wanted.strip()
-        if not sep or not name or not wanted:
-            raise PackageError(f"requirements: {line!r} is not a pinned 'name==version' line")
-        try:
-            installed = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            problems.append(f"{name}=={wanted} (not installed)")
-            continue
-        if installed != wanted:
-            problems.append(f"{name}=={wanted} (found {installed})")
+    try:
+        problems = requirement_problems(requirements, installed_distribution_version)
+    except ValueError as exc:
+        raise PackageError(str(exc)) from None
     if problems:
         raise RequirementsError(
             "this Python environment does not meet the package's requirements: " + "; ".join(problems)
