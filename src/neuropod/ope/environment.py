@@ -24,63 +24,56 @@ import re
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Tuple, Union
 
-__all__ = ["worker_environment", "declared_names", "ALLOWED_NAMES", "ALLOWED_PREFIXES", "PASS_ALL"]
+__all__ = [
+    "worker_environment",
+    "declared_names",
+    "ALLOW_LIST",
+    "ALLOWED_NAMES",
+    "ALLOWED_PREFIXES",
+    "PASS_ALL",
+    "allow_list_table",
+]
 
-#: Variables a worker keeps by exact name.
-ALLOWED_NAMES = frozenset(
-    {
-        "PATH",
-        "HOME",
-        "USER",
-        "LOGNAME",
-        "LANG",
-        "LANGUAGE",
-        "TZ",
-        "TMPDIR",
-        "TERM",
-        "LD_LIBRARY_PATH",
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-        "VIRTUAL_ENV",
-        "CONDA_PREFIX",
-        "XDG_CACHE_HOME",
-        "XDG_RUNTIME_DIR",
-        "KERAS_BACKEND",
-        "KERAS_HOME",
-        "COVERAGE_PROCESS_START",
-    }
+#: What a worker keeps of the parent's environment, by ecosystem: exact names,
+#: and prefixes written ``NAME_*``. The one table: the doc's table
+#: (docs/environments.md) is :func:`allow_list_table`'s output, checked by a test.
+ALLOW_LIST: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
+    ("system", ("PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "TERM", "LD_LIBRARY_PATH", "MALLOC_*")),
+    ("locale and time zone", ("LANG", "LANGUAGE", "LC_*", "TZ")),
+    ("TLS certificates", ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")),
+    ("caches", ("XDG_CACHE_HOME", "XDG_RUNTIME_DIR")),
+    ("Python, virtual environments", ("PYTHON*", "VIRTUAL_ENV", "CONDA_PREFIX", "COVERAGE_PROCESS_START")),
+    ("thread pools", ("OMP_*", "MKL_*", "KMP_*", "OPENBLAS_*", "NUMEXPR_*", "BLIS_*", "GOTO_*")),
+    ("GPUs", ("CUDA_*", "CUDNN_*", "NVIDIA_*", "NCCL_*", "HIP_*", "ROCM_*", "HSA_*")),
+    ("PyTorch", ("TORCH_*", "PYTORCH_*", "TORCHINDUCTOR_*", "TORCHDYNAMO_*", "TRITON_*")),
+    ("TensorFlow", ("TF_*",)),
+    ("Keras", ("KERAS_*",)),
+    ("JAX and XLA", ("JAX_*", "XLA_*")),
+    ("ONNX Runtime", ("ORT_*",)),
+    (
+        "Hugging Face",
+        ("HF_*", "HUGGINGFACE_*", "TRANSFORMERS_*", "TOKENIZERS_*", "DIFFUSERS_*", "SENTENCE_TRANSFORMERS_HOME"),
+    ),
+    ("neuropod", ("NEUROPOD_*",)),
 )
 
-#: Variables a worker keeps by prefix: the interpreter's, thread pools', GPUs' and frameworks' settings.
-ALLOWED_PREFIXES = (
-    "LC_",
-    "PYTHON",
-    "OMP_",
-    "MKL_",
-    "KMP_",
-    "OPENBLAS_",
-    "NUMEXPR_",
-    "BLIS_",
-    "GOTO_",
-    "MALLOC_",
-    "CUDA_",
-    "CUDNN_",
-    "NVIDIA_",
-    "NCCL_",
-    "HIP_",
-    "ROCM_",
-    "HSA_",
-    "TF_",
-    "TORCH_",
-    "PYTORCH_",
-    "XLA_",
-    "JAX_",
-    "ORT_",
-    "NEUROPOD_",
-)
+#: Variables a worker keeps by exact name (from :data:`ALLOW_LIST`).
+ALLOWED_NAMES = frozenset(name for _, names in ALLOW_LIST for name in names if not name.endswith("*"))
 
-#: Names that look like secrets: kept out unless the caller passes them by name.
-_SECRET = re.compile(r"TOKEN|SECRET|PASSW|CREDENTIAL|API_?KEY|PRIVATE_?KEY|AUTH", re.IGNORECASE)
+#: Variables a worker keeps by prefix (from :data:`ALLOW_LIST`).
+ALLOWED_PREFIXES = tuple(name[:-1] for _, names in ALLOW_LIST for name in names if name.endswith("*"))
+
+
+def allow_list_table() -> str:
+    """:data:`ALLOW_LIST` as a Markdown table (the one in docs/environments.md)."""
+    rows = ["| ecosystem | kept (`*`: any name with that prefix) |", "| --- | --- |"]
+    rows += [f"| {ecosystem} | {', '.join(f'`{n}`' for n in names)} |" for ecosystem, names in ALLOW_LIST]
+    return "\n".join(rows)
+
+
+#: Names that look like secrets: kept out unless the caller passes them by name
+#: (``HF_TOKEN`` is; ``TOKENIZERS_PARALLELISM`` is a tokenizer setting, not a token).
+_SECRET = re.compile(r"TOKEN(?!IZER)|SECRET|PASSW|CREDENTIAL|API_?KEY|PRIVATE_?KEY|AUTH", re.IGNORECASE)
 
 #: ``pass_env="*"``: the worker inherits the whole environment.
 PASS_ALL = "*"
