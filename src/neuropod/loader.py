@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ._original_options import apply_original_options
 from .backends import BackendOptions, backend_option_table
 from .errors import InputValidationError, ModelClosedError, OptionError
 from .executors.base import Executor
@@ -271,6 +272,7 @@ def _load_package(path: str, given: Dict[str, Any]) -> Neuropod:
         inter_op_threads=values["inter_op_threads"],
         extra={option.name: values[option.name] for option in backend_table if option.name in given},
     )
+    package = apply_original_options(package, given, use_ope)
     executor: Executor
     if use_ope:
         from .executors.ope import OutOfProcessExecutor
@@ -305,3 +307,9 @@ def _load_remote(url: str, given: Dict[str, Any]) -> Neuropod:
         )
         validate = False
     return Neuropod(executor, executor.name, executor.platform, executor.problem, package=None, validate=validate)
+
+
+if __name__ == "__main__":  # the original's out-of-process evaluation entry point (its eval_in_new_process)
+    from ._eval_main import main
+
+    raise SystemExit(main())

@@ -139,6 +139,21 @@ PACKAGE_OPTIONS: OptionTable = (
         None,
         one_of(None, "process", "sandbox", "container"),
     ),
+    # The original's own keywords, accepted so that its users' calls run unchanged.
+    Option(
+        "_always_use_native",
+        "the original's choice between its native and pure-Python executors; one implementation runs here "
+        "whatever the value (said once in the log)",
+        True,
+        flag,
+    ),
+    Option(
+        "load_custom_ops",
+        "load the package's custom ops (0/ops) before the model; False skips them in this process "
+        "(a worker process loads them anyway, and says so once in the log)",
+        True,
+        flag,
+    ),
 )
 
 

@@ -60,6 +60,7 @@ SHARED_OPTIONS = (
     "zip_compression",
     "keep_failed",
     "self_test_options",
+    "neuropod_load_args",
 )
 
 
@@ -113,6 +114,7 @@ def create_neuropod(
     zip_compression: Optional[int] = AUTO_COMPRESSION,
     keep_failed: bool = False,
     self_test_options: Optional[Dict[str, Any]] = None,
+    neuropod_load_args: Optional[Mapping[str, Any]] = None,
 ) -> Path:
     """Write a package and self-test it; return its path.
 
@@ -123,6 +125,9 @@ def create_neuropod(
         keep_failed: when the self-test fails, leave the failed package at
             ``neuropod_path`` for inspection; the error says so. By default
             nothing is left behind.
+        self_test_options: ``load_neuropod`` options of the self-test.
+        neuropod_load_args: the original's name for the same options; merged
+            with ``self_test_options`` (a keyword given in both is refused).
         problem: instead of ``input_spec`` and ``output_spec``: a
             ProblemDefinition, its dict form or a problem file (``problem.json``
             or a module; see ``neuropod.tools.problem``).
@@ -136,6 +141,7 @@ def create_neuropod(
         TestMismatchError: the self-test's outputs differ from ``test_expected_out``.
     """
     input_spec, output_spec = problem_specs(problem, input_spec, output_spec, test_input_data, test_expected_out)
+    load_options = _self_test_load_options(self_test_options, neuropod_load_args)
     target = Path(neuropod_path)
     if target.exists():
         raise PackageError(f"{target}: already exists; refusing to overwrite it")
@@ -195,7 +201,7 @@ def create_neuropod(
                     # The finished zip, extracted (and verified) privately: the cache gets no copy of it.
                     tested = work / "self-test" / target.stem
                     extract_zip(artifact, tested)
-                run_self_test(tested, test_input_data, test_expected_out, **(self_test_options or {}))
+                run_self_test(tested, test_input_data, test_expected_out, **load_options)
             except BaseException as exc:
                 if keep_failed:
                     _place(artifact, target)
@@ -205,6 +211,18 @@ def create_neuropod(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target
+
+
+def _self_test_load_options(
+    self_test_options: Optional[Mapping[str, Any]], neuropod_load_args: Optional[Mapping[str, Any]]
+) -> Dict[str, Any]:
+    """The self-test's ``load_neuropod`` keywords: ours and the original's name for them, merged."""
+    both = sorted(set(self_test_options or {}) & set(neuropod_load_args or {}))
+    if both:
+        raise PackageError(
+            f"self_test_options and neuropod_load_args both give {both}; pass each load_neuropod keyword once"
+        )
+    return {**(neuropod_load_args or {}), **(self_test_options or {})}
 
 
 def _place(artifact: Path, target: Path) -> None:

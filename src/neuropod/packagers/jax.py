@@ -103,6 +103,7 @@ def create_jax_neuropod(
     zip_compression: Optional[int] = None,
     keep_failed: bool = False,
     self_test_options: Optional[Dict[str, Any]] = None,
+    neuropod_load_args: Optional[Mapping[str, Any]] = None,
 ) -> Path:
     """Package a JAX function.
 
@@ -135,6 +136,7 @@ def create_jax_neuropod(
             ``zipfile.ZIP_DEFLATED`` / ``zipfile.ZIP_STORED`` for every file.
         keep_failed: leave a package whose self-test failed at ``neuropod_path`` for inspection.
         self_test_options: ``load_neuropod`` options of the self-test (``use_ope=True``, ...).
+        neuropod_load_args: the original's name for ``self_test_options`` (the two are merged).
 
     Raises:
         SpecError: the spec declares string tensors.

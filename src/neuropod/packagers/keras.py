@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
+from .._original_options import log_once
 from ..errors import PackageError, SpecError
 from ..package import layout
 from ..spec import as_specs, problem_specs
@@ -22,6 +23,7 @@ def create_keras_neuropod(
     model: Any = None,
     node_name_mapping: Optional[Mapping[str, str]] = None,
     *,
+    init_op_names: Optional[Iterable[str]] = None,
     input_spec: Specs = None,
     output_spec: Specs = None,
     problem: Any = None,
@@ -37,6 +39,7 @@ def create_keras_neuropod(
     zip_compression: Optional[int] = None,
     keep_failed: bool = False,
     self_test_options: Optional[Dict[str, Any]] = None,
+    neuropod_load_args: Optional[Mapping[str, Any]] = None,
 ) -> Path:
     """Package a Keras 3 model; it runs on whichever Keras backend the loading side has.
 
@@ -51,6 +54,9 @@ def create_keras_neuropod(
         node_name_mapping: spec name -> the model's input or output name
             (``keras.Input(name=...)``, the output dict key or the output
             layer's name). Spec names missing here are used as they are.
+        init_op_names: the original forwarded these TF1 graph ops to its
+            TensorFlow packager; a Keras 3 model initialises itself, so they
+            are not run (said once in the log).
         input_spec: the inputs: a list of ``{"name", "dtype", "shape"}`` dicts (or TensorSpecs).
         output_spec: the outputs, in the same form.
         problem: instead of both specs: a ProblemDefinition, its dict form or a problem file.
@@ -68,6 +74,7 @@ def create_keras_neuropod(
             ``zipfile.ZIP_DEFLATED`` / ``zipfile.ZIP_STORED`` for every file.
         keep_failed: leave a package whose self-test failed at ``neuropod_path`` for inspection.
         self_test_options: ``load_neuropod`` options of the self-test (``use_ope=True``, ...).
+        neuropod_load_args: the original's name for ``self_test_options`` (the two are merged).
 
     Returns:
         The package path.
@@ -85,6 +92,13 @@ def create_keras_neuropod(
         )
     if model is None:
         raise PackageError("create_keras_neuropod: model= is required (a Keras 3 model)")
+    if init_op_names:
+        # The original forwarded these to its TF1 graph packager; a Keras 3 model restores its own state.
+        log_once(
+            ("create_keras_neuropod", "init_op_names"),
+            f"create_keras_neuropod: init_op_names={list(init_op_names)!r} are not run: they named TF1 graph ops "
+            "the original's TensorFlow packager ran after loading, and a Keras 3 model initialises itself when loaded",
+        )
     mapping: Dict[str, str] = dict(node_name_mapping or {})
     for key, value in mapping.items():
         if not isinstance(key, str) or not isinstance(value, str) or not value:

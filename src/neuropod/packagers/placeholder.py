@@ -34,6 +34,7 @@ def create_placeholder_neuropod(
     zip_compression: Optional[int] = None,
     keep_failed: bool = False,
     self_test_options: Optional[Dict[str, Any]] = None,
+    neuropod_load_args: Optional[Mapping[str, Any]] = None,
 ) -> Path:
     """Write a package that returns random outputs of the declared dtypes and shapes.
 
@@ -66,6 +67,7 @@ def create_placeholder_neuropod(
             ``zipfile.ZIP_DEFLATED`` / ``zipfile.ZIP_STORED`` for every file.
         keep_failed: leave a package whose self-test failed at ``neuropod_path`` for inspection.
         self_test_options: ``load_neuropod`` options of the self-test (``use_ope=True``, ...).
+        neuropod_load_args: the original's name for ``self_test_options`` (the two are merged).
 
     Returns:
         The package path.

@@ -128,6 +128,7 @@ def create_python_neuropod(
     zip_compression: Optional[int] = None,
     keep_failed: bool = False,
     self_test_options: Optional[Dict[str, Any]] = None,
+    neuropod_load_args: Optional[Mapping[str, Any]] = None,
 ) -> Path:
     """Package Python code and its data.
 
@@ -158,6 +159,7 @@ def create_python_neuropod(
             ``zipfile.ZIP_DEFLATED`` / ``zipfile.ZIP_STORED`` for every file.
         keep_failed: leave a package whose self-test failed at ``neuropod_path`` for inspection.
         self_test_options: ``load_neuropod`` options of the self-test (``use_ope=True``, ...).
+        neuropod_load_args: the original's name for ``self_test_options`` (the two are merged).
     """
     _check_entries(neuropod_path, data_paths, code_path_spec)
     code_entries = _code_files(code_path_spec)
@@ -201,6 +203,7 @@ def create_pytorch_neuropod(
     zip_compression: Optional[int] = None,
     keep_failed: bool = False,
     self_test_options: Optional[Dict[str, Any]] = None,
+    neuropod_load_args: Optional[Mapping[str, Any]] = None,
 ) -> Path:
     """Package eager PyTorch code: :func:`create_python_neuropod` whose model may return torch tensors.
 
@@ -230,6 +233,7 @@ def create_pytorch_neuropod(
             ``zipfile.ZIP_DEFLATED`` / ``zipfile.ZIP_STORED`` for every file.
         keep_failed: leave a package whose self-test failed at ``neuropod_path`` for inspection.
         self_test_options: ``load_neuropod`` options of the self-test (``use_ope=True``, ...).
+        neuropod_load_args: the original's name for ``self_test_options`` (the two are merged).
 
     Returns:
         The package path.

@@ -41,6 +41,7 @@ def create_tensorflow_neuropod(
     zip_compression: Optional[int] = None,
     keep_failed: bool = False,
     self_test_options: Optional[Dict[str, Any]] = None,
+    neuropod_load_args: Optional[Mapping[str, Any]] = None,
 ) -> Path:
     """Package a TensorFlow model: a TF1 graph or a TF2 SavedModel.
 
@@ -55,9 +56,10 @@ def create_tensorflow_neuropod(
             constants). Stored as ``0/data/model.pb``.
         frozen_graph_path: or the path of a serialized ``GraphDef``.
         node_name_mapping: spec name -> tensor name. For a graph, the graph
-            tensor (``"some_namespace/in_x:0"``; a spec name missing here
-            means ``"<name>:0"``). For a SavedModel, the signature's input or
-            output name (a missing spec name means the same name).
+            tensor (``"some_namespace/in_x:0"``; ``"some_namespace/in_x"``
+            means its output 0, and a spec name missing here ``"<name>:0"``).
+            For a SavedModel, the signature's input or output name (a missing
+            spec name means the same name).
         init_op_names: graph ops run once after loading (e.g. table
             initialisers). Graphs only.
         saved_model_dir: a TF2 SavedModel directory, copied to
@@ -90,6 +92,7 @@ def create_tensorflow_neuropod(
             ``zipfile.ZIP_DEFLATED`` / ``zipfile.ZIP_STORED`` for every file.
         keep_failed: leave a package whose self-test failed at ``neuropod_path`` for inspection.
         self_test_options: ``load_neuropod`` options of the self-test (``use_ope=True``, ...).
+        neuropod_load_args: the original's name for ``self_test_options`` (the two are merged).
 
     Returns:
         The package path.

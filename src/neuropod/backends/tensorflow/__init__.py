@@ -4,7 +4,8 @@ Two artifacts are accepted under ``0/data/``:
 
 - ``model.pb``, a (frozen) TF1 ``GraphDef``, with ``0/config.json`` holding
   ``node_name_mapping`` (spec name -> graph tensor name such as
-  ``"ns/in_x:0"``) and ``init_op_names`` (ops run once after loading; the
+  ``"ns/in_x:0"``; a name without ``:N`` means output 0, as in the original)
+  and ``init_op_names`` (ops run once after loading; the
   original wrote ``{}`` when there were none). The graph is imported inside a
   ``tf.compat.v1.wrap_function`` and pruned to the fed inputs and the spec's
   outputs, so no global session or default graph is involved.
@@ -204,7 +205,9 @@ class _GraphRunner:
 
     @staticmethod
     def _graph_tensor(graph: Any, spec_name: str, mapping: Mapping[str, str], path: Path) -> Any:
-        tensor_name = mapping.get(spec_name, f"{spec_name}:0")
+        tensor_name = mapping.get(spec_name, spec_name)
+        if ":" not in tensor_name:  # a node name means its first output, as in the original
+            tensor_name += ":0"
         try:
             return graph.as_graph_element(tensor_name)
         except (KeyError, ValueError) as exc:
