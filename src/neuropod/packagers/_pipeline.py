@@ -26,7 +26,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
-from ..errors import PackageError
+from ..errors import NeuropodError, PackageError
 from ..package import layout
 from ..package.archive import AUTO_COMPRESSION, extract_zip, write_zip
 from ..package.config import PackageConfig, write_backend_config
@@ -36,6 +36,7 @@ from ..package.testdata import write_test_data
 from ..selftest import run_self_test
 from ..spec import problem_specs
 from ..versions import VersionRange, check_platform_version
+from ._failures import framework_failure
 
 __all__ = ["create_neuropod", "normalize_requirements", "shared_options", "SHARED_OPTIONS"]
 
@@ -173,7 +174,16 @@ def create_neuropod(
     try:
         tree = work / "tree" if package_as_zip else artifact
         (tree / layout.DATA_DIR).mkdir(parents=True)
-        backend_settings = write_model(tree)
+        try:
+            backend_settings = write_model(tree)
+        except NeuropodError:
+            raise
+        except Exception as exc:  # the framework's own: one error class for every packager
+            raise framework_failure(
+                f"packaging {model_name!r} ({platform}): the framework failed to write the model",
+                exc,
+                "read the framework's error (chained below) and fix the model or this packager's arguments",
+            ) from exc
         if backend_settings is not None:
             write_backend_config(tree, backend_settings)
         if op_paths:

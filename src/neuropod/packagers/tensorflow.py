@@ -6,9 +6,10 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-from ..errors import PackageError, SpecError
+from ..errors import NeuropodError, PackageError, SpecError
 from ..package import layout
 from ..spec import TensorSpec, as_specs, problem_specs
+from ._failures import framework_failure, is_keras_model
 from ._pipeline import PathLike, Requirements, Specs, create_neuropod, shared_options
 
 __all__ = ["create_tensorflow_neuropod"]
@@ -148,7 +149,16 @@ def create_tensorflow_neuropod(
             if saved_model_dir is not None:
                 shutil.copytree(saved_model_dir, target)
             else:
-                _save_model(model, target, signature_name, input_specs, mapping)
+                try:
+                    _save_model(model, target, signature_name, input_specs, mapping)
+                except NeuropodError:
+                    raise
+                except Exception as exc:  # a trace's TypeError, TensorFlow's own errors
+                    raise framework_failure(
+                        f"create_tensorflow_neuropod: TensorFlow could not trace and save {type(model).__name__}",
+                        exc,
+                        _save_hint(model),
+                    ) from exc
             _check_signature(target, signature_name, mapping, input_specs, output_specs)
             # The original's keys (it wrote null for no mapping); the signature only when it is not the default.
             settings: Dict[str, Any] = {"node_name_mapping": mapping or None, "init_op_names": []}
@@ -254,7 +264,7 @@ def _save_model(
     elif isinstance(model, tf.__internal__.tracking.Trackable):
         # A tf.Module with a tf.function method that has an input signature:
         # TensorFlow makes that method the default signature, as the original relied on.
-        _save(model, target, None)
+        tf.saved_model.save(model, str(target))
         return
     else:
         raise PackageError(
@@ -263,16 +273,19 @@ def _save_model(
     if holder is not model:
         # A bare function's variables must be reachable from the saved object to be saved with it.
         holder.captured_variables = list(getattr(signature, "variables", ()))
-    _save(holder, target, {signature_name: signature})
+    tf.saved_model.save(holder, str(target), signatures={signature_name: signature})
 
 
-def _save(trackable: Any, target: Path, signatures: Any) -> None:
-    import tensorflow as tf
-
-    try:
-        tf.saved_model.save(trackable, str(target), signatures=signatures)
-    except (ValueError, TypeError, AssertionError) as exc:
-        raise PackageError(f"model: TensorFlow could not save it as a SavedModel: {exc}") from exc
+def _save_hint(model: Any) -> str:
+    if is_keras_model(model):
+        return (
+            "this is a Keras model: package it with create_keras_neuropod(model=...), or export it with "
+            "model.export(<dir>) and pass saved_model_dir=<dir> here"
+        )
+    return (
+        "give the tf.function an input_signature, or name its parameters like the spec's inputs (or their "
+        "node_name_mapping targets); or save a SavedModel yourself and pass saved_model_dir="
+    )
 
 
 def _check_signature(

@@ -9,6 +9,8 @@ from typing import Any, Dict, Iterable, Mapping, Optional
 from ..errors import PackageError
 from ..package import layout
 from ..package.progress import copy_file
+from ..spec import as_specs
+from ._failures import framework_failure, trace_hint
 from ._pipeline import PathLike, Requirements, Specs, create_neuropod, shared_options
 
 __all__ = ["create_torchscript_neuropod"]
@@ -82,7 +84,9 @@ def create_torchscript_neuropod(
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated, but it is this format
-            scripted = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module)
+            scripted = (
+                module if isinstance(module, torch.jit.ScriptModule) else _script(module, input_spec, test_input_data)
+            )
             torch.jit.save(scripted, str(target))
 
     return create_neuropod(
@@ -92,3 +96,20 @@ def create_torchscript_neuropod(
         write_model=write_model,
         **shared_options(locals()),
     )
+
+
+def _script(module: Any, input_spec: Specs, test_input_data: Optional[Mapping[str, Any]]) -> Any:
+    """``torch.jit.script(module)``; a failure says to trace instead, with the test inputs."""
+    import torch
+
+    try:
+        return torch.jit.script(module)
+    except Exception as exc:  # OSError (no source), NotSupportedError, RuntimeError (unsupported Python)
+        names = (
+            [spec.name for spec in as_specs(input_spec, "input_spec")] if input_spec else list(test_input_data or ())
+        )
+        raise framework_failure(
+            f"create_torchscript_neuropod: torch.jit.script could not compile {type(module).__name__}",
+            exc,
+            trace_hint(names),
+        ) from exc
