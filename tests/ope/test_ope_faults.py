@@ -107,24 +107,27 @@ def wait_until(condition, within: float) -> bool:
     return True
 
 
-def test_ready_turns_false_when_a_worker_dies_and_restart_brings_it_back(tool_path):
+def test_the_supervisor_replaces_a_worker_that_died_idle_and_restart_waits_for_it(tool_path):
     with load_neuropod(tool_path, use_ope=True, workers=2) as model:
         executor = model.executor
         assert executor.ready()
         pid = executor.worker_pids[0]
         os.kill(pid, signal.SIGKILL)
-        assert wait_until(lambda: not executor.ready(), within=5.0)
-        assert not executor.ready()  # nothing restarts it behind our back
-        executor.restart()
+        assert wait_until(lambda: gone(pid), within=5.0)
+        executor.restart()  # the supervisor may be replacing it already: restart() waits for that too
         assert executor.ready()
         assert pid not in executor.worker_pids and None not in executor.worker_pids
         assert executor.workers[0].last_failure == "killed by signal 9 (SIGKILL)"
         assert model.infer({"x": np.array([1.0])})["y"][0] == 2.0
 
-        # A call that meets a dead worker starts its replacement; until it has loaded, not ready.
-        with pytest.raises(WorkerCrashedError):
+        # Nobody calls restart(): the supervisor replaces a dead idle worker by itself.
+        pid = executor.worker_pids[1]
+        os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: executor.ready() and pid not in executor.worker_pids, within=10.0)
+
+        # A worker that dies during a call fails that call alone, and is replaced once the call gave it back.
+        with pytest.raises(WorkerCrashedError, match="during the call"):
             model.infer(command("exit"))
-        assert not executor.ready()
         executor.restart()
         assert executor.ready()
         executor.restart()  # nothing to do: harmless

@@ -31,12 +31,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..backends import BackendOptions
-from ..errors import InputValidationError, ModelClosedError, WorkerCrashedError
+from ..errors import InputValidationError, ModelClosedError
 from ..isolation.options import IsolationOptions
 from ..ope import wire
 from ..ope.client import WorkerProcess, make_zygote
 from ..ope.options import OpeOptions
 from ..ope.shm import Segment, SegmentPool, leased_array
+from ..ope.supervisor import Supervisor
 from ..ope.zygote import Zygote, sharing_refusal
 from ..package import Package
 from .base import Executor, TensorDict
@@ -116,13 +117,12 @@ class OutOfProcessExecutor(Executor):
         except BaseException:
             self.close()
             raise
-        # Idle workers, most recently used last (its caches are warm); a condition is cheaper than a queue.Queue.
-        self._idle: List[WorkerProcess] = list(reversed(self.workers))
-        self._idle_lock = threading.Lock()
-        self._idle_changed = threading.Condition(self._idle_lock)
-        self._waiting = 0  # threads waiting on _idle_changed: notify only when there are some (it is not cheap)
+        # Routes the calls, learns of every worker's exit and replaces dead workers.
+        self.supervisor = Supervisor(self.workers, self.model_name, self.options.restart_policy)
         # Workers must not outlive a forgotten executor either.
-        self._finalizer = weakref.finalize(self, _close_workers, list(self.workers), self._pool, self.zygote)
+        self._finalizer = weakref.finalize(
+            self, _close_workers, list(self.workers), self._pool, self.zygote, self.supervisor
+        )
 
     @property
     def sharing_refusal(self) -> str:
@@ -139,26 +139,7 @@ class OutOfProcessExecutor(Executor):
     def infer(self, inputs: TensorDict) -> TensorDict:
         if self._closed:
             raise ModelClosedError(f"model {self.model_name!r} is closed")
-        with self._idle_lock:
-            if not self._idle:
-                self._waiting += 1
-                try:
-                    while not self._idle:
-                        self._idle_changed.wait()
-                finally:
-                    self._waiting -= 1
-            worker = self._idle.pop()
-        try:
-            if worker.process is None and worker.starts and self.options.restart_policy == "never":
-                raise WorkerCrashedError(
-                    f"the worker of model {self.model_name!r} {worker.last_failure} earlier and restart_policy='never'"
-                )
-            return worker.call(inputs, self._find_lease if self._leases else None, self.options.timeout)
-        finally:
-            with self._idle_lock:
-                self._idle.append(worker)
-                if self._waiting:
-                    self._idle_changed.notify()
+        return self.supervisor.infer(inputs, self._find_lease if self._leases else None, self.options.timeout)
 
     def _find_lease(self, array: np.ndarray) -> Optional[Tuple[Segment, int, np.ndarray]]:
         base = array.base
@@ -232,39 +213,23 @@ class OutOfProcessExecutor(Executor):
         False while a worker is dead or still loading its replacement; the
         model server reports such a model not ready and calls :meth:`restart`.
         """
-        return not self._closed and all(worker.serving for worker in self.workers)
+        return not self._closed and self.supervisor.ready()
 
     def restart(self) -> None:
-        """Replace dead workers now and wait until they have loaded the model.
+        """Replace dead idle workers now and wait until they have loaded the model.
 
-        Workers busy in a call are left to that call (it notices a death
-        itself). With ``restart_policy="never"`` nothing is restarted and
-        :meth:`ready` stays False.
+        The supervisor does this by itself as soon as it learns of a death;
+        this does it at once, in the calling thread, and reports a failure.
+        Workers busy in a call are left to that call. With
+        ``restart_policy="never"`` nothing is restarted and :meth:`ready`
+        stays False.
 
         Raises:
             WorkerCrashedError / the worker's load error: a replacement failed to load
-            (the next ``restart`` or call tries again).
+            (the supervisor, the next ``restart`` or the next call tries again).
         """
-        if self._closed or self.options.restart_policy == "never":
-            return
-        with self._idle_changed:  # take the idle workers that need it, so no call uses them meanwhile
-            taken = [worker for worker in self._idle if not worker.serving]
-            self._idle = [worker for worker in self._idle if worker not in taken]
-        failure: Optional[BaseException] = None
-        try:
-            for worker in taken:
-                try:
-                    worker.revive()
-                except Exception as exc:  # go on with the others; report the first failure
-                    failure = failure or exc
-                if self._closed:  # close() gave up waiting for us: do not leave a process behind
-                    worker.close()
-        finally:
-            with self._idle_changed:
-                self._idle.extend(taken)
-                self._idle_changed.notify_all()
-        if failure is not None:
-            raise failure
+        if not self._closed:
+            self.supervisor.check()
 
     # -- housekeeping ------------------------------------------------------
 
@@ -280,13 +245,8 @@ class OutOfProcessExecutor(Executor):
         self._closed = True
         if self._copier is not None:
             self._copier.shutdown(wait=True)
-        if hasattr(self, "_idle_changed"):
-            with self._idle_changed:  # a worker's channel must not be used by two threads at once
-                self._waiting += 1
-                try:
-                    self._idle_changed.wait_for(lambda: len(self._idle) == len(self.workers), timeout=grace)
-                finally:
-                    self._waiting -= 1
+        if hasattr(self, "supervisor"):  # a worker's channel must not be used by two threads at once
+            self.supervisor.close(grace)
         _close_workers(self.workers, self._pool, self.zygote)
         if hasattr(self, "_finalizer"):
             self._finalizer.detach()
@@ -297,7 +257,14 @@ def _forget_segment(workers: List[WorkerProcess], segment_id: int) -> None:
         worker.forget_segment(segment_id)
 
 
-def _close_workers(workers: List[WorkerProcess], pool: SegmentPool, zygote: Optional[Zygote] = None) -> None:
+def _close_workers(
+    workers: List[WorkerProcess],
+    pool: SegmentPool,
+    zygote: Optional[Zygote] = None,
+    supervisor: Optional[Supervisor] = None,
+) -> None:
+    if supervisor is not None:
+        supervisor.close(grace=0.0)
     for worker in workers:
         try:
             worker.close()

@@ -62,7 +62,16 @@ _yield = getattr(os, "sched_yield", lambda: None)
 # 8-byte aligned so each counter is written by one store.
 _COUNTER = struct.Struct("=Q")
 _LENGTH = struct.Struct("=Q")
-_SEQ_AT, _LENGTH_AT, _SLEEPING_AT, _SETTINGS_AT, _MEETING_AT, _STAMPS_AT, _PAYLOAD_AT = 0, 8, 16, 24, 32, 40, 128
+_SEQ_AT, _LENGTH_AT, _SLEEPING_AT, _SETTINGS_AT, _MEETING_AT, _TAKEN_AT, _STAMPS_AT, _PAYLOAD_AT = (
+    0,
+    8,
+    16,
+    24,
+    32,
+    40,
+    48,
+    128,
+)
 # The settings word: the spin mode's number (1 + its index in SPIN_MODES) in the low byte, then a timing bit.
 _SPIN_MODE_MASK, _TIMING_BIT = 0xFF, 1 << 8
 #: Timestamps a side may leave in its box for the other (stage timing, :mod:`neuropod.ope.stages`).
@@ -139,6 +148,13 @@ class Channel:
         if _COUNTER.unpack_from(mailbox, sleeping_at)[0]:  # it fell asleep meanwhile
             self.sock.send(_DOORBELL)
 
+    def peer_took_everything(self) -> bool:
+        """Whether the peer has taken every message we sent (each side counts what it takes in its box).
+
+        After the peer died, False means it died before our last message reached it: it never saw it.
+        """
+        return bool(_COUNTER.unpack_from(self.mailbox, self._in + _TAKEN_AT)[0] >= self._sent)
+
     def set_peer_settings(self, spin_mode: str, timing: bool) -> None:
         """Tell the peer how to spin and whether to time its stages (:mod:`neuropod.ope.stages`).
 
@@ -199,6 +215,7 @@ class Channel:
         """
         self._received += 1
         mailbox, box = self.mailbox, self._in
+        _COUNTER.pack_into(mailbox, self._out + _TAKEN_AT, self._received)
         if _COUNTER.unpack_from(mailbox, box + _SEQ_AT)[0] > self._received:
             length = _ON_SOCKET
         else:
@@ -328,6 +345,7 @@ class Channel:
                     raise
                 if found is not None:
                     self._received += 1
+                    _COUNTER.pack_into(mailbox, self._out + _TAKEN_AT, self._received)
                     return found
             finally:
                 _COUNTER.pack_into(mailbox, sleeping_at, 0)

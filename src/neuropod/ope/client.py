@@ -18,7 +18,6 @@ import socket
 import subprocess
 import threading
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
@@ -27,6 +26,7 @@ from .. import errors
 from ..errors import InputValidationError, WireFormatError, WorkerCrashedError, WorkerError, WorkerTimeoutError
 from ..isolation.launch import WorkerLaunch, plan_worker, worker_cpus
 from ..isolation.options import IsolationOptions, format_bytes
+from ..worker_path import worker_code_root
 from . import stages, wire
 from .channel import MAILBOX_BYTES, Channel, ChannelClosed, ChannelTimeout, decode_checked
 from .environment import declared_names, worker_environment
@@ -36,16 +36,26 @@ from .spin import SpinPolicy
 from .tensors import InlineArea, read_tensor, write_tensor
 from .zygote import UNKNOWN_STATUS, ForkedProcess, Zygote
 
-__all__ = ["WorkerProcess", "remote_error", "LeaseLookup", "make_zygote"]
+__all__ = ["CallNotTaken", "WorkerProcess", "remote_error", "LeaseLookup", "make_zygote"]
 
 _log = logging.getLogger(__name__)
 
 #: Finds whether an array lies in one of our segments: (segment, offset, base array) or None.
 LeaseLookup = Callable[[np.ndarray], Optional[Tuple[Segment, int, np.ndarray]]]
 
-# The directory holding the ``neuropod`` package, put on the worker's PYTHONPATH
-# so another interpreter imports this very neuropod.
-_SOURCE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
+#: Seconds to wait for a dead worker's exit status before it is killed (again) and waited for without limit.
+_REAP_WAIT_S = 5.0
+
+
+class CallNotTaken(Exception):
+    """The worker died before it took the call (it was idle): the call may go to its replacement.
+
+    ``error`` is the :class:`WorkerCrashedError` to raise when it cannot.
+    """
+
+    def __init__(self, error: WorkerCrashedError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class _Spawner:
@@ -121,7 +131,8 @@ def remote_error(texts: Sequence[str], where: str) -> Exception:
 def _worker_env(package_root: str, options: OpeOptions) -> Dict[str, str]:
     # An allow-list of this process's variables, not all of them: the model may read its environment.
     env = worker_environment(os.environ, declared_names(package_root), options.pass_env)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_SOURCE_ROOT, env.get("PYTHONPATH", "")) if p)
+    # Only neuropod's own code from this process: another interpreter must not import our numpy.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (worker_code_root(), env.get("PYTHONPATH", "")) if p)
     return env
 
 
@@ -159,7 +170,7 @@ def make_zygote(package_root: str, model_name: str, backend_options_json: str, o
             worker_env=dict(options.worker_env),
             fds=(control_fd, control_fd),  # a zygote has no mailbox: its workers get theirs with each fork
             package_root=package_root,
-            source_root=_SOURCE_ROOT,
+            source_root=worker_code_root(),
             shm_dir=options.shm_dir,
             cpus=(),
         )
@@ -260,7 +271,7 @@ class WorkerProcess:
                     worker_env=dict(options.worker_env),
                     fds=(child_end.fileno(), mailbox.fd),
                     package_root=self.package_root,
-                    source_root=_SOURCE_ROOT,
+                    source_root=worker_code_root(),
                     shm_dir=options.shm_dir,
                     cpus=cpus,
                 )
@@ -384,20 +395,16 @@ class WorkerProcess:
         process = self.process  # a caller's thread may swap it meanwhile
         return self.ready and process is not None and process.poll() is None
 
-    def revive(self) -> None:
-        """Make a dead or still-loading worker serve again: replace it if dead, wait for it to load.
+    def bury(self, force: bool = False) -> None:
+        """Reap a worker that died (``force``: whose channel hung up) and record how it ended.
 
-        The caller holds this worker exclusively. A worker that died since its
-        last call is reaped first and its failure recorded, as a call would.
+        The caller holds this worker exclusively; nothing happens to a live one.
         """
-        if self.process is not None and self.process.poll() is not None:
+        process = self.process
+        if process is not None and (force or process.poll() is not None):
             returncode = self._reap()
             self._discard()
             self.last_failure = describe_returncode(returncode)
-        if self.process is None:
-            self.start()
-        if not self.ready:
-            self.wait_ready()
 
     def _check_alive(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -408,7 +415,7 @@ class WorkerProcess:
         if process is None:
             return None
         try:
-            status = process.wait(timeout=1.0)
+            status = process.wait(timeout=_REAP_WAIT_S)
         except subprocess.TimeoutExpired:
             process.kill()
             status = process.wait()
@@ -422,6 +429,8 @@ class WorkerProcess:
         if self.channel is not None:
             self.channel.close()
         self.channel = None
+        if isinstance(self.process, ForkedProcess):
+            self.process.close()
         self.process = None
         self.segments.clear()
         launch, self.launch = self.launch, None
@@ -467,7 +476,7 @@ class WorkerProcess:
 
     # -- calls --------------------------------------------------------------
 
-    def _crashed(self) -> WorkerCrashedError:
+    def _crashed(self, when: str = "during the call") -> WorkerCrashedError:
         pid = self.pid
         returncode = self._reap()
         self._discard()
@@ -478,11 +487,10 @@ class WorkerProcess:
             )
         else:
             error = WorkerCrashedError(
-                f"the worker (pid {pid}) of model {self.model_name!r} {self.last_failure} during the call"
+                f"the worker (pid {pid}) of model {self.model_name!r} {self.last_failure} {when}"
                 f"{self._limit_hint(returncode)}"
             )
         error.returncode = returncode
-        self._restart_soon()
         return error
 
     def _limit_hint(self, returncode: Optional[int]) -> str:
@@ -509,22 +517,12 @@ class WorkerProcess:
         pid = self.pid
         self._kill()
         self.last_failure = f"ran past its memory_limit of {format_bytes(limit)}"
-        self._restart_soon()
         error = WorkerCrashedError(
             f"the worker (pid {pid}) of model {self.model_name!r} ran past its memory_limit of "
             f"{format_bytes(limit)} ({limit} bytes) during the call and was killed; it will be replaced"
         )
         error.returncode = None
         return error
-
-    def _restart_soon(self) -> None:
-        """Start the replacement now, so it loads while the caller handles the error."""
-        if self.options.restart_policy != "always" or self.closing:
-            return  # a worker killed by close() stays dead
-        try:
-            self.start()
-        except Exception:  # the next call tries again and reports what goes wrong
-            self.process = None
 
     def call(
         self, inputs: Dict[str, np.ndarray], find_lease: Optional[LeaseLookup], timeout: Optional[float]
@@ -552,6 +550,7 @@ class WorkerProcess:
             if small is None:
                 request, fds, announcing = self._request(inputs, find_lease, temporary, in_call)
             encoded = stages.clock() if record is not None else 0
+            handed = False  # the request is all in the channel (the worker may not have taken it yet)
             try:
                 if small is None:
                     self._send(request, fds)
@@ -560,6 +559,7 @@ class WorkerProcess:
                             self.known.update(announcing)
                 else:
                     channel.send_bytes(small)
+                handed = True
                 sent = stages.clock() if record is not None else 0
                 try:
                     reply = self._receive(request_id, timeout)
@@ -568,12 +568,14 @@ class WorkerProcess:
                         self.abandoned.add(request_id)
                     raise
             except (ChannelClosed, OSError):
-                raise self._crashed() from None
+                # No local holds the error: it would be on its own traceback, a cycle keeping the channel.
+                if handed and channel.peer_took_everything() or self.closing:
+                    raise self._crashed("during the call") from None
+                raise CallNotTaken(self._crashed("while idle, before it took the call")) from None
             except ChannelTimeout:
                 pid = self.pid
                 self._kill()
                 self.last_failure = f"timed out after {timeout}s"
-                self._restart_soon()
                 raise WorkerTimeoutError(
                     f"the worker (pid {pid}) of model {self.model_name!r} did not answer within timeout={timeout}s; "
                     "it was killed and will be replaced"

@@ -17,10 +17,14 @@ Who does what:
   zygote's children, not the parent's, so the zygote reaps them and reports
   each exit status over its socket (a reader thread here records them);
   :class:`ForkedProcess` gives the parent the ``poll``/``wait``/``kill`` of a
-  ``subprocess.Popen``. Kills go through the zygote too: a pid it has not yet
-  reaped cannot have been reused, where a pid the parent signals might. A
-  zygote that does not report the kill within :data:`KILL_REPORT_GRACE`
-  (stopped, frozen) is killed itself, and its workers with it.
+  ``subprocess.Popen``. The parent opens a pidfd for each worker as soon as
+  the zygote reports the fork, and kills and watches the worker through it: a
+  pidfd names one process, never a later one that reused its pid, and works
+  while the zygote is stopped or frozen (a worker the zygote has not reaped
+  is a zombie whose exit status ``/proc`` still shows). So a slow zygote
+  never costs a healthy worker, nor a reload. Where pidfds are missing (Linux
+  before 5.3), kills go through the zygote (a pid it has not reaped cannot
+  have been reused).
 * Death signals chain: the zygote dies with the parent (``PR_SET_PDEATHSIG``,
   as any worker), each worker with its zygote. A dead zygote thus takes its
   workers along; the next start of a worker starts a fresh zygote (one load).
@@ -42,6 +46,7 @@ from __future__ import annotations
 
 import array
 import gc
+import math
 import os
 import select
 import signal
@@ -75,8 +80,10 @@ MAGIC = b"NPZG"
 #: magic, kind, then two numbers whose meaning depends on the kind.
 HEADER = struct.Struct("=4sIqq")
 MAX_MESSAGE_BYTES = 64 * 1024
-#: Seconds a killed worker's exit report may take before the zygote itself is killed.
-KILL_REPORT_GRACE = 1.0
+# How long a wait for an exited worker's report sleeps before it looks at the worker's zombie again.
+_REPORT_SLICE_S = 0.05
+# How long to wait for the report of a worker that the zygote has reaped (it sends it right after).
+_REPORT_WAIT_S = 1.0
 #: An EXITED report's return code for a worker whose exit status the zygote could not learn.
 UNKNOWN_STATUS = -(2**63)
 #: The signals a KILL order may send.
@@ -271,12 +278,17 @@ def _fork(
     return None
 
 
+def _exit_code(status: int) -> int:
+    """``os.waitstatus_to_exitcode`` (Python 3.9+), written out: a worker may run on Python 3.7 or 3.8."""
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
 def _reap(children: Dict[int, int], control: socket.socket) -> None:
     # One waitpid per child we made: a child process the model itself started is not ours to reap.
     for fork_id, pid in list(children.items()):
         try:
             done, status = os.waitpid(pid, os.WNOHANG)
-            returncode = os.waitstatus_to_exitcode(status) if done else 0
+            returncode = _exit_code(status) if done else 0
         except ChildProcessError:  # someone else reaped it (the model's own code): its status is lost
             done, returncode = pid, UNKNOWN_STATUS
         if done:
@@ -337,11 +349,36 @@ class ForkedProcess:
         self.pid: Optional[int] = None  # known once the zygote has forked
         self.returncode: Optional[int] = None
         self.refusal: Optional[str] = None
-        self._kill_deadline: Optional[float] = None  # a KILL order went out: when to stop trusting the zygote
+        self._pidfd = -1  # names this very process (see _forked); -1 where it cannot be had
 
     @property
     def zygote_pid(self) -> int:
         return self._incarnation.process.pid
+
+    def _forked(self, pid: int) -> None:
+        """The zygote reports the fork (called with the incarnation's lock held)."""
+        self.pid = pid
+        try:
+            pidfd = os.pidfd_open(pid)  # type: ignore[attr-defined]
+        except (AttributeError, OSError):  # no pidfds here, or it is gone already (its report follows)
+            return
+        # Until the zygote reaps it, the pid is the worker's; once reaped, ours is the only name left.
+        if _parent_of(pid) == self.zygote_pid:
+            self._pidfd = pidfd
+        else:
+            os.close(pidfd)
+
+    def _ended(self, returncode: int) -> None:
+        """The worker's exit is known (called with the incarnation's lock held)."""
+        if self.returncode is None:
+            self.returncode = returncode
+
+    def close(self) -> None:
+        """Let go of the pidfd (by the worker's owner, the one thread that waits on it)."""
+        with self._incarnation.changed:
+            pidfd, self._pidfd = self._pidfd, -1
+        if pidfd >= 0:
+            os.close(pidfd)
 
     def wait_forked(self, timeout: float) -> Optional[ForkFailure]:
         """Wait until the zygote has forked this worker: None when it has, else why not."""
@@ -361,35 +398,87 @@ class ForkedProcess:
         return ForkFailure(timed_out=True)
 
     def poll(self) -> Optional[int]:
+        if self.returncode is None and self._pidfd >= 0 and _readable(self._pidfd, 0):
+            self._learn_exit()
         return self.returncode
 
+    def _learn_exit(self) -> None:
+        """The pidfd says the worker exited: its status, from the zombie, or from the zygote's report."""
+        with self._incarnation.changed:
+            if self.returncode is None and self._pidfd >= 0 and self.pid is not None:
+                status = _zombie_status(self.pid, self.zygote_pid)
+                if status is not None:
+                    self._ended(status)
+                    self._incarnation.changed.notify_all()
+                else:  # the zygote has reaped it: its report follows at once
+                    self._incarnation.changed.wait_for(lambda: self.returncode is not None, _REPORT_WAIT_S)
+
     def wait(self, timeout: Optional[float] = None) -> int:
-        incarnation = self._incarnation
+        """The return code: from the zygote's report or, when the zygote is slow to reap, from the zombie."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with incarnation.changed:
-            while self.returncode is None:
-                now = time.monotonic()
-                if self._kill_deadline is not None and now >= self._kill_deadline:
-                    # The zygote did not act on our KILL (stopped, frozen, stuck): kill it, which takes
-                    # this worker along (its death signal) and reports it killed when the reader sees it go.
-                    self._kill_deadline = None
-                    incarnation.kill()
-                if deadline is not None and now >= deadline:
-                    raise subprocess.TimeoutExpired(f"worker forked by zygote {incarnation.process.pid}", timeout or 0)
-                ends = [end for end in (deadline, self._kill_deadline) if end is not None]
-                incarnation.changed.wait(min(ends) - now if ends else None)
-            return self.returncode
+        while self.poll() is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(f"worker forked by zygote {self.zygote_pid}", timeout or 0)
+            pidfd = self._pidfd
+            if pidfd >= 0 and not _readable(pidfd, 0):
+                _readable(pidfd, left)  # until it exits
+                continue
+            # Reaped by the zygote (its report is on its way), or no pidfd here: wait for the report.
+            if pidfd >= 0:
+                left = _REPORT_SLICE_S if left is None else min(left, _REPORT_SLICE_S)
+            with self._incarnation.changed:
+                self._incarnation.changed.wait_for(lambda: self.returncode is not None, left)
+        return self.returncode
 
     def kill(self) -> None:
-        if self.returncode is not None:
-            return
-        if self.pid is None:  # the zygote has not forked it yet: it is still loading, or stuck
-            self._incarnation.kill()
+        incarnation = self._incarnation
+        with incarnation.changed:
+            if self.returncode is not None:
+                return
+            if self._pidfd >= 0:
+                try:
+                    signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)  # type: ignore[attr-defined]
+                    return
+                except OSError:
+                    return  # it exited already: poll/wait learn how
+            forked = self.pid is not None
+        if not forked:  # the zygote has not forked it yet: it is still loading, or stuck
+            incarnation.kill()
         else:
-            self._incarnation.send(encode(Kind.KILL, self.fork_id, int(signal.SIGKILL)))
-            with self._incarnation.changed:
-                if self._kill_deadline is None:
-                    self._kill_deadline = time.monotonic() + KILL_REPORT_GRACE
+            incarnation.send(encode(Kind.KILL, self.fork_id, int(signal.SIGKILL)))
+
+
+def _readable(fd: int, timeout: Optional[float]) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    try:
+        return bool(poller.poll(None if timeout is None else math.ceil(timeout * 1000)))
+    except InterruptedError:
+        return False
+
+
+def _stat_fields(pid: int) -> List[str]:
+    """The fields of ``/proc/PID/stat`` after the command name (the 3rd field first); [] if unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _parent_of(pid: int) -> Optional[int]:
+    fields = _stat_fields(pid)
+    return int(fields[1]) if len(fields) > 1 else None
+
+
+def _zombie_status(pid: int, parent: int) -> Optional[int]:
+    """The return code of ``pid``, a zombie child of ``parent`` nobody reaped yet (None if it is not one)."""
+    fields = _stat_fields(pid)
+    # proc(5): field 3 is the state, 4 the parent, 52 the exit status as waitpid reports it.
+    if len(fields) < 50 or fields[0] != "Z" or int(fields[1]) != parent:
+        return None
+    return os.waitstatus_to_exitcode(int(fields[49]))
 
 
 class _Incarnation:
@@ -460,12 +549,12 @@ class _Incarnation:
                 elif forked is None:
                     pass
                 elif kind == Kind.FORKED:
-                    forked.pid = number
+                    forked._forked(number)
                 elif kind == Kind.REFUSED:
                     forked.refusal = text
                     del self.forks[fork_id]
                 elif kind == Kind.EXITED:
-                    forked.returncode = number
+                    forked._ended(number)
                     del self.forks[fork_id]
                 if self.retiring and not self.forks:
                     self._hang_up()  # its last worker is gone: the zygote reads end-of-file and exits
@@ -483,7 +572,7 @@ class _Incarnation:
             for forked in self.forks.values():
                 # A forked worker died of its death signal (SIGKILL) with us, its status went to init;
                 # one not forked yet never ran.
-                forked.returncode = -int(signal.SIGKILL)
+                forked._ended(-int(signal.SIGKILL))
             self.changed.notify_all()
 
     def _hang_up(self) -> None:
