@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional, Tuple
 import click
 import numpy as np
 
-from ._cli_errors import UserError, user_errors
+from ._cli_errors import VERBOSE, UserError, user_errors
 from .kserve import DEFAULT_MAX_MESSAGE_BYTES
 
 __all__ = ["main"]
@@ -22,8 +22,15 @@ __all__ = ["main"]
 
 @click.group()
 @click.version_option(package_name="neuropod")
-def main() -> None:
+@click.option(
+    "--verbose",
+    is_flag=True,
+    help="On an error, print the full traceback, the framework's own error chained under it, before the one line.",
+)
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
     """Package, inspect, test and run neuropod models."""
+    ctx.meta[VERBOSE] = verbose
 
 
 def _spec_lines(specs: Any) -> str:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..errors import InputValidationError, OptionError
+from ..errors import InferenceError, InputValidationError, OptionError
 from ..package import Package
 
 __all__ = [
@@ -28,6 +29,8 @@ __all__ = [
     "feeds_by_model_name",
     "gpu_unavailable_warning",
     "missing_input_error",
+    "model_failure",
+    "cause_line",
 ]
 
 TensorDict = Dict[str, np.ndarray]
@@ -128,3 +131,47 @@ def gpu_unavailable_warning(framework: str, visible_gpu: int) -> None:
         RuntimeWarning,
         stacklevel=3,
     )
+
+
+# "RuntimeError: index out of range in self": the line a framework's traceback-shaped message ends its cause with.
+_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception): \S")
+
+
+def cause_line(message: str) -> str:
+    """The one line of a framework's error message that says what went wrong.
+
+    TorchScript puts its interpreter's traceback first and the cause on the
+    last ``SomethingError: ...`` line; TensorFlow puts headers (``Graph
+    execution error:``, ``Detected at node ...:``) and indented frames around
+    it. The cause is the last ``...Error: ...`` line, else the first line that
+    is neither a header, a frame nor a node list, else the first line.
+    """
+    lines = [line.rstrip() for line in message.strip().splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else ""
+    errors = [line.strip() for line in lines if _ERROR_LINE.match(line.strip())]
+    if errors:
+        return errors[-1]
+    for line in lines:
+        if not (line[0].isspace() or line.endswith(":") or line.startswith(("[[", "Traceback", "File "))):
+            return line
+    return lines[0].strip()
+
+
+def model_failure(kind: str, model_name: str, exc: BaseException, message: Optional[str] = None) -> InferenceError:
+    """``InferenceError("<kind> model '<name>' failed: <the framework's cause line>")``; raise it ``from exc``.
+
+    One line: the framework's full message and traceback stay on the chained
+    exception (``neuropod --verbose`` prints them; an out-of-process call
+    chains the worker's).
+
+    Args:
+        kind: the framework's name as users know it (``TorchScript``, ``ONNX`` ...).
+        model_name: the package's model name.
+        exc: the framework's exception.
+        message: its text where ``str(exc)`` is not it (TensorFlow's ``OpError.message``).
+    """
+    cause = cause_line(str(exc) if message is None else message) or type(exc).__name__
+    if not _ERROR_LINE.match(cause) and type(exc).__name__ not in ("RuntimeError", "Exception"):
+        cause = f"{type(exc).__name__}: {cause}"  # an IndexError's text alone hides what it was
+    return InferenceError(f"{kind} model {model_name!r} failed: {cause}")

@@ -29,7 +29,7 @@ from jax import export
 
 from ..errors import InferenceError, PackageError
 from ..package import Package, layout
-from .base import Backend, BackendOptions, TensorDict
+from .base import Backend, BackendOptions, TensorDict, model_failure
 from .devices import pick_gpu
 
 __all__ = ["JaxBackend", "EXPORTED_FILE", "PARAMS_FILE", "choose_jax_device", "x64_scope"]
@@ -122,7 +122,7 @@ class JaxBackend(Backend):
         except InferenceError:
             raise
         except Exception as exc:  # shape-assertion and XLA errors
-            raise InferenceError(f"JAX model {self.package.config.name!r} failed: {exc}") from exc
+            raise model_failure("JAX", self.package.config.name, exc) from exc
 
     def _outputs_to_numpy(self, result: Any) -> TensorDict:
         if not isinstance(result, dict):

@@ -19,9 +19,9 @@ from typing import Any, Dict, List
 import numpy as np
 import onnxruntime as ort
 
-from ..errors import InferenceError, PackageError
+from ..errors import PackageError
 from ..package import Package, layout
-from .base import Backend, BackendOptions, TensorDict, as_string_array
+from .base import Backend, BackendOptions, TensorDict, as_string_array, model_failure
 from .devices import pick_gpu
 
 __all__ = ["OnnxBackend", "MODEL_FILE", "choose_providers"]
@@ -93,7 +93,7 @@ class OnnxBackend(Backend):
             else:
                 values = self.session.run(self._output_names, inputs)
         except Exception as exc:  # the model's own failure, whatever onnxruntime raised
-            raise InferenceError(f"ONNX model {self.package.config.name!r} failed: {exc}") from exc
+            raise model_failure("ONNX", self.package.config.name, exc) from exc
         outputs: Dict[str, np.ndarray] = {}
         for name, value in zip(self._output_names, values):
             if value.dtype.kind == "O":  # onnxruntime's string tensors

@@ -10,10 +10,10 @@ from typing import Any, List
 
 import torch
 
-from ..errors import InferenceError, PackageError
+from ..errors import PackageError
 from ..package import Package, layout
 from ._torch_tensors import TorchBackend, freeze_parameters, outputs_to_numpy
-from .base import BackendOptions, TensorDict
+from .base import BackendOptions, TensorDict, model_failure
 
 __all__ = ["TorchExportBackend", "MODEL_FILE"]
 
@@ -48,7 +48,7 @@ class TorchExportBackend(TorchBackend):
             else:
                 result = self.module(**tensors)
         except Exception as exc:  # the model's own failure, or a shape guard of the exported program
-            raise InferenceError(f"torch.export model {self.package.config.name!r} failed: {exc}") from exc
+            raise model_failure("torch.export", self.package.config.name, exc) from exc
         return outputs_to_numpy(result, self._output_names)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from ...errors import FrameworkNotInstalledError, InferenceError, PackageError
 from ...package import Package, layout
-from ..base import Backend, BackendOptions, TensorDict, as_string_array, feeds_by_model_name
+from ..base import Backend, BackendOptions, TensorDict, as_string_array, feeds_by_model_name, model_failure
 from ..devices import pick_gpu
 
 try:
@@ -165,7 +165,7 @@ class KerasBackend(Backend):
             with keras.device(self.device):
                 result = self.model(call_with, training=False)
         except Exception as exc:  # the model's own failure, whatever the Keras backend raised
-            raise InferenceError(f"Keras model {self.package.config.name!r} failed: {exc}") from exc
+            raise model_failure("Keras", self.package.config.name, exc) from exc
         return self._outputs_to_numpy(result)
 
     def _outputs_to_numpy(self, result: Any) -> TensorDict:

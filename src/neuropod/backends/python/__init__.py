@@ -26,7 +26,7 @@ import numpy as np
 from ...errors import InferenceError, PackageError, RequirementsError
 from ...package import Package, layout
 from ...requirements import installed_distribution_version, requirement_problems
-from ..base import Backend, BackendOptions, TensorDict, as_string_array
+from ..base import Backend, BackendOptions, TensorDict, as_string_array, model_failure
 
 __all__ = ["PythonBackend", "check_requirements"]
 
@@ -178,9 +178,7 @@ class PythonBackend(Backend):
         try:
             result = self.model(**inputs)
         except Exception as exc:
-            raise InferenceError(
-                f"Python model {self.package.config.name!r} failed: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise model_failure("Python", self.package.config.name, exc) from exc
         if not isinstance(result, dict):
             raise InferenceError(
                 f"Python model {self.package.config.name!r} returned {type(result).__name__}, expected a dict of arrays"

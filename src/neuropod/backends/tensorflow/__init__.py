@@ -30,7 +30,7 @@ from ...errors import InferenceError, InputValidationError, PackageError
 from ...package import Package, layout
 from ...package.manifest import sha256_file
 from ...spec import TensorSpec, numpy_dtype
-from ..base import Backend, BackendOptions, TensorDict, as_string_array, feeds_by_model_name
+from ..base import Backend, BackendOptions, TensorDict, as_string_array, feeds_by_model_name, model_failure
 from ..devices import pick_gpu
 
 __all__ = [
@@ -373,7 +373,7 @@ class TensorFlowBackend(Backend):
             raise
         except (tf.errors.OpError, TypeError, ValueError) as exc:
             message = exc.message if isinstance(exc, tf.errors.OpError) else str(exc)
-            raise InferenceError(f"TensorFlow model {self.package.config.name!r} failed: {message}") from exc
+            raise model_failure("TensorFlow", self.package.config.name, exc, message) from exc
 
     def close(self) -> None:
         self._runner = None

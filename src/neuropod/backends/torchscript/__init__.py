@@ -7,10 +7,10 @@ from typing import Any, List, Sequence
 
 import torch
 
-from ...errors import InferenceError, PackageError
+from ...errors import PackageError
 from ...package import Package, layout
 from .._torch_tensors import TorchBackend, freeze_parameters, outputs_to_numpy
-from ..base import BackendOptions, TensorDict
+from ..base import BackendOptions, TensorDict, model_failure
 
 __all__ = ["TorchScriptBackend", "MODEL_FILE"]
 
@@ -52,7 +52,7 @@ class TorchScriptBackend(TorchBackend):
         try:
             result = self.module(tensors) if self._takes_dict else self.module(**tensors)
         except Exception as exc:  # the model's own failure, whatever the framework raised
-            raise InferenceError(f"TorchScript model {self.package.config.name!r} failed: {exc}") from exc
+            raise model_failure("TorchScript", self.package.config.name, exc) from exc
         return outputs_to_numpy(result, self._output_names)
 
 
