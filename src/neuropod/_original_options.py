@@ -15,7 +15,7 @@ from typing import Any, Mapping, Set, Tuple
 
 from .package import Package
 
-__all__ = ["apply_original_options", "log_once"]
+__all__ = ["apply_original_options", "load_installed_backends", "log_once"]
 
 logger = logging.getLogger("neuropod")
 
@@ -53,3 +53,13 @@ def apply_original_options(package: Package, given: Mapping[str, Any], use_ope: 
         else:
             package = dataclasses.replace(package, config=dataclasses.replace(package.config, custom_ops=()))
     return package
+
+
+def load_installed_backends() -> None:
+    """The original 0.2.0's ``neuropod.loader.load_installed_backends``: nothing to do here.
+
+    The original registered its installed native backend libraries up front.
+    Backends here are Python classes found by platform name when a package is
+    loaded (see :mod:`neuropod.backends`), so there is nothing to load ahead;
+    the call is kept so that code written for the original runs unchanged.
+    """

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ._original_options import apply_original_options
+from ._original_options import apply_original_options, load_installed_backends  # noqa: F401  (the original's name)
 from .backends import BackendOptions, backend_option_table
 from .errors import InputValidationError, ModelClosedError, OptionError
 from .executors.base import Executor

@@ -15,11 +15,50 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 from ..errors import PackageError, SpecError
 from ..package import PackageConfig, open_package
 from ..package.config import DEVICES, read_config_json
-from ..spec import canonical_dtype
+from ..spec import DTYPES, canonical_dtype
 
-__all__ = ["canonicalize_tensor_spec", "validate_neuropod_config", "read_neuropod_config", "write_neuropod_config"]
+__all__ = [
+    "ALLOWED_DTYPES",
+    "validate_tensor_spec",
+    "canonicalize_tensor_spec",
+    "validate_neuropod_config",
+    "read_neuropod_config",
+    "write_neuropod_config",
+]
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+#: The dtype names a spec may use: the original's eleven, and float16, bfloat16 and bool.
+ALLOWED_DTYPES = list(DTYPES)
+
+
+def validate_tensor_spec(spec: Sequence[Mapping[str, Any]]) -> None:
+    """Check a canonical tensor spec as the original did.
+
+    Each entry has a string ``name``, a ``dtype`` from :data:`ALLOWED_DTYPES`
+    (canonical names only: run :func:`canonicalize_tensor_spec` first for
+    aliases such as ``"double"``) and a ``shape`` list or tuple of None,
+    symbols (strings) and positive ints.
+
+    Raises:
+        SpecError: a ``ValueError`` naming the tensor and the field.
+    """
+    for item in spec:
+        try:
+            name, dtype, shape = item["name"], item["dtype"], item["shape"]
+        except (KeyError, TypeError):
+            raise SpecError(f"tensor spec {item!r}: expected a dict with name, dtype and shape") from None
+        if not isinstance(name, str):
+            raise SpecError(f"tensor spec field 'name': expected a string, got {name!r} of type {type(name).__name__}")
+        if dtype not in ALLOWED_DTYPES:
+            raise SpecError(f"tensor {name!r}: dtype {dtype!r} is not one of {ALLOWED_DTYPES}")
+        if not isinstance(shape, (list, tuple)):
+            raise SpecError(f"tensor {name!r}: shape must be a list or tuple, got {shape!r}")
+        for dim in shape:
+            if not (dim is None or isinstance(dim, str) or (type(dim) is int and dim > 0)):
+                raise SpecError(
+                    f"tensor {name!r}: every dimension must be None, a symbol (string) or a positive int, got {dim!r}"
+                )
 
 
 def canonicalize_tensor_spec(spec: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:

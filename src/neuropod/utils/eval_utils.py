@@ -7,17 +7,62 @@ because unpickling runs code.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
 import numpy as np
 
-from ..package import open_package
+from ..package import layout, open_package
 from ..package.testdata import read_test_data, write_test_data
-from ..selftest import run_self_test
+from ..selftest import check_outputs, run_self_test
 
-__all__ = ["save_test_data", "load_test_data", "load_and_test_neuropod"]
+__all__ = [
+    "RUN_NATIVE_TESTS",
+    "TEST_DATA_FILENAME",
+    "check_output_matches_expected",
+    "print_output_summary",
+    "save_test_data",
+    "load_test_data",
+    "load_and_test_neuropod",
+]
+
+#: The original's switch (``NEUROPOD_RUN_NATIVE_TESTS``, unset or ``"true"``): False runs
+#: :func:`load_and_test_neuropod` in a new process (``python -m neuropod.loader``).
+RUN_NATIVE_TESTS = os.getenv("NEUROPOD_RUN_NATIVE_TESTS", "true") == "true"
+#: The file persisted test data is stored in. The original pickled it to ``test_data.pkl``
+#: (still read, from trusted packages); unpickling runs code, so it is written as npz here.
+TEST_DATA_FILENAME = layout.TEST_DATA
+
+logger = logging.getLogger(__name__)
+
+
+def check_output_matches_expected(out: Mapping[str, Any], expected_out: Mapping[str, Any]) -> None:
+    """Compare a model's outputs with the expected ones.
+
+    Strings must be equal, numbers close (with a tolerance that suits the
+    dtype, so a float16 model passes as it would have in float32).
+
+    Raises:
+        TestMismatchError: a ``ValueError`` naming every output that differs
+            (expected and actual values shown).
+    """
+    check_outputs(expected_out, {key: np.asarray(value) for key, value in out.items()}, "the model")
+
+
+def print_output_summary(out: Mapping[str, Any]) -> None:
+    """Log (at INFO) each output's shape and dtype.
+
+    Raises:
+        ValueError: an output is not a numpy array.
+    """
+    logger.info("No expected test output specified; printing summary to stdout")
+    for key, value in out.items():
+        if not isinstance(value, np.ndarray):
+            raise ValueError(f"All outputs must be numpy arrays! Output `{key}` was of type `{type(value)}`")
+        logger.info("\t%s: np.array with shape %s and dtype %s", key, value.shape, value.dtype)
+
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -57,10 +102,20 @@ def load_and_test_neuropod(
 ) -> Dict[str, np.ndarray]:
     """Load the package, run ``test_input_data`` and compare with ``test_expected_out``; return the outputs.
 
-    Extra keyword arguments are ignored, as in the original (its packagers
-    passed all their options through).
+    With :data:`RUN_NATIVE_TESTS` False (``NEUROPOD_RUN_NATIVE_TESTS=false``)
+    the package is run in a new process, as the original did to test custom
+    ops in a clean interpreter. Extra keyword arguments are ignored, as in the
+    original (its packagers passed all their options through).
 
     Raises:
         TestMismatchError: a ``ValueError`` naming each output that differs.
     """
-    return run_self_test(neuropod_path, test_input_data, test_expected_out, **dict(neuropod_load_args or {}))
+    load_args = dict(neuropod_load_args or {})
+    if RUN_NATIVE_TESTS:
+        return run_self_test(neuropod_path, test_input_data, test_expected_out, **load_args)
+    from .env_utils import eval_in_new_process
+
+    out = eval_in_new_process(neuropod_path, test_input_data, neuropod_load_args=load_args)
+    if test_expected_out is not None:
+        check_output_matches_expected(out, test_expected_out)
+    return out
