@@ -44,7 +44,11 @@ AUTO_COMPRESSION = None
 # A file whose sample deflates by less than this fraction is stored: weights rarely compress, and deflating
 # hundreds of megabytes to save a few percent costs more than the bytes it saves.
 _MIN_SAVING = 0.10
+# The sample: this many bytes in all, read as _SAMPLE_SLICES slices spread over the file. A file's head is no
+# sample of it: a TorchScript or Keras archive starts with code and metadata (text that deflates well) and
+# holds its weights after them.
 _SAMPLE_BYTES = 1 << 20
+_SAMPLE_SLICES = 64
 
 _DEFAULT_MAX_EXTRACTED_BYTES = 256 << 30
 _DEFAULT_MAX_RATIO = 200
@@ -151,12 +155,23 @@ def write_zip(
 
 
 def _suited_compression(path: Path) -> int:
+    """Deflate ``path`` unless slices spread over it deflate by less than ``_MIN_SAVING``."""
     with open(path, "rb") as f:
-        sample = f.read(_SAMPLE_BYTES)
-    if len(sample) < 4096:
-        return zipfile.ZIP_DEFLATED
-    saved = 1 - len(zlib.compress(sample, 1)) / len(sample)
-    return zipfile.ZIP_DEFLATED if saved >= _MIN_SAVING else zipfile.ZIP_STORED
+        size = os.fstat(f.fileno()).st_size
+        if size < 4096:
+            return zipfile.ZIP_DEFLATED
+        if size <= _SAMPLE_BYTES:
+            slices = [f.read()]
+        else:
+            length = _SAMPLE_BYTES // _SAMPLE_SLICES
+            step = (size - length) / (_SAMPLE_SLICES - 1)
+            slices = []
+            for index in range(_SAMPLE_SLICES):
+                f.seek(int(index * step))
+                slices.append(f.read(length))
+    sampled = sum(len(piece) for piece in slices)
+    deflated = sum(len(zlib.compress(piece, 1)) for piece in slices)
+    return zipfile.ZIP_DEFLATED if 1 - deflated / sampled >= _MIN_SAVING else zipfile.ZIP_STORED
 
 
 def _write_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, source: Path, progress: ByteProgress) -> str:
