@@ -158,6 +158,10 @@ class Builder:
             requirements.append(f"{need.distribution}=={version}")
             requirements += era_pins(need.distribution, version)
         requirements += list(need.requirements)
+        for line in need.requirements:  # a Python package pinning torch==1.10.2 needs what a TorchScript one does
+            name, sep, version = line.partition("==")
+            if sep:
+                requirements += [p for p in era_pins(normalize_name(name), version.strip()) if p not in requirements]
         held = {normalize_name(re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0]) for r in requirements}
         requirements += [r for r in need.worker_requirements if normalize_name(r) not in held]
         key = _key(interpreter.version, tuple(requirements), self.find_links)

@@ -17,8 +17,11 @@ from .store import probe
 
 __all__ = ["Interpreter", "discover_interpreters", "find_uv", "MIN_PYTHON"]
 
-#: The oldest Python neuropod's worker runs on.
-MIN_PYTHON = (3, 9)
+#: The oldest Python neuropod's worker runs on. The library itself needs 3.9; its worker
+#: (``neuropod.ope.worker`` and what it imports) keeps to what Python 3.7 has, so
+#: packages of the original's era (torch 1.4: Python <= 3.8; TensorFlow 1.15:
+#: Python <= 3.7) run in environments built on those Pythons.
+MIN_PYTHON = (3, 7)
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,7 @@ def _candidates(uv: Optional[str]) -> List[str]:
 
 
 def discover_interpreters(uv: Optional[str] = None) -> List[Interpreter]:
-    """One interpreter per Python minor version (>= 3.9), newest patch first, this process's own first."""
+    """One interpreter per Python minor version (>= 3.7), newest patch first, this process's own first."""
     best: Dict[str, Interpreter] = {}
     for executable in _candidates(uv):
         if not executable or not os.access(executable, os.X_OK):

@@ -31,6 +31,7 @@ ERA_PINS: Tuple[Tuple[str, str, Tuple[str, ...]], ...] = (
     ("torch", "2.3.0", ("numpy<2",)),
     ("torch", "2.1.0", ("setuptools<70",)),
     ("tensorflow", "2.18.0", ("numpy<2",)),
+    ("tensorflow", "2.0.0", ("protobuf<3.21",)),  # TF 1.x's generated code predates protobuf 4
     ("onnxruntime", "1.19.0", ("numpy<2",)),
     ("jax", "0.4.26", ("numpy<2",)),
     ("keras", "3.0.0", ("numpy<2",)),

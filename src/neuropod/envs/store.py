@@ -48,8 +48,19 @@ import json, sys, sysconfig
 try:
     from importlib import metadata
     packages = {d.metadata["Name"]: d.version for d in metadata.distributions() if d.metadata["Name"]}
-except ImportError:
+except ImportError:  # Python 3.7: read the dist-info folders' METADATA headers
+    import glob, os
     packages = {}
+    for info in [i for e in sys.path for i in glob.glob(os.path.join(e or ".", "*.dist-info", "METADATA"))]:
+        head = {}
+        with open(info, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                if not line.strip():
+                    break  # the end of the headers
+                key, _, value = line.partition(":")
+                head.setdefault(key.strip(), value.strip())
+        if head.get("Name"):
+            packages.setdefault(head["Name"], head.get("Version", ""))
 print(json.dumps({"python": "%d.%d.%d" % sys.version_info[:3], "executable": sys.executable,
                   "purelib": sysconfig.get_paths()["purelib"], "packages": packages}))
 """

@@ -47,6 +47,9 @@ __all__ = [
     "tf_dtype",
 ]
 
+if not tf.executing_eagerly():  # TensorFlow 1.x (a worker of the original's era): run graphs as TF2 does
+    tf.compat.v1.enable_eager_execution()
+
 GRAPH_FILE = layout.TF_GRAPH
 SAVED_MODEL_DIR = layout.TF_SAVED_MODEL
 DEFAULT_SIGNATURE = layout.TF_DEFAULT_SIGNATURE
