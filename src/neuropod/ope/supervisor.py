@@ -65,6 +65,7 @@ class Supervisor:
         self._changed = threading.Condition(self._lock)
         self._waiting = 0  # threads waiting on _changed: notify only when there are some (it is not cheap)
         self._replacing = 0  # workers out of the idle list for a replacement
+        self._to_replace: List[WorkerProcess] = []  # given back dead by a call, for the watcher
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_write, False)
         self._wake_lock = threading.Lock()  # close() must not close the pipe under a caller's wake-up
@@ -76,20 +77,19 @@ class Supervisor:
     def infer(
         self, inputs: Dict[str, np.ndarray], find_lease: Optional[LeaseLookup], timeout: Optional[float]
     ) -> Dict[str, np.ndarray]:
-        worker = self._take()
-        try:
-            for attempt in range(_NOT_TAKEN_RETRIES + 1):
-                if worker.channel is None:  # dead and not replaced yet (a replacement failed, or the race above)
+        for attempt in range(_NOT_TAKEN_RETRIES + 1):
+            worker = self._take()
+            try:
+                if worker.channel is None:  # a replacement failed: try again here, so its error reaches a caller
                     self._replace([worker])
-                try:
-                    return worker.call(inputs, find_lease, timeout)
-                except CallNotTaken as not_taken:
-                    if self.restart_policy != "always" or attempt == _NOT_TAKEN_RETRIES:
-                        raise not_taken.error from None
-                    _log.info("model %r: %s; the call goes to its replacement", self.model_name, not_taken.error)
-            raise AssertionError("unreachable")
-        finally:
-            self._give_back(worker)
+                return worker.call(inputs, find_lease, timeout)
+            except CallNotTaken as not_taken:
+                if self.restart_policy != "always" or attempt == _NOT_TAKEN_RETRIES:
+                    raise not_taken.error from None
+                _log.info("model %r: %s; the call goes to another worker", self.model_name, not_taken.error)
+            finally:
+                self._give_back(worker)
+        raise AssertionError("unreachable")
 
     def _take(self) -> WorkerProcess:
         with self._lock:
@@ -104,12 +104,17 @@ class Supervisor:
             return self._idle.pop()
 
     def _give_back(self, worker: WorkerProcess) -> None:
+        if worker.channel is None and self.restart_policy == "always" and not self.closed:
+            # It died in the call (or before): the watcher replaces it; no caller gets it meanwhile.
+            with self._lock:
+                self._to_replace.append(worker)
+                self._replacing += 1
+            self._wake()
+            return
         with self._lock:
             self._idle.append(worker)
             if self._waiting:
                 self._changed.notify()
-        if worker.channel is None and self.restart_policy == "always":  # it died in the call: replace it now
-            self._wake()
 
     # -- health (the supervisor's side) -------------------------------------------
 
@@ -160,6 +165,8 @@ class Supervisor:
         with self._lock:
             dead = self._dead_idle(hung_up)
             self._replacing += len(dead)
+            dead += self._to_replace
+            self._to_replace = []
         try:
             self._revive(dead, hung_up)
         finally:
@@ -240,13 +247,18 @@ class Supervisor:
             if self.closed:
                 return
             self.closed = True
+        self._wake()  # the watcher stops looking
+        with self._lock:
+            # Dead workers waiting for the watcher: close() stops them with the others.
+            self._idle += self._to_replace
+            self._replacing -= len(self._to_replace)
+            self._to_replace = []
             self._waiting += 1
             try:
                 self._changed.wait_for(lambda: len(self._idle) == len(self.workers), timeout=grace)
             finally:
                 self._waiting -= 1
             self._changed.notify_all()
-        self._wake()
         if self._watcher is not threading.current_thread():
             self._watcher.join(grace + WATCH_SLICE_S)
         with self._wake_lock:
