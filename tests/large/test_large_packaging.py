@@ -63,7 +63,7 @@ def code_root(tmp_path: Path) -> Path:
 @pytest.fixture
 def show_progress(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     monkeypatch.setenv("NEUROPOD_PROGRESS", "log")
-    monkeypatch.setenv("NEUROPOD_PROGRESS_MIN_BYTES", str(1 << 20))
+    monkeypatch.setenv("NEUROPOD_PROGRESS_AFTER_S", "0")  # every step shows, however quick
     caplog.set_level(logging.INFO, logger="neuropod.progress")
     return caplog
 
@@ -118,28 +118,32 @@ def test_weights_are_stored_and_metadata_deflated(tmp_path, weights, code_root):
         assert zf.getinfo("0/data/weights.bin").compress_type == zipfile.ZIP_DEFLATED
 
 
-def test_each_step_reports_progress_in_bytes(tmp_path, weights, code_root, show_progress):
+def test_each_step_reports_progress_in_bytes_once(tmp_path, weights, code_root, show_progress):
     path = _package(tmp_path / "big.zip", weights, code_root)
     packaging = [r.getMessage() for r in show_progress.records if r.name == "neuropod.progress"]
     show_progress.clear()
     load_neuropod(path).close()
     loading = [r.getMessage() for r in show_progress.records if r.name == "neuropod.progress"]
     for step in ("copy weights.bin", "zip big.zip", "extract big.zip"):  # extract: the self-test's
-        assert any(line.startswith(f"{step}: 40.0 MiB") for line in packaging), (step, packaging)
-        assert any(line.startswith(f"{step}: done, 40.0 MiB in") for line in packaging), (step, packaging)
-    assert any(line.startswith("hash big.zip: done, ") for line in loading), loading
+        lines = [line for line in packaging if line.startswith(f"{step}: ")]
+        assert len(lines) == 1 and lines[0].startswith(f"{step}: done, 40.0 MiB in"), (step, packaging)
+    assert len([line for line in loading if line.startswith("extract big.zip: ")]) == 1, loading
     assert any(line.startswith("extract big.zip: done, 40.0 MiB") for line in loading), loading
     tree = _package(tmp_path / "tree", weights, code_root, package_as_zip=False)
     assert tree.is_dir()
     assert any(r.getMessage().startswith("hash tree: done") for r in show_progress.records)
 
 
-def test_small_packages_stay_quiet(tmp_path, capsys, monkeypatch):
+def test_steps_quicker_than_the_threshold_stay_quiet(tmp_path, weights, code_root, capsys, monkeypatch):
     from neuropod.packagers import create_placeholder_neuropod
 
-    monkeypatch.delenv("NEUROPOD_PROGRESS_MIN_BYTES", raising=False)
+    monkeypatch.delenv("NEUROPOD_PROGRESS_AFTER_S", raising=False)
     create_placeholder_neuropod(tmp_path / "p.zip", "p", **SPEC, test_input_data={"x": X})
-    assert capsys.readouterr().err == ""
+    assert capsys.readouterr().err == ""  # milliseconds each, at the default second
+    monkeypatch.setenv("NEUROPOD_PROGRESS_AFTER_S", "3600")
+    with load_neuropod(_package(tmp_path / "big.zip", weights, code_root)):
+        pass
+    assert capsys.readouterr().err == ""  # 40 MiB, but no step took an hour
 
 
 def test_without_logging_configured_progress_lines_reach_stderr(tmp_path, weights, code_root):
@@ -153,12 +157,12 @@ def test_without_logging_configured_progress_lines_reach_stderr(tmp_path, weight
     tree = tmp_path / "t"
     tree.mkdir()
     os.link(weights, tree / "w.bin")
-    env = {**os.environ, "NEUROPOD_PROGRESS": "auto", "NEUROPOD_PROGRESS_MIN_BYTES": "1"}
+    env = {**os.environ, "NEUROPOD_PROGRESS": "auto", "NEUROPOD_PROGRESS_AFTER_S": "0"}
     result = subprocess.run(
         [sys.executable, "-c", script, str(tree), str(tmp_path / "o.zip")], capture_output=True, text=True, env=env
     )
     assert result.returncode == 0, result.stderr
-    assert "zip o.zip: 40.0 MiB" in result.stderr and "zip o.zip: done" in result.stderr  # not a terminal: lines
+    assert result.stderr.startswith("zip o.zip: done, 40.0 MiB in"), result.stderr  # not a terminal: a line
 
 
 def test_the_self_test_leaves_no_second_copy(tmp_path, weights, code_root):

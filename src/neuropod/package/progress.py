@@ -1,10 +1,11 @@
 """Progress of packaging and extraction steps, in bytes.
 
-A rich bar on a terminal (when rich is installed), plain log lines otherwise:
-one when a step starts, one every few seconds, one when it ends. Steps
-smaller than ``NEUROPOD_PROGRESS_MIN_BYTES`` (64 MiB by default) show
-nothing, so small models stay quiet. ``NEUROPOD_PROGRESS`` chooses:
-``auto`` (default), ``bar``, ``log`` or ``off``.
+A step shows nothing unless it takes longer than ``NEUROPOD_PROGRESS_AFTER_S``
+(1 second by default): most steps of most models stay quiet. A longer step
+shows a rich bar on a terminal (when rich is installed), or else one log line
+when it ends (``zip model.zip: done, 87.0 MiB in 3.5s, 25.0 MiB/s``), with a
+line every ``LOG_EVERY_S`` while it runs only when it runs that long.
+``NEUROPOD_PROGRESS`` chooses: ``auto`` (default), ``bar``, ``log`` or ``off``.
 
 Log lines go to the ``neuropod.progress`` logger; when the application has
 configured no logging at all they are written to stderr, so a script run
@@ -19,11 +20,12 @@ import sys
 import time
 from typing import Any, Optional, Union
 
-__all__ = ["ByteProgress", "progress_mode", "format_bytes", "copy_file"]
+__all__ = ["ByteProgress", "progress_mode", "show_after_s", "format_bytes", "copy_file"]
 
 LOGGER = logging.getLogger("neuropod.progress")
-LOG_EVERY_S = 2.0
-_DEFAULT_MIN_BYTES = 64 << 20
+#: While a step runs, a log line this often (the line at its end is what most steps that show anything show).
+LOG_EVERY_S = 10.0
+_DEFAULT_AFTER_S = 1.0
 
 
 def format_bytes(count: float) -> str:
@@ -34,20 +36,22 @@ def format_bytes(count: float) -> str:
     return f"{count:.1f} GiB"  # pragma: no cover
 
 
-def progress_mode(total: int) -> str:
-    """``bar``, ``log`` or ``off`` for a step of ``total`` bytes, from the environment and stderr."""
+def progress_mode() -> str:
+    """``bar``, ``log`` or ``off``, from the environment and stderr."""
     mode = os.environ.get("NEUROPOD_PROGRESS", "auto").strip().lower()
     if mode in ("off", "0", "false", "no"):
-        return "off"
-    try:
-        min_bytes = int(os.environ.get("NEUROPOD_PROGRESS_MIN_BYTES", _DEFAULT_MIN_BYTES))
-    except ValueError:
-        min_bytes = _DEFAULT_MIN_BYTES
-    if total < min_bytes:
         return "off"
     if mode in ("bar", "log"):
         return mode if mode == "log" or _rich_available() else "log"
     return "bar" if sys.stderr.isatty() and _rich_available() else "log"
+
+
+def show_after_s() -> float:
+    """How long a step runs before it shows anything (``NEUROPOD_PROGRESS_AFTER_S``, 1 s by default)."""
+    try:
+        return max(0.0, float(os.environ.get("NEUROPOD_PROGRESS_AFTER_S", _DEFAULT_AFTER_S)))
+    except ValueError:
+        return _DEFAULT_AFTER_S
 
 
 def _rich_available() -> bool:
@@ -59,7 +63,7 @@ def _rich_available() -> bool:
 
 
 class ByteProgress:
-    """Counts the bytes of one step (``"zip model.zip"``) and shows them.
+    """Counts the bytes of one step (``"zip model.zip"``) and shows them once the step has run a while.
 
     Use as a context manager; :meth:`advance` after each chunk.
     """
@@ -68,42 +72,50 @@ class ByteProgress:
         self.what = what
         self.total = max(0, int(total))
         self.done = 0
-        self.mode = mode or progress_mode(self.total)
+        self.mode = mode or progress_mode()
         self.start = time.perf_counter()
+        self._show_at = self.start + show_after_s()
         self._next_log = self.start + LOG_EVERY_S
         self._bar: Any = None
         self._task: Any = None
-        if self.mode == "bar":
-            from rich.progress import (  # imported here: only a terminal needs it
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
 
-            self._bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(binary_units=True),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-            )
-            self._bar.start()
-            self._task = self._bar.add_task(what, total=self.total)
-        elif self.mode == "log":
-            self._log(f"{what}: {format_bytes(self.total)}")
+    @property
+    def streams(self) -> bool:
+        """Whether the step is counted chunk by chunk (False: nothing can show, so a plain copy will do)."""
+        return self.mode != "off"
 
     def advance(self, count: int) -> None:
         self.done += count
         if self.mode == "bar":
-            self._bar.update(self._task, advance=count)
+            if self._bar is None and time.perf_counter() >= self._show_at:
+                self._start_bar()
+            if self._bar is not None:
+                self._bar.update(self._task, completed=self.done)
         elif self.mode == "log":
             now = time.perf_counter()
             if now >= self._next_log:
                 self._next_log = now + LOG_EVERY_S
                 self._log(f"{self.what}: {self._figures()}")
+
+    def _start_bar(self) -> None:
+        from rich.progress import (  # imported here: only a terminal needs it
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+        )
+        self._bar.start()
+        self._task = self._bar.add_task(self.what, total=self.total)
 
     def _figures(self) -> str:
         elapsed = time.perf_counter() - self.start
@@ -119,13 +131,15 @@ class ByteProgress:
             print(line, file=sys.stderr, flush=True)
 
     def close(self, finished: bool = True) -> None:
+        now = time.perf_counter()
         if self.mode == "bar" and self._bar is not None:
             self._bar.stop()
             self._bar = None
-        elif self.mode == "log":
-            elapsed = time.perf_counter() - self.start
+        elif self.mode == "log" and now >= self._show_at:
+            elapsed = now - self.start
+            rate = self.done / elapsed if elapsed > 0 else 0.0
             state = "done" if finished else "stopped"
-            self._log(f"{self.what}: {state}, {format_bytes(self.done)} in {elapsed:.1f}s")
+            self._log(f"{self.what}: {state}, {format_bytes(self.done)} in {elapsed:.1f}s, {format_bytes(rate)}/s")
         self.mode = "off"
 
     def __enter__(self) -> ByteProgress:
@@ -141,7 +155,7 @@ def copy_file(source: Union[str, os.PathLike[str]], target: Union[str, os.PathLi
 
     size = os.path.getsize(source)
     with ByteProgress(f"copy {os.path.basename(os.fspath(source))}", size) as progress:
-        if progress.mode == "off":
+        if not progress.streams:
             shutil.copy2(source, target)
             return
         with open(source, "rb") as src, open(target, "wb") as dst:
