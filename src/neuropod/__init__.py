@@ -12,9 +12,8 @@ from . import errors
 from .errors import *  # noqa: F403  (every error class: errors.__all__)
 from .loader import Neuropod, load_neuropod
 from .spec import DTYPES, ProblemDefinition, TensorSpec
+from ._version import __version__
 from .spec_inference import infer_spec
-
-__version__ = "0.1.0"
 
 # The package's public surface: these names and every error class (a test checks
 # that it matches what the package holds).

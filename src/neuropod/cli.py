@@ -433,12 +433,13 @@ def serve(
         from .serving.workers import pin_to_cpu
 
         pin_to_cpu(worker_index)
-    try:
-        from .serving.logs import configure_json_logging
-        from .serving.repository import ModelRepository, ModelSettings
-        from .serving.server import ModelServer, ServerConfig
-    except ImportError as exc:
-        raise UserError(f"serving needs the serve extra (pip install 'neuropod[serve]'): {exc}") from None
+    from .extras import require
+
+    for module in ("grpc", "google.protobuf", "aiohttp", "prometheus_client"):
+        require(module, "serve", "neuropod serve")
+    from .serving.logs import configure_json_logging
+    from .serving.repository import ModelRepository, ModelSettings
+    from .serving.server import ModelServer, ServerConfig
 
     if workers > 1:
         from .serving.workers import serve_workers

@@ -60,6 +60,7 @@ __all__ = [
     "UnsafePackageError",
     "BackendNotFoundError",
     "FrameworkNotInstalledError",
+    "MissingExtraError",
     "RequirementsError",
     "TestMismatchError",
     "InferenceError",
@@ -124,6 +125,10 @@ class BackendNotFoundError(NeuropodError, ValueError):
 
 class FrameworkNotInstalledError(NeuropodError, ImportError):
     """The framework a backend needs is not installed in this environment."""
+
+
+class MissingExtraError(NeuropodError, ImportError):
+    """A feature needs an extra of ``neuropod-python`` that is not installed (the message names it)."""
 
 
 class RequirementsError(NeuropodError, RuntimeError):

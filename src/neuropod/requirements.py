@@ -39,6 +39,9 @@ def requirement_problems(lines: Iterable[str], version_of: Callable[[str], Optio
     Raises:
         ValueError: a line is not a requirement (its text is named).
     """
+    lines = list(lines)
+    if not lines:  # the common case needs no packaging: a worker under another Python may not have it
+        return []
     from packaging.requirements import InvalidRequirement, Requirement
     from packaging.version import InvalidVersion, Version
 

@@ -9,7 +9,7 @@ A package is *signed* when ``<package>.sig`` (next to the zip or directory)
 holds an ed25519 signature of its ``manifest.json``; the manifest lists the
 sha256 of every other file, so the signature covers the whole package.
 ``neuropod keygen`` / ``sign`` / ``verify`` make and check them (through the
-``cryptography`` library, ``pip install "neuropod[trust]"``).
+``cryptography`` library, ``pip install "neuropod-python[trust]"``).
 
 A **trust policy** (``load_neuropod(..., trust=...)`` or ``NEUROPOD_TRUST``)
 names the weakest isolation allowed::
@@ -80,13 +80,12 @@ def signature_path(package_path: Union[str, os.PathLike]) -> Path:
 
 
 def _crypto() -> Any:
-    try:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import ed25519
-    except ImportError:
-        raise TrustError(
-            "signing and verifying packages needs the 'cryptography' library: pip install \"neuropod[trust]\""
-        ) from None
+    from .extras import require
+
+    require("cryptography", "trust", "signing and verifying packages")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
     return serialization, ed25519
 
 

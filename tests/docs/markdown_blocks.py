@@ -9,6 +9,11 @@ Rules (written down in docs/contributing.md):
   second machine); the reason is required so exclusions stay honest.
 - ``bash`` blocks run only when marked ``<!-- run -->``; ``<!-- run: server -->``
   runs one while the ``neuropod serve`` the runner started is up.
+- ``<!-- extras: torch,serve -->`` on a line of its own names the extras of
+  ``neuropod-python`` that every block after it needs, up to the next such
+  line (``<!-- extras: -->`` for the core alone). The installed-package README
+  test runs each stretch of blocks in a fresh venv holding the built wheel with
+  exactly those extras.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 __all__ = ["Block", "read_blocks"]
 
 _FENCE = re.compile(r"^(```+)\s*([\w+-]*)")
 _MARKER = re.compile(r"^<!--\s*(run|norun)(?::\s*(.*?))?\s*-->\s*$")
+_EXTRAS = re.compile(r"^<!--\s*extras:\s*([\w,\s-]*?)\s*-->\s*$")
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,7 @@ class Block:
     line: int
     marker: Optional[str]  # "run", "norun" or None
     argument: str  # what follows "run:" / "norun:"
+    extras: Optional[Tuple[str, ...]] = None  # the extras the block needs; None: no extras line before it
 
 
 def read_blocks(path: Path) -> List[Block]:
@@ -40,11 +47,15 @@ def read_blocks(path: Path) -> List[Block]:
     lines = path.read_text(encoding="utf-8").splitlines()
     index = 0
     previous = ""
+    extras: Optional[Tuple[str, ...]] = None
     while index < len(lines):
         match = _FENCE.match(lines[index])
         if not match:
             if lines[index].strip():
                 previous = lines[index].strip()
+                named = _EXTRAS.match(previous)
+                if named:
+                    extras = tuple(sorted(name.strip() for name in named.group(1).split(",") if name.strip()))
             index += 1
             continue
         fence, language = match.groups()
@@ -63,6 +74,7 @@ def read_blocks(path: Path) -> List[Block]:
                 line=start + 1,
                 marker=marker.group(1) if marker else None,
                 argument=(marker.group(2) or "") if marker else "",
+                extras=extras,
             )
         )
         previous = ""

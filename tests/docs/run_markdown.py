@@ -1,7 +1,7 @@
 """Run a Markdown file's runnable blocks in order, in the current directory.
 
-``python tests/docs/run_markdown.py FILE [--all-python]``: Python blocks share
-one namespace; a failing block's traceback names ``FILE:line``. ``bash`` blocks
+``python tests/docs/run_markdown.py FILE [--all-python] [--lines=A-B]``: Python
+blocks (those starting on lines A to B, with ``--lines``) share one namespace; a failing block's traceback names ``FILE:line``. ``bash`` blocks
 run with ``bash -euo pipefail``; ``<!-- run: background -->`` starts one in the
 background (a server), waits for ``/v2/health/ready`` on port 8000, and stops it
 when the file is done. See markdown_blocks.py for the markers.
@@ -49,11 +49,15 @@ def wait_for_server(url: str, timeout_s: float = 90.0) -> None:
 def main(argv: List[str]) -> int:
     path = Path(argv[0]).resolve()
     all_python = "--all-python" in argv
+    first, last = 0, sys.maxsize
+    for flag in argv[1:]:
+        if flag.startswith("--lines="):
+            first, last = (int(n) for n in flag.split("=", 1)[1].split("-"))
     namespace: Dict[str, Any] = {"__name__": "__main__"}
     background: List[subprocess.Popen] = []
     try:
         for block in read_blocks(path):
-            if not runnable(block, all_python):
+            if not runnable(block, all_python) or not first <= block.line <= last:
                 continue
             where = f"{path.name}:{block.line}"
             print(f"--- {where} ({block.language})", flush=True)

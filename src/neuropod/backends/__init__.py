@@ -99,7 +99,7 @@ def get_backend_class(platform: str) -> Type[Backend]:
         if importlib.util.find_spec(module) is None:
             raise FrameworkNotInstalledError(
                 f"platform {platform!r} needs {module}, which is not installed; "
-                f"install it with: pip install 'neuropod[{info.extra}]'"
+                f"install it with: pip install 'neuropod-python[{info.extra}]'"
             )
     return _import_target(info.target)
 

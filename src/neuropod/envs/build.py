@@ -1,6 +1,6 @@
 """Building an environment for a need: resolve, create, install, check, rename into place.
 
-uv does the work when it is installed (``pip install neuropod[envs]``); pip
+uv does the work when it is installed (``pip install neuropod-python[envs]``); pip
 and ``venv`` otherwise. Each environment is keyed by a hash of exactly what
 it holds (Python version, the pinned framework and the pins it needs, the
 package's requirements, neuropod's worker version). Builds happen in a
@@ -26,17 +26,16 @@ from typing import IO, Dict, List, Optional, Tuple
 from filelock import FileLock, Timeout
 
 from ..errors import EnvironmentBuildError, FrameworkVersionError, RequirementsError
+from ..worker_path import worker_code_root
 from .interpreters import Interpreter, discover_interpreters, find_uv
 from .need import Need, era_pins, range_to_specifiers
 from .progress import Progress, make_progress
 from .store import METADATA, Environment, envs_dir, normalize_name, probe
 
-__all__ = ["BuildPlan", "Builder", "worker_version", "SOURCE_ROOT"]
+__all__ = ["BuildPlan", "Builder", "worker_version"]
 
 logger = logging.getLogger("neuropod.envs")
 
-#: The folder holding the ``neuropod`` package (the worker's PYTHONPATH).
-SOURCE_ROOT = str(Path(__file__).resolve().parent.parent.parent)
 
 _SIZE = re.compile(r"^\s*Downloading (\S+) \(([\d.]+)(KiB|MiB|GiB|B)\)")
 _DONE = re.compile(r"^\s*Downloaded (\S+)")
@@ -44,7 +43,7 @@ _UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
 
 
 def worker_version() -> str:
-    from .. import __version__
+    from .._version import __version__
     from ..ope import wire
 
     return f"neuropod {__version__}, wire {wire.VERSION}"
@@ -295,7 +294,7 @@ class Builder:
         log.write(f"\n$ {' '.join(argv)}\n")
         log.flush()
         env = _tool_env()
-        env["PYTHONPATH"] = SOURCE_ROOT
+        env["PYTHONPATH"] = worker_code_root()
         process = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, stdin=subprocess.DEVNULL
         )

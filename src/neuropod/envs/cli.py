@@ -181,9 +181,16 @@ def build(
     For production images and CI caches: run it where the image is built,
     with NEUROPOD_ENVS_DIR pointing into the image.
     """
+    from ..errors import MissingExtraError
+    from ..extras import install_command
     from .build import Builder
+    from .interpreters import find_uv
     from .select import find_environment
 
+    if find_uv() is None:
+        raise MissingExtraError(
+            f"neuropod envs build needs the 'envs' extra (uv is missing): {install_command('envs')}"
+        )
     builder = Builder(find_links=find_links)
     for need in _needs(paths, platform, version_range, python, requirements_file):
         label = need.source or need.describe()
@@ -266,7 +273,7 @@ def doctor(path: str) -> None:
     for env in serving:
         click.echo(f"served by:    {env.path} ({env.describe((need.distribution,) if need.distribution else ())})")
     uv = find_uv()
-    click.echo(f"builder:      {'uv at ' + uv if uv else 'pip + venv (install neuropod[envs] for uv)'}")
+    click.echo(f"builder:      {'uv at ' + uv if uv else 'pip + venv (install neuropod-python[envs] for uv)'}")
     pythons = ", ".join(f"{i.version} ({i.executable})" for i in discover_interpreters(uv)) or "none"
     click.echo(f"pythons:      {pythons}")
     if serving or not problems or not need.asks_for_anything:

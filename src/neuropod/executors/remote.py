@@ -133,7 +133,7 @@ class _GrpcTransport:
             from ..kserve import proto
         except ImportError as exc:
             raise FrameworkNotInstalledError(
-                f"{scheme}://{host}:{port}: gRPC model URLs need the serve extra: pip install 'neuropod[serve]' ({exc})"
+                f"{scheme}://{host}:{port}: gRPC model URLs need the serve extra: pip install 'neuropod-python[serve]' ({exc})"
             ) from None
 
         self._grpc = grpc

@@ -55,7 +55,7 @@ def _export_torch(
 
     if importlib.util.find_spec("onnxscript") is None:
         raise FrameworkNotInstalledError(
-            "exporting a torch module to ONNX needs onnxscript; install it with: pip install 'neuropod[onnx]'"
+            "exporting a torch module to ONNX needs onnxscript; install it with: pip install 'neuropod-python[onnx]'"
         )
     examples = torch_example_inputs(example_inputs, inputs, "torch.onnx.export")
     names = list(examples)

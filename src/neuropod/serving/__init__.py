@@ -5,7 +5,7 @@ inference), :mod:`.repository` (which models, loaded how), :mod:`.batching`,
 and the thin :mod:`.grpc_adapter` and :mod:`.rest_adapter` run by
 :mod:`.server`. The protocol itself (tensor wire formats, REST framing, gRPC
 messages, exception class <-> status) is :mod:`neuropod.kserve`, shared with
-the remote client. Needs the ``serve`` extra (``pip install 'neuropod[serve]'``);
+the remote client. Needs the ``serve`` extra (``pip install 'neuropod-python[serve]'``);
 importing this package alone imports none of it.
 """
 

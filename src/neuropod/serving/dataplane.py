@@ -267,7 +267,7 @@ class DataPlane:
         return self._accepting and model.ready()
 
     def server_metadata(self) -> ServerMetadata:
-        from .. import __version__
+        from .._version import __version__
 
         return ServerMetadata(SERVER_NAME, __version__, EXTENSIONS)
 

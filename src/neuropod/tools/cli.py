@@ -93,6 +93,10 @@ def evaluate(
     as_json: bool,
 ) -> None:
     """Run PACKAGE (a path or URL) over a dataset: metrics, latency, report.json and report.html."""
+    if report_dir:  # before the evaluation: a missing extra must not cost the run
+        from ..extras import require
+
+        require("matplotlib", "tools", "neuropod evaluate --report")
     from .evaluation import evaluate as run_evaluation
 
     options: Dict[str, Any] = {"use_ope": True} if use_ope else {}

@@ -337,7 +337,7 @@ def _arrow_dataset(files: List[Path], fields: _Fields, description: str) -> Data
         import pyarrow.parquet as pq
     except ImportError as exc:
         raise DatasetError(
-            f"{description}: reading Parquet/Arrow needs pyarrow: pip install 'neuropod[tools]'"
+            f"{description}: reading Parquet/Arrow needs pyarrow: pip install 'neuropod-python[tools]'"
         ) from exc
     if not fields.batched:
         raise DatasetError(f"{description}: a table holds one example per row, but the problem has no batch axis")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .. import __version__
+from .._version import __version__
 from ..errors import SpecError
 from ._models import describe, latency_stats, opened
 from .datasets import open_dataset

@@ -28,8 +28,9 @@ def _figure_png(figure: Any) -> str:
 
 
 def _plots(report: Dict[str, Any]) -> List[Dict[str, str]]:
-    import matplotlib
+    from ..extras import require
 
+    matplotlib = require("matplotlib", "tools", "the HTML report's plots")
     matplotlib.use("Agg", force=False)  # no display: render to memory
     from matplotlib.figure import Figure
 

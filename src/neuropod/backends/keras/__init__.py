@@ -26,7 +26,7 @@ except (
 ) as exc:  # keras itself is there (the registry checked), but not the backend it is set to use
     raise FrameworkNotInstalledError(
         f"keras cannot start its backend: {exc}; install one of tensorflow, jax or torch "
-        "(e.g. pip install 'neuropod[tensorflow]') and select it with KERAS_BACKEND"
+        "(e.g. pip install 'neuropod-python[tensorflow]') and select it with KERAS_BACKEND"
     ) from exc
 
 __all__ = ["KerasBackend", "MODEL_FILE", "model_input_names", "model_output_names"]

@@ -44,7 +44,7 @@ class TorchScriptBackend(TorchBackend):
             arguments: List[Any] = list(self.module.forward.schema.arguments)[1:]  # drop self
         except AttributeError:
             return super().required_inputs()
-        optional = {argument.name for argument in arguments if argument.has_default_value()}
+        optional = {argument.name for argument in arguments if _has_default(argument)}
         return [spec.name for spec in self.package.config.input_spec if spec.name not in optional]
 
     def infer(self, inputs: TensorDict) -> TensorDict:
@@ -54,6 +54,12 @@ class TorchScriptBackend(TorchBackend):
         except Exception as exc:  # the model's own failure, whatever the framework raised
             raise model_failure("TorchScript", self.package.config.name, exc) from exc
         return outputs_to_numpy(result, self._output_names)
+
+
+def _has_default(argument: Any) -> bool:
+    if hasattr(argument, "has_default_value"):
+        return bool(argument.has_default_value())
+    return argument.default_value is not None  # torch < 1.12 has no has_default_value(); a None default reads as none
 
 
 def _forward_takes_one_dict(module: Any) -> bool:

@@ -9,7 +9,7 @@
 * :func:`iter_dataset_batches` — a Ray Dataset as an iterable of numpy batches
   (what the evaluation and comparison tools consume).
 
-Needs the ``ray`` extra (``pip install 'neuropod[ray]'``). Importing this
+Needs the ``ray`` extra (``pip install 'neuropod-python[ray]'``). Importing this
 package imports no Ray: the Serve module imports it when first taken from
 here, the Data helpers when first called.
 """

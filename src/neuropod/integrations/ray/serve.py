@@ -29,7 +29,7 @@ from ray.serve.deployment import Application
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ... import __version__
+from ..._version import __version__
 from ...errors import InputValidationError, ModelNotFoundError, ModelNotReadyError, SpecError
 from ...kserve import BINARY_EXTENSION, HEADER_LENGTH_HEADER, rest
 from ...kserve.datatypes import DTYPE_TO_DATATYPE
