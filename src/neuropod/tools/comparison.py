@@ -1,5 +1,7 @@
 """``compare``: do models of one problem agree? Same inputs, outputs compared per output, latency side by side.
 
+Each model is called once on the first batch before anything is timed (its warm-up call, not recorded).
+
 The first model is the reference. Floats agree within ``atol + rtol * |reference|``
 (NaN equals NaN); integers, booleans and strings must be equal.
 """
@@ -209,9 +211,16 @@ def compare(
         latencies: Dict[str, List[float]] = {label: [] for label in labels}
         examples = 0
         total = None if data is not None else batch_size * batches
+        warm = False
         with Progress(f"compare {len(loaded)} models", total, progress) as bar:
             for batch in _inputs(spec, data, batch_size, batches, seed):
                 inputs = {name: array for name, array in batch.items() if name in input_names}
+                if not warm:
+                    # A first call pays for lazy initialisation (TorchScript's profiling runs, XLA compiles,
+                    # a worker's first mapping): each model makes it untimed, so the latencies compare models.
+                    for model in loaded:
+                        model.infer(inputs)
+                    warm = True
                 results = []
                 for label, model in zip(labels, loaded):
                     began = time.perf_counter()
