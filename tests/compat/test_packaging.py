@@ -3,7 +3,8 @@
 Facts from the original's public source: ``code_path_spec`` entries copy
 ``python_root/<dir>`` to ``0/code/<dir>`` (``""`` is the whole root) and every
 code directory gets an ``__init__.py``; ``config.json`` is
-``json.dump(config, indent=4)`` with the keys name, platform,
+``json.dump(config, indent=4, sort_keys=True)`` (its last version; 0.2.0
+wrote the keys unsorted) with the keys name, platform,
 platform_version_semver, input_spec, output_spec, custom_ops,
 input_tensor_device (specs as name, dtype, shape), no trailing newline; the
 Python packager's ``0/config.json`` is ``json.dump(..., sort_keys=True)``.
@@ -269,41 +270,42 @@ def test_an_unsatisfiable_range_fails_the_self_test_naming_range_and_version(tmp
 
 # --- item 7: the original's bytes ------------------------------------------------------------------
 
-# What the original writes for the addition example (json.dump(config, indent=4), no trailing newline).
+# What the original (its last version) writes for the addition example: json.dump(config, indent=4,
+# sort_keys=True), no trailing newline. Its sha256 is the one in the original's own test_manifest target.
 ORIGINAL_CONFIG = """{
-    "name": "addition_model",
-    "platform": "python",
-    "platform_version_semver": "*",
+    "custom_ops": [],
     "input_spec": [
         {
-            "name": "x",
             "dtype": "float32",
+            "name": "x",
             "shape": [
                 "batch_size"
             ]
         },
         {
+            "dtype": "float32",
             "name": "y",
-            "dtype": "float32",
             "shape": [
                 "batch_size"
             ]
         }
     ],
-    "output_spec": [
-        {
-            "name": "out",
-            "dtype": "float32",
-            "shape": [
-                "batch_size"
-            ]
-        }
-    ],
-    "custom_ops": [],
     "input_tensor_device": {
         "x": "GPU",
         "y": "GPU"
-    }
+    },
+    "name": "addition_model",
+    "output_spec": [
+        {
+            "dtype": "float32",
+            "name": "out",
+            "shape": [
+                "batch_size"
+            ]
+        }
+    ],
+    "platform": "python",
+    "platform_version_semver": "*"
 }"""
 ORIGINAL_BACKEND_CONFIG = '{"entrypoint": "get_model", "entrypoint_package": "addition_model"}'
 
@@ -317,15 +319,15 @@ def test_metadata_has_the_originals_bytes(tmp_path):
         name: hashlib.sha256((path / name).read_bytes()).hexdigest()
         for name in ("0/code/__init__.py", "0/code/addition_model.py", "0/config.json", "config.json")
     }
-    sizes = {name: (path / name).stat().st_size for name in files}
-    assert manifest == {"manifest_version": 1, "files": files, "sizes": sizes}
-    assert (path / "manifest.json").read_text() == json.dumps(manifest, indent=4)
+    assert manifest == {"manifest_version": 1, "files": files}
+    assert (path / "manifest.json").read_text() == json.dumps(manifest, indent=4, sort_keys=True)
 
 
-def test_a_config_written_by_the_original_is_written_back_byte_for_byte(tmp_path, legacy_fixtures):
+def test_a_config_written_by_the_original_is_written_back_as_its_last_version_writes_it(tmp_path, legacy_fixtures):
     original = legacy_fixtures / "torchscript_dict_with_union_value_type_model"
     PackageConfig.read(original).write(tmp_path)
-    assert (tmp_path / "config.json").read_bytes() == (original / "config.json").read_bytes()
+    fields = json.loads((original / "config.json").read_text())
+    assert (tmp_path / "config.json").read_text() == json.dumps(fields, indent=4, sort_keys=True)
 
 
 def test_non_ascii_names_are_escaped_as_the_original_did(tmp_path):

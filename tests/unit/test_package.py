@@ -37,20 +37,12 @@ def test_directory_layout_config_and_manifest(tmp_path):
     assert config["input_spec"] == ADDITION_INPUTS and config["output_spec"] == ADDITION_OUTPUTS
     assert config["platform_version_semver"] == "*" and config["custom_ops"] == []
     assert config["input_tensor_device"] == {"x": "CPU", "y": "CPU"}
-    # The original's bytes: json.dump(config, indent=4) in its key order, no trailing newline.
-    assert list(config) == [
-        "name",
-        "platform",
-        "platform_version_semver",
-        "input_spec",
-        "output_spec",
-        "custom_ops",
-        "input_tensor_device",
-    ]
-    assert (root / "config.json").read_text() == json.dumps(config, indent=4)
+    # The original's bytes (its last version): json.dump(config, indent=4, sort_keys=True), no trailing newline.
+    assert (root / "config.json").read_text() == json.dumps(config, indent=4, sort_keys=True)
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["manifest_version"] == 1
     assert set(manifest["files"]) == {"config.json", "0/config.json", "test_data.npz"}
+    assert (root / "manifest.json").read_text() == json.dumps(manifest, indent=4, sort_keys=True)
 
 
 def test_zip_is_deterministic(tmp_path):
@@ -83,7 +75,7 @@ def test_manifest_detects_tampering(tmp_path, change):
     target = root / "0" / "config.json"
     if change == "modify":
         target.write_text('{"seed": 99}')
-        expected = "'0/config.json' has 12 bytes where manifest.json says"  # found without hashing it
+        expected = "'0/config.json' does not match its sha256 in manifest.json"
     elif change == "delete":
         target.unlink()
         expected = "'0/config.json' is listed in manifest.json but missing"

@@ -11,7 +11,6 @@ is renamed into the cache, so a refused package is extracted nowhere.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import stat
@@ -24,7 +23,7 @@ from typing import Dict, Optional, Tuple
 from ..errors import ManifestError, PackageError, UnsafePackageError
 from . import layout
 from .files import METADATA_MAX_BYTES, ZIP_READ_ERRORS
-from .manifest import manifest_document, parse_manifest, sha256_file, verify_files
+from .manifest import manifest_text, parse_manifest, sha256_file, verify_files
 from .progress import ByteProgress
 
 __all__ = [
@@ -129,7 +128,6 @@ def write_zip(
         raise PackageError(f"{source_dir}: already has a {layout.MANIFEST}; cannot add one")
     total = sum(p.stat().st_size for p in entries.values() if p is not None)
     digests: Dict[str, str] = {}
-    sizes: Dict[str, int] = {}
     with ByteProgress(f"zip {zip_path.name}", total) as progress:
         with zipfile.ZipFile(zip_path, "w") as zf:
             for name in sorted(entries):
@@ -142,12 +140,8 @@ def write_zip(
                 info.external_attr = 0o644 << 16
                 info.compress_type = compression if compression is not None else _suited_compression(source)
                 digests[name] = _write_entry(zf, info, source, progress)
-                sizes[name] = info.file_size
             if add_manifest:
-                # Keys in the order write_manifest lists them, so both forms read the same.
-                ordered = sorted(digests, key=PurePosixPath)
-                document = manifest_document({n: digests[n] for n in ordered}, {n: sizes[n] for n in ordered})
-                data = json.dumps(document, indent=4)
+                data = manifest_text(digests)  # the bytes write_manifest writes for the same tree
                 info = zipfile.ZipInfo(layout.MANIFEST, date_time=layout.ZIP_TIMESTAMP)
                 info.external_attr = 0o644 << 16
                 info.compress_type = zipfile.ZIP_DEFLATED if compression is None else compression

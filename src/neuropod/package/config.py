@@ -135,13 +135,16 @@ class PackageConfig:
         }
 
     def write(self, root: Path) -> None:
-        """Write ``config.json`` with the bytes the original wrote for the same fields.
+        """Write ``config.json`` with the bytes the original's last version wrote for the same fields.
 
-        That is ``json.dump(config, indent=4)``: the key order above, ``", "``
-        and ``": "`` separators inside lines, non-ASCII escaped, no trailing
-        newline. Tools that hash or diff packages rely on it.
+        That is ``json.dump(config, indent=4, sort_keys=True)``: keys sorted at
+        every level, ``", "`` and ``": "`` separators inside lines, non-ASCII
+        escaped, no trailing newline. (Its 0.2.0 release wrote the keys in the
+        order of :meth:`to_json`; those packages load, and verify against the
+        manifest they were written with.) Tools that hash or diff packages rely on it.
         """
-        (root / layout.CONFIG).write_text(json.dumps(self.to_json(), indent=4), encoding="utf-8")
+        text = json.dumps(self.to_json(), indent=4, sort_keys=True)
+        (root / layout.CONFIG).write_text(text, encoding="utf-8")
 
 
 def read_config_json(root: Path) -> Any:

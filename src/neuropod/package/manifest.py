@@ -1,4 +1,14 @@
-"""``manifest.json``: sha256 hashes of every package file, written and verified."""
+"""``manifest.json``: sha256 hashes of every package file, written and verified.
+
+The bytes are the original Neuropod's (its last version):
+``json.dump({"manifest_version": 1, "files": {relative path: sha256}}, indent=4, sort_keys=True)``.
+Manifests written here before recorded a ``sizes`` map too; they still
+verify, their sizes checked before any file is hashed. For the others, the
+sizes on disk are held to the extraction limit (``NEUROPOD_MAX_EXTRACTED_BYTES``)
+before hashing, so a swapped 1 TiB sparse file is refused at once rather
+than hashed for minutes (a zip's own entry sizes are checked too, see
+:mod:`neuropod.package.archive`).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +25,7 @@ from .progress import ByteProgress
 __all__ = [
     "compute_manifest",
     "manifest_document",
+    "manifest_text",
     "write_manifest",
     "verify_manifest",
     "parse_manifest",
@@ -44,11 +55,7 @@ def _package_files(root: Path) -> Dict[str, Path]:
 
 
 def compute_manifest(root: Path) -> Dict[str, object]:
-    """``{"manifest_version", "files": path -> sha256, "sizes": path -> bytes}``.
-
-    Sizes let a reader refuse a changed file before reading it (a swapped
-    1 TiB sparse file is refused at once, not hashed for minutes).
-    """
+    """``{"manifest_version": 1, "files": relative path -> sha256}`` of every file under ``root`` but the manifest."""
     files = _package_files(root)
     sizes = {rel: path.stat().st_size for rel, path in files.items()}
     digests = {}
@@ -56,20 +63,23 @@ def compute_manifest(root: Path) -> Dict[str, object]:
         for rel, path in files.items():
             digests[rel] = sha256_file(path)
             progress.advance(sizes[rel])
-    return manifest_document(digests, sizes)
+    return manifest_document(digests)
 
 
-def manifest_document(digests: Mapping[str, str], sizes: Mapping[str, int]) -> Dict[str, object]:
-    """The manifest's JSON object, keys in the order :func:`write_manifest` writes them."""
-    return {"manifest_version": layout.MANIFEST_VERSION, "files": dict(digests), "sizes": dict(sizes)}
+def manifest_document(digests: Mapping[str, str]) -> Dict[str, object]:
+    """The manifest's JSON object."""
+    return {"manifest_version": layout.MANIFEST_VERSION, "files": dict(digests)}
+
+
+def manifest_text(digests: Mapping[str, str]) -> str:
+    """The manifest's text, as the original wrote it: 4-space indent, keys sorted, no trailing newline."""
+    return json.dumps(manifest_document(digests), indent=4, sort_keys=True)
 
 
 def write_manifest(root: Path) -> None:
-    """Write ``manifest.json`` in the style of the package's other metadata (``json.dump(..., indent=4)``).
-
-    Files are listed by sorted relative path, so the same tree gives the same bytes.
-    """
-    (root / layout.MANIFEST).write_text(json.dumps(compute_manifest(root), indent=4), encoding="utf-8")
+    """Write ``manifest.json`` (see :func:`manifest_text`): the same tree gives the same bytes."""
+    digests = compute_manifest(root)["files"]
+    (root / layout.MANIFEST).write_text(manifest_text(digests), encoding="utf-8")  # type: ignore[arg-type]
 
 
 def verify_manifest(root: Path) -> bool:
@@ -97,7 +107,10 @@ def verify_manifest(root: Path) -> bool:
 
 
 def parse_manifest(data: bytes, where: str) -> Tuple[Dict[str, str], Dict[str, int]]:
-    """``(files, sizes)`` of a manifest's bytes: relative path -> sha256, and -> size (empty when not recorded).
+    """``(files, sizes)`` of a manifest's bytes: relative path -> sha256, and -> size.
+
+    Sizes are recorded only by manifests written here before the original's
+    format was matched; for others the map is empty.
 
     Raises:
         ManifestError: the bytes are not a manifest.
@@ -146,8 +159,21 @@ def verify_files(
     if extra:
         raise ManifestError(f"package file {extra[0]!r} is not listed in {source} (added after packaging)")
     total = sum(actual[rel].stat().st_size for rel in expected)
+    _check_total(root, total, source)
     with ByteProgress(f"verify {root.name}", total) as progress:
         for rel, digest in expected.items():
             if sha256_file(actual[rel]) != digest:
                 raise ManifestError(f"package file {rel!r} does not match its sha256 in {source} (tampered or corrupt)")
             progress.advance(actual[rel].stat().st_size)
+
+
+def _check_total(root: Path, total: int, source: str) -> None:
+    """Refuse, before hashing, files that add up to more than a package may hold (the extraction limit)."""
+    from .archive import extraction_limits  # archive imports this module
+
+    limit, _ = extraction_limits()
+    if total > limit:
+        raise ManifestError(
+            f"the files of {root} listed in {source} add up to {total} bytes, more than the {limit} a package may "
+            "hold ($NEUROPOD_MAX_EXTRACTED_BYTES); refused before hashing them (tampered, or raise the limit)"
+        )
