@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One entry point for every developer task; each sets the environment up first.
-#   bash scripts/dev.sh tour    set up, then run the demo tour (examples/tour.py)
-#   bash scripts/dev.sh test    set up, then lint (ruff), type-check (mypy) and run every test
-#   bash scripts/dev.sh setup   only set up .venv (idempotent; fast when nothing changed)
+#   bash scripts/dev.sh tour       set up .venv (Python packages only), then run the demo tour (examples/tour.py)
+#   bash scripts/dev.sh test       set up everything the tests need (OS packages too), then lint (ruff),
+#                                  type-check (mypy), run every test, and the installed-package suite
+#   bash scripts/dev.sh installed  the installed-package suite alone: the wheel in fresh venvs (scripts/installed.py)
+#   bash scripts/dev.sh setup      only set up everything (idempotent; fast when nothing changed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${NEUROPOD_VENV:-.venv}"
@@ -36,9 +38,8 @@ prepare_podman() {
   done
 }
 
-setup() {
-  install_os_packages
-  prepare_podman
+# .venv: the project (editable) with every extra and the developer tools; what the tour needs.
+setup_venv() {
   if [ ! -x "$PY" ]; then
     python3 -m venv "$VENV"
     "$PY" -m pip install -q --upgrade pip
@@ -52,6 +53,13 @@ setup() {
     "$PY" -m pip install -q -e ".[all,dev]"
     echo "$want" > "$stamp"
   fi
+}
+
+# Everything the tests need: OS packages (a browser, bubblewrap, podman, h2load), MLServer's venv, Python 3.9.
+setup() {
+  install_os_packages
+  prepare_podman
+  setup_venv
   if [ -f scripts/mlserver-venv.sh ]; then bash scripts/mlserver-venv.sh; fi
   setup_python39
 }
@@ -112,19 +120,27 @@ build_test_envs() {
 
 run_tests() {
   export NEUROPOD_REQUIRE_FRAMEWORKS=1  # every framework is installed: a skip for a missing one is a failure
-  "$VENV/bin/ruff" check src tests bench examples
-  "$VENV/bin/ruff" format --check src tests bench examples
+  "$VENV/bin/ruff" check src tests bench examples scripts
+  "$VENV/bin/ruff" format --check src tests bench examples scripts
   "$VENV/bin/mypy"
   use_checkout_envs
   if [ $# -eq 0 ]; then run_python39_tests; build_test_envs; fi
   # Out-of-process workers are also tested under that Python 3.9 + numpy 1.x interpreter.
   export NEUROPOD_TEST_OTHER_PYTHON="$PWD/.venv39/bin/python"
   "$PY" -m pytest "$@"
+  if [ $# -eq 0 ]; then run_installed; fi
+}
+
+# The project as users get it: the built wheel (not -e) in fresh venvs, Python 3.9-3.13, one extra at a time.
+run_installed() {
+  use_checkout_envs
+  "$PY" scripts/installed.py "$@"
 }
 
 case "${1:-}" in
   setup) setup ;;
-  tour) setup; use_checkout_envs; "$PY" examples/tour.py ;;
+  tour) setup_venv; use_checkout_envs; "$PY" examples/tour.py ;;
   test) setup; shift; run_tests "$@" ;;
-  *) echo "usage: bash scripts/dev.sh {tour|test|setup} [pytest args]" >&2; exit 2 ;;
+  installed) setup; shift; run_installed "$@" ;;
+  *) echo "usage: bash scripts/dev.sh {tour|test|installed|setup} [args]" >&2; exit 2 ;;
 esac

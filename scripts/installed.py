@@ -58,38 +58,56 @@ def uv() -> str:
     return found
 
 
-def build_dists() -> Path:
-    out = CACHE / "dist"
+def build_dists(out: Path) -> Path:
+    """The sdist and the wheel of this checkout in ``out``; returns the wheel."""
     shutil.rmtree(out, ignore_errors=True)
     epoch = subprocess.run(["git", "log", "-1", "--format=%ct"], cwd=REPO, capture_output=True, text=True).stdout
     env = dict(os.environ, SOURCE_DATE_EPOCH=epoch.strip() or "315532800")
-    log("building the sdist and the wheel")
-    subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(REPO)], check=True, env=env,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
+    log(f"building the sdist and the wheel into {out}")
+    subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", str(out), str(REPO)], check=True, env=env, stdout=subprocess.DEVNULL
+    )
     (wheel,) = out.glob("*.whl")
+    return wheel
+
+
+def build_reproducibly() -> Path:
+    """Build twice: the two wheels must be the same bytes."""
+    wheel = build_dists(CACHE / "dist")
+    again = build_dists(CACHE / "dist-again")
+    if wheel.read_bytes() != again.read_bytes():
+        raise SystemExit(f"two builds of one checkout gave different wheels: {wheel} and {again}")
+    log(f"{wheel.name}: two builds gave the same bytes")
     return wheel
 
 
 def find_python(version: str) -> str:
     """This machine's CPython ``version`` (pyenv's, or one on PATH); uv installs one where there is none."""
-    root = subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip() if shutil.which("pyenv") else ""
+    root = (
+        subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip()
+        if shutil.which("pyenv")
+        else ""
+    )
     candidates = sorted(glob.glob(f"{root or os.path.expanduser('~/.pyenv')}/versions/{version}.*/bin/python{version}"))
     candidates += [shutil.which(f"python{version}") or ""]
     for candidate in filter(None, candidates):
-        probe = subprocess.run([candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                               capture_output=True, text=True)  # fmt: skip
+        probe = subprocess.run(
+            [candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True, text=True
+        )
         if probe.stdout.strip() == version:
             return candidate
     log(f"no Python {version} here: uv installs one")
     subprocess.run([uv(), "python", "install", version], check=True)
-    return subprocess.run([uv(), "python", "find", "--managed-python", version], capture_output=True, text=True,
-                          check=True).stdout.strip()  # fmt: skip
+    return subprocess.run(
+        [uv(), "python", "find", "--managed-python", version], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def local_torch_wheel(version: str) -> Optional[str]:
     """The CPU torch wheel in pip's find-links for this Python, if the machine has one."""
-    links = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.find-links"], capture_output=True,
-                           text=True).stdout.split()  # fmt: skip
+    links = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "get", "global.find-links"], capture_output=True, text=True
+    ).stdout.split()
     tag = "cp" + version.replace(".", "")
     for folder in links:
         wheels = sorted(glob.glob(os.path.join(folder, f"torch-*+cpu-{tag}-{tag}-*.whl")))
@@ -145,8 +163,18 @@ def run_suite(case: Case, venv: Path, other_python: str, results: Path) -> None:
     tests = REPO / "tests" / "installed"
     log(f"{case.name}: tests/installed")
     with tempfile.TemporaryDirectory(prefix="neuropod-installed-") as cwd:
-        argv = [str(venv / "bin" / "python"), "-m", "pytest", str(tests), "-q", "-p", "no:cacheprovider",
-                f"--confcutdir={tests}", f"--rootdir={tests}", f"--junitxml={results / (case.name + '.xml')}"]  # fmt: skip
+        argv = [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pytest",
+            str(tests),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--confcutdir={tests}",
+            f"--rootdir={tests}",
+            f"--junitxml={results / (case.name + '.xml')}",
+        ]
         if subprocess.run(argv, cwd=cwd, env=env).returncode != 0:
             raise SystemExit(f"the installed-package suite failed in {case.name}")
 
@@ -196,8 +224,13 @@ def run_readme(wheel: Path, python: str, quickstart_only: bool) -> None:
             venv = make_venv(Case(python, extras), wheel)
             lines = f"{group[0].line}-{group[-1].line}"
             log(f"README.md lines {lines} on Python {python} with [{','.join(extras)}]")
-            argv = [str(venv / "bin" / "python"), str(REPO / "tests" / "docs" / "run_markdown.py"), str(readme),
-                    "--all-python", f"--lines={lines}"]  # fmt: skip
+            argv = [
+                str(venv / "bin" / "python"),
+                str(REPO / "tests" / "docs" / "run_markdown.py"),
+                str(readme),
+                "--all-python",
+                f"--lines={lines}",
+            ]
             if subprocess.run(argv, cwd=cwd, env=clean_env(venv), timeout=1800).returncode != 0:
                 raise SystemExit(f"README.md lines {lines} failed on Python {python} with [{','.join(extras)}]")
 
@@ -208,7 +241,7 @@ def main() -> int:
     parser.add_argument("--skip-readme", action="store_true")
     args = parser.parse_args()
     started = time.monotonic()
-    wheel = build_dists()
+    wheel = build_reproducibly()
     results = CACHE / "installed" / "results"
     shutil.rmtree(results, ignore_errors=True)
     results.mkdir(parents=True)

@@ -37,8 +37,11 @@ def test_the_wheel_holds_the_proto_the_typed_marker_and_the_license() -> None:
 
 
 def test_import_neuropod_imports_no_framework() -> None:
-    code = "import sys, neuropod; print(sorted(m for m in ('torch', 'tensorflow', 'jax', 'onnxruntime', 'grpc') if m in sys.modules))"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    frameworks = "('torch', 'tensorflow', 'jax', 'onnxruntime', 'grpc')"
+    code = f"import sys, neuropod; print(sorted(m for m in {frameworks} if m in sys.modules))"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    )
 
 
 def test_a_placeholder_runs_in_process_and_in_a_worker(tmp_path: Path) -> None:
@@ -78,7 +81,15 @@ def test_the_command_line_inspects_and_runs_a_package(tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", X)
     np.save(tmp_path / "y.npy", Y)
     ran = subprocess.run(
-        [neuropod_command, "infer", str(path), "--input", f"x={tmp_path / 'x.npy'}", "--input", f"y={tmp_path / 'y.npy'}"],
+        [
+            neuropod_command,
+            "infer",
+            str(path),
+            "--input",
+            f"x={tmp_path / 'x.npy'}",
+            "--input",
+            f"y={tmp_path / 'y.npy'}",
+        ],
         capture_output=True,
         text=True,
     )
