@@ -33,7 +33,7 @@ from .environment import declared_names, worker_environment
 from .options import OpeOptions
 from .shm import PeerSegments, Segment, SegmentPool, leased_array
 from .spin import SpinPolicy
-from .tensors import InlineArea, read_tensor, write_tensor
+from .tensors import InlineArea, check_crossing_size, read_tensor, write_tensor
 from .zygote import UNKNOWN_STATUS, ForkedProcess, Zygote
 
 __all__ = ["CallNotTaken", "WorkerProcess", "remote_error", "LeaseLookup", "make_zygote"]
@@ -156,6 +156,8 @@ def _worker_argv(launch: WorkerLaunch, backend_options_json: str, options: OpeOp
         launch.shm_dir,
         "--cache-bytes",
         str(options.shm_cache_bytes),
+        "--max-tensor-bytes",
+        str(options.max_tensor_bytes),
     ]
 
 
@@ -634,6 +636,7 @@ class WorkerProcess:
                 )
                 in_call[segment.id] = (segment, base)
             else:
+                check_crossing_size("input", name, array, self.options.max_tensor_bytes, self.options.shm_dir)
                 try:
                     ref, filled = write_tensor(name, array, self.pool, inline)
                 except UnicodeEncodeError as exc:

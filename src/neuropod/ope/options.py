@@ -70,6 +70,13 @@ class OpeOptions:
             (see :func:`neuropod.ope.zygote.sharing_refusal`). None (default):
             share where it applies; True: the same, and a warning is logged
             where it does not apply; False: never share.
+        max_tensor_bytes: the largest logical size (elements x item size,
+            whatever the array's strides) of one tensor that may cross to or
+            from a worker. A larger one is refused before any copy with
+            SharedMemoryError, and so is one larger than the shared memory
+            that can be had: a broadcast view of terabytes costs bytes in the
+            caller and would otherwise be copied until the machine runs out
+            of memory. Default 16 GiB.
     """
 
     workers: int = 1
@@ -86,6 +93,7 @@ class OpeOptions:
     worker_env: Tuple[Tuple[str, str], ...] = ()
     pass_env: Union[str, Tuple[str, ...]] = ()
     share_weights: Optional[bool] = None
+    max_tensor_bytes: int = 16 << 30
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> OpeOptions:
@@ -164,6 +172,8 @@ _MICROSECONDS = number("a non-negative number", 0, integer=False)
 _SECONDS = number("a positive number of seconds", 0, integer=False, inclusive=False)
 _SECONDS_OR_NONE = number("a positive number of seconds", 0, integer=False, inclusive=False, optional=True)
 _BYTES = number("a non-negative int", 0, integer=True)
+# Below the inline size a limit would refuse the small tensors every call carries.
+_TENSOR_BYTES = number("an int of at least 4096 bytes", 4096, integer=True)
 
 #: The options of out-of-process execution (``use_ope=True``); the fields of :class:`OpeOptions`.
 OPE_OPTIONS: OptionTable = (
@@ -185,5 +195,11 @@ OPE_OPTIONS: OptionTable = (
         "fork the workers from one process that loaded the model (None: where it applies)",
         None,
         _flag_or_none,
+    ),
+    Option(
+        "max_tensor_bytes",
+        "largest logical size of one tensor crossing to or from a worker",
+        _DEFAULTS.max_tensor_bytes,
+        _TENSOR_BYTES,
     ),
 )

@@ -39,7 +39,7 @@ from . import stages, wire
 from .channel import MAILBOX_BYTES, Channel, ChannelClosed, decode_checked
 from .shm import PeerSegments, Segment, SegmentPool
 from .spin import SpinPolicy
-from .tensors import InlineArea, read_tensor, write_tensor
+from .tensors import InlineArea, check_crossing_size, read_tensor, write_tensor
 
 if TYPE_CHECKING:
     from ..executors.inprocess import InProcessExecutor
@@ -77,8 +77,11 @@ class _Server:
         parent_pid: int,
         output_validator: Optional[SpecValidator] = None,
         meet_caller: bool = True,
+        max_tensor_bytes: int = 16 << 30,
     ) -> None:
         self.channel = channel
+        self.shm_dir = shm_dir
+        self.max_tensor_bytes = max_tensor_bytes
         # Wait for calls on the CPU the caller sleeps on (neuropod.ope.colocate); not when pinned by cpu_affinity.
         self.meet_caller = meet_caller
         self.model = model
@@ -276,6 +279,8 @@ class _Server:
         problem = wire.crossing_problem(name, getattr(array, "ndim", 0))
         if problem:
             raise OutputValidationError(f"output {name!r}: {problem}")
+        if isinstance(array, np.ndarray):
+            check_crossing_size("output", name, array, self.max_tensor_bytes, self.shm_dir)
         try:
             return write_tensor(name, array, self.pool, inline)
         except UnicodeEncodeError as exc:
@@ -335,6 +340,7 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--spin-us", type=float, default=0.0)
     parser.add_argument("--shm-dir", default="/dev/shm")
     parser.add_argument("--cache-bytes", type=int, default=1 << 30)
+    parser.add_argument("--max-tensor-bytes", type=int, default=16 << 30, help="largest output that may cross")
     parser.add_argument("--cpus", default="", help="comma-separated CPUs to pin to")
     args = parser.parse_args(argv)
     if not args.zygote and args.mailbox_fd < 0:
@@ -447,6 +453,7 @@ def _serve(
         parent_pid,
         output_validator,
         meet_caller=not pinned,
+        max_tensor_bytes=args.max_tensor_bytes,
     )
     try:
         server.serve()
