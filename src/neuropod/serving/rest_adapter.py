@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Tuple
+import zlib
+from typing import Any, Awaitable, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -212,14 +213,47 @@ class RestAdapter:
         ready = self.dataplane.model_ready(request.match_info["name"], request.match_info.get("version", ""))
         return _json({"name": request.match_info["name"], "ready": ready}, 200 if ready else 503)
 
+    async def _body(self, request: web.Request) -> bytes:
+        """The request's body, decoded, read only as far as the limit allows.
+
+        A declared ``Content-Length`` over the limit is refused before a byte
+        of the body is read. A compressed body (gzip, deflate) is inflated in
+        bounded steps while it arrives, counting and dropping what comes out,
+        so a bomb is refused holding only its compressed bytes; a body within
+        the limit is then inflated once more, into the result.
+        """
+        limit = self.max_request_bytes
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            raise RequestTooLargeError(
+                f"request body: Content-Length {declared} is larger than the server's limit of {limit} bytes"
+            )
+        encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in _DECODERS:
+            raise InputValidationError(
+                f"request body: cannot decode it as Content-Encoding {encoding!r} (identity, gzip and deflate are)"
+            )
+        counter = _Inflater(encoding, limit) if _DECODERS[encoding] else None
+        received = bytearray()
+        try:
+            async for chunk in request.content.iter_chunked(_READ_BYTES):
+                received += chunk
+                if len(received) > limit:
+                    raise RequestTooLargeError(f"request body is larger than the server's limit of {limit} bytes")
+                if counter is not None:
+                    counter.feed(chunk)
+        except (HttpProcessingError, RequestPayloadError) as exc:
+            raise InputValidationError(f"request body: cannot read it ({exc})") from exc
+        if counter is None:
+            return bytes(received)
+        counter.finish()
+        return _Inflater(encoding, limit).inflate(bytes(received))
+
     async def infer(self, request: web.Request) -> web.Response:
         try:
-            body = await asyncio.wait_for(request.read(), self.body_timeout_s)
+            body = await asyncio.wait_for(self._body(request), self.body_timeout_s)
         except asyncio.TimeoutError:
             raise web.HTTPRequestTimeout(reason=f"the request body took longer than {self.body_timeout_s} s") from None
-        except (HttpProcessingError, RequestPayloadError) as exc:  # a body its Content-Encoding cannot decode
-            encoding = request.headers.get("Content-Encoding", "identity")
-            raise InputValidationError(f"request body: cannot decode it as Content-Encoding {encoding!r}") from exc
         document, tail = rest.split_body(body, request.headers.get(HEADER_LENGTH_HEADER))
         infer_request, binary = parse_infer_request(
             request.match_info["name"], request.match_info.get("version", ""), document, tail
@@ -234,7 +268,7 @@ class RestAdapter:
         return _json({"model_stats": stats})
 
     async def _optional_document(self, request: web.Request) -> Dict[str, Any]:
-        body = await request.read()
+        body = await self._body(request)
         if not body.strip():
             return {}
         try:
@@ -293,3 +327,74 @@ class RestAdapter:
     async def metrics(self, request: web.Request) -> web.Response:
         body = self.dataplane.metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+# Content-Encoding -> zlib's wbits for it (None: the body is used as it comes).
+_DECODERS: Dict[str, Optional[int]] = {
+    "identity": None,
+    "": None,
+    "gzip": 16 + zlib.MAX_WBITS,
+    "x-gzip": 16 + zlib.MAX_WBITS,
+    "deflate": zlib.MAX_WBITS,  # zlib-wrapped, as HTTP says; a raw deflate stream is tried too
+}
+# Bytes read from the socket, and inflated, per step.
+_READ_BYTES = 64 * 1024
+
+
+class _Inflater:
+    """Inflates a gzip or deflate body in steps of at most :data:`_READ_BYTES` out, refusing more than ``limit``."""
+
+    def __init__(self, encoding: str, limit: int) -> None:
+        self.encoding = encoding
+        self.limit = limit
+        self.size = 0
+        self._decoder = zlib.decompressobj(_DECODERS[encoding] or zlib.MAX_WBITS)
+        self._first = True
+
+    def _decode(self, data: bytes) -> bytes:
+        try:
+            out = self._decoder.decompress(data, _READ_BYTES)
+        except zlib.error:
+            if not (self._first and self.encoding == "deflate"):
+                raise self._undecodable() from None
+            # Some clients send a raw deflate stream (no zlib header) as "deflate".
+            self._decoder = zlib.decompressobj(-zlib.MAX_WBITS)
+            try:
+                out = self._decoder.decompress(data, _READ_BYTES)
+            except zlib.error:
+                raise self._undecodable() from None
+        self._first = False
+        self.size += len(out)
+        if self.size > self.limit:
+            raise RequestTooLargeError(
+                f"request body: it inflates ({self.encoding}) to more than the server's limit of {self.limit} bytes"
+            )
+        return out
+
+    def _undecodable(self) -> InputValidationError:
+        return InputValidationError(f"request body: cannot decode it as Content-Encoding {self.encoding!r}")
+
+    def _steps(self, data: bytes) -> Iterator[bytes]:
+        out = self._decode(data)
+        yield out
+        while self._decoder.unconsumed_tail:
+            yield self._decode(self._decoder.unconsumed_tail)
+
+    def feed(self, data: bytes) -> None:
+        """Count what ``data`` inflates to, keeping none of it."""
+        for _ in self._steps(data):
+            pass
+
+    def finish(self) -> None:
+        """The body has ended: it must have been a whole stream."""
+        if not self._decoder.eof:
+            raise self._undecodable()
+
+    def inflate(self, data: bytes) -> bytes:
+        """The whole of ``data`` inflated (already counted within the limit)."""
+        out = bytearray()
+        for step in range(0, max(len(data), 1), _READ_BYTES):
+            for part in self._steps(data[step : step + _READ_BYTES]):
+                out += part
+        self.finish()
+        return bytes(out)

@@ -190,6 +190,8 @@ class ModelServer:
                 ).app()
                 self._http_runner = web.AppRunner(
                     app,
+                    # The adapter inflates bodies itself, in bounded steps against max_message_bytes.
+                    auto_decompress=False,
                     access_log=None,
                     shutdown_timeout=config.shutdown_grace_s,
                     keepalive_timeout=config.keepalive_timeout_s,
