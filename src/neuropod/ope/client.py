@@ -234,6 +234,7 @@ class WorkerProcess:
         self.last_failure: Optional[str] = None
         self._request_id = 0
         self.closing = False  # close() began: no replacement may start from now on
+        self.mailbox_inode = 0
         self._state_lock = threading.Lock()
         self._reset_state()
 
@@ -292,6 +293,7 @@ class WorkerProcess:
             raise
         finally:
             child_end.close()
+            self.mailbox_inode = os.fstat(mailbox.fd).st_ino  # names the mailbox in /proc/self/fd (leak checks)
             os.close(mailbox.fd)  # the worker has its own copy; our mapping stays
             mailbox.fd = -1
         self.channel = channel
