@@ -58,26 +58,29 @@ def uv() -> str:
     return found
 
 
-def build_dists(out: Path) -> Path:
-    """The sdist and the wheel of this checkout in ``out``; returns the wheel."""
+def build_dists(source: Path, out: Path, *what: str) -> None:
     shutil.rmtree(out, ignore_errors=True)
     epoch = subprocess.run(["git", "log", "-1", "--format=%ct"], cwd=REPO, capture_output=True, text=True).stdout
     env = dict(os.environ, SOURCE_DATE_EPOCH=epoch.strip() or "315532800")
-    log(f"building the sdist and the wheel into {out}")
-    subprocess.run(
-        [sys.executable, "-m", "build", "--outdir", str(out), str(REPO)], check=True, env=env, stdout=subprocess.DEVNULL
-    )
-    (wheel,) = out.glob("*.whl")
-    return wheel
+    argv = [sys.executable, "-m", "build", *what, "--outdir", str(out), str(source)]
+    subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)
 
 
 def build_reproducibly() -> Path:
-    """Build twice: the two wheels must be the same bytes."""
-    wheel = build_dists(CACHE / "dist")
-    again = build_dists(CACHE / "dist-again")
+    """The sdist and the wheel of this checkout, then the wheel again from that sdist: the same bytes."""
+    out = CACHE / "dist"
+    log(f"building the sdist and the wheel into {out}")
+    build_dists(REPO, out)
+    (wheel,) = out.glob("*.whl")
+    (sdist,) = out.glob("*.tar.gz")
+    with tempfile.TemporaryDirectory() as unpacked:
+        shutil.unpack_archive(str(sdist), unpacked)
+        (source,) = Path(unpacked).iterdir()
+        build_dists(source, CACHE / "dist-again", "--wheel")
+    (again,) = (CACHE / "dist-again").glob("*.whl")
     if wheel.read_bytes() != again.read_bytes():
-        raise SystemExit(f"two builds of one checkout gave different wheels: {wheel} and {again}")
-    log(f"{wheel.name}: two builds gave the same bytes")
+        raise SystemExit(f"two builds of one source gave different wheels: {wheel} and {again}")
+    log(f"{wheel.name}: a second build gave the same bytes")
     return wheel
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tomllib  # this suite runs on the main venv's Python 3.11
 from pathlib import Path
 
 import pytest
 from markdown_blocks import read_blocks
+from run_markdown import runnable
 
 REPO = Path(__file__).resolve().parents[2]
 RUNNER = Path(__file__).resolve().parent / "run_markdown.py"
@@ -57,3 +59,14 @@ def test_a_failing_block_fails_and_names_its_line(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, str(RUNNER), str(doc), "--all-python"], capture_output=True, text=True)
     assert result.returncode != 0
     assert "doc.md:10" in result.stderr and "drifted" in result.stderr
+
+
+@pytest.mark.parametrize("path", [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))], ids=lambda p: p.name)
+def test_every_runnable_block_names_the_extras_it_needs(path: Path) -> None:
+    """Each block that runs follows an '<!-- extras: ... -->' line naming extras that exist."""
+    extras = set(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    for block in read_blocks(path):
+        if not runnable(block, all_python=path.name == "README.md"):
+            continue
+        assert block.extras is not None, f"{path.name}:{block.line}: no '<!-- extras: ... -->' line before it"
+        assert set(block.extras) <= extras, f"{path.name}:{block.line}: unknown extras {set(block.extras) - extras}"
