@@ -416,7 +416,10 @@ class ForkedProcess:
     def wait(self, timeout: Optional[float] = None) -> int:
         """The return code: from the zygote's report or, when the zygote is slow to reap, from the zombie."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
+        while True:
+            returncode = self.poll()
+            if returncode is not None:
+                return returncode
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise subprocess.TimeoutExpired(f"worker forked by zygote {self.zygote_pid}", timeout or 0)
@@ -429,7 +432,6 @@ class ForkedProcess:
                 left = _REPORT_SLICE_S if left is None else min(left, _REPORT_SLICE_S)
             with self._incarnation.changed:
                 self._incarnation.changed.wait_for(lambda: self.returncode is not None, left)
-        return self.returncode
 
     def kill(self) -> None:
         incarnation = self._incarnation
