@@ -24,7 +24,7 @@ import pytest
 from problems import BIG_ELEMENTS, PROBLEMS, bad_inputs
 
 from conftest import require
-from neuropod import NeuropodError, load_neuropod
+from neuropod import InferenceError, NeuropodError, load_neuropod
 from neuropod.backends import BUILTIN_BACKENDS
 from neuropod.loader import Neuropod
 from neuropod.selftest import compare_outputs
@@ -45,7 +45,8 @@ INEXPRESSIBLE: Dict[Tuple[str, str], str] = {
 #: Outputs computed by a reduction, whose summation order differs between frameworks.
 REDUCTIONS = {("mixed", "total")}
 
-#: (platform, problem) -> why an empty batch fails there today; the test runs anyway and xfails only on failure.
+#: (platform, problem) -> why an empty batch fails there: it must pass, or raise an InferenceError that names the
+#: empty input and the framework's limit (docs/frameworks.md, "Empty batches"). Everything else must pass.
 EMPTY_BATCH_GAPS = {
     ("keras", "addition"): "Keras' Add layer on TensorFlow fails on a (0, n) batch (BiasAdd: 'Biases must be 1D')",
 }
@@ -173,13 +174,16 @@ def test_outputs_match_the_numpy_reference(case: Case) -> None:
 
 def test_empty_and_64mb_tensors(case: Case) -> None:
     problem = PROBLEMS[case.problem]
-    try:
-        _check(case, problem.make_inputs(0, np.random.default_rng(2)))
-    except NeuropodError:
-        gap = EMPTY_BATCH_GAPS.get((case.platform, case.problem))
-        if gap:
-            pytest.xfail(gap)
-        raise
+    empty = problem.make_inputs(0, np.random.default_rng(2))
+    if (case.platform, case.problem) in EMPTY_BATCH_GAPS:
+        try:
+            _check(case, empty)
+        except InferenceError as exc:
+            name, array = next((n, a) for n, a in empty.items() if 0 in a.shape)
+            assert f"(input {name!r} is empty, shape {array.shape}: " in str(exc), str(exc)
+            assert str(exc).count("\n") == 0, str(exc)
+    else:
+        _check(case, empty)
     if case.problem == "identity_big":
         big = {"x": np.random.default_rng(3).standard_normal(BIG_ELEMENTS, dtype=np.float32)}
         assert big["x"].nbytes == 64 * 1024 * 1024

@@ -158,7 +158,13 @@ def cause_line(message: str) -> str:
     return lines[0].strip()
 
 
-def model_failure(kind: str, model_name: str, exc: BaseException, message: Optional[str] = None) -> InferenceError:
+def model_failure(
+    kind: str,
+    model_name: str,
+    exc: BaseException,
+    message: Optional[str] = None,
+    inputs: Optional[Mapping[str, Any]] = None,
+) -> InferenceError:
     """``InferenceError("<kind> model '<name>' failed: <the framework's cause line>")``; raise it ``from exc``.
 
     One line: the framework's full message and traceback stay on the chained
@@ -170,8 +176,25 @@ def model_failure(kind: str, model_name: str, exc: BaseException, message: Optio
         model_name: the package's model name.
         exc: the framework's exception.
         message: its text where ``str(exc)`` is not it (TensorFlow's ``OpError.message``).
+        inputs: the call's inputs: an empty one is named, with the limit most models meet on it.
     """
     cause = cause_line(str(exc) if message is None else message) or type(exc).__name__
     if not _ERROR_LINE.match(cause) and type(exc).__name__ not in ("RuntimeError", "Exception"):
         cause = f"{type(exc).__name__}: {cause}"  # an IndexError's text alone hides what it was
+    empty = next(((n, a.shape) for n, a in (inputs or {}).items() if 0 in getattr(a, "shape", ())), None)
+    if empty is not None:
+        cause += (
+            f" (input {empty[0]!r} is empty, shape {tuple(empty[1])}: {_EMPTY_LIMITS.get(kind, _EMPTY_LIMIT)}; "
+            "skip empty batches; see docs/frameworks.md#empty-batches)"
+        )
     return InferenceError(f"{kind} model {model_name!r} failed: {cause}")
+
+
+#: What a framework cannot do with an empty tensor that models commonly ask of it.
+_EMPTY_LIMIT = "models often reshape with -1, which no framework can size from an empty tensor"
+_EMPTY_LIMITS = {
+    "TorchScript": "torch cannot size a -1 dimension of a reshape/view of an empty tensor",
+    "torch.export": "torch cannot size a -1 dimension of a reshape/view of an empty tensor",
+    "JAX": "jax.numpy cannot size a -1 dimension of a reshape of an empty array",
+    "ONNX": "an ONNX Reshape cannot size a -1 dimension of an empty tensor",
+}

@@ -122,7 +122,7 @@ class JaxBackend(Backend):
         except InferenceError:
             raise
         except Exception as exc:  # shape-assertion and XLA errors
-            raise model_failure("JAX", self.package.config.name, exc) from exc
+            raise model_failure("JAX", self.package.config.name, exc, inputs=inputs) from exc
 
     def _outputs_to_numpy(self, result: Any) -> TensorDict:
         if not isinstance(result, dict):

@@ -93,7 +93,7 @@ class OnnxBackend(Backend):
             else:
                 values = self.session.run(self._output_names, inputs)
         except Exception as exc:  # the model's own failure, whatever onnxruntime raised
-            raise model_failure("ONNX", self.package.config.name, exc) from exc
+            raise model_failure("ONNX", self.package.config.name, exc, inputs=inputs) from exc
         outputs: Dict[str, np.ndarray] = {}
         for name, value in zip(self._output_names, values):
             if value.dtype.kind == "O":  # onnxruntime's string tensors

@@ -48,7 +48,7 @@ class TorchExportBackend(TorchBackend):
             else:
                 result = self.module(**tensors)
         except Exception as exc:  # the model's own failure, or a shape guard of the exported program
-            raise model_failure("torch.export", self.package.config.name, exc) from exc
+            raise model_failure("torch.export", self.package.config.name, exc, inputs=inputs) from exc
         return outputs_to_numpy(result, self._output_names)
 
 

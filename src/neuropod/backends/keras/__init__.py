@@ -165,7 +165,7 @@ class KerasBackend(Backend):
             with keras.device(self.device):
                 result = self.model(call_with, training=False)
         except Exception as exc:  # the model's own failure, whatever the Keras backend raised
-            raise model_failure("Keras", self.package.config.name, exc) from exc
+            raise model_failure("Keras", self.package.config.name, exc, inputs=inputs) from exc
         return self._outputs_to_numpy(result)
 
     def _outputs_to_numpy(self, result: Any) -> TensorDict:

@@ -178,7 +178,7 @@ class PythonBackend(Backend):
         try:
             result = self.model(**inputs)
         except Exception as exc:
-            raise model_failure("Python", self.package.config.name, exc) from exc
+            raise model_failure("Python", self.package.config.name, exc, inputs=inputs) from exc
         if not isinstance(result, dict):
             raise InferenceError(
                 f"Python model {self.package.config.name!r} returned {type(result).__name__}, expected a dict of arrays"

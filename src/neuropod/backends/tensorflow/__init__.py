@@ -376,7 +376,7 @@ class TensorFlowBackend(Backend):
             raise
         except (tf.errors.OpError, TypeError, ValueError) as exc:
             message = exc.message if isinstance(exc, tf.errors.OpError) else str(exc)
-            raise model_failure("TensorFlow", self.package.config.name, exc, message) from exc
+            raise model_failure("TensorFlow", self.package.config.name, exc, message, inputs=inputs) from exc
 
     def close(self) -> None:
         self._runner = None

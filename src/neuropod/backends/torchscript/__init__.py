@@ -52,7 +52,7 @@ class TorchScriptBackend(TorchBackend):
         try:
             result = self.module(tensors) if self._takes_dict else self.module(**tensors)
         except Exception as exc:  # the model's own failure, whatever the framework raised
-            raise model_failure("TorchScript", self.package.config.name, exc) from exc
+            raise model_failure("TorchScript", self.package.config.name, exc, inputs=inputs) from exc
         return outputs_to_numpy(result, self._output_names)
 
 
