@@ -1,7 +1,8 @@
 """Run a Markdown file's runnable blocks in order, in the current directory.
 
 ``python tests/docs/run_markdown.py FILE [--all-python] [--lines=A-B]``: Python
-blocks (those starting on lines A to B, with ``--lines``) share one namespace; a failing block's traceback names ``FILE:line``. ``bash`` blocks
+blocks (those starting on lines A to B, with ``--lines``) share one namespace;
+a failing block's traceback names ``FILE:line``. ``bash`` blocks
 run with ``bash -euo pipefail``; ``<!-- run: background -->`` starts one in the
 background (a server), waits for ``/v2/health/ready`` on port 8000, and stops it
 when the file is done. See markdown_blocks.py for the markers.

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
-import tomllib  # this suite runs on the main venv's Python 3.11
 from pathlib import Path
 
 import pytest
+import tomllib  # this suite runs on the main venv's Python 3.11
 from markdown_blocks import read_blocks
 from run_markdown import runnable
 
@@ -70,3 +71,14 @@ def test_every_runnable_block_names_the_extras_it_needs(path: Path) -> None:
             continue
         assert block.extras is not None, f"{path.name}:{block.line}: no '<!-- extras: ... -->' line before it"
         assert set(block.extras) <= extras, f"{path.name}:{block.line}: unknown extras {set(block.extras) - extras}"
+
+
+@pytest.mark.parametrize("path", [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))], ids=lambda p: p.name)
+def test_install_lines_name_this_distribution(path: Path) -> None:
+    """The index's `neuropod` is the original project: every install line names neuropod-python."""
+    distribution = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["name"]
+    text = path.read_text()
+    assert re.findall(r"pip install ['\"]?neuropod(?=[\s\[\"'`])(?!-)", text) == [], (
+        f"{path.name}: pip install neuropod"
+    )
+    assert re.findall(r"(?<![\w-])neuropod\[", text) == [], f"{path.name}: an extra of 'neuropod', not '{distribution}'"
