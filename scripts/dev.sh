@@ -50,6 +50,8 @@ setup_venv() {
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # Pinned: an unpinned torch would pull a multi-GB CUDA build; 2.13.0 is the CPU build.
     "$PY" -m pip install -q "torch==2.13.0"
+    # The distribution was called "neuropod" before it became neuropod-python: one install of the package only.
+    "$PY" -m pip uninstall -q -y neuropod 2>/dev/null || true
     "$PY" -m pip install -q -e ".[all,dev]"
     echo "$want" > "$stamp"
   fi
@@ -94,6 +96,7 @@ setup_python39() {
   want="$(cat pyproject.toml scripts/dev.sh | sha256sum | cut -c1-16)"
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # The core dependencies only (no extra, no framework), with numpy 1.x.
+    .venv39/bin/python -m pip uninstall -q -y neuropod 2>/dev/null || true
     .venv39/bin/python -m pip install -q "numpy<2" pytest -e .
     echo "$want" > "$stamp"
   fi
