@@ -95,3 +95,11 @@ def test_the_command_line_inspects_and_runs_a_package(tmp_path: Path) -> None:
     )
     assert ran.returncode == 0, ran.stderr
     assert "out" in ran.stdout
+
+
+def test_a_package_pinning_what_is_installed_runs_in_this_process(tmp_path: Path) -> None:
+    """Pins are checked by the version rules (packaging, a core dependency): met here, no worker is needed."""
+    path = where_am_i_package(tmp_path, requirements=[f"numpy=={np.__version__}"])
+    with load_neuropod(path) as model:
+        out = model.infer({"x": X, "y": Y})
+    assert out["prefix"][0] == sys.prefix
