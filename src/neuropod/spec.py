@@ -3,8 +3,11 @@
 A :class:`TensorSpec` names a tensor, its dtype and its shape. Shape entries
 are positive ints (a fixed size), ``None`` (any size) or a symbol string: every
 use of one symbol must resolve to the same size within one call, across
-inputs and outputs. A :class:`ProblemDefinition` is the input and output
-specs together; any model implementing it is interchangeable.
+inputs and outputs. A symbol may carry bounds, written in the shape as
+``("seq", 1, 512)`` (``["seq", 1, 512]`` in JSON; ``None`` for no upper
+bound): every tensor sharing the symbol is held to them, ``infer`` refuses a
+size outside them, and ``torch.export`` gets them as its ``Dim``'s range.
+A :class:`ProblemDefinition` is the input and output specs together; any model implementing it is interchangeable.
 
 Validation work (dtype objects, per-dimension rules) is compiled once into a
 :class:`SpecValidator` at load time, so ``infer`` pays only a few comparisons.
@@ -32,6 +35,8 @@ __all__ = [
     "dtype_of_array",
     "as_specs",
     "problem_specs",
+    "symbol_bounds",
+    "SymbolBound",
 ]
 
 #: Every dtype a spec may name, in canonical form.
@@ -116,6 +121,26 @@ def dtype_of_array(array: np.ndarray) -> str:
     return array.dtype.name
 
 
+#: A symbol's bounds: ``(symbol, lowest size, highest size or None)``.
+SymbolBound = Tuple[str, int, Optional[int]]
+
+
+def _bounded_symbol(name: str, index: int, dim: Any) -> SymbolBound:
+    """``("seq", 1, 512)`` (or a JSON list) -> the symbol and its bounds, checked."""
+    where = f"tensor {name!r}: shape[{index}]"
+    if len(dim) != 3 or not isinstance(dim[0], str) or not dim[0]:
+        raise SpecError(f"{where}: a bounded symbol is (name, lowest, highest), e.g. ('seq', 1, 512); got {dim!r}")
+    symbol, low, high = dim
+    for label, value in (("lowest", low), ("highest", high)):
+        if value is None and label == "highest":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise SpecError(f"{where}: the {label} size of symbol {symbol!r} must be an int >= 0; got {value!r}")
+    if high is not None and high < low:
+        raise SpecError(f"{where}: symbol {symbol!r} has bounds [{low}, {high}]: the highest is below the lowest")
+    return symbol, int(low), None if high is None else int(high)
+
+
 def _check_dim(name: str, index: int, dim: Any) -> Dim:
     if dim is None:
         return None
@@ -142,12 +167,16 @@ class TensorSpec:
     Attributes:
         name: the tensor's name, unique within its inputs or outputs.
         dtype: a canonical dtype name (aliases are canonicalised on build).
-        shape: a tuple of positive ints, ``None`` and symbol strings.
+        shape: a tuple of positive ints, ``None`` and symbol strings (a
+            bounded symbol given as ``("seq", 1, 512)`` is its name here).
+        bounds: the bounds of its symbols, ``(symbol, lowest, highest or
+            None)``, sorted; filled from bounded symbols in the shape.
     """
 
     name: str
     dtype: str
     shape: Tuple[Dim, ...] = field(default=())
+    bounds: Tuple[SymbolBound, ...] = field(default=())
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -164,8 +193,31 @@ class TensorSpec:
             raise SpecError(
                 f"tensor {self.name!r}: shape must be a list, got {type(self.shape).__name__} {self.shape!r}"
             )
-        shape = tuple(_check_dim(self.name, i, d) for i, d in enumerate(self.shape))
-        object.__setattr__(self, "shape", shape)
+        bounds: Dict[str, SymbolBound] = {}
+        for given in self.bounds:  # a spec rebuilt from another's fields: its bounds, checked again
+            bound = _bounded_symbol(self.name, -1, given)
+            bounds[bound[0]] = bound
+        shape: List[Dim] = []
+        for index, dim in enumerate(self.shape):
+            if isinstance(dim, (tuple, list)):
+                bound = _bounded_symbol(self.name, index, dim)
+                if bounds.setdefault(bound[0], bound) != bound:
+                    raise SpecError(
+                        f"tensor {self.name!r}: symbol {bound[0]!r} has two bounds, "
+                        f"{list(bounds[bound[0]][1:])} and {list(bound[1:])}"
+                    )
+                dim = bound[0]
+            shape.append(_check_dim(self.name, index, dim))
+        unused = sorted(set(bounds) - {d for d in shape if isinstance(d, str)})
+        if unused:
+            raise SpecError(f"tensor {self.name!r}: bounds for {unused}, which its shape does not use")
+        object.__setattr__(self, "shape", tuple(shape))
+        object.__setattr__(self, "bounds", tuple(sorted(bounds.values())))
+
+    @property
+    def symbol_bounds(self) -> Dict[str, Tuple[int, Optional[int]]]:
+        """symbol -> (lowest, highest or None), for the bounded symbols of this tensor."""
+        return {symbol: (low, high) for symbol, low, high in self.bounds}
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> TensorSpec:
@@ -183,8 +235,10 @@ class TensorSpec:
         return cls(spec["name"], spec["dtype"], spec["shape"])
 
     def to_dict(self) -> Dict[str, Any]:
-        """The original's dict form, shape as a list."""
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        """The original's dict form, shape as a list (a bounded symbol as ``["seq", 1, 512]``)."""
+        bounds = self.symbol_bounds
+        shape = [[d, *bounds[d]] if isinstance(d, str) and d in bounds else d for d in self.shape]
+        return {"name": self.name, "dtype": self.dtype, "shape": shape}
 
     @property
     def numpy_dtype(self) -> np.dtype:
@@ -201,7 +255,27 @@ def as_specs(specs: Any, what: str = "spec") -> Tuple[TensorSpec, ...]:
         if spec.name in seen:
             raise SpecError(f"{what}: tensor name {spec.name!r} appears more than once")
         seen.add(spec.name)
+    symbol_bounds(result, what)
     return result
+
+
+def symbol_bounds(specs: Iterable[TensorSpec], what: str = "spec") -> Dict[str, Tuple[int, Optional[int]]]:
+    """symbol -> (lowest, highest or None) over ``specs``; a bound on one use holds for every use.
+
+    Raises:
+        SpecError: two tensors give one symbol different bounds.
+    """
+    found: Dict[str, Tuple[int, Optional[int]]] = {}
+    owner: Dict[str, str] = {}
+    for spec in specs:
+        for symbol, bound in spec.symbol_bounds.items():
+            if found.setdefault(symbol, bound) != bound:
+                raise SpecError(
+                    f"{what}: symbol {symbol!r} is bounded {list(found[symbol])} by {owner[symbol]!r} "
+                    f"but {list(bound)} by {spec.name!r}"
+                )
+            owner.setdefault(symbol, spec.name)
+    return found
 
 
 @dataclass(frozen=True)
@@ -214,6 +288,7 @@ class ProblemDefinition:
     def __post_init__(self) -> None:
         object.__setattr__(self, "inputs", as_specs(self.inputs, "input_spec"))
         object.__setattr__(self, "outputs", as_specs(self.outputs, "output_spec"))
+        symbol_bounds(self.inputs + self.outputs, "problem definition")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ProblemDefinition:
@@ -309,6 +384,7 @@ class SpecValidator:
         self._error = InputValidationError if kind == "input" else OutputValidationError
         self._specs = {s.name: _CompiledSpec(s) for s in specs}
         self._names = ", ".join(repr(n) for n in self._specs) or "none"
+        self._bounds = symbol_bounds(specs, f"{kind} spec")
 
     def validate(self, tensors: Mapping[str, Any], bindings: Optional[Dict[str, int]] = None) -> Dict[str, int]:
         """Check ``tensors``; return the symbol sizes they bind.
@@ -359,6 +435,14 @@ class SpecValidator:
                         f"{kind} {name!r}: symbol {symbol!r} in dimension {index} is {shape[index]}, "
                         f"but another tensor bound it to {bound}"
                     )
+                limits = self._bounds.get(symbol)
+                if limits is not None:
+                    low, high = limits
+                    if shape[index] < low or (high is not None and shape[index] > high):
+                        raise self._error(
+                            f"{kind} {name!r}: symbol {symbol!r} in dimension {index} is {shape[index]}, "
+                            f"outside its bounds [{low}, {'any' if high is None else high}]"
+                        )
         return bindings
 
 

@@ -15,7 +15,8 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 from ..errors import PackageError, SpecError
 from ..package import layout
-from ..spec import TensorSpec, as_specs, problem_specs
+from ..spec import TensorSpec, as_specs, problem_specs, symbol_bounds
+from ._failures import framework_failure
 from ._pipeline import PathLike, Requirements, create_neuropod, shared_options
 
 __all__ = ["create_torch_export_neuropod", "torch_dynamic_shapes", "torch_example_inputs"]
@@ -83,12 +84,16 @@ def _dim_name(symbol: str, taken: Dict[str, Any]) -> str:
 
 
 def torch_dynamic_shapes(input_spec: Sequence[TensorSpec], names: Sequence[str]) -> Dict[str, Dict[int, Any]]:
-    """``dynamic_shapes`` for ``torch.export``: a shared ``Dim`` per symbol, ``Dim.DYNAMIC`` per ``None``."""
+    """``dynamic_shapes`` for ``torch.export``: a shared ``Dim`` per symbol, ``Dim.DYNAMIC`` per ``None``.
+
+    A bounded symbol (``("seq", 1, 512)``) becomes ``Dim("seq", min=1, max=512)``; an unbounded one may be empty.
+    """
     from torch.export import Dim
 
     by_symbol: Dict[str, Any] = {}
     used_names: Dict[str, Any] = {}
     specs = {spec.name: spec for spec in input_spec}
+    bounds = symbol_bounds(input_spec, "input_spec")
     shapes: Dict[str, Dict[int, Any]] = {}
     for name in names:
         dims: Dict[int, Any] = {}
@@ -96,7 +101,9 @@ def torch_dynamic_shapes(input_spec: Sequence[TensorSpec], names: Sequence[str])
             if isinstance(dim, str):
                 if dim not in by_symbol:
                     dim_name = _dim_name(dim, used_names)
-                    by_symbol[dim] = used_names[dim_name] = Dim(dim_name, min=0)
+                    low, high = bounds.get(dim, (0, None))
+                    limits = {"min": low} if high is None else {"min": low, "max": high}
+                    by_symbol[dim] = used_names[dim_name] = Dim(dim_name, **limits)
                 dims[index] = by_symbol[dim]
             elif dim is None:
                 dims[index] = Dim.DYNAMIC
@@ -132,6 +139,7 @@ def create_torch_export_neuropod(
     keep_failed: bool = False,
     self_test_options: Optional[Dict[str, Any]] = None,
     neuropod_load_args: Optional[Mapping[str, Any]] = None,
+    dynamic_shapes: Any = None,
 ) -> Path:
     """Package a ``torch.nn.Module`` (or an ``ExportedProgram``) with ``torch.export``.
 
@@ -145,7 +153,8 @@ def create_torch_export_neuropod(
         example_inputs: a dict of name -> array/tensor (or a tuple in input
             spec order) to trace with; defaults to ``test_input_data``.
             Dynamic dimensions need size 2 or more.
-        input_spec: the input specs; symbols and ``None`` become dynamic dims.
+        input_spec: the input specs; symbols and ``None`` become dynamic dims
+            (a bounded symbol, ``("seq", 1, 512)``, a ``Dim`` with that range).
         output_spec: the output specs.
         strict: passed to ``torch.export.export`` (non-strict tracing by default).
         problem: instead of both specs: a ProblemDefinition, its dict form or a problem file.
@@ -164,6 +173,8 @@ def create_torch_export_neuropod(
         keep_failed: leave a package whose self-test failed at ``neuropod_path`` for inspection.
         self_test_options: ``load_neuropod`` options of the self-test (``use_ope=True``, ...).
         neuropod_load_args: the original's name for ``self_test_options`` (the two are merged).
+        dynamic_shapes: passed to ``torch.export.export`` as it is, instead of
+            the ``Dim`` s built from the spec (keyed by input name).
 
     Raises:
         SpecError: the spec holds string tensors (torch.export has none).
@@ -192,16 +203,11 @@ def create_torch_export_neuropod(
             examples = torch_example_inputs(
                 example_inputs if example_inputs is not None else test_input_data, inputs, "torch.export"
             )
+            shapes = dynamic_shapes if dynamic_shapes is not None else torch_dynamic_shapes(inputs, list(examples))
             try:
-                program = torch.export.export(
-                    module,
-                    (),
-                    kwargs=examples,
-                    dynamic_shapes=torch_dynamic_shapes(inputs, list(examples)),
-                    strict=strict,
-                )
+                program = torch.export.export(module, (), kwargs=examples, dynamic_shapes=shapes, strict=strict)
             except Exception as exc:  # torch raises UserError, GuardOnDataDependentSymNode, ...
-                raise PackageError(f"torch.export could not export {type(module).__name__}: {exc}") from exc
+                raise _export_failure(module, exc) from exc
         torch.export.save(program, str(root / layout.DATA_DIR / MODEL_FILE))
 
     return create_neuropod(
@@ -211,3 +217,20 @@ def create_torch_export_neuropod(
         write_model=write_model,
         **shared_options(locals()),
     )
+
+
+def _export_failure(module: Any, exc: BaseException) -> PackageError:
+    """torch.export's failure, with its suggested fixes (if any) and the three ways out."""
+    fixes = [line for line in str(exc).partition("Suggested fixes:")[2].splitlines() if "Dim(" in line]
+    failure = framework_failure(
+        f"create_torch_export_neuropod: torch.export could not export {type(module).__name__}",
+        exc,
+        "bound the symbols in the spec (a shape entry such as ('seq', 1, 512) becomes Dim('seq', min=1, max=512)), "
+        "or pass dynamic_shapes= (handed to torch.export as it is), "
+        "or export it yourself (torch.export.export(...)) and pass the ExportedProgram as module=",
+    )
+    if fixes:
+        first, _, rest = str(failure).partition("\n")
+        suggested = "\n".join("  " + line.strip() for line in fixes if line.strip())
+        return PackageError(f"{first}\ntorch suggests:\n{suggested}\n{rest}")
+    return failure

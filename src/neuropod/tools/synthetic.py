@@ -6,7 +6,7 @@ from typing import Dict, Mapping, Optional
 
 import numpy as np
 
-from ..spec import ProblemDefinition, numpy_dtype
+from ..spec import ProblemDefinition, numpy_dtype, symbol_bounds
 
 __all__ = ["generate_inputs"]
 
@@ -31,6 +31,9 @@ def generate_inputs(
     sizes: Dict[str, int] = dict(dims or {})
     if batch_symbol is not None:
         sizes[batch_symbol] = batch_size
+    for symbol, (low, high) in symbol_bounds(definition.inputs).items():
+        # A bounded symbol nobody sized takes the default size moved into its bounds.
+        sizes.setdefault(symbol, min(max(DEFAULT_DIM, low), DEFAULT_DIM if high is None else high))
     inputs = {}
     for spec in definition.inputs:
         shape = []
