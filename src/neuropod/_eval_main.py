@@ -32,13 +32,9 @@ import stat
 import sys
 from typing import Any, List, Optional
 
-from .errors import NeuropodError
+from .errors import NeuropodError, UntrustedPickleError
 
 __all__ = ["main", "read_own_pickle", "write_own_pickle", "UntrustedPickleError"]
-
-
-class UntrustedPickleError(NeuropodError, ValueError):
-    """A pickle file that this process will not unpickle (not provably written by its caller)."""
 
 
 def _check_own_file(path: str, st: os.stat_result) -> None:

@@ -19,6 +19,8 @@ given)::
     │   └── UnsafePackageError                              path escapes, untrusted pickle
     ├── BackendNotFoundError (ValueError)
     ├── FrameworkNotInstalledError (ImportError)
+    ├── MissingExtraError (ImportError)                     a feature's extra is not installed (names it)
+    ├── UntrustedPickleError (ValueError)                   a pickle not provably written by the caller
     ├── RequirementsError (RuntimeError)
     ├── VersionRangeError (RuntimeError)
     ├── FrameworkVersionError (RuntimeError)
@@ -31,6 +33,7 @@ given)::
     ├── TestMismatchError (ValueError)                      a failed self-test
     ├── InferenceError (RuntimeError)                       the model failed while running
     │   ├── WorkerCrashedError
+    │   │   └── CallNotTaken                                the worker died idle; the call goes on (internal)
     │   ├── WorkerTimeoutError
     │   ├── WorkerError                                     a foreign exception in a worker
     │   ├── RemoteError                                     a server failed or answered nonsense
@@ -58,6 +61,7 @@ __all__ = [
     "PackageError",
     "ManifestError",
     "UnsafePackageError",
+    "UntrustedPickleError",
     "BackendNotFoundError",
     "FrameworkNotInstalledError",
     "MissingExtraError",
@@ -66,6 +70,7 @@ __all__ = [
     "InferenceError",
     "WorkerCrashedError",
     "WorkerTimeoutError",
+    "CallNotTaken",
     "RemoteError",
     "ServerFailure",
     "ModelNotFoundError",
@@ -119,6 +124,10 @@ class UnsafePackageError(PackageError):
     """A package asks for something unsafe (path escape, untrusted pickle)."""
 
 
+class UntrustedPickleError(NeuropodError, ValueError):
+    """A pickle this process will not unpickle: not provably written by its caller (``python -m neuropod.loader``)."""
+
+
 class BackendNotFoundError(NeuropodError, ValueError):
     """No backend is registered for a package's platform."""
 
@@ -154,6 +163,19 @@ class WorkerCrashedError(InferenceError):
     """
 
     returncode: Optional[int] = None
+
+
+class CallNotTaken(WorkerCrashedError):
+    """An out-of-process worker died before it took the call (it was idle): the call may go to its replacement.
+
+    Internal to the worker pool, which retries; ``error`` is the :class:`WorkerCrashedError` to raise when it
+    cannot.
+    """
+
+    def __init__(self, error: WorkerCrashedError) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.returncode = error.returncode
 
 
 class WorkerTimeoutError(InferenceError):

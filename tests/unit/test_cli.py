@@ -190,7 +190,7 @@ def _neuropod(*args, env=None):
 
 
 def test_a_missing_serve_extra_for_grpc_urls_names_it(tmp_path, model_path):
-    """grpc:// without grpcio installed: FrameworkNotInstalledError naming neuropod-python[serve], from the API and the CLI."""
+    """grpc:// without grpcio: FrameworkNotInstalledError naming neuropod-python[serve], from the API and the CLI."""
     import sys
 
     blocker = tmp_path / "blocked"
@@ -212,7 +212,8 @@ def test_a_missing_serve_extra_for_grpc_urls_names_it(tmp_path, model_path):
     np.save(tmp_path / "x.npy", X)
     result = _neuropod("infer", "grpc://127.0.0.1:1/m", "-i", f"x={tmp_path / 'x.npy'}", env=env)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().startswith("Error: FrameworkNotInstalledError:") and "neuropod-python[serve]" in result.stderr
+    assert result.stderr.strip().startswith("Error: FrameworkNotInstalledError:")
+    assert "neuropod-python[serve]" in result.stderr
 
 
 def test_a_busy_grpc_port_is_one_line(model_path):

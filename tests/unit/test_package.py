@@ -198,7 +198,7 @@ def test_missing_framework_names_the_extra(monkeypatch):
         "fancy",
         BackendInfo("neuropod.backends.placeholder:PlaceholderBackend", ("no_such_framework_xyz",), "fancy"),
     )
-    with pytest.raises(FrameworkNotInstalledError, match=r"pip install 'neuropod\[fancy\]'"):
+    with pytest.raises(FrameworkNotInstalledError, match=r"pip install 'neuropod-python\[fancy\]'"):
         get_backend_class("fancy")
 
 

@@ -186,7 +186,8 @@ def check_options(
         reason = (inapplicable or {}).get(name)
         if reason is not None:
             raise OptionError(f"{where}: option {name!r} does not apply here: {reason}")
-        raise OptionError(f"{where}: unknown option {name!r}; valid options: {', '.join(sorted(declared))}")
+        listed = sorted(n for n in declared if not n.startswith("_"))  # the original's private keywords stay unlisted
+        raise OptionError(f"{where}: unknown option {name!r}; valid options: {', '.join(listed)}")
     values: Dict[str, Any] = {}
     for name, option in declared.items():
         if name in given:

@@ -133,7 +133,8 @@ class _GrpcTransport:
             from ..kserve import proto
         except ImportError as exc:
             raise FrameworkNotInstalledError(
-                f"{scheme}://{host}:{port}: gRPC model URLs need the serve extra: pip install 'neuropod-python[serve]' ({exc})"
+                f"{scheme}://{host}:{port}: gRPC model URLs need the serve extra: "
+                f"pip install 'neuropod-python[serve]' ({exc})"
             ) from None
 
         self._grpc = grpc

@@ -23,7 +23,14 @@ from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, 
 import numpy as np
 
 from .. import errors
-from ..errors import InputValidationError, WireFormatError, WorkerCrashedError, WorkerError, WorkerTimeoutError
+from ..errors import (
+    CallNotTaken,
+    InputValidationError,
+    WireFormatError,
+    WorkerCrashedError,
+    WorkerError,
+    WorkerTimeoutError,
+)
 from ..isolation.launch import WorkerLaunch, plan_worker, worker_cpus
 from ..isolation.options import IsolationOptions, format_bytes
 from ..worker_path import worker_code_root
@@ -36,7 +43,7 @@ from .spin import SpinPolicy
 from .tensors import InlineArea, check_crossing_size, read_tensor, write_tensor
 from .zygote import UNKNOWN_STATUS, ForkedProcess, Zygote
 
-__all__ = ["CallNotTaken", "WorkerProcess", "remote_error", "LeaseLookup", "make_zygote"]
+__all__ = ["WorkerProcess", "remote_error", "LeaseLookup", "make_zygote"]
 
 _log = logging.getLogger(__name__)
 
@@ -45,17 +52,6 @@ LeaseLookup = Callable[[np.ndarray], Optional[Tuple[Segment, int, np.ndarray]]]
 
 #: Seconds to wait for a dead worker's exit status before it is killed (again) and waited for without limit.
 _REAP_WAIT_S = 5.0
-
-
-class CallNotTaken(Exception):
-    """The worker died before it took the call (it was idle): the call may go to its replacement.
-
-    ``error`` is the :class:`WorkerCrashedError` to raise when it cannot.
-    """
-
-    def __init__(self, error: WorkerCrashedError) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 class _Spawner:

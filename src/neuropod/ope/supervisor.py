@@ -31,8 +31,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..errors import ModelClosedError, WorkerCrashedError
-from .client import CallNotTaken, LeaseLookup, WorkerProcess
+from ..errors import CallNotTaken, ModelClosedError, WorkerCrashedError
+from .client import LeaseLookup, WorkerProcess
 
 __all__ = ["Supervisor"]
 
