@@ -43,8 +43,9 @@ MAIN_PYTHON = "3.11"
 # Each extra's commands run in a venv holding that extra alone, on the main Python.
 EXTRA_CASES = ("serve", "tools", "trust", "envs")
 # Torch the venvs get before the wheel: a CPU build (an unpinned torch from the index is a multi-GB CUDA build).
-# 3.11: the CPU wheel of this machine's pip find-links; 3.9: 1.10.2, which bundles its libraries.
-TORCH_BY_PYTHON = {"3.9": "torch==1.10.2"}
+# 3.11: the CPU wheel of this machine's pip find-links; 3.9: 1.10.2, which bundles its libraries (and imports
+# pkg_resources, which a venv made by python -m venv on 3.9 has and one made by uv lacks).
+TORCH_BY_PYTHON = {"3.9": ["torch==1.10.2", "setuptools<70"]}
 
 
 def log(message: str) -> None:
@@ -140,10 +141,11 @@ def make_venv(case: Case, wheel: Path) -> Path:
     subprocess.run([uv(), "venv", "-q", "--python", python, str(venv)], check=True)
     install = [uv(), "pip", "install", "-q", "--python", str(venv / "bin" / "python")]
     if "torch" in case.extras or "all" in case.extras:
-        torch = local_torch_wheel(case.python) or TORCH_BY_PYTHON.get(case.python)
+        local = local_torch_wheel(case.python)
+        torch = [local] if local else TORCH_BY_PYTHON.get(case.python)
         if torch is None:
             raise SystemExit(f"no CPU build of torch for Python {case.python} on this machine")
-        subprocess.run(install + [torch], check=True)
+        subprocess.run(install + torch, check=True)
     spec = f"{wheel}[{','.join(case.extras)}]" if case.extras else str(wheel)
     subprocess.run(install + [spec, "pytest"], check=True)
     (venv / "neuropod-installed.stamp").write_text(stamp)
