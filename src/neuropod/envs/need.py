@@ -35,6 +35,9 @@ ERA_PINS: Tuple[Tuple[str, str, Tuple[str, ...]], ...] = (
     ("onnxruntime", "1.19.0", ("numpy<2",)),
     ("jax", "0.4.26", ("numpy<2",)),
     ("keras", "3.0.0", ("numpy<2",)),
+    # Not of an era: every jax's ``jax.export`` deserialiser (the jax backend's loader) imports
+    # flatbuffers, and up to 0.5 absl, which jax does not declare.
+    ("jax", "999.0.0", ("flatbuffers", "absl-py")),
 )
 
 
