@@ -454,6 +454,8 @@ def run_row(row: Row, packaged: Dict[str, Any], log: Callable[[str], None]) -> R
             else:
                 environment_path = str(Path(chosen).parent.parent)
                 result.chosen_by, options = "selection", {}
+            # The worker's Python, known before it loads (a model that fails to load still says where it ran).
+            result.python = _python_version(environment.python if chosen is None else chosen)
             with load_neuropod(path, **options) as model:
                 python = getattr(model.executor, "options", None)
                 executable = getattr(python, "python_executable", None)
