@@ -19,7 +19,7 @@ from .ope.options import OPE_OPTIONS
 from .package import Package, open_package
 from .spec import ProblemDefinition, SpecValidator
 from .trust import TRUST_OPTIONS, TrustPolicy, choose_isolation
-from .urls import REMOTE_SCHEMES, is_url
+from .urls import REMOTE_SCHEMES, is_model_url
 
 __all__ = ["Neuropod", "load_neuropod", "REMOTE_SCHEMES"]
 
@@ -213,7 +213,7 @@ def load_neuropod(
         if value != default or type(value) is not type(default):
             given[name] = value
     path_text = os.fspath(neuropod_path)
-    if is_url(path_text):  # a model server's URL (another scheme is refused by name)
+    if is_model_url(path_text):  # a model server's URL (another scheme is refused by name)
         if given.get("use_ope") is False:  # says nothing the server could disagree with
             del given["use_ope"]
         return _load_remote(str(path_text), given)

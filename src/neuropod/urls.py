@@ -14,14 +14,15 @@ than taken for a file that does not exist.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 from urllib.parse import unquote, urlsplit
 
 from .errors import OptionError
 
-__all__ = ["ModelURL", "REMOTE_SCHEMES", "is_url", "parse_model_url", "model_url_of"]
+__all__ = ["ModelURL", "REMOTE_SCHEMES", "is_model_url", "model_location", "parse_model_url", "model_url_of"]
 
 #: URL schemes that load a model served by a remote server.
 REMOTE_SCHEMES = ("grpc://", "grpcs://", "http://", "https://")
@@ -53,9 +54,21 @@ class ModelURL:
         return f"{self.where}/{self.model}{suffix}"
 
 
-def is_url(location: object) -> bool:
-    """True for anything that looks like ``scheme://...`` (supported or not)."""
+def is_model_url(location: object) -> bool:
+    """Whether ``location`` names a model by URL rather than a local package: it looks like ``scheme://...``.
+
+    The one test every place uses. An unsupported scheme (``s3://``) counts
+    too, so that loading it is refused by name rather than as a missing file.
+    """
+    if isinstance(location, os.PathLike):
+        location = os.fspath(location)
     return isinstance(location, str) and bool(_ANY_SCHEME.match(location))
+
+
+def model_location(location: Union[str, os.PathLike[str]]) -> str:
+    """A package path made absolute (for a process that starts elsewhere); a model URL as it is."""
+    text = os.fspath(location)
+    return text if is_model_url(text) else os.path.abspath(text)
 
 
 def model_url_of(location: object) -> Optional[ModelURL]:
@@ -64,7 +77,7 @@ def model_url_of(location: object) -> Optional[ModelURL]:
     Raises:
         OptionError: a URL of an unsupported scheme, or a malformed one.
     """
-    if not is_url(location):
+    if not is_model_url(location):
         return None
     return parse_model_url(str(location))
 

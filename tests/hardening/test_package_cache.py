@@ -78,7 +78,7 @@ def test_an_evicted_zip_is_extracted_again_on_its_next_load(cached, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (("prune",), "give --older-than AGE, --max-size BYTES or both"),
+        (("prune",), "give --older-than AGE, --max-size SIZE or both"),
         (("prune", "--older-than", "soon"), "--older-than: expected a duration"),
         (("list", "--kind", "nope"), "cache kind 'nope': expected one of"),
     ],

@@ -13,35 +13,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import click
 
 from .._cli_errors import user_errors
+from .._cli_types import Duration
 from ..errors import NeuropodError
+from ..units import format_age, format_bytes
 
 __all__ = ["envs"]
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
-
-
-def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min ago"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.0f} h ago"
-    return f"{seconds / 86400:.0f} days ago"
-
-
-def _duration(text: str) -> float:
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
-    if not match:
-        raise click.BadParameter(f"expected a duration such as 30d, 12h or 0, got {text!r}")
-    scale = {"": 86400, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}[match.group(2)]
-    return float(match.group(1)) * scale
 
 
 @click.group()
@@ -87,8 +63,8 @@ def list_command(as_json: bool) -> None:
         click.echo("no environments yet (`neuropod envs build PATH` builds one)")
     now = time.time()
     for row in rows:
-        size = _size(row["bytes"]) if row["bytes"] is not None else "-"
-        used = _age(now - row["last_used"]) if row["last_used"] else "-"
+        size = format_bytes(row["bytes"]) if row["bytes"] is not None else "-"
+        used = format_age(now - row["last_used"]) if row["last_used"] else "-"
         holds = ", ".join(row["holds"][:6]) + (" ..." if len(row["holds"]) > 6 else "")
         click.echo(f"{row['key']:<18} python {row['python']:<8} {size:>10}  used {used:<14} {holds}")
         click.echo(f"{'':<18} {row['path']}")
@@ -213,20 +189,22 @@ def build(
 @envs.command()
 @click.option(
     "--older-than",
+    metavar="AGE",
     default="30d",
     show_default=True,
-    help="Remove environments not used for this long (30d, 12h, 0 = all).",
+    type=Duration(),
+    help="Remove environments not used for this long: 30d, 12h, 90s (a bare number: seconds; 0 = all).",
 )
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @user_errors
-def prune(older_than: str, dry_run: bool) -> None:
+def prune(older_than: float, dry_run: bool) -> None:
     """Remove built environments not used recently, and leftovers of interrupted builds."""
     from filelock import FileLock, Timeout
 
     from ..package.cache import tree_bytes
     from .store import built_environments, envs_dir, remove
 
-    cutoff = time.time() - _duration(older_than)
+    cutoff = time.time() - older_than
     freed, removed = 0, 0
     root = envs_dir()
     for environment in built_environments():
@@ -241,13 +219,13 @@ def prune(older_than: str, dry_run: bool) -> None:
                 click.echo(f"{environment.key}: being built or used by another process; kept")
                 continue
         freed, removed = freed + size, removed + 1
-        click.echo(f"{'would remove' if dry_run else 'removed'} {environment.path} ({_size(size)})")
+        click.echo(f"{'would remove' if dry_run else 'removed'} {environment.path} ({format_bytes(size)})")
     stale = time.time() - 86400
     for leftover in list(root.glob(".tmp-*")) if root.is_dir() else []:
         if leftover.stat().st_mtime < stale and not dry_run:
             shutil.rmtree(leftover, ignore_errors=True)
             click.echo(f"removed leftover {leftover}")
-    click.echo(f"{'would free' if dry_run else 'freed'} {_size(freed)} in {removed} environment(s)")
+    click.echo(f"{'would free' if dry_run else 'freed'} {format_bytes(freed)} in {removed} environment(s)")
 
 
 @envs.command()

@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import ModelNotReadyError
 from ..executors.base import Executor, TensorDict
 from ..package import open_package
+from ..urls import is_model_url
 
 __all__ = ["load_for_serving", "PendingEnvironmentExecutor"]
 
@@ -111,7 +112,7 @@ def load_for_serving(path: Any, **options: Any) -> Any:
     from ..loader import Neuropod, load_neuropod
 
     text = str(path)
-    if options.get("environment") is None and "python_executable" not in options and "://" not in text:
+    if options.get("environment") is None and "python_executable" not in options and not is_model_url(text):
         package = open_package(text, verify=options.get("verify_manifest", True))
         from . import _may_need_another
 

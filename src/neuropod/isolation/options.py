@@ -9,10 +9,10 @@ limits of a sandboxed or containerised worker and how the container starts.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Tuple
 
+from .. import units
 from ..errors import OptionError
 from ..executors.options import Option, OptionTable, one_of, optional_positive_int
 
@@ -21,25 +21,10 @@ __all__ = ["ISOLATION_LEVELS", "ISOLATION_OPTIONS", "IsolationOptions", "parse_b
 #: From weakest to strongest.
 ISOLATION_LEVELS = ("process", "sandbox", "container")
 
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
-
 
 def parse_bytes(name: str, value: Any) -> Optional[int]:
-    """``None``, an int of bytes, or a string such as ``"512MiB"`` / ``"2G"`` (powers of 1024)."""
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 1:
-            raise OptionError(f"option {name!r}: expected a positive number of bytes, got {value!r}")
-        return value
-    match = _SIZE.match(value) if isinstance(value, str) else None
-    if match is None:
-        raise OptionError(f"option {name!r}: expected bytes as an int or a size such as '512MiB', got {value!r}")
-    size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-    if size < 1:
-        raise OptionError(f"option {name!r}: expected a positive size, got {value!r}")
-    return size
+    """``None``, or bytes as :func:`neuropod.units.parse_bytes` reads them (``2048``, ``"512MiB"``, ``"2G"``)."""
+    return None if value is None else units.parse_bytes(f"option {name!r}", value)
 
 
 def _strings(name: str, value: Any) -> Tuple[str, ...]:
@@ -197,7 +182,7 @@ class IsolationOptions:
             return "process (a worker process with the caller's rights)"
         limits = [f"max_processes={self.max_processes}", f"max_open_files={self.max_open_files}"]
         if self.memory_limit:
-            limits.insert(0, f"memory_limit={format_bytes(self.memory_limit)}")
+            limits.insert(0, f"memory_limit={units.format_bytes(self.memory_limit)}")
         if self.cpus:
             limits.append(f"cpus={self.cpus}")
         if self.level == "sandbox":
@@ -210,8 +195,5 @@ class IsolationOptions:
         return f"container ({where}; " + ", ".join(limits) + ")"
 
 
-def format_bytes(size: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if size >= scale and size % scale == 0:
-            return f"{size // scale} {unit}"
-    return f"{size} bytes"
+#: One byte formatter for every message (the OPE client takes it from here).
+format_bytes = units.format_bytes

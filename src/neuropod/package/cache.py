@@ -9,8 +9,8 @@ works over every kind; another cache plugs in with :func:`register_cache_kind`.
 
 The packages cache is also trimmed after each new extraction: least recently
 used entries go first until it is under ``NEUROPOD_CACHE_MAX_BYTES``
-(default 50 GiB), and with ``NEUROPOD_CACHE_MAX_AGE`` (``30d``, ``12h``; unset
-by default) entries unused that long go too. The entry just extracted is
+(default 50 GiB; ``20GiB``, ``500M``), and with ``NEUROPOD_CACHE_MAX_AGE`` (``30d``, ``12h``;
+unset by default) entries unused that long go too. The entry just extracted is
 always kept. Removal renames an entry away first, so no reader sees half of
 one; a process that already loaded a model keeps its open files.
 """
@@ -18,7 +18,6 @@ one; a process that already loaded a model keeps its open files.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Union
 
 from ..errors import OptionError
+from ..units import parse_bytes, parse_duration
 from .archive import packages_cache_dir
 
 __all__ = [
@@ -38,7 +38,6 @@ __all__ = [
     "prune",
     "clear",
     "trim_packages_cache",
-    "parse_duration",
 ]
 
 _DEFAULT_MAX_BYTES = 50 << 30
@@ -206,15 +205,10 @@ def clear(kinds: Optional[Iterable[str]] = None, dry_run: bool = False) -> List[
 
 def trim_packages_cache(keep: Path) -> None:
     """After an extraction: bound the packages cache by size (and age, if configured), keeping ``keep``."""
-    max_bytes = _DEFAULT_MAX_BYTES
-    text = os.environ.get("NEUROPOD_CACHE_MAX_BYTES")
-    if text:
-        try:
-            max_bytes = int(text)
-        except ValueError:
-            raise OptionError(f"$NEUROPOD_CACHE_MAX_BYTES: expected a number of bytes, got {text!r}") from None
+    size_text = os.environ.get("NEUROPOD_CACHE_MAX_BYTES")
+    max_bytes = parse_bytes("$NEUROPOD_CACHE_MAX_BYTES", size_text, minimum=0) if size_text else _DEFAULT_MAX_BYTES
     age_text = os.environ.get("NEUROPOD_CACHE_MAX_AGE")
-    older_than = parse_duration(age_text, "$NEUROPOD_CACHE_MAX_AGE") if age_text else None
+    older_than = parse_duration("$NEUROPOD_CACHE_MAX_AGE", age_text) if age_text else None
     prune(older_than=older_than, max_bytes=max_bytes, kinds=["packages"], keep=[keep])
     _remove_stale_staging(packages_cache_dir())
 
@@ -227,18 +221,3 @@ def _remove_stale_staging(root: Path) -> None:
                 shutil.rmtree(leftover, ignore_errors=True)
         except OSError:
             pass
-
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_duration(text: str, what: str = "--older-than") -> float:
-    """Seconds in ``"90"``, ``"90s"``, ``"15m"``, ``"12h"``, ``"30d"`` or ``"2w"``.
-
-    Raises:
-        OptionError: naming ``what``.
-    """
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text or "")
-    if not match:
-        raise OptionError(f"{what}: expected a duration such as 30d, 12h, 15m or 90s, got {text!r}")
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]

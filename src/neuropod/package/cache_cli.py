@@ -9,18 +9,10 @@ from typing import Any, Dict, List, Optional, Tuple
 import click
 
 from .._cli_errors import user_errors
+from .._cli_types import ByteSize, Duration
+from ..units import format_age, format_bytes
 
 __all__ = ["cache"]
-
-
-def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min ago"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.0f} h ago"
-    return f"{seconds / 86400:.0f} days ago"
 
 
 def _kinds(kind: Tuple[str, ...]) -> Optional[List[str]]:
@@ -48,7 +40,6 @@ def list_command(kind: Tuple[str, ...], as_json: bool) -> None:
     """Every cache entry with its size and last use, most recent first."""
     from .archive import cache_root
     from .cache import list_entries
-    from .progress import format_bytes
 
     entries = list_entries(_kinds(kind))
     if as_json:
@@ -64,9 +55,8 @@ def list_command(kind: Tuple[str, ...], as_json: bool) -> None:
         return
     now = time.time()
     for entry in entries:
-        click.echo(
-            f"{entry.kind:<9} {entry.key[:16]:<16} {format_bytes(entry.size):>10}  used {_age(now - entry.last_used)}"
-        )
+        used = format_age(now - entry.last_used)
+        click.echo(f"{entry.kind:<9} {entry.key[:16]:<16} {format_bytes(entry.size):>10}  used {used}")
     by_kind: Dict[str, int] = {}
     for entry in entries:
         by_kind[entry.kind] = by_kind.get(entry.kind, 0) + entry.size
@@ -74,8 +64,6 @@ def list_command(kind: Tuple[str, ...], as_json: bool) -> None:
 
 
 def _report(removed: List[Any], dry_run: bool) -> None:
-    from .progress import format_bytes
-
     verb = "would remove" if dry_run else "removed"
     for entry in removed:
         click.echo(f"{verb} {entry.kind} {entry.key[:16]} ({format_bytes(entry.size)}) {entry.path}")
@@ -83,21 +71,29 @@ def _report(removed: List[Any], dry_run: bool) -> None:
 
 
 @cache.command()
-@click.option("--older-than", metavar="AGE", help="Remove entries unused for this long: 30d, 12h, 15m, 90s.")
-@click.option("--max-size", metavar="BYTES", type=int, help="Then remove the least recently used until under this.")
+@click.option(
+    "--older-than",
+    metavar="AGE",
+    type=Duration(),
+    help="Remove entries unused for this long: 30d, 12h, 15m, 90s (a bare number: seconds).",
+)
+@click.option(
+    "--max-size",
+    metavar="SIZE",
+    type=ByteSize(minimum=0),
+    help="Then remove the least recently used until each cache is under this: 1GiB, 512MB (a bare number: bytes).",
+)
 @_KIND_OPTION
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @user_errors
-def prune(older_than: Optional[str], max_size: Optional[int], kind: Tuple[str, ...], dry_run: bool) -> None:
+def prune(older_than: Optional[float], max_size: Optional[int], kind: Tuple[str, ...], dry_run: bool) -> None:
     """Remove entries not used recently (--older-than) or beyond a size (--max-size); entries in use are kept."""
     from ..errors import OptionError
-    from .cache import parse_duration
     from .cache import prune as prune_entries
 
     if older_than is None and max_size is None:
-        raise OptionError("cache prune: give --older-than AGE, --max-size BYTES or both (`cache clear` removes all)")
-    seconds = parse_duration(older_than) if older_than is not None else None
-    _report(prune_entries(older_than=seconds, max_bytes=max_size, kinds=_kinds(kind), dry_run=dry_run), dry_run)
+        raise OptionError("cache prune: give --older-than AGE, --max-size SIZE or both (`cache clear` removes all)")
+    _report(prune_entries(older_than=older_than, max_bytes=max_size, kinds=_kinds(kind), dry_run=dry_run), dry_run)
 
 
 @cache.command()

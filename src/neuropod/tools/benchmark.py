@@ -17,7 +17,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from ..errors import OptionError
-from ..loader import REMOTE_SCHEMES, load_neuropod
+from ..loader import load_neuropod
+from ..urls import is_model_url
 from ._models import latency_stats
 from .datasets import open_dataset
 from .problem import Problem
@@ -65,7 +66,7 @@ class BenchResult:
 
 
 def _load(target: str, mode: str, concurrency: int, load_options: Mapping[str, Any]) -> Any:
-    if mode.startswith(REMOTE_SCHEMES):
+    if is_model_url(mode):
         return load_neuropod(mode)
     if mode == "inprocess":
         return load_neuropod(target, **load_options)

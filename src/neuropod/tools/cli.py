@@ -219,10 +219,10 @@ def bench(
     as_json: bool,
 ) -> None:
     """Latency p50/p90/p99 and throughput of PACKAGE, per mode, side by side."""
-    from ..loader import REMOTE_SCHEMES
+    from ..urls import is_model_url
     from .benchmark import bench as run_bench
 
-    chosen = modes or ((package,) if package.startswith(REMOTE_SCHEMES) else ("inprocess",))
+    chosen = modes or ((package,) if is_model_url(package) else ("inprocess",))
     results = run_bench(
         package,
         modes=chosen,

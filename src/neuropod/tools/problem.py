@@ -360,10 +360,11 @@ def _definition_of(model: Any) -> ProblemDefinition:
     if isinstance(definition, ProblemDefinition):
         return definition
     if isinstance(model, (str, os.PathLike)):
-        from ..loader import REMOTE_SCHEMES, load_neuropod
+        from ..loader import load_neuropod
+        from ..urls import is_model_url
 
         text = os.fspath(model)
-        if text.startswith(REMOTE_SCHEMES):
+        if is_model_url(text):
             with load_neuropod(text) as remote:
                 return remote.problem
         from ..package import open_package

@@ -19,8 +19,9 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Unio
 import numpy as np
 
 from ...errors import InputValidationError, OutputValidationError
-from ...loader import REMOTE_SCHEMES, load_neuropod
+from ...loader import load_neuropod
 from ...spec import TensorSpec
+from ...urls import is_model_url, model_location
 
 __all__ = ["NeuropodPredictor", "predict_dataset", "iter_dataset_batches", "column_array"]
 
@@ -88,7 +89,7 @@ class NeuropodPredictor:
     ) -> None:
         options = dict(load_options or {})
         path = os.fspath(model)
-        if "visible_gpu" not in options and not str(path).startswith(REMOTE_SCHEMES):
+        if "visible_gpu" not in options and not is_model_url(path):
             import ray
 
             # Ray sets CUDA_VISIBLE_DEVICES to the actor's own GPUs: the first one is index 0.
@@ -128,12 +129,6 @@ class NeuropodPredictor:
         model = getattr(self, "_model", None)
         if model is not None:
             model.close()
-
-
-def _absolute(model: Union[str, os.PathLike[str]]) -> str:
-    """A package path made absolute here (actors and replicas may start elsewhere); URLs stay."""
-    path = os.fspath(model)
-    return path if path.startswith(REMOTE_SCHEMES) else os.path.abspath(path)
 
 
 def _rows(batch: Mapping[str, Any]) -> Optional[int]:
@@ -177,7 +172,7 @@ def predict_dataset(
     )
     return dataset.map_batches(
         NeuropodPredictor,
-        fn_constructor_args=(_absolute(model),),
+        fn_constructor_args=(model_location(model),),
         fn_constructor_kwargs={"load_options": dict(load_options or {}), "keep_columns": keep_columns, "cast": cast},
         batch_size=batch_size,
         batch_format="numpy",
