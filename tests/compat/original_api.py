@@ -75,6 +75,7 @@ ORIGINAL_API: Api = {
     "neuropod.utils.pip_utils": {"compile_requirements": "requirements, lockfile"},
     "neuropod.utils.randomify": {"randomify_neuropod": "output_path, input_spec, output_spec"},
     "neuropod.backends.python.utils": {"preinstall_deps": "backend_version, requirements"},
+    "neuropod.backends.neuropod_executor": {"validate_tensors_against_specs": "tensors, tensor_specs"},
     "neuropod.backends.keras.packager": {
         "infer_keras_input_spec": "model, node_name_mapping=",
         "infer_keras_output_spec": "model, node_name_mapping=",

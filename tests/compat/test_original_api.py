@@ -23,7 +23,14 @@ from original_api import (
     ORIGINAL_PACKAGERS,
 )
 
-from neuropod import BackendNotFoundError, PackageError, SpecError, TestMismatchError, load_neuropod
+from neuropod import (
+    BackendNotFoundError,
+    InputValidationError,
+    PackageError,
+    SpecError,
+    TestMismatchError,
+    load_neuropod,
+)
 from neuropod.packagers import create_placeholder_neuropod
 
 SPEC = dict(
@@ -138,6 +145,29 @@ def test_validate_tensor_spec_checks_as_the_original():
     ]:
         with pytest.raises(SpecError, match=words):
             validate_tensor_spec([bad])
+
+
+def test_validate_tensors_against_specs_checks_as_the_original():
+    from neuropod.backends.neuropod_executor import validate_tensors_against_specs
+
+    specs = [
+        {"name": "x", "dtype": "float32", "shape": ("n", 2)},
+        {"name": "y", "dtype": "string", "shape": (None, "n")},
+    ]
+    x = np.zeros((3, 2), np.float32)
+    validate_tensors_against_specs({"x": x, "y": np.array([["a", "b", "c"]])}, specs)
+    validate_tensors_against_specs({}, specs)  # every tensor is optional, as in the original
+    for tensors, words in [
+        ({"bogus": x}, "'bogus' is not in the spec"),
+        ({"x": x.astype(np.int32)}, "'x': expected dtype float32, got int32"),
+        ({"x": x[0]}, "'x': expected rank 2"),
+        ({"x": np.zeros((3, 1), np.float32)}, "expected size 2 in dimension 1"),
+        ({"x": x, "y": np.array([["a", "b"]])}, "symbol 'n' in dimension 1 is 2"),
+    ]:
+        with pytest.raises(InputValidationError, match=words):
+            validate_tensors_against_specs(tensors, specs)
+    with pytest.raises(SpecError, match="True"):
+        validate_tensors_against_specs({"x": x}, [{"name": "x", "dtype": "float32", "shape": (True, 2)}])
 
 
 def test_compile_requirements_writes_pinned_lines_and_refuses_ranges(tmp_path):
