@@ -59,10 +59,9 @@ def uv() -> str:
     return found
 
 
-def build_dists(source: Path, out: Path, *what: str) -> None:
+def build_dists(source: Path, out: Path, epoch: str, *what: str) -> None:
     shutil.rmtree(out, ignore_errors=True)
-    epoch = subprocess.run(["git", "log", "-1", "--format=%ct"], cwd=REPO, capture_output=True, text=True).stdout
-    env = dict(os.environ, SOURCE_DATE_EPOCH=epoch.strip() or "315532800")
+    env = dict(os.environ, SOURCE_DATE_EPOCH=epoch)
     argv = [sys.executable, "-m", "build", *what, "--outdir", str(out), str(source)]
     subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)
 
@@ -71,13 +70,16 @@ def build_reproducibly() -> Path:
     """The sdist and the wheel of this checkout, then the wheel again from that sdist: the same bytes."""
     out = CACHE / "dist"
     log(f"building the sdist and the wheel into {out}")
-    build_dists(REPO, out)
+    # The time of the commit the checkout is at: file times in the wheel do not depend on when it was built.
+    epoch = subprocess.run(["git", "log", "-1", "--format=%ct"], cwd=REPO, capture_output=True, text=True).stdout
+    epoch = epoch.strip() or "315532800"
+    build_dists(REPO, out, epoch)
     (wheel,) = out.glob("*.whl")
     (sdist,) = out.glob("*.tar.gz")
     with tempfile.TemporaryDirectory() as unpacked:
         shutil.unpack_archive(str(sdist), unpacked)
         (source,) = Path(unpacked).iterdir()
-        build_dists(source, CACHE / "dist-again", "--wheel")
+        build_dists(source, CACHE / "dist-again", epoch, "--wheel")
     (again,) = (CACHE / "dist-again").glob("*.whl")
     if wheel.read_bytes() != again.read_bytes():
         raise SystemExit(f"two builds of one source gave different wheels: {wheel} and {again}")
