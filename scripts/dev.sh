@@ -4,6 +4,8 @@
 #   bash scripts/dev.sh test       set up everything the tests need (OS packages too), then lint (ruff),
 #                                  type-check (mypy), run every test, and the installed-package suite
 #   bash scripts/dev.sh installed  the installed-package suite alone: the wheel in fresh venvs (scripts/installed.py)
+#   bash scripts/dev.sh matrix     the compatibility matrix: five+ versions of each framework through version
+#                                  selection (scripts/matrix.py); rewrites docs/compatibility.md
 #   bash scripts/dev.sh setup      only set up everything (idempotent; fast when nothing changed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -145,5 +147,6 @@ case "${1:-}" in
   tour) setup_venv; use_checkout_envs; "$PY" examples/tour.py ;;
   test) setup; shift; run_tests "$@" ;;
   installed) setup; shift; run_installed "$@" ;;
-  *) echo "usage: bash scripts/dev.sh {tour|test|installed|setup} [args]" >&2; exit 2 ;;
+  matrix) setup; use_checkout_envs; shift; "$PY" scripts/matrix.py "$@" ;;
+  *) echo "usage: bash scripts/dev.sh {tour|test|installed|matrix|setup} [args]" >&2; exit 2 ;;
 esac
