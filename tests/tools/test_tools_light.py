@@ -6,7 +6,9 @@ import io
 import subprocess
 import sys
 
-from neuropod.tools.progress import Progress
+import pytest
+
+from neuropod.progress import Progress
 
 HEAVY = ("torch", "tensorflow", "jax", "onnxruntime", "grpc", "keras", "pyarrow", "matplotlib", "rich")
 
@@ -20,16 +22,18 @@ def test_import_tools_imports_no_framework_and_no_optional_library() -> None:
     assert result.stdout.strip() == ""
 
 
-def test_progress_off_a_terminal_is_log_lines() -> None:
+def test_progress_off_a_terminal_is_log_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEUROPOD_PROGRESS_AFTER_S", "0")  # shows however quick
+    monkeypatch.delenv("NEUROPOD_PROGRESS", raising=False)
     stream = io.StringIO()
-    with Progress("evaluate m", total=100, mode="auto", stream=stream) as progress:
+    with Progress("evaluate m", total=100, unit="examples", mode="auto", stream=stream) as progress:
         progress._next_log = 0.0  # due now: the next advance logs
         progress.advance(40)
-        progress.advance(10)  # not due again for 5 s: silent
+        progress.advance(10)  # not due again for a while: silent
     lines = stream.getvalue().splitlines()
     assert len(lines) == 2
-    assert lines[0].startswith("evaluate m: 40/100 examples (") and "ETA" in lines[0]
-    assert lines[1].startswith("evaluate m: done: 50/100 examples")
+    assert lines[0].startswith("evaluate m: 40/100 examples (40%), ") and "ETA" in lines[0]
+    assert lines[1].startswith("evaluate m: done, 50 examples in ")
     silent = io.StringIO()
     with Progress("x", mode=False, stream=silent) as progress:
         progress.advance(5)

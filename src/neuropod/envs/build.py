@@ -26,10 +26,10 @@ from typing import IO, Dict, List, Optional, Tuple
 from filelock import FileLock, Timeout
 
 from ..errors import EnvironmentBuildError, FrameworkVersionError, RequirementsError
+from ..progress import StepProgress
 from ..worker_path import worker_code_root
 from .interpreters import Interpreter, discover_interpreters, find_uv
 from .need import Need, era_pins, range_to_specifiers
-from .progress import Progress, make_progress
 from .store import METADATA, Environment, envs_dir, normalize_name, probe
 
 __all__ = ["BuildPlan", "Builder", "worker_version"]
@@ -194,7 +194,7 @@ class Builder:
 
     # -- building ----------------------------------------------------------
 
-    def build(self, plan: BuildPlan, progress: Optional[Progress] = None) -> Environment:
+    def build(self, plan: BuildPlan, progress: Optional[StepProgress] = None) -> Environment:
         """Build ``plan`` (or wait for the process already building it) and return the environment.
 
         Raises:
@@ -212,7 +212,7 @@ class Builder:
             existing = _load(plan.path)
             if existing is not None:
                 return existing
-            progress = progress or make_progress(f"environment {plan.key}")
+            progress = progress or StepProgress(f"environment {plan.key}", logger)
             try:
                 environment = self._build_locked(plan, progress)
             except BaseException:
@@ -223,7 +223,7 @@ class Builder:
         finally:
             lock.release()
 
-    def _build_locked(self, plan: BuildPlan, progress: Progress) -> Environment:
+    def _build_locked(self, plan: BuildPlan, progress: StepProgress) -> Environment:
         root = envs_dir()
         temporary = root / f".tmp-{plan.key}-{os.getpid()}"
         shutil.rmtree(temporary, ignore_errors=True)
@@ -290,7 +290,7 @@ class Builder:
         assert environment is not None
         return environment
 
-    def _run(self, step: str, argv: List[str], log: IO[str], log_path: Path, progress: Progress) -> None:
+    def _run(self, step: str, argv: List[str], log: IO[str], log_path: Path, progress: StepProgress) -> None:
         log.write(f"\n$ {' '.join(argv)}\n")
         log.flush()
         env = _tool_env()
@@ -312,7 +312,7 @@ class Builder:
             self._fail(step, " | ".join(tail[-3:]) or f"exit code {process.returncode}", log, log_path)
 
     @staticmethod
-    def _report(line: str, progress: Progress) -> None:
+    def _report(line: str, progress: StepProgress) -> None:
         size = _SIZE.match(line)
         if size:
             progress.download(size.group(1), int(float(size.group(2)) * _UNITS[size.group(3)]))

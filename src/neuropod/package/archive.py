@@ -21,10 +21,10 @@ from pathlib import Path, PurePosixPath
 from typing import Dict, Optional, Tuple
 
 from ..errors import ManifestError, PackageError, UnsafePackageError
+from ..progress import Progress
 from . import layout
 from .files import METADATA_MAX_BYTES, ZIP_READ_ERRORS
 from .manifest import manifest_text, parse_manifest, sha256_file, verify_files
-from .progress import ByteProgress
 
 __all__ = [
     "write_zip",
@@ -128,7 +128,7 @@ def write_zip(
         raise PackageError(f"{source_dir}: already has a {layout.MANIFEST}; cannot add one")
     total = sum(p.stat().st_size for p in entries.values() if p is not None)
     digests: Dict[str, str] = {}
-    with ByteProgress(f"zip {zip_path.name}", total) as progress:
+    with Progress(f"zip {zip_path.name}", total) as progress:
         with zipfile.ZipFile(zip_path, "w") as zf:
             for name in sorted(entries):
                 source = entries[name]
@@ -168,7 +168,7 @@ def _suited_compression(path: Path) -> int:
     return zipfile.ZIP_DEFLATED if 1 - deflated / sampled >= _MIN_SAVING else zipfile.ZIP_STORED
 
 
-def _write_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, source: Path, progress: ByteProgress) -> str:
+def _write_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, source: Path, progress: Progress) -> str:
     """Stream ``source`` into the zip as ``info``; return its sha256."""
     digest = hashlib.sha256()
     with open(source, "rb") as src:
@@ -273,7 +273,7 @@ def _extract_into(zip_path: Path, destination: Path, verify: bool) -> bool:
                 raise PackageError(f"{zip_path}!{layout.MANIFEST}: {info.file_size} bytes, more than allowed")
             manifest, _ = parse_manifest(_read_entry(zf, info, zip_path), f"{zip_path}!{layout.MANIFEST}")
         digests: Dict[str, str] = {}
-        with ByteProgress(f"extract {zip_path.name}", total) as progress:
+        with Progress(f"extract {zip_path.name}", total) as progress:
             for info in infos:
                 target = destination.joinpath(*PurePosixPath(info.filename.replace("\\", "/")).parts)
                 try:
@@ -304,9 +304,7 @@ def _read_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, zip_path: Path) -> b
         raise PackageError(f"{zip_path}: entry {info.filename!r} is corrupt: {type(exc).__name__}: {exc}") from None
 
 
-def _extract_entry(
-    zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, zip_path: Path, progress: ByteProgress
-) -> str:
+def _extract_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, zip_path: Path, progress: Progress) -> str:
     digest = hashlib.sha256()
     written = 0
     try:
@@ -331,7 +329,7 @@ def zip_key(zip_path: Path) -> str:
     """The zip's content hash: the name of its cache entry."""
     size = zip_path.stat().st_size
     digest = hashlib.sha256()
-    with ByteProgress(f"hash {zip_path.name}", size) as progress, open(zip_path, "rb") as f:
+    with Progress(f"hash {zip_path.name}", size) as progress, open(zip_path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             digest.update(chunk)
             progress.advance(len(chunk))

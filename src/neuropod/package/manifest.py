@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple
 
 from ..errors import ManifestError, PackageError
+from ..progress import Progress
 from . import layout
 from .files import parse_json, read_regular
-from .progress import ByteProgress
 
 __all__ = [
     "compute_manifest",
@@ -59,7 +59,7 @@ def compute_manifest(root: Path) -> Dict[str, object]:
     files = _package_files(root)
     sizes = {rel: path.stat().st_size for rel, path in files.items()}
     digests = {}
-    with ByteProgress(f"hash {root.name}", sum(sizes.values())) as progress:
+    with Progress(f"hash {root.name}", sum(sizes.values())) as progress:
         for rel, path in files.items():
             digests[rel] = sha256_file(path)
             progress.advance(sizes[rel])
@@ -160,7 +160,7 @@ def verify_files(
         raise ManifestError(f"package file {extra[0]!r} is not listed in {source} (added after packaging)")
     total = sum(actual[rel].stat().st_size for rel in expected)
     _check_total(root, total, source)
-    with ByteProgress(f"verify {root.name}", total) as progress:
+    with Progress(f"verify {root.name}", total) as progress:
         for rel, digest in expected.items():
             if sha256_file(actual[rel]) != digest:
                 raise ManifestError(f"package file {rel!r} does not match its sha256 in {source} (tampered or corrupt)")

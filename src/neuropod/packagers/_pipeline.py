@@ -14,7 +14,7 @@ Large models are streamed: files are copied, hashed and zipped in chunks
 (hashing and zipping in one pass), weights that do not compress are stored,
 and the self-test of a zip runs on a private extraction that is deleted
 afterwards (no second copy of the model stays in the cache). Each step shows
-its progress in bytes (see :mod:`neuropod.package.progress`).
+its progress in bytes (see :mod:`neuropod.progress`).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from ..package import layout
 from ..package.archive import AUTO_COMPRESSION, extract_zip, write_zip
 from ..package.config import PackageConfig, write_backend_config
 from ..package.manifest import write_manifest
-from ..package.progress import copy_file
 from ..package.testdata import write_test_data
+from ..progress import copy_file
 from ..selftest import run_self_test
 from ..spec import problem_specs
 from ..versions import VersionRange, check_platform_version

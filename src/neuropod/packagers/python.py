@@ -8,7 +8,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Union
 
 from ..errors import PackageError
 from ..package import layout
-from ..package.progress import copy_file
+from ..progress import copy_file
 from ._pipeline import PathLike, Specs, create_neuropod, shared_options
 
 __all__ = ["create_python_neuropod", "create_pytorch_neuropod"]

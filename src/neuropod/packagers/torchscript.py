@@ -8,7 +8,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional
 
 from ..errors import PackageError
 from ..package import layout
-from ..package.progress import copy_file
+from ..progress import copy_file
 from ..spec import as_specs
 from ._failures import framework_failure, trace_hint
 from ._pipeline import PathLike, Requirements, Specs, create_neuropod, shared_options

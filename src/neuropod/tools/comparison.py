@@ -17,10 +17,10 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 
 from ..errors import ProblemMismatchError
+from ..progress import Progress, ProgressMode
 from ._models import describe, latency_stats, opened
 from .datasets import open_dataset
 from .problem import Problem, as_problem, check_problem
-from .progress import Progress, ProgressMode
 from .synthetic import generate_inputs
 
 __all__ = ["Agreement", "Comparison", "ProblemMismatchError", "compare"]
@@ -212,7 +212,7 @@ def compare(
         examples = 0
         total = None if data is not None else batch_size * batches
         warm = False
-        with Progress(f"compare {len(loaded)} models", total, progress) as bar:
+        with Progress(f"compare {len(loaded)} models", total, "examples", progress) as bar:
             for batch in _inputs(spec, data, batch_size, batches, seed):
                 inputs = {name: array for name, array in batch.items() if name in input_names}
                 if not warm:

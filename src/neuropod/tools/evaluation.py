@@ -13,11 +13,11 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from .._version import __version__
 from ..errors import SpecError
+from ..progress import Progress, ProgressMode
 from ._models import describe, latency_stats, opened
 from .datasets import open_dataset
 from .metrics import Metric, make_metric
 from .problem import Problem, as_problem
-from .progress import Progress, ProgressMode
 
 __all__ = ["EvaluationReport", "evaluate", "strict_json"]
 
@@ -151,7 +151,7 @@ def evaluate(
             needed = set(input_names) | {name for metric in built for name in metric.label_fields()}
         bound = needed is not None
         start = perf_counter()
-        with Progress(f"evaluate {loaded.name}", dataset.num_examples, progress) as bar:
+        with Progress(f"evaluate {loaded.name}", dataset.num_examples, "examples", progress) as bar:
             advance = bar.advance if bar.mode != "off" else None
             for batch in dataset.batches(batch_size, needed):
                 inputs = {name: batch[name] for name in input_names if name in batch}

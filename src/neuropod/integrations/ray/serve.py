@@ -37,7 +37,7 @@ from ...kserve.status import status_for
 from ...loader import REMOTE_SCHEMES, load_neuropod
 from ...package import open_package
 from ...spec import SpecValidator, TensorSpec
-from .data import _absolute
+from ...urls import model_location
 
 __all__ = ["NeuropodDeployment", "neuropod_deployment", "SERVER_NAME", "EXTENSIONS", "MODEL_VERSION"]
 
@@ -330,7 +330,7 @@ def neuropod_deployment(
     concurrent = max_concurrent_batches
     if isinstance(concurrent, bool) or not isinstance(concurrent, int) or concurrent < 1:
         raise SpecError(f"max_concurrent_batches: expected a positive int, got {concurrent!r}")
-    location = _absolute(model)
+    location = model_location(model)
     if max_batch_size and os.path.exists(location):
         # Checked here as well as in each replica: a replica that fails to start is retried by Serve for long.
         config = open_package(location, verify=False).config
