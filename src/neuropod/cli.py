@@ -15,6 +15,7 @@ import click
 import numpy as np
 
 from ._cli_errors import VERBOSE, UserError, user_errors
+from ._cli_types import ByteSize, Duration
 from .kserve import DEFAULT_MAX_MESSAGE_BYTES
 
 __all__ = ["main"]
@@ -33,16 +34,24 @@ def main(ctx: click.Context, verbose: bool) -> None:
     ctx.meta[VERBOSE] = verbose
 
 
+#: The one name of the argument that names a model (a package path or a model URL) in every command's help.
+MODEL_ARGUMENT = "PATH"
+
+
 def _spec_lines(specs: Any) -> str:
-    return "\n".join(f"    {s.name:<20} {s.dtype:<9} {list(s.shape)}" for s in specs)
+    """Specs as every inspect prints them, local or remote: dtype names, symbols and None as the spec has them."""
+    return "\n".join(f"    {s.name:<20} {s.dtype:<9} {list(s.shape)}" for s in specs) or "    (none)"
 
 
 @main.command()
-@click.argument("path")
+@click.argument("path", metavar=MODEL_ARGUMENT)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @user_errors
 def inspect(path: str, as_json: bool) -> None:
-    """Show a package's name, platform, specs, devices, files and manifest check."""
+    """Show a model's name, platform and specs; for a package also devices, files and manifest check.
+
+    PATH is a package (a directory or a .zip) or a model URL (grpc://host:port/MODEL, http://...).
+    """
     from .isolation.cli import trust_lines
     from .package import open_package
     from .urls import model_url_of
@@ -79,20 +88,28 @@ def _inspect_remote(url: str, as_json: bool) -> None:
 
     with load_neuropod(url, validate=False) as model:
         info = model.executor.info  # type: ignore[attr-defined]
+        problem = model.problem  # the specs as the client reads the metadata: what a package's inspect shows
     if as_json:
-        fields = ("name", "platform", "versions", "inputs", "outputs")
-        click.echo(json.dumps({"url": url, **{f: getattr(info, f) for f in fields}}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "url": url,
+                    "name": info.name,
+                    "platform": info.platform,
+                    "versions": info.versions,
+                    "input_spec": [spec.to_dict() for spec in problem.inputs],
+                    "output_spec": [spec.to_dict() for spec in problem.outputs],
+                },
+                indent=2,
+            )
+        )
         return
-
-    def lines(tensors: Any) -> str:
-        return "\n".join(f"    {t['name']:<20} {t['datatype']:<9} {list(t['shape'])}" for t in tensors) or "    (none)"
-
     click.echo(f"url:       {url}")
     click.echo(f"name:      {info.name}")
     click.echo(f"platform:  {info.platform or '(not given)'}")
     click.echo(f"versions:  {', '.join(info.versions) or '(not given)'}")
-    click.echo(f"inputs:\n{lines(info.inputs)}")
-    click.echo(f"outputs:\n{lines(info.outputs)}")
+    click.echo(f"inputs:\n{_spec_lines(problem.inputs)}")
+    click.echo(f"outputs:\n{_spec_lines(problem.outputs)}")
 
 
 _NPY_MAGIC = b"\x93NUMPY"
@@ -163,7 +180,7 @@ def _jsonable(array: np.ndarray) -> Dict[str, Any]:
 
 
 @main.command()
-@click.argument("path")
+@click.argument("path", metavar=MODEL_ARGUMENT)
 @click.option(
     "--input",
     "-i",
@@ -179,7 +196,10 @@ def _jsonable(array: np.ndarray) -> Dict[str, Any]:
 @click.option("--use-ope", is_flag=True, help="Run the model in a worker process.")
 @user_errors
 def infer(path: str, inputs: Tuple[str, ...], output_dir: str, as_json: bool, use_ope: bool) -> None:
-    """Run a package (or a model URL) on inputs read from .npy / .npz files."""
+    """Run a model on inputs read from .npy / .npz files.
+
+    PATH is a package (a directory or a .zip) or a model URL (grpc://host:port/MODEL, http://...).
+    """
     from .loader import load_neuropod
 
     arrays = _parse_inputs(inputs)
@@ -199,11 +219,11 @@ def infer(path: str, inputs: Tuple[str, ...], output_dir: str, as_json: bool, us
 
 
 @main.command()
-@click.argument("path")
+@click.argument("path", metavar=MODEL_ARGUMENT)
 @click.option("--trusted", is_flag=True, help="Allow a legacy pickled test_data.pkl (it runs code when loaded).")
 @user_errors
 def test(path: str, trusted: bool) -> None:
-    """Re-run a package's stored test data; exit 1 on a mismatch."""
+    """Re-run package PATH's stored test data; exit 1 on a mismatch."""
     from .package import open_package
     from .selftest import run_self_test
     from .urls import model_url_of
@@ -282,7 +302,7 @@ def _read_token(token_file: str, token: Optional[str]) -> str:
 
 
 @main.command()
-@click.argument("path")
+@click.argument("path", metavar=MODEL_ARGUMENT)
 @click.option(
     "--host",
     default="127.0.0.1",
@@ -303,7 +323,10 @@ def _read_token(token_file: str, token: Optional[str]) -> str:
     type=click.IntRange(0, 65535),
     help="REST and /metrics port (0: any free port).",
 )
-@click.option("--ope", is_flag=True, help="Run every model in out-of-process workers (default: in the server process).")
+@click.option(
+    "--use-ope", is_flag=True, help="Run every model in out-of-process workers (default: in the server process)."
+)
+@click.option("--ope", "ope_alias", is_flag=True, hidden=True, help="Deprecated spelling of --use-ope.")
 @click.option(
     "--max-batch-size",
     default=0,
@@ -335,8 +358,9 @@ def _read_token(token_file: str, token: Optional[str]) -> str:
     "--max-message-bytes",
     default=DEFAULT_MAX_MESSAGE_BYTES,
     show_default=True,
-    type=click.IntRange(1),
-    help="Largest request accepted.",
+    type=ByteSize(),
+    metavar="SIZE",
+    help="Largest request accepted: bytes, or a size such as 64MiB.",
 )
 @click.option(
     "--token",
@@ -359,10 +383,11 @@ def _read_token(token_file: str, token: Optional[str]) -> str:
 @click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), help="PEM private key of --tls-cert.")
 @click.option(
     "--grace",
-    default=30.0,
+    default="30s",
     show_default=True,
-    type=click.FloatRange(0),
-    help="Seconds in-flight requests get at shutdown.",
+    type=Duration(),
+    metavar="DURATION",
+    help="How long in-flight requests get at shutdown (90s, 2m; a bare number: seconds).",
 )
 @click.option(
     "--log-level",
@@ -372,10 +397,11 @@ def _read_token(token_file: str, token: Optional[str]) -> str:
 )
 @click.option(
     "--poll-repo",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Duration(positive=True),
     default=None,
-    metavar="SECONDS",
-    help="Re-read the repository this often: load added and changed packages, unload removed ones.",
+    metavar="DURATION",
+    help="Re-read the repository this often (30s, 5m; a bare number: seconds): load added and changed packages, "
+    "unload removed ones.",
 )
 @click.option(
     "--strict", is_flag=True, help="A package that fails to load stops the server (default: log it, serve the others)."
@@ -400,7 +426,8 @@ def serve(
     host: str,
     grpc_port: int,
     http_port: int,
-    ope: bool,
+    use_ope: bool,
+    ope_alias: bool,
     max_batch_size: int,
     max_queue_delay_ms: float,
     config_file: Optional[str],
@@ -427,6 +454,9 @@ def serve(
     """
     import logging
 
+    if ope_alias:
+        click.echo("warning: --ope is deprecated; it is spelled --use-ope, as in every other command", err=True)
+        use_ope = True
     if token_file is not None:  # the user's own mistakes first, whatever is installed
         token = _read_token(token_file, token)
     if pin_cpus and workers == 1:  # before grpc starts a thread: threads keep the CPUs they began with
@@ -447,7 +477,7 @@ def serve(
         configure_json_logging(getattr(logging, log_level.upper()))
         sys.exit(serve_workers(sys.argv, workers, host, grpc_port, http_port))
     model_settings = _serve_settings(config_file)
-    defaults = ModelSettings(use_ope=ope, max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms)
+    defaults = ModelSettings(use_ope=use_ope, max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms)
     config = ServerConfig(
         host=host,
         grpc_port=grpc_port,

@@ -112,13 +112,13 @@ def test_bench_modes_side_by_side(addition: Dict[str, Path], server_url: str, fr
 
 def test_bench_command_json_and_table(addition: Dict[str, Path], tmp_path: Path) -> None:
     runner = CliRunner()
-    args = ["bench", str(addition["jax"]), "--duration", "0.2", "--warmup", "0.05", "--batch", "3"]
+    args = ["bench", str(addition["jax"]), "--duration", "0.2", "--warmup", "0.05", "--batch-size", "3"]
     table = runner.invoke(main, args)
     assert table.exit_code == 0, table.output
     assert "p50 ms" in table.output and "inprocess" in table.output
     data = tmp_path / "d.npz"
     np.savez(data, x=np.ones((5, 2), np.float32), y=np.ones((5, 2), np.float32))
-    as_json = runner.invoke(main, [*args, "--json", "--data", str(data), "--mode", "inprocess", "--mode", "ope"])
+    as_json = runner.invoke(main, [*args, "--json", "--data", str(data), "--mode", "inprocess", "--use-ope"])
     assert as_json.exit_code == 0, as_json.output
     rows: List[Dict[str, Any]] = json.loads(as_json.stdout)
     assert [row["mode"] for row in rows] == ["inprocess", "ope"] and all(row["calls"] > 0 for row in rows)

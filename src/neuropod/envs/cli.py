@@ -129,7 +129,7 @@ def _needs(
 
 
 @envs.command()
-@click.argument("paths", nargs=-1)
+@click.argument("paths", nargs=-1, metavar="[PATH]...")
 @click.option("--platform", help="Build for a framework: a platform name (torchscript, tensorflow, onnx ...).")
 @click.option("--range", "version_range", help="The framework versions it must hold (npm-style, as in configs).")
 @click.option("--python", help="The Python versions it may have (npm-style range: 3.9, '>=3.10').")

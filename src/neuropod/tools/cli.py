@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import click
 
 from .._cli_errors import user_errors
+from .._cli_types import Duration
 
 __all__ = ["COMMANDS"]
 
@@ -42,16 +43,19 @@ def _print_json(data: Any) -> None:
 
 
 @click.command()
-@click.argument("package")
+@click.argument("path", metavar="PATH")
 @click.option("--problem", "problem_file", required=True, help="problem.json or a Python problem module.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @user_errors
-def check(package: str, problem_file: str, as_json: bool) -> None:
-    """Say whether PACKAGE (a path or URL) implements a problem, and exactly where not; exit 1 when not."""
+def check(path: str, problem_file: str, as_json: bool) -> None:
+    """Say whether model PATH (a package or a model URL) implements a problem, and exactly where not.
+
+    Exit 1 when it does not.
+    """
     from .problem import check_problem, load_problem
 
     problem = load_problem(problem_file)
-    result = check_problem(package, problem)
+    result = check_problem(path, problem)
     if as_json:
         _print_json({"ok": result.ok, "errors": result.errors, "warnings": result.warnings})
     else:
@@ -59,9 +63,9 @@ def check(package: str, problem_file: str, as_json: bool) -> None:
         for warning in result.warnings:
             click.echo(f"warning: {warning}")
         if result.ok:
-            click.echo(f"OK: {package} implements the problem{name} ({problem_file})")
+            click.echo(f"OK: {path} implements the problem{name} ({problem_file})")
         else:
-            click.echo(f"FAILED: {package} does not implement the problem{name} ({problem_file}):", err=True)
+            click.echo(f"FAILED: {path} does not implement the problem{name} ({problem_file}):", err=True)
             for error in result.errors:
                 click.echo(f"  - {error}", err=True)
     if not result.ok:
@@ -69,7 +73,7 @@ def check(package: str, problem_file: str, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("package")
+@click.argument("path", metavar="PATH")
 @click.option("--data", required=True, help="A dataset: .npz/.npy directory, .npz, Parquet or Arrow file.")
 @click.option("--problem", "problem_file", default=None, help="problem.json or module: metrics, labels, batch symbol.")
 @click.option("--metric", "metrics", multiple=True, metavar="NAME[:K=V,...]", help="A metric (repeatable).")
@@ -82,7 +86,7 @@ def check(package: str, problem_file: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @user_errors
 def evaluate(
-    package: str,
+    path: str,
     data: str,
     problem_file: Optional[str],
     metrics: Tuple[str, ...],
@@ -92,7 +96,7 @@ def evaluate(
     use_ope: bool,
     as_json: bool,
 ) -> None:
-    """Run PACKAGE (a path or URL) over a dataset: metrics, latency, report.json and report.html."""
+    """Run model PATH (a package or a model URL) over a dataset: metrics, latency, report.json and report.html."""
     if report_dir:  # before the evaluation: a missing extra must not cost the run
         from ..extras import require
 
@@ -101,7 +105,7 @@ def evaluate(
 
     options: Dict[str, Any] = {"use_ope": True} if use_ope else {}
     report = run_evaluation(
-        package,
+        path,
         data,
         problem=problem_file,
         metrics=list(metrics) if metrics else None,
@@ -133,7 +137,7 @@ def evaluate(
 
 
 @click.command()
-@click.argument("models", nargs=-1, required=True)
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
 @click.option("--data", default=None, help="A dataset (default: random inputs generated from the spec).")
 @click.option("--problem", "problem_file", default=None, help="problem.json or module: the problem and tolerances.")
 @click.option("--rtol", type=click.FloatRange(0), default=None, help="Relative tolerance (default: problem's or 1e-5).")
@@ -143,7 +147,7 @@ def evaluate(
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @user_errors
 def compare(
-    models: Tuple[str, ...],
+    paths: Tuple[str, ...],
     data: Optional[str],
     problem_file: Optional[str],
     rtol: Optional[float],
@@ -152,15 +156,18 @@ def compare(
     batches: int,
     as_json: bool,
 ) -> None:
-    """Check MODELS (paths or URLs) implement one problem and agree on the same inputs; exit 1 when not."""
+    """Check models (each PATH a package or a model URL) implement one problem and agree on the same inputs.
+
+    Exit 1 when they do not.
+    """
     from ..errors import ProblemMismatchError
     from .comparison import compare as run_comparison
 
-    if len(models) < 2:
+    if len(paths) < 2:
         raise click.UsageError("compare needs two or more models")
     try:
         result = run_comparison(
-            list(models), data, problem=problem_file, rtol=rtol, atol=atol, batch_size=batch_size, batches=batches
+            list(paths), data, problem=problem_file, rtol=rtol, atol=atol, batch_size=batch_size, batches=batches
         )
     except ProblemMismatchError as exc:
         click.echo(f"FAILED: {exc}", err=True)
@@ -168,7 +175,7 @@ def compare(
     if as_json:
         _print_json(result.to_json())
     else:
-        _print_comparison(result, list(models))
+        _print_comparison(result, list(paths))
     if not result.ok:
         sys.exit(1)
 
@@ -197,20 +204,38 @@ def _print_comparison(result: Any, models: List[str]) -> None:
 
 
 @click.command()
-@click.argument("package")
-@click.option("--mode", "modes", multiple=True, metavar="inprocess|ope|URL", help="Where to run (repeatable).")
-@click.option("--batch", "batch_size", default=1, show_default=True, type=click.IntRange(1))
+@click.argument("path", metavar="PATH")
+@click.option(
+    "--mode",
+    "modes",
+    multiple=True,
+    metavar="inprocess|ope|URL",
+    help="Where to run (repeatable: the modes side by side). Default: inprocess, or PATH itself when it is a URL.",
+)
+@click.option("--use-ope", is_flag=True, help="Run the model in worker processes: the same as --mode ope.")
+@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--batch", "batch_alias", type=click.IntRange(1), hidden=True, help="Deprecated spelling of --batch-size."
+)
 @click.option("--concurrency", default=1, show_default=True, type=click.IntRange(1))
-@click.option("--duration", default=5.0, show_default=True, type=click.FloatRange(0, min_open=True), help="Seconds.")
-@click.option("--warmup", default=1.0, show_default=True, type=click.FloatRange(0), help="Seconds, not recorded.")
+@click.option(
+    "--duration",
+    default="5s",
+    show_default=True,
+    type=Duration(positive=True),
+    help="How long to measure (5s, 1m; a bare number: seconds).",
+)
+@click.option("--warmup", default="1s", show_default=True, type=Duration(), help="How long to run first, not recorded.")
 @click.option("--data", default=None, help="Take the inputs from a dataset (default: generated from the spec).")
 @click.option("--dim", "dims", multiple=True, metavar="SYMBOL=N", help="Size of a symbol in generated inputs.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @user_errors
 def bench(
-    package: str,
+    path: str,
     modes: Tuple[str, ...],
+    use_ope: bool,
     batch_size: int,
+    batch_alias: Optional[int],
     concurrency: int,
     duration: float,
     warmup: float,
@@ -218,13 +243,20 @@ def bench(
     dims: Tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Latency p50/p90/p99 and throughput of PACKAGE, per mode, side by side."""
+    """Latency p50/p90/p99 and throughput of model PATH (a package or a model URL), per mode, side by side."""
     from ..urls import is_model_url
     from .benchmark import bench as run_bench
 
-    chosen = modes or ((package,) if is_model_url(package) else ("inprocess",))
+    if batch_alias is not None:
+        click.echo("warning: --batch is deprecated; it is spelled --batch-size, as in every other command", err=True)
+        batch_size = batch_alias
+    chosen = list(modes)
+    if use_ope and "ope" not in chosen:
+        chosen.append("ope")
+    if not chosen:
+        chosen = [path] if is_model_url(path) else ["inprocess"]
     results = run_bench(
-        package,
+        path,
         modes=chosen,
         batch_size=batch_size,
         concurrency=concurrency,
