@@ -110,11 +110,12 @@ def test_keras_specs_are_inferred_as_the_original_did(tmp_path):
     x = keras.Input((3,), name="x")
     y = keras.Input((3,), name="y")
     model = keras.Model([x, y], keras.layers.Add(name="out")([x, y]))
+    # Shapes are tuples, as the original returned them: its own test compares them with tuple specs.
     assert infer_keras_input_spec(model) == [
-        {"name": "x", "dtype": "float32", "shape": ["batch_size", 3]},
-        {"name": "y", "dtype": "float32", "shape": ["batch_size", 3]},
+        {"name": "x", "dtype": "float32", "shape": ("batch_size", 3)},
+        {"name": "y", "dtype": "float32", "shape": ("batch_size", 3)},
     ]
-    assert infer_keras_output_spec(model) == [{"name": "out", "dtype": "float32", "shape": ["batch_size", 3]}]
+    assert infer_keras_output_spec(model) == [{"name": "out", "dtype": "float32", "shape": ("batch_size", 3)}]
     assert infer_keras_input_spec(model, {"a": "x", "b": "y", "sum": "out"})[0]["name"] == "a"
     with pytest.raises(ValueError, match="'y' is not mapped"):
         infer_keras_input_spec(model, {"a": "x"})
@@ -129,3 +130,39 @@ def test_keras_specs_are_inferred_as_the_original_did(tmp_path):
     )
     with load_neuropod(path) as loaded:
         assert [s["name"] for s in loaded.inputs] == ["x", "y"] and loaded.outputs[0]["shape"] == ["batch_size", 3]
+
+
+def _accumulator_graph():
+    """A TF1 graph that adds its scalar input to a variable and returns the sum so far."""
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        with v1.name_scope("some_namespace"):
+            total = v1.get_variable("total", initializer=v1.zeros_initializer(), shape=(), dtype=tf.float32)
+            x = v1.placeholder(tf.float32, name="in_x")
+            with tf.control_dependencies([v1.assign_add(total, x)]):
+                tf.identity(total, name="out")
+        init = v1.global_variables_initializer()
+    return graph.as_graph_def(), init.name
+
+
+@pytest.mark.parametrize("as_list", [False, True])
+def test_init_op_names_is_a_name_or_a_list_and_scalar_outputs_come_back(tmp_path, as_list):
+    # The original took init_op_names as one name or a list of names; a scalar output of a graph
+    # is a 0-d array (it once failed inside the backend: a numpy scalar has no flags to set).
+    graph_def, init = _accumulator_graph()
+    path = create_tensorflow_neuropod(
+        neuropod_path=tmp_path / "acc.zip",
+        model_name="accumulator",
+        graph_def=graph_def,
+        node_name_mapping={"x": "some_namespace/in_x:0", "out": "some_namespace/out:0"},
+        input_spec=[{"name": "x", "dtype": "float32", "shape": ()}],
+        output_spec=[{"name": "out", "dtype": "float32", "shape": ()}],
+        init_op_names=[init] if as_list else init,
+        test_input_data={"x": np.float32(5.0)},
+        test_expected_out={"out": np.float32(5.0)},
+    )
+    with load_neuropod(path) as model:
+        first = model.infer({"x": np.float32(2.0)})["out"]
+        assert isinstance(first, np.ndarray) and first.shape == () and first == 2.0
+        assert model.infer({"x": np.float32(4.0)})["out"] == 6.0  # the variable was initialised once

@@ -185,6 +185,8 @@ def _infer_spec(
         if name is None:
             raise SpecError(f"node_name_mapping: the Keras {kind} {keras_name!r} is not mapped to a spec name")
         dims = [None if dim is None else int(dim) for dim in tuple(tensor.shape)]
-        # As the original: the first dimension is the batch, named "batch_size".
-        spec.append(spec_from_shape(name, str(getattr(tensor.dtype, "name", tensor.dtype)), dims, {0: "batch_size"}))
+        # As the original: the first dimension is the batch, named "batch_size", and the shape is a tuple.
+        entry = spec_from_shape(name, str(getattr(tensor.dtype, "name", tensor.dtype)), dims, {0: "batch_size"})
+        entry["shape"] = tuple(entry["shape"])
+        spec.append(entry)
     return spec

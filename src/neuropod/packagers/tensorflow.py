@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
 from ..errors import NeuropodError, PackageError, SpecError
 from ..package import layout
@@ -21,7 +21,7 @@ def create_tensorflow_neuropod(
     graph_def: Any = None,
     frozen_graph_path: Optional[PathLike] = None,
     node_name_mapping: Optional[Mapping[str, str]] = None,
-    init_op_names: Optional[Iterable[str]] = None,
+    init_op_names: Union[str, Iterable[str], None] = None,
     saved_model_dir: Optional[PathLike] = None,
     model: Any = None,
     trackable_obj: Any = None,
@@ -62,7 +62,7 @@ def create_tensorflow_neuropod(
             For a SavedModel, the signature's input or output name (a missing
             spec name means the same name).
         init_op_names: graph ops run once after loading (e.g. table
-            initialisers). Graphs only.
+            initialisers): a list of names, or one name. Graphs only.
         saved_model_dir: a TF2 SavedModel directory, copied to
             ``0/data/savedmodel/``.
         model: or something to save as a SavedModel: a concrete function, a
@@ -118,7 +118,8 @@ def create_tensorflow_neuropod(
             f"or model= (or trackable_obj=); got {given or 'none'}"
         )
     mapping = _check_mapping(node_name_mapping)
-    init_ops = list(init_op_names or [])
+    # One name alone is one op, as in the original (not a list of its characters).
+    init_ops = [init_op_names] if isinstance(init_op_names, str) else list(init_op_names or [])
     input_spec, output_spec = problem_specs(problem, input_spec, output_spec, test_input_data, test_expected_out)
     problem = None  # its specs are input_spec and output_spec now
     input_specs = as_specs(input_spec or (), "input_spec")

@@ -152,7 +152,9 @@ def to_numpy(value: Any, name: str) -> np.ndarray:
     view_of = getattr(value, "_numpy", None)
     if view_of is None:  # not an eager CPU tensor with a host buffer
         return value.numpy()  # type: ignore[no-any-return]
-    array: np.ndarray = view_of()
+    array = view_of()
+    if not isinstance(array, np.ndarray):  # a 0-d tensor gives a numpy scalar, which has no flags to set
+        return np.asarray(array)
     array.flags.writeable = False
     return array
 
