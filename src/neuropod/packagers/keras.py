@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
@@ -108,8 +109,12 @@ def create_keras_neuropod(
     problem = None  # its specs are input_spec and output_spec now
     if input_spec is None:
         input_spec = infer_keras_input_spec(model, node_name_mapping)
+        if not node_name_mapping:
+            mapping.update(_renamed(_input_layers(model)))
     if output_spec is None:
         output_spec = infer_keras_output_spec(model, node_name_mapping)
+        if not node_name_mapping and _output_keys(model) is None:
+            mapping.update(_renamed(_output_layers(model)))
     _check_inputs(model, mapping, input_spec)
 
     def write_model(root: Path) -> Dict[str, Any]:
@@ -130,7 +135,7 @@ def create_keras_neuropod(
 def _check_inputs(model: Any, mapping: Mapping[str, str], input_spec: Any) -> None:
     """Refuse, at packaging time, spec inputs that name none of the model's inputs."""
     try:
-        known = [str(tensor.name) for tensor in model.inputs]
+        known = [layer.name for layer in _input_layers(model)]
     except (AttributeError, TypeError, ValueError):
         return  # a subclassed model that was never built: the self-test will tell
     specs = as_specs(input_spec, "input_spec")
@@ -145,43 +150,104 @@ def _check_inputs(model: Any, mapping: Mapping[str, str], input_spec: Any) -> No
             )
 
 
+def _layer_of(tensor: Any) -> Any:
+    """The layer that made a symbolic Keras tensor (an ``InputLayer`` for a model input)."""
+    return tensor._keras_history.operation
+
+
+def _input_layers(model: Any) -> List[Any]:
+    return [_layer_of(tensor) for tensor in model.inputs]
+
+
+def _output_layers(model: Any) -> List[Any]:
+    return [_layer_of(tensor) for tensor in model.outputs]
+
+
+def _snake_case(name: str) -> str:
+    """A class name as Keras turns it into a layer's default name (``InputLayer`` -> ``input_layer``)."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def stable_names(layers: List[Any]) -> List[str]:
+    """The layers' names, with the names Keras made up numbered by their place among ``layers``.
+
+    A layer nobody named is called after its class plus a counter of the
+    layers of that class the process built before (``input_layer_3``), so
+    the same model built after another gets other names. Such a name (the
+    class's name, alone or with ``_N``) becomes the class's name for the
+    first such layer here, ``_1`` for the second, and so on: what a fresh
+    process that builds only this model calls them.
+    """
+    names = []
+    seen: Dict[str, int] = {}
+    for layer in layers:
+        name = str(layer.name)
+        prefix = _snake_case(type(layer).__name__)
+        if re.fullmatch(re.escape(prefix) + r"(_\d+)?", name):
+            count = seen[prefix] = seen.get(prefix, -1) + 1
+            name = prefix if count == 0 else f"{prefix}_{count}"
+        names.append(name)
+    return names
+
+
+def _renamed(layers: List[Any]) -> Dict[str, str]:
+    """Stable name -> the layer's own name, where the two differ (the backend finds the layer by the latter)."""
+    return {name: str(layer.name) for name, layer in zip(stable_names(layers), layers) if name != layer.name}
+
+
 def infer_keras_input_spec(model: Any, node_name_mapping: Optional[Mapping[str, str]] = None) -> List[Dict[str, Any]]:
     """The input spec of a built Keras model: one entry per model input, its first dimension ``"batch_size"``.
 
     Args:
         model: a built Keras model (functional or sequential).
         node_name_mapping: spec name -> Keras input name; when given it must
-            cover every input. Without it the Keras names are the spec names.
+            cover every input. Without it the spec names are the input
+            layers' names (``keras.Input(name=...)``), the ones Keras made up
+            numbered as a fresh process would (:func:`stable_names`), so they
+            do not depend on what the process built before.
 
     Raises:
         SpecError: the model has no known inputs, or the mapping leaves one out.
     """
     try:
         tensors = list(model.inputs)
+        layers = _input_layers(model)
     except (AttributeError, TypeError, ValueError):
         raise SpecError("infer_keras_input_spec: the Keras model is not built, so its inputs are unknown") from None
-    return _infer_spec([str(tensor.name) for tensor in tensors], tensors, node_name_mapping, "input")
+    return _infer_spec(layers, tensors, node_name_mapping, "input")
 
 
 def infer_keras_output_spec(model: Any, node_name_mapping: Optional[Mapping[str, str]] = None) -> List[Dict[str, Any]]:
-    """The output spec of a built Keras model (see :func:`infer_keras_input_spec`)."""
+    """The output spec of a built Keras model, named after its output layers (see :func:`infer_keras_input_spec`)."""
     try:
         tensors = list(model.outputs)
+        layers = _output_layers(model)
     except (AttributeError, TypeError, ValueError):
         raise SpecError("infer_keras_output_spec: the Keras model is not built, so its outputs are unknown") from None
-    names = [str(name) for name in (getattr(model, "output_names", None) or [])]
-    if len(names) != len(tensors):  # a Sequential model names its output after its last layer
-        names = [model.layers[-1].name] if len(tensors) == 1 else [f"output_{i}" for i in range(len(tensors))]
-    return _infer_spec(names, tensors, node_name_mapping, "output")
+    keys = _output_keys(model)
+    return _infer_spec(layers, tensors, node_name_mapping, "output", keys)
+
+
+def _output_keys(model: Any) -> Optional[List[str]]:
+    """A dict output's keys in the order of ``model.outputs`` (the model returns them, not layer names)."""
+    structure = getattr(model, "_outputs_struct", None)
+    return sorted(str(key) for key in structure) if isinstance(structure, dict) else None
 
 
 def _infer_spec(
-    keras_names: List[str], tensors: List[Any], node_name_mapping: Optional[Mapping[str, str]], kind: str
+    layers: List[Any],
+    tensors: List[Any],
+    node_name_mapping: Optional[Mapping[str, str]],
+    kind: str,
+    keys: Optional[List[str]] = None,
 ) -> List[Dict[str, Any]]:
     spec_names = {keras_name: name for name, keras_name in (node_name_mapping or {}).items()}
+    keras_names = keys or [str(layer.name) for layer in layers]
     spec = []
-    for keras_name, tensor in zip(keras_names, tensors):
-        name = spec_names.get(keras_name, None if spec_names else keras_name)
+    for keras_name, stable_name, tensor in zip(keras_names, keys or stable_names(layers), tensors):
+        name = spec_names.get(keras_name, None if spec_names else stable_name)
         if name is None:
             raise SpecError(f"node_name_mapping: the Keras {kind} {keras_name!r} is not mapped to a spec name")
         dims = [None if dim is None else int(dim) for dim in tuple(tensor.shape)]
