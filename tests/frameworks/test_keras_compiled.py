@@ -1,4 +1,4 @@
-"""Keras packages run compiled (tf.function / jax.jit, chosen at load) and get names that do not depend on the process."""
+"""Keras packages run compiled (tf.function or jax.jit, chosen at load) under names no earlier model changes."""
 
 import json
 import logging
