@@ -85,6 +85,11 @@ class OnnxBackend(Backend):
         self._output_names = [s.name for s in config.output_spec]
         self._bfloat16_outputs = {s.name for s in config.output_spec if s.dtype == "bfloat16"}
         self._bfloat16 = bool(self._bfloat16_outputs) or any(s.dtype == "bfloat16" for s in config.input_spec)
+        if self._bfloat16 and not hasattr(ort.OrtValue, "ortvalue_from_numpy_with_onnx_type"):
+            raise PackageError(
+                f"{package.source}: onnxruntime {ort.__version__} cannot pass bfloat16 tensors from Python "
+                "(it has no OrtValue.ortvalue_from_numpy_with_onnx_type); a newer onnxruntime can"
+            )
 
     def infer(self, inputs: TensorDict) -> TensorDict:
         try:

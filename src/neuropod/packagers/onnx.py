@@ -9,7 +9,10 @@ in :func:`~neuropod.packagers.create_torch_export_neuropod`.
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -23,6 +26,66 @@ from ._pipeline import PathLike, Requirements, create_neuropod, shared_options
 __all__ = ["create_onnx_neuropod"]
 
 MODEL_FILE = layout.ONNX_MODEL
+
+_log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=1)
+def _runtime_max_ir_version() -> Optional[int]:
+    """The newest ONNX IR version the installed onnxruntime loads (None: no onnxruntime, or it says nothing).
+
+    onnx writes its own newest IR version, and an onnx release newer than the onnxruntime beside it (as pip
+    resolves them on Python 3.9: onnx 1.19 writes IR 12, onnxruntime 1.19 reads up to IR 10) makes models
+    that this runtime refuses. onnxruntime names its limit only in its refusal, so one is asked for with
+    a one-node model stamped with onnx's own IR version.
+    """
+    try:
+        import onnx
+        import onnxruntime
+        from onnx import TensorProto, helper
+    except ImportError:
+        return None
+    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [value],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])  # fmt: skip
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=onnx.IR_VERSION)
+    try:
+        onnxruntime.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # the runtime's own refusal, whatever class it raised
+        found = re.search(r"max supported IR version: (\d+)", str(exc))
+        return int(found.group(1)) if found else None
+    return None
+
+
+def _restamp_file_for_the_installed_runtime(path: Path) -> None:
+    """Lower a copied .onnx file's IR version to what the installed onnxruntime reads (not with external data)."""
+    limit = _runtime_max_ir_version()
+    if limit is None:
+        return
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    if model.ir_version > limit and not external:
+        onnx.save_model(_runnable_by_the_installed_runtime(model), str(path))
+
+
+def _runnable_by_the_installed_runtime(model: Any) -> Any:
+    """``model``, or a copy stamped with the newest IR version the installed onnxruntime reads."""
+    limit = _runtime_max_ir_version()
+    if limit is None or model.ir_version <= limit:
+        return model
+    _log.warning(
+        "create_onnx_neuropod: the model says ONNX IR version %d, the installed onnxruntime reads up to %d: "
+        "stored as IR version %d (the operators' opsets are unchanged)",
+        model.ir_version,
+        limit,
+        limit,
+    )
+    lowered = type(model)()
+    lowered.CopyFrom(model)
+    lowered.ir_version = limit
+    return lowered
 
 
 def _output_names(module: Any, examples: Dict[str, Any], output_spec: List[TensorSpec]) -> List[str]:
@@ -171,10 +234,11 @@ def create_onnx_neuropod(
         target = root / layout.DATA_DIR / MODEL_FILE
         if kind == "file":
             shutil.copyfile(model, target)
+            _restamp_file_for_the_installed_runtime(target)
         elif kind == "proto":
             import onnx
 
-            onnx.save_model(model, str(target))
+            onnx.save_model(_runnable_by_the_installed_runtime(model), str(target))
         else:
             examples = example_inputs if example_inputs is not None else test_input_data
             _export_torch(model, examples, inputs, outputs, target, opset_version)
