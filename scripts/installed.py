@@ -43,9 +43,9 @@ MAIN_PYTHON = "3.11"
 # Each extra's commands run in a venv holding that extra alone, on the main Python.
 EXTRA_CASES = ("serve", "tools", "trust", "envs")
 # Torch the venvs get before the wheel: a CPU build (an unpinned torch from the index is a multi-GB CUDA build).
-# 3.11: the CPU wheel of this machine's pip find-links; 3.9: 1.10.2, which bundles its libraries (and imports
-# pkg_resources, which a venv made by python -m venv on 3.9 has and one made by uv lacks).
-TORCH_BY_PYTHON = {"3.9": ["torch==1.10.2", "setuptools<70"]}
+# 3.11: the CPU wheel of this machine's pip find-links; 3.9: 1.10.2, which bundles its libraries, was built
+# against numpy 1.x, and imports pkg_resources (a venv made by python -m venv on 3.9 has it, one made by uv not).
+TORCH_BY_PYTHON = {"3.9": ["torch==1.10.2", "numpy<2", "setuptools<70"]}
 
 
 def log(message: str) -> None:
