@@ -1,4 +1,4 @@
-"""Ray Serve: a real local Ray serving real packages over the KServe v2 REST routes.
+"""Ray Serve: a real local Ray serving real packages over the KServe v2 REST routes of the server's data plane.
 
 One Ray instance and one Serve instance for the whole module; the clients are
 the ones that talk to ``neuropod serve``: tritonclient's HTTP client, plain
@@ -124,7 +124,8 @@ def test_plain_json_request(adder_app: Tuple[int, Any]) -> None:
     assert _get(f"http://127.0.0.1:{port}/v2/health/live") == (200, {"live": True})
     assert _get(f"http://127.0.0.1:{port}/v2/models/adder/ready") == (200, {"name": "adder", "ready": True})
     status, server = _get(f"http://127.0.0.1:{port}/v2")
-    assert status == 200 and server["extensions"] == ["binary_tensor_data"]  # only what these routes implement
+    # Only what the deployment's routes implement: no repository control or shared memory behind Serve's router.
+    assert status == 200 and server["extensions"] == ["binary_tensor_data", "statistics"]
 
 
 def test_load_neuropod_over_ray_serve(adder_app: Tuple[int, Any]) -> None:
@@ -149,7 +150,9 @@ def test_errors_carry_the_servers_status_and_message(adder_app: Tuple[int, Any])
     status, answer = _post(f"{base}/other/infer", _json_inputs(X, Y))
     assert status == 404 and "'other'" in answer["error"] and "'adder'" in answer["error"]
     status, answer = _post(f"{base}/adder/infer", _json_inputs(-X, Y))
-    assert status == 500 and "refuses negative numbers" in answer["error"]  # the model's own error
+    # The server's answer to a model's failure: a request id; the model's own message goes to the replica's log.
+    assert status == 500 and "model 'adder' failed on this request; request id" in answer["error"], answer
+    assert "refuses negative numbers" not in answer["error"]
     assert _get(f"{base}/adder/versions/7")[0] == 404
     assert _get(f"{base}/adder/infer")[0] == 405
     assert _get(f"http://127.0.0.1:{port}/v1/models/adder")[0] == 404
@@ -217,6 +220,12 @@ def test_out_of_process_model_in_a_replica(serve_port: int, tmp_path: Path) -> N
         np.testing.assert_array_equal(handle.infer.remote({"x": X, "y": Y}).result()["out"], X + Y)
         status, answer = _post(f"http://127.0.0.1:{serve_port}/ope/v2/models/ts_adder/infer", _json_inputs(X, Y))
         assert status == 200 and answer["outputs"][0]["data"] == (X + Y).reshape(-1).tolist()
+        # The server's statistics: both calls, the Python one and the HTTP one, went through the data plane.
+        status, stats = _get(f"http://127.0.0.1:{serve_port}/ope/v2/models/ts_adder/stats")
+        assert status == 200, stats
+        (entry,) = stats["model_stats"]
+        assert entry["name"] == "ts_adder" and entry["version"] == "1"
+        assert entry["inference_stats"]["success"]["count"] == 2 and entry["inference_count"] == 4  # 2 rows each
     finally:
         serve.delete("ope")
     # The replica is gone, and so is its model's worker.

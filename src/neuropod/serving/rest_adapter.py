@@ -15,14 +15,35 @@ an input's ``parameters.binary_data_size`` its bytes in the tail, in input
 order. Outputs go back raw when the request asks (an output's
 ``parameters.binary_data`` or the request's ``parameters.binary_data_output``).
 Every failure is answered ``{"error": "..."}`` with the status of its class.
+
+The routes read a :class:`RestRequest` and answer a :class:`RestReply`, so any
+web framework can carry them: :meth:`RestAdapter.app` is the aiohttp
+application ``neuropod serve`` runs, and :meth:`RestAdapter.dispatch` routes a
+request another framework received (the Ray Serve deployment, which serves a
+chosen subset of the routes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import zlib
-from typing import Any, Awaitable, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import (
+    Any,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Pattern,
+    Tuple,
+)
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -35,19 +56,60 @@ from .dataplane import DataPlane, InferRequest, InferResponse
 from .failures import public_failure
 from .metrics import CONTENT_TYPE_LATEST
 
-__all__ = ["RestAdapter", "PROTOCOL"]
+__all__ = ["RestAdapter", "RestRequest", "RestReply", "PROTOCOL"]
 
 PROTOCOL = "rest"
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+@dataclass
+class RestRequest:
+    """One HTTP request as the routes read it, whichever web framework received it.
+
+    Attributes:
+        headers: the request's headers (a case-insensitive mapping).
+        content_length: the declared body length, if any.
+        chunks: gives the body as it arrives, in chunks.
+        params: the route's parameters (``name``, ``version``, ``region``).
+    """
+
+    headers: Mapping[str, str]
+    content_length: Optional[int]
+    chunks: Callable[[], AsyncIterator[bytes]]
+    params: Mapping[str, str] = field(default_factory=dict)
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.Response(status=status, text=json.dumps({"error": message}), content_type=rest.JSON_CONTENT_TYPE)
+@dataclass
+class RestReply:
+    """The status, body and headers of an answer."""
+
+    status: int
+    body: bytes
+    headers: Dict[str, str]
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, text=json.dumps(data), content_type=rest.JSON_CONTENT_TYPE)
+Handler = Callable[[RestRequest], Awaitable[RestReply]]
+
+_JSON_HEADERS = {"Content-Type": rest.JSON_CONTENT_TYPE}
+
+#: The routes an extension adds (a server that leaves them out does not claim it).
+_EXTENSION_METHODS = {
+    "statistics": "ModelStatistics",
+    "model_repository": "RepositoryIndex",
+    "system_shared_memory": "SystemSharedMemoryStatus",
+}
+
+
+def _error(status: int, message: str) -> RestReply:
+    return RestReply(status, json.dumps({"error": message}).encode(), dict(_JSON_HEADERS))
+
+
+def _json(data: Any, status: int = 200) -> RestReply:
+    return RestReply(status, json.dumps(data).encode(), dict(_JSON_HEADERS))
+
+
+def _route_pattern(path: str) -> Pattern[str]:
+    """``/v2/models/{name}/ready`` as a regular expression with a group per parameter."""
+    return re.compile(re.sub(r"\\{(\w+)\\}", r"(?P<\1>[^/]+)", re.escape(path)))
 
 
 def parse_infer_request(
@@ -77,7 +139,7 @@ def parse_infer_request(
     return InferRequest(name, version, request_id, inputs, names or None), binary
 
 
-def render_infer_response(response: InferResponse, binary: Mapping[str, bool]) -> web.Response:
+def render_infer_response(response: InferResponse, binary: Mapping[str, bool]) -> RestReply:
     """The JSON (and binary tail, for outputs asked raw) of an inference answer."""
     default = binary.get("*", False)
     entries, chunks = rest.encode_tensors(response.outputs, lambda name: binary.get(name, default))
@@ -86,7 +148,7 @@ def render_infer_response(response: InferResponse, binary: Mapping[str, bool]) -
         document["id"] = response.id
     document["outputs"] = entries
     body, headers = rest.join_body(document, chunks)
-    return web.Response(body=body, headers=headers)
+    return RestReply(200, body, headers)
 
 
 class RestAdapter:
@@ -98,6 +160,10 @@ class RestAdapter:
         token: the bearer token calls must carry (``Authorization: Bearer
             <token>``) where :data:`~neuropod.serving.auth.NEEDS_TOKEN` says
             so; None for none.
+        body_timeout_s: how long a request body may take to arrive (None: no limit).
+        methods: the logical methods (``"ModelInfer"``, ``"ModelStatistics"`` ...)
+            to serve; None for all. The server metadata claims only the
+            extensions whose routes are served.
     """
 
     def __init__(
@@ -106,21 +172,30 @@ class RestAdapter:
         max_request_bytes: int,
         token: Optional[str] = None,
         body_timeout_s: Optional[float] = None,
+        methods: Optional[Collection[str]] = None,
     ) -> None:
         self.dataplane = dataplane
         self.max_request_bytes = max_request_bytes
         self.body_timeout_s = body_timeout_s
+        self.methods = None if methods is None else frozenset(methods)
         self._token = BearerToken(token)
+        self._compiled = [
+            (_route_pattern(path), verb.upper(), handler, method) for verb, path, handler, method in self.routes()
+        ]
 
     def app(self) -> web.Application:
+        """The aiohttp application serving the routes (``neuropod serve``'s REST port)."""
         app = web.Application(client_max_size=self.max_request_bytes, middlewares=[self._errors])
         app.add_routes(
-            [getattr(web, verb)(path, self._guarded(handler, method)) for verb, path, handler, method in self.routes()]
+            [getattr(web, verb)(path, self._aiohttp(handler, method)) for verb, path, handler, method in self.routes()]
         )
         return app
 
     def routes(self) -> List[Tuple[str, str, Handler, str]]:
-        """``(verb, path, handler, logical method)`` of every route."""
+        """``(verb, path, handler, logical method)`` of every route served."""
+        return [route for route in self._all_routes() if self.methods is None or route[3] in self.methods]
+
+    def _all_routes(self) -> List[Tuple[str, str, Handler, str]]:
         return [
             ("get", "/v2/health/live", self.health_live, "ServerLive"),
             ("get", "/v2/health/ready", self.health_ready, "ServerReady"),
@@ -156,45 +231,85 @@ class RestAdapter:
             ("get", "/metrics", self.metrics, "Metrics"),
         ]
 
-    def _guarded(self, handler: Handler, method: str) -> Handler:
-        """A handler that first checks the token for ``method``."""
-
-        async def guarded(request: web.Request) -> web.StreamResponse:
+    async def answer(self, handler: Handler, method: str, request: RestRequest) -> RestReply:
+        """Check the token for ``method``, then run ``handler``; any failure is answered with its class's status."""
+        try:
             self._token.check(method, request.headers.get("Authorization"), "header 'Authorization:")
             return await handler(request)
-
-        return guarded
-
-    @web.middleware
-    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """The one error handler: the status comes from the exception's class."""
-        try:
-            return await handler(request)
-        except web.HTTPRequestEntityTooLarge:
-            exc = RequestTooLargeError(
-                f"request body is larger than the server's limit of {self.max_request_bytes} bytes"
-            )
-            return _error(public_failure(exc)[0].http, str(exc))
-        except web.HTTPException as exc:  # routing errors (404 path, 405 method) keep their status
-            return _error(exc.status, exc.reason)
         except Exception as exc:
             status, message = public_failure(exc)
             return _error(status.http, message)
 
-    async def health_live(self, request: web.Request) -> web.Response:
+    async def dispatch(self, verb: str, path: str, request: RestRequest) -> RestReply:
+        """Route and answer a request another web framework received (404 and 405 as aiohttp gives them)."""
+        allowed = []
+        for pattern, route_verb, handler, method in self._compiled:
+            match = pattern.fullmatch(path)
+            if match is None:
+                continue
+            if route_verb != verb.upper():
+                allowed.append(route_verb)
+                continue
+            request.params = match.groupdict()
+            return await self.answer(handler, method, request)
+        if allowed:
+            return _error(405, f"{path} takes {' or '.join(allowed)}, not {verb.upper()}")
+        return _error(404, f"no route {path}; this server answers the KServe v2 routes under /v2")
+
+    def _aiohttp(self, handler: Handler, method: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """``handler`` as an aiohttp handler."""
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            async def chunks() -> AsyncIterator[bytes]:
+                try:
+                    async for chunk in request.content.iter_chunked(_READ_BYTES):
+                        yield chunk
+                except (HttpProcessingError, RequestPayloadError) as exc:
+                    raise InputValidationError(f"request body: cannot read it ({exc})") from exc
+
+            call = RestRequest(request.headers, request.content_length, chunks, request.match_info)
+            reply = await self.answer(handler, method, call)
+            return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+
+        return handle
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """aiohttp's own refusals (a path no route has, a verb a route does not take) as the routes' errors."""
+        try:
+            response: web.StreamResponse = await handler(request)
+            return response
+        except web.HTTPRequestEntityTooLarge:
+            too_large = RequestTooLargeError(
+                f"request body is larger than the server's limit of {self.max_request_bytes} bytes"
+            )
+            reply = _error(public_failure(too_large)[0].http, str(too_large))
+        except web.HTTPException as exc:  # routing errors (404 path, 405 method) keep their status
+            reply = _error(exc.status, exc.reason)
+        except Exception as exc:
+            status, message = public_failure(exc)
+            reply = _error(status.http, message)
+        return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
+
+    async def health_live(self, request: RestRequest) -> RestReply:
         live = self.dataplane.live()
         return _json({"live": live}, 200 if live else 503)
 
-    async def health_ready(self, request: web.Request) -> web.Response:
+    async def health_ready(self, request: RestRequest) -> RestReply:
         ready = self.dataplane.ready()
         return _json({"ready": ready}, 200 if ready else 503)
 
-    async def server_metadata(self, request: web.Request) -> web.Response:
+    async def server_metadata(self, request: RestRequest) -> RestReply:
         meta = self.dataplane.server_metadata()
-        return _json({"name": meta.name, "version": meta.version, "extensions": list(meta.extensions)})
+        served = [
+            name
+            for name in meta.extensions
+            if name not in _EXTENSION_METHODS or self.methods is None or _EXTENSION_METHODS[name] in self.methods
+        ]
+        return _json({"name": meta.name, "version": meta.version, "extensions": served})
 
-    async def model_metadata(self, request: web.Request) -> web.Response:
-        meta = self.dataplane.model_metadata(request.match_info["name"], request.match_info.get("version", ""))
+    async def model_metadata(self, request: RestRequest) -> RestReply:
+        meta = self.dataplane.model_metadata(request.params["name"], request.params.get("version", ""))
 
         def tensors(items: Any) -> List[Dict[str, Any]]:
             return [{"name": t.name, "datatype": t.datatype, "shape": t.shape} for t in items]
@@ -209,11 +324,11 @@ class RestAdapter:
             }
         )
 
-    async def model_ready(self, request: web.Request) -> web.Response:
-        ready = self.dataplane.model_ready(request.match_info["name"], request.match_info.get("version", ""))
-        return _json({"name": request.match_info["name"], "ready": ready}, 200 if ready else 503)
+    async def model_ready(self, request: RestRequest) -> RestReply:
+        ready = self.dataplane.model_ready(request.params["name"], request.params.get("version", ""))
+        return _json({"name": request.params["name"], "ready": ready}, 200 if ready else 503)
 
-    async def _body(self, request: web.Request) -> bytes:
+    async def _body(self, request: RestRequest) -> bytes:
         """The request's body, decoded, read only as far as the limit allows.
 
         A declared ``Content-Length`` over the limit is refused before a byte
@@ -235,39 +350,34 @@ class RestAdapter:
             )
         counter = _Inflater(encoding, limit) if _DECODERS[encoding] else None
         received = bytearray()
-        try:
-            async for chunk in request.content.iter_chunked(_READ_BYTES):
-                received += chunk
-                if len(received) > limit:
-                    raise RequestTooLargeError(f"request body is larger than the server's limit of {limit} bytes")
-                if counter is not None:
-                    counter.feed(chunk)
-        except (HttpProcessingError, RequestPayloadError) as exc:
-            raise InputValidationError(f"request body: cannot read it ({exc})") from exc
+        async for chunk in request.chunks():
+            received += chunk
+            if len(received) > limit:
+                raise RequestTooLargeError(f"request body is larger than the server's limit of {limit} bytes")
+            if counter is not None:
+                counter.feed(chunk)
         if counter is None:
             return bytes(received)
         counter.finish()
         return _Inflater(encoding, limit).inflate(bytes(received))
 
-    async def infer(self, request: web.Request) -> web.Response:
+    async def infer(self, request: RestRequest) -> RestReply:
         try:
             body = await asyncio.wait_for(self._body(request), self.body_timeout_s)
         except asyncio.TimeoutError:
-            raise web.HTTPRequestTimeout(reason=f"the request body took longer than {self.body_timeout_s} s") from None
+            return _error(408, f"the request body took longer than {self.body_timeout_s} s")
         document, tail = rest.split_body(body, request.headers.get(HEADER_LENGTH_HEADER))
         infer_request, binary = parse_infer_request(
-            request.match_info["name"], request.match_info.get("version", ""), document, tail
+            request.params["name"], request.params.get("version", ""), document, tail
         )
         response = await self.dataplane.infer(infer_request, PROTOCOL)
         return render_infer_response(response, binary)
 
-    async def model_statistics(self, request: web.Request) -> web.Response:
-        stats = self.dataplane.model_statistics(
-            request.match_info.get("name", ""), request.match_info.get("version", "")
-        )
+    async def model_statistics(self, request: RestRequest) -> RestReply:
+        stats = self.dataplane.model_statistics(request.params.get("name", ""), request.params.get("version", ""))
         return _json({"model_stats": stats})
 
-    async def _optional_document(self, request: web.Request) -> Dict[str, Any]:
+    async def _optional_document(self, request: RestRequest) -> Dict[str, Any]:
         body = await self._body(request)
         if not body.strip():
             return {}
@@ -279,7 +389,7 @@ class RestAdapter:
             raise InputValidationError("request body: expected a JSON object")
         return document
 
-    async def repository_index(self, request: web.Request) -> web.Response:
+    async def repository_index(self, request: RestRequest) -> RestReply:
         document = await self._optional_document(request)
         entries = self.dataplane.repository_index(bool(document.get("ready", False)))
         rows = []
@@ -292,41 +402,40 @@ class RestAdapter:
             rows.append(row)
         return _json(rows)
 
-    async def repository_load(self, request: web.Request) -> web.Response:
+    async def repository_load(self, request: RestRequest) -> RestReply:
         document = await self._optional_document(request)
         parameters = document.get("parameters") or {}
         if not isinstance(parameters, dict):
             raise InputValidationError("request body: 'parameters' must be an object")
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.dataplane.load_model, request.match_info["name"], parameters)
+        await loop.run_in_executor(None, self.dataplane.load_model, request.params["name"], parameters)
         return _json({})
 
-    async def repository_unload(self, request: web.Request) -> web.Response:
+    async def repository_unload(self, request: RestRequest) -> RestReply:
         await self._optional_document(request)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.dataplane.unload_model, request.match_info["name"])
+        await loop.run_in_executor(None, self.dataplane.unload_model, request.params["name"])
         return _json({})
 
-    async def shm_status(self, request: web.Request) -> web.Response:
-        return _json(self.dataplane.shared_memory.status(request.match_info.get("region", "")))
+    async def shm_status(self, request: RestRequest) -> RestReply:
+        return _json(self.dataplane.shared_memory.status(request.params.get("region", "")))
 
-    async def shm_register(self, request: web.Request) -> web.Response:
+    async def shm_register(self, request: RestRequest) -> RestReply:
         document = await self._optional_document(request)
         key, offset, byte_size = document.get("key"), document.get("offset", 0), document.get("byte_size")
         if not isinstance(key, str) or not isinstance(offset, int) or not isinstance(byte_size, int):
             raise InputValidationError(
                 'request body: expected {"key": STRING, "offset": INT, "byte_size": INT} for a shared memory region'
             )
-        self.dataplane.shared_memory.register(request.match_info["region"], key, offset, byte_size)
+        self.dataplane.shared_memory.register(request.params["region"], key, offset, byte_size)
         return _json({})
 
-    async def shm_unregister(self, request: web.Request) -> web.Response:
-        self.dataplane.shared_memory.unregister(request.match_info.get("region", ""))
+    async def shm_unregister(self, request: RestRequest) -> RestReply:
+        self.dataplane.shared_memory.unregister(request.params.get("region", ""))
         return _json({})
 
-    async def metrics(self, request: web.Request) -> web.Response:
-        body = self.dataplane.metrics.exposition()
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def metrics(self, request: RestRequest) -> RestReply:
+        return RestReply(200, self.dataplane.metrics.exposition(), {"Content-Type": CONTENT_TYPE_LATEST})
 
 
 # Content-Encoding -> zlib's wbits for it (None: the body is used as it comes).

@@ -1,9 +1,9 @@
 """Ray integration: online serving on Ray Serve, offline batch inference on Ray Data.
 
 * :func:`neuropod_deployment` — a Ray Serve application serving one package (or
-  a model URL) over the KServe v2 REST routes, so tritonclient, curl and
-  ``load_neuropod("http://...")`` work against it unchanged; replicas,
-  autoscaling and Serve's batching are passed through.
+  a model URL) with the KServe v2 REST routes of the server's data plane, so
+  tritonclient, curl and ``load_neuropod("http://...")`` work against it
+  unchanged; replicas and autoscaling are Ray Serve's, batching the server's.
 * :class:`NeuropodPredictor` / :func:`predict_dataset` — a callable class for
   ``Dataset.map_batches`` that runs a package over a Ray Dataset.
 * :func:`iter_dataset_batches` — a Ray Dataset as an iterable of numpy batches

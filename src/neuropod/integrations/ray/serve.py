@@ -1,26 +1,28 @@
-"""Ray Serve: a deployment that serves one neuropod over the KServe v2 REST routes.
+"""Ray Serve: a deployment that serves one neuropod over the KServe v2 REST routes of ``neuropod serve``.
 
-Each replica loads the package (or connects to the model URL) once and answers
-the same routes as ``neuropod serve``'s REST port, so tritonclient, curl and
-``load_neuropod("http://host:port/<model>")`` work against Ray Serve unchanged::
+The third adapter over the server's data plane (:mod:`neuropod.serving`),
+beside the gRPC and REST ones: each replica loads the model (or connects to a
+model URL) once, holds it in a one-model repository, and answers with the
+server's own REST routes, validation, dynamic batching, statistics and error
+answers, so tritonclient, curl and ``load_neuropod("http://host:port/<model>")``
+work against Ray Serve unchanged::
 
     GET  /v2/health/live   GET /v2/health/ready   GET /v2
-    GET  /v2/models/{name}[/versions/{version}][/ready]
+    GET  /v2/models/{name}[/versions/{version}][/ready | /stats]
     POST /v2/models/{name}[/versions/{version}]/infer
 
-Bodies use the server's own REST codec (JSON, or JSON plus raw tensors: the
-binary tensor data extension). Ray Serve owns everything around it: replicas,
-autoscaling, placement, and request batching (:func:`ray.serve.batch`).
-A Python caller can skip HTTP: ``handle.infer.remote({"x": x, ...})``.
+Repository control, shared memory and ``/metrics`` are left out: behind Ray
+Serve's router a request reaches any replica, so what one replica holds or
+counts is not the deployment's. Ray Serve owns everything around the routes:
+replicas, autoscaling, placement. A Python caller can skip HTTP:
+``handle.infer.remote({"x": x, ...})``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import re
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Union
 
 import numpy as np
 import ray
@@ -29,52 +31,34 @@ from ray.serve.deployment import Application
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..._version import __version__
-from ...errors import InputValidationError, ModelNotFoundError, ModelNotReadyError, SpecError
-from ...kserve import BINARY_EXTENSION, HEADER_LENGTH_HEADER, rest
-from ...kserve.datatypes import DTYPE_TO_DATATYPE
-from ...kserve.status import status_for
-from ...loader import REMOTE_SCHEMES, load_neuropod
+from ...errors import InputValidationError, SpecError
+from ...kserve import DEFAULT_MAX_MESSAGE_BYTES
+from ...loader import load_neuropod
 from ...package import open_package
-from ...spec import SpecValidator, TensorSpec
-from ...urls import model_location
+from ...serving.dataplane import DataPlane, InferRequest
+from ...serving.metrics import ServerMetrics
+from ...serving.repository import ModelRepository, ModelSettings, ServedModel
+from ...serving.rest_adapter import RestAdapter, RestRequest
+from ...urls import is_model_url, model_location
 
-__all__ = ["NeuropodDeployment", "neuropod_deployment", "SERVER_NAME", "EXTENSIONS", "MODEL_VERSION"]
+__all__ = ["NeuropodDeployment", "neuropod_deployment", "MODEL_VERSION", "ROUTES"]
 
 TensorDict = Dict[str, np.ndarray]
 
-SERVER_NAME = "neuropod-ray-serve"
-#: The protocol extensions these routes implement (fewer than neuropod serve's; the remote client looks for this one).
-EXTENSIONS = (BINARY_EXTENSION,)
 #: A deployment serves one version of one model.
 MODEL_VERSION = "1"
-
-_MODEL_ROUTE = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<action>/ready|/infer)?$")
-_JSON = "application/json"
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(content=json.dumps(data), status_code=status, media_type=_JSON)
-
-
-def _error(status: int, message: str) -> Response:
-    return _json({"error": message}, status)
-
-
-def _tensor_metadata(spec: TensorSpec) -> Dict[str, Any]:
-    # Symbols cannot travel in the protocol: they become -1, like None.
-    return {
-        "name": spec.name,
-        "datatype": DTYPE_TO_DATATYPE[spec.dtype],
-        "shape": [dim if isinstance(dim, int) else -1 for dim in spec.shape],
-    }
-
-
-def _signature(inputs: Mapping[str, np.ndarray]) -> Tuple[Any, ...]:
-    """Requests with equal signatures concatenate along dimension 0 (strings of any length do)."""
-    return tuple(
-        sorted((name, "U" if a.dtype.kind in "US" else a.dtype.str, tuple(a.shape[1:])) for name, a in inputs.items())
-    )
+#: The logical methods of the REST routes a deployment serves.
+ROUTES = (
+    "ServerLive",
+    "ServerReady",
+    "ServerMetadata",
+    "ModelMetadata",
+    "ModelReady",
+    "ModelInfer",
+    "ModelStatistics",
+)
+#: How requests are labelled in the data plane's books (the REST routes count as "rest" in neuropod serve).
+PROTOCOL = "ray"
 
 
 def _batch_symbol(problem: Any) -> Optional[str]:
@@ -93,6 +77,15 @@ def _check_batchable(name: str, problem: Any) -> None:
         )
 
 
+async def _body_chunks(request: Request) -> Any:
+    try:
+        async for chunk in request.stream():
+            if chunk:
+                yield chunk
+    except Exception as exc:  # the client went away, or sent a broken body
+        raise InputValidationError(f"request body: cannot read it ({exc})") from exc
+
+
 @serve.deployment(name="NeuropodDeployment")
 class NeuropodDeployment:
     """One Ray Serve replica serving one model (build it with :func:`neuropod_deployment`).
@@ -100,11 +93,10 @@ class NeuropodDeployment:
     Args:
         model: a package path (visible on every node a replica may run on) or a model URL.
         model_name: the name clients use; defaults to the package's name.
-        max_batch_size: Serve batching: merge up to this many concurrent requests
-            into one model call (0 turns batching off). Needs a model whose inputs
-            and outputs all start with one batch symbol.
+        max_batch_size: the server's dynamic batching: merge concurrent requests
+            into calls of up to this many rows (0 turns batching off). Needs a
+            model whose inputs and outputs all start with one batch symbol.
         batch_wait_timeout_s: how long the first request of a batch waits for others.
-        max_concurrent_batches: merged calls that may run at once.
         load_options: keyword arguments for :func:`~neuropod.load_neuropod`, e.g.
             ``{"use_ope": True, "workers": 2}`` to run the model in the replica's
             out-of-process worker (the way to give it another environment).
@@ -116,66 +108,44 @@ class NeuropodDeployment:
         model_name: Optional[str] = None,
         max_batch_size: int = 0,
         batch_wait_timeout_s: float = 0.01,
-        max_concurrent_batches: int = 1,
         load_options: Optional[Mapping[str, Any]] = None,
     ) -> None:
         options = dict(load_options or {})
-        if "visible_gpu" not in options and not str(model).startswith(REMOTE_SCHEMES):
+        if "visible_gpu" not in options and not is_model_url(model):
             # Ray sets CUDA_VISIBLE_DEVICES to the replica's own GPUs: the first one is index 0.
             options["visible_gpu"] = 0 if ray.get_gpu_ids() else None
-        self._model = load_neuropod(model, **options)
-        self.name = model_name or self._model.name
-        problem = self._model.problem
-        self._input_validator = SpecValidator(problem.inputs, "input")
-        self._output_names = tuple(spec.name for spec in problem.outputs)
-        self._batching = max_batch_size > 0
-        if self._batching:
-            _check_batchable(self.name, problem)
-            # Decorated here, not on the class, so each deployment gets its own settings.
-            self._infer_batch = serve.batch(
-                max_batch_size=max_batch_size,
-                batch_wait_timeout_s=batch_wait_timeout_s,
-                max_concurrent_batches=max_concurrent_batches,
-            )(self._run_batch)
+        settings = ModelSettings(max_batch_size=max_batch_size, max_queue_delay_ms=batch_wait_timeout_s * 1000.0)
+        neuropod = load_neuropod(model, **options)
+        self.name = model_name or neuropod.name
+        self._repository = ModelRepository()
+        try:
+            self._model = ServedModel(self.name, MODEL_VERSION, neuropod, settings)
+        except BaseException:
+            neuropod.close()
+            raise
+        self._repository.add(self._model)
+        self._plane = DataPlane(self._repository, ServerMetrics())
+        self._rest = RestAdapter(self._plane, DEFAULT_MAX_MESSAGE_BYTES, methods=ROUTES)
+
+    def _on_loop(self) -> None:
+        # Batching runs on the replica's event loop, as on the server's.
+        self._plane.bind_loop(asyncio.get_running_loop())
 
     # -- the Python API (``handle.infer.remote(inputs)``) ---------------------
 
     async def infer(self, inputs: Mapping[str, np.ndarray]) -> TensorDict:
-        """Validate and run one request; merged with concurrent ones when batching is on."""
-        inputs = dict(inputs)
-        self._input_validator.validate(inputs)
-        if self._batching and inputs:
-            return await self._infer_batch(inputs)  # type: ignore[no-any-return]
-        return await asyncio.to_thread(self._model.infer, inputs)
-
-    async def _run_batch(self, requests: List[TensorDict]) -> List[TensorDict]:
-        # Requests that cannot be concatenated (other trailing sizes or dtypes) run as separate calls.
-        groups: Dict[Tuple[Any, ...], List[int]] = {}
-        for index, inputs in enumerate(requests):
-            groups.setdefault(_signature(inputs), []).append(index)
-        results: List[TensorDict] = [{} for _ in requests]
-        for indexes in groups.values():
-            members = [requests[i] for i in indexes]
-            if len(members) == 1:
-                merged = members[0]
-            else:
-                merged = {name: np.concatenate([m[name] for m in members]) for name in members[0]}
-            outputs = await asyncio.to_thread(self._model.infer, merged)
-            offset = 0
-            for index, member in zip(indexes, members):
-                rows = next(iter(member.values())).shape[0]
-                results[index] = {name: array[offset : offset + rows] for name, array in outputs.items()}
-                offset += rows
-        return results
+        """Validate and run one request through the data plane (batched with concurrent ones when batching is on)."""
+        self._on_loop()
+        response = await self._plane.infer(InferRequest(self.name, inputs=dict(inputs)), PROTOCOL)
+        return response.outputs
 
     def ready(self) -> bool:
         """Whether the model can take a call now (an out-of-process worker may be restarting)."""
-        ready = getattr(self._model.executor, "ready", None)
-        return bool(ready()) if ready is not None else True
+        return self._plane.ready()
 
     def describe(self) -> Dict[str, Any]:
         """Name, platform, executor and processes of this replica's model (for operators and tests)."""
-        executor = self._model.executor
+        executor = self._model.neuropod.executor
         return {
             "name": self.name,
             "platform": self._model.platform,
@@ -187,105 +157,26 @@ class NeuropodDeployment:
 
     def __del__(self) -> None:
         # Serve calls this when it stops a replica: the model's worker and shared memory go with it.
-        model = getattr(self, "_model", None)
-        if model is not None:
-            model.close()
+        repository = getattr(self, "_repository", None)
+        if repository is not None:
+            repository.close()
 
-    # -- HTTP: the KServe v2 REST routes --------------------------------------
+    # -- HTTP: the server's KServe v2 REST routes ------------------------------
 
     async def __call__(self, request: Request) -> Response:
-        try:
-            return await self._route(request)
-        except Exception as exc:  # the status comes from the exception's class, as in neuropod serve
-            return _error(status_for(exc).http, str(exc))
-
-    async def _route(self, request: Request) -> Response:
+        self._on_loop()
         path = request.url.path
         root = request.scope.get("root_path") or ""
         if root and path.startswith(root):  # the application's route_prefix
             path = path[len(root) :] or "/"
-        path = path.rstrip("/") or "/"
-        method = request.method
-        if path in ("/v2/health/live", "/v2/health/ready", "/v2"):
-            if method != "GET":
-                return _error(405, f"{path} takes GET, not {method}")
-            if path == "/v2/health/live":
-                return _json({"live": True})
-            if path == "/v2/health/ready":
-                ready = self.ready()
-                return _json({"ready": ready}, 200 if ready else 503)
-            return _json({"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)})
-        match = _MODEL_ROUTE.match(path)
-        if match is None:
-            return _error(404, f"no route {path}; this server answers the KServe v2 routes under /v2")
-        action = match["action"] or ""
-        if method != ("POST" if action == "/infer" else "GET"):
-            return _error(405, f"{path} takes {'POST' if action == '/infer' else 'GET'}, not {method}")
-        name, version = match["name"], match["version"] or ""
-        self._check_model(name, version)
-        if action == "/ready":
-            ready = self.ready()
-            return _json({"name": name, "ready": ready}, 200 if ready else 503)
-        if action == "":
-            problem = self._model.problem
-            return _json(
-                {
-                    "name": self.name,
-                    "versions": [MODEL_VERSION],
-                    "platform": self._model.platform,
-                    "inputs": [_tensor_metadata(s) for s in problem.inputs],
-                    "outputs": [_tensor_metadata(s) for s in problem.outputs],
-                }
-            )
-        return await self._http_infer(request, name, version)
-
-    def _check_model(self, name: str, version: str) -> None:
-        if name != self.name:
-            raise ModelNotFoundError(f"no model named {name!r}; this deployment serves {self.name!r}")
-        if version and version != MODEL_VERSION:
-            raise ModelNotFoundError(f"model {name!r} has no version {version!r}; it has {MODEL_VERSION}")
-
-    async def _http_infer(self, request: Request, name: str, version: str) -> Response:
-        document, tail = rest.split_body(await request.body(), request.headers.get(HEADER_LENGTH_HEADER))
-        inputs = rest.decode_tensors(document.get("inputs"), tail, "input")
-        wanted, raw = self._requested_outputs(document)
-        request_id = document.get("id", "")
-        if not isinstance(request_id, str):
-            raise InputValidationError("request body: 'id' must be a string")
-        if not self.ready():
-            raise ModelNotReadyError(f"model {self.name!r} is not ready")
-        outputs = await self.infer(inputs)
-        if wanted is not None:
-            outputs = {n: outputs[n] for n in wanted}
-        entries, chunks = rest.encode_tensors(outputs, raw)
-        answer: Dict[str, Any] = {"model_name": self.name, "model_version": MODEL_VERSION}
-        if request_id:
-            answer["id"] = request_id
-        answer["outputs"] = entries
-        body, headers = rest.join_body(answer, chunks)
-        return Response(content=body, headers=headers)
-
-    def _requested_outputs(self, document: Mapping[str, Any]) -> Tuple[Optional[List[str]], Any]:
-        """The output names asked for (None: all) and, per name, whether it goes back raw."""
-        raw_default = bool(rest.parameters(document, "request").get("binary_data_output", False))
-        requested = document.get("outputs")
-        if requested is None:
-            return None, lambda name: raw_default
-        if not isinstance(requested, list):
-            raise InputValidationError("request body: 'outputs' must be a list")
-        raw: Dict[str, bool] = {}
-        for index, output in enumerate(requested):
-            if not isinstance(output, dict) or not isinstance(output.get("name"), str):
-                raise InputValidationError(f"outputs[{index}]: expected an object with a name")
-            where = f"output {output['name']!r}"
-            raw[output["name"]] = bool(rest.parameters(output, where).get("binary_data", raw_default))
-        unknown = [n for n in raw if n not in self._output_names]
-        if unknown:
-            raise InputValidationError(
-                f"requested output(s) {', '.join(repr(n) for n in unknown)} not in the spec of model "
-                f"{self.name!r}; expected any of {', '.join(repr(n) for n in self._output_names)}"
-            )
-        return list(raw) or None, lambda name: raw.get(name, raw_default)
+        length = request.headers.get("content-length")
+        call = RestRequest(
+            request.headers,
+            int(length) if length and length.isdigit() else None,
+            lambda: _body_chunks(request),
+        )
+        reply = await self._rest.dispatch(request.method, path.rstrip("/") or "/", call)
+        return Response(content=reply.body, status_code=reply.status, headers=reply.headers)
 
 
 def neuropod_deployment(
@@ -294,7 +185,6 @@ def neuropod_deployment(
     model_name: Optional[str] = None,
     max_batch_size: int = 0,
     batch_wait_timeout_s: float = 0.01,
-    max_concurrent_batches: int = 1,
     load_options: Optional[Mapping[str, Any]] = None,
     **deployment_options: Any,
 ) -> Application:
@@ -307,10 +197,9 @@ def neuropod_deployment(
         model: a package path (visible on every node a replica may run on) or a
             model URL (``grpc://host:8001/adder``: Ray Serve in front of a server).
         model_name: the name clients use; defaults to the package's name.
-        max_batch_size: Serve batching (``ray.serve.batch``): up to this many
-            concurrent requests of one replica run as one model call (0: off).
+        max_batch_size: the server's dynamic batching in each replica: concurrent
+            requests merged into calls of up to this many rows (0: off).
         batch_wait_timeout_s: how long a batch waits to fill.
-        max_concurrent_batches: merged calls that may run at once in a replica.
         load_options: keyword arguments for :func:`~neuropod.load_neuropod`
             (``use_ope=True``, ``workers=``, ``visible_gpu=`` ...). When a
             replica has GPUs (``ray_actor_options={"num_gpus": 1}``) the model
@@ -327,9 +216,6 @@ def neuropod_deployment(
         raise SpecError(f"max_batch_size: expected a non-negative int, got {max_batch_size!r}")
     if not isinstance(batch_wait_timeout_s, (int, float)) or batch_wait_timeout_s < 0:
         raise SpecError(f"batch_wait_timeout_s: expected a non-negative number, got {batch_wait_timeout_s!r}")
-    concurrent = max_concurrent_batches
-    if isinstance(concurrent, bool) or not isinstance(concurrent, int) or concurrent < 1:
-        raise SpecError(f"max_concurrent_batches: expected a positive int, got {concurrent!r}")
     location = model_location(model)
     if max_batch_size and os.path.exists(location):
         # Checked here as well as in each replica: a replica that fails to start is retried by Serve for long.
@@ -344,6 +230,5 @@ def neuropod_deployment(
         model_name,
         max_batch_size,
         float(batch_wait_timeout_s),
-        max_concurrent_batches,
         dict(load_options or {}),
     )
