@@ -10,27 +10,35 @@ Two packages whose code uses the same module names must not collide: the
 package's modules are imported with its code dir first on ``sys.path``, then
 taken out of ``sys.modules`` again (the loaded objects keep them alive), and
 whatever those names held before is put back.
+
+Custom ops of a Python package are extension modules its code imports by
+their file name; as in the original, ``0/ops`` goes on ``sys.path`` for good
+(an extension module cannot be unloaded, so there is nothing to put back).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, List, Sequence, Tuple
+from typing import Any, Callable, List, Sequence, Set, Tuple
 
 import numpy as np
 
 from ...errors import InferenceError, PackageError, RequirementsError
 from ...package import Package, layout
+from ...package.manifest import sha256_file
 from ...requirements import installed_distribution_version, requirement_problems
 from ..base import Backend, BackendOptions, TensorDict, as_string_array, model_failure
 
 __all__ = ["PythonBackend", "check_requirements"]
 
 _IMPORT_LOCK = threading.Lock()
+#: ``module:sha256`` of every custom op put on sys.path in this process (the same again is the same op).
+_LOADED_OPS: Set[str] = set()
 
 
 def check_requirements(requirements: List[str]) -> None:
@@ -126,6 +134,38 @@ def _import_entrypoint(code_dir: Path, package_name: str, function_name: str) ->
     return entrypoint  # type: ignore[no-any-return]
 
 
+def _add_custom_ops(package: Package) -> None:
+    """Make the package's custom ops importable by their module names, as the original did.
+
+    An op with the name and bytes of one already added is the same op. An op whose
+    name Python already resolves to something else is refused: the model
+    would import that instead, and a process holds one module of a name.
+
+    Raises:
+        PackageError: naming the op, the module it clashes with, and what to do.
+    """
+    paths = package.custom_op_paths()
+    if not paths:
+        return
+    ops_dir = str(package.ops_dir.resolve())
+    with _IMPORT_LOCK:
+        for path in paths:
+            module_name = path.name.split(".", 1)[0]  # addition_op.so, addition_op.cpython-38-x86_64-linux-gnu.so
+            key = f"{module_name}:{sha256_file(path)}"
+            if key in _LOADED_OPS:
+                continue
+            found = importlib.util.find_spec(module_name) if module_name.isidentifier() else None
+            if found is not None:
+                raise PackageError(
+                    f"custom op {path.name!r}: Python already imports {module_name!r} from "
+                    f"{found.origin or 'elsewhere'}, so the model would not get this op; load this package in "
+                    "its own process (use_ope=True) or rename the op"
+                )
+            _LOADED_OPS.add(key)
+        if ops_dir not in sys.path:
+            sys.path.insert(0, ops_dir)
+
+
 def _to_numpy(value: Any, name: str) -> np.ndarray:
     if type(value).__module__.startswith("torch"):
         from .._torch_tensors import to_numpy
@@ -145,6 +185,7 @@ class PythonBackend(Backend):
         package_name, function_name = _check_entrypoint(
             settings, package.root / layout.BACKEND_CONFIG, package.code_dir
         )
+        _add_custom_ops(package)
         entrypoint = _import_entrypoint(package.code_dir, package_name, function_name)
         try:
             self.model = entrypoint(str(package.data_dir.resolve()))
