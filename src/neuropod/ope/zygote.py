@@ -33,13 +33,16 @@ Who does what:
   only used where the framework has no native threads after a load
   (:data:`FORK_PLATFORMS`, on the CPU), and the zygote refuses a fork (the
   parent then loads each worker itself) when loading started any thread,
-  Python's or native (a warm-up call at load starts torch's OpenMP pool). A
+  Python's or native (a warm-up call at load starts torch's OpenMP pool),
+  except helpers that a fork handles anyway: tqdm's monitor (stopped before
+  the fork; tqdm starts another with its next bar) and OpenBLAS's pthreads
+  pool (OpenBLAS stops it before a fork). A
   zygote that refused is stopped at once if it has no workers, else once the
   last of them has exited.
 
-The socket's messages (all constants of the format are here, one record per
-SOCK_SEQPACKET message): a :data:`HEADER` (magic, kind, two signed 64-bit
-numbers) then UTF-8 text.
+The socket's messages: one record per SOCK_SEQPACKET message, a header
+(magic, kind, two signed 64-bit numbers) then UTF-8 text; the layout is
+:data:`neuropod.ope.layouts.ZYGOTE`.
 """
 
 from __future__ import annotations
@@ -51,8 +54,8 @@ import os
 import select
 import signal
 import socket
-import struct
 import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -60,6 +63,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import ModelClosedError, WireFormatError
+from .layouts import ZYGOTE, ZygoteKind, decode_zygote, encode_zygote
 
 __all__ = [
     "FORK_PLATFORMS",
@@ -76,10 +80,10 @@ __all__ = [
 #: Platforms whose backend leaves no native thread pool or device context behind a load on the CPU.
 FORK_PLATFORMS = frozenset({"python", "pytorch", "torchscript", "placeholder"})
 
-MAGIC = b"NPZG"
-#: magic, kind, then two numbers whose meaning depends on the kind.
-HEADER = struct.Struct("=4sIqq")
-MAX_MESSAGE_BYTES = 64 * 1024
+# The record's layout (neuropod.ope.layouts), under the names this module has always used.
+MAGIC, HEADER, MAX_MESSAGE_BYTES = ZYGOTE.magic, ZYGOTE.header, ZYGOTE.max_bytes
+Kind = ZygoteKind
+encode, decode = encode_zygote, decode_zygote
 # How long a wait for an exited worker's report sleeps before it looks at the worker's zombie again.
 _REPORT_SLICE_S = 0.05
 # How long to wait for the report of a worker that the zygote has reaped (it sends it right after).
@@ -88,36 +92,6 @@ _REPORT_WAIT_S = 1.0
 UNKNOWN_STATUS = -(2**63)
 #: The signals a KILL order may send.
 _KILL_SIGNALS = frozenset({int(signal.SIGKILL), int(signal.SIGTERM)})
-
-
-class Kind:
-    """Message kinds. Parent -> zygote: FORK, KILL. Zygote -> parent: the others."""
-
-    FORK = 1  # a: fork id; text: CPUs to pin to ("0,1", "" for any); fds: control socket, mailbox
-    KILL = 2  # a: fork id; b: the signal
-    FORKED = 11  # a: fork id; b: the child's pid
-    REFUSED = 12  # a: fork id; text: why the zygote will not fork
-    EXITED = 13  # a: fork id; b: its return code (negative: the signal; UNKNOWN_STATUS: it could not tell)
-    LOAD_FAILED = 14  # text: error type, message, traceback, module, separated by NUL
-
-    ALL = frozenset({1, 2, 11, 12, 13, 14})
-
-
-def encode(kind: int, a: int = 0, b: int = 0, text: str = "") -> bytes:
-    data = HEADER.pack(MAGIC, kind, a, b) + text.encode("utf-8", "replace")
-    return data[:MAX_MESSAGE_BYTES]
-
-
-def decode(data: bytes) -> Tuple[int, int, int, str]:
-    """(kind, a, b, text) of one message; anything malformed raises WireFormatError."""
-    if len(data) < HEADER.size:
-        raise WireFormatError(f"zygote message of {len(data)} bytes is shorter than its {HEADER.size}-byte header")
-    magic, kind, a, b = HEADER.unpack_from(data)
-    if magic != MAGIC or kind not in Kind.ALL:
-        raise WireFormatError(
-            f"zygote message with magic {magic!r} and kind {kind}: expected {MAGIC!r} and a known kind"
-        )
-    return kind, a, b, data[HEADER.size :].decode("utf-8", "replace")
 
 
 def sharing_refusal(
@@ -155,14 +129,76 @@ class ForkOrder:
 
 
 def native_threads() -> int:
-    """This process's threads, as the kernel counts them (Python's and every library's)."""
+    """This process's threads that a fork would leave behind: the kernel's count, less the ones a fork handles.
+
+    OpenBLAS built with its own pthreads pool (numpy's and scipy's wheels)
+    stops that pool before a fork and starts it again when next used
+    (``pthread_atfork``), so its server threads do not count. Loading a
+    transformers model imports scipy, whose OpenBLAS starts such threads.
+    """
     try:
-        return len(os.listdir("/proc/self/task"))
+        count = len(os.listdir("/proc/self/task"))
     except OSError:
         return 1
+    return count - sum(threads - 1 for threads in _openblas_pools().values())
+
+
+# OpenBLAS's exported names, with the prefixes and suffixes of numpy's and scipy's own builds (as threadpoolctl).
+_OPENBLAS_SYMBOLS = [
+    (prefix + "openblas_get_num_threads" + suffix, prefix + "openblas_get_parallel" + suffix)
+    for prefix in ("", "scipy_")
+    for suffix in ("", "64_")
+]
+
+
+def _openblas_pools() -> Dict[str, int]:
+    """Loaded OpenBLAS libraries that run a pthreads pool (path -> its thread count, the caller's included)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split(None, 5)[5].strip() for line in maps if "openblas" in line and ".so" in line}
+    except (OSError, IndexError):
+        return {}
+    import ctypes
+
+    pools = {}
+    for path in paths:
+        try:
+            library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_NOW)  # loaded already: no constructor runs
+        except OSError:
+            continue
+        for threads_name, parallel_name in _OPENBLAS_SYMBOLS:
+            get_threads = getattr(library, threads_name, None)
+            get_parallel = getattr(library, parallel_name, None)
+            if get_threads is not None and get_parallel is not None:
+                if get_parallel() == 1:  # 1: its own pthreads (2 would be OpenMP, which has no fork handler)
+                    pools[path] = max(int(get_threads()), 1)
+                break
+    return pools
+
+
+def _stop_restartable_helpers() -> List[str]:
+    """Stop the helper threads a library starts again by itself when it needs one; their names.
+
+    tqdm's monitor thread (``tqdm_monitor``) is started by the first progress
+    bar (transformers shows one while loading weights) and kept for the
+    process's life; tqdm starts a new one with the next bar, in a forked
+    worker as anywhere.
+    """
+    tqdm_monitor = sys.modules.get("tqdm._monitor")
+    monitor_class = getattr(tqdm_monitor, "TMonitor", None)
+    stopped = []
+    for thread in threading.enumerate():
+        if monitor_class is not None and isinstance(thread, monitor_class):
+            thread.exit()  # sets its stop event and joins it (it sleeps on that event)
+            owner = getattr(thread, "tqdm_cls", None)
+            if owner is not None and getattr(owner, "monitor", None) is thread:
+                owner.monitor = None
+            stopped.append(thread.name)
+    return stopped
 
 
 def _fork_refusal(threads_before_load: int) -> str:
+    _stop_restartable_helpers()
     threads = [thread.name for thread in threading.enumerate() if thread is not threading.current_thread()]
     if threads:
         return f"loading the model started Python threads ({', '.join(threads)}), which a fork would not copy"
