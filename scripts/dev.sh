@@ -104,9 +104,10 @@ setup_python39() {
   fi
 }
 
-run_python39_tests() {
-  # Frameworks are not installed for 3.9: their tests skip here and run in the main venv.
-  NEUROPOD_REQUIRE_FRAMEWORKS=0 .venv39/bin/python -m pytest -q -p no:cacheprovider tests/unit
+# The main process on every supported Python: tests/unit on 3.9-3.13 (no framework there: their tests run in
+# the main venv), and the ONNX, TensorFlow and JAX suites on the oldest and newest Python each supports.
+run_other_python_tests() {
+  "$PY" scripts/pythons.py
 }
 
 # Environments of framework version selection live in the checkout's .cache/ (ignored): a CI run,
@@ -129,7 +130,7 @@ run_tests() {
   "$VENV/bin/ruff" format --check src tests bench examples scripts
   "$VENV/bin/mypy"
   use_checkout_envs
-  if [ $# -eq 0 ]; then run_python39_tests; build_test_envs; fi
+  if [ $# -eq 0 ]; then run_other_python_tests; build_test_envs; fi
   # Out-of-process workers are also tested under that Python 3.9 + numpy 1.x interpreter.
   export NEUROPOD_TEST_OTHER_PYTHON="$PWD/.venv39/bin/python"
   "$PY" -m pytest "$@"

@@ -49,7 +49,7 @@ TORCH_BY_PYTHON = {"3.9": ["torch==1.10.2", "numpy<2", "setuptools<70"]}
 
 
 def log(message: str) -> None:
-    print(f"[installed] {message}", flush=True)
+    print(f"[{Path(sys.argv[0]).stem}] {message}", flush=True)
 
 
 def uv() -> str:
