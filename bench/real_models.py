@@ -106,7 +106,7 @@ def get_model(data_root):
 
 NOTHING_CODE = """
 def get_model(data_root):
-    return lambda input_ids, attention_mask: {"embedding": input_ids}
+    return lambda input_ids, attention_mask: {"embedding": input_ids.astype("float32")}
 """
 
 
