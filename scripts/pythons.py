@@ -30,6 +30,7 @@ FRAMEWORKS: Dict[str, Tuple[str, str, Sequence[str]]] = {
     "onnx": ("onnx", "onnxruntime", ["tests/frameworks/test_onnx.py"]),
     "tensorflow": ("tensorflow", "tensorflow", ["tests/frameworks/test_tensorflow.py"]),
     "jax": ("jax", "jax", ["tests/frameworks/test_jax.py"]),
+    "keras": ("keras,tensorflow", "keras", ["tests/frameworks/test_keras.py"]),  # on TensorFlow, its default
 }
 
 

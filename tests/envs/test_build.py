@@ -216,3 +216,18 @@ def test_the_worker_needs_only_numpy_of_neuropods_dependencies():
         "assert not pulled, pulled\n"
     )
     subprocess.run([sys.executable, "-c", check], check=True)
+
+
+def test_a_python_with_wheels_for_every_pin_wins_over_a_source_build():
+    """scikit-learn 0.22.0 resolves under Python 3.11 too (from its sdist, which does not build there), but has
+    wheels only up to CPython 3.8: the plan takes the Python its wheels are for (the original's test_python_deps)."""
+    old_pin = Need(
+        source="",
+        platform="python",
+        distribution=None,
+        framework_range=VersionRange.parse("*"),
+        requirements=("scikit-learn==0.22.0",),
+    )
+    plan = Builder().plan(old_pin)
+    assert tuple(int(part) for part in plan.interpreter.version.split(".")[:2]) <= (3, 8), plan.interpreter
+    assert "scikit-learn==0.22.0" in plan.requirements

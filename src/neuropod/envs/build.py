@@ -98,14 +98,18 @@ class Builder:
     def _index_args(self) -> List[str]:
         return ["--no-index", "--find-links", self.find_links] if self.find_links else []
 
-    def resolve(self, interpreter: Interpreter, requirements: List[str]) -> Tuple[bool, str]:
-        """Pins for ``requirements`` under ``interpreter`` (True, "name==v\\n...") or (False, why not)."""
+    def resolve(self, interpreter: Interpreter, requirements: List[str], wheels_only: bool = False) -> Tuple[bool, str]:
+        """Pins for ``requirements`` under ``interpreter`` (True, "name==v\\n...") or (False, why not).
+
+        ``wheels_only``: only releases with a wheel for this interpreter count (no source builds).
+        """
+        binary = ["--only-binary", ":all:"] if wheels_only else []
         if self.uv:
             argv = [self.uv, "pip", "compile", "--python", interpreter.executable, "--no-header", "--no-annotate"]
-            argv += ["--quiet", *self._index_args(), "-"]
+            argv += ["--quiet", *binary, *self._index_args(), "-"]
         else:
             argv = [interpreter.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet"]
-            argv += ["--report", "-", *self._index_args(), *requirements]
+            argv += ["--report", "-", *binary, *self._index_args(), *requirements]
         done = subprocess.run(
             argv, input="\n".join(requirements), capture_output=True, text=True, env=_tool_env(), timeout=600
         )
@@ -121,7 +125,11 @@ class Builder:
         """Choose a Python and the framework version for ``need``.
 
         Tries this process's Python version first, then the others newest
-        first; for a range with ``||``, its highest alternative first.
+        first; for a range with ``||``, its highest alternative first. A Python
+        for which every pin has a wheel wins over one that would build a
+        release from source (``scikit-learn==0.22.0`` resolves on 3.11 too,
+        but has wheels only up to 3.8, and builds from source nowhere here):
+        source builds are tried only when no Python has wheels for it all.
 
         Raises:
             FrameworkVersionError / RequirementsError: nothing can be installed for it
@@ -134,14 +142,16 @@ class Builder:
             else [None]
         )
         failures: List[Tuple[str, str]] = []
-        for interpreter in interpreters:
-            for framework in framework_specs:
-                wanted = [r for r in (framework, *need.requirements) if r]
-                ok, text = self.resolve(interpreter, wanted)
-                if not ok:
-                    failures.append((interpreter.version, text))
-                    continue
-                return self._plan_from_pins(need, interpreter, text)
+        for wheels_only in (True, False):
+            failures = []
+            for interpreter in interpreters:
+                for framework in framework_specs:
+                    wanted = [r for r in (framework, *need.requirements) if r]
+                    ok, text = self.resolve(interpreter, wanted, wheels_only)
+                    if not ok:
+                        failures.append((interpreter.version, text))
+                        continue
+                    return self._plan_from_pins(need, interpreter, text)
         self._refuse(need, interpreters, failures)
         raise AssertionError("unreachable")
 
