@@ -45,13 +45,16 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "serving"))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "serving"))
 from serving_models import (  # noqa: E402
+    free_port,
     grpc_infer_frame,
     make_adder,
     mlserver_available,
@@ -61,6 +64,8 @@ from serving_models import (  # noqa: E402
 )
 
 SHAPE = (4, 64)
+#: The neuropod rows: extra ``neuropod serve`` arguments of each.
+NEUROPOD_ROWS = ("", "--pin-cpus", "--workers 2 --pin-cpus", "--use-ope")
 PROTOCOL_NAMES = {"grpc": "gRPC", "rest": "REST"}
 X = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
 
@@ -320,6 +325,144 @@ def start_neuropod(package: Path, *extra: str) -> Tuple[subprocess.Popen[str], i
     raise RuntimeError(f"neuropod serve exited with {process.wait()}")
 
 
+# -- NVIDIA Triton Inference Server 2.51 (from the nvidia-pytriton wheel; scripts/triton-venv.sh) ----------
+
+TRITON_VENV = Path(os.environ.get("NEUROPOD_TRITON_VENV", REPO / ".cache" / "triton-venv"))
+TRITON_MODEL = """\
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "x").as_numpy()
+            y = pb_utils.get_input_tensor_by_name(request, "y").as_numpy()
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("out", x + y)]))
+        return responses
+"""
+# The adder's spec ([batch, None] float32, x + y -> out) in Triton's words; no instance_group:
+# Triton's default for a CPU model, one stub process.
+TRITON_CONFIG = """\
+name: "adder"
+backend: "python"
+max_batch_size: 0
+input [
+  { name: "x", data_type: TYPE_FP32, dims: [ -1, -1 ] },
+  { name: "y", data_type: TYPE_FP32, dims: [ -1, -1 ] }
+]
+output [ { name: "out", data_type: TYPE_FP32, dims: [ -1, -1 ] } ]
+"""
+
+
+def _triton_paths() -> Dict[str, Path]:
+    """Where the wheel put the server, its Python backend and the stub for the venv's Python."""
+    lib = next((TRITON_VENV / "lib").glob("python3.*"), TRITON_VENV / "lib" / "python3")
+    site = lib / "site-packages"
+    root = site / "pytriton" / "tritonserver"
+    return {
+        "site": site,
+        "server": root / "bin" / "tritonserver",
+        "backend": root / "backends" / "python",
+        "stub": root / "python_backend_stubs" / lib.name[len("python") :] / "triton_python_backend_stub",
+        "libs": site / "nvidia_pytriton.libs",
+    }
+
+
+def triton_available() -> bool:
+    return all(path.exists() for path in _triton_paths().values())
+
+
+def start_triton(workdir: Path, timeout_s: float = 90.0) -> Tuple[subprocess.Popen[bytes], int, int]:
+    """Start tritonserver on a repository holding the adder as a Python-backend model; (process, grpc, http port).
+
+    Set up as pytriton sets it up, without pytriton: the Python backend is copied next to
+    the stub built for the venv's Python version; the stub runs the venv's interpreter
+    (its libpython, its site-packages with numpy < 2) and finds the wheel's bundled libraries.
+    """
+    paths = _triton_paths()
+    backends = workdir / "backends"
+    shutil.copytree(paths["backend"], backends / "python", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(paths["stub"], backends / "python" / "triton_python_backend_stub")
+    model = workdir / "repository" / "adder"
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.py").write_text(TRITON_MODEL)
+    (model / "config.pbtxt").write_text(TRITON_CONFIG)
+    base = Path(
+        subprocess.run(
+            [str(TRITON_VENV / "bin" / "python"), "-c", "import sys; print(sys.base_prefix)"],
+            check=True, capture_output=True, text=True,
+        ).stdout.strip()
+    )  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        [str(base / "lib"), str(paths["libs"])] + [p for p in [os.environ.get("LD_LIBRARY_PATH", "")] if p]
+    )
+    env["PYTHONPATH"] = str(paths["site"])
+    env["PATH"] = f"{TRITON_VENV / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    grpc_port, http_port = free_port(), free_port()
+    command = [
+        str(paths["server"]),
+        f"--model-repository={model.parent}",
+        f"--backend-directory={backends}",
+        "--grpc-address=127.0.0.1", f"--grpc-port={grpc_port}",
+        "--http-address=127.0.0.1", f"--http-port={http_port}",
+        "--allow-metrics=false",
+    ]  # fmt: skip
+    log = open(workdir / "triton.log", "wb")  # noqa: SIM115 - closed with the process by the caller's stop
+    process = subprocess.Popen(
+        command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    deadline = time.monotonic() + timeout_s
+    url = f"http://127.0.0.1:{http_port}/v2/models/adder/ready"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return process, grpc_port, http_port
+        except OSError:
+            pass
+        time.sleep(0.25)
+    stop_process(process)
+    raise RuntimeError(f"tritonserver did not become ready: {(workdir / 'triton.log').read_text()[-2000:]}")
+
+
+def print_ratios(
+    results: Dict[str, Dict[int, Dict[str, float]]],
+    concurrencies: List[int],
+    baselines: List[str],
+    what: str,
+    targets: str,
+) -> None:
+    """Each neuropod row over the fastest of ``baselines`` (by throughput) of its protocol and concurrency."""
+    if not baselines:
+        return
+    print(f"\nneuropod / {what} of the same protocol and concurrency\n({targets})\n")
+    print(f"| {'neuropod row':<38} | conc | baseline row        | throughput x | p50 x | p99 x | CPU/req x |")
+    print(f"|{'-' * 40}|------|---------------------|--------------|-------|-------|-----------|")
+    for name in results:
+        if not name.startswith("neuropod"):
+            continue
+        protocol = name.rsplit(" ", 1)[1]
+        rows = [n for n in baselines if n.endswith(protocol)]
+        if not rows:
+            continue
+        for concurrency in concurrencies:
+            fastest = max(rows, key=lambda n: results[n][concurrency]["throughput"])
+            theirs, ours = results[fastest][concurrency], results[name][concurrency]
+            speed = ours["throughput"] / theirs["throughput"]
+            median = ours["p50_ms"] / theirs["p50_ms"]
+            tail = ours["p99_ms"] / theirs["p99_ms"]
+            cpu_ratio = ours["cpu_us"] / theirs["cpu_us"]
+            label = fastest[: -len(protocol) - 1]
+            print(
+                f"| {name:<38} | {concurrency:>4} | {label:<19} | {speed:12.2f} | {median:5.2f} | {tail:5.2f} "
+                f"| {cpu_ratio:9.2f} |"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=2.0, help="measured seconds per cell and round")
@@ -328,10 +471,10 @@ def main() -> None:
     parser.add_argument("--protocols", nargs="+", choices=["grpc", "rest"], default=["grpc", "rest"])
     parser.add_argument(
         "--neuropod",
-        nargs="+",
-        default=["", "--pin-cpus", "--workers 2 --pin-cpus"],
+        action="append",
         metavar="ARGS",
-        help="one neuropod row per entry: extra `neuropod serve` arguments ('' for the defaults)",
+        help="one neuropod row per use, written --neuropod='ARGS': extra `neuropod serve` arguments ('' for the "
+        f"defaults); default: {' | '.join(repr(a) for a in NEUROPOD_ROWS)}",
     )
     parser.add_argument(
         "--client",
@@ -341,6 +484,7 @@ def main() -> None:
         "generator with N connections (apt-get install nghttp2-client)",
     )
     parser.add_argument("--skip-mlserver", action="store_true")
+    parser.add_argument("--skip-triton", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if args.client == "h2load" and shutil.which("h2load") is None:
@@ -377,7 +521,7 @@ def main() -> None:
                 targets.append((f"{label} {PROTOCOL_NAMES[protocol]}", run))
 
         try:
-            for extra in args.neuropod:
+            for extra in args.neuropod or NEUROPOD_ROWS:
                 process, grpc_port, http_port = start_neuropod(package, *shlex.split(extra))
                 add(f"neuropod {extra}".strip(), process, grpc_port, http_port, binary=True)
             if not args.skip_mlserver and mlserver_available():
@@ -394,6 +538,13 @@ def main() -> None:
                     add(label, ml_process, ml_grpc, ml_http, binary=False)
             elif not args.skip_mlserver:
                 print("MLServer venv missing (scripts/mlserver-venv.sh): MLServer rows skipped", file=sys.stderr)
+            if not args.skip_triton and triton_available():
+                workdir = work / "triton"
+                workdir.mkdir()
+                triton_process, triton_grpc, triton_http = start_triton(workdir)
+                add("Triton", triton_process, triton_grpc, triton_http, binary=True)
+            elif not args.skip_triton:
+                print("Triton venv missing (scripts/triton-venv.sh): Triton rows skipped", file=sys.stderr)
             # Rounds interleave the servers, so a burst of background load hits all; each cell
             # keeps the best of its rounds per metric (highest req/s, lowest p50, p99 and CPU).
             for round_index in range(args.rounds):
@@ -430,29 +581,21 @@ def main() -> None:
                 f"{cell['cpu_us']:17.0f} | {cell['client_cpu_us']:17.0f}"
             )
             print(f"| {name:<38} | {concurrency:>4} | {numbers} |")
-    baselines = [name for name in results if name.startswith("MLServer pw0")]
-    if baselines:
-        print(
-            "\nneuropod / MLServer's fastest row (pw0 or pw0 pinned, by throughput) of the same protocol and "
-            "concurrency\n(targets at 16 and 64: throughput >= 3, p99 <= 0.5, CPU per request <= 0.33)\n"
-        )
-        print(f"| {'neuropod row':<38} | conc | MLServer row        | throughput x | p99 x | CPU/req x |")
-        print(f"|{'-' * 40}|------|---------------------|--------------|-------|-----------|")
-        for name in results:
-            if not name.startswith("neuropod"):
-                continue
-            protocol = name.rsplit(" ", 1)[1]
-            for concurrency in args.concurrency:
-                rows = [n for n in baselines if n.endswith(protocol)]
-                fastest = max(rows, key=lambda n: results[n][concurrency]["throughput"])
-                theirs, ours = results[fastest][concurrency], results[name][concurrency]
-                speed = ours["throughput"] / theirs["throughput"]
-                tail = ours["p99_ms"] / theirs["p99_ms"]
-                cpu_ratio = ours["cpu_us"] / theirs["cpu_us"]
-                label = fastest[: -len(protocol) - 1]
-                print(
-                    f"| {name:<38} | {concurrency:>4} | {label:<19} | {speed:12.2f} | {tail:5.2f} | {cpu_ratio:9.2f} |"
-                )
+    print_ratios(
+        results,
+        args.concurrency,
+        [name for name in results if name.startswith("MLServer pw0")],
+        "MLServer's fastest row (pw0 or pw0 pinned, by throughput)",
+        "targets at 16 and 64: throughput >= 3, p99 <= 0.5, CPU per request <= 0.33",
+    )
+    print_ratios(
+        results,
+        args.concurrency,
+        [name for name in results if name.startswith("Triton")],
+        "Triton's Python backend",
+        "targets of --use-ope at 1, 16 and 64: throughput >= 1.0 (>= 1.3 at 16 and 64), p99 <= 1.0, "
+        "CPU per request <= 1.0",
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
