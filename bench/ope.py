@@ -68,6 +68,7 @@ from neuropod import load_neuropod
 from neuropod.errors import ChannelClosed, ChannelTimeout, NeuropodError
 from neuropod.ope import wire
 from neuropod.ope.channel import MAILBOX_BYTES, Channel
+from neuropod.ope.waiting import CALLER, Waiting
 from neuropod.packagers import create_python_neuropod
 from ope_shared_weights import shared_weights_rows
 
@@ -317,11 +318,13 @@ CHANNEL_ECHO = """
 import mmap, socket, sys
 from neuropod.errors import ChannelClosed
 from neuropod.ope.channel import MAILBOX_BYTES, Channel
+from neuropod.ope.waiting import WORKER, Waiting
 
 channel = Channel(socket.socket(fileno=int(sys.argv[1])), mmap.mmap(int(sys.argv[2]), MAILBOX_BYTES), side=1)
+waiting = Waiting(0, WORKER)  # on the caller's CPU while it sleeps there, as a worker waits
 while True:
     try:
-        data, _ = channel.receive_on_peer_cpu(0)  # on the caller's CPU while it sleeps there, as a worker waits
+        data, _ = channel.receive_bytes(waiting)
     except ChannelClosed:
         break
     channel.send_bytes(data)
@@ -349,6 +352,7 @@ class ChannelPeer:
             there.close()
             os.close(mailbox_fd)
         self.channel = Channel(here, self.mailbox, side=0)
+        self.meeting, self.apart = Waiting(0, CALLER), Waiting(0)
         message = wire.encode_inline(wire.Kind.INFER, 1, ONE)  # a 1-element addition's call, as sent
         assert message is not None
         self.message = message
@@ -362,7 +366,7 @@ class ChannelPeer:
     def trip(self, meet: bool = True) -> None:
         """One sleeping round trip; ``meet``: both ends wait on this thread's CPU (the spin_us=0 default)."""
         self.channel.send_bytes(self.message)
-        self.channel.receive_bytes(0, meet=meet)
+        self.channel.receive_bytes(self.meeting if meet else self.apart)
 
     def close(self) -> None:
         self.channel.close()  # the echo sees the hang-up and exits

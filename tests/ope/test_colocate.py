@@ -18,6 +18,7 @@ from neuropod.ope import wire
 from neuropod.ope.channel import Channel, decode_checked
 from neuropod.ope.colocate import current_cpu, hold_thread_on, restore_thread
 from neuropod.ope.spin import BUSY_LOOKS, LOAD_CHECK_NS, SpinPolicy
+from neuropod.ope.waiting import CALLER, WORKER, Waiting
 from neuropod.packagers import create_python_neuropod
 
 ALL_CPUS = os.sched_getaffinity(0)
@@ -151,18 +152,18 @@ def test_a_meeting_sleeper_is_held_on_its_cpu_and_says_which(pair) -> None:
     parent, worker = pair
     held: List[Set[int]] = []
     responder = answer_while_asleep(parent, worker, 1, held)
-    assert parent.receive(0, timeout=10, meet=True)[0].request_id == 1
+    assert parent.receive(Waiting(0, CALLER), timeout=10)[0].request_id == 1
     responder.join()
     meeting = worker.peer_meeting_cpu()
     assert meeting in ALL_CPUS and held == [{meeting}]
     assert os.sched_getaffinity(0) == ALL_CPUS  # given back once the answer came
     # An answer already there: no wait, nothing changes.
     worker.send(wire.Message(wire.Kind.RESULT, 2))
-    assert parent.receive(0, meet=True)[0].request_id == 2
+    assert parent.receive(Waiting(0, CALLER))[0].request_id == 2
     assert worker.peer_meeting_cpu() == meeting
     # A wait that may spin says it no longer sleeps on one CPU.
     threading.Timer(0.01, worker.send, args=(wire.Message(wire.Kind.RESULT, 3),)).start()
-    assert parent.receive(1_000_000, meet=True)[0].request_id == 3
+    assert parent.receive(Waiting(1_000_000, CALLER))[0].request_id == 3
     assert worker.peer_meeting_cpu() is None
     # Without meet, a sleeper keeps its CPUs.
     held.clear()
@@ -172,7 +173,7 @@ def test_a_meeting_sleeper_is_held_on_its_cpu_and_says_which(pair) -> None:
     assert held == [ALL_CPUS] and worker.peer_meeting_cpu() is None
     # A meeting sleep that times out gives the CPUs back too.
     with pytest.raises(ChannelTimeout):
-        parent.receive(0, timeout=0.02, meet=True)
+        parent.receive(Waiting(0, CALLER), timeout=0.02)
     assert os.sched_getaffinity(0) == ALL_CPUS and worker.peer_meeting_cpu() in ALL_CPUS
 
 
@@ -180,21 +181,21 @@ def test_the_workers_side_waits_on_the_peers_cpu_and_gets_its_cpus_back(pair) ->
     parent, worker = pair
     held: List[Set[int]] = []
     responder = answer_while_asleep(worker, parent, 1, held)  # no meeting yet: waits with its CPUs
-    assert decode_checked(*worker.receive_on_peer_cpu(0)).request_id == 1
+    assert decode_checked(*worker.receive_bytes(Waiting(0, WORKER))).request_id == 1
     responder.join()
     assert held == [ALL_CPUS]
     with pytest.raises(ChannelTimeout):
-        parent.receive(0, timeout=0.02, meet=True)  # a sleeping caller leaves its CPU in the mailbox
+        parent.receive(Waiting(0, CALLER), timeout=0.02)  # a sleeping caller leaves its CPU in the mailbox
     meeting = worker.peer_meeting_cpu()
     assert meeting in ALL_CPUS
     held.clear()
     responder = answer_while_asleep(worker, parent, 2, held)
-    assert decode_checked(*worker.receive_on_peer_cpu(0)).request_id == 2
+    assert decode_checked(*worker.receive_bytes(Waiting(0, WORKER))).request_id == 2
     responder.join()
     assert held == [{meeting}] and os.sched_getaffinity(0) == ALL_CPUS
     parent.close()  # the peer has gone: the wait on its CPU ends in ChannelClosed and gives the CPUs back
     with pytest.raises(ChannelClosed):
-        worker.receive_on_peer_cpu(0)
+        worker.receive_bytes(Waiting(0, WORKER))
     assert os.sched_getaffinity(0) == ALL_CPUS
 
 
@@ -205,7 +206,7 @@ def test_no_meeting_while_the_machine_is_busy(pair) -> None:
     policy = SpinPolicy(0, read_runnable=lambda: runnable[0], clock=lambda: clock[0])
     held: List[Set[int]] = []
     responder = answer_while_asleep(parent, worker, 1, held)
-    parent.receive(policy, timeout=10, meet=True)
+    parent.receive(Waiting(policy, CALLER), timeout=10)
     responder.join()
     meeting = worker.peer_meeting_cpu()
     assert meeting in ALL_CPUS and held == [{meeting}]
@@ -216,7 +217,7 @@ def test_no_meeting_while_the_machine_is_busy(pair) -> None:
     assert policy.busy
     held.clear()
     responder = answer_while_asleep(parent, worker, 2, held)
-    parent.receive(policy, timeout=10, meet=True)
+    parent.receive(Waiting(policy, CALLER), timeout=10)
     responder.join()
     assert held == [ALL_CPUS] and worker.peer_meeting_cpu() is None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import struct
+from typing import List
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from neuropod.errors import WireFormatError
 from neuropod.ope import wire
 from neuropod.ope.shm import SegmentPool
-from neuropod.ope.tensors import InlineArea, read_tensor, write_tensor
+from neuropod.ope.wire import InlineArea, read_tensor, write_tensor
 
 
 def sample_message() -> wire.Message:
@@ -220,3 +221,59 @@ def test_equal_tensor_sections_decode_to_equal_messages_with_their_own_inline_by
     assert first.tensors == second.tensors == refs and first.tensors is not second.tensors
     assert read_tensor(first.tensors[0], first.inline)[0] != read_tensor(second.tensors[0], second.inline)[0]
     assert (first.request_id, second.request_id) == (1, 2)
+
+
+def test_one_codec_packs_the_usual_call_from_its_cache_and_anything_else_in_full():
+    pool = SegmentPool()
+    placed: List[str] = []
+
+    def place(name, array, inline, message):
+        placed.append(name)
+        ref, segment = write_tensor(name, array, pool, inline)
+        if segment is not None:
+            message.new_segments.append((segment.id, segment.size))
+        return ref
+
+    try:
+        small = {"x": np.arange(3, dtype=np.float32), "y": np.ones((2, 2), np.int64)}
+        data, message = wire.pack(wire.Kind.INFER, 7, small, place)
+        assert message is None and placed == []  # the inline cache: nothing placed, no message built
+        kind, request_id, arrays, full = wire.unpack(data, [])
+        assert (kind, request_id, full) == (wire.Kind.INFER, 7, None)
+        assert all(np.array_equal(arrays[name], array) for name, array in small.items())
+
+        # A large input goes where the side places it; the receiver gets the references.
+        mixed = {"big": np.zeros(wire.INLINE_TENSOR_BYTES + 1, np.uint8), "s": np.array(["a", "bc"])}
+        data, message = wire.pack(wire.Kind.INFER, 8, mixed, place)
+        assert message is not None and placed == ["big", "s"] and len(message.new_segments) == 1
+        with pytest.raises(WireFormatError, match="announces 1 segments but carries 0 descriptors"):
+            wire.unpack(data, [])
+        # What else a message carries (here a drop) takes it off the cached path, even for small arrays.
+        placed.clear()
+        data, message = wire.pack(
+            wire.Kind.INFER, 9, small, place, message=wire.Message(wire.Kind.INFER, 9, drop_segments=[5])
+        )
+        assert message is not None and placed == ["x", "y"]
+        kind, request_id, arrays, full = wire.unpack(data, [])
+        assert arrays is None and full is not None and [ref.name for ref in full.tensors] == ["x", "y"]
+        assert np.array_equal(read_tensor(full.tensors[1], full.inline), small["y"])
+    finally:
+        pool.close()
+
+
+def test_every_layout_passes_the_one_header_check():
+    from neuropod.ope import layouts
+
+    for layout, good in (
+        (layouts.MESSAGE, wire.encode(wire.Message(wire.Kind.HELLO, 1, texts=["x"]))),
+        (layouts.ZYGOTE, layouts.encode_zygote(layouts.ZygoteKind.EXITED, 3, -9)),
+    ):
+        layout.check(good)
+        with pytest.raises(WireFormatError, match="magic"):
+            layout.check(b"XXXX" + good[4:])
+        with pytest.raises(WireFormatError, match="shorter than its"):
+            layout.check(good[:3])
+        with pytest.raises(WireFormatError, match="exceeds"):
+            layout.check(good + bytes(layout.max_bytes))
+    with pytest.raises(WireFormatError, match="exceeds"):  # a mailbox's length word, before anything is copied
+        layouts.MESSAGE.check_size(layouts.MAX_MESSAGE_BYTES + 1)

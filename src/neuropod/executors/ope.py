@@ -34,8 +34,9 @@ from ..backends import BackendOptions
 from ..errors import InputValidationError, ModelClosedError
 from ..isolation.options import IsolationOptions
 from ..ope import wire
-from ..ope.client import WorkerProcess, make_zygote
+from ..ope.client import WorkerProcess
 from ..ope.options import OpeOptions
+from ..ope.process import make_zygote
 from ..ope.shm import Segment, SegmentPool, leased_array
 from ..ope.supervisor import Supervisor
 from ..ope.zygote import Zygote, sharing_refusal

@@ -1,4 +1,4 @@
-"""The control channel between a parent and one worker.
+"""The control channel between a parent and one worker (the mailbox's layout: :mod:`neuropod.ope.layouts`).
 
 Two parts:
 
@@ -8,7 +8,10 @@ Two parts:
   message, then bumps the counter; receiving polls the counter. Polling
   shared memory costs nanoseconds where waking a sleeping process costs
   10-90 us, so a receiver that expects an answer soon busy-polls for a
-  bounded time first (how long: :class:`~neuropod.ope.spin.SpinPolicy`).
+  bounded time first. How long, and where it then sleeps, is not decided
+  here: each receive is handed a :class:`~neuropod.ope.waiting.Waiting`,
+  and this module only provides what it needs (:meth:`Channel.arrived`,
+  :meth:`Channel.take`, :meth:`Channel.sleep`, the meeting word).
 * a **SOCK_SEQPACKET Unix socket**: it carries every message to a receiver
   that sleeps (the whole message, in one ``send``: the receiver wakes with
   it in hand, as with a pipe), the messages that bring file descriptors (new
@@ -44,9 +47,10 @@ import time
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 from ..errors import ChannelClosed, ChannelTimeout, WireFormatError
-from . import wire
-from .colocate import current_cpu, held_on
-from .spin import SPIN_MODES, SpinPolicy
+from . import layouts, wire
+from .spin import SPIN_MODES
+from .waiting import Waiting
+from .wire import decode_checked
 
 __all__ = ["Channel", "ChannelClosed", "ChannelTimeout", "POLL_SLICE_S", "MAILBOX_BYTES", "STAMP_SLOTS"]
 
@@ -56,34 +60,19 @@ _FIRST_SLICE_S = 0.001
 _FD_BYTES = array.array("i").itemsize
 _ANCILLARY_SPACE = socket.CMSG_SPACE(wire.MAX_FDS_PER_MESSAGE * _FD_BYTES)
 _TRUNCATED = socket.MSG_TRUNC | socket.MSG_CTRUNC
-_yield = getattr(os, "sched_yield", lambda: None)
 
-# Box layout (native byte order: both ends run on this machine). Offsets are
-# 8-byte aligned so each counter is written by one store.
-_COUNTER = struct.Struct("=Q")
-_LENGTH = struct.Struct("=Q")
-_SEQ_AT, _LENGTH_AT, _SLEEPING_AT, _SETTINGS_AT, _MEETING_AT, _TAKEN_AT, _STAMPS_AT, _PAYLOAD_AT = (
-    0,
-    8,
-    16,
-    24,
-    32,
-    40,
-    48,
-    128,
-)
-# The settings word: the spin mode's number (1 + its index in SPIN_MODES) in the low byte, then a timing bit.
-_SPIN_MODE_MASK, _TIMING_BIT = 0xFF, 1 << 8
-#: Timestamps a side may leave in its box for the other (stage timing, :mod:`neuropod.ope.stages`).
-STAMP_SLOTS = (_PAYLOAD_AT - _STAMPS_AT) // 8
-_STAMPS = struct.Struct(f"={STAMP_SLOTS}Q")
+# The mailbox's layout (neuropod.ope.layouts).
+_COUNTER = _LENGTH = layouts.WORD
+_SEQ_AT, _LENGTH_AT, _SLEEPING_AT = layouts.SEQ_AT, layouts.LENGTH_AT, layouts.SLEEPING_AT
+_SETTINGS_AT, _MEETING_AT, _TAKEN_AT = layouts.SETTINGS_AT, layouts.MEETING_AT, layouts.TAKEN_AT
+_STAMPS_AT, _PAYLOAD_AT, _STAMPS = layouts.STAMPS_AT, layouts.PAYLOAD_AT, layouts.STAMPS
+_SPIN_MODE_MASK, _TIMING_BIT = layouts.SPIN_MODE_MASK, layouts.TIMING_BIT
+STAMP_SLOTS = layouts.STAMP_SLOTS
+MAILBOX_BYTES = layouts.MAILBOX_BYTES
+_BOX_BYTES = layouts.BOX_BYTES
+_ON_SOCKET = layouts.ON_SOCKET
+_DOORBELL = layouts.DOORBELL
 _TIMEVAL = struct.Struct("@ll")  # struct timeval: seconds, microseconds
-_BOX_BYTES = _PAYLOAD_AT + wire.MAX_MESSAGE_BYTES
-#: Size of a mailbox segment (two boxes).
-MAILBOX_BYTES = 2 * _BOX_BYTES
-#: Length value meaning "this message came through the socket".
-_ON_SOCKET = 2**64 - 1
-_DOORBELL = b"!"
 _MESSAGES_IN_MAILBOX = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 
 
@@ -207,7 +196,7 @@ class Channel:
             return None
         return bytes(self._view[:size]), fds
 
-    def _take(self) -> Tuple[bytes, List[int]]:
+    def take(self) -> Tuple[bytes, List[int]]:
         """The bytes of the oldest message the peer has published and we have not read.
 
         When more than one is waiting, this one came through the socket (see the
@@ -228,91 +217,44 @@ class Channel:
                     continue
                 if found is not None:  # else a doorbell rung late
                     return found
-        if length > wire.MAX_MESSAGE_BYTES:
-            raise WireFormatError(f"mailbox message claims {length} bytes; the limit is {wire.MAX_MESSAGE_BYTES}")
+        layouts.MESSAGE.check_size(length)
         start = box + _PAYLOAD_AT
         return mailbox[start : start + length], []  # one copy, as bytes: the box is reused by the next message
 
+    def arrived(self) -> bool:
+        """Whether the peer has published a message we have not taken."""
+        return bool(_COUNTER.unpack_from(self.mailbox, self._in + _SEQ_AT)[0] > self._received)
+
     def receive_bytes(
         self,
-        spin: Union[int, SpinPolicy],
+        waiting: Union[int, Waiting],
         timeout: Optional[float] = None,
         check_alive: Optional[Callable[[], None]] = None,
-        meet: bool = False,
     ) -> Tuple[bytes, List[int]]:
         """The next message, still encoded, and the descriptors it carries.
 
-        ``spin`` is how many nanoseconds to busy-poll before sleeping, or a
-        policy that decides it (and learns from how the wait went). With
-        ``meet``, a wait that does not spin at all holds this thread on its
-        CPU while it sleeps and tells the peer which CPU that is
-        (:meth:`peer_meeting_cpu`, :mod:`neuropod.ope.colocate`), unless the
-        policy finds the machine busy (no idle CPU to spare a wake-up of).
+        ``waiting`` decides how long to spin and where to sleep
+        (:mod:`neuropod.ope.waiting`); a number is nanoseconds to spin.
+        ``check_alive`` runs while the wait sleeps (it raises ChannelClosed
+        when the peer is gone).
 
         Raises:
             ChannelClosed: the peer is gone.
             ChannelTimeout: nothing came within ``timeout`` seconds.
             WireFormatError: the message is malformed.
         """
-        mailbox = self.mailbox
-        seq_at = self._in + _SEQ_AT
-        expected = self._received + 1
-        read_counter = _COUNTER.unpack_from
-        policy = spin if isinstance(spin, SpinPolicy) else None
-        if read_counter(mailbox, seq_at)[0] >= expected:
-            if policy is not None:
-                policy.waited(0)
-            return self._take()
-        spin_ns = spin.budget() if isinstance(spin, SpinPolicy) else spin
-        now = time.perf_counter_ns
-        began = now()
-        if meet and spin_ns <= 0 and not (policy is not None and policy.machine_busy()):
-            found = self._sleep_on_this_cpu(expected, timeout, check_alive)
-            if policy is not None:
-                policy.waited(now() - began)
-            return found
-        if self._meeting:
-            self._publish_meeting(0)
-        if timeout is not None:
-            spin_ns = min(spin_ns, int(timeout * 1e9))  # the spin counts against the timeout too
-        if spin_ns > 0:
-            spin_until = began + spin_ns
-            while now() < spin_until:
-                # Yielding hands the CPU to the peer when both share one (a busy
-                # or small machine), where a plain spin would only delay the answer.
-                _yield()
-                if read_counter(mailbox, seq_at)[0] >= expected:
-                    if policy is not None:
-                        policy.won()
-                        policy.waited(now() - began)
-                    return self._take()
-            if policy is not None:
-                policy.lost()
-            if timeout is not None:
-                timeout = max(0.0, timeout - (now() - began) / 1e9)
-        found = self._sleep(expected, timeout, check_alive)
-        if policy is not None:
-            policy.waited(now() - began)
-        return found
+        if not isinstance(waiting, Waiting):
+            waiting = Waiting(waiting)
+        return waiting.wait(self, timeout, check_alive)
 
-    def receive_on_peer_cpu(
-        self, spin: Union[int, SpinPolicy], check_alive: Optional[Callable[[], None]] = None
-    ) -> Tuple[bytes, List[int]]:
-        """The next message, waited for where the peer sleeps: the worker's side of ``meet``.
+    def sleep(self, timeout: Optional[float], check_alive: Optional[Callable[[], None]]) -> Tuple[bytes, List[int]]:
+        """Wait for the next message in a blocking receive on the socket, in slices of growing length.
 
-        While the peer holds its thread on a CPU (:meth:`peer_meeting_cpu`),
-        this thread waits on that CPU without spinning and has its own CPUs
-        back as soon as the message comes; otherwise, and where it may not
-        use that CPU, it waits as :meth:`receive_bytes` with ``spin`` does.
+        ``check_alive`` runs whenever a slice ends empty-handed (it raises
+        ChannelClosed when the peer is gone); ChannelTimeout after ``timeout``.
         """
-        with held_on(self.peer_meeting_cpu()) as held:
-            return self.receive_bytes(0 if held else spin, None, check_alive)
-
-    def _sleep(
-        self, expected: int, timeout: Optional[float], check_alive: Optional[Callable[[], None]]
-    ) -> Tuple[bytes, List[int]]:
-        """Wait for the next message in a blocking receive on the socket, in slices of growing length."""
         mailbox = self.mailbox
+        expected = self._received + 1
         seq_at = self._in + _SEQ_AT
         read_counter = _COUNTER.unpack_from
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -322,7 +264,7 @@ class Channel:
             _COUNTER.pack_into(mailbox, sleeping_at, 1)
             try:
                 if read_counter(mailbox, seq_at)[0] >= expected:
-                    return self._take()
+                    return self.take()
                 if deadline is not None:
                     left = deadline - time.monotonic()
                     if left <= 0:
@@ -341,7 +283,7 @@ class Channel:
                 except ChannelClosed:
                     # The peer may have published its last message just before it went.
                     if read_counter(mailbox, seq_at)[0] >= expected:
-                        return self._take()
+                        return self.take()
                     raise
                 if found is not None:
                     self._received += 1
@@ -350,22 +292,14 @@ class Channel:
             finally:
                 _COUNTER.pack_into(mailbox, sleeping_at, 0)
 
-    def _sleep_on_this_cpu(
-        self, expected: int, timeout: Optional[float], check_alive: Optional[Callable[[], None]]
-    ) -> Tuple[bytes, List[int]]:
-        cpu = current_cpu()
-        with held_on(cpu) as held:
-            word = cpu + 1 if held and cpu is not None else 0
-            if self._meeting != word:
-                self._publish_meeting(word)
-            return self._sleep(expected, timeout, check_alive)
-
-    def _publish_meeting(self, word: int) -> None:
-        _COUNTER.pack_into(self.mailbox, self._out + _MEETING_AT, word)
-        self._meeting = word
+    def publish_meeting(self, word: int) -> None:
+        """Tell the peer the CPU this side sleeps on in its calls (1 + the CPU; 0: none)."""
+        if self._meeting != word:
+            _COUNTER.pack_into(self.mailbox, self._out + _MEETING_AT, word)
+            self._meeting = word
 
     def peer_meeting_cpu(self) -> Optional[int]:
-        """The CPU the peer sleeps on in its calls (``receive_bytes(meet=True)``), or None while it does not."""
+        """The CPU the peer sleeps on in its calls (``Waiting(meet=CALLER)``), or None while it does not."""
         word = _COUNTER.unpack_from(self.mailbox, self._in + _MEETING_AT)[0]
         return word - 1 if word else None
 
@@ -381,31 +315,13 @@ class Channel:
 
     def receive(
         self,
-        spin: Union[int, SpinPolicy],
+        waiting: Union[int, Waiting],
         timeout: Optional[float] = None,
         check_alive: Optional[Callable[[], None]] = None,
-        meet: bool = False,
     ) -> Tuple[wire.Message, List[int]]:
         """The next message, decoded, and the descriptors it carries (see :meth:`receive_bytes`)."""
-        data, fds = self.receive_bytes(spin, timeout, check_alive, meet)
+        data, fds = self.receive_bytes(waiting, timeout, check_alive)
         return decode_checked(data, fds), fds
 
     def close(self) -> None:
         self.sock.close()
-
-
-def decode_checked(data: bytes, fds: List[int]) -> wire.Message:
-    """Decode a received message and check it announces as many segments as it brought descriptors.
-
-    On any error the descriptors are closed.
-    """
-    try:
-        message = wire.decode(data)
-        if len(fds) != len(message.new_segments):
-            raise WireFormatError(
-                f"message announces {len(message.new_segments)} segments but carries {len(fds)} descriptors"
-            )
-    except BaseException:
-        _close_all(fds)
-        raise
-    return message

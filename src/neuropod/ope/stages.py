@@ -5,8 +5,11 @@ environment or :func:`enable`, which returns the recorder; read the results
 with ``recorder.summary()`` (median microseconds per stage). Each worker
 started from then on times its side too (forked from a zygote or not): its
 parent tells it so in its mailbox before it starts, and it looks once, when it
-starts. Off, it costs the call path one test of a module attribute per call
-and the worker one attribute test per call. The recorder keeps the last
+starts. Each side reports to an *observer*: the caller to :data:`observer`
+(the recorder), a worker to a :class:`WorkerStamps`; off, both report to
+:class:`NullObserver`, whose clock reads nothing (a few no-op calls per call).
+A backend with a conversion step of its own (torch's ``to_tensors``) tells
+the worker's observer how long it took through its ``conversion_observer``. The recorder keeps the last
 :data:`KEPT_CALLS` calls, so timing may stay on in a long-running process.
 
 Every timestamp is ``time.perf_counter_ns()``, which on Linux reads
@@ -16,7 +19,7 @@ parent can subtract the worker's timestamps (left in the mailbox,
 
 The stages of one call, in order (:data:`STAGES`):
 
-* ``parent encode``: from ``WorkerProcess.call`` to the request's bytes;
+* ``parent encode``: from ``Connection.call`` to the request's bytes;
 * ``parent send``: writing them to the mailbox or the socket (until the
   worker has them, if that came first: a send on the socket may wake the
   worker before it returns);
@@ -38,9 +41,21 @@ import collections
 import os
 import statistics
 import time
-from typing import Deque, Dict, Optional, Sequence, Tuple
+from typing import Callable, Deque, Dict, Optional, Sequence, Tuple, Union
 
-__all__ = ["ENV", "KEPT_CALLS", "STAGES", "StageRecorder", "enable", "disable", "recorder", "enabled_in_environment"]
+__all__ = [
+    "ENV",
+    "KEPT_CALLS",
+    "STAGES",
+    "NullObserver",
+    "StageRecorder",
+    "WorkerStamps",
+    "enable",
+    "disable",
+    "observer",
+    "recorder",
+    "enabled_in_environment",
+]
 
 #: The environment variable that turns stage timing on ("1").
 ENV = "NEUROPOD_OPE_STAGES"
@@ -64,12 +79,62 @@ def enabled_in_environment() -> bool:
     return os.environ.get(ENV) == "1"
 
 
+class NullObserver:
+    """Stage timing off: reads no clock, keeps nothing (the default observer of both sides)."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def clock() -> int:
+        return 0
+
+    def add(self, parent: Sequence[int], worker: Sequence[int]) -> None:
+        pass
+
+    def reply(self, seen: int, decoded: int, called: int) -> None:
+        pass
+
+    def converted(self, nanoseconds: int) -> None:
+        pass
+
+
+NULL = NullObserver()
+
+
+class WorkerStamps:
+    """A worker's observer while its parent times stages: it leaves each call's stamps in the mailbox.
+
+    Args:
+        leave: puts the stamps where the parent reads them
+            (:meth:`~neuropod.ope.channel.Channel.leave_stamps`).
+    """
+
+    __slots__ = ("leave", "convert_ns")
+
+    clock = staticmethod(clock)
+
+    def __init__(self, leave: Callable[[Sequence[int]], None]) -> None:
+        self.leave = leave
+        self.convert_ns = 0
+
+    def converted(self, nanoseconds: int) -> None:
+        """The backend's own numpy-to-framework step took this long (its ``conversion_observer``)."""
+        self.convert_ns += nanoseconds
+
+    def reply(self, seen: int, decoded: int, called: int) -> None:
+        """The reply is encoded: leave this call's stamps (request seen, decoded, called, encoded, convert)."""
+        self.leave((seen, decoded, called, clock(), self.convert_ns))
+        self.convert_ns = 0
+
+
 class StageRecorder:
-    """The timestamps of the last ``kept`` timed calls, and their per-stage summary.
+    """The caller's observer while stage timing is on: the last ``kept`` timed calls and their summary.
 
     Args:
         kept: how many calls to keep (older ones are dropped).
     """
+
+    clock = staticmethod(clock)
 
     def __init__(self, kept: int = KEPT_CALLS) -> None:
         self.calls: Deque[Tuple[int, ...]] = collections.deque(maxlen=kept)
@@ -118,18 +183,22 @@ class StageRecorder:
 
 #: The recorder the call path writes to; None while stage timing is off.
 recorder: Optional[StageRecorder] = StageRecorder() if enabled_in_environment() else None
+#: What a caller's call reports its stages to: the recorder, or the null observer while timing is off.
+observer: Union[StageRecorder, NullObserver] = recorder if recorder is not None else NULL
 
 
 def enable() -> StageRecorder:
     """Time every OPE call from now on (and in every worker started from now on); returns the recorder."""
-    global recorder
+    global recorder, observer
     os.environ[ENV] = "1"
     if recorder is None:
         recorder = StageRecorder()
+    observer = recorder
     return recorder
 
 
 def disable() -> None:
-    global recorder
+    global recorder, observer
     os.environ.pop(ENV, None)
     recorder = None
+    observer = NULL

@@ -1,28 +1,18 @@
 """The control-message format between a parent and its OPE workers.
 
-Every constant of the format lives here: magic, version, struct layouts,
-message kinds, dtype codes and size limits. Messages are small: tensor bytes
-never travel in them, only references into shared-memory segments. Nothing
-is pickled. The decoder trusts no count, length or offset it reads: each is
-checked against what is left of the message (here) and against the size of
-the segment it points into (:func:`check_tensor_ref`).
+The codec: it turns messages (and the arrays a call carries) into bytes
+and back. The layout of those bytes, every constant of the format and the
+check of a message's header live in :mod:`neuropod.ope.layouts`; the names
+are re-exported here. Messages are small: large tensors' bytes never travel
+in them, only references into shared-memory segments. Nothing is pickled.
+The decoder trusts no count, length or offset it reads: each is checked
+against what is left of the message (here) and against the size of the
+segment it points into (:func:`check_tensor_ref`).
 
-A message, little-endian throughout::
-
-    header   magic "NPOP" | version u16 | kind u16 | request id u64 | body length u32
-    texts    count u16, then per text: length u32 | UTF-8 bytes
-    segments count u16, then per new segment: segment id u32 | size u64
-             (the file descriptors ride along as SCM_RIGHTS, in the same order)
-    drops    count u32, then segment ids u32 the sender destroyed
-    releases count u32, then segment ids u32 of the receiver's blocks the
-             sender no longer uses
-    inline   length u32 of the inline area that ends the message
-    tensors  count u16, then per tensor:
-             name length u16 | UTF-8 name | dtype code u8 | ndim u8 | owner u8 | pad
-             | dims u64 * ndim | segment id u32 | offset u64 | nbytes u64
-    then the inline area: the bytes of the small tensors carried in the
-             message itself; such a tensor has segment id 0 and its offset
-             counts from the start of this area (aligned to INLINE_ALIGN)
+Its two entries are :func:`pack` (a message and the arrays it carries to
+bytes) and :func:`unpack` (bytes to arrays, or to a message whose tensors
+are references into segments); the usual small call is served by the
+inline cache inside them (:func:`encode_inline` / :func:`decode_inline`).
 
 The tensors section of a call is the same bytes call after call (same
 names, shapes and places), so the decoder keeps the parsed result of the
@@ -40,14 +30,17 @@ A string tensor's bytes are an offsets table of ``n + 1`` little-endian u64
 
 from __future__ import annotations
 
+import mmap
+import os
 import struct
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
 from ..errors import WireFormatError
+from .shm import Segment, SegmentPool, leased_array
 
 __all__ = [
     "MAGIC",
@@ -78,72 +71,33 @@ __all__ = [
     "crossing_problem",
 ]
 
-MAGIC = b"NPOP"
-# 3: the mailbox's boxes gained the meeting word (neuropod.ope.colocate), and their stamps moved after it.
-VERSION = 3
+from . import layouts
+from .layouts import (  # the message's layout, re-exported: the codec's users read it here
+    HEADER,
+    INLINE_ALIGN,
+    INLINE_MESSAGE_BYTES,
+    INLINE_TENSOR_BYTES,
+    MAGIC,
+    MAX_FDS_PER_MESSAGE,
+    MAX_MESSAGE_BYTES,
+    MAX_NAME_BYTES,
+    MAX_NDIM,
+    MAX_TENSORS,
+    MAX_TEXT_BYTES,
+    MESSAGE,
+    NO_SEGMENT,
+    OWNER_RECEIVER,
+    OWNER_SENDER,
+    STRING_CODE,
+    VERSION,
+    Kind,
+)
 
-HEADER = struct.Struct("<4sHHQI")
-_U16 = struct.Struct("<H")
-_U32 = struct.Struct("<I")
-_SEGMENT = struct.Struct("<IQ")
-_TENSOR_HEAD = struct.Struct("<BBBx")
-_TENSOR_LOCATION = struct.Struct("<IQQ")
+_DTYPE_CODES = layouts.DTYPE_CODES
+_U16, _U32, _SEGMENT, _TENSOR_HEAD = layouts.U16, layouts.U32, layouts.SEGMENT, layouts.TENSOR_HEAD
+_REQUEST_ID, _REQUEST_ID_AT = layouts.REQUEST_ID, layouts.REQUEST_ID_AT
+_NO_LISTS, _NO_LISTS_AT, _INLINE_LENGTH_AT = layouts.NO_LISTS, layouts.NO_LISTS_AT, layouts.INLINE_LENGTH_AT
 
-#: Largest control message either side sends or accepts (fits a default socket buffer).
-MAX_MESSAGE_BYTES = 128 * 1024
-#: File descriptors per message (the kernel allows 253 per SCM_RIGHTS message).
-MAX_FDS_PER_MESSAGE = 250
-MAX_TEXT_BYTES = 16 * 1024
-MAX_NDIM = 32
-MAX_TENSORS = 1024
-#: Longest tensor name in UTF-8 bytes (its length is a u16).
-MAX_NAME_BYTES = 0xFFFF
-#: Largest tensor whose bytes travel inside the control message ...
-INLINE_TENSOR_BYTES = 4096
-#: ... and most inline bytes one message carries (the rest go through segments).
-INLINE_MESSAGE_BYTES = 64 * 1024
-#: Inline tensors start at multiples of this (numpy and frameworks like aligned data).
-INLINE_ALIGN = 16
-#: Segment id meaning "no bytes" (a tensor with zero elements).
-NO_SEGMENT = 0
-#: A tensor lies in a segment owned by the message's sender ...
-OWNER_SENDER = 0
-#: ... or in one owned by its receiver (an output that is a view of an input).
-OWNER_RECEIVER = 1
-
-
-class Kind:
-    """Message kinds."""
-
-    HELLO = 1  # worker -> parent: model loaded; texts: pid, python version, numpy version
-    LOAD_FAILED = 2  # worker -> parent: texts: error type, message, traceback
-    INFER = 3  # parent -> worker: inputs
-    RESULT = 4  # worker -> parent: outputs
-    ERROR = 5  # worker -> parent: texts: error type, message, traceback
-    SHUTDOWN = 6  # parent -> worker: exit cleanly
-    SEGMENTS = 7  # either way: only new segments (when one message cannot carry all fds)
-
-    ALL = frozenset({1, 2, 3, 4, 5, 6, 7})
-
-
-# Codes are part of the format: never renumber, only append.
-_DTYPE_CODES: Dict[str, int] = {
-    "bool": 1,
-    "int8": 2,
-    "int16": 3,
-    "int32": 4,
-    "int64": 5,
-    "uint8": 6,
-    "uint16": 7,
-    "uint32": 8,
-    "uint64": 9,
-    "float16": 10,
-    "float32": 11,
-    "float64": 12,
-    "bfloat16": 13,
-    "string": 14,
-}
-STRING_CODE = _DTYPE_CODES["string"]
 #: numpy dtype names that cross as raw bytes (everything but strings).
 DTYPE_NAMES = frozenset(name for name in _DTYPE_CODES if name != "string")
 _CODE_NAMES = {code: name for name, code in _DTYPE_CODES.items()}
@@ -248,8 +202,6 @@ _NAME_PREFIXES: Dict[str, bytes] = {}  # name -> u16 length + UTF-8 name
 _NAMES: Dict[bytes, str] = {}  # UTF-8 name -> name
 _CACHED_NAMES_MAX = 4096  # a model that makes up new names forever must not grow them without bound
 _TENSOR_LAYOUTS: Dict[int, struct.Struct] = {}  # ndim -> head + dims + location
-#: A message with no texts, segments, drops or releases: every count zero.
-_NO_LISTS = _U16.pack(0) + _U16.pack(0) + _U32.pack(0) + _U32.pack(0)
 
 
 def _tensor_layout(ndim: int) -> struct.Struct:
@@ -319,21 +271,12 @@ def decode(data: Union[bytes, bytearray, memoryview]) -> Message:
     checked by hand. This runs twice per call, so it is written flat.
     """
     size = len(data)
-    if size > MAX_MESSAGE_BYTES:
-        raise WireFormatError(f"control message of {size} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
     if type(data) is not bytes:
+        MESSAGE.check_size(size)
         data = bytes(data)  # one small copy; slicing bytes is far cheaper than slicing a memoryview
-    what = "the header"
+    _, _, kind, request_id, _ = MESSAGE.check(data)  # size, magic, version, kind, body length
+    what = "the body"
     try:
-        magic, version, kind, request_id, body_length = HEADER.unpack_from(data, 0)
-        if magic != MAGIC:
-            raise WireFormatError(f"bad magic {bytes(magic)!r}: expected {MAGIC!r}")
-        if version != VERSION:
-            raise WireFormatError(f"wire version {version} is not supported (this side speaks {VERSION})")
-        if kind not in Kind.ALL:
-            raise WireFormatError(f"unknown message kind {kind}")
-        if _HEADER_SIZE + body_length != size:
-            raise WireFormatError(f"header says the body has {body_length} bytes, message has {size - _HEADER_SIZE}")
         pos = _HEADER_SIZE
         texts: List[str] = []
         new_segments: List[Tuple[int, int]] = []
@@ -530,6 +473,134 @@ def decode_strings(name: str, buffer: memoryview, shape: Tuple[int, ...]) -> np.
     return np.array(items, dtype=str).reshape(shape)
 
 
+# -- tensors: in the message (inline) or in a segment --------------------------
+
+
+class InlineArea:
+    """The inline area of one message being built: small tensors' bytes, aligned."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: List[Union[bytes, bytearray]] = []
+        self.size = 0
+
+    def fits(self, nbytes: int) -> bool:
+        return nbytes <= INLINE_TENSOR_BYTES and self.size + nbytes + INLINE_ALIGN <= INLINE_MESSAGE_BYTES
+
+    def add(self, data: Union[bytes, bytearray]) -> int:
+        """Append ``data``; its offset in the area."""
+        padding = -self.size % INLINE_ALIGN
+        if padding:
+            self.parts.append(bytes(padding))
+            self.size += padding
+        offset = self.size
+        self.parts.append(data)
+        self.size += len(data)
+        return offset
+
+    def getvalue(self) -> bytes:
+        return b"".join(self.parts) if self.parts else b""
+
+
+def write_tensor(
+    name: str, array: np.ndarray, pool: SegmentPool, inline: Optional[InlineArea] = None
+) -> Tuple[TensorRef, Optional[Segment]]:
+    """Copy ``array`` into ``inline`` when it fits there, else into a segment from ``pool``.
+
+    Returns its reference and the segment (None when inline or empty).
+    """
+    dtype = array.dtype
+    if inline is not None and dtype.kind not in "USO":
+        nbytes = array.nbytes
+        if 0 < nbytes <= INLINE_TENSOR_BYTES and inline.fits(nbytes):  # the common small tensor
+            code = dtype_code(dtype)
+            wire_dtype = dtype_of_code(code)
+            data = (array if dtype == wire_dtype else array.astype(wire_dtype)).tobytes()
+            return TensorRef(name, code, array.shape, NO_SEGMENT, inline.add(data), nbytes), None
+    if dtype.kind in "USO":
+        encoded = [
+            item if isinstance(item, bytes) else str(item).encode("utf-8") for item in array.reshape(-1).tolist()
+        ]
+        size = string_block_size(encoded)
+        if inline is not None and inline.fits(size):
+            block = bytearray(size)
+            encode_strings(encoded, memoryview(block))
+            return TensorRef(name, STRING_CODE, array.shape, NO_SEGMENT, inline.add(block), size), None
+        segment = pool.acquire(size)
+        try:
+            with memoryview(segment.memory) as view:
+                encode_strings(encoded, view[:size])
+        except BaseException:
+            pool.release(segment)
+            raise
+        return TensorRef(name, STRING_CODE, array.shape, segment.id, 0, size), segment
+    code = dtype_code(array.dtype)
+    nbytes = array.nbytes
+    if nbytes == 0:
+        return TensorRef(name, code, array.shape, NO_SEGMENT, 0, 0), None
+    segment = pool.acquire(nbytes)
+    try:
+        np.ndarray(array.shape, dtype_of_code(code), buffer=segment.memory)[...] = array
+    except BaseException:
+        pool.release(segment)
+        raise
+    return TensorRef(name, code, array.shape, segment.id, 0, nbytes), segment
+
+
+def read_tensor(
+    ref: TensorRef,
+    memory: Optional[Union[mmap.mmap, bytes, bytearray]],
+    on_release: Optional[Callable[[], None]] = None,
+) -> np.ndarray:
+    """The array ``ref`` describes, viewing ``memory`` (strings are decoded into a copy).
+
+    ``memory`` is the segment ``ref`` names, or for an inline tensor (segment
+    0) the message's inline area.
+
+    ``on_release`` runs once nothing views the bytes any more (at once for
+    strings and empty tensors). Every offset and length is checked first.
+    """
+    if ref.segment == NO_SEGMENT or memory is None:
+        if on_release is not None:
+            on_release()
+        if ref.nbytes and memory is not None and ref.segment == NO_SEGMENT:
+            return _read_inline(ref, memory)
+        if ref.nbytes == 0 and ref.dtype_code != STRING_CODE and element_count(ref.shape) == 0:
+            return np.empty(ref.shape, dtype=dtype_of_code(ref.dtype_code))
+        raise WireFormatError(f"tensor {ref.name!r} has bytes but no segment")
+    check_tensor_ref(ref, len(memory))
+    if ref.dtype_code == STRING_CODE:
+        try:
+            with memoryview(memory) as view:
+                return decode_strings(ref.name, view[ref.offset : ref.offset + ref.nbytes], ref.shape)
+        finally:
+            if on_release is not None:
+                on_release()
+    dtype = dtype_of_code(ref.dtype_code)
+    if on_release is None:  # nothing to track: a plain view (its base is the mapping)
+        return np.ndarray(ref.shape, dtype, buffer=memory, offset=ref.offset)
+    return leased_array(cast(mmap.mmap, memory), ref.offset, ref.nbytes, dtype, ref.shape, on_release)
+
+
+def _read_inline(ref: TensorRef, area: Union[mmap.mmap, bytes, bytearray]) -> np.ndarray:
+    """An inline tensor: a (writable) view of the message's inline area, or decoded strings."""
+    if ref.dtype_code != STRING_CODE:
+        # numpy checks the bounds itself; only a ref that fails them (or whose nbytes
+        # disagrees with its shape) pays for the full check and its message.
+        try:
+            array = np.ndarray(ref.shape, dtype_of_code(ref.dtype_code), buffer=area, offset=ref.offset)
+        except (TypeError, ValueError):
+            array = None
+        if array is not None and array.nbytes == ref.nbytes:
+            return array
+        check_tensor_ref(ref, len(area))
+        raise WireFormatError(f"tensor {ref.name!r} does not fit the inline area")  # check_tensor_ref caught it
+    check_tensor_ref(ref, len(area))
+    with memoryview(area) as view:
+        return decode_strings(ref.name, view[ref.offset : ref.offset + ref.nbytes], ref.shape)
+
+
 # -- the small call: only inline tensors -------------------------------------
 #
 # Most calls carry a few small tensors and nothing else, with the same names,
@@ -539,10 +610,6 @@ def decode_strings(name: str, buffer: memoryview, shape: Tuple[int, ...]) -> np.
 # receiver (after one full decode and check of the first such message) cuts
 # arrays straight out of its copy of the inline area.
 
-_REQUEST_ID = struct.Struct("<Q")
-_REQUEST_ID_AT = 8  # in HEADER: magic 4 | version 2 | kind 2 | request id 8 | body length 4
-_NO_LISTS_AT = _HEADER_SIZE
-_INLINE_LENGTH_AT = _NO_LISTS_AT + len(_NO_LISTS)
 _LAYOUTS_MAX = 256
 _NOT_INLINE = None  # cached for a message or key that does not take the small path
 _BIG_ENDIAN = sys.byteorder == "big"  # native arrays would need a byte swap
@@ -684,3 +751,85 @@ def decode_inline(data: bytes) -> Optional[Tuple[int, int, Dict[str, np.ndarray]
         return None
     request_id, arrays = reader.read(data)
     return reader.kind, request_id, arrays
+
+
+# -- the codec's two entries ---------------------------------------------------
+
+#: Where a side puts a tensor: ``place(name, array, inline, message)`` returns its reference. The side runs
+#: its own checks, then :func:`write_tensor` (into ``inline`` when it fits there, else into one of its
+#: segments, which it adds to ``message.new_segments`` when the receiver has not mapped it yet).
+Place = Callable[[str, Any, "InlineArea", Message], TensorRef]
+#: ``lend(name, array, message)``: a reference to memory the receiver maps already (a caller's leased
+#: input, a worker's output that views an input), or None: the array is placed as any other.
+Lend = Callable[[str, Any, Message], Optional[TensorRef]]
+
+
+def pack(
+    kind: int,
+    request_id: int,
+    arrays: Mapping[str, Any],
+    place: Place,
+    lend: Optional[Lend] = None,
+    message: Optional[Message] = None,
+) -> Tuple[bytes, Optional[Message]]:
+    """A message of ``kind`` carrying ``arrays``, encoded; and the message when it was built in full.
+
+    ``message``, if given, holds what else it carries (texts, drops,
+    releases). The usual call and answer (small arrays of a layout seen
+    before, nothing else to tell) come from the inline cache
+    (:func:`encode_inline`): the layout's fixed bytes joined with the arrays'
+    own, and no message. Any other is built in full: each array goes by
+    ``lend``'s reference where it gives one, else where ``place`` puts it;
+    the message returned lists the segments it introduces.
+    """
+    if lend is None and message is None:
+        data = encode_inline(kind, request_id, arrays)
+        if data is not None:
+            return data, None
+    if message is None:
+        message = Message(kind, request_id)
+    inline = InlineArea()
+    tensors = message.tensors
+    for name, array in arrays.items():
+        ref = lend(name, array, message) if lend is not None else None
+        tensors.append(ref if ref is not None else place(name, array, inline, message))
+    message.inline = inline.getvalue()
+    return encode(message), message
+
+
+def unpack(data: bytes, fds: List[int]) -> Tuple[int, int, Optional[Dict[str, np.ndarray]], Optional[Message]]:
+    """(kind, request id, arrays, message) of a received message; malformed ones raise WireFormatError.
+
+    A message whose tensors all came inline, in a layout seen before, is read
+    by the inline cache (:func:`decode_inline`): its arrays, and no message.
+    Any other comes decoded in full, as a message (its tensors are
+    references: :func:`read_tensor`), and no arrays. On an error the
+    descriptors are closed.
+    """
+    if not fds:
+        small = decode_inline(data)
+        if small is not None:
+            return small[0], small[1], small[2], None
+    message = decode_checked(data, fds)
+    return message.kind, message.request_id, None, message
+
+
+def decode_checked(data: bytes, fds: List[int]) -> Message:
+    """Decode a received message and check it announces as many segments as it brought descriptors.
+
+    On any error the descriptors are closed.
+    """
+    try:
+        message = decode(data)
+        if len(fds) != len(message.new_segments):
+            raise WireFormatError(
+                f"message announces {len(message.new_segments)} segments but carries {len(fds)} descriptors"
+            )
+    except BaseException:
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        raise
+    return message

@@ -28,7 +28,7 @@ import signal
 import socket
 import sys
 import traceback
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -36,10 +36,11 @@ from ..errors import OutputValidationError, WireFormatError
 from ..executors.base import Executor
 from ..spec import SpecValidator
 from . import stages, wire
-from .channel import MAILBOX_BYTES, Channel, ChannelClosed, decode_checked
+from .channel import MAILBOX_BYTES, Channel, ChannelClosed
 from .shm import PeerSegments, Segment, SegmentPool
 from .spin import SpinPolicy
-from .tensors import InlineArea, check_crossing_size, read_tensor, write_tensor
+from .tensors import check_crossing_size
+from .waiting import WORKER, Waiting
 
 if TYPE_CHECKING:
     from ..executors.inprocess import InProcessExecutor
@@ -67,6 +68,12 @@ def describe_exception(exc: BaseException) -> List[str]:
 
 
 class _Server:
+    """Answers the parent's calls on one channel, one at a time.
+
+    A call: :meth:`Channel.receive_bytes` (as the waiting strategy says),
+    :func:`wire.unpack`, the model, :func:`wire.pack`, :meth:`Channel.send_bytes`.
+    """
+
     def __init__(
         self,
         channel: Channel,
@@ -82,86 +89,109 @@ class _Server:
         self.channel = channel
         self.shm_dir = shm_dir
         self.max_tensor_bytes = max_tensor_bytes
-        # Wait for calls on the CPU the caller sleeps on (neuropod.ope.colocate); not when pinned by cpu_affinity.
-        self.meet_caller = meet_caller
         self.model = model
         self.output_validator = output_validator
         # The parent's spin_mode option and stage timing, left in the mailbox before we started.
         self.policy = SpinPolicy(spin_ns, channel.peer_spin_mode() or "adaptive")
+        # Wait for calls on the CPU the caller sleeps on (neuropod.ope.colocate); not when pinned by cpu_affinity.
+        self.waiting = Waiting(self.policy, WORKER if meet_caller else None)
         self.parent_pid = parent_pid
         self.pending_drops: List[int] = []
         self.pool = SegmentPool(shm_dir, cache_bytes, on_destroy=self.pending_drops.append)
         self.peer = PeerSegments()
         self.lent: Dict[int, Segment] = {}  # our segments the parent still views
         self.announced: set = set()
-        self.timing = channel.peer_timing()
-        self._convert_ns = 0
-        if self.timing:
-            self._time_conversion()
+        self._placed: List[Segment] = []  # segments filled for the reply being built
+        self._input_refs: Dict[int, wire.TensorRef] = {}  # the call's segment-held inputs, by their mapping
+        self.observer: Union[stages.NullObserver, stages.WorkerStamps] = stages.NULL
+        if channel.peer_timing():
+            self.observer = stages.WorkerStamps(channel.leave_stamps)
+            backend = getattr(model, "backend", None)
+            if hasattr(backend, "conversion_observer"):  # a backend with a conversion step of its own
+                backend.conversion_observer = self.observer.converted  # type: ignore[union-attr]
 
     def check_parent(self) -> None:
         if os.getppid() != self.parent_pid:
             raise ChannelClosed()
 
     def serve(self) -> None:
-        channel, policy = self.channel, self.policy
+        channel, waiting, clock = self.channel, self.waiting, self.observer.clock
         while True:
             try:
-                if self.meet_caller:
-                    data, fds = channel.receive_on_peer_cpu(policy, self.check_parent)
-                else:
-                    data, fds = channel.receive_bytes(policy, None, self.check_parent)
+                data, fds = channel.receive_bytes(waiting, None, self.check_parent)
             except ChannelClosed:
                 return
-            seen = stages.clock() if self.timing else 0
-            if not fds:
-                small = wire.decode_inline(data)
-                if small is not None and small[0] == wire.Kind.INFER:  # the usual call: small tensors only
-                    self.answer_small(small[1], small[2], seen)
-                    continue
-            message = decode_checked(data, fds)
-            for (segment_id, size), fd in zip(message.new_segments, fds):
-                self.peer.add(segment_id, size, fd)
-            for segment_id in message.drop_segments:
-                self.peer.drop(segment_id)
-            for segment_id in message.release_segments:
-                segment = self.lent.pop(segment_id, None)
-                if segment is not None:
-                    self.pool.release(segment)
-            if message.kind == wire.Kind.SHUTDOWN:
+            seen = clock()
+            kind, request_id, inputs, message = wire.unpack(data, fds)
+            if message is not None:  # not all inline: segments to map, drop or take back, references to read
+                for (segment_id, size), fd in zip(message.new_segments, fds):
+                    self.peer.add(segment_id, size, fd)
+                for segment_id in message.drop_segments:
+                    self.peer.drop(segment_id)
+                for segment_id in message.release_segments:
+                    segment = self.lent.pop(segment_id, None)
+                    if segment is not None:
+                        self.pool.release(segment)
+            if kind == wire.Kind.SHUTDOWN:
                 return
-            if message.kind == wire.Kind.INFER:
-                self.answer(message, seen)
+            if kind == wire.Kind.INFER:
+                self.answer(request_id, inputs, message, seen)
 
-    def answer_small(self, request_id: int, inputs: Dict[str, np.ndarray], seen: int) -> None:
-        """Answer a call whose inputs all came inline; the reply is built in full only when it must be."""
-        decoded = stages.clock() if self.timing else 0
+    def answer(
+        self, request_id: int, inputs: Optional[Dict[str, np.ndarray]], message: Optional[wire.Message], seen: int
+    ) -> None:
+        """Run the model on a call's inputs (read from ``message`` unless they all came inline) and reply."""
+        clock = self.observer.clock
+        self._input_refs = {}
         try:
-            outputs = self.model.infer(inputs)
-        except Exception as exc:
-            self._send_error(request_id, exc)
-            return
-        del inputs
-        called = stages.clock() if self.timing else 0
-        data = None if self.pending_drops else wire.encode_inline(wire.Kind.RESULT, request_id, outputs)
-        if data is None:
-            self._reply(request_id, outputs, {}, seen, decoded, called)
-            return
-        if self.timing:
-            self._leave_stamps(seen, decoded, called)
-        self.channel.send_bytes(data)
-
-    def answer(self, message: wire.Message, seen: int = 0) -> None:
-        try:
-            inputs, input_refs = self._inputs(message)
-            decoded = stages.clock() if self.timing else 0
+            if message is not None:
+                inputs = self._inputs(message)
+            decoded = clock()
+            assert inputs is not None
             outputs = self.model.infer(inputs)
             del inputs
         except Exception as exc:
-            self._send_error(message.request_id, exc)
+            self._send_error(request_id, exc)
             return
-        called = stages.clock() if self.timing else 0
-        self._reply(message.request_id, outputs, input_refs, seen, decoded, called)
+        called = clock()
+        self._placed = []
+        try:
+            data, reply = wire.pack(
+                wire.Kind.RESULT,
+                request_id,
+                outputs,
+                self._write_output,
+                self._passthrough if self._input_refs else None,
+                self._lists(request_id),
+            )
+        except Exception as exc:  # an output that cannot cross: its segments go back, none was announced
+            for segment in self._placed:
+                if self.lent.pop(segment.id, None) is not None:
+                    self.pool.release(segment)
+            self._send_error(request_id, exc)
+            return
+        finally:
+            self._input_refs = {}
+        fds: List[int] = []
+        announcing: List[int] = []
+        if reply is not None and reply.new_segments:
+            announcing = [segment_id for segment_id, _ in reply.new_segments]
+            fds = [self.lent[segment_id].fd for segment_id in announcing]
+            if len(fds) > wire.MAX_FDS_PER_MESSAGE:
+                self._announce_in_batches(reply, fds)
+                fds = []
+                data = wire.encode(reply)
+        self.observer.reply(seen, decoded, called)
+        self.channel.send_bytes(data, fds)
+        self.announced.update(announcing)
+
+    def _lists(self, request_id: int) -> Optional[wire.Message]:
+        """A RESULT message holding the segments we destroyed since the last message, None if none."""
+        if not self.pending_drops:
+            return None
+        reply = wire.Message(wire.Kind.RESULT, request_id, drop_segments=self.pending_drops[:])
+        del self.pending_drops[:]
+        return reply
 
     def _send_error(self, request_id: int, exc: Exception) -> None:
         reply = wire.Message(wire.Kind.ERROR, request_id, texts=describe_exception(exc))
@@ -170,111 +200,24 @@ class _Server:
             del self.pending_drops[:]
         self.channel.send(reply)
 
-    def _reply(
-        self,
-        request_id: int,
-        outputs: Dict[str, np.ndarray],
-        input_refs: Dict[int, wire.TensorRef],
-        seen: int = 0,
-        decoded: int = 0,
-        called: int = 0,
-    ) -> None:
-        announcing: List[int] = []
-        try:
-            reply, fds = self.run_result(request_id, outputs, input_refs, announcing)
-        except Exception as exc:  # an output that cannot cross
-            self._send_error(request_id, exc)  # an error reply carries no segments: they went back to the pool
-            return
-        if self.pending_drops:
-            reply.drop_segments = self.pending_drops[:]
-            del self.pending_drops[:]
-        if self.timing:
-            self._leave_stamps(seen, decoded, called)
-        self.channel.send(reply, fds)
-        self.announced.update(announcing)
-
-    def _leave_stamps(self, seen: int, decoded: int, called: int) -> None:
-        self.channel.leave_stamps((seen, decoded, called, stages.clock(), self._convert_ns))
-        self._convert_ns = 0
-
-    def _time_conversion(self) -> None:
-        """Stage timing: time the backend's own numpy-to-framework step, where it has one."""
-        backend = getattr(self.model, "backend", None)
-        convert = getattr(backend, "to_tensors", None)
-        if convert is None:
-            return
-
-        def timed(inputs: Dict[str, np.ndarray]) -> object:
-            began = stages.clock()
-            try:
-                return convert(inputs)
-            finally:
-                self._convert_ns += stages.clock() - began
-
-        backend.to_tensors = timed  # type: ignore[union-attr]
-
-    def _inputs(self, message: wire.Message) -> Tuple[Dict[str, np.ndarray], Dict[int, wire.TensorRef]]:
-        """The inputs of an INFER message, and which segment each segment-held input views."""
+    def _inputs(self, message: wire.Message) -> Dict[str, np.ndarray]:
+        """The inputs of an INFER message; notes which segment each segment-held input views."""
         inputs: Dict[str, np.ndarray] = {}
         # Inputs in segments view the parent's mappings directly (their base is the
         # mmap), which is how an output that is a view of an input is recognised.
-        input_refs: Dict[int, wire.TensorRef] = {}
+        input_refs = self._input_refs
         for ref in message.tensors:
             if ref.owner != wire.OWNER_SENDER:
                 raise WireFormatError(f"input {ref.name!r} claims to live in one of the worker's segments")
             if ref.segment == wire.NO_SEGMENT:
-                inputs[ref.name] = read_tensor(ref, message.inline)
+                inputs[ref.name] = wire.read_tensor(ref, message.inline)
             else:
                 memory = self.peer.get(ref.segment)
-                inputs[ref.name] = read_tensor(ref, memory)
+                inputs[ref.name] = wire.read_tensor(ref, memory)
                 input_refs[id(memory)] = ref
-        return inputs, input_refs
+        return inputs
 
-    def run_result(
-        self,
-        request_id: int,
-        outputs: Dict[str, np.ndarray],
-        input_refs: Dict[int, wire.TensorRef],
-        announcing: List[int],
-    ) -> Tuple[wire.Message, List[int]]:
-        """The RESULT message for ``outputs`` and its descriptors.
-
-        The ids of segments the reply introduces to the parent are added to
-        ``announcing``; they count as announced only once the reply is sent.
-        """
-        reply = wire.Message(wire.Kind.RESULT, request_id)
-        fds: List[int] = []
-        inline = InlineArea()
-        try:
-            for name, array in outputs.items():
-                passthrough = self._passthrough(name, array, input_refs)
-                if passthrough is not None:
-                    ref = passthrough
-                else:
-                    ref, segment = self._write_output(name, array, inline)
-                    if segment is not None:
-                        self.lent[segment.id] = segment
-                        if segment.id not in self.announced:
-                            announcing.append(segment.id)
-                            reply.new_segments.append((segment.id, segment.size))
-                            fds.append(segment.fd)
-                reply.tensors.append(ref)
-        except BaseException:
-            for ref in reply.tensors:
-                segment = self.lent.pop(ref.segment, None) if ref.owner == wire.OWNER_SENDER else None
-                if segment is not None:
-                    self.pool.release(segment)
-            del announcing[:]
-            raise
-        reply.inline = inline.getvalue()
-        if len(fds) > wire.MAX_FDS_PER_MESSAGE:
-            self._announce_in_batches(reply, fds)
-            fds = []
-        return reply, fds
-
-    def _write_output(
-        self, name: str, array: np.ndarray, inline: InlineArea
-    ) -> Tuple[wire.TensorRef, Optional[Segment]]:
+    def _write_output(self, name: str, array: Any, inline: wire.InlineArea, reply: wire.Message) -> wire.TensorRef:
         """Copy one output for the parent; one that cannot cross fails as the parent's check would."""
         problem = wire.crossing_problem(name, getattr(array, "ndim", 0))
         if problem:
@@ -282,7 +225,7 @@ class _Server:
         if isinstance(array, np.ndarray):
             check_crossing_size("output", name, array, self.max_tensor_bytes, self.shm_dir)
         try:
-            return write_tensor(name, array, self.pool, inline)
+            ref, segment = wire.write_tensor(name, array, self.pool, inline)
         except UnicodeEncodeError as exc:
             raise OutputValidationError(
                 f"output {name!r}: string {exc.object!r} cannot be encoded as UTF-8 ({exc.reason})"
@@ -293,6 +236,12 @@ class _Server:
             if self.output_validator is not None:
                 self.output_validator.validate({name: array})
             raise
+        if segment is not None:
+            self._placed.append(segment)
+            self.lent[segment.id] = segment
+            if segment.id not in self.announced:
+                reply.new_segments.append((segment.id, segment.size))
+        return ref
 
     def _announce_in_batches(self, reply: wire.Message, fds: List[int]) -> None:
         step = wire.MAX_FDS_PER_MESSAGE
@@ -303,16 +252,17 @@ class _Server:
             self.channel.send(batch, fds[start : start + step])
         reply.new_segments = []
 
-    def _passthrough(
-        self, name: str, array: np.ndarray, input_refs: Dict[int, wire.TensorRef]
-    ) -> Optional[wire.TensorRef]:
+    def _passthrough(self, name: str, array: Any, reply: wire.Message) -> Optional[wire.TensorRef]:
         """A reference to the parent's own memory when ``array`` views one of its segments."""
-        if not input_refs or not isinstance(array, np.ndarray):
+        if not isinstance(array, np.ndarray):
             return None
+        problem = wire.crossing_problem(name, array.ndim)
+        if problem:
+            raise OutputValidationError(f"output {name!r}: {problem}")
         base = array.base
         while isinstance(base, np.ndarray):  # a view of a view of an input
             base = base.base
-        ref = input_refs.get(id(base)) if base is not None else None
+        ref = self._input_refs.get(id(base)) if base is not None else None
         if ref is None or array.nbytes == 0 or not array.flags.c_contiguous:
             return None
         if array.dtype.byteorder == ">" or array.dtype.name not in wire.DTYPE_NAMES:
