@@ -31,7 +31,7 @@ __all__ += errors.__all__
 
 def __getattr__(name: str) -> Any:
     if name == "create_placeholder_neuropod":
-        from .packagers.placeholder import create_placeholder_neuropod
+        from .packagers import create_placeholder_neuropod
 
         return create_placeholder_neuropod
     raise AttributeError(f"module 'neuropod' has no attribute {name!r}")

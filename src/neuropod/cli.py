@@ -258,7 +258,7 @@ def test(path: str, trusted: bool) -> None:
 @user_errors
 def placeholder(spec_file: str, model_name: str, seed: int, as_zip: bool, out: str) -> None:
     """Generate a placeholder model from a problem definition."""
-    from .packagers.placeholder import create_placeholder_neuropod
+    from .packagers import create_placeholder_neuropod
 
     try:
         spec = json.loads(Path(spec_file).read_text(encoding="utf-8"))

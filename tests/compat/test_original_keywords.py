@@ -151,7 +151,7 @@ def test_every_packager_takes_neuropod_load_args(packager):
 
     from neuropod.packagers import _PACKAGERS
 
-    function = getattr(importlib.import_module(f"neuropod.packagers.{_PACKAGERS[packager]}"), packager)
+    function = getattr(importlib.import_module(_PACKAGERS[packager]), packager)
     assert "neuropod_load_args" in inspect.signature(function).parameters
 
 

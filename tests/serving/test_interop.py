@@ -14,7 +14,7 @@ import pytest
 from serving_models import grpc_infer_frame, make_adder, make_halves, make_strings
 
 from conftest import require, require_command
-from neuropod.packagers.placeholder import create_placeholder_neuropod
+from neuropod.packagers import create_placeholder_neuropod
 
 require("grpc")
 require("aiohttp")

@@ -249,7 +249,7 @@ def test_dynamic_batching_merges_concurrent_requests(tmp_path: Path) -> None:
 
 
 def test_batching_needs_a_batch_symbol(tmp_path: Path) -> None:
-    from neuropod.packagers.placeholder import create_placeholder_neuropod
+    from neuropod.packagers import create_placeholder_neuropod
 
     fixed = create_placeholder_neuropod(
         tmp_path / "fixed",

@@ -196,7 +196,7 @@ def test_missing_framework_names_the_extra(monkeypatch):
     monkeypatch.setitem(
         BUILTIN_BACKENDS,
         "fancy",
-        BackendInfo("neuropod.backends.placeholder:PlaceholderBackend", ("no_such_framework_xyz",), "fancy"),
+        BackendInfo("neuropod.backends.placeholder.backend:PlaceholderBackend", ("no_such_framework_xyz",), "fancy"),
     )
     with pytest.raises(FrameworkNotInstalledError, match=r"pip install 'neuropod-python\[fancy\]'"):
         get_backend_class("fancy")

@@ -49,7 +49,7 @@ class BackendInfo:
 
 
 BUILTIN_BACKENDS: Dict[str, BackendInfo] = {
-    "placeholder": BackendInfo("neuropod.backends.placeholder:PlaceholderBackend"),
+    "placeholder": BackendInfo("neuropod.backends.placeholder.backend:PlaceholderBackend"),
     "python": BackendInfo("neuropod.backends.python:PythonBackend"),
     "pytorch": BackendInfo("neuropod.backends.python:PythonBackend"),
     "torchscript": BackendInfo("neuropod.backends.torchscript:TorchScriptBackend", ("torch",), "torch"),

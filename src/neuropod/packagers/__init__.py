@@ -1,6 +1,8 @@
 """Packagers: turn a model into a neuropod package and self-test it.
 
-Each packager is imported from its own module on first use, so
+Each framework's packager lives beside its backend, in
+``neuropod.backends.<framework>.packager`` (the original's import path too);
+this module re-exports them, each imported on first use, so
 ``import neuropod.packagers`` imports no framework.
 """
 
@@ -21,17 +23,17 @@ __all__ = [
     "create_jax_neuropod",
 ]
 
-# public name -> module under neuropod.packagers
+# public name -> the module that defines it
 _PACKAGERS: Dict[str, str] = {
-    "create_placeholder_neuropod": "placeholder",
-    "create_python_neuropod": "python",
-    "create_pytorch_neuropod": "python",
-    "create_torchscript_neuropod": "torchscript",
-    "create_tensorflow_neuropod": "tensorflow",
-    "create_keras_neuropod": "keras",
-    "create_torch_export_neuropod": "torch_export",
-    "create_onnx_neuropod": "onnx",
-    "create_jax_neuropod": "jax",
+    "create_placeholder_neuropod": "neuropod.backends.placeholder.packager",
+    "create_python_neuropod": "neuropod.packagers.python",
+    "create_pytorch_neuropod": "neuropod.packagers.python",
+    "create_torchscript_neuropod": "neuropod.packagers.torchscript",
+    "create_tensorflow_neuropod": "neuropod.packagers.tensorflow",
+    "create_keras_neuropod": "neuropod.packagers.keras",
+    "create_torch_export_neuropod": "neuropod.packagers.torch_export",
+    "create_onnx_neuropod": "neuropod.packagers.onnx",
+    "create_jax_neuropod": "neuropod.packagers.jax",
 }
 
 
@@ -39,7 +41,7 @@ def __getattr__(name: str) -> Any:
     module = _PACKAGERS.get(name)
     if module is None:
         raise AttributeError(f"module 'neuropod.packagers' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    return getattr(importlib.import_module(module), name)
 
 
 def __dir__() -> Any:

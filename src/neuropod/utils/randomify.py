@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Union
 
-from ..packagers.placeholder import create_placeholder_neuropod
+from ..packagers import create_placeholder_neuropod
 
 __all__ = ["randomify_neuropod"]
 

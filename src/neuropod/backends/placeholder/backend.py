@@ -14,10 +14,10 @@ from typing import Dict, Sequence
 
 import numpy as np
 
-from ..errors import InferenceError, PackageError
-from ..package import Package, layout
-from ..spec import TensorSpec, numpy_dtype
-from .base import Backend, BackendOptions, TensorDict
+from ...errors import InferenceError, PackageError
+from ...package import Package, layout
+from ...spec import TensorSpec, numpy_dtype
+from ..base import Backend, BackendOptions, TensorDict
 
 __all__ = ["PlaceholderBackend", "DEFAULT_FREE_DIM_SIZE"]
 

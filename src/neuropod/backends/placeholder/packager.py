@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional
 
-from ..backends.placeholder import DEFAULT_FREE_DIM_SIZE, MAX_FREE_DIM_SIZE, MAX_SEED
-from ..errors import SpecError
-from ._pipeline import PathLike, Requirements, create_neuropod, shared_options
+from ...errors import SpecError
+from ...packagers._pipeline import PathLike, Requirements, create_neuropod, shared_options
+from .backend import DEFAULT_FREE_DIM_SIZE, MAX_FREE_DIM_SIZE, MAX_SEED
 
 __all__ = ["create_placeholder_neuropod"]
 

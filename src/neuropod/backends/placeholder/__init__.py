@@ -1,0 +1,8 @@
+"""The placeholder in one folder: :mod:`.backend` runs a package, :mod:`.packager` writes one.
+
+The artifact: none: it returns random outputs of the declared dtypes and
+shapes. Importing this package imports no framework: the registry
+(:data:`neuropod.backends.BUILTIN_BACKENDS`) imports :mod:`.backend` when a
+model of this platform is loaded, and :mod:`.packager` imports the framework
+only when it packages.
+"""
