@@ -12,9 +12,10 @@ asked to keep the failed artifact (``keep_failed=True``).
 
 Large models are streamed: files are copied, hashed and zipped in chunks
 (hashing and zipping in one pass), weights that do not compress are stored,
-and the self-test of a zip runs on a private extraction that is deleted
-afterwards (no second copy of the model stays in the cache). Each step shows
-its progress in bytes (see :mod:`neuropod.progress`).
+and the self-test of a zip runs on the tree it was written from (checked to
+be what the zip holds), so the zip is never read back or extracted and the
+cache gets no copy of it. Each step shows its progress in bytes (see
+:mod:`neuropod.progress`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 from ..errors import NeuropodError, PackageError
 from ..package import layout
-from ..package.archive import AUTO_COMPRESSION, extract_zip, write_zip
+from ..package.archive import AUTO_COMPRESSION, check_zip_holds_tree, write_zip
 from ..package.config import PackageConfig, write_backend_config
 from ..package.manifest import write_manifest
 from ..package.testdata import write_test_data
@@ -172,7 +173,8 @@ def create_neuropod(
     # The artifact is built (and self-tested) as ``work/<target name>``: same file name, other directory.
     artifact = work / target.name
     try:
-        tree = work / "tree" if package_as_zip else artifact
+        # A zip's tree is named after the target too (what the self-test's messages show).
+        tree = work / "tree" / target.stem if package_as_zip else artifact
         (tree / layout.DATA_DIR).mkdir(parents=True)
         try:
             backend_settings = write_model(tree)
@@ -198,7 +200,10 @@ def create_neuropod(
         if package_as_zip:
             # One pass over every file: hashed for the manifest while it is zipped.
             write_zip(tree, artifact, compression=zip_compression, add_manifest=True)
-            shutil.rmtree(tree)  # the zip holds it now; no third copy on disk during the self-test
+            # The self-test runs on the tree just zipped, not on a second extraction of the zip (a copy,
+            # a hash and a check of every byte again): the zip is checked to hold each file of the tree
+            # whole, and those bytes are the ones hashed into its manifest.
+            check_zip_holds_tree(artifact, tree)
         else:
             write_manifest(tree)
         if test_input_data is not None:
@@ -206,12 +211,7 @@ def create_neuropod(
                 # Until a package can be run in an environment that satisfies its range, its self-test
                 # runs here or not at all.
                 check_platform_version(config.platform, config.platform_version_semver, f"self-test of {model_name!r}")
-                tested = artifact
-                if package_as_zip:
-                    # The finished zip, extracted (and verified) privately: the cache gets no copy of it.
-                    tested = work / "self-test" / target.stem
-                    extract_zip(artifact, tested)
-                run_self_test(tested, test_input_data, test_expected_out, **load_options)
+                run_self_test(tree, test_input_data, test_expected_out, **load_options)
             except BaseException as exc:
                 if keep_failed:
                     _place(artifact, target)

@@ -1,5 +1,249 @@
-"""The original Neuropod's import path for the Python packager: :mod:`neuropod.packagers.python`."""
+"""``create_python_neuropod`` / ``create_pytorch_neuropod``: packaged Python code."""
 
-from ...packagers.python import create_python_neuropod
+from __future__ import annotations
 
-__all__ = ["create_python_neuropod"]
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Union
+
+from ..errors import PackageError
+from ..package import layout
+from ..progress import copy_file
+from ._pipeline import PathLike, Specs, create_neuropod, shared_options
+
+__all__ = ["create_python_neuropod", "create_pytorch_neuropod"]
+
+
+def _check_entries(
+    neuropod_path: PathLike, data_paths: Sequence[Mapping[str, Any]], code_path_spec: Sequence[Mapping[str, Any]]
+) -> None:
+    for entry in data_paths:
+        if "path" not in entry or "packaged_name" not in entry:
+            raise PackageError(f"data_paths: each entry needs 'path' and 'packaged_name', got {dict(entry)!r}")
+        if not Path(entry["path"]).exists():
+            raise PackageError(f"data_paths: {entry['path']!r} does not exist")
+        if Path(entry["packaged_name"]).is_absolute() or ".." in Path(entry["packaged_name"]).parts:
+            raise PackageError(f"data_paths: packaged_name {entry['packaged_name']!r} must be a relative name")
+    for spec in code_path_spec:
+        if "python_root" not in spec or "dirs_to_package" not in spec:
+            raise PackageError(
+                f"code_path_spec: each entry needs 'python_root' and 'dirs_to_package', got {dict(spec)!r}"
+            )
+        python_root = Path(spec["python_root"]).resolve()
+        if python_root in Path(neuropod_path).resolve().parents:
+            # Packaging python_root would copy the package being written into itself.
+            raise PackageError(
+                f"neuropod_path {str(neuropod_path)!r} is inside python_root {str(spec['python_root'])!r}; "
+                "write the package somewhere else"
+            )
+        dirs = spec["dirs_to_package"]
+        if isinstance(dirs, (str, bytes)):
+            raise PackageError(f"code_path_spec: dirs_to_package must be a list of directories, got {dirs!r}")
+        for directory in dirs:
+            source = Path(spec["python_root"]) / directory
+            # Each entry keeps its path under 0/code, so it must stay inside python_root.
+            if Path(directory).is_absolute() or python_root not in (source.resolve(), *source.resolve().parents):
+                raise PackageError(
+                    f"code_path_spec: dirs_to_package entry {directory!r} is outside python_root "
+                    f"{str(spec['python_root'])!r}; name directories relative to it"
+                )
+            if not source.is_dir():
+                raise PackageError(f"code_path_spec: {str(source)!r} is not a directory")
+
+
+def _code_files(code_path_spec: Sequence[Mapping[str, Any]]) -> Dict[str, Path]:
+    """Every file and directory to put under ``0/code``: relative path -> source path.
+
+    ``dirs_to_package`` entries are relative to ``python_root`` and keep that
+    path inside the package; ``""`` is all of ``python_root``. Entries and
+    specs may overlap (``["", "pkg"]``) as long as each packaged path comes
+    from one source file.
+    """
+    entries: Dict[str, Path] = {}
+    for spec in code_path_spec:
+        python_root = Path(spec["python_root"])
+        for directory in spec["dirs_to_package"]:
+            base = python_root / directory
+            for source in sorted(base.rglob("*")):
+                relative = source.relative_to(python_root)
+                if "__pycache__" in relative.parts or source.suffix == ".pyc":
+                    continue
+                name = relative.as_posix()
+                known = entries.setdefault(name, source)
+                if known != source and known.resolve() != source.resolve() and not (known.is_dir() and source.is_dir()):
+                    raise PackageError(
+                        f"code_path_spec: 0/code/{name} would come from both {str(known)!r} and {str(source)!r}; "
+                        "package each file from one place"
+                    )
+    return entries
+
+
+def _write_code(code_dir: Path, entries: Mapping[str, Path]) -> None:
+    code_dir.mkdir(parents=True)
+    for name, source in entries.items():
+        target = code_dir / name
+        if source.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    # As the original did: every code directory is a regular package (an empty
+    # __init__.py where it has none), so its packages import the same way here.
+    for directory in [code_dir, *sorted(p for p in code_dir.rglob("*") if p.is_dir())]:
+        init = directory / "__init__.py"
+        if not init.exists():
+            init.touch()
+
+
+def _copy(source: Path, target: Path) -> None:
+    """Copy a data file or directory, in chunks with progress for large files."""
+    if source.is_dir():
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), copy_function=copy_file)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        copy_file(source, target)
+
+
+def create_python_neuropod(
+    neuropod_path: PathLike,
+    model_name: str,
+    data_paths: Sequence[Mapping[str, Any]],
+    code_path_spec: Sequence[Mapping[str, Any]],
+    entrypoint_package: str,
+    entrypoint: str,
+    requirements: Union[None, str, Iterable[str]] = None,
+    platform: str = "python",
+    *,
+    input_spec: Specs = None,
+    output_spec: Specs = None,
+    problem: Any = None,
+    test_input_data: Optional[Mapping[str, Any]] = None,
+    test_expected_out: Optional[Mapping[str, Any]] = None,
+    persist_test_data: bool = True,
+    package_as_zip: bool = True,
+    custom_ops: Iterable[PathLike] = (),
+    platform_version_semver: str = "*",
+    input_tensor_device: Optional[Mapping[str, str]] = None,
+    default_input_tensor_device: str = "GPU",
+    zip_compression: Optional[int] = None,
+    keep_failed: bool = False,
+    self_test_options: Optional[Dict[str, Any]] = None,
+    neuropod_load_args: Optional[Mapping[str, Any]] = None,
+) -> Path:
+    """Package Python code and its data.
+
+    Args:
+        data_paths: ``[{"path": ..., "packaged_name": ...}]``: files or dirs
+            copied into ``0/data``.
+        code_path_spec: ``[{"python_root": ..., "dirs_to_package": [...]}]``:
+            code dirs copied into ``0/code`` (imported relative to it).
+        entrypoint_package: the module holding the entrypoint (``pkg.main``).
+        entrypoint: a function called with the absolute path of ``0/data``
+            that returns a callable taking keyword numpy arrays and returning a
+            dict of arrays.
+        requirements: pinned ``name==version`` lines (a string or a list),
+            stored in ``0/requirements.lock`` and checked at load.
+        input_spec: the inputs: a list of ``{"name", "dtype", "shape"}`` dicts (or TensorSpecs).
+        output_spec: the outputs, in the same form.
+        problem: instead of both specs: a ProblemDefinition, its dict form or a problem file.
+        test_input_data: inputs of the self-test that runs the finished package (stored with
+            ``persist_test_data``).
+        test_expected_out: outputs the self-test must produce (None: it only runs the model).
+        persist_test_data: store the test data in the package (``test_data.npz``) for ``neuropod test``.
+        package_as_zip: write a zip (default) or a directory.
+        custom_ops: custom-op shared libraries, copied into ``0/ops`` and loaded before the model.
+        platform_version_semver: the framework versions the package runs on (``"*"``, ``">=2.0"``).
+        input_tensor_device: input name -> ``"CPU"`` or ``"GPU"`` where it differs from the default.
+        default_input_tensor_device: where inputs go unless ``input_tensor_device`` says otherwise.
+        zip_compression: None: each file deflated unless it barely compresses (weights are stored); or
+            ``zipfile.ZIP_DEFLATED`` / ``zipfile.ZIP_STORED`` for every file.
+        keep_failed: leave a package whose self-test failed at ``neuropod_path`` for inspection.
+        self_test_options: ``load_neuropod`` options of the self-test (``use_ope=True``, ...).
+        neuropod_load_args: the original's name for ``self_test_options`` (the two are merged).
+    """
+    _check_entries(neuropod_path, data_paths, code_path_spec)
+    code_entries = _code_files(code_path_spec)
+
+    def write_model(root: Path) -> Dict[str, str]:
+        for entry in data_paths:
+            _copy(Path(entry["path"]), root / layout.DATA_DIR / entry["packaged_name"])
+        _write_code(root / layout.CODE_DIR, code_entries)
+        # Sorted keys, as the original wrote this file.
+        return {"entrypoint": entrypoint, "entrypoint_package": entrypoint_package}
+
+    return create_neuropod(
+        neuropod_path=neuropod_path,
+        model_name=model_name,
+        platform=platform,
+        write_model=write_model,
+        **shared_options(locals()),
+    )
+
+
+def create_pytorch_neuropod(
+    neuropod_path: PathLike,
+    model_name: str,
+    data_paths: Sequence[Mapping[str, Any]],
+    code_path_spec: Sequence[Mapping[str, Any]],
+    entrypoint_package: str,
+    entrypoint: str,
+    requirements: Optional[Union[str, Iterable[str]]] = None,
+    *,
+    input_spec: Specs = None,
+    output_spec: Specs = None,
+    problem: Any = None,
+    test_input_data: Optional[Mapping[str, Any]] = None,
+    test_expected_out: Optional[Mapping[str, Any]] = None,
+    persist_test_data: bool = True,
+    package_as_zip: bool = True,
+    custom_ops: Iterable[PathLike] = (),
+    platform_version_semver: str = "*",
+    input_tensor_device: Optional[Mapping[str, str]] = None,
+    default_input_tensor_device: str = "GPU",
+    zip_compression: Optional[int] = None,
+    keep_failed: bool = False,
+    self_test_options: Optional[Dict[str, Any]] = None,
+    neuropod_load_args: Optional[Mapping[str, Any]] = None,
+) -> Path:
+    """Package eager PyTorch code: :func:`create_python_neuropod` whose model may return torch tensors.
+
+    Like the original, the package's platform is ``python``.
+
+    Args:
+        neuropod_path: where to write the package.
+        model_name: the model's name.
+        data_paths: as :func:`create_python_neuropod`.
+        code_path_spec: as :func:`create_python_neuropod`.
+        entrypoint_package: as :func:`create_python_neuropod`.
+        entrypoint: as :func:`create_python_neuropod`.
+        input_spec: the inputs: a list of ``{"name", "dtype", "shape"}`` dicts (or TensorSpecs).
+        output_spec: the outputs, in the same form.
+        problem: instead of both specs: a ProblemDefinition, its dict form or a problem file.
+        test_input_data: inputs of the self-test that runs the finished package (stored with
+            ``persist_test_data``).
+        test_expected_out: outputs the self-test must produce (None: it only runs the model).
+        persist_test_data: store the test data in the package (``test_data.npz``) for ``neuropod test``.
+        package_as_zip: write a zip (default) or a directory.
+        custom_ops: custom-op shared libraries, copied into ``0/ops`` and loaded before the model.
+        platform_version_semver: the framework versions the package runs on (``"*"``, ``">=2.0"``).
+        input_tensor_device: input name -> ``"CPU"`` or ``"GPU"`` where it differs from the default.
+        default_input_tensor_device: where inputs go unless ``input_tensor_device`` says otherwise.
+        requirements: pinned ``name==version`` lines (a string or a list), stored in ``0/requirements.lock``.
+        zip_compression: None: each file deflated unless it barely compresses (weights are stored); or
+            ``zipfile.ZIP_DEFLATED`` / ``zipfile.ZIP_STORED`` for every file.
+        keep_failed: leave a package whose self-test failed at ``neuropod_path`` for inspection.
+        self_test_options: ``load_neuropod`` options of the self-test (``use_ope=True``, ...).
+        neuropod_load_args: the original's name for ``self_test_options`` (the two are merged).
+
+    Returns:
+        The package path.
+    """
+    return create_python_neuropod(
+        neuropod_path,
+        model_name,
+        data_paths,
+        code_path_spec,
+        entrypoint_package,
+        entrypoint,
+        **shared_options(locals()),
+    )
