@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from neuropod import load_neuropod
-from neuropod.backends.python import check_requirements
+from neuropod.backends.python.backend import check_requirements
 from neuropod.cli import main
 from neuropod.envs.need import Need, need_of
 from neuropod.errors import PackageError, RequirementsError

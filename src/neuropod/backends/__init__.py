@@ -50,8 +50,8 @@ class BackendInfo:
 
 BUILTIN_BACKENDS: Dict[str, BackendInfo] = {
     "placeholder": BackendInfo("neuropod.backends.placeholder.backend:PlaceholderBackend"),
-    "python": BackendInfo("neuropod.backends.python:PythonBackend"),
-    "pytorch": BackendInfo("neuropod.backends.python:PythonBackend"),
+    "python": BackendInfo("neuropod.backends.python.backend:PythonBackend"),
+    "pytorch": BackendInfo("neuropod.backends.python.backend:PythonBackend"),
     "torchscript": BackendInfo("neuropod.backends.torchscript:TorchScriptBackend", ("torch",), "torch"),
     "torch_export": BackendInfo("neuropod.backends.torch_export:TorchExportBackend", ("torch",), "torch"),
     "onnx": BackendInfo("neuropod.backends.onnx:OnnxBackend", ("onnxruntime",), "onnx"),

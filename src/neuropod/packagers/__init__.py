@@ -26,8 +26,8 @@ __all__ = [
 # public name -> the module that defines it
 _PACKAGERS: Dict[str, str] = {
     "create_placeholder_neuropod": "neuropod.backends.placeholder.packager",
-    "create_python_neuropod": "neuropod.packagers.python",
-    "create_pytorch_neuropod": "neuropod.packagers.python",
+    "create_python_neuropod": "neuropod.backends.python.packager",
+    "create_pytorch_neuropod": "neuropod.backends.python.packager",
     "create_torchscript_neuropod": "neuropod.packagers.torchscript",
     "create_tensorflow_neuropod": "neuropod.packagers.tensorflow",
     "create_keras_neuropod": "neuropod.packagers.keras",

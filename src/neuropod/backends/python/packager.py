@@ -6,10 +6,10 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Union
 
-from ..errors import PackageError
-from ..package import layout
-from ..progress import copy_file
-from ._pipeline import PathLike, Specs, create_neuropod, shared_options
+from ...errors import PackageError
+from ...package import layout
+from ...packagers._pipeline import PathLike, Specs, create_neuropod, shared_options
+from ...progress import copy_file
 
 __all__ = ["create_python_neuropod", "create_pytorch_neuropod"]
 

@@ -23,7 +23,7 @@ def preinstall_deps(backend_version: str, requirements: Any) -> None:
         requirements: pinned requirements (``name==version`` lines, a string or a list).
     """
     from ...loader import load_neuropod
-    from ...packagers.python import create_python_neuropod
+    from .packager import create_python_neuropod
 
     with tempfile.TemporaryDirectory(prefix="neuropod-preinstall-") as tmp:
         code = Path(tmp) / "code"
