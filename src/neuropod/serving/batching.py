@@ -15,19 +15,21 @@ Requests arrive already validated, so one bad request never fails a batch.
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections import deque
 from concurrent.futures import Executor
 from typing import Callable, Deque, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["DynamicBatcher"]
+__all__ = ["DynamicBatcher", "Feeder", "Fed", "signature"]
 
 TensorDict = Dict[str, np.ndarray]
 Signature = Tuple[Tuple[str, str, Tuple[int, ...]], ...]
 
 
-def _signature(inputs: Mapping[str, np.ndarray]) -> Signature:
+def signature(inputs: Mapping[str, np.ndarray]) -> Signature:
     # Strings of any length concatenate, so only their kind counts.
     return tuple(
         sorted(
@@ -43,7 +45,7 @@ class _Pending:
     def __init__(self, inputs: TensorDict, rows: int, future: asyncio.Future[TensorDict]) -> None:
         self.inputs = inputs
         self.rows = rows
-        self.signature = _signature(inputs)
+        self.signature = signature(inputs)
         self.future = future
 
 
@@ -160,3 +162,182 @@ class DynamicBatcher:
             except (asyncio.CancelledError, Exception):
                 pass
             self._task = None
+
+
+class Fed:
+    """One call waiting in a :class:`Feeder`'s queue.
+
+    Args:
+        inputs: its checked inputs.
+        run: runs it alone (blocking); returns its outputs.
+        done: called on the feeding thread with its outputs, or with the exception that failed it.
+        batched: called before ``done`` when its outputs came from a merged call.
+    """
+
+    __slots__ = ("inputs", "rows", "signature", "run", "done", "batched")
+
+    def __init__(
+        self,
+        inputs: TensorDict,
+        run: Callable[[], TensorDict],
+        done: Callable[[Optional[TensorDict], Optional[BaseException]], None],
+        batched: Callable[[], None],
+        rows: int,
+        signature: Optional[Signature],
+    ) -> None:
+        self.inputs = inputs
+        self.rows = rows
+        self.signature = signature
+        self.run = run
+        self.done = done
+        self.batched = batched
+
+
+class Feeder:
+    """Feeds a model that runs in worker processes from a queue: one feeding thread per worker.
+
+    Why not the event loop's batcher and the thread pool: for a model whose call is a
+    round trip to another process, each request then crossed four threads (the
+    receiving one, a pool thread, the loop, another pool thread), and each crossing
+    is a wake-up that costs more CPU than the model. Here the receiving thread checks
+    the request and queues it; a feeding thread takes it, calls the worker and
+    completes the answer (the adapter builds and sends the response there), while
+    the receiving thread goes on reading the next requests. A feeding thread that
+    finds the queue empty sleeps on a condition: nothing spins while nothing is queued.
+
+    With ``max_batch_size``, a feeding thread takes every queued call that has the
+    first one's signature, up to that many rows, and runs them as one merged call;
+    when fewer are queued it waits up to ``max_queue_delay_s`` for company, as
+    :class:`DynamicBatcher` does. The calls that arrive while a merged call runs
+    queue up into the next one, so under load each worker round trip serves many requests.
+
+    Args:
+        name: the model's name (in the threads' names).
+        threads: feeding threads, one per worker process (a thread waits for its worker's answer).
+        run_batch: the blocking merged call (merged inputs -> merged outputs).
+        max_batch_size: most rows of one merged call; 0 runs every call alone.
+        max_queue_delay_s: how long the first call of a batch waits for company.
+        on_batch: called with the row count of every merged call.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        threads: int,
+        run_batch: Callable[[TensorDict], TensorDict],
+        max_batch_size: int = 0,
+        max_queue_delay_s: float = 0.0,
+        on_batch: Optional[Callable[[int], None]] = None,
+    ) -> None:
+        self._run_batch = run_batch
+        self._max_batch_size = max_batch_size
+        self._max_delay = max_queue_delay_s
+        self._on_batch = on_batch
+        self._queue: Deque[Fed] = deque()
+        self._changed = threading.Condition(threading.Lock())
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._feed, name=f"neuropod-feed-{name}", daemon=True) for _ in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def batching(self) -> bool:
+        return self._max_batch_size > 0
+
+    def submit(self, fed: Fed) -> None:
+        """Queue a checked call; its ``done`` is called on a feeding thread."""
+        with self._changed:
+            if self._closed:
+                raise RuntimeError("the model's feeder is closed")
+            self._queue.append(fed)
+            self._changed.notify()
+
+    def _feed(self) -> None:
+        while True:
+            with self._changed:
+                while not self._queue:
+                    if self._closed:
+                        return
+                    self._changed.wait()
+                if self._max_batch_size:
+                    batch = self._take_batch()
+                else:
+                    batch = [self._queue.popleft()]
+            if not batch:
+                continue
+            if len(batch) == 1:
+                if self._on_batch is not None and self._max_batch_size:
+                    self._on_batch(batch[0].rows)
+                self._run_alone(batch[0])  # with its own symbol bindings
+            else:
+                self._run_merged(batch)
+
+    def _take_batch(self) -> List[Fed]:
+        """The first queued call and those that can join it (the lock is held; waits for company up to the delay).
+
+        Empty when another feeding thread took the queued calls meanwhile.
+        """
+        deadline = time.monotonic() + self._max_delay
+        while self._queue and not self._closed:
+            first = self._queue[0].signature
+            if first is None:  # a call that cannot be merged (no inputs) runs alone
+                break
+            left = deadline - time.monotonic()
+            if left <= 0 or sum(fed.rows for fed in self._queue if fed.signature == first) >= self._max_batch_size:
+                break
+            self._changed.wait(left)
+        if not self._queue:
+            return []
+        head = self._queue.popleft()
+        batch, rows = [head], head.rows
+        kept: Deque[Fed] = deque()
+        while self._queue and head.signature is not None:
+            fed = self._queue.popleft()
+            if fed.signature == head.signature and rows + fed.rows <= self._max_batch_size:
+                batch.append(fed)
+                rows += fed.rows
+            else:
+                kept.append(fed)
+        kept.extend(self._queue)
+        self._queue = kept
+        if self._queue:  # another thread may start the next batch meanwhile
+            self._changed.notify()
+        return batch
+
+    @staticmethod
+    def _run_alone(fed: Fed) -> None:
+        try:
+            outputs = fed.run()
+        except BaseException as exc:  # noqa: BLE001 - the request's own failure, given to it
+            fed.done(None, exc)
+            return
+        fed.done(outputs, None)
+
+    def _run_merged(self, batch: List[Fed]) -> None:
+        merged = {name: np.concatenate([fed.inputs[name] for fed in batch]) for name in batch[0].inputs}
+        if self._on_batch is not None:
+            self._on_batch(sum(fed.rows for fed in batch))
+        try:
+            outputs = self._run_batch(merged)
+        except BaseException as exc:  # noqa: BLE001 - every request of the batch gets the model's error
+            for fed in batch:
+                fed.done(None, exc)
+            return
+        offset = 0
+        for fed in batch:
+            end = offset + fed.rows
+            fed.batched()
+            fed.done({name: array[offset:end] for name, array in outputs.items()}, None)
+            offset = end
+
+    def close(self) -> None:
+        """Run what is queued, then stop the feeding threads (after the server has drained its requests)."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        current = threading.current_thread()
+        for thread in self._threads:
+            if thread is not current:
+                thread.join(5.0)

@@ -13,18 +13,19 @@ import asyncio
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TypeVar
 
 import numpy as np
 
 from ..errors import InputValidationError, ModelNotFoundError, ModelNotReadyError
+from ..executors.ope import OutOfProcessExecutor
 from ..kserve import EXTENSIONS
 from ..kserve.datatypes import DTYPE_TO_DATATYPE
 from ..kserve.status import status_for
 from ..spec import TensorSpec
-from .batching import DynamicBatcher
+from .batching import DynamicBatcher, Fed, Feeder, signature
 from .failures import sanitised
 from .metrics import ServerMetrics
 from .repository import ModelIndexEntry, ModelRepository, ServedModel
@@ -45,6 +46,7 @@ logger = logging.getLogger("neuropod.serving")
 SERVER_NAME = "neuropod"
 
 TensorDict = Dict[str, np.ndarray]
+T = TypeVar("T")
 
 #: Models whose calls average less than this run on the event loop instead of the thread pool.
 INLINE_CALL_MAX_S = 0.0005
@@ -240,6 +242,7 @@ class DataPlane:
         self.metrics = metrics
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="neuropod-infer")
         self._batchers: Dict[int, DynamicBatcher] = {}
+        self._feeders: Dict[int, Feeder] = {}
         #: Shared memory regions clients registered (the system shared memory extension).
         self.shared_memory = SharedMemoryRegions()
         self._accepting = True
@@ -311,7 +314,8 @@ class DataPlane:
                     f"requested output(s) {', '.join(repr(n) for n in unknown)} not in the spec of model "
                     f"{model.name!r}; expected any of {', '.join(repr(n) for n in model.output_names)}"
                 )
-        return _Call(model, request, inputs, bindings, self._batcher_for(model) if inputs else None)
+        batcher = self._batcher_for(model) if inputs and not _runs_in_workers(model) else None
+        return _Call(model, request, inputs, bindings, batcher)
 
     def _batcher_for(self, model: ServedModel) -> Optional[DynamicBatcher]:
         """The model's batcher, made on its first request (models come and go with repository control)."""
@@ -337,6 +341,89 @@ class DataPlane:
         batcher = self._batchers.pop(key, None)
         if batcher is not None and self._loop is not None and not self._loop.is_closed():
             asyncio.run_coroutine_threadsafe(batcher.close(), self._loop)
+
+    # -- models in worker processes: fed from a queue (see batching.Feeder) ----------
+
+    def feeds(self, name: str, version: str = "") -> bool:
+        """Whether this model's requests are queued to its workers' feeder.
+
+        True for a model that runs in worker processes and is batched (one worker round trip
+        per batch), or whose calls are not short (each feeding thread waits for its worker;
+        a pool of threads would pile up on a worker that is busy, and the time they waited
+        would count as the model's). Short unbatched calls run on the thread that received
+        them (:meth:`runs_inline`): handing them to another thread costs more than the call.
+        """
+        try:
+            model = self.repository.get(name, version)
+        except Exception:  # not there: the ordinary path says so
+            return False
+        if not _runs_in_workers(model):
+            return False
+        return bool(model.settings.max_batch_size) or not _short(model)
+
+    def submit(self, request: InferRequest, protocol: str, finish: Callable[[InferResponse], T]) -> Future[T]:
+        """Check one request here and queue it to its model's feeder; the future holds ``finish(response)``.
+
+        A request that fails its checks raises at once; a failure of the call, or of
+        ``finish``, is the future's exception (the error the client may see). ``finish``
+        runs on the feeding thread: the gRPC adapter builds and sends the response there.
+        """
+        handling = self._handling(request, protocol)
+        call = handling.__enter__()
+        future: Future[T] = Future()
+
+        def done(outputs: Optional[TensorDict], failure: Optional[BaseException]) -> None:
+            try:
+                if failure is None:
+                    assert outputs is not None
+                    try:
+                        response = self._response(call, outputs)
+                    except Exception as exc:
+                        failure = exc
+                if failure is not None:
+                    handling.__exit__(type(failure), failure, failure.__traceback__)  # raises the public error
+                    raise failure
+                handling.__exit__(None, None, None)
+                future.set_result(finish(response))
+            except BaseException as exc:  # noqa: BLE001 - whatever failed is the request's answer
+                future.set_exception(exc)
+
+        try:
+            feeder = self._feeder_for(call.model)
+            batchable = feeder.batching and bool(call.inputs)
+            rows = next(iter(call.inputs.values())).shape[0] if batchable else 1
+            feeder.submit(
+                Fed(call.inputs, call.run, done, call.batched, rows, signature(call.inputs) if batchable else None)
+            )
+        except BaseException as exc:
+            handling.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return future
+
+    def _feeder_for(self, model: ServedModel) -> Feeder:
+        """The model's feeder, made on its first request: a feeding thread per worker process."""
+        feeder = self._feeders.get(id(model))
+        if feeder is None:
+            with self._in_flight_lock:
+                feeder = self._feeders.get(id(model))
+                if feeder is None:
+                    settings = model.settings
+                    feeder = Feeder(
+                        model.name,
+                        len(model.neuropod.executor.workers),  # type: ignore[attr-defined]
+                        model.run_batch,
+                        settings.max_batch_size,
+                        settings.max_queue_delay_ms / 1000.0,
+                        on_batch=self.metrics.batch_size.labels(model.name).observe,
+                    )
+                    self._feeders[id(model)] = feeder
+                    model.on_close(lambda: self._forget_feeder(id(model)))
+        return feeder
+
+    def _forget_feeder(self, key: int) -> None:
+        feeder = self._feeders.pop(key, None)
+        if feeder is not None:
+            feeder.close()
 
     # -- repository control (blocking: adapters run these off the event loop) --------
 
@@ -386,12 +473,14 @@ class DataPlane:
 
     async def infer(self, request: InferRequest, protocol: str) -> InferResponse:
         """Run one request from the event loop; errors carry their status in their class."""
+        if self.feeds(request.model_name, request.model_version):
+            return await asyncio.wrap_future(self.submit(request, protocol, _same))
         with self._handling(request, protocol) as call:
             model = call.model
             if call.batcher is not None:
                 outputs = await call.batcher.submit(call.inputs)
                 call.batched()
-            elif model.mean_call_s is not None and model.mean_call_s < INLINE_CALL_MAX_S:
+            elif _short(model):
                 # Handing a call this short to a thread costs more than the call (about 0.1-0.2 ms
                 # of thread switching): run it on the event loop, which it blocks only briefly.
                 outputs = call.run()
@@ -411,11 +500,13 @@ class DataPlane:
             model = self.repository.get(name, version)
         except Exception:
             return True
-        mean = model.mean_call_s
-        return not model.settings.max_batch_size and mean is not None and mean < INLINE_CALL_MAX_S
+        return not model.settings.max_batch_size and _short(model)
 
     def infer_blocking(self, request: InferRequest, protocol: str) -> InferResponse:
-        """Run one request on the calling thread (batched models go through the loop)."""
+        """Run one request on the calling thread (batched models go through the loop, models in workers
+        through their feeder)."""
+        if self.feeds(request.model_name, request.model_version):
+            return self.submit(request, protocol, _same).result()
         with self._handling(request, protocol) as call:
             if call.batcher is not None and self._loop is not None:
                 outputs = asyncio.run_coroutine_threadsafe(call.batcher.submit(call.inputs), self._loop).result()
@@ -467,4 +558,21 @@ class DataPlane:
         self.shared_memory.close()
         for batcher in list(self._batchers.values()):
             await batcher.close()
+        for feeder in list(self._feeders.values()):
+            feeder.close()
         self._pool.shutdown(wait=True)
+
+
+def _runs_in_workers(model: ServedModel) -> bool:
+    """Whether the model's calls are round trips to worker processes of its own."""
+    return isinstance(model.neuropod.executor, OutOfProcessExecutor)
+
+
+def _short(model: ServedModel) -> bool:
+    """Whether the model's calls average under :data:`INLINE_CALL_MAX_S` (unknown before the first)."""
+    mean = model.mean_call_s
+    return mean is not None and mean < INLINE_CALL_MAX_S
+
+
+def _same(response: InferResponse) -> InferResponse:
+    return response

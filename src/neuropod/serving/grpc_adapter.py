@@ -13,7 +13,7 @@ answering with a future: slow or batched models, repository loads.
 
 from __future__ import annotations
 
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import grpc
@@ -24,7 +24,7 @@ from ..errors import InputValidationError
 from ..kserve import proto
 from ..kserve.datatypes import datatype_of, decode_contents, decode_raw, encode_raw
 from .auth import BearerToken
-from .dataplane import DataPlane, InferRequest
+from .dataplane import DataPlane, InferRequest, InferResponse
 from .failures import public_failure
 from .grpc_server import Answer, Metadata, Method
 from .shared_memory import SharedMemoryRegions
@@ -164,6 +164,8 @@ class GrpcAdapter:
             except DecodeError:
                 kind = request_class.DESCRIPTOR.name
                 raise InputValidationError(f"{name}: the request is not a valid {kind} message") from None
+            if infer and self.dataplane.feeds(request.model_name, request.model_version):
+                return self._model_infer_fed(request)
             if blocking or (infer and not self.dataplane.runs_inline(request.model_name, request.model_version)):
                 return self._pool.submit(lambda: method(request).SerializeToString())
             return method(request).SerializeToString()  # type: ignore[no-any-return]
@@ -192,6 +194,18 @@ class GrpcAdapter:
         return response
 
     def model_infer(self, request: Any) -> Any:
+        infer_request, placed = self._infer_request(request)
+        return self._infer_response(self.dataplane.infer_blocking(infer_request, PROTOCOL), placed)
+
+    def _model_infer_fed(self, request: Any) -> Future[bytes]:
+        """ModelInfer of a model fed to its workers: queued here, answered on the feeding thread."""
+        infer_request, placed = self._infer_request(request)
+        return self.dataplane.submit(
+            infer_request, PROTOCOL, lambda result: self._infer_response(result, placed).SerializeToString()
+        )
+
+    def _infer_request(self, request: Any) -> Tuple[InferRequest, Dict[str, Any]]:
+        """The request, and where in the client's shared memory regions outputs are to go."""
         regions = self.dataplane.shared_memory
         placed = {}
         for output in request.outputs[:]:  # a slice, as in request_from_message
@@ -199,7 +213,9 @@ class GrpcAdapter:
                 span = _region_span(output.parameters, regions, output.name)
                 if span is not None:
                     placed[output.name] = span
-        result = self.dataplane.infer_blocking(request_from_message(request, regions), PROTOCOL)
+        return request_from_message(request, regions), placed
+
+    def _infer_response(self, result: InferResponse, placed: Dict[str, Any]) -> Any:
         response = proto.ModelInferResponse(
             model_name=result.model_name, model_version=result.model_version, id=result.id
         )
