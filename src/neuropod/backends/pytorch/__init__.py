@@ -1,5 +1,6 @@
-"""Eager PyTorch packages run on the Python backend (platform ``python``, as the original wrote).
+"""Eager PyTorch in one folder: :mod:`.packager` writes a package; the Python backend runs it.
 
-This package only keeps the original Neuropod's import path
-``neuropod.backends.pytorch.packager``.
+As in the original, an eager PyTorch package is Python code (platform
+``python``): its backend is :mod:`neuropod.backends.python.backend`, whose
+model may return torch tensors. Importing this package imports no framework.
 """
