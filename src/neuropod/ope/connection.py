@@ -146,15 +146,15 @@ class Connection:
             ErrorReply: the worker answered with an error.
         """
         observer = stages.observer
-        began = observer.clock()
+        clock = observer.clock
+        began = clock()
         self.sending = self.handed = False
-        self._request_id += 1
-        request_id = self._request_id
+        self._request_id = request_id = self._request_id + 1
         if len(inputs) > wire.MAX_TENSORS:
             raise InputValidationError(
                 f"inputs: {len(inputs)} tensors in one call; a worker takes at most {wire.MAX_TENSORS}"
             )
-        self._temporary, self._in_call, self._find_lease = {}, {}, find_lease
+        self._find_lease = find_lease
         try:
             data, request = wire.pack(
                 wire.Kind.INFER,
@@ -162,31 +162,38 @@ class Connection:
                 inputs,
                 self._place,
                 self._lend if find_lease is not None else None,
-                self._lists(request_id),
+                self._lists(request_id) if self.pending_drops or self.releases else None,
             )
-            encoded = observer.clock()
+            encoded = clock()
             self.sending = True
-            self._send(data, request)
+            if request is None:  # the usual call: nothing to announce
+                self.channel.send_bytes(data)
+            else:
+                self._send(data, request)
             self.handed = True
-            sent = observer.clock()
+            sent = clock()
             try:
-                reply, seen = self._receive(request_id, timeout, check_alive, observer)
+                reply, seen = self._receive(request_id, timeout, check_alive, clock)
             except BaseException as exc:
                 if not isinstance(exc, Exception):  # KeyboardInterrupt: the answer still comes, to be dropped
                     self.abandoned.add(request_id)
                 raise
             outputs = reply if isinstance(reply, dict) else self._outputs(reply)
-            observer.add((began, encoded, sent, seen, observer.clock()), self.channel.peer_stamps())
+            if observer.timing:
+                observer.add((began, encoded, sent, seen, clock()), self.channel.peer_stamps())
             return outputs
         finally:
-            for segment in self._temporary.values():
-                self.pool.release(segment)
-            self._temporary, self._in_call, self._find_lease = {}, {}, None
+            temporary = self._temporary
+            if temporary:
+                for segment in temporary.values():
+                    self.pool.release(segment)
+                temporary.clear()
+            if self._in_call:
+                self._in_call.clear()
+            self._find_lease = None
 
-    def _lists(self, request_id: int) -> Optional[wire.Message]:
-        """A message holding what the worker must learn besides the inputs (drops, releases), None if nothing."""
-        if not self.pending_drops and not self.releases:
-            return None  # the usual call
+    def _lists(self, request_id: int) -> wire.Message:
+        """A message holding what the worker must learn besides the inputs (drops, releases)."""
         message = wire.Message(wire.Kind.INFER, request_id)
         if self.pending_drops:  # a drop that lands just after this look goes with the next call
             with self._state_lock:
@@ -236,9 +243,9 @@ class Connection:
         if segment.id not in self.known and all(segment.id != known for known, _ in request.new_segments):
             request.new_segments.append((segment.id, segment.size))
 
-    def _send(self, data: bytes, request: Optional[wire.Message]) -> None:
+    def _send(self, data: bytes, request: wire.Message) -> None:
         """Send the encoded request and the descriptors of the segments it introduces."""
-        if request is None or not request.new_segments:
+        if not request.new_segments:
             self.channel.send_bytes(data)
             return
         in_call = self._in_call
@@ -262,14 +269,14 @@ class Connection:
         request_id: int,
         timeout: Optional[float],
         check_alive: Callable[[], None],
-        observer: Union[stages.StageRecorder, stages.NullObserver],
+        clock: Callable[[], int],
     ) -> Tuple[Union[wire.Message, Dict[str, np.ndarray]], int]:
         """The worker's answer (the outputs themselves when they all came inline, else the RESULT message)
         and when it came."""
         channel, waiting, abandoned = self.channel, self.waiting, self.abandoned
         while True:
             data, fds = channel.receive_bytes(waiting, timeout, check_alive)
-            seen = observer.clock()
+            seen = clock()
             kind, answered, arrays, message = wire.unpack(data, fds)
             if message is not None:
                 for (segment_id, size), fd in zip(message.new_segments, fds):

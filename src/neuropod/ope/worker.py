@@ -142,7 +142,7 @@ class _Server:
     ) -> None:
         """Run the model on a call's inputs (read from ``message`` unless they all came inline) and reply."""
         clock = self.observer.clock
-        self._input_refs = {}
+        input_refs = self._input_refs  # filled by _inputs for _passthrough; empty between calls
         try:
             if message is not None:
                 inputs = self._inputs(message)
@@ -151,18 +151,18 @@ class _Server:
             outputs = self.model.infer(inputs)
             del inputs
         except Exception as exc:
+            input_refs.clear()
             self._send_error(request_id, exc)
             return
         called = clock()
-        self._placed = []
         try:
             data, reply = wire.pack(
                 wire.Kind.RESULT,
                 request_id,
                 outputs,
                 self._write_output,
-                self._passthrough if self._input_refs else None,
-                self._lists(request_id),
+                self._passthrough if input_refs else None,
+                self._lists(request_id) if self.pending_drops else None,
             )
         except Exception as exc:  # an output that cannot cross: its segments go back, none was announced
             for segment in self._placed:
@@ -171,11 +171,17 @@ class _Server:
             self._send_error(request_id, exc)
             return
         finally:
-            self._input_refs = {}
+            if input_refs:
+                input_refs.clear()
+            if self._placed:
+                self._placed.clear()
+        if reply is None:  # the usual answer: all inline, nothing to announce
+            self.observer.reply(seen, decoded, called)
+            self.channel.send_bytes(data)
+            return
         fds: List[int] = []
-        announcing: List[int] = []
-        if reply is not None and reply.new_segments:
-            announcing = [segment_id for segment_id, _ in reply.new_segments]
+        announcing = [segment_id for segment_id, _ in reply.new_segments]
+        if announcing:
             fds = [self.lent[segment_id].fd for segment_id in announcing]
             if len(fds) > wire.MAX_FDS_PER_MESSAGE:
                 self._announce_in_batches(reply, fds)
@@ -185,10 +191,8 @@ class _Server:
         self.channel.send_bytes(data, fds)
         self.announced.update(announcing)
 
-    def _lists(self, request_id: int) -> Optional[wire.Message]:
-        """A RESULT message holding the segments we destroyed since the last message, None if none."""
-        if not self.pending_drops:
-            return None
+    def _lists(self, request_id: int) -> wire.Message:
+        """A RESULT message holding the segments we destroyed since the last message."""
         reply = wire.Message(wire.Kind.RESULT, request_id, drop_segments=self.pending_drops[:])
         del self.pending_drops[:]
         return reply
