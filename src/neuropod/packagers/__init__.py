@@ -28,7 +28,7 @@ _PACKAGERS: Dict[str, str] = {
     "create_placeholder_neuropod": "neuropod.backends.placeholder.packager",
     "create_python_neuropod": "neuropod.backends.python.packager",
     "create_pytorch_neuropod": "neuropod.backends.pytorch.packager",
-    "create_torchscript_neuropod": "neuropod.packagers.torchscript",
+    "create_torchscript_neuropod": "neuropod.backends.torchscript.packager",
     "create_tensorflow_neuropod": "neuropod.packagers.tensorflow",
     "create_keras_neuropod": "neuropod.packagers.keras",
     "create_torch_export_neuropod": "neuropod.packagers.torch_export",
