@@ -3,7 +3,7 @@
 The original took ``_always_use_native`` (its native executor or its
 pure-Python one) and ``load_custom_ops`` (its pure-Python executors could
 skip a package's custom ops). Both are declared in
-:data:`neuropod.executors.options.PACKAGE_OPTIONS`; this module applies them
+:class:`neuropod.plan.PackageOptions`; this module applies them
 to a load and says once in the log where a value has no exact meaning here.
 """
 

@@ -477,7 +477,10 @@ def serve(
         configure_json_logging(getattr(logging, log_level.upper()))
         sys.exit(serve_workers(sys.argv, workers, host, grpc_port, http_port))
     model_settings = _serve_settings(config_file)
-    defaults = ModelSettings(use_ope=use_ope, max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms)
+    # Without --use-ope the plan decides (None): a model may still need a worker (another environment, isolation).
+    defaults = ModelSettings(
+        use_ope=use_ope or None, max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms
+    )
     config = ServerConfig(
         host=host,
         grpc_port=grpc_port,

@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ._original_options import apply_original_options, load_installed_backends  # noqa: F401  (the original's name)
-from .backends import BackendOptions, backend_option_table
-from .errors import InputValidationError, ModelClosedError, OptionError
+from ._original_options import load_installed_backends  # noqa: F401  (the original's name)
+from .errors import InputValidationError, ModelClosedError
 from .executors.base import Executor
-from .executors.options import PACKAGE_OPTIONS, check_options
 from .input_arrays import as_numpy_inputs
-from .isolation.options import ISOLATION_OPTIONS, IsolationOptions
-from .ope.options import OPE_OPTIONS
-from .package import Package, open_package
+from .package import Package
+from .plan import REMOTE, Plan, at_default, make_plan
 from .spec import ProblemDefinition, SpecValidator
-from .trust import TRUST_OPTIONS, TrustPolicy, choose_isolation
-from .urls import REMOTE_SCHEMES, is_model_url
+from .urls import REMOTE_SCHEMES
 
-__all__ = ["Neuropod", "load_neuropod", "REMOTE_SCHEMES"]
+__all__ = ["Neuropod", "load_neuropod", "load_planned", "REMOTE_SCHEMES"]
+
+logger = logging.getLogger("neuropod")
 
 TensorDict = Dict[str, np.ndarray]
 
@@ -183,10 +182,11 @@ def load_neuropod(
             or ``http://host:port/v2/models/model`` (each optionally ending
             ``/versions/N``; see :mod:`neuropod.urls`).
         visible_gpu: the GPU to run on; None runs on the CPU.
-        use_ope: run the model in a worker process over shared memory. None
+        use_ope: True runs the model in worker processes over shared memory,
+            False in this process (or an error where that cannot be). None
             (the default) runs it in this process unless the package needs
             another environment or an isolation level is asked for (or the
-            trust policy requires one); False insists on this process.
+            trust policy requires one).
         verify_manifest: check every package file against its sha256 manifest.
         validate: check inputs and outputs against the spec on every call.
         intra_op_threads: threads inside one operator, for backends that have them.
@@ -199,111 +199,66 @@ def load_neuropod(
         OptionError: an unknown option, one that does not apply to this way
             of running the model (with the reason), or a wrong value.
     """
-    given = dict(options)
-    # Keyword arguments of the signature count as given only when they differ from
-    # their defaults, so a remote load can refuse visible_gpu=0 but not visible_gpu=None.
-    for name, value, default in (
-        ("visible_gpu", visible_gpu, None),
-        ("use_ope", use_ope, None),
-        ("verify_manifest", verify_manifest, True),
-        ("validate", validate, True),
-        ("intra_op_threads", intra_op_threads, None),
-        ("inter_op_threads", inter_op_threads, None),
-    ):
-        if value != default or type(value) is not type(default):
-            given[name] = value
-    path_text = os.fspath(neuropod_path)
-    if is_model_url(path_text):  # a model server's URL (another scheme is refused by name)
-        if given.get("use_ope") is False:  # says nothing the server could disagree with
-            del given["use_ope"]
-        return _load_remote(str(path_text), given)
-    return _load_package(path_text, given)
+    named = {
+        "visible_gpu": visible_gpu,
+        "use_ope": use_ope,
+        "verify_manifest": verify_manifest,
+        "validate": validate,
+        "intra_op_threads": intra_op_threads,
+        "inter_op_threads": inter_op_threads,
+    }
+    # The signature's keywords count as given only when they differ from their declared
+    # defaults: visible_gpu=None says nothing (a Ray replica's GPU may still apply).
+    given = {**{name: value for name, value in named.items() if not at_default(name, value)}, **options}
+    return load_planned(make_plan(neuropod_path, given))
 
 
-_PACKAGE_NAMES = frozenset(option.name for option in PACKAGE_OPTIONS)
-_OPE_ONLY = {option.name: "it is an option of out-of-process execution (use_ope=True)" for option in OPE_OPTIONS}
-_ISOLATED_ONLY = {
-    option.name: "it applies to isolated workers (isolation='sandbox' or 'container')" for option in ISOLATION_OPTIONS
-}
+def load_planned(plan: Plan) -> Neuropod:
+    """Load the model as ``plan`` says (see :func:`neuropod.plan.make_plan`).
 
+    An environment the plan found missing is built first (minutes for a large framework).
+    """
+    if plan.runs == REMOTE:
+        return _load_remote(plan)
+    package, backend = plan.package, plan.backend
+    assert package is not None and backend is not None
+    if plan.environment_to_build is not None:
+        from .envs import ensure_environment
 
-def _load_package(path: str, given: Dict[str, Any]) -> Neuropod:
-    # The package options come first: opening the package needs verify_manifest, and the
-    # backend's own options (and so the full check) are known only once its platform is.
-    package_values = check_options({k: v for k, v in given.items() if k in _PACKAGE_NAMES}, [PACKAGE_OPTIONS], path)
-    use_ope = package_values["use_ope"]
-    in_process = given.get("use_ope") is False  # asked for, not just the default
-    environment = package_values["environment"]
-    if in_process and environment not in (None, "current"):
-        raise OptionError(
-            f"{path}: use_ope=False runs the model in this process, but environment={environment!r} "
-            "runs it in a worker of that environment; drop one of them"
+        environment = ensure_environment(plan.environment_to_build)
+        logger.info(
+            "model %s runs in environment %s, built for %s",
+            package.config.name,
+            environment.path,
+            plan.environment_to_build.describe(),
         )
-    package = open_package(path, verify=package_values["verify_manifest"])
-    if "python_executable" not in given:  # a caller who names the interpreter has chosen the environment
-        from .envs import environment_for
-
-        # In this process or an error naming what the package asks for.
-        python = environment_for(package, "current" if in_process else environment)
-        if python is not None:  # this process does not satisfy the package: a worker in that environment does
-            use_ope, given = True, {**given, "use_ope": True, "python_executable": python}
-    # The trust policy may require (or, with isolation=None, choose) a sandbox or container.
-    isolation, _ = choose_isolation(
-        package, package_values["isolation"], TrustPolicy.parse(given.get("trust")), package_values["verify_manifest"]
-    )
-    isolated = isolation != "process"
-    worker_needed = package_values["isolation"] is not None or isolated  # isolation="process": a worker too
-    if worker_needed and in_process:
-        why = "was asked for" if package_values["isolation"] is not None else "is required by the trust policy"
-        raise OptionError(
-            f"{path}: use_ope=False runs the model in this process, but isolation={isolation!r} {why}, "
-            "which runs it in a worker; drop use_ope=False"
-        )
-    use_ope = use_ope or worker_needed
-    inapplicable = {**({} if use_ope else _OPE_ONLY), **({} if isolated else _ISOLATED_ONLY)}
-    platform = package.config.platform
-    backend_table = backend_option_table(platform)
-    tables = [PACKAGE_OPTIONS, TRUST_OPTIONS, backend_table] + ([OPE_OPTIONS] if use_ope else [])
-    tables += [ISOLATION_OPTIONS] if isolated else []
-    values = check_options(given, tables, path, inapplicable)
-    backend_options = BackendOptions(
-        visible_gpu=values["visible_gpu"],
-        intra_op_threads=values["intra_op_threads"],
-        inter_op_threads=values["inter_op_threads"],
-        extra={option.name: values[option.name] for option in backend_table if option.name in given},
-    )
-    package = apply_original_options(package, given, use_ope)
+        plan = plan.with_interpreter(environment.python)
     executor: Executor
-    if use_ope:
+    if plan.pool is not None:
         from .executors.ope import OutOfProcessExecutor
-        from .ope.options import OpeOptions
 
-        executor = OutOfProcessExecutor(
-            package, backend_options, OpeOptions.from_values(values), IsolationOptions.from_values(isolation, values)
-        )
+        executor = OutOfProcessExecutor(package, backend, plan.pool, plan.isolation)
     else:
         from .executors.inprocess import InProcessExecutor
 
-        executor = InProcessExecutor(package, backend_options)
+        executor = InProcessExecutor(package, backend)
     config = package.config
     return Neuropod(
-        executor, config.name, config.platform, config.problem, package=package, validate=values["validate"]
+        executor, config.name, config.platform, config.problem, package=package, validate=plan.call.validate
     )
 
 
-def _load_remote(url: str, given: Dict[str, Any]) -> Neuropod:
-    from .executors.remote import REMOTE_OPTIONS, REMOTE_REFUSED, RemoteExecutor
-    from .urls import parse_model_url
+def _load_remote(plan: Plan) -> Neuropod:
+    from .executors.remote import RemoteExecutor
 
-    parse_model_url(url)  # an unsupported scheme or a malformed URL first, before any option
-    values = check_options(given, [REMOTE_OPTIONS], url, REMOTE_REFUSED)
-    executor = RemoteExecutor.connect(url, values)
-    validate = values["validate"]
+    url = plan.source
+    executor = RemoteExecutor.connect(url, plan.remote)
+    validate = plan.call.validate
     if validate and not executor.problem.inputs:
         warnings.warn(
             f"remote model {url}: the server declares no input tensors, so requests are not validated here",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         validate = False
     return Neuropod(executor, executor.name, executor.platform, executor.problem, package=None, validate=validate)

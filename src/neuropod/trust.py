@@ -38,11 +38,13 @@ from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 from .errors import OptionError, TrustError
-from .executors.options import Option, OptionTable
+from .executors.options import Options, setting
+from .isolation.options import ISOLATION_LEVELS
 from .package import Package, layout
 
 __all__ = [
     "TrustPolicy",
+    "TrustOptions",
     "TRUST_OPTIONS",
     "carried_code",
     "signature_path",
@@ -52,7 +54,7 @@ __all__ = [
     "required_isolation",
 ]
 
-LEVEL_RANK = {"process": 0, "sandbox": 1, "container": 2}
+LEVEL_RANK = {level: rank for rank, level in enumerate(ISOLATION_LEVELS)}
 SIGNATURE_VERSION = 1
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib")
 _CODE_PLATFORMS = ("python", "pytorch")
@@ -304,9 +306,18 @@ def _policy(name: str, value: Any) -> Optional[TrustPolicy]:
     return None if value is None else TrustPolicy.parse(value, f"option {name!r}")
 
 
-#: Options of every package load: the trust policy (None: ``NEUROPOD_TRUST``).
-TRUST_OPTIONS: OptionTable = (
-    Option(
-        "trust", "a trust policy ('code=sandbox,unsigned=container,keys=...'); None: $NEUROPOD_TRUST", None, _policy
-    ),
-)
+@dataclass(frozen=True)
+class TrustOptions(Options):
+    """The trust option of every package load."""
+
+    REMOTE = "the server applies its own trust policy to the packages it loads"
+
+    trust: Optional[TrustPolicy] = setting(
+        None,
+        check=_policy,
+        doc="a trust policy ('code=sandbox,unsigned=container,keys=...'); None: $NEUROPOD_TRUST",
+    )
+
+
+#: The trust option, derived from :class:`TrustOptions`.
+TRUST_OPTIONS = TrustOptions.table()

@@ -109,11 +109,14 @@ def test_remote_errors(server: ModelServer) -> None:
     "option, reason",
     [
         ({"visible_gpu": 0}, "the server chooses the device"),
-        ({"verify_manifest": False}, "verifies its own packages"),
-        ({"intra_op_threads": 2}, "thread settings are the server's"),
-        ({"inter_op_threads": 2}, "thread settings are the server's"),
-        ({"use_ope": True}, "the server decides how its models run"),
-        ({"workers": 2}, "unknown option 'workers'"),
+        ({"verify_manifest": False}, "the server verifies its own packages"),
+        ({"intra_op_threads": 2}, "the server chooses the device and threads"),
+        ({"inter_op_threads": 2}, "the server chooses the device and threads"),
+        ({"use_ope": True}, "the server verifies its own packages and decides how its models run"),
+        # Before: "unknown option" for the options of a pool, isolation and trust (a list kept by hand).
+        ({"workers": 2}, "'workers' does not apply to a remote model: it is an option of out-of-process workers"),
+        ({"memory_limit": "1GiB"}, "'memory_limit' does not apply to a remote model: it applies to isolated"),
+        ({"trust": "code=sandbox"}, "'trust' does not apply to a remote model: the server applies its own trust"),
     ],
 )
 def test_options_that_mean_nothing_remotely_are_refused_with_the_reason(

@@ -30,6 +30,7 @@ PUBLIC_MODULES = [
     ("neuropod.backends", "the backend registry (third-party backends register by entry point)"),
     ("neuropod.backends.base", "what a backend implements, and helpers for writing one"),
     ("neuropod.executors", "where a model runs: the interface every executor implements"),
+    ("neuropod.plan", "the one planning step: where and how a model runs, and the options it sorts"),
     ("neuropod.serving", "the KServe v2 model server"),
     ("neuropod.serving.logs", "JSON logging for an embedded server"),
     ("neuropod.tools", "problem-agnostic tools: evaluation, comparison, input builders, benchmarks"),
@@ -105,29 +106,27 @@ def _entry(module_name: str, name: str, obj: Any) -> List[str]:
 
 
 def _options_section() -> List[str]:
-    from neuropod.executors.options import PACKAGE_OPTIONS
-    from neuropod.executors.remote import REMOTE_OPTIONS, REMOTE_REFUSED
-    from neuropod.ope.options import OPE_OPTIONS
+    from neuropod.executors.remote import RemoteOptions
+    from neuropod.plan import LOCAL_OPTIONS, CallOptions
 
     lines = ["## Options of `load_neuropod`", ""]
     lines += [
-        "Generated from the option tables. An option no table of the load declares raises `OptionError`",
-        "naming it and listing the valid ones.",
+        "Generated from the options classes (docs/architecture.md): each option is one field of the",
+        "class of its concern. An option given where its class does not apply raises `OptionError`",
+        "with the class's reason; one no class declares raises `OptionError` listing the valid ones.",
         "",
     ]
-    for title, table in (
-        ("Every package (`executors/options.py: PACKAGE_OPTIONS`)", PACKAGE_OPTIONS),
-        ("Out-of-process, with `use_ope=True` (`ope/options.py: OPE_OPTIONS`)", OPE_OPTIONS),
-        ("A model on a server, `grpc://` / `http://` URLs (`executors/remote.py: REMOTE_OPTIONS`)", REMOTE_OPTIONS),
-    ):
-        lines += [f"### {title}", "", "| option | default | meaning |", "|---|---|---|"]
-        for option in table:
-            default = "this interpreter" if option.name == "python_executable" else repr(option.default)
-            lines.append(f"| `{option.name}` | `{default}` | {option.doc} |")
+    for cls in LOCAL_OPTIONS + (RemoteOptions,):
+        applies = cls.APPLIES or "it applies to every package loaded here"
+        if cls is CallOptions:
+            applies = "it applies to every model, a package here or a URL"
+        lines += [f"### `{cls.__name__}` (`{cls.__module__}`)", "", f"Where: {applies}.", ""]
+        if cls.REMOTE:
+            lines += [f"For a model URL: does not apply, {cls.REMOTE}.", ""]
+        lines += ["| option | default | meaning |", "|---|---|---|"]
+        for option in cls.table():
+            lines.append(f"| `{option.name}` | `{option.shown or repr(option.default)}` | {option.doc} |")
         lines.append("")
-    lines += ["Refused for a remote model, with the reason:", ""]
-    lines += [f"- `{name}`: {reason}" for name, reason in REMOTE_REFUSED.items()]
-    lines.append("")
     return lines
 
 

@@ -95,7 +95,7 @@ def test_out_of_process_options_without_use_ope_are_refused_with_the_reason(addi
     "option, message",
     [
         ({"visible_gpu": -1}, "option 'visible_gpu': expected None or a non-negative int, got -1"),
-        ({"use_ope": "yes"}, "option 'use_ope': expected True or False, got 'yes'"),
+        ({"use_ope": "yes"}, "option 'use_ope': expected None, True or False, got 'yes'"),
         ({"verify_manifest": 0}, "option 'verify_manifest': expected True or False, got 0"),
         ({"intra_op_threads": 0}, "option 'intra_op_threads': expected None or a positive int, got 0"),
         ({"isolation": "vm"}, "option 'isolation': expected one of None, 'process', 'sandbox', 'container'"),

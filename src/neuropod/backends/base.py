@@ -19,6 +19,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 import numpy as np
 
 from ..errors import InferenceError, InputValidationError, OptionError
+from ..executors.options import Options, optional_non_negative_int, optional_positive_int, setting
 from ..package import Package
 
 __all__ = [
@@ -37,19 +38,24 @@ TensorDict = Dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
-class BackendOptions:
-    """Settings every backend honours where its framework has them.
+class BackendOptions(Options):
+    """Settings every backend honours where its framework has them (what runs the model).
 
-    Attributes:
-        visible_gpu: index of the GPU to run on; None runs on the CPU.
-        intra_op_threads: threads used inside one operator (None: framework default).
-        inter_op_threads: threads running independent operators (None: framework default).
-        extra: backend-specific options passed through ``load_neuropod(**options)``.
+    ``extra`` is not an option itself: it holds the backend's own options
+    (declared by the backend, see :func:`neuropod.backends.backend_option_table`).
     """
 
-    visible_gpu: Optional[int] = None
-    intra_op_threads: Optional[int] = None
-    inter_op_threads: Optional[int] = None
+    REMOTE = "the server chooses the device and threads of its models (neuropod serve and its model settings)"
+
+    visible_gpu: Optional[int] = setting(
+        None, check=optional_non_negative_int, doc="the GPU to run on; None runs on the CPU"
+    )
+    intra_op_threads: Optional[int] = setting(
+        None, check=optional_positive_int, doc="threads inside one operator, for backends that have them"
+    )
+    inter_op_threads: Optional[int] = setting(
+        None, check=optional_positive_int, doc="threads across operators, for backends that have them"
+    )
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:

@@ -1,26 +1,29 @@
 """Serving a model whose environment is still being built.
 
-A model server loads its models before it listens. A model that needs an
-environment built first (minutes, for a large framework) would keep the whole
-server from answering, even its liveness probe. :func:`load_for_serving`
-returns at once for such a model: its executor is a stand-in that reports
-not ready (so the server's readiness says "not yet") and refuses calls while
-the environment is built and the model loaded in a background thread; from
-then on it hands every call to the real executor.
+A model server loads its models before it listens. A model whose plan needs
+an environment built first (:attr:`neuropod.plan.Plan.environment_to_build`;
+minutes, for a large framework) would keep the whole server from answering,
+even its liveness probe. :func:`load_for_serving` returns at once for such a
+model: its executor is a stand-in that reports not ready (so the server's
+readiness says "not yet") and refuses calls while the environment is built
+and the model loaded in a background thread; from then on it hands every call
+to the real executor. The plan is carried out as made, never decided again.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
 from ..errors import ModelNotReadyError
 from ..executors.base import Executor, TensorDict
-from ..package import open_package
-from ..urls import is_model_url
+from ..plan import Plan
+
+if TYPE_CHECKING:
+    from ..loader import Neuropod
 
 __all__ = ["load_for_serving", "PendingEnvironmentExecutor"]
 
@@ -28,15 +31,14 @@ logger = logging.getLogger("neuropod.envs")
 
 
 class PendingEnvironmentExecutor(Executor):
-    """Loads ``path`` with ``options`` in a background thread (building its environment first).
+    """Carries out ``plan`` in a background thread (building its environment first).
 
     Not ready until the model is loaded; calls before then raise
     :class:`~neuropod.errors.ModelNotReadyError` saying why.
     """
 
-    def __init__(self, path: str, options: dict, model_name: str, need: str) -> None:
-        self._path = path
-        self._options = options
+    def __init__(self, plan: Plan, model_name: str, need: str) -> None:
+        self._plan = plan
         self._model_name = model_name
         self._need = need
         self._lock = threading.Lock()
@@ -47,10 +49,10 @@ class PendingEnvironmentExecutor(Executor):
         self._thread.start()
 
     def _load(self) -> None:
-        from ..loader import load_neuropod
+        from ..loader import load_planned
 
         try:
-            model = load_neuropod(self._path, **self._options)
+            model = load_planned(self._plan)
         except BaseException as exc:
             logger.error("model %s: its environment (%s) could not be prepared: %s", self._model_name, self._need, exc)
             self._error = exc
@@ -106,31 +108,17 @@ class PendingEnvironmentExecutor(Executor):
             model.close()
 
 
-def load_for_serving(path: Any, **options: Any) -> Any:
-    """``load_neuropod(path, **options)``, except that a model whose environment must be built first
-    comes back at once, not ready until it is built and loaded (see the module doc)."""
-    from ..loader import Neuropod, load_neuropod
+def load_for_serving(plan: Plan) -> Neuropod:
+    """``load_planned(plan)``, except that a model whose environment must be built first comes back
+    at once, not ready until it is built and loaded (see the module doc)."""
+    from ..loader import Neuropod, load_planned
 
-    text = str(path)
-    if options.get("environment") is None and "python_executable" not in options and not is_model_url(text):
-        package = open_package(text, verify=options.get("verify_manifest", True))
-        from . import _may_need_another
-
-        if _may_need_another(package):
-            from .need import need_of
-            from .select import find_environment
-
-            need = need_of(package)
-            if need.asks_for_anything and need.problems_here() and find_environment(need) is None:
-                config = package.config
-                logger.info("model %s: building its environment (%s) before loading it", config.name, need.describe())
-                executor = PendingEnvironmentExecutor(text, options, config.name, need.describe())
-                return Neuropod(
-                    executor,
-                    config.name,
-                    config.platform,
-                    config.problem,
-                    package=package,
-                    validate=options.get("validate", True),
-                )
-    return load_neuropod(path, **options)
+    need = plan.environment_to_build
+    if need is None or plan.package is None:
+        return load_planned(plan)
+    config = plan.package.config
+    logger.info("model %s: building its environment (%s) before loading it", config.name, need.describe())
+    executor = PendingEnvironmentExecutor(plan, config.name, need.describe())
+    return Neuropod(
+        executor, config.name, config.platform, config.problem, package=plan.package, validate=plan.call.validate
+    )

@@ -1,32 +1,45 @@
-"""The options ``load_neuropod`` takes, declared as one table per executor and backend.
+"""Options, each declared once: a field of the options class of its concern.
 
-Each table is a tuple of :class:`Option` rows: a name, what it means, its
-default and a check that returns the value to use or raises
-:class:`~neuropod.errors.OptionError`. ``load_neuropod`` puts together the
-tables that apply to one load (the package options, the out-of-process ones
-with ``use_ope=True``, the backend's own; or the remote ones for a URL) and
-runs :func:`check_options` over what the caller gave: an option no table
-declares is refused by name with the valid ones listed, and one that belongs
-to another way of running is refused with the reason.
+An options class is a frozen dataclass deriving from :class:`Options`; each of
+its options is one field declared with :func:`setting` — its type (the
+annotation), default, check and doc on one line::
 
-Adding an option is adding a row to the table it belongs to.
+    workers: int = setting(1, check=positive_int, doc="worker processes serving the model")
+
+Building the object runs every check (a check returns the value to keep, so
+``[0, 1]`` becomes ``(0, 1)``, or raises :class:`~neuropod.errors.OptionError`
+naming the option, what it expects and what came). Everything else is derived
+from the fields: :meth:`Options.table` (docs/api.md, the valid options a
+message lists), :meth:`Options.names`, and the message refusing an option
+where its class does not apply (:attr:`Options.APPLIES`, :attr:`Options.REMOTE`).
+:func:`neuropod.plan.make_plan` sorts ``load_neuropod``'s keywords into these
+objects.
+
+Dataclasses rather than attrs: the options travel into worker processes that
+run in other interpreters (an environment built for torch 1.4 on Python 3.8),
+which import neuropod's own code and nothing else of the caller's
+environment; the standard library is there, attrs may not be. A field's
+metadata carries what attrs' validator and docstring would.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, Sequence, Tuple, Type, TypeVar
 
 from ..errors import OptionError
 
 __all__ = [
     "Option",
+    "Options",
     "OptionTable",
-    "PACKAGE_OPTIONS",
-    "check_options",
+    "setting",
+    "check_rows",
     "any_value",
     "flag",
+    "optional_flag",
     "number",
     "one_of",
     "optional_non_negative_int",
@@ -46,6 +59,12 @@ def flag(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise OptionError(f"option {name!r}: expected True or False, got {value!r}")
     return value
+
+
+def optional_flag(name: str, value: Any) -> Optional[bool]:
+    if value is not None and not isinstance(value, bool):
+        raise OptionError(f"option {name!r}: expected None, True or False, got {value!r}")
+    return value  # type: ignore[no-any-return]
 
 
 def number(what: str, minimum: float, *, integer: bool, inclusive: bool = True, optional: bool = False) -> Check:
@@ -93,108 +112,128 @@ def one_of(*choices: Any) -> Check:
     return check
 
 
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    check: Check = any_value,
+    doc: str,
+    factory: Optional[Callable[[], Any]] = None,
+    shown: Optional[str] = None,
+) -> Any:
+    """Declare one option: a dataclass field whose metadata holds its check and doc.
+
+    Args:
+        default: the value when it is not given.
+        check: ``check(name, value)`` returns the value to keep or raises OptionError.
+        doc: what it does, in one line (docs/api.md and messages show it).
+        factory: makes the default instead, per object (``sys.executable``).
+        shown: how docs show a default that differs per machine ("this interpreter").
+    """
+    metadata = {"check": check, "doc": doc, "shown": shown}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class Option:
-    """One option of ``load_neuropod``.
+    """One option as docs and messages show it, derived from its field (:meth:`Options.table`).
+
+    A third-party backend declares its own options as a tuple of these
+    (its class attribute ``OPTIONS``).
 
     Attributes:
         name: the keyword argument.
-        doc: what it does (docs/api.md lists these).
+        doc: what it does.
         default: the value when it is not given.
         check: ``check(name, value)`` returns the value to use or raises OptionError.
+        shown: how docs show the default, when it differs per machine.
     """
 
     name: str
     doc: str
     default: Any = None
     check: Check = any_value
+    shown: Optional[str] = None
 
 
 OptionTable = Tuple[Option, ...]
 
-
-def _environment(name: str, value: Any) -> Optional[str]:
-    if value == "current":
-        return "current"
-    return optional_path(name, value)
+_O = TypeVar("_O", bound="Options")
 
 
-#: Options of every package loaded here, whether in this process or in workers.
-PACKAGE_OPTIONS: OptionTable = (
-    Option("visible_gpu", "the GPU to run on; None runs on the CPU", None, optional_non_negative_int),
-    Option("use_ope", "run the model in worker processes over shared memory", False, flag),
-    Option("verify_manifest", "check every package file against its sha256 manifest", True, flag),
-    Option("validate", "check inputs and outputs against the spec on every call", True, flag),
-    Option("intra_op_threads", "threads inside one operator, for backends that have them", None, optional_positive_int),
-    Option("inter_op_threads", "threads across operators, for backends that have them", None, optional_positive_int),
-    Option(
-        "environment",
-        "the Python environment that runs the model: 'current', an environment's path, or None to choose one",
-        None,
-        _environment,
-    ),
-    Option(
-        "isolation",
-        "how the worker is isolated: 'process', 'sandbox' or 'container'; None for the default",
-        None,
-        one_of(None, "process", "sandbox", "container"),
-    ),
-    # The original's own keywords, accepted so that its users' calls run unchanged.
-    Option(
-        "_always_use_native",
-        "the original's choice between its native and pure-Python executors; one implementation runs here "
-        "whatever the value (said once in the log)",
-        True,
-        flag,
-    ),
-    Option(
-        "load_custom_ops",
-        "load the package's custom ops (0/ops) before the model; False skips them in this process "
-        "(a worker process loads them anyway, and says so once in the log)",
-        True,
-        flag,
-    ),
-)
+class Options:
+    """The base of every options class (a frozen dataclass whose options are :func:`setting` fields).
 
-
-def check_options(
-    given: Mapping[str, Any],
-    tables: Sequence[OptionTable],
-    where: str,
-    inapplicable: Optional[Mapping[str, str]] = None,
-) -> Dict[str, Any]:
-    """Check ``given`` against ``tables``; return every declared option's value (defaults filled in).
-
-    Args:
-        given: the options the caller passed.
-        tables: the tables that apply to this load.
-        where: what is being loaded, for messages (a path or URL).
-        inapplicable: option name -> why it does not apply here (it belongs
-            to another way of running the model).
-
-    Raises:
-        OptionError: an option is inapplicable (with the reason), unknown (with
-            the valid ones) or has a wrong value.
+    Fields declared without :func:`setting` are not options: the plan fills
+    them in (the isolation level it chose, for one).
     """
-    declared: Dict[str, Option] = {}
-    for table in tables:
-        for option in table:
-            declared[option.name] = option
-    for name in given:
-        if name in declared:
-            continue
-        reason = (inapplicable or {}).get(name)
-        if reason is not None:
-            raise OptionError(f"{where}: option {name!r} does not apply here: {reason}")
-        listed = sorted(n for n in declared if not n.startswith("_"))  # the original's private keywords stay unlisted
-        raise OptionError(f"{where}: unknown option {name!r}; valid options: {', '.join(listed)}")
+
+    #: Where the class's options apply, said when one is given where they do not
+    #: ("it is an option of out-of-process execution (use_ope=True)").
+    APPLIES: ClassVar[str] = ""
+    #: Why they mean nothing for a model on a server; empty where they apply there.
+    REMOTE: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):  # type: ignore[arg-type]
+            check = field.metadata.get("check")
+            if check is not None:
+                object.__setattr__(self, field.name, check(field.name, getattr(self, field.name)))
+
+    @classmethod
+    def table(cls) -> OptionTable:
+        """The class's options, in declaration order."""
+        rows = []
+        for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if "doc" not in field.metadata:
+                continue
+            if field.default_factory is not dataclasses.MISSING:
+                default = field.default_factory()
+            else:
+                default = field.default
+            meta = field.metadata
+            rows.append(Option(field.name, meta["doc"], default, meta["check"], meta["shown"]))
+        return tuple(rows)
+
+    @classmethod
+    def names(cls) -> FrozenSet[str]:
+        return frozenset(row.name for row in cls.table())
+
+    @classmethod
+    def default_of(cls, name: str) -> Any:
+        return next(row.default for row in cls.table() if row.name == name)
+
+    @classmethod
+    def field_like(cls, name: str) -> Any:
+        """A new dataclass field declared as option ``name`` of this class (for a class that offers it too)."""
+        field = next(f for f in dataclasses.fields(cls) if f.name == name)  # type: ignore[arg-type]
+        meta = field.metadata
+        return setting(field.default, check=meta["check"], doc=meta["doc"], shown=meta["shown"])
+
+    @classmethod
+    def of(cls: Type[_O], given: Mapping[str, Any], where: str = "", **more: Any) -> _O:
+        """The object built from the options in ``given`` this class declares (the rest are ignored).
+
+        Args:
+            given: option name -> value, as the caller passed them.
+            where: what is being loaded (a path or URL); it starts every message.
+            **more: values of the fields that are not options.
+        """
+        names = cls.names()
+        try:
+            return cls(**{name: value for name, value in given.items() if name in names}, **more)  # type: ignore[call-arg]
+        except OptionError as exc:
+            raise OptionError(f"{where}: {exc}" if where else str(exc)) from None
+
+
+def check_rows(given: Mapping[str, Any], rows: Sequence[Option], where: str) -> Dict[str, Any]:
+    """The values of ``given`` that ``rows`` declare, checked (a backend's own options)."""
     values: Dict[str, Any] = {}
-    for name, option in declared.items():
-        if name in given:
+    for row in rows:
+        if row.name in given:
             try:
-                values[name] = option.check(name, given[name])
+                values[row.name] = row.check(row.name, given[row.name])
             except OptionError as exc:
                 raise OptionError(f"{where}: {exc}") from None
-        else:
-            values[name] = option.default
     return values

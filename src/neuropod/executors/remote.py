@@ -24,7 +24,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 from urllib.parse import quote
 
 from .. import urls
@@ -34,14 +34,11 @@ from ..kserve.datatypes import DATATYPE_TO_DTYPE, datatype_of, decode_contents, 
 from ..kserve.status import error_class_for_grpc, error_class_for_http
 from ..spec import ProblemDefinition, TensorSpec
 from .base import Executor, TensorDict
-from .options import Option, OptionTable, any_value, flag, number
+from .options import Options, number, optional_flag, setting
 
-__all__ = ["RemoteExecutor", "RemoteModelInfo", "REMOTE_OPTIONS", "REMOTE_REFUSED", "parse_model_url"]
+__all__ = ["RemoteExecutor", "RemoteModelInfo", "RemoteOptions", "REMOTE_OPTIONS", "parse_model_url"]
 
-_DEFAULT_TIMEOUT_S = 60.0
-
-
-_POSITIVE_SECONDS = number("a positive number of seconds", 0, integer=False, inclusive=False)
+_POSITIVE_SECONDS = number("a positive number of seconds", 0, integer=False, inclusive=False, optional=True)
 _POSITIVE_BYTES = number("a positive number of bytes", 1, integer=True)
 
 
@@ -51,42 +48,39 @@ def _optional_text(name: str, value: Any) -> Optional[str]:
     return value  # type: ignore[no-any-return]
 
 
-def _optional_flag(name: str, value: Any) -> Optional[bool]:
-    return None if value is None else flag(name, value)
+@dataclass(frozen=True)
+class RemoteOptions(Options):
+    """The client of a model on a server (``load_neuropod("grpc://...", **options)``).
 
+    ``timeout`` means what it means for out-of-process workers (seconds one
+    call may take, None: no limit); its default here is 60 s because a server
+    can vanish without closing the connection, and nothing else would notice.
+    """
 
-#: The options of a model loaded from a URL.
-REMOTE_OPTIONS: OptionTable = (
-    Option("validate", "check inputs and outputs against the spec from the server's metadata", True, flag),
-    Option("token", "bearer token sent with every call", None, _optional_text),
-    Option("timeout", "seconds one call may take", _DEFAULT_TIMEOUT_S, _POSITIVE_SECONDS),
-    Option("root_certificates", "PEM bytes or a PEM file to trust for grpcs:// and https://", None, any_value),
-    Option("max_message_bytes", "largest gRPC message sent or received", DEFAULT_MAX_MESSAGE_BYTES, _POSITIVE_BYTES),
-    Option("binary", "REST: send raw tensors (None: when the server lists the extension)", None, _optional_flag),
-    Option(
-        "shared_memory",
-        "gRPC: send large inputs through system shared memory (None: when the server is on this host and lists "
-        "the extension; False: never)",
+    APPLIES = "it is an option of a model on a server (a grpc:// or http:// URL)"
+
+    token: Optional[str] = setting(None, check=_optional_text, doc="bearer token sent with every call")
+    timeout: Optional[float] = setting(60.0, check=_POSITIVE_SECONDS, doc="seconds one call may take (None: no limit)")
+    root_certificates: Any = setting(None, doc="PEM bytes or a PEM file to trust for grpcs:// and https://")
+    max_message_bytes: int = setting(
+        DEFAULT_MAX_MESSAGE_BYTES, check=_POSITIVE_BYTES, doc="largest gRPC message sent or received"
+    )
+    binary: Optional[bool] = setting(
+        None, check=optional_flag, doc="REST: send raw tensors (None: when the server lists the extension)"
+    )
+    shared_memory: Optional[bool] = setting(
         None,
-        _optional_flag,
-    ),
-)
+        check=optional_flag,
+        doc="gRPC: send large inputs through system shared memory (None: when the server is on this host and "
+        "lists the extension; False: never)",
+    )
+
+
+#: The options of a model loaded from a URL, derived from :class:`RemoteOptions`.
+REMOTE_OPTIONS = RemoteOptions.table()
 
 #: Inputs smaller than this (all together) go in the message even when shared memory is on.
 SHARED_MEMORY_MIN_BYTES = 256 * 1024
-
-_SERVER_DECIDES = "the server decides how its models run (neuropod serve and its model settings)"
-
-#: Options of local models that mean nothing for a remote one, with the reason.
-REMOTE_REFUSED: Dict[str, str] = {
-    "visible_gpu": f"the server chooses the device; {_SERVER_DECIDES}",
-    "verify_manifest": "the server verifies its own packages when it loads them",
-    "intra_op_threads": f"thread settings are the server's; {_SERVER_DECIDES}",
-    "inter_op_threads": f"thread settings are the server's; {_SERVER_DECIDES}",
-    "use_ope": _SERVER_DECIDES,
-    "environment": _SERVER_DECIDES,
-    "isolation": _SERVER_DECIDES,
-}
 
 
 @dataclass(frozen=True)
@@ -126,7 +120,7 @@ def _remote_error(cls: type, where: str, message: str) -> NeuropodError:
 
 
 class _GrpcTransport:
-    def __init__(self, scheme: str, host: str, port: int, options: Mapping[str, Any]) -> None:
+    def __init__(self, scheme: str, host: str, port: int, options: RemoteOptions) -> None:
         try:
             import grpc
 
@@ -140,20 +134,20 @@ class _GrpcTransport:
         self._grpc = grpc
         self._proto = proto
         self.where = f"{scheme}://{host}:{port}"
-        limit = options["max_message_bytes"]
+        limit = options.max_message_bytes
         channel_options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
         target = f"{host}:{port}"
         if scheme == "grpcs":
-            root = options["root_certificates"]
+            root = options.root_certificates
             credentials = grpc.ssl_channel_credentials(_read_bytes(root) if root is not None else None)
             self._channel = grpc.secure_channel(target, credentials, options=channel_options)
         else:
             self._channel = grpc.insecure_channel(target, options=channel_options)
-        token = options["token"]
+        token = options.token
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
-        self._timeout = options["timeout"]
+        self._timeout = options.timeout
         self._host = host
-        self._shared_memory_option = options.get("shared_memory")
+        self._shared_memory_option = options.shared_memory
         self._shared_memory: Optional[bool] = None
         self._region: Any = None
         self._region_lock = threading.Lock()
@@ -305,23 +299,23 @@ class _GrpcTransport:
 
 
 class _HttpTransport:
-    def __init__(self, scheme: str, host: str, port: int, options: Mapping[str, Any]) -> None:
+    def __init__(self, scheme: str, host: str, port: int, options: RemoteOptions) -> None:
         self.where = f"{scheme}://{host}:{port}"
         self._host, self._port = host, port
-        self._timeout = options["timeout"]
+        self._timeout = options.timeout
         self._ssl: Optional[ssl.SSLContext] = None
         if scheme == "https":
-            root = options["root_certificates"]
+            root = options.root_certificates
             self._ssl = ssl.create_default_context()
             if root is not None:
                 self._ssl.load_verify_locations(cadata=_read_bytes(root).decode("ascii"))
-        token = options["token"]
+        token = options.token
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         # One connection per thread: http.client connections are not thread-safe.
         self._local = threading.local()
         self._connections: List[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
-        binary = options["binary"]
+        binary = options.binary
         self._binary = bool(binary) if binary is not None else self._server_has_binary_extension()
 
     def _connection(self) -> http.client.HTTPConnection:
@@ -474,13 +468,13 @@ class RemoteExecutor(Executor):
         )
 
     @classmethod
-    def connect(cls, url: str, options: Mapping[str, Any]) -> RemoteExecutor:
+    def connect(cls, url: str, options: Optional[RemoteOptions] = None) -> RemoteExecutor:
         """Connect to the model served at ``url`` and read its metadata.
 
         Args:
             url: ``grpc://host:port/model``, ``http://host:port/model`` (or
                 ``grpcs://``/``https://``), optionally ending ``/versions/N``.
-            options: every option of :data:`REMOTE_OPTIONS`, checked.
+            options: the client's options.
 
         Raises:
             OptionError: a malformed URL.
@@ -488,6 +482,7 @@ class RemoteExecutor(Executor):
             RemoteError: the server cannot be reached or answers nonsense.
         """
         scheme, host, port, model, version = parse_model_url(url)
+        options = options or RemoteOptions()
         transport: Transport
         if scheme in ("grpc", "grpcs"):
             transport = _GrpcTransport(scheme, host, port, options)

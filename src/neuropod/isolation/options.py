@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 from .. import units
 from ..errors import OptionError
-from ..executors.options import Option, OptionTable, one_of, optional_positive_int
+from ..executors.options import Options, one_of, optional_positive_int, setting
 
 __all__ = ["ISOLATION_LEVELS", "ISOLATION_OPTIONS", "IsolationOptions", "parse_bytes"]
 
-#: From weakest to strongest.
+#: From weakest to strongest; the one list of isolation levels (the ``isolation``
+#: option and the trust policy's levels check against it).
 ISOLATION_LEVELS = ("process", "sandbox", "container")
 
 
@@ -76,101 +77,69 @@ def _gpus(name: str, value: Any) -> Optional[str]:
     raise OptionError(f"option {name!r}: expected None, True ('all'), a GPU index or a device string, got {value!r}")
 
 
-_DEFAULT_PROCESSES = 256
-_DEFAULT_OPEN_FILES = 1024
-
-#: Options that apply to isolated workers (``isolation="sandbox"`` or ``"container"``).
-ISOLATION_OPTIONS: OptionTable = (
-    Option(
-        "memory_limit", "address space of an isolated worker, bytes or '512MiB' (None: no limit)", None, parse_bytes
-    ),
-    Option(
-        "max_processes", "processes and threads an isolated worker may have", _DEFAULT_PROCESSES, optional_positive_int
-    ),
-    Option("max_open_files", "open files of an isolated worker", _DEFAULT_OPEN_FILES, optional_positive_int),
-    Option("cpus", "CPUs an isolated worker may use (None: all)", None, optional_positive_int),
-    Option("sandbox_paths", "extra host paths a sandboxed worker sees read-only", (), _host_paths),
-    Option("tmp_bytes", "size of an isolated worker's private /tmp and /dev/shm", 256 << 20, parse_bytes),
-    Option("image", "the OCI image of a container worker", None, _optional_text),
-    Option(
-        "rootfs",
-        "a root filesystem directory to run a container worker from, instead of an image",
-        None,
-        _optional_directory,
-    ),
-    Option(
-        "container_engine",
-        "'podman' or 'docker' (None: the first one installed)",
-        None,
-        one_of(None, "podman", "docker"),
-    ),
-    Option("container_args", "extra arguments for '<engine> run'", (), _strings),
-    Option("container_python", "the interpreter inside the container", "python3", _optional_text),
-    Option(
-        "launcher",
-        "a command prefix that runs the worker command in a container (replaces the engine's)",
-        None,
-        _optional_command,
-    ),
-    Option("gpus", "GPUs passed into an isolated worker: True/'all', an index, or None", None, _gpus),
-)
-
-
 @dataclass(frozen=True)
-class IsolationOptions:
+class IsolationOptions(Options):
     """How far a model's workers are isolated from the caller and the host.
 
-    Attributes:
-        level: ``"process"``, ``"sandbox"`` or ``"container"``.
-        memory_limit: RLIMIT_AS of the worker in bytes (None: no limit). A model
-            that allocates past it fails with WorkerCrashedError naming it.
-        max_processes: processes and threads the worker may have (fork bombs stop there).
-        max_open_files: RLIMIT_NOFILE of the worker.
-        cpus: CPUs the worker may use.
-        sandbox_paths: extra host paths the sandbox shows read-only.
-        tmp_bytes: size of the worker's private ``/tmp`` and ``/dev/shm``.
-        image: OCI image for ``container``.
-        rootfs: a root filesystem directory for ``container`` (instead of an image).
-        container_engine: ``podman`` or ``docker``; None picks the installed one.
-        container_args: extra arguments for ``<engine> run``.
-        container_python: the interpreter inside the container.
-        launcher: a full command prefix that runs the worker command (replaces the engine's).
-        gpus: GPUs passed into a container (``"all"``, an index) or None.
+    ``level`` is not an option: the plan sets it (the ``isolation`` option, or
+    the weakest the trust policy allows). The other fields are the options
+    of isolated workers (``isolation="sandbox"`` or ``"container"``); a model
+    that allocates past ``memory_limit`` fails with WorkerCrashedError naming
+    it, and fork bombs stop at ``max_processes``.
+
+    Raises:
+        OptionError: a bad value, or ``container`` without an image, rootfs or launcher.
     """
 
+    APPLIES = "it applies to isolated workers (isolation='sandbox' or 'container')"
+    REMOTE = "it applies to isolated workers; the server decides how its models run"
+
     level: str = "process"
-    memory_limit: Optional[int] = None
-    max_processes: Optional[int] = _DEFAULT_PROCESSES
-    max_open_files: Optional[int] = _DEFAULT_OPEN_FILES
-    cpus: Optional[int] = None
-    sandbox_paths: Tuple[str, ...] = ()
-    tmp_bytes: Optional[int] = 256 << 20
-    image: Optional[str] = None
-    rootfs: Optional[str] = None
-    container_engine: Optional[str] = None
-    container_args: Tuple[str, ...] = ()
-    container_python: str = "python3"
-    launcher: Optional[Tuple[str, ...]] = None
-    gpus: Optional[str] = None
+    memory_limit: Optional[int] = setting(
+        None, check=parse_bytes, doc="address space of an isolated worker, bytes or '512MiB' (None: no limit)"
+    )
+    max_processes: Optional[int] = setting(
+        256, check=optional_positive_int, doc="processes and threads an isolated worker may have"
+    )
+    max_open_files: Optional[int] = setting(
+        1024, check=optional_positive_int, doc="open files (RLIMIT_NOFILE) of an isolated worker"
+    )
+    cpus: Optional[int] = setting(None, check=optional_positive_int, doc="CPUs an isolated worker may use (None: all)")
+    sandbox_paths: Tuple[str, ...] = setting(
+        (), check=_host_paths, doc="extra host paths a sandboxed worker sees read-only"
+    )
+    tmp_bytes: Optional[int] = setting(
+        256 << 20, check=parse_bytes, doc="size of an isolated worker's private /tmp and /dev/shm"
+    )
+    image: Optional[str] = setting(None, check=_optional_text, doc="the OCI image of a container worker")
+    rootfs: Optional[str] = setting(
+        None,
+        check=_optional_directory,
+        doc="a root filesystem directory to run a container worker from, instead of an image",
+    )
+    container_engine: Optional[str] = setting(
+        None, check=one_of(None, "podman", "docker"), doc="'podman' or 'docker' (None: the first one installed)"
+    )
+    container_args: Tuple[str, ...] = setting((), check=_strings, doc="extra arguments for '<engine> run'")
+    container_python: str = setting("python3", check=_optional_text, doc="the interpreter inside the container")
+    launcher: Optional[Tuple[str, ...]] = setting(
+        None,
+        check=_optional_command,
+        doc="a command prefix that runs the worker command in a container (replaces the engine's)",
+    )
+    gpus: Optional[str] = setting(
+        None, check=_gpus, doc="GPUs passed into an isolated worker: True/'all', an index, or None"
+    )
 
-    @classmethod
-    def from_values(cls, level: Optional[str], values: Mapping[str, Any]) -> IsolationOptions:
-        """The isolation options among checked ``load_neuropod`` option values.
-
-        Raises:
-            OptionError: ``container`` without an image, rootfs or launcher.
-        """
-        level = level or "process"
-        if level not in ISOLATION_LEVELS:
-            raise OptionError(f"option 'isolation': expected one of {', '.join(ISOLATION_LEVELS)}, got {level!r}")
-        fields = {option.name: values[option.name] for option in ISOLATION_OPTIONS if option.name in values}
-        options = cls(level=level, **fields)
-        if level == "container" and not (options.image or options.rootfs or options.launcher):
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.level not in ISOLATION_LEVELS:
+            raise OptionError(f"option 'isolation': expected one of {', '.join(ISOLATION_LEVELS)}, got {self.level!r}")
+        if self.level == "container" and not (self.image or self.rootfs or self.launcher):
             raise OptionError(
                 "option 'isolation': 'container' needs 'image' (an OCI image), 'rootfs' (a root filesystem "
                 "directory) or 'launcher' (a command prefix that runs the worker)"
             )
-        return options
 
     @property
     def isolated(self) -> bool:
@@ -194,6 +163,9 @@ class IsolationOptions:
         where = self.image or self.rootfs or " ".join(self.launcher or ())
         return f"container ({where}; " + ", ".join(limits) + ")"
 
+
+#: The options of isolated workers, derived from :class:`IsolationOptions`.
+ISOLATION_OPTIONS = IsolationOptions.table()
 
 #: One byte formatter for every message (the OPE client takes it from here).
 format_bytes = units.format_bytes

@@ -1,14 +1,14 @@
-"""Options of out-of-process execution, read from ``load_neuropod(..., use_ope=True, **options)``."""
+"""Options of out-of-process execution: :class:`OpeOptions`, the worker pool of one model."""
 
 from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Tuple, Union
 
 from ..errors import OptionError
-from ..executors.options import Option, OptionTable, flag, number, one_of
+from ..executors.options import Options, flag, number, one_of, optional_flag, setting
 from .shm import DEFAULT_SHM_DIR
 from .spin import SPIN_MODES
 
@@ -17,93 +17,6 @@ __all__ = ["OpeOptions", "OPE_OPTIONS", "RESTART_POLICIES"]
 #: ``always``: a worker that died or hung is replaced on the next call;
 #: ``never``: the model stays broken and every later call raises WorkerCrashedError.
 RESTART_POLICIES = ("always", "never")
-
-
-@dataclass(frozen=True)
-class OpeOptions:
-    """How a model's workers run.
-
-    Attributes:
-        workers: worker processes serving the model; concurrent ``infer``
-            calls are spread over them (default 1: calls queue).
-        spin_us: microseconds either side busy-polls for the other's next
-            message before sleeping. Spinning skips a process wake-up
-            (9-40 us on the VMs measured, docs/benchmarks.md) on short calls
-            at the cost of up to that much CPU per call; 0 disables it
-            (default 100).
-        spin_mode: ``"adaptive"`` (default) spins only while spinning pays
-            (most recent waits end within the spin) and the machine has an
-            idle core, and the caller's side stretches its spin (up to 10x
-            ``spin_us``) when the answers usually come a little after
-            ``spin_us``; ``"fixed"`` always spins ``spin_us``. See
-            :mod:`neuropod.ope.spin`.
-        colocate: while a call sleeps for its answer (``spin_us=0``, or
-            spins that do not pay) on a machine with an idle CPU, the
-            caller's thread and the worker's serving thread wait on the CPU
-            the caller runs on, so each hand-over is a switch between two
-            tasks on one CPU rather than the wake-up of an idle one (default
-            True; workers pinned with ``cpu_affinity`` keep to their CPUs).
-            See :mod:`neuropod.ope.colocate`.
-        cpu_affinity: CPUs to pin workers to: a list of ints (every worker
-            gets that set) or a list of lists (worker ``i`` gets entry
-            ``i % len``). None leaves scheduling to the OS.
-        python_executable: the interpreter that runs the workers (default:
-            this one). It needs numpy and the model's framework; neuropod is
-            imported from this process's source tree.
-        timeout: seconds one call may take; a worker that does not answer in
-            time is killed and replaced, and the call raises
-            WorkerTimeoutError. None (default) waits forever.
-        restart_policy: ``"always"`` or ``"never"`` (see RESTART_POLICIES).
-        start_timeout: seconds a worker may take to load the model.
-        shm_dir: directory of the shared-memory filesystem for tensors.
-        shm_cache_bytes: idle shared memory each side keeps for reuse.
-        worker_env: extra environment variables for the workers.
-        pass_env: names of this process's variables the workers also get
-            beyond the allow-list of :mod:`neuropod.ope.environment`, or
-            ``"*"`` for the whole environment.
-        share_weights: load the model once in a zygote process and fork the
-            workers from it, so they share one copy of the weights (and a
-            replacement worker is a fork, tens of milliseconds, not a
-            load). Applies to plain
-            processes (``isolation="process"``) of Python and TorchScript
-            models on the CPU; elsewhere each worker loads its own copy
-            (see :func:`neuropod.ope.zygote.sharing_refusal`). None (default):
-            share where it applies; True: the same, and a warning is logged
-            where it does not apply; False: never share.
-        max_tensor_bytes: the largest logical size (elements x item size,
-            whatever the array's strides) of one tensor that may cross to or
-            from a worker. A larger one is refused before any copy with
-            SharedMemoryError, and so is one larger than the shared memory
-            that can be had: a broadcast view of terabytes costs bytes in the
-            caller and would otherwise be copied until the machine runs out
-            of memory. Default 16 GiB.
-    """
-
-    workers: int = 1
-    spin_us: float = 100.0
-    spin_mode: str = "adaptive"
-    colocate: bool = True
-    cpu_affinity: Optional[Tuple[Tuple[int, ...], ...]] = None
-    python_executable: str = field(default_factory=lambda: sys.executable)
-    timeout: Optional[float] = None
-    restart_policy: str = "always"
-    start_timeout: float = 120.0
-    shm_dir: str = DEFAULT_SHM_DIR
-    shm_cache_bytes: int = 1 << 30
-    worker_env: Tuple[Tuple[str, str], ...] = ()
-    pass_env: Union[str, Tuple[str, ...]] = ()
-    share_weights: Optional[bool] = None
-    max_tensor_bytes: int = 16 << 30
-
-    @classmethod
-    def from_values(cls, values: Mapping[str, Any]) -> OpeOptions:
-        """The OPE options among checked ``load_neuropod`` option values (see :data:`OPE_OPTIONS`)."""
-        return cls(**{option.name: values[option.name] for option in OPE_OPTIONS if option.name in values})
-
-    def cpus_of_worker(self, index: int) -> Tuple[int, ...]:
-        if not self.cpu_affinity:
-            return ()
-        return self.cpu_affinity[index % len(self.cpu_affinity)]
 
 
 def _cpu_set(value: Any) -> Tuple[int, ...]:
@@ -145,6 +58,8 @@ def _directory(name: str, value: Any) -> str:
 
 def _environment_variables(name: str, value: Any) -> Tuple[Tuple[str, str], ...]:
     env = value or {}
+    if isinstance(env, tuple) and all(isinstance(pair, tuple) and len(pair) == 2 for pair in env):
+        env = dict(env)  # the form this check returns
     if not isinstance(env, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise OptionError(f"{name}: expected a dict of str -> str")
     return tuple(sorted(env.items()))
@@ -160,13 +75,6 @@ def _variable_names(name: str, value: Any) -> Union[str, Tuple[str, ...]]:
     return tuple(value)
 
 
-def _flag_or_none(name: str, value: Any) -> Optional[bool]:
-    if value is not None and not isinstance(value, bool):
-        raise OptionError(f"option {name!r}: expected None, True or False, got {value!r}")
-    return value
-
-
-_DEFAULTS = OpeOptions()
 _COUNT = number("a positive int", 1, integer=True)
 _MICROSECONDS = number("a non-negative number", 0, integer=False)
 _SECONDS = number("a positive number of seconds", 0, integer=False, inclusive=False)
@@ -175,31 +83,92 @@ _BYTES = number("a non-negative int", 0, integer=True)
 # Below the inline size a limit would refuse the small tensors every call carries.
 _TENSOR_BYTES = number("an int of at least 4096 bytes", 4096, integer=True)
 
-#: The options of out-of-process execution (``use_ope=True``); the fields of :class:`OpeOptions`.
-OPE_OPTIONS: OptionTable = (
-    Option("workers", "worker processes serving the model", _DEFAULTS.workers, _COUNT),
-    Option("spin_us", "microseconds to busy-poll for the next message", _DEFAULTS.spin_us, _MICROSECONDS),
-    Option("spin_mode", "'adaptive': spin while it pays and a core is idle; 'fixed'", "adaptive", one_of(*SPIN_MODES)),
-    Option("colocate", "while a call sleeps, caller and worker wait on the caller's CPU", True, flag),
-    Option("cpu_affinity", "CPUs to pin workers to (a list, or a list per worker)", None, _affinity),
-    Option("python_executable", "the interpreter that runs the workers", _DEFAULTS.python_executable, _executable),
-    Option("timeout", "seconds one call may take (None: no limit)", None, _SECONDS_OR_NONE),
-    Option("restart_policy", "'always' or 'never' replace a dead worker", "always", one_of(*RESTART_POLICIES)),
-    Option("start_timeout", "seconds a worker may take to load the model", _DEFAULTS.start_timeout, _SECONDS),
-    Option("shm_dir", "directory of the shared-memory filesystem", _DEFAULTS.shm_dir, _directory),
-    Option("shm_cache_bytes", "idle shared memory kept for reuse", _DEFAULTS.shm_cache_bytes, _BYTES),
-    Option("worker_env", "extra environment variables for the workers", (), _environment_variables),
-    Option("pass_env", "variables passed to workers beyond the allow-list ('*': all)", (), _variable_names),
-    Option(
-        "share_weights",
-        "fork the workers from one process that loaded the model (None: where it applies)",
+
+@dataclass(frozen=True)
+class OpeOptions(Options):
+    """How a model's worker pool runs (``load_neuropod(..., use_ope=True, **options)``).
+
+    Each field is one option; its doc says what it does. The longer story:
+
+    * ``spin_us`` / ``spin_mode``: spinning skips a process wake-up (9-40 us
+      on the VMs measured, docs/benchmarks.md) on short calls at the cost of
+      up to that much CPU per call. ``"adaptive"`` spins only while spinning
+      pays (most recent waits end within the spin) and the machine has an
+      idle core, and the caller's side stretches its spin (up to 10x
+      ``spin_us``) when answers usually come a little after ``spin_us``;
+      ``"fixed"`` always spins ``spin_us``. See :mod:`neuropod.ope.spin`.
+    * ``colocate``: while a call sleeps for its answer on a machine with an
+      idle CPU, the caller's thread and the worker's serving thread wait on
+      the caller's CPU, so each hand-over is a switch between two tasks on
+      one CPU rather than the wake-up of an idle one (workers pinned with
+      ``cpu_affinity`` keep to their CPUs). See :mod:`neuropod.ope.colocate`.
+    * ``python_executable``: it needs numpy and the model's framework;
+      neuropod is imported from this process's source tree.
+    * ``timeout``: a worker that does not answer in time is killed and
+      replaced, and the call raises WorkerTimeoutError. ``timeout`` means the
+      same for a remote model (seconds one call may take, None: no limit);
+      only the defaults differ: a model call may rightly take minutes, and a
+      worker that dies is noticed without a limit.
+    * ``share_weights``: applies to plain processes (``isolation="process"``)
+      of Python and TorchScript models on the CPU; elsewhere each worker
+      loads its own copy (see :func:`neuropod.ope.zygote.sharing_refusal`).
+      A replacement worker is then a fork (tens of milliseconds), not a load.
+    * ``max_tensor_bytes``: counts elements x item size whatever the array's
+      strides; a larger tensor, or one larger than the shared memory that can
+      be had, is refused with SharedMemoryError before any copy (a broadcast
+      view of terabytes costs bytes in the caller and would otherwise be
+      copied until the machine runs out of memory).
+    """
+
+    APPLIES = "it is an option of out-of-process execution (use_ope=True)"
+    REMOTE = "it is an option of out-of-process workers; the server decides how its models run"
+
+    workers: int = setting(1, check=_COUNT, doc="worker processes serving the model; concurrent calls spread over them")
+    spin_us: float = setting(
+        100.0, check=_MICROSECONDS, doc="microseconds to busy-poll for the next message (0: never)"
+    )
+    spin_mode: str = setting(
+        "adaptive", check=one_of(*SPIN_MODES), doc="'adaptive': spin while it pays and a core is idle; 'fixed'"
+    )
+    colocate: bool = setting(True, check=flag, doc="while a call sleeps, caller and worker wait on the caller's CPU")
+    cpu_affinity: Optional[Tuple[Tuple[int, ...], ...]] = setting(
+        None, check=_affinity, doc="CPUs to pin workers to: a list (every worker), or a list per worker (i % len)"
+    )
+    python_executable: str = setting(
+        check=_executable,
+        factory=lambda: sys.executable,
+        shown="this interpreter",
+        doc="the interpreter of the workers",
+    )
+    timeout: Optional[float] = setting(
+        None, check=_SECONDS_OR_NONE, doc="seconds one call may take, then the worker is replaced (None: no limit)"
+    )
+    restart_policy: str = setting(
+        "always", check=one_of(*RESTART_POLICIES), doc="'always' or 'never' replace a dead worker"
+    )
+    start_timeout: float = setting(120.0, check=_SECONDS, doc="seconds a worker may take to load the model")
+    shm_dir: str = setting(DEFAULT_SHM_DIR, check=_directory, doc="directory of the shared-memory filesystem")
+    shm_cache_bytes: int = setting(1 << 30, check=_BYTES, doc="idle shared memory each side keeps for reuse")
+    worker_env: Tuple[Tuple[str, str], ...] = setting(
+        (), check=_environment_variables, doc="extra environment variables for the workers"
+    )
+    pass_env: Union[str, Tuple[str, ...]] = setting(
+        (), check=_variable_names, doc="variables passed to workers beyond the allow-list ('*': all)"
+    )
+    share_weights: Optional[bool] = setting(
         None,
-        _flag_or_none,
-    ),
-    Option(
-        "max_tensor_bytes",
-        "largest logical size of one tensor crossing to or from a worker",
-        _DEFAULTS.max_tensor_bytes,
-        _TENSOR_BYTES,
-    ),
-)
+        check=optional_flag,
+        doc="fork the workers from one process that loaded the model (None: where it applies; True: warn where not)",
+    )
+    max_tensor_bytes: int = setting(
+        16 << 30, check=_TENSOR_BYTES, doc="largest logical size of one tensor crossing to or from a worker"
+    )
+
+    def cpus_of_worker(self, index: int) -> Tuple[int, ...]:
+        if not self.cpu_affinity:
+            return ()
+        return self.cpu_affinity[index % len(self.cpu_affinity)]
+
+
+#: The options of out-of-process execution, derived from :class:`OpeOptions`.
+OPE_OPTIONS = OpeOptions.table()

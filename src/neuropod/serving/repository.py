@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 import zipfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
@@ -26,8 +26,10 @@ import numpy as np
 
 from ..envs.deferred import load_for_serving
 from ..errors import ModelNotFoundError, ModelNotReadyError, OptionError, PackageError
+from ..executors.options import Options, number, setting
 from ..loader import Neuropod
 from ..package import layout, open_package
+from ..plan import PackageOptions, make_plan
 from .statistics import ModelStatistics
 
 __all__ = ["ModelSettings", "ServedModel", "ModelRepository", "ModelIndexEntry", "find_packages", "DEFAULT_VERSION"]
@@ -40,44 +42,66 @@ TensorDict = Dict[str, np.ndarray]
 DEFAULT_VERSION = "1"
 
 
-@dataclass(frozen=True)
-class ModelSettings:
-    """How one model is run by the server.
+def _load_options(name: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+        raise OptionError(f"option {name!r}: expected a dict of load_neuropod keyword -> value, got {value!r}")
+    return value
 
-    Attributes:
-        use_ope: run it in out-of-process workers;
-            the default runs it in the server process.
-        max_batch_size: merge concurrent requests into calls of up to this
-            many rows (0 turns dynamic batching off). Needs a model whose
-            inputs and outputs all start with one batch symbol.
-        max_queue_delay_ms: how long the first request of a batch waits for
-            others to join it.
-        load_options: more keyword arguments for ``load_neuropod``.
-        isolation: ``"process"``, ``"sandbox"`` or ``"container"`` runs it in
-            isolated workers (docs/isolation.md; limits go in ``load_options``);
-            None leaves it to ``use_ope`` and the trust policy.
+
+@dataclass(frozen=True)
+class ModelSettings(Options):
+    """How one model is run by the server (each field is a setting of the server's config file).
+
+    ``use_ope`` and ``isolation`` are ``load_neuropod``'s options of the same
+    names (declared there once, :class:`neuropod.plan.PackageOptions`), kept
+    here as settings of their own; the model's plan is made from them and
+    ``load_options`` (:meth:`load_keywords`). Limits of isolated workers go in
+    ``load_options``.
     """
 
-    use_ope: bool = False
-    max_batch_size: int = 0
-    max_queue_delay_ms: float = 2.0
-    load_options: Mapping[str, Any] = field(default_factory=dict)
-    isolation: Optional[str] = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.max_batch_size, bool) or not isinstance(self.max_batch_size, int) or self.max_batch_size < 0:
-            raise OptionError(f"max_batch_size: expected a non-negative int, got {self.max_batch_size!r}")
-        if not isinstance(self.max_queue_delay_ms, (int, float)) or self.max_queue_delay_ms < 0:
-            raise OptionError(f"max_queue_delay_ms: expected a non-negative number, got {self.max_queue_delay_ms!r}")
+    use_ope: Optional[bool] = PackageOptions.field_like("use_ope")
+    max_batch_size: int = setting(
+        0,
+        check=number("a non-negative int", 0, integer=True),
+        doc="merge concurrent requests into calls of up to this many rows (0: no dynamic batching); needs a "
+        "model whose inputs and outputs all start with one batch symbol",
+    )
+    max_queue_delay_ms: float = setting(
+        2.0,
+        check=number("a non-negative number", 0, integer=False),
+        doc="how long the first request of a batch waits for others to join it",
+    )
+    load_options: Mapping[str, Any] = setting(
+        check=_load_options, factory=dict, doc="more keyword arguments for load_neuropod"
+    )
+    isolation: Optional[str] = PackageOptions.field_like("isolation")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "model settings") -> ModelSettings:
         """Build from a JSON object; unknown keys are refused by name."""
-        known = {"use_ope", "max_batch_size", "max_queue_delay_ms", "load_options", "isolation"}
+        known = cls.names()
         unknown = sorted(set(data) - known)
         if unknown:
             raise OptionError(f"{where}: unknown setting(s) {', '.join(unknown)}; expected {', '.join(sorted(known))}")
-        return cls(**dict(data))
+        return cls.of(data, where)
+
+    def load_keywords(self) -> Dict[str, Any]:
+        """The ``load_neuropod`` keywords these settings give (the model's plan is made from them).
+
+        Raises:
+            OptionError: ``use_ope`` or ``isolation`` set both here and in ``load_options``.
+        """
+        keywords = dict(self.load_options)
+        for name in ("use_ope", "isolation"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if name in keywords and keywords[name] != value:
+                raise OptionError(
+                    f"model settings: {name}={value!r} and load_options {name}={keywords[name]!r}; set it once"
+                )
+            keywords[name] = value
+        return keywords
 
 
 def _batch_symbol(neuropod: Neuropod) -> Optional[str]:
@@ -347,12 +371,11 @@ class ModelRepository:
 
     def _load_one(self, name: str, version: str, package_path: Path) -> ServedModel:
         settings = self._model_settings.get(name, self._defaults)
-        isolation: Dict[str, Any] = {"isolation": settings.isolation} if settings.isolation else {}
         logger.info("loading model", extra={"model": name, "version": version, "path": str(package_path)})
         started = time.perf_counter()
+        plan = make_plan(package_path, settings.load_keywords())
         # A model whose environment must be built first loads in the background, not ready till then.
-        use_ope = settings.use_ope or None  # None: isolation or another environment may still need a worker
-        neuropod = load_for_serving(package_path, use_ope=use_ope, **isolation, **dict(settings.load_options))
+        neuropod = load_for_serving(plan)
         if name not in self._model_settings and settings.max_batch_size and _batch_symbol(neuropod) is None:
             # A server-wide batching default skips models that cannot batch; a per-model setting does not.
             logger.warning("model %s has no batch symbol to batch along; serving it unbatched", name)
@@ -368,6 +391,7 @@ class ModelRepository:
                 "model": name,
                 "version": version,
                 "path": str(package_path),
+                "runs": plan.describe(),
                 "duration_s": round(time.perf_counter() - started, 3),
             },
         )

@@ -17,7 +17,7 @@ here, the Data helpers when first called.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Dict
+from typing import Any, Dict, Mapping, Optional
 
 __all__ = [
     "NeuropodDeployment",
@@ -34,6 +34,17 @@ _EXPORTS: Dict[str, str] = {
     "predict_dataset": "data",
     "iter_dataset_batches": "data",
 }
+
+
+def _load_here(model: Any, load_options: Optional[Mapping[str, Any]]) -> Any:
+    """The model loaded in this Ray actor: planned with the GPUs Ray gave it (the first one unless
+    ``visible_gpu`` says otherwise; Ray sets CUDA_VISIBLE_DEVICES to them, so it is index 0)."""
+    import ray
+
+    from ...loader import load_planned
+    from ...plan import Host, make_plan
+
+    return load_planned(make_plan(model, load_options, Host.current(gpus=ray.get_gpu_ids())))
 
 
 def __getattr__(name: str) -> Any:

@@ -19,9 +19,9 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Unio
 import numpy as np
 
 from ...errors import InputValidationError, OutputValidationError
-from ...loader import load_neuropod
 from ...spec import TensorSpec
-from ...urls import is_model_url, model_location
+from ...urls import model_location
+from . import _load_here
 
 __all__ = ["NeuropodPredictor", "predict_dataset", "iter_dataset_batches", "column_array"]
 
@@ -87,14 +87,7 @@ class NeuropodPredictor:
         keep_columns: bool = True,
         cast: bool = True,
     ) -> None:
-        options = dict(load_options or {})
-        path = os.fspath(model)
-        if "visible_gpu" not in options and not is_model_url(path):
-            import ray
-
-            # Ray sets CUDA_VISIBLE_DEVICES to the actor's own GPUs: the first one is index 0.
-            options["visible_gpu"] = 0 if ray.get_gpu_ids() else None
-        self._model = load_neuropod(path, **options)
+        self._model = _load_here(os.fspath(model), load_options)
         self._inputs = {spec.name: spec for spec in self._model.problem.inputs}
         self._keep_columns = keep_columns
         self._cast = cast

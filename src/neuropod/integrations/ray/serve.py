@@ -25,7 +25,6 @@ import os
 from typing import Any, Dict, Mapping, Optional, Union
 
 import numpy as np
-import ray
 from ray import serve
 from ray.serve.deployment import Application
 from starlette.requests import Request
@@ -33,13 +32,13 @@ from starlette.responses import Response
 
 from ...errors import InputValidationError, SpecError
 from ...kserve import DEFAULT_MAX_MESSAGE_BYTES
-from ...loader import load_neuropod
 from ...package import open_package
 from ...serving.dataplane import DataPlane, InferRequest
 from ...serving.metrics import ServerMetrics
 from ...serving.repository import ModelRepository, ModelSettings, ServedModel
 from ...serving.rest_adapter import RestAdapter, RestRequest
-from ...urls import is_model_url, model_location
+from ...urls import model_location
+from . import _load_here
 
 __all__ = ["NeuropodDeployment", "neuropod_deployment", "MODEL_VERSION", "ROUTES"]
 
@@ -110,12 +109,8 @@ class NeuropodDeployment:
         batch_wait_timeout_s: float = 0.01,
         load_options: Optional[Mapping[str, Any]] = None,
     ) -> None:
-        options = dict(load_options or {})
-        if "visible_gpu" not in options and not is_model_url(model):
-            # Ray sets CUDA_VISIBLE_DEVICES to the replica's own GPUs: the first one is index 0.
-            options["visible_gpu"] = 0 if ray.get_gpu_ids() else None
         settings = ModelSettings(max_batch_size=max_batch_size, max_queue_delay_ms=batch_wait_timeout_s * 1000.0)
-        neuropod = load_neuropod(model, **options)
+        neuropod = _load_here(model, load_options)
         self.name = model_name or neuropod.name
         self._repository = ModelRepository()
         try:
