@@ -65,7 +65,13 @@ from serving_models import (  # noqa: E402
 
 SHAPE = (4, 64)
 #: The neuropod rows: extra ``neuropod serve`` arguments of each.
-NEUROPOD_ROWS = ("", "--pin-cpus", "--workers 2 --pin-cpus", "--use-ope")
+NEUROPOD_ROWS = (
+    "",
+    "--pin-cpus",
+    "--workers 2 --pin-cpus",
+    "--use-ope",
+    "--use-ope --max-batch-size 256 --max-queue-delay-ms 0",
+)
 PROTOCOL_NAMES = {"grpc": "gRPC", "rest": "REST"}
 X = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
 
@@ -353,6 +359,19 @@ input [
 ]
 output [ { name: "out", data_type: TYPE_FP32, dims: [ -1, -1 ] } ]
 """
+# With Triton's dynamic batcher: the first dimension is the batch (up to 256 rows, as the batched
+# neuropod row), and the stub's execute() gets every request queued meanwhile in one call.
+TRITON_BATCHING_CONFIG = """\
+name: "adder"
+backend: "python"
+max_batch_size: 256
+input [
+  { name: "x", data_type: TYPE_FP32, dims: [ -1 ] },
+  { name: "y", data_type: TYPE_FP32, dims: [ -1 ] }
+]
+output [ { name: "out", data_type: TYPE_FP32, dims: [ -1 ] } ]
+dynamic_batching { }
+"""
 
 
 def _triton_paths() -> Dict[str, Path]:
@@ -373,7 +392,9 @@ def triton_available() -> bool:
     return all(path.exists() for path in _triton_paths().values())
 
 
-def start_triton(workdir: Path, timeout_s: float = 90.0) -> Tuple[subprocess.Popen[bytes], int, int]:
+def start_triton(
+    workdir: Path, batching: bool = False, timeout_s: float = 90.0
+) -> Tuple[subprocess.Popen[bytes], int, int]:
     """Start tritonserver on a repository holding the adder as a Python-backend model; (process, grpc, http port).
 
     Set up as pytriton sets it up, without pytriton: the Python backend is copied next to
@@ -387,7 +408,7 @@ def start_triton(workdir: Path, timeout_s: float = 90.0) -> Tuple[subprocess.Pop
     model = workdir / "repository" / "adder"
     (model / "1").mkdir(parents=True)
     (model / "1" / "model.py").write_text(TRITON_MODEL)
-    (model / "config.pbtxt").write_text(TRITON_CONFIG)
+    (model / "config.pbtxt").write_text(TRITON_BATCHING_CONFIG if batching else TRITON_CONFIG)
     base = Path(
         subprocess.run(
             [str(TRITON_VENV / "bin" / "python"), "-c", "import sys; print(sys.base_prefix)"],
@@ -435,8 +456,12 @@ def print_ratios(
     baselines: List[str],
     what: str,
     targets: str,
+    pair: Callable[[str, str], bool] = lambda ours, theirs: True,
 ) -> None:
-    """Each neuropod row over the fastest of ``baselines`` (by throughput) of its protocol and concurrency."""
+    """Each neuropod row over the fastest of ``baselines`` (by throughput) of its protocol and concurrency.
+
+    ``pair(our row, their row)`` says which baselines a row is compared with.
+    """
     if not baselines:
         return
     print(f"\nneuropod / {what} of the same protocol and concurrency\n({targets})\n")
@@ -446,7 +471,7 @@ def print_ratios(
         if not name.startswith("neuropod"):
             continue
         protocol = name.rsplit(" ", 1)[1]
-        rows = [n for n in baselines if n.endswith(protocol)]
+        rows = [n for n in baselines if n.endswith(protocol) and pair(name, n)]
         if not rows:
             continue
         for concurrency in concurrencies:
@@ -539,10 +564,11 @@ def main() -> None:
             elif not args.skip_mlserver:
                 print("MLServer venv missing (scripts/mlserver-venv.sh): MLServer rows skipped", file=sys.stderr)
             if not args.skip_triton and triton_available():
-                workdir = work / "triton"
-                workdir.mkdir()
-                triton_process, triton_grpc, triton_http = start_triton(workdir)
-                add("Triton", triton_process, triton_grpc, triton_http, binary=True)
+                for label, batching in (("Triton", False), ("Triton batching", True)):
+                    workdir = work / label.replace(" ", "-")
+                    workdir.mkdir()
+                    triton_process, triton_grpc, triton_http = start_triton(workdir, batching)
+                    add(label, triton_process, triton_grpc, triton_http, binary=True)
             elif not args.skip_triton:
                 print("Triton venv missing (scripts/triton-venv.sh): Triton rows skipped", file=sys.stderr)
             # Rounds interleave the servers, so a burst of background load hits all; each cell
@@ -592,9 +618,10 @@ def main() -> None:
         results,
         args.concurrency,
         [name for name in results if name.startswith("Triton")],
-        "Triton's Python backend",
+        "Triton's Python backend (a batched neuropod row: Triton with its dynamic batcher)",
         "targets of --use-ope at 1, 16 and 64: throughput >= 1.0 (>= 1.3 at 16 and 64), p99 <= 1.0, "
         "CPU per request <= 1.0",
+        pair=lambda ours, theirs: ("--max-batch-size" in ours) == ("batching" in theirs),
     )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -260,3 +260,20 @@ def test_slow_calls_to_a_model_with_two_workers_run_two_at_a_time(tmp_path: Path
     # Waiting for a free worker is queueing, not the model's time: each call's compute is one
     # sleep, however many requests were waiting (through a thread pool, a call waited inside the model's run).
     assert statistics["compute_infer"]["ns"] / statistics["compute_infer"]["count"] < 0.1e9 * 1.9
+
+
+def test_which_calls_to_a_model_in_workers_run_where_they_arrive(tmp_path: Path) -> None:
+    one = ModelSettings(use_ope=True)
+    two = ModelSettings(use_ope=True, load_options={"workers": 2})
+    with ModelServer.from_path(make_adder(tmp_path / "repo" / "one", "one"), LOOPBACK, default_settings=one) as server:
+        plane, model = server.dataplane, server.repository.get("one")
+        model.mean_call_s = None  # before its first call: fed (how long it takes is not known yet)
+        assert plane.feeds("one") and not plane.runs_inline("one")
+        model.mean_call_s = 0.001  # a millisecond: a round trip to its one worker, run where it arrives
+        assert plane.runs_inline("one") and not plane.feeds("one")
+        model.mean_call_s = 0.003  # longer: fed, so the receiving thread goes on reading requests
+        assert plane.feeds("one") and not plane.runs_inline("one")
+    with ModelServer.from_path(make_adder(tmp_path / "repo" / "two", "two"), LOOPBACK, default_settings=two) as server:
+        plane, model = server.dataplane, server.repository.get("two")
+        model.mean_call_s = 0.0001  # however short: one thread per worker keeps both busy
+        assert plane.feeds("two") and not plane.runs_inline("two")

@@ -50,6 +50,11 @@ T = TypeVar("T")
 
 #: Models whose calls average less than this run on the event loop instead of the thread pool.
 INLINE_CALL_MAX_S = 0.0005
+#: The same for a model in one worker process. Handing its call to a feeding thread costs a few hundred
+#: microseconds of CPU (two threads taking turns at the GIL: docs/ope.md), and the call is a wait for
+#: the worker, which serves one call at a time whoever waits for it; a higher bar also keeps a call
+#: that lost its CPU to another process from flipping a model to the feeder.
+INLINE_WORKER_CALL_MAX_S = 0.002
 
 
 @dataclass
@@ -569,9 +574,17 @@ def _runs_in_workers(model: ServedModel) -> bool:
 
 
 def _short(model: ServedModel) -> bool:
-    """Whether the model's calls average under :data:`INLINE_CALL_MAX_S` (unknown before the first)."""
+    """Whether the model's calls are short enough to run where they arrive (unknown before the first call).
+
+    Under :data:`INLINE_CALL_MAX_S` on average; under :data:`INLINE_WORKER_CALL_MAX_S` for a
+    model in one worker process (with more, only a feeding thread per worker uses them all).
+    """
     mean = model.mean_call_s
-    return mean is not None and mean < INLINE_CALL_MAX_S
+    if mean is None:
+        return False
+    if _runs_in_workers(model):
+        return mean < INLINE_WORKER_CALL_MAX_S and len(model.neuropod.executor.workers) == 1  # type: ignore[attr-defined]
+    return mean < INLINE_CALL_MAX_S
 
 
 def _same(response: InferResponse) -> InferResponse:
