@@ -135,6 +135,15 @@ def test_missing_entrypoint_is_a_package_error(tmp_path):
         )
 
 
+def test_code_that_fails_while_it_is_imported_is_named_as_such_not_as_a_missing_entrypoint(tmp_path):
+    """An AttributeError inside the package's import (numpy 1.24 removed np.float, which old code used) is the
+    cause to show, not 'entrypoint not found' (the original's test_python_deps met exactly this)."""
+    code = _write_code(tmp_path / "src", "adder", "import numpy as np\nnp.no_such_alias\n\ndef get_model(d): pass\n")
+    path = _python_package(tmp_path, "m", code)
+    with pytest.raises(PackageError, match="failed while it was imported .*AttributeError: .*no_such_alias"):
+        load_neuropod(path)
+
+
 def test_pytorch_packager_returns_numpy_from_torch_tensors(tmp_path):
     require("torch")
     code = _write_code(

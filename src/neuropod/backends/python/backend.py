@@ -118,19 +118,26 @@ def _import_entrypoint(code_dir: Path, package_name: str, function_name: str) ->
                     f"entrypoint package {package_name!r} resolved to {origin or 'a built-in module'}, "
                     f"not to the package's {layout.CODE_DIR}; rename the package's module"
                 )
-            entrypoint = getattr(module, function_name)
         except ImportError as exc:
             raise PackageError(
                 f"entrypoint package {package_name!r} cannot be imported from {code_dir}: {exc}"
             ) from exc
-        except AttributeError:
-            raise PackageError(f"entrypoint {function_name!r} not found in {package_name!r}") from None
+        except PackageError:
+            raise
+        except Exception as exc:  # the package's own code failed while it was imported
+            raise PackageError(
+                f"entrypoint package {package_name!r} failed while it was imported from {code_dir}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         finally:
             sys.dont_write_bytecode = wrote_bytecode
             sys.path.remove(str(code_dir))
             for key in [k for k in sys.modules if _owned(k, names)]:
                 del sys.modules[key]
             sys.modules.update(saved)
+    entrypoint = getattr(module, function_name, None)
+    if entrypoint is None:
+        raise PackageError(f"entrypoint {function_name!r} not found in {package_name!r}")
     return entrypoint  # type: ignore[no-any-return]
 
 
