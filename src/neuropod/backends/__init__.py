@@ -53,7 +53,7 @@ BUILTIN_BACKENDS: Dict[str, BackendInfo] = {
     "python": BackendInfo("neuropod.backends.python.backend:PythonBackend"),
     "pytorch": BackendInfo("neuropod.backends.python.backend:PythonBackend"),
     "torchscript": BackendInfo("neuropod.backends.torchscript.backend:TorchScriptBackend", ("torch",), "torch"),
-    "torch_export": BackendInfo("neuropod.backends.torch_export:TorchExportBackend", ("torch",), "torch"),
+    "torch_export": BackendInfo("neuropod.backends.torch_export.backend:TorchExportBackend", ("torch",), "torch"),
     "onnx": BackendInfo("neuropod.backends.onnx:OnnxBackend", ("onnxruntime",), "onnx"),
     "jax": BackendInfo("neuropod.backends.jax:JaxBackend", ("jax",), "jax"),
     "tensorflow": BackendInfo("neuropod.backends.tensorflow:TensorFlowBackend", ("tensorflow",), "tensorflow"),

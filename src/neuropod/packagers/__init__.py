@@ -31,7 +31,7 @@ _PACKAGERS: Dict[str, str] = {
     "create_torchscript_neuropod": "neuropod.backends.torchscript.packager",
     "create_tensorflow_neuropod": "neuropod.packagers.tensorflow",
     "create_keras_neuropod": "neuropod.packagers.keras",
-    "create_torch_export_neuropod": "neuropod.packagers.torch_export",
+    "create_torch_export_neuropod": "neuropod.backends.torch_export.packager",
     "create_onnx_neuropod": "neuropod.packagers.onnx",
     "create_jax_neuropod": "neuropod.packagers.jax",
 }

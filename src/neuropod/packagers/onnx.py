@@ -114,7 +114,7 @@ def _export_torch(
 
     import torch
 
-    from .torch_export import torch_dynamic_shapes, torch_example_inputs
+    from ..backends.torch_export.packager import torch_dynamic_shapes, torch_example_inputs
 
     if importlib.util.find_spec("onnxscript") is None:
         raise FrameworkNotInstalledError(

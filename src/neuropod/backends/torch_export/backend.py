@@ -10,10 +10,10 @@ from typing import Any, List
 
 import torch
 
-from ..errors import PackageError
-from ..package import Package, layout
-from ._torch_tensors import TorchBackend, freeze_parameters, outputs_to_numpy
-from .base import BackendOptions, TensorDict, model_failure
+from ...errors import PackageError
+from ...package import Package, layout
+from .._torch_tensors import TorchBackend, freeze_parameters, outputs_to_numpy
+from ..base import BackendOptions, TensorDict, model_failure
 
 __all__ = ["TorchExportBackend", "MODEL_FILE"]
 

@@ -13,11 +13,11 @@ import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
-from ..errors import PackageError, SpecError
-from ..package import layout
-from ..spec import TensorSpec, as_specs, problem_specs, symbol_bounds
-from ._failures import framework_failure
-from ._pipeline import PathLike, Requirements, create_neuropod, shared_options
+from ...errors import PackageError, SpecError
+from ...package import layout
+from ...packagers._failures import framework_failure
+from ...packagers._pipeline import PathLike, Requirements, create_neuropod, shared_options
+from ...spec import TensorSpec, as_specs, problem_specs, symbol_bounds
 
 __all__ = ["create_torch_export_neuropod", "torch_dynamic_shapes", "torch_example_inputs"]
 
