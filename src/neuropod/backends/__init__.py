@@ -54,7 +54,7 @@ BUILTIN_BACKENDS: Dict[str, BackendInfo] = {
     "pytorch": BackendInfo("neuropod.backends.python.backend:PythonBackend"),
     "torchscript": BackendInfo("neuropod.backends.torchscript.backend:TorchScriptBackend", ("torch",), "torch"),
     "torch_export": BackendInfo("neuropod.backends.torch_export.backend:TorchExportBackend", ("torch",), "torch"),
-    "onnx": BackendInfo("neuropod.backends.onnx:OnnxBackend", ("onnxruntime",), "onnx"),
+    "onnx": BackendInfo("neuropod.backends.onnx.backend:OnnxBackend", ("onnxruntime",), "onnx"),
     "jax": BackendInfo("neuropod.backends.jax:JaxBackend", ("jax",), "jax"),
     "tensorflow": BackendInfo("neuropod.backends.tensorflow:TensorFlowBackend", ("tensorflow",), "tensorflow"),
     "keras": BackendInfo("neuropod.backends.keras:KerasBackend", ("keras",), "keras"),

@@ -18,10 +18,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-from ..errors import FrameworkNotInstalledError, PackageError, SpecError
-from ..package import layout
-from ..spec import TensorSpec, as_specs, problem_specs
-from ._pipeline import PathLike, Requirements, create_neuropod, shared_options
+from ...errors import FrameworkNotInstalledError, PackageError, SpecError
+from ...package import layout
+from ...packagers._pipeline import PathLike, Requirements, create_neuropod, shared_options
+from ...spec import TensorSpec, as_specs, problem_specs
 
 __all__ = ["create_onnx_neuropod"]
 
@@ -114,7 +114,7 @@ def _export_torch(
 
     import torch
 
-    from ..backends.torch_export.packager import torch_dynamic_shapes, torch_example_inputs
+    from ..torch_export.packager import torch_dynamic_shapes, torch_example_inputs
 
     if importlib.util.find_spec("onnxscript") is None:
         raise FrameworkNotInstalledError(

@@ -19,10 +19,10 @@ from typing import Any, Dict, List
 import numpy as np
 import onnxruntime as ort
 
-from ..errors import PackageError
-from ..package import Package, layout
-from .base import Backend, BackendOptions, TensorDict, as_string_array, model_failure
-from .devices import pick_gpu
+from ...errors import PackageError
+from ...package import Package, layout
+from ..base import Backend, BackendOptions, TensorDict, as_string_array, model_failure
+from ..devices import pick_gpu
 
 __all__ = ["OnnxBackend", "MODEL_FILE", "choose_providers"]
 
