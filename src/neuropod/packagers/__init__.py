@@ -33,7 +33,7 @@ _PACKAGERS: Dict[str, str] = {
     "create_keras_neuropod": "neuropod.packagers.keras",
     "create_torch_export_neuropod": "neuropod.backends.torch_export.packager",
     "create_onnx_neuropod": "neuropod.backends.onnx.packager",
-    "create_jax_neuropod": "neuropod.packagers.jax",
+    "create_jax_neuropod": "neuropod.backends.jax.packager",
 }
 
 

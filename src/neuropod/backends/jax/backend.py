@@ -27,10 +27,10 @@ import jax
 import numpy as np
 from jax import export
 
-from ..errors import InferenceError, PackageError
-from ..package import Package, layout
-from .base import Backend, BackendOptions, TensorDict, model_failure
-from .devices import pick_gpu
+from ...errors import InferenceError, PackageError
+from ...package import Package, layout
+from ..base import Backend, BackendOptions, TensorDict, model_failure
+from ..devices import pick_gpu
 
 __all__ = ["JaxBackend", "EXPORTED_FILE", "PARAMS_FILE", "choose_jax_device", "x64_scope"]
 

@@ -19,10 +19,10 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from ..errors import PackageError, SpecError
-from ..package import layout
-from ..spec import TensorSpec, as_specs, numpy_dtype, problem_specs
-from ._pipeline import PathLike, Requirements, create_neuropod, shared_options
+from ...errors import PackageError, SpecError
+from ...package import layout
+from ...packagers._pipeline import PathLike, Requirements, create_neuropod, shared_options
+from ...spec import TensorSpec, as_specs, numpy_dtype, problem_specs
 
 __all__ = ["create_jax_neuropod", "EXPORTED_FILE", "PARAMS_FILE"]
 
@@ -163,7 +163,7 @@ def create_jax_neuropod(
         import numpy as np
         from jax import export
 
-        from ..backends.jax import x64_scope
+        from .backend import x64_scope
 
         leaves, treedef = jax.tree_util.tree_flatten(params)
 
