@@ -89,9 +89,9 @@ def test_the_commands_take_every_form(served, tmp_path):
     for url in _forms(server):
         shown = runner.invoke(main, ["inspect", url])
         assert shown.exit_code == 0, shown.output
-        assert "name:      adder" in shown.output and "FP32" in shown.output and "versions:  1" in shown.output
+        assert "name:      adder" in shown.output and "float32" in shown.output and "versions:  1" in shown.output
         as_json = json.loads(runner.invoke(main, ["inspect", "--json", url]).output)
-        assert [t["name"] for t in as_json["inputs"]] == ["x"] and as_json["outputs"][0]["shape"] == [-1, 2]
+        assert [t["name"] for t in as_json["input_spec"]] == ["x"] and as_json["output_spec"][0]["shape"] == [None, 2]
         ran = runner.invoke(main, ["infer", url, "-i", f"x={tmp_path / 'x.npy'}", "--json"])
         assert ran.exit_code == 0 and json.loads(ran.output)["out"]["shape"] == [2, 2], ran.output
         tested = runner.invoke(main, ["test", url])

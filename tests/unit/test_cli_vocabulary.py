@@ -19,6 +19,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from conftest import require
 from neuropod import units
 from neuropod.cli import main
 from neuropod.errors import OptionError
@@ -222,7 +223,7 @@ def _section(text: str, title: str) -> List[str]:
 
 
 def test_remote_and_local_inspect_print_the_same_spec_form(tmp_path: Path) -> None:
-    pytest.importorskip("aiohttp")
+    require("aiohttp")
     from neuropod.serving import ModelServer, ServerConfig
 
     package = create_placeholder_neuropod(tmp_path / "m", "m", INPUTS, OUTPUTS, package_as_zip=False)
