@@ -165,7 +165,7 @@ def run_suite(case: Case, venv: Path, other_python: str, results: Path) -> None:
     env.update(
         NEUROPOD_INSTALLED_EXTRAS=",".join(case.extras),
         NEUROPOD_INSTALLED_OTHER_PYTHON=other_python,
-        NEUROPOD_INSTALLED_FIXTURES=str(REPO.parent / "shared" / "fixtures" / "legacy"),
+        NEUROPOD_INSTALLED_FIXTURES=str(REPO / "tests" / "fixtures" / "legacy"),
     )
     tests = REPO / "tests" / "installed"
     log(f"{case.name}: tests/installed")

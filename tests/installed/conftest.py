@@ -8,7 +8,7 @@ is stated by the runner, not guessed from what imports:
 
 - ``NEUROPOD_INSTALLED_EXTRAS``: the extras installed (comma-separated, empty for the core alone);
 - ``NEUROPOD_INSTALLED_OTHER_PYTHON``: an interpreter of another venv holding numpy and nothing of neuropod;
-- ``NEUROPOD_INSTALLED_FIXTURES``: the original Neuropod's packages (shared/fixtures/legacy).
+- ``NEUROPOD_INSTALLED_FIXTURES``: the original Neuropod's packages (tests/fixtures/legacy).
 """
 
 from __future__ import annotations
