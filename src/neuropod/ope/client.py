@@ -218,7 +218,6 @@ class WorkerProcess:
             raise self.failures.load_timed_out(self.options.start_timeout)
         refusal = failure.refusal
         if refusal:
-            _log.warning("model %r: each worker loads its own copy of the weights: %s", self.model_name, refusal)
             zygote.refused(refusal)
         self.start()
 

@@ -35,10 +35,11 @@ Who does what:
   parent then loads each worker itself) when loading started any thread,
   Python's or native (a warm-up call at load starts torch's OpenMP pool),
   except helpers that a fork handles anyway: tqdm's monitor (stopped before
-  the fork; tqdm starts another with its next bar) and OpenBLAS's pthreads
-  pool (OpenBLAS stops it before a fork). A
-  zygote that refused is stopped at once if it has no workers, else once the
-  last of them has exited.
+  the fork; tqdm starts another with its next bar), OpenBLAS's pthreads
+  pool (OpenBLAS stops it before a fork) and the workers of a thread pool
+  shut down without waiting (waited for: transformers loads weights on one).
+  A zygote that refused is stopped at once if it has no workers, else once
+  the last of them has exited; the parent says why once per model and reason.
 
 The socket's messages: one record per SOCK_SEQPACKET message, a header
 (magic, kind, two signed 64-bit numbers) then UTF-8 text; the layout is
@@ -49,6 +50,7 @@ from __future__ import annotations
 
 import array
 import gc
+import logging
 import math
 import os
 import select
@@ -60,7 +62,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..errors import ModelClosedError, WireFormatError
 from .layouts import ZYGOTE, ZygoteKind, decode_zygote, encode_zygote
@@ -80,6 +82,8 @@ __all__ = [
 #: Platforms whose backend leaves no native thread pool or device context behind a load on the CPU.
 FORK_PLATFORMS = frozenset({"python", "pytorch", "torchscript", "placeholder"})
 
+_log = logging.getLogger(__name__)
+
 # The record's layout (neuropod.ope.layouts), under the names this module has always used.
 MAGIC, HEADER, MAX_MESSAGE_BYTES = ZYGOTE.magic, ZYGOTE.header, ZYGOTE.max_bytes
 Kind = ZygoteKind
@@ -92,6 +96,14 @@ _REPORT_WAIT_S = 1.0
 UNKNOWN_STATUS = -(2**63)
 #: The signals a KILL order may send.
 _KILL_SIGNALS = frozenset({int(signal.SIGKILL), int(signal.SIGTERM)})
+# Before a fork: how long the workers of a thread pool shut down without waiting may take to finish their
+# task, and how long an ended thread may take to leave the kernel's list of the process's threads.
+_POOL_EXIT_WAIT_S = 10.0
+_NATIVE_THREAD_EXIT_WAIT_S = 0.5
+_NATIVE_THREAD_POLL_S = 0.01
+# (model name, reason) of each refusal already logged by this process: said once, not on every load.
+_REFUSALS_SAID: Set[Tuple[str, str]] = set()
+_REFUSALS_SAID_LOCK = threading.Lock()
 
 
 def sharing_refusal(
@@ -197,20 +209,80 @@ def _stop_restartable_helpers() -> List[str]:
     return stopped
 
 
+def _join_pools_shut_down(timeout: float) -> List[str]:
+    """Wait for the workers of thread pools shut down without waiting for them; their names.
+
+    ``ThreadPoolExecutor.shutdown(wait=False)`` leaves workers that finish
+    their task and exit by themselves (transformers loads a model's weights on
+    such a pool): once they have, the fork copies nothing missing. A pool that
+    was not shut down keeps its workers, and still stops a fork.
+    """
+    pools = sys.modules.get("concurrent.futures.thread")
+    pool_worker = getattr(pools, "_worker", None)
+    deadline = time.monotonic() + timeout
+    joined = []
+    for thread in threading.enumerate():
+        # A running Thread holds its target and arguments; a pool's worker gets a weak reference to its pool.
+        arguments = getattr(thread, "_args", None)
+        if pool_worker is None or getattr(thread, "_target", None) is not pool_worker or not arguments:
+            continue
+        pool = arguments[0]() if callable(arguments[0]) else None
+        if pool is not None and not getattr(pool, "_shutdown", False):
+            continue
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if not thread.is_alive():
+            joined.append(thread.name)
+    return joined
+
+
+def _native_threads_started(threads_before_load: int, timeout: float) -> int:
+    """How many native threads loading left running, waiting up to ``timeout`` for ending ones to go.
+
+    A thread Python has joined may still be leaving the kernel's list for a
+    moment (longer on a loaded machine), so a count above the one before the
+    load is looked at again until it drops or the time is up.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        started = native_threads() - threads_before_load
+        if started <= 0 or time.monotonic() >= deadline:
+            return started
+        time.sleep(_NATIVE_THREAD_POLL_S)
+
+
 def _fork_refusal(threads_before_load: int) -> str:
     _stop_restartable_helpers()
+    _join_pools_shut_down(_POOL_EXIT_WAIT_S)
     threads = [thread.name for thread in threading.enumerate() if thread is not threading.current_thread()]
     if threads:
         return f"loading the model started Python threads ({', '.join(threads)}), which a fork would not copy"
-    started = native_threads() - threads_before_load
+    started = _native_threads_started(threads_before_load, _NATIVE_THREAD_EXIT_WAIT_S)
     if started > 0:
         # Typically an OpenMP or BLAS pool that a call at load time (a warm-up) started: a forked
         # child would wait forever on the threads it did not get.
         return (
             f"loading the model started {started} native thread(s) (a framework's thread pool), "
-            "which a fork would not copy"
+            f"which a fork would not copy (threads now: {', '.join(_native_thread_names())})"
         )
     return ""
+
+
+def _native_thread_names() -> List[str]:
+    """The kernel's name of each of this process's threads but the calling one, for messages."""
+    names: List[str] = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return names
+    for task in sorted(tasks, key=int):
+        if int(task) == threading.get_native_id():
+            continue
+        try:
+            with open(f"/proc/self/task/{task}/comm", encoding="utf-8", errors="replace") as comm:
+                names.append(comm.read().strip())
+        except OSError:
+            pass  # it ended meanwhile
+    return names
 
 
 def serve_forks(control: socket.socket, threads_before_load: int) -> Optional[ForkOrder]:
@@ -695,10 +767,17 @@ class Zygote:
     def refused(self, reason: str) -> None:
         """The zygote would not fork: each worker loads the model itself from now on.
 
+        Why is logged as a warning the first time this process sees that
+        reason for this model, not on every load.
         A zygote with no workers is stopped now (its memory is wasted); one
         that forked workers before goes on until they have exited, as they
         die with it.
         """
+        with _REFUSALS_SAID_LOCK:
+            first_time = (self.model_name, reason) not in _REFUSALS_SAID
+            _REFUSALS_SAID.add((self.model_name, reason))
+        if first_time:
+            _log.warning("model %r: each worker loads its own copy of the weights: %s", self.model_name, reason)
         with self._lock:
             self.refusal = reason
             current = self._current
