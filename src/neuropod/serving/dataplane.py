@@ -48,6 +48,8 @@ SERVER_NAME = "neuropod"
 TensorDict = Dict[str, np.ndarray]
 T = TypeVar("T")
 
+#: Where a request's call runs (:meth:`DataPlane.route`).
+INLINE, POOL, FEED = "inline", "pool", "feed"
 #: Models whose calls average less than this run on the event loop instead of the thread pool.
 INLINE_CALL_MAX_S = 0.0005
 #: The same for a model in one worker process. Handing its call to a feeding thread costs a few hundred
@@ -349,22 +351,29 @@ class DataPlane:
 
     # -- models in worker processes: fed from a queue (see batching.Feeder) ----------
 
-    def feeds(self, name: str, version: str = "") -> bool:
-        """Whether this model's requests are queued to its workers' feeder.
+    def route(self, name: str, version: str = "") -> str:
+        """Where a request's call runs: :data:`INLINE`, :data:`POOL` or :data:`FEED` (one lookup per request).
 
-        True for a model that runs in worker processes and is batched (one worker round trip
-        per batch), or whose calls are not short (each feeding thread waits for its worker;
-        a pool of threads would pile up on a worker that is busy, and the time they waited
-        would count as the model's). Short unbatched calls run on the thread that received
-        them (:meth:`runs_inline`): handing them to another thread costs more than the call.
+        * INLINE, on the thread that received it: an unbatched model whose calls are short
+          (:func:`_short`), and a model that is not there (the call fails at once, wherever it runs);
+        * FEED, queued to the model's :class:`~.batching.Feeder`: a model in worker processes that
+          is batched (one worker round trip per batch), has several workers (a feeding thread per
+          worker keeps them all busy) or whose calls are not short (at most one call per worker is
+          in flight; waiting for a busy worker counts as queueing, not as the model's time);
+        * POOL, on the thread pool: the other models in this process (batched ones through the loop).
         """
         try:
             model = self.repository.get(name, version)
-        except Exception:  # not there: the ordinary path says so
-            return False
-        if not _runs_in_workers(model):
-            return False
-        return bool(model.settings.max_batch_size) or not _short(model)
+        except Exception:
+            return INLINE
+        batched = bool(model.settings.max_batch_size)
+        if _runs_in_workers(model):
+            return FEED if batched or not _short(model) else INLINE
+        return INLINE if not batched and _short(model) else POOL
+
+    def feeds(self, name: str, version: str = "") -> bool:
+        """Whether this model's requests are queued to its workers' feeder (see :meth:`route`)."""
+        return self.route(name, version) == FEED
 
     def submit(self, request: InferRequest, protocol: str, finish: Callable[[InferResponse], T]) -> Future[T]:
         """Check one request here and queue it to its model's feeder; the future holds ``finish(response)``.
@@ -496,16 +505,8 @@ class DataPlane:
         return response
 
     def runs_inline(self, name: str, version: str = "") -> bool:
-        """Whether a call of this model is short enough to run on the thread that received it.
-
-        True for an unbatched model whose calls average under :data:`INLINE_CALL_MAX_S`, and for
-        a model that is not there (the call fails at once, wherever it runs).
-        """
-        try:
-            model = self.repository.get(name, version)
-        except Exception:
-            return True
-        return not model.settings.max_batch_size and _short(model)
+        """Whether a call of this model runs on the thread that received it (see :meth:`route`)."""
+        return self.route(name, version) == INLINE
 
     def infer_blocking(self, request: InferRequest, protocol: str) -> InferResponse:
         """Run one request on the calling thread (batched models go through the loop, models in workers

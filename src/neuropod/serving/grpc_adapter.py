@@ -24,7 +24,7 @@ from ..errors import InputValidationError
 from ..kserve import proto
 from ..kserve.datatypes import datatype_of, decode_contents, decode_raw, encode_raw
 from .auth import BearerToken
-from .dataplane import DataPlane, InferRequest, InferResponse
+from .dataplane import FEED, INLINE, POOL, DataPlane, InferRequest, InferResponse
 from .failures import public_failure
 from .grpc_server import Answer, Metadata, Method
 from .shared_memory import SharedMemoryRegions
@@ -164,9 +164,10 @@ class GrpcAdapter:
             except DecodeError:
                 kind = request_class.DESCRIPTOR.name
                 raise InputValidationError(f"{name}: the request is not a valid {kind} message") from None
-            if infer and self.dataplane.feeds(request.model_name, request.model_version):
+            where = self.dataplane.route(request.model_name, request.model_version) if infer else INLINE
+            if where == FEED:
                 return self._model_infer_fed(request)
-            if blocking or (infer and not self.dataplane.runs_inline(request.model_name, request.model_version)):
+            if blocking or where == POOL:
                 return self._pool.submit(lambda: method(request).SerializeToString())
             return method(request).SerializeToString()  # type: ignore[no-any-return]
 
