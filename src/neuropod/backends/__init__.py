@@ -56,7 +56,7 @@ BUILTIN_BACKENDS: Dict[str, BackendInfo] = {
     "torch_export": BackendInfo("neuropod.backends.torch_export.backend:TorchExportBackend", ("torch",), "torch"),
     "onnx": BackendInfo("neuropod.backends.onnx.backend:OnnxBackend", ("onnxruntime",), "onnx"),
     "jax": BackendInfo("neuropod.backends.jax.backend:JaxBackend", ("jax",), "jax"),
-    "tensorflow": BackendInfo("neuropod.backends.tensorflow:TensorFlowBackend", ("tensorflow",), "tensorflow"),
+    "tensorflow": BackendInfo("neuropod.backends.tensorflow.backend:TensorFlowBackend", ("tensorflow",), "tensorflow"),
     "keras": BackendInfo("neuropod.backends.keras:KerasBackend", ("keras",), "keras"),
 }
 

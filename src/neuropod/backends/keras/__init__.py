@@ -103,7 +103,7 @@ def _apply_thread_options(backend_name: str, options: BackendOptions) -> None:
     if not (options.intra_op_threads or options.inter_op_threads):
         return
     if backend_name == "tensorflow":
-        from ..tensorflow import apply_thread_options
+        from ..tensorflow.backend import apply_thread_options
 
         apply_thread_options(options.intra_op_threads, options.inter_op_threads)
     elif backend_name == "torch":
@@ -131,7 +131,7 @@ class KerasBackend(Backend):
                 raise PackageError(
                     f"{package.source}: custom ops are TensorFlow libraries, but Keras runs on {self.keras_backend}"
                 )
-            from ..tensorflow import load_custom_ops
+            from ..tensorflow.backend import load_custom_ops
 
             load_custom_ops(op_paths)
         self.device = self._choose_device(options.visible_gpu)
@@ -179,7 +179,7 @@ class KerasBackend(Backend):
     def _tf_function(self) -> Tuple[Callable[[Any], Any], str]:
         import tensorflow as tf
 
-        from ..tensorflow import tf_dtype
+        from ..tensorflow.backend import tf_dtype
 
         specs = {
             spec.name: tf.TensorSpec(
@@ -259,7 +259,7 @@ class KerasBackend(Backend):
 
     def _numpy_converter(self) -> Any:
         if self.keras_backend == "tensorflow":
-            from ..tensorflow import to_numpy as tf_to_numpy
+            from ..tensorflow.backend import to_numpy as tf_to_numpy
 
             return tf_to_numpy
 
