@@ -366,10 +366,7 @@ class DataPlane:
             model = self.repository.get(name, version)
         except Exception:
             return INLINE
-        batched = bool(model.settings.max_batch_size)
-        if _runs_in_workers(model):
-            return FEED if batched or not _short(model) else INLINE
-        return INLINE if not batched and _short(model) else POOL
+        return _route(model)
 
     def feeds(self, name: str, version: str = "") -> bool:
         """Whether this model's requests are queued to its workers' feeder (see :meth:`route`)."""
@@ -403,15 +400,32 @@ class DataPlane:
                 future.set_exception(exc)
 
         try:
-            feeder = self._feeder_for(call.model)
-            batchable = feeder.batching and bool(call.inputs)
-            rows = next(iter(call.inputs.values())).shape[0] if batchable else 1
-            feeder.submit(
-                Fed(call.inputs, call.run, done, call.batched, rows, signature(call.inputs) if batchable else None)
-            )
+            self._feed(call, done)
         except BaseException as exc:
             handling.__exit__(type(exc), exc, exc.__traceback__)
             raise
+        return future
+
+    def _feed(self, call: _Call, done: Callable[[Optional[TensorDict], Optional[BaseException]], None]) -> None:
+        """Queue an admitted call to its model's feeder; ``done`` gets its outputs or its failure."""
+        feeder = self._feeder_for(call.model)
+        batchable = feeder.batching and bool(call.inputs)
+        rows = next(iter(call.inputs.values())).shape[0] if batchable else 1
+        feeder.submit(
+            Fed(call.inputs, call.run, done, call.batched, rows, signature(call.inputs) if batchable else None)
+        )
+
+    def _fed_outputs(self, call: _Call) -> Future[TensorDict]:
+        """Queue an admitted call to its model's feeder; the future holds its outputs."""
+        future: Future[TensorDict] = Future()
+
+        def done(outputs: Optional[TensorDict], failure: Optional[BaseException]) -> None:
+            if failure is None:
+                future.set_result(outputs)  # type: ignore[arg-type]
+            else:
+                future.set_exception(failure)
+
+        self._feed(call, done)
         return future
 
     def _feeder_for(self, model: ServedModel) -> Feeder:
@@ -487,14 +501,14 @@ class DataPlane:
 
     async def infer(self, request: InferRequest, protocol: str) -> InferResponse:
         """Run one request from the event loop; errors carry their status in their class."""
-        if self.feeds(request.model_name, request.model_version):
-            return await asyncio.wrap_future(self.submit(request, protocol, _same))
         with self._handling(request, protocol) as call:
-            model = call.model
+            where = _route(call.model)
             if call.batcher is not None:
                 outputs = await call.batcher.submit(call.inputs)
                 call.batched()
-            elif _short(model):
+            elif where == FEED:
+                outputs = await asyncio.wrap_future(self._fed_outputs(call))
+            elif where == INLINE:
                 # Handing a call this short to a thread costs more than the call (about 0.1-0.2 ms
                 # of thread switching): run it on the event loop, which it blocks only briefly.
                 outputs = call.run()
@@ -511,12 +525,12 @@ class DataPlane:
     def infer_blocking(self, request: InferRequest, protocol: str) -> InferResponse:
         """Run one request on the calling thread (batched models go through the loop, models in workers
         through their feeder)."""
-        if self.feeds(request.model_name, request.model_version):
-            return self.submit(request, protocol, _same).result()
         with self._handling(request, protocol) as call:
             if call.batcher is not None and self._loop is not None:
                 outputs = asyncio.run_coroutine_threadsafe(call.batcher.submit(call.inputs), self._loop).result()
                 call.batched()
+            elif _route(call.model) == FEED:
+                outputs = self._fed_outputs(call).result()
             else:
                 outputs = call.run()
             response = self._response(call, outputs)
@@ -571,7 +585,16 @@ class DataPlane:
 
 def _runs_in_workers(model: ServedModel) -> bool:
     """Whether the model's calls are round trips to worker processes of its own."""
-    return isinstance(model.neuropod.executor, OutOfProcessExecutor)
+    # Not isinstance: Executor is an abstract class, whose isinstance costs a microsecond per request.
+    return type(model.neuropod.executor) is OutOfProcessExecutor
+
+
+def _route(model: ServedModel) -> str:
+    """Where a call of this model runs (see :meth:`DataPlane.route`)."""
+    batched = bool(model.settings.max_batch_size)
+    if _runs_in_workers(model):
+        return FEED if batched or not _short(model) else INLINE
+    return INLINE if not batched and _short(model) else POOL
 
 
 def _short(model: ServedModel) -> bool:
@@ -586,7 +609,3 @@ def _short(model: ServedModel) -> bool:
     if _runs_in_workers(model):
         return mean < INLINE_WORKER_CALL_MAX_S and len(model.neuropod.executor.workers) == 1  # type: ignore[attr-defined]
     return mean < INLINE_CALL_MAX_S
-
-
-def _same(response: InferResponse) -> InferResponse:
-    return response
