@@ -57,7 +57,7 @@ BUILTIN_BACKENDS: Dict[str, BackendInfo] = {
     "onnx": BackendInfo("neuropod.backends.onnx.backend:OnnxBackend", ("onnxruntime",), "onnx"),
     "jax": BackendInfo("neuropod.backends.jax.backend:JaxBackend", ("jax",), "jax"),
     "tensorflow": BackendInfo("neuropod.backends.tensorflow.backend:TensorFlowBackend", ("tensorflow",), "tensorflow"),
-    "keras": BackendInfo("neuropod.backends.keras:KerasBackend", ("keras",), "keras"),
+    "keras": BackendInfo("neuropod.backends.keras.backend:KerasBackend", ("keras",), "keras"),
 }
 
 

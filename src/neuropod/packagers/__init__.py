@@ -30,7 +30,7 @@ _PACKAGERS: Dict[str, str] = {
     "create_pytorch_neuropod": "neuropod.backends.pytorch.packager",
     "create_torchscript_neuropod": "neuropod.backends.torchscript.packager",
     "create_tensorflow_neuropod": "neuropod.backends.tensorflow.packager",
-    "create_keras_neuropod": "neuropod.packagers.keras",
+    "create_keras_neuropod": "neuropod.backends.keras.packager",
     "create_torch_export_neuropod": "neuropod.backends.torch_export.packager",
     "create_onnx_neuropod": "neuropod.backends.onnx.packager",
     "create_jax_neuropod": "neuropod.backends.jax.packager",
