@@ -1,32 +1,43 @@
-"""Throughput and latency of ``neuropod serve`` against MLServer, same model, same client, same run.
+"""Throughput and latency of ``neuropod serve`` against MLServer and Triton, same model, same client, same run.
 
-Every server serves out = x + y over float32 [4, 64] tensors (neuropod: a
-Python package, with its defaults, with ``--pin-cpus`` and with ``--workers 2
---pin-cpus``; MLServer 1.7.1: the equivalent custom ``MLModel`` from
+Every server serves out = x + y over float32 [4, 64] tensors. neuropod: a
+Python package, with its defaults, ``--pin-cpus``, ``--workers 2
+--pin-cpus``, and out of process: ``--use-ope``, ``--use-ope --workers 2
+--pin-cpus`` (a server process per CPU, each with its worker) and ``--use-ope
+--max-batch-size 256 --max-queue-delay-ms 0`` (one worker round trip per
+batch). MLServer 1.7.1: the equivalent custom ``MLModel`` from
 tests/serving/mlserver_adder, with its default settings, with
 ``parallel_workers: 0`` (its fastest setting here), and with
 ``parallel_workers: 0`` pinned to one CPU by ``taskset``, as ``--pin-cpus``
-pins neuropod). Each runs in its own process group; one client drives them
-all (gRPC, and HTTP: binary tensors for neuropod, JSON for MLServer, which
-has no binary extension) with N = 1, 4, 16, 64 requests in flight:
-tritonclient (``--client tritonclient``, the default: N threads each holding
-its own client) or h2load (``--client h2load``: nghttp2's C load generator,
-N connections, the same request bytes every time). The server's CPU per
-request is the CPU time (user + system) of its whole process group over a
-cell's measured window, divided by the requests answered in it; the
-client's is the same for the client (this process's threads, or h2load),
-which shares the machine.
+pins neuropod. NVIDIA Triton Inference Server 2.51 (the ``tritonserver`` of
+the nvidia-pytriton 0.7.0 wheel): the adder as a Python-backend ``model.py``,
+which Triton runs in a stub process as ``--use-ope`` runs ours in a worker,
+with Triton's defaults and with its dynamic batcher. Each runs in its own
+process group; one client drives them all (gRPC, and HTTP: binary tensors
+for neuropod and Triton, JSON for MLServer, which has no binary extension)
+with N = 1, 4, 16, 64 requests in flight: tritonclient (``--client
+tritonclient``, the default: N threads each holding its own client) or
+h2load (``--client h2load``: nghttp2's C load generator, N connections, the
+same request bytes every time). Every answer's sum is checked (h2load: once
+per server, then every answer's size). The server's CPU per request is the
+CPU time (user + system) of its whole process group (a Triton stub or an
+OPE worker included) over a cell's measured window, divided by the
+requests answered in it; the client's is the same for the client (this
+process's threads, or h2load), which shares the machine.
 
-    python bench/serve.py                      # about 8 minutes (2 rounds x 2 s per cell)
-    python bench/serve.py --client h2load      # about 4 minutes; apt-get install nghttp2-client
-    python bench/serve.py --duration 1 --concurrency 16 64 --protocols grpc
+    python bench/serve.py                      # about 12 minutes (2 rounds x 2 s per cell)
+    python bench/serve.py --client h2load      # about 6 minutes; apt-get install nghttp2-client
+    python bench/serve.py --client h2load --protocols grpc --concurrency 1 16 64 --rounds 3 --duration 3 \
+        --skip-mlserver                        # issue 30's runs, about 5 minutes
 
-MLServer runs from the venv made by scripts/mlserver-venv.sh; without it the
-MLServer rows are skipped. Every cell runs --rounds times, the servers taking
-turns, and keeps the best value of each metric over its rounds (this machine
-is noisy; the same rule applies to every server). Prints a table and the
-ratios of each neuropod row to MLServer's fastest row of the same protocol
-and concurrency (by throughput; its p99 and CPU are that row's too).
+MLServer runs from the venv made by scripts/mlserver-venv.sh, Triton from the
+one made by scripts/triton-venv.sh; without them their rows are skipped.
+Every cell runs --rounds times, the servers taking turns, and keeps the best
+value of each metric over its rounds (this machine is noisy; the same rule
+applies to every server). Prints a table, the ratios of each neuropod row to
+MLServer's fastest row of the same protocol and concurrency (by throughput;
+its p99 and CPU are that row's too), and to Triton's (its dynamic batcher's
+row for a batched neuropod row).
 """
 
 from __future__ import annotations
@@ -70,6 +81,7 @@ NEUROPOD_ROWS = (
     "--pin-cpus",
     "--workers 2 --pin-cpus",
     "--use-ope",
+    "--use-ope --workers 2 --pin-cpus",
     "--use-ope --max-batch-size 256 --max-queue-delay-ms 0",
 )
 PROTOCOL_NAMES = {"grpc": "gRPC", "rest": "REST"}
@@ -318,8 +330,17 @@ def measure(
 
 
 def start_neuropod(package: Path, *extra: str) -> Tuple[subprocess.Popen[str], int, int]:
-    command = neuropod_cli() + ["serve", str(package), "--grpc-port", "0", "--http-port", "0", *extra]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    """``neuropod serve`` with ``extra`` arguments; leading ``NAME=VALUE`` ones set its environment.
+
+    ``PYTHONPATH=/elsewhere/src`` serves from another source tree (a before/after row).
+    """
+    env = dict(os.environ)
+    arguments = list(extra)
+    while arguments and re.match(r"^[A-Z_][A-Z0-9_]*=", arguments[0]):
+        name, value = arguments.pop(0).split("=", 1)
+        env[name] = value
+    command = neuropod_cli() + ["serve", str(package), "--grpc-port", "0", "--http-port", "0", *arguments]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
     assert process.stderr is not None
     record = None
     for line in process.stderr:
@@ -499,7 +520,8 @@ def main() -> None:
         action="append",
         metavar="ARGS",
         help="one neuropod row per use, written --neuropod='ARGS': extra `neuropod serve` arguments ('' for the "
-        f"defaults); default: {' | '.join(repr(a) for a in NEUROPOD_ROWS)}",
+        "defaults; leading NAME=VALUE words set its environment, PYTHONPATH=OTHER/src serves another source "
+        f"tree); default: {' | '.join(repr(a) for a in NEUROPOD_ROWS)}",
     )
     parser.add_argument(
         "--client",
