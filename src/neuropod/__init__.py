@@ -12,8 +12,7 @@ from . import errors
 from ._version import __version__ as __version__
 from .errors import *  # noqa: F403  (every error class: errors.__all__)
 from .loader import Neuropod, load_neuropod
-from .spec import DTYPES, ProblemDefinition, TensorSpec
-from .spec_inference import infer_spec
+from .spec import DTYPES, ProblemDefinition, TensorSpec, infer_spec
 
 # The package's public surface: these names and every error class (a test checks
 # that it matches what the package holds).

@@ -23,7 +23,7 @@ PUBLIC_MODULES = [
     ("neuropod", "the package: load, specs, every error class"),
     ("neuropod.loader", "`load_neuropod` and `Neuropod` under the original's import path"),
     ("neuropod.spec", "tensor specs, dtypes, problem definitions, validation"),
-    ("neuropod.spec_inference", "specs from example tensors"),
+    ("neuropod.spec.problem", "problem definitions and problem files (metrics, tolerances, labels)"),
     ("neuropod.errors", "the exception tree (drawn in the module's docstring)"),
     ("neuropod.packagers", "one packager per framework, with the original's arguments"),
     ("neuropod.package", "opening packages on disk"),

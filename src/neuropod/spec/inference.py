@@ -12,8 +12,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import SpecError
-from .spec import Dim, TensorSpec, dtype_of_array
+from ..errors import SpecError
+from .tensors import Dim, TensorSpec, dtype_of_array
 
 __all__ = ["infer_spec", "spec_from_shape"]
 

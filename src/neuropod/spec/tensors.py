@@ -1,4 +1,4 @@
-"""Problem definitions: tensor specs, dtypes, shapes and their validation.
+"""Tensor specs: dtypes, shapes, symbols and their validation.
 
 A :class:`TensorSpec` names a tensor, its dtype and its shape. Shape entries
 are positive ints (a fixed size), ``None`` (any size) or a symbol string: every
@@ -7,7 +7,6 @@ inputs and outputs. A symbol may carry bounds, written in the shape as
 ``("seq", 1, 512)`` (``["seq", 1, 512]`` in JSON; ``None`` for no upper
 bound): every tensor sharing the symbol is held to them, ``infer`` refuses a
 size outside them, and ``torch.export`` gets them as its ``Dim``'s range.
-A :class:`ProblemDefinition` is the input and output specs together; any model implementing it is interchangeable.
 
 Validation work (dtype objects, per-dimension rules) is compiled once into a
 :class:`SpecValidator` at load time, so ``infer`` pays only a few comparisons.
@@ -16,25 +15,22 @@ Pure numpy; no framework is imported here.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import InputValidationError, OutputValidationError, SpecError
+from ..errors import InputValidationError, OutputValidationError, SpecError
 
 __all__ = [
     "DTYPES",
     "Dim",
     "TensorSpec",
-    "ProblemDefinition",
     "SpecValidator",
     "canonical_dtype",
     "numpy_dtype",
     "dtype_of_array",
     "as_specs",
-    "problem_specs",
     "symbol_bounds",
     "SymbolBound",
 ]
@@ -276,82 +272,6 @@ def symbol_bounds(specs: Iterable[TensorSpec], what: str = "spec") -> Dict[str, 
                 )
             owner.setdefault(symbol, spec.name)
     return found
-
-
-@dataclass(frozen=True)
-class ProblemDefinition:
-    """The contract a model implements: its input and output specs."""
-
-    inputs: Tuple[TensorSpec, ...]
-    outputs: Tuple[TensorSpec, ...]
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "inputs", as_specs(self.inputs, "input_spec"))
-        object.__setattr__(self, "outputs", as_specs(self.outputs, "output_spec"))
-        symbol_bounds(self.inputs + self.outputs, "problem definition")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ProblemDefinition:
-        """Build from ``{"input_spec": [...], "output_spec": [...]}``."""
-        for key in ("input_spec", "output_spec"):
-            if key not in data:
-                raise SpecError(f"problem definition: missing field {key!r}")
-        return cls(data["input_spec"], data["output_spec"])
-
-    def to_dict(self) -> Dict[str, List[Dict[str, Any]]]:
-        return {
-            "input_spec": [s.to_dict() for s in self.inputs],
-            "output_spec": [s.to_dict() for s in self.outputs],
-        }
-
-    @classmethod
-    def from_file(cls, path: Union[str, os.PathLike[str]]) -> ProblemDefinition:
-        """Read the specs of a problem file (``problem.json`` or a Python module); see ``neuropod.tools.problem``.
-
-        Raises:
-            SpecError: the file is missing or malformed.
-        """
-        from .tools.problem import load_problem  # the file format lives with the tools that use its other fields
-
-        return load_problem(path).definition
-
-
-def problem_specs(
-    problem: Any,
-    input_spec: Any = None,
-    output_spec: Any = None,
-    test_input_data: Any = None,
-    test_expected_out: Any = None,
-) -> Tuple[Any, Any]:
-    """``(input_spec, output_spec)`` from a packager's ``problem=`` argument, or the specs given as they are.
-
-    Args:
-        problem: None, a ProblemDefinition, its dict form, a problem file
-            path, or a ``neuropod.tools.Problem``.
-        input_spec, output_spec: the separate specs; given together with ``problem`` they are refused.
-        test_input_data, test_expected_out: a spec left out (and no problem) is read off these
-            examples with :func:`neuropod.infer_spec`, axis 0 named ``"batch"``.
-    """
-    if problem is None:
-        from .spec_inference import infer_spec  # imported here: it builds on this module
-
-        if input_spec is None and test_input_data is not None:
-            input_spec = infer_spec(test_input_data)
-        if output_spec is None and test_expected_out is not None:
-            output_spec = infer_spec(test_expected_out)
-        return input_spec, output_spec
-    if input_spec is not None or output_spec is not None:
-        raise SpecError("problem: pass problem= or input_spec= and output_spec=, not both")
-    if isinstance(problem, (str, os.PathLike)):
-        problem = ProblemDefinition.from_file(problem)
-    elif isinstance(problem, Mapping):
-        problem = ProblemDefinition.from_dict(problem)
-    problem = getattr(problem, "definition", problem)  # a neuropod.tools.Problem
-    if not isinstance(problem, ProblemDefinition):
-        raise SpecError(
-            f"problem: expected a ProblemDefinition, its dict form or a problem file; got {type(problem).__name__}"
-        )
-    return list(problem.inputs), list(problem.outputs)
 
 
 class _CompiledSpec:
