@@ -30,7 +30,7 @@ import os
 import pickle
 import stat
 import sys
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 from .errors import NeuropodError, UntrustedPickleError
 
@@ -97,10 +97,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """Run the entry point; return the exit code (0, or 2 after printing one line for a mistake)."""
+def main(load_neuropod: Callable[..., Any], argv: Optional[List[str]] = None) -> int:
+    """Run the entry point with ``load_neuropod`` (the loader's, passed in by ``neuropod.loader``'s main: this
+    module sits below the loader); return the exit code (0, or 2 after printing one line for a mistake)."""
     args = _parser().parse_args(argv)
-    from .loader import load_neuropod
 
     try:
         load_args = read_own_pickle(args.args_pkl_path) if args.args_pkl_path is not None else {}

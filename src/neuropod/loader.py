@@ -267,4 +267,4 @@ def _load_remote(plan: Plan) -> Neuropod:
 if __name__ == "__main__":  # the original's out-of-process evaluation entry point (its eval_in_new_process)
     from ._eval_main import main
 
-    raise SystemExit(main())
+    raise SystemExit(main(load_neuropod))

@@ -24,7 +24,7 @@ import threading
 from typing import Callable, Dict, List, Tuple
 
 from ..errors import IsolationError
-from .launch import WorkerLaunch, isolated_environment
+from .base import WorkerLaunch, isolated_environment
 from .options import IsolationOptions
 from .sandbox import CgroupLimits
 

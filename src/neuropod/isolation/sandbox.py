@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import IsolationError
-from .launch import WorkerLaunch, isolated_environment
+from .base import WorkerLaunch, isolated_environment
 from .options import IsolationOptions
 
 __all__ = ["plan_sandbox", "sandbox_paths", "CgroupLimits"]
