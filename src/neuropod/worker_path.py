@@ -80,7 +80,7 @@ def _fingerprint() -> str:
 
 def _copy_of_package() -> Path:
     from ._version import __version__
-    from .package.archive import cache_root
+    from .package.settings import cache_root
 
     bases = [cache_root() / "worker-code", Path(tempfile.gettempdir()) / f"neuropod-worker-code-{os.getuid()}"]
     last_error: Optional[OSError] = None

@@ -26,6 +26,7 @@ from ..progress import Progress
 from . import layout
 from .files import METADATA_MAX_BYTES, ZIP_READ_ERRORS
 from .manifest import manifest_text, parse_manifest, sha256_file, verify_files
+from .settings import RATIO_FLOOR_BYTES, cache_root, extraction_limits, packages_cache_dir
 
 __all__ = [
     "write_zip",
@@ -52,51 +53,6 @@ _MIN_SAVING = 0.10
 # holds its weights after them.
 _SAMPLE_BYTES = 1 << 20
 _SAMPLE_SLICES = 64
-
-_DEFAULT_MAX_EXTRACTED_BYTES = 256 << 30
-_DEFAULT_MAX_RATIO = 200
-# Below this total, a high ratio is harmless (small text files deflate very well).
-_RATIO_FLOOR_BYTES = 16 << 20
-
-
-def cache_root() -> Path:
-    """Neuropod's cache: ``$NEUROPOD_CACHE_DIR``, else ``$XDG_CACHE_HOME/neuropod``, else ``~/.cache/neuropod``."""
-    base = os.environ.get("NEUROPOD_CACHE_DIR")
-    if base:
-        return Path(base)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "neuropod"
-
-
-def packages_cache_dir() -> Path:
-    """Where extracted zips live, one directory per zip content hash."""
-    return cache_root() / "packages"
-
-
-def extraction_limits() -> Tuple[int, float]:
-    """``(max total bytes, max expansion ratio)`` of an extraction.
-
-    From ``NEUROPOD_MAX_EXTRACTED_BYTES`` (default 256 GiB) and
-    ``NEUROPOD_MAX_EXTRACTION_RATIO`` (default 200; archives under 16 MiB
-    extracted are not held to it).
-    """
-    return (
-        int(_env_number("NEUROPOD_MAX_EXTRACTED_BYTES", _DEFAULT_MAX_EXTRACTED_BYTES, int)),
-        _env_number("NEUROPOD_MAX_EXTRACTION_RATIO", _DEFAULT_MAX_RATIO, float),
-    )
-
-
-def _env_number(name: str, default: float, kind: type) -> float:
-    text = os.environ.get(name)
-    if not text:
-        return default
-    try:
-        value = kind(text)
-    except ValueError:
-        raise PackageError(f"${name}: expected a number, got {text!r}") from None
-    if value <= 0:
-        raise PackageError(f"${name}: expected a positive number, got {text!r}")
-    return value  # type: ignore[no-any-return]
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -295,7 +251,7 @@ def _check_bounds(zip_path: Path, infos: list) -> int:
             "(raise $NEUROPOD_MAX_EXTRACTED_BYTES for a bigger model)"
         )
     archive_size = max(1, zip_path.stat().st_size)
-    if total > _RATIO_FLOOR_BYTES and total / archive_size > max_ratio:
+    if total > RATIO_FLOOR_BYTES and total / archive_size > max_ratio:
         raise PackageError(
             f"{zip_path}: would expand {total / archive_size:.0f}-fold ({archive_size} bytes to {total}), "
             f"more than the {max_ratio:g} allowed; a zip bomb? (raise $NEUROPOD_MAX_EXTRACTION_RATIO if not)"

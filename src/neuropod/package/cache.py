@@ -26,7 +26,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Union
 
 from ..errors import OptionError
 from ..units import parse_bytes, parse_duration
-from .archive import packages_cache_dir
+from .settings import packages_cache_dir
 
 __all__ = [
     "CacheEntry",

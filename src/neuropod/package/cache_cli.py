@@ -38,8 +38,8 @@ def cache() -> None:
 @user_errors
 def list_command(kind: Tuple[str, ...], as_json: bool) -> None:
     """Every cache entry with its size and last use, most recent first."""
-    from .archive import cache_root
     from .cache import list_entries
+    from .settings import cache_root
 
     entries = list_entries(_kinds(kind))
     if as_json:

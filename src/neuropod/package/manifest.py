@@ -21,6 +21,7 @@ from ..errors import ManifestError, PackageError
 from ..progress import Progress
 from . import layout
 from .files import parse_json, read_regular
+from .settings import extraction_limits
 
 __all__ = [
     "compute_manifest",
@@ -169,8 +170,6 @@ def verify_files(
 
 def _check_total(root: Path, total: int, source: str) -> None:
     """Refuse, before hashing, files that add up to more than a package may hold (the extraction limit)."""
-    from .archive import extraction_limits  # archive imports this module
-
     limit, _ = extraction_limits()
     if total > limit:
         raise ManifestError(
