@@ -498,10 +498,10 @@ def print_ratios(
         for concurrency in concurrencies:
             fastest = max(rows, key=lambda n: results[n][concurrency]["throughput"])
             theirs, ours = results[fastest][concurrency], results[name][concurrency]
-            speed = ours["throughput"] / theirs["throughput"]
-            median = ours["p50_ms"] / theirs["p50_ms"]
-            tail = ours["p99_ms"] / theirs["p99_ms"]
-            cpu_ratio = ours["cpu_us"] / theirs["cpu_us"]
+            speed, median, tail, cpu_ratio = (
+                ours[key] / theirs[key] if theirs[key] else float("nan")
+                for key in ("throughput", "p50_ms", "p99_ms", "cpu_us")
+            )
             label = fastest[: -len(protocol) - 1]
             print(
                 f"| {name:<38} | {concurrency:>4} | {label:<19} | {speed:12.2f} | {median:5.2f} | {tail:5.2f} "
