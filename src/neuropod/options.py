@@ -29,7 +29,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Dict, FrozenSet, Mapping, Optional, Sequence, Tuple, Type, TypeVar
 
-from ..errors import OptionError
+from .errors import OptionError
 
 __all__ = [
     "Option",

@@ -39,9 +39,9 @@ from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, 
 from ._original_options import apply_original_options
 from .backends import BackendOptions, backend_option_table
 from .errors import OptionError
-from .executors.options import Options, check_rows, flag, one_of, optional_flag, optional_path, setting
 from .isolation.options import ISOLATION_LEVELS, IsolationOptions
 from .ope.options import OpeOptions
+from .options import Options, check_rows, flag, one_of, optional_flag, optional_path, setting
 from .package import Package, open_package
 from .trust import TrustOptions, TrustPolicy, choose_isolation
 from .urls import is_model_url, parse_model_url

@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 from .errors import OptionError, TrustError
-from .executors.options import Options, setting
 from .isolation.options import ISOLATION_LEVELS
+from .options import Options, setting
 from .package import Package, layout
 
 __all__ = [

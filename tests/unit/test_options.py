@@ -12,10 +12,10 @@ import pytest
 
 from neuropod import OptionError, load_neuropod
 from neuropod.backends import BackendOptions
-from neuropod.executors.options import Options, optional_positive_int, setting
 from neuropod.executors.remote import RemoteOptions
 from neuropod.isolation.options import ISOLATION_LEVELS, ISOLATION_OPTIONS, IsolationOptions
 from neuropod.ope.options import OPE_OPTIONS, OpeOptions
+from neuropod.options import Options, optional_positive_int, setting
 from neuropod.packagers import create_placeholder_neuropod
 from neuropod.plan import IN_PROCESS, LOCAL_OPTIONS, REMOTE, WORKER_POOL, Host, PackageOptions, make_plan
 from neuropod.serving.repository import ModelSettings

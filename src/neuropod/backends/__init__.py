@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Tuple, Type
 
 from ..errors import BackendNotFoundError, FrameworkNotInstalledError
-from ..executors.options import OptionTable
+from ..options import OptionTable
 from .base import Backend, BackendOptions
 
 __all__ = [

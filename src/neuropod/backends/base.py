@@ -19,7 +19,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 import numpy as np
 
 from ..errors import InferenceError, InputValidationError, OptionError
-from ..executors.options import Options, optional_non_negative_int, optional_positive_int, setting
+from ..options import Options, optional_non_negative_int, optional_positive_int, setting
 from ..package import Package
 
 __all__ = [

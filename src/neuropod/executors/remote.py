@@ -32,9 +32,9 @@ from ..errors import FrameworkNotInstalledError, InputValidationError, NeuropodE
 from ..kserve import BINARY_EXTENSION, DEFAULT_MAX_MESSAGE_BYTES, HEADER_LENGTH_HEADER, rest
 from ..kserve.datatypes import DATATYPE_TO_DTYPE, datatype_of, decode_contents, decode_raw, encode_raw
 from ..kserve.status import error_class_for_grpc, error_class_for_http
+from ..options import Options, number, optional_flag, setting
 from ..spec import ProblemDefinition, TensorSpec
 from .base import Executor, TensorDict
-from .options import Options, number, optional_flag, setting
 
 __all__ = ["RemoteExecutor", "RemoteModelInfo", "RemoteOptions", "REMOTE_OPTIONS", "parse_model_url"]
 

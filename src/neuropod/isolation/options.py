@@ -14,7 +14,7 @@ from typing import Any, Optional, Tuple
 
 from .. import units
 from ..errors import OptionError
-from ..executors.options import Options, one_of, optional_positive_int, setting
+from ..options import Options, one_of, optional_positive_int, setting
 
 __all__ = ["ISOLATION_LEVELS", "ISOLATION_OPTIONS", "IsolationOptions", "parse_bytes"]
 

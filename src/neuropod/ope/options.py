@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Tuple, Union
 
 from ..errors import OptionError
-from ..executors.options import Options, flag, number, one_of, optional_flag, setting
+from ..options import Options, flag, number, one_of, optional_flag, setting
 from .shm import DEFAULT_SHM_DIR
 from .spin import SPIN_MODES
 

@@ -26,8 +26,8 @@ import numpy as np
 
 from ..envs.deferred import load_for_serving
 from ..errors import ModelNotFoundError, ModelNotReadyError, OptionError, PackageError
-from ..executors.options import Options, number, setting
 from ..loader import Neuropod
+from ..options import Options, number, setting
 from ..package import layout, open_package
 from ..plan import PackageOptions, make_plan
 from .statistics import ModelStatistics
