@@ -232,7 +232,7 @@ def test_the_worker_waits_on_the_callers_cpu_and_runs_the_model_with_its_own(tmp
             # The model's thread, and one it starts, have every CPU: the pin lasts only while the worker waits.
             assert cpus_of(out["caller"]) == ALL_CPUS and cpus_of(out["born"]) == ALL_CPUS
             assert os.sched_getaffinity(0) == ALL_CPUS  # the caller's thread too, after the call
-        published = model.executor.workers[0].channel._meeting - 1
+        published = model.executor.workers[0].channel.meeting - 1
         assert published in ALL_CPUS
         worker_pid = int(out["pid"][0])
         # Between calls the worker's serving thread waits on the CPU the caller slept on.
@@ -241,7 +241,7 @@ def test_the_worker_waits_on_the_callers_cpu_and_runs_the_model_with_its_own(tmp
     with load_neuropod(where, use_ope=True, spin_us=0, colocate=False) as model:
         for _ in range(5):
             out = model.infer(x)
-        assert model.executor.workers[0].channel._meeting == 0
+        assert model.executor.workers[0].channel.meeting == 0
         time.sleep(0.05)
         assert os.sched_getaffinity(int(out["pid"][0])) == ALL_CPUS
 
@@ -255,7 +255,7 @@ def test_a_worker_pinned_with_cpu_affinity_keeps_to_its_cpus(tmp_path: Path) -> 
         try:
             for _ in range(5):
                 out = model.infer({"x": np.ones(1, np.float32)})
-            assert model.executor.workers[0].channel._meeting == min(ALL_CPUS) + 1  # the caller did sleep on one
+            assert model.executor.workers[0].channel.meeting == min(ALL_CPUS) + 1  # the caller did sleep on one
         finally:
             os.sched_setaffinity(0, ALL_CPUS)
         assert cpus_of(out["caller"]) == ALL_CPUS

@@ -302,7 +302,7 @@ def test_small_tensors_take_the_cached_layout_and_anything_else_the_full_path() 
         assert data is not None
         full = wire.decode(data)
         assert full.request_id == request_id and [ref.name for ref in full.tensors] == list(tensors)
-        kind, answered, arrays = wire.decode_inline(data)
+        kind, answered, arrays, _ = wire.decode_inline(data)
         assert (kind, answered) == (wire.Kind.INFER, request_id)
         for name, array in tensors.items():
             assert arrays[name].dtype == array.dtype and np.array_equal(arrays[name], array)

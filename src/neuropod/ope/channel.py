@@ -104,11 +104,13 @@ class Channel:
         # A mailbox is fresh (zeroed) when a worker starts; either side may already
         # have published by the time the other builds its end, so never read the counts here.
         self._sent = 0
-        self._received = 0
+        self.received = 0  # messages taken from the peer's box
+        #: Where the peer's box counts the messages it published (read with :data:`COUNTER`; :meth:`arrived`).
+        self.inbox_seq_at = self._in + _SEQ_AT
         self._buffer = bytearray(wire.MAX_MESSAGE_BYTES + 1)
         self._view = memoryview(self._buffer)
         self._receive_timeout = 0.0  # the socket's SO_RCVTIMEO (0: none)
-        self._meeting = 0  # the word at _MEETING_AT of our box, as we last wrote it
+        self.meeting = 0  # the word at _MEETING_AT of our box, as we last wrote it
 
     # -- sending -------------------------------------------------------------
 
@@ -202,10 +204,10 @@ class Channel:
         When more than one is waiting, this one came through the socket (see the
         module's notes on order); the length field describes the last one.
         """
-        self._received += 1
+        self.received += 1
         mailbox, box = self.mailbox, self._in
-        _COUNTER.pack_into(mailbox, self._out + _TAKEN_AT, self._received)
-        if _COUNTER.unpack_from(mailbox, box + _SEQ_AT)[0] > self._received:
+        _COUNTER.pack_into(mailbox, self._out + _TAKEN_AT, self.received)
+        if _COUNTER.unpack_from(mailbox, box + _SEQ_AT)[0] > self.received:
             length = _ON_SOCKET
         else:
             length = _LENGTH.unpack_from(mailbox, box + _LENGTH_AT)[0]
@@ -223,7 +225,7 @@ class Channel:
 
     def arrived(self) -> bool:
         """Whether the peer has published a message we have not taken."""
-        return bool(_COUNTER.unpack_from(self.mailbox, self._in + _SEQ_AT)[0] > self._received)
+        return bool(_COUNTER.unpack_from(self.mailbox, self.inbox_seq_at)[0] > self.received)
 
     def receive_bytes(
         self,
@@ -254,7 +256,7 @@ class Channel:
         ChannelClosed when the peer is gone); ChannelTimeout after ``timeout``.
         """
         mailbox = self.mailbox
-        expected = self._received + 1
+        expected = self.received + 1
         seq_at = self._in + _SEQ_AT
         read_counter = _COUNTER.unpack_from
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -286,17 +288,17 @@ class Channel:
                         return self.take()
                     raise
                 if found is not None:
-                    self._received += 1
-                    _COUNTER.pack_into(mailbox, self._out + _TAKEN_AT, self._received)
+                    self.received += 1
+                    _COUNTER.pack_into(mailbox, self._out + _TAKEN_AT, self.received)
                     return found
             finally:
                 _COUNTER.pack_into(mailbox, sleeping_at, 0)
 
     def publish_meeting(self, word: int) -> None:
         """Tell the peer the CPU this side sleeps on in its calls (1 + the CPU; 0: none)."""
-        if self._meeting != word:
+        if self.meeting != word:
             _COUNTER.pack_into(self.mailbox, self._out + _MEETING_AT, word)
-            self._meeting = word
+            self.meeting = word
 
     def peer_meeting_cpu(self) -> Optional[int]:
         """The CPU the peer sleeps on in its calls (``Waiting(meet=CALLER)``), or None while it does not."""

@@ -25,6 +25,7 @@ import time
 from typing import TYPE_CHECKING, Callable, List, Optional, Tuple, Union
 
 from .colocate import current_cpu, held_on
+from .layouts import WORD
 from .spin import SpinPolicy
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ WORKER = "worker"
 
 _yield = getattr(os, "sched_yield", lambda: None)
 _now = time.perf_counter_ns
+_read_counter = WORD.unpack_from
 
 
 class Waiting:
@@ -77,7 +79,9 @@ def _spin_then_sleep(
     timeout: Optional[float],
     check_alive: Optional[Callable[[], None]],
 ) -> Tuple[bytes, List[int]]:
-    if channel.arrived():
+    # The counter is read here, not through Channel.arrived: this runs on every call, on both sides.
+    mailbox, seq_at, expected = channel.mailbox, channel.inbox_seq_at, channel.received + 1
+    if _read_counter(mailbox, seq_at)[0] >= expected:
         if policy is not None:
             policy.waited(0)
         return channel.take()
@@ -92,17 +96,17 @@ def _spin_then_sleep(
         if policy is not None:
             policy.waited(_now() - began)
         return found
-    channel.publish_meeting(0)
+    if channel.meeting:
+        channel.publish_meeting(0)
     if timeout is not None:
         spin_ns = min(spin_ns, int(timeout * 1e9))  # the spin counts against the timeout too
     if spin_ns > 0:
         spin_until = began + spin_ns
-        arrived = channel.arrived
         while _now() < spin_until:
             # Yielding hands the CPU to the peer when both share one (a busy
             # or small machine), where a plain spin would only delay the answer.
             _yield()
-            if arrived():
+            if _read_counter(mailbox, seq_at)[0] >= expected:
                 if policy is not None:
                     policy.won()
                     policy.waited(_now() - began)

@@ -726,8 +726,10 @@ def _inline_reader(data: bytes, inline_at: int) -> Optional[_InlineReader]:
     return _InlineReader(data, message, inline_at)
 
 
-def decode_inline(data: bytes) -> Optional[Tuple[int, int, Dict[str, np.ndarray]]]:
-    """(kind, request id, arrays) of a message that carries only inline tensors; None for any other message.
+def decode_inline(data: bytes) -> Optional[Tuple[int, int, Dict[str, np.ndarray], None]]:
+    """(kind, request id, arrays, None) of a message that carries only inline tensors; None for any other message.
+
+    (The None stands for "no message": the form :func:`unpack` returns.)
 
     The arrays view one private, writable copy of the inline area. A message
     that this returns None for goes through :func:`decode`; one that is
@@ -750,7 +752,7 @@ def decode_inline(data: bytes) -> Optional[Tuple[int, int, Dict[str, np.ndarray]
     if reader is None or not data.startswith(reader.start):
         return None
     request_id, arrays = reader.read(data)
-    return reader.kind, request_id, arrays
+    return reader.kind, request_id, arrays, None
 
 
 # -- the codec's two entries ---------------------------------------------------
@@ -809,7 +811,7 @@ def unpack(data: bytes, fds: List[int]) -> Tuple[int, int, Optional[Dict[str, np
     if not fds:
         small = decode_inline(data)
         if small is not None:
-            return small[0], small[1], small[2], None
+            return small
     message = decode_checked(data, fds)
     return message.kind, message.request_id, None, message
 
