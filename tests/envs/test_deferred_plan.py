@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from envs_helpers import use_envs_dir
 
-from neuropod.envs.deferred import load_for_serving
 from neuropod.errors import ModelNotReadyError
 from neuropod.packagers import create_placeholder_neuropod
 from neuropod.plan import IN_PROCESS, WORKER_POOL, make_plan
+from neuropod.serving.deferred import load_for_serving
 from neuropod.serving.repository import ModelRepository
 
 SPEC = [{"name": "x", "dtype": "float32", "shape": ("batch", 2)}]

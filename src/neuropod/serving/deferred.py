@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["load_for_serving", "PendingEnvironmentExecutor"]
 
-logger = logging.getLogger("neuropod.envs")
+logger = logging.getLogger("neuropod.envs")  # its messages are about environments being built
 
 
 class PendingEnvironmentExecutor(Executor):

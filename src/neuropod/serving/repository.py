@@ -24,12 +24,12 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ..envs.deferred import load_for_serving
 from ..errors import ModelNotFoundError, ModelNotReadyError, OptionError, PackageError
 from ..loader import Neuropod
 from ..options import Options, number, setting
 from ..package import layout, open_package
 from ..plan import PackageOptions, make_plan
+from .deferred import load_for_serving
 from .statistics import ModelStatistics
 
 __all__ = ["ModelSettings", "ServedModel", "ModelRepository", "ModelIndexEntry", "find_packages", "DEFAULT_VERSION"]
