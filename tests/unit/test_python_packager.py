@@ -191,34 +191,7 @@ def test_loading_leaves_the_package_unchanged_even_where_python_writes_bytecode(
     assert not list(Path(path).rglob("*.pyc"))
 
 
-# --- issue 12 item 7: the shared packaging arguments are explicit, typed and documented ---------------
-
-
-def _packagers():
-    import neuropod.packagers as packagers
-
-    return {name: getattr(packagers, name) for name in packagers.__all__}
-
-
-def test_every_packager_declares_the_shared_arguments_with_types_and_docs():
-    import inspect
-
-    from neuropod.packagers._pipeline import SHARED_OPTIONS, create_neuropod
-
-    pipeline = inspect.signature(create_neuropod).parameters
-    for name, function in _packagers().items():
-        parameters = inspect.signature(function).parameters
-        assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()), name
-        for option in SHARED_OPTIONS:
-            assert option in parameters, f"{name} lacks {option}"
-            parameter = parameters[option]
-            assert parameter.annotation is not inspect.Parameter.empty, f"{name}({option}) has no type"
-            if option not in ("input_spec", "output_spec") or parameter.default is not inspect.Parameter.empty:
-                expected = (
-                    "CPU" if (name, option) == ("create_placeholder_neuropod", "default_input_tensor_device") else None
-                )
-                assert parameter.default == (expected or pipeline[option].default), f"{name}({option}) default"
-            assert f"{option}:" in function.__doc__, f"{name}'s docstring does not describe {option}"
+# --- issue 12 item 7: the shared packaging arguments (declared once: tests/unit/test_packager_arguments.py) ---
 
 
 def test_a_mistyped_argument_names_the_function_the_user_called(tmp_path):

@@ -9,7 +9,18 @@ this module re-exports them, each imported on first use, so
 from __future__ import annotations
 
 import importlib
-from typing import Any, Dict
+from typing import TYPE_CHECKING, Any, Dict
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at runtime each is imported on first use (_PACKAGERS)
+    from ..backends.jax.packager import create_jax_neuropod
+    from ..backends.keras.packager import create_keras_neuropod
+    from ..backends.onnx.packager import create_onnx_neuropod
+    from ..backends.placeholder.packager import create_placeholder_neuropod
+    from ..backends.python.packager import create_python_neuropod
+    from ..backends.pytorch.packager import create_pytorch_neuropod
+    from ..backends.tensorflow.packager import create_tensorflow_neuropod
+    from ..backends.torch_export.packager import create_torch_export_neuropod
+    from ..backends.torchscript.packager import create_torchscript_neuropod
 
 __all__ = [
     "create_placeholder_neuropod",

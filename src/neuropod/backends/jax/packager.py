@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ...errors import PackageError, SpecError
 from ...package import layout
-from ...packagers._pipeline import PathLike, Requirements, create_neuropod, shared_options
-from ...spec import TensorSpec, as_specs, numpy_dtype, problem_specs
+from ...packagers._pipeline import PathLike, create_neuropod
+from ...packagers._shared import PackagingArgsAfterSpecs, packager, specs_of
+from ...spec import TensorSpec, as_specs, numpy_dtype
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["create_jax_neuropod", "EXPORTED_FILE", "PARAMS_FILE"]
 
@@ -80,6 +84,7 @@ def _argument_specs(inputs: Sequence[TensorSpec], shapes: Dict[str, Tuple[Any, .
     return specs
 
 
+@packager()
 def create_jax_neuropod(
     neuropod_path: PathLike,
     model_name: str,
@@ -89,21 +94,7 @@ def create_jax_neuropod(
     output_spec: Any = None,
     polymorphic_shapes: Optional[Mapping[str, Sequence[Any]]] = None,
     platforms: Sequence[str] = ("cpu", "cuda"),
-    *,
-    problem: Any = None,
-    test_input_data: Optional[Mapping[str, Any]] = None,
-    test_expected_out: Optional[Mapping[str, Any]] = None,
-    persist_test_data: bool = True,
-    package_as_zip: bool = True,
-    custom_ops: Iterable[PathLike] = (),
-    platform_version_semver: str = "*",
-    input_tensor_device: Optional[Mapping[str, str]] = None,
-    default_input_tensor_device: str = "GPU",
-    requirements: Requirements = None,
-    zip_compression: Optional[int] = None,
-    keep_failed: bool = False,
-    self_test_options: Optional[Dict[str, Any]] = None,
-    neuropod_load_args: Optional[Mapping[str, Any]] = None,
+    **shared: Unpack[PackagingArgsAfterSpecs],
 ) -> Path:
     """Package a JAX function.
 
@@ -121,29 +112,13 @@ def create_jax_neuropod(
             spec's for export only, to name ``None`` dimensions that must be
             equal: ``{"x": ["batch", "n"], "y": ["batch", "n"]}``.
         platforms: the platforms to lower for (``"cpu"``, ``"cuda"``, ``"rocm"``, ``"tpu"``).
-        problem: instead of both specs: a ProblemDefinition, its dict form or a problem file.
-        test_input_data: inputs of the self-test that runs the finished package (stored with
-            ``persist_test_data``).
-        test_expected_out: outputs the self-test must produce (None: it only runs the model).
-        persist_test_data: store the test data in the package (``test_data.npz``) for ``neuropod test``.
-        package_as_zip: write a zip (default) or a directory.
-        custom_ops: custom-op shared libraries, copied into ``0/ops`` and loaded before the model.
-        platform_version_semver: the framework versions the package runs on (``"*"``, ``">=2.0"``).
-        input_tensor_device: input name -> ``"CPU"`` or ``"GPU"`` where it differs from the default.
-        default_input_tensor_device: where inputs go unless ``input_tensor_device`` says otherwise.
-        requirements: pinned ``name==version`` lines (a string or a list), stored in ``0/requirements.lock``.
-        zip_compression: None: each file deflated unless it barely compresses (weights are stored); or
-            ``zipfile.ZIP_DEFLATED`` / ``zipfile.ZIP_STORED`` for every file.
-        keep_failed: leave a package whose self-test failed at ``neuropod_path`` for inspection.
-        self_test_options: ``load_neuropod`` options of the self-test (``use_ope=True``, ...).
-        neuropod_load_args: the original's name for ``self_test_options`` (the two are merged).
+        **shared: the keywords every packager takes (:class:`~neuropod.packagers._shared.PackagingArgs`).
 
     Raises:
         SpecError: the spec declares string tensors.
         PackageError: ``jax.export`` cannot trace the function with these shapes.
     """
-    input_spec, output_spec = problem_specs(problem, input_spec, output_spec, test_input_data, test_expected_out)
-    problem = None  # its specs are input_spec and output_spec now
+    input_spec, output_spec = specs_of(shared, input_spec, output_spec)
     if input_spec is None or output_spec is None:
         raise SpecError(
             "create_jax_neuropod: input_spec= and output_spec= are required "
@@ -214,5 +189,7 @@ def create_jax_neuropod(
         model_name=model_name,
         platform="jax",
         write_model=write_model,
-        **shared_options(locals()),
+        input_spec=input_spec,
+        output_spec=output_spec,
+        **shared,
     )

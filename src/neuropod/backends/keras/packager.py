@@ -5,18 +5,23 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional
 
 from ..._original_options import log_once
 from ...errors import PackageError, SpecError
 from ...package import layout
-from ...packagers._pipeline import PathLike, Requirements, Specs, create_neuropod, shared_options
-from ...spec import as_specs, problem_specs
+from ...packagers._pipeline import PathLike, create_neuropod
+from ...packagers._shared import PackagingArgs, packager, specs_of
+from ...spec import as_specs
 from ...spec.inference import spec_from_shape
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["create_keras_neuropod", "infer_keras_input_spec", "infer_keras_output_spec"]
 
 
+@packager()
 def create_keras_neuropod(
     neuropod_path: PathLike,
     model_name: str,
@@ -25,22 +30,7 @@ def create_keras_neuropod(
     node_name_mapping: Optional[Mapping[str, str]] = None,
     *,
     init_op_names: Optional[Iterable[str]] = None,
-    input_spec: Specs = None,
-    output_spec: Specs = None,
-    problem: Any = None,
-    test_input_data: Optional[Mapping[str, Any]] = None,
-    test_expected_out: Optional[Mapping[str, Any]] = None,
-    persist_test_data: bool = True,
-    package_as_zip: bool = True,
-    custom_ops: Iterable[PathLike] = (),
-    platform_version_semver: str = "*",
-    input_tensor_device: Optional[Mapping[str, str]] = None,
-    default_input_tensor_device: str = "GPU",
-    requirements: Requirements = None,
-    zip_compression: Optional[int] = None,
-    keep_failed: bool = False,
-    self_test_options: Optional[Dict[str, Any]] = None,
-    neuropod_load_args: Optional[Mapping[str, Any]] = None,
+    **shared: Unpack[PackagingArgs],
 ) -> Path:
     """Package a Keras 3 model; it runs on whichever Keras backend the loading side has.
 
@@ -58,24 +48,7 @@ def create_keras_neuropod(
         init_op_names: the original forwarded these TF1 graph ops to its
             TensorFlow packager; a Keras 3 model initialises itself, so they
             are not run (said once in the log).
-        input_spec: the inputs: a list of ``{"name", "dtype", "shape"}`` dicts (or TensorSpecs).
-        output_spec: the outputs, in the same form.
-        problem: instead of both specs: a ProblemDefinition, its dict form or a problem file.
-        test_input_data: inputs of the self-test that runs the finished package (stored with
-            ``persist_test_data``).
-        test_expected_out: outputs the self-test must produce (None: it only runs the model).
-        persist_test_data: store the test data in the package (``test_data.npz``) for ``neuropod test``.
-        package_as_zip: write a zip (default) or a directory.
-        custom_ops: custom-op shared libraries, copied into ``0/ops`` and loaded before the model.
-        platform_version_semver: the framework versions the package runs on (``"*"``, ``">=2.0"``).
-        input_tensor_device: input name -> ``"CPU"`` or ``"GPU"`` where it differs from the default.
-        default_input_tensor_device: where inputs go unless ``input_tensor_device`` says otherwise.
-        requirements: pinned ``name==version`` lines (a string or a list), stored in ``0/requirements.lock``.
-        zip_compression: None: each file deflated unless it barely compresses (weights are stored); or
-            ``zipfile.ZIP_DEFLATED`` / ``zipfile.ZIP_STORED`` for every file.
-        keep_failed: leave a package whose self-test failed at ``neuropod_path`` for inspection.
-        self_test_options: ``load_neuropod`` options of the self-test (``use_ope=True``, ...).
-        neuropod_load_args: the original's name for ``self_test_options`` (the two are merged).
+        **shared: the keywords every packager takes (:class:`~neuropod.packagers._shared.PackagingArgs`).
 
     Returns:
         The package path.
@@ -105,8 +78,7 @@ def create_keras_neuropod(
         if not isinstance(key, str) or not isinstance(value, str) or not value:
             raise SpecError(f"node_name_mapping: expected spec name -> model name strings, got {key!r}: {value!r}")
     # As in the original, specs left out are read from the model.
-    input_spec, output_spec = problem_specs(problem, input_spec, output_spec)
-    problem = None  # its specs are input_spec and output_spec now
+    input_spec, output_spec = specs_of(shared, shared["input_spec"], shared["output_spec"], from_test_data=False)
     if input_spec is None:
         input_spec = infer_keras_input_spec(model, node_name_mapping)
         if not node_name_mapping:
@@ -116,6 +88,7 @@ def create_keras_neuropod(
         if not node_name_mapping and _output_keys(model) is None:
             mapping.update(_renamed(_output_layers(model)))
     _check_inputs(model, mapping, input_spec)
+    shared["input_spec"], shared["output_spec"] = input_spec, output_spec
 
     def write_model(root: Path) -> Dict[str, Any]:
         import keras
@@ -128,7 +101,7 @@ def create_keras_neuropod(
         model_name=model_name,
         platform="keras",
         write_model=write_model,
-        **shared_options(locals()),
+        **shared,
     )
 
 

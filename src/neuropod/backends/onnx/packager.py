@@ -16,12 +16,16 @@ import re
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from ...errors import FrameworkNotInstalledError, PackageError, SpecError
 from ...package import layout
-from ...packagers._pipeline import PathLike, Requirements, create_neuropod, shared_options
-from ...spec import TensorSpec, as_specs, problem_specs
+from ...packagers._pipeline import PathLike, create_neuropod
+from ...packagers._shared import PackagingArgsAfterSpecs, packager, specs_of
+from ...spec import TensorSpec, as_specs
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["create_onnx_neuropod"]
 
@@ -143,6 +147,7 @@ def _export_torch(
     program.save(str(target))
 
 
+@packager()
 def create_onnx_neuropod(
     neuropod_path: PathLike,
     model_name: str,
@@ -151,21 +156,7 @@ def create_onnx_neuropod(
     opset_version: Optional[int] = None,
     input_spec: Any = None,
     output_spec: Any = None,
-    *,
-    problem: Any = None,
-    test_input_data: Optional[Mapping[str, Any]] = None,
-    test_expected_out: Optional[Mapping[str, Any]] = None,
-    persist_test_data: bool = True,
-    package_as_zip: bool = True,
-    custom_ops: Iterable[PathLike] = (),
-    platform_version_semver: str = "*",
-    input_tensor_device: Optional[Mapping[str, str]] = None,
-    default_input_tensor_device: str = "GPU",
-    requirements: Requirements = None,
-    zip_compression: Optional[int] = None,
-    keep_failed: bool = False,
-    self_test_options: Optional[Dict[str, Any]] = None,
-    neuropod_load_args: Optional[Mapping[str, Any]] = None,
+    **shared: Unpack[PackagingArgsAfterSpecs],
 ) -> Path:
     """Package an ONNX model.
 
@@ -183,29 +174,13 @@ def create_onnx_neuropod(
         opset_version: for a torch module: the ONNX opset to target.
         input_spec: the input specs.
         output_spec: the output specs.
-        problem: instead of both specs: a ProblemDefinition, its dict form or a problem file.
-        test_input_data: inputs of the self-test that runs the finished package (stored with
-            ``persist_test_data``).
-        test_expected_out: outputs the self-test must produce (None: it only runs the model).
-        persist_test_data: store the test data in the package (``test_data.npz``) for ``neuropod test``.
-        package_as_zip: write a zip (default) or a directory.
-        custom_ops: custom-op shared libraries, copied into ``0/ops`` and loaded before the model.
-        platform_version_semver: the framework versions the package runs on (``"*"``, ``">=2.0"``).
-        input_tensor_device: input name -> ``"CPU"`` or ``"GPU"`` where it differs from the default.
-        default_input_tensor_device: where inputs go unless ``input_tensor_device`` says otherwise.
-        requirements: pinned ``name==version`` lines (a string or a list), stored in ``0/requirements.lock``.
-        zip_compression: None: each file deflated unless it barely compresses (weights are stored); or
-            ``zipfile.ZIP_DEFLATED`` / ``zipfile.ZIP_STORED`` for every file.
-        keep_failed: leave a package whose self-test failed at ``neuropod_path`` for inspection.
-        self_test_options: ``load_neuropod`` options of the self-test (``use_ope=True``, ...).
-        neuropod_load_args: the original's name for ``self_test_options`` (the two are merged).
+        **shared: the keywords every packager takes (:class:`~neuropod.packagers._shared.PackagingArgs`).
 
     Raises:
         PackageError: the file is missing, or the module cannot be exported.
         SpecError: a torch module with string tensors in its spec.
     """
-    input_spec, output_spec = problem_specs(problem, input_spec, output_spec, test_input_data, test_expected_out)
-    problem = None  # its specs are input_spec and output_spec now
+    input_spec, output_spec = specs_of(shared, input_spec, output_spec)
     if input_spec is None or output_spec is None:
         raise SpecError(
             "create_onnx_neuropod: input_spec= and output_spec= are required "
@@ -240,7 +215,7 @@ def create_onnx_neuropod(
 
             onnx.save_model(_runnable_by_the_installed_runtime(model), str(target))
         else:
-            examples = example_inputs if example_inputs is not None else test_input_data
+            examples = example_inputs if example_inputs is not None else shared["test_input_data"]
             _export_torch(model, examples, inputs, outputs, target, opset_version)
 
     return create_neuropod(
@@ -248,5 +223,7 @@ def create_onnx_neuropod(
         model_name=model_name,
         platform="onnx",
         write_model=write_model,
-        **shared_options(locals()),
+        input_spec=input_spec,
+        output_spec=output_spec,
+        **shared,
     )

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict
 
 from ...errors import SpecError
-from ...packagers._pipeline import PathLike, Requirements, create_neuropod, shared_options
+from ...packagers._pipeline import PathLike, create_neuropod
+from ...packagers._shared import PackagingArgsAfterSpecs, packager
 from .backend import DEFAULT_FREE_DIM_SIZE, MAX_FREE_DIM_SIZE, MAX_SEED
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["create_placeholder_neuropod"]
 
 
+@packager(default_input_tensor_device="CPU")
 def create_placeholder_neuropod(
     neuropod_path: PathLike,
     model_name: str,
@@ -20,21 +25,7 @@ def create_placeholder_neuropod(
     seed: int = 0,
     free_dim_size: int = DEFAULT_FREE_DIM_SIZE,
     inputs_optional: bool = False,
-    *,
-    problem: Any = None,
-    test_input_data: Optional[Mapping[str, Any]] = None,
-    test_expected_out: Optional[Mapping[str, Any]] = None,
-    persist_test_data: bool = True,
-    package_as_zip: bool = True,
-    custom_ops: Iterable[PathLike] = (),
-    platform_version_semver: str = "*",
-    input_tensor_device: Optional[Mapping[str, str]] = None,
-    default_input_tensor_device: str = "CPU",
-    requirements: Requirements = None,
-    zip_compression: Optional[int] = None,
-    keep_failed: bool = False,
-    self_test_options: Optional[Dict[str, Any]] = None,
-    neuropod_load_args: Optional[Mapping[str, Any]] = None,
+    **shared: Unpack[PackagingArgsAfterSpecs],
 ) -> Path:
     """Write a package that returns random outputs of the declared dtypes and shapes.
 
@@ -52,22 +43,7 @@ def create_placeholder_neuropod(
         seed: the random generator's seed (0 to 2**64 - 1).
         free_dim_size: the size of ``None`` and unbound symbol dimensions (at most 2**20).
         inputs_optional: run without inputs (the original's ``randomify_neuropod`` stand-ins did).
-        problem: instead of both specs: a ProblemDefinition, its dict form or a problem file.
-        test_input_data: inputs of the self-test that runs the finished package (stored with
-            ``persist_test_data``).
-        test_expected_out: outputs the self-test must produce (None: it only runs the model).
-        persist_test_data: store the test data in the package (``test_data.npz``) for ``neuropod test``.
-        package_as_zip: write a zip (default) or a directory.
-        custom_ops: custom-op shared libraries, copied into ``0/ops`` and loaded before the model.
-        platform_version_semver: the framework versions the package runs on (``"*"``, ``">=2.0"``).
-        input_tensor_device: input name -> ``"CPU"`` or ``"GPU"`` where it differs from the default.
-        default_input_tensor_device: where inputs go unless ``input_tensor_device`` says otherwise.
-        requirements: pinned ``name==version`` lines (a string or a list), stored in ``0/requirements.lock``.
-        zip_compression: None: each file deflated unless it barely compresses (weights are stored); or
-            ``zipfile.ZIP_DEFLATED`` / ``zipfile.ZIP_STORED`` for every file.
-        keep_failed: leave a package whose self-test failed at ``neuropod_path`` for inspection.
-        self_test_options: ``load_neuropod`` options of the self-test (``use_ope=True``, ...).
-        neuropod_load_args: the original's name for ``self_test_options`` (the two are merged).
+        **shared: the keywords every packager takes (:class:`~neuropod.packagers._shared.PackagingArgs`).
 
     Returns:
         The package path.
@@ -88,5 +64,7 @@ def create_placeholder_neuropod(
         model_name=model_name,
         platform="placeholder",
         write_model=write_model,
-        **shared_options(locals()),
+        input_spec=input_spec,
+        output_spec=output_spec,
+        **shared,
     )

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Mapping, Sequence, Union
 
 from ...errors import PackageError
 from ...package import layout
-from ...packagers._pipeline import PathLike, Specs, create_neuropod, shared_options
+from ...packagers._pipeline import PathLike, create_neuropod
+from ...packagers._shared import PackagingArgsAfterRequirements, packager
 from ...progress import copy_file
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["create_python_neuropod"]
 
@@ -104,6 +108,7 @@ def _copy(source: Path, target: Path) -> None:
         copy_file(source, target)
 
 
+@packager()
 def create_python_neuropod(
     neuropod_path: PathLike,
     model_name: str,
@@ -113,22 +118,7 @@ def create_python_neuropod(
     entrypoint: str,
     requirements: Union[None, str, Iterable[str]] = None,
     platform: str = "python",
-    *,
-    input_spec: Specs = None,
-    output_spec: Specs = None,
-    problem: Any = None,
-    test_input_data: Optional[Mapping[str, Any]] = None,
-    test_expected_out: Optional[Mapping[str, Any]] = None,
-    persist_test_data: bool = True,
-    package_as_zip: bool = True,
-    custom_ops: Iterable[PathLike] = (),
-    platform_version_semver: str = "*",
-    input_tensor_device: Optional[Mapping[str, str]] = None,
-    default_input_tensor_device: str = "GPU",
-    zip_compression: Optional[int] = None,
-    keep_failed: bool = False,
-    self_test_options: Optional[Dict[str, Any]] = None,
-    neuropod_load_args: Optional[Mapping[str, Any]] = None,
+    **shared: Unpack[PackagingArgsAfterRequirements],
 ) -> Path:
     """Package Python code and its data.
 
@@ -143,23 +133,7 @@ def create_python_neuropod(
             dict of arrays.
         requirements: pinned ``name==version`` lines (a string or a list),
             stored in ``0/requirements.lock`` and checked at load.
-        input_spec: the inputs: a list of ``{"name", "dtype", "shape"}`` dicts (or TensorSpecs).
-        output_spec: the outputs, in the same form.
-        problem: instead of both specs: a ProblemDefinition, its dict form or a problem file.
-        test_input_data: inputs of the self-test that runs the finished package (stored with
-            ``persist_test_data``).
-        test_expected_out: outputs the self-test must produce (None: it only runs the model).
-        persist_test_data: store the test data in the package (``test_data.npz``) for ``neuropod test``.
-        package_as_zip: write a zip (default) or a directory.
-        custom_ops: custom-op shared libraries, copied into ``0/ops`` and loaded before the model.
-        platform_version_semver: the framework versions the package runs on (``"*"``, ``">=2.0"``).
-        input_tensor_device: input name -> ``"CPU"`` or ``"GPU"`` where it differs from the default.
-        default_input_tensor_device: where inputs go unless ``input_tensor_device`` says otherwise.
-        zip_compression: None: each file deflated unless it barely compresses (weights are stored); or
-            ``zipfile.ZIP_DEFLATED`` / ``zipfile.ZIP_STORED`` for every file.
-        keep_failed: leave a package whose self-test failed at ``neuropod_path`` for inspection.
-        self_test_options: ``load_neuropod`` options of the self-test (``use_ope=True``, ...).
-        neuropod_load_args: the original's name for ``self_test_options`` (the two are merged).
+        **shared: the keywords every packager takes (:class:`~neuropod.packagers._shared.PackagingArgs`).
     """
     _check_entries(neuropod_path, data_paths, code_path_spec)
     code_entries = _code_files(code_path_spec)
@@ -176,5 +150,6 @@ def create_python_neuropod(
         model_name=model_name,
         platform=platform,
         write_model=write_model,
-        **shared_options(locals()),
+        requirements=requirements,
+        **shared,
     )

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Union
 
 from ...errors import NeuropodError, PackageError, SpecError
 from ...package import layout
 from ...packagers._failures import framework_failure, is_keras_model
-from ...packagers._pipeline import PathLike, Requirements, Specs, create_neuropod, shared_options
-from ...spec import TensorSpec, as_specs, problem_specs
+from ...packagers._pipeline import PathLike, create_neuropod
+from ...packagers._shared import PackagingArgs, packager, specs_of
+from ...spec import TensorSpec, as_specs
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["create_tensorflow_neuropod"]
 
 
+@packager()
 def create_tensorflow_neuropod(
     neuropod_path: PathLike,
     model_name: str,
@@ -26,23 +31,7 @@ def create_tensorflow_neuropod(
     model: Any = None,
     trackable_obj: Any = None,
     signature_name: str = layout.TF_DEFAULT_SIGNATURE,
-    *,
-    input_spec: Specs = None,
-    output_spec: Specs = None,
-    problem: Any = None,
-    test_input_data: Optional[Mapping[str, Any]] = None,
-    test_expected_out: Optional[Mapping[str, Any]] = None,
-    persist_test_data: bool = True,
-    package_as_zip: bool = True,
-    custom_ops: Iterable[PathLike] = (),
-    platform_version_semver: str = "*",
-    input_tensor_device: Optional[Mapping[str, str]] = None,
-    default_input_tensor_device: str = "GPU",
-    requirements: Requirements = None,
-    zip_compression: Optional[int] = None,
-    keep_failed: bool = False,
-    self_test_options: Optional[Dict[str, Any]] = None,
-    neuropod_load_args: Optional[Mapping[str, Any]] = None,
+    **shared: Unpack[PackagingArgs],
 ) -> Path:
     """Package a TensorFlow model: a TF1 graph or a TF2 SavedModel.
 
@@ -76,24 +65,7 @@ def create_tensorflow_neuropod(
             object to save with ``tf.saved_model.save``).
         signature_name: the SavedModel signature to serve
             (``serving_default`` by default).
-        input_spec: the inputs: a list of ``{"name", "dtype", "shape"}`` dicts (or TensorSpecs).
-        output_spec: the outputs, in the same form.
-        problem: instead of both specs: a ProblemDefinition, its dict form or a problem file.
-        test_input_data: inputs of the self-test that runs the finished package (stored with
-            ``persist_test_data``).
-        test_expected_out: outputs the self-test must produce (None: it only runs the model).
-        persist_test_data: store the test data in the package (``test_data.npz``) for ``neuropod test``.
-        package_as_zip: write a zip (default) or a directory.
-        custom_ops: custom-op shared libraries, copied into ``0/ops`` and loaded before the model.
-        platform_version_semver: the framework versions the package runs on (``"*"``, ``">=2.0"``).
-        input_tensor_device: input name -> ``"CPU"`` or ``"GPU"`` where it differs from the default.
-        default_input_tensor_device: where inputs go unless ``input_tensor_device`` says otherwise.
-        requirements: pinned ``name==version`` lines (a string or a list), stored in ``0/requirements.lock``.
-        zip_compression: None: each file deflated unless it barely compresses (weights are stored); or
-            ``zipfile.ZIP_DEFLATED`` / ``zipfile.ZIP_STORED`` for every file.
-        keep_failed: leave a package whose self-test failed at ``neuropod_path`` for inspection.
-        self_test_options: ``load_neuropod`` options of the self-test (``use_ope=True``, ...).
-        neuropod_load_args: the original's name for ``self_test_options`` (the two are merged).
+        **shared: the keywords every packager takes (:class:`~neuropod.packagers._shared.PackagingArgs`).
 
     Returns:
         The package path.
@@ -120,10 +92,9 @@ def create_tensorflow_neuropod(
     mapping = _check_mapping(node_name_mapping)
     # One name alone is one op, as in the original (not a list of its characters).
     init_ops = [init_op_names] if isinstance(init_op_names, str) else list(init_op_names or [])
-    input_spec, output_spec = problem_specs(problem, input_spec, output_spec, test_input_data, test_expected_out)
-    problem = None  # its specs are input_spec and output_spec now
-    input_specs = as_specs(input_spec or (), "input_spec")
-    output_specs = as_specs(output_spec or (), "output_spec")
+    shared["input_spec"], shared["output_spec"] = specs_of(shared, shared["input_spec"], shared["output_spec"])
+    input_specs = as_specs(shared["input_spec"] or (), "input_spec")
+    output_specs = as_specs(shared["output_spec"] or (), "output_spec")
     model = model if model is not None else trackable_obj  # the original's name for the same thing
     if init_ops and (saved_model_dir is not None or model is not None):
         raise PackageError("init_op_names applies to TF1 graphs only; a SavedModel initialises itself")
@@ -174,7 +145,7 @@ def create_tensorflow_neuropod(
         model_name=model_name,
         platform="tensorflow",
         write_model=write_model,
-        **shared_options(locals()),
+        **shared,
     )
 
 

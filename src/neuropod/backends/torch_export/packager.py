@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Sequence, Tuple
 
 from ...errors import PackageError, SpecError
 from ...package import layout
 from ...packagers._failures import framework_failure
-from ...packagers._pipeline import PathLike, Requirements, create_neuropod, shared_options
-from ...spec import TensorSpec, as_specs, problem_specs, symbol_bounds
+from ...packagers._pipeline import PathLike, create_neuropod
+from ...packagers._shared import PackagingArgsAfterSpecs, packager, specs_of
+from ...spec import TensorSpec, as_specs, symbol_bounds
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["create_torch_export_neuropod", "torch_dynamic_shapes", "torch_example_inputs"]
 
@@ -116,6 +120,7 @@ def _string_specs(input_spec: Any, output_spec: Any) -> Tuple[str, ...]:
     return tuple(s.name for s in specs if s.dtype == "string")
 
 
+@packager()
 def create_torch_export_neuropod(
     neuropod_path: PathLike,
     model_name: str,
@@ -125,21 +130,8 @@ def create_torch_export_neuropod(
     output_spec: Any = None,
     strict: bool = False,
     *,
-    problem: Any = None,
-    test_input_data: Optional[Mapping[str, Any]] = None,
-    test_expected_out: Optional[Mapping[str, Any]] = None,
-    persist_test_data: bool = True,
-    package_as_zip: bool = True,
-    custom_ops: Iterable[PathLike] = (),
-    platform_version_semver: str = "*",
-    input_tensor_device: Optional[Mapping[str, str]] = None,
-    default_input_tensor_device: str = "GPU",
-    requirements: Requirements = None,
-    zip_compression: Optional[int] = None,
-    keep_failed: bool = False,
-    self_test_options: Optional[Dict[str, Any]] = None,
-    neuropod_load_args: Optional[Mapping[str, Any]] = None,
     dynamic_shapes: Any = None,
+    **shared: Unpack[PackagingArgsAfterSpecs],
 ) -> Path:
     """Package a ``torch.nn.Module`` (or an ``ExportedProgram``) with ``torch.export``.
 
@@ -157,31 +149,15 @@ def create_torch_export_neuropod(
             (a bounded symbol, ``("seq", 1, 512)``, a ``Dim`` with that range).
         output_spec: the output specs.
         strict: passed to ``torch.export.export`` (non-strict tracing by default).
-        problem: instead of both specs: a ProblemDefinition, its dict form or a problem file.
-        test_input_data: inputs of the self-test that runs the finished package (stored with
-            ``persist_test_data``).
-        test_expected_out: outputs the self-test must produce (None: it only runs the model).
-        persist_test_data: store the test data in the package (``test_data.npz``) for ``neuropod test``.
-        package_as_zip: write a zip (default) or a directory.
-        custom_ops: custom-op shared libraries, copied into ``0/ops`` and loaded before the model.
-        platform_version_semver: the framework versions the package runs on (``"*"``, ``">=2.0"``).
-        input_tensor_device: input name -> ``"CPU"`` or ``"GPU"`` where it differs from the default.
-        default_input_tensor_device: where inputs go unless ``input_tensor_device`` says otherwise.
-        requirements: pinned ``name==version`` lines (a string or a list), stored in ``0/requirements.lock``.
-        zip_compression: None: each file deflated unless it barely compresses (weights are stored); or
-            ``zipfile.ZIP_DEFLATED`` / ``zipfile.ZIP_STORED`` for every file.
-        keep_failed: leave a package whose self-test failed at ``neuropod_path`` for inspection.
-        self_test_options: ``load_neuropod`` options of the self-test (``use_ope=True``, ...).
-        neuropod_load_args: the original's name for ``self_test_options`` (the two are merged).
         dynamic_shapes: passed to ``torch.export.export`` as it is, instead of
             the ``Dim`` s built from the spec (keyed by input name).
+        **shared: the keywords every packager takes (:class:`~neuropod.packagers._shared.PackagingArgs`).
 
     Raises:
         SpecError: the spec holds string tensors (torch.export has none).
         PackageError: the module cannot be exported with these dynamic shapes.
     """
-    input_spec, output_spec = problem_specs(problem, input_spec, output_spec, test_input_data, test_expected_out)
-    problem = None  # its specs are input_spec and output_spec now
+    input_spec, output_spec = specs_of(shared, input_spec, output_spec)
     if input_spec is None or output_spec is None:
         raise SpecError(
             "create_torch_export_neuropod: input_spec= and output_spec= are required "
@@ -201,7 +177,7 @@ def create_torch_export_neuropod(
             program = module
         else:
             examples = torch_example_inputs(
-                example_inputs if example_inputs is not None else test_input_data, inputs, "torch.export"
+                example_inputs if example_inputs is not None else shared["test_input_data"], inputs, "torch.export"
             )
             shapes = dynamic_shapes if dynamic_shapes is not None else torch_dynamic_shapes(inputs, list(examples))
             try:
@@ -215,7 +191,9 @@ def create_torch_export_neuropod(
         model_name=model_name,
         platform="torch_export",
         write_model=write_model,
-        **shared_options(locals()),
+        input_spec=input_spec,
+        output_spec=output_spec,
+        **shared,
     )
 
 
