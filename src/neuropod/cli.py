@@ -52,7 +52,7 @@ def inspect(path: str, as_json: bool) -> None:
 
     PATH is a package (a directory or a .zip) or a model URL (grpc://host:port/MODEL, http://...).
     """
-    from .isolation.cli import trust_lines
+    from .trust_cli import trust_lines
     from .package import open_package
     from .urls import model_url_of
 
@@ -513,13 +513,13 @@ from .envs.cli import envs as _envs  # noqa: E402
 main.add_command(_envs)
 
 # neuropod keygen | sign | verify: ed25519 signatures of package manifests (the trust policy).
-from .isolation.cli import COMMANDS as _TRUST_COMMANDS  # noqa: E402
+from .trust_cli import COMMANDS as _TRUST_COMMANDS  # noqa: E402
 
 for _command in _TRUST_COMMANDS:
     main.add_command(_command)
 
 # neuropod cache list | prune | clear: extracted package zips and built environments, with sizes.
-from .package.cache_cli import cache as _cache  # noqa: E402
+from .cache_cli import cache as _cache  # noqa: E402
 
 main.add_command(_cache)
 

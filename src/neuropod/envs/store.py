@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from ..errors import EnvironmentBuildError
+from ..package.cache import CacheEntry, CacheKind, register_cache_kind, tree_bytes
 
 __all__ = [
     "Environment",
@@ -240,3 +241,30 @@ def remove(path: str) -> None:
     doomed = folder.with_name(f".tmp-remove-{folder.name}-{os.getpid()}-{time.monotonic_ns()}")
     os.rename(folder, doomed)
     shutil.rmtree(doomed, ignore_errors=True)
+
+
+# -- the "envs" kind of neuropod's caches (neuropod cache list | prune | clear) ----------
+
+
+def _env_entries() -> List[CacheEntry]:
+    return [
+        CacheEntry("envs", env.key, Path(env.path), tree_bytes(env.path), env.last_used())
+        for env in built_environments()
+    ]
+
+
+def _remove_env_entry(entry: CacheEntry) -> bool:
+    from filelock import FileLock, Timeout
+
+    try:
+        # The lock envs holds while building or using an environment: a busy one is kept.
+        with FileLock(str(envs_dir() / f".{entry.key}.lock"), timeout=0):
+            remove(str(entry.path))
+    except Timeout:
+        return False
+    except FileNotFoundError:
+        pass
+    return True
+
+
+register_cache_kind(CacheKind("envs", _env_entries, _remove_env_entry))

@@ -3,8 +3,8 @@
 Each cache is a :class:`CacheKind`: it lists its entries (path, size, last
 use) and removes one. Two are known: ``packages`` (extracted zips, one
 directory per zip content hash; see :mod:`neuropod.package.archive`) and
-``envs`` (the built environments of :mod:`neuropod.envs`, through the listing
-and removal that module offers). ``neuropod cache list | prune | clear``
+``envs`` (the built environments of :mod:`neuropod.envs`, registered by
+:mod:`neuropod.envs.store`, which this module sits below). ``neuropod cache list | prune | clear``
 works over every kind; another cache plugs in with :func:`register_cache_kind`.
 
 The packages cache is also trimmed after each new extraction: least recently
@@ -122,33 +122,7 @@ def _remove_package_entry(entry: CacheEntry) -> bool:
     return _remove_folder(entry.path)
 
 
-def _env_entries() -> List[CacheEntry]:
-    from ..envs.store import built_environments
-
-    return [
-        CacheEntry("envs", env.key, Path(env.path), tree_bytes(env.path), env.last_used())
-        for env in built_environments()
-    ]
-
-
-def _remove_env_entry(entry: CacheEntry) -> bool:
-    from filelock import FileLock, Timeout
-
-    from ..envs.store import envs_dir, remove
-
-    try:
-        # The lock envs holds while building or using an environment: a busy one is kept.
-        with FileLock(str(envs_dir() / f".{entry.key}.lock"), timeout=0):
-            remove(str(entry.path))
-    except Timeout:
-        return False
-    except FileNotFoundError:
-        pass
-    return True
-
-
 register_cache_kind(CacheKind("packages", _package_entries, _remove_package_entry))
-register_cache_kind(CacheKind("envs", _env_entries, _remove_env_entry))
 
 
 def _selected(kinds: Optional[Iterable[str]]) -> List[CacheKind]:

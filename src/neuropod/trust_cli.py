@@ -8,15 +8,15 @@ from typing import Any, List, Tuple
 
 import click
 
-from .._cli_errors import user_errors
-from ..errors import NeuropodError, TrustError
+from ._cli_errors import user_errors
+from .errors import NeuropodError, TrustError
 
 __all__ = ["COMMANDS", "trust_lines"]
 
 
 def trust_lines(package: Any) -> List[Tuple[str, str]]:
     """``(label, text)`` lines for ``neuropod inspect``: carried code, signature, isolation under the policy."""
-    from ..trust import TrustPolicy, carried_code, choose_isolation, signature_path
+    from .trust import TrustPolicy, carried_code, choose_isolation, signature_path
 
     code = carried_code(package)
     lines = [("code", "yes: " + "; ".join(code) if code else "none (data and framework artifacts only)")]
@@ -43,7 +43,7 @@ def trust_lines(package: Any) -> List[Tuple[str, str]]:
 @user_errors
 def keygen(private_key: str) -> None:
     """Make an ed25519 key pair: PRIVATE_KEY (PEM, mode 0600) and PRIVATE_KEY.pub."""
-    from ..trust import generate_key
+    from .trust import generate_key
 
     private, public = generate_key(private_key)
     click.echo(f"private key: {private}\npublic key:  {public}")
@@ -55,8 +55,8 @@ def keygen(private_key: str) -> None:
 @user_errors
 def sign(path: str, key: str) -> None:
     """Sign package PATH's manifest; writes PATH.sig next to it."""
-    from ..package import open_package
-    from ..trust import sign_package
+    from .package import open_package
+    from .trust import sign_package
 
     package = open_package(path, verify=True)  # sign only what matches its manifest
     click.echo(f"signed: {sign_package(package, key)}")
@@ -78,8 +78,8 @@ def verify(path: str, keys: Tuple[str, ...]) -> None:
 
     A key that cannot be read exits 2, as every user error does.
     """
-    from ..package import open_package
-    from ..trust import load_public_keys, signature_path, verify_signature
+    from .package import open_package
+    from .trust import load_public_keys, signature_path, verify_signature
 
     package = open_package(path, verify=True)
     trusted = load_public_keys(keys)  # an unreadable key is the user's error (exit 2), not a failed check

@@ -8,9 +8,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import click
 
-from .._cli_errors import user_errors
-from .._cli_types import ByteSize, Duration
-from ..units import format_age, format_bytes
+from ._cli_errors import user_errors
+from ._cli_types import ByteSize, Duration
+from .envs import store as _registers_the_envs_cache_kind  # noqa: F401
+from .units import format_age, format_bytes
 
 __all__ = ["cache"]
 
@@ -38,8 +39,8 @@ def cache() -> None:
 @user_errors
 def list_command(kind: Tuple[str, ...], as_json: bool) -> None:
     """Every cache entry with its size and last use, most recent first."""
-    from .cache import list_entries
-    from .settings import cache_root
+    from .package.cache import list_entries
+    from .package.settings import cache_root
 
     entries = list_entries(_kinds(kind))
     if as_json:
@@ -88,8 +89,8 @@ def _report(removed: List[Any], dry_run: bool) -> None:
 @user_errors
 def prune(older_than: Optional[float], max_size: Optional[int], kind: Tuple[str, ...], dry_run: bool) -> None:
     """Remove entries not used recently (--older-than) or beyond a size (--max-size); entries in use are kept."""
-    from ..errors import OptionError
-    from .cache import prune as prune_entries
+    from .errors import OptionError
+    from .package.cache import prune as prune_entries
 
     if older_than is None and max_size is None:
         raise OptionError("cache prune: give --older-than AGE, --max-size SIZE or both (`cache clear` removes all)")
@@ -102,6 +103,6 @@ def prune(older_than: Optional[float], max_size: Optional[int], kind: Tuple[str,
 @user_errors
 def clear(kind: Tuple[str, ...], dry_run: bool) -> None:
     """Remove every entry (the next load of a zip extracts it again; entries in use are kept)."""
-    from .cache import clear as clear_entries
+    from .package.cache import clear as clear_entries
 
     _report(clear_entries(kinds=_kinds(kind), dry_run=dry_run), dry_run)
