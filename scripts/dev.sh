@@ -129,6 +129,7 @@ run_tests() {
   "$VENV/bin/ruff" check src tests bench examples scripts
   "$VENV/bin/ruff" format --check src tests bench examples scripts
   "$VENV/bin/mypy"
+  "$VENV/bin/lint-imports"   # the layers of docs/architecture.md (pyproject.toml [tool.importlinter])
   use_checkout_envs
   if [ $# -eq 0 ]; then run_other_python_tests; build_test_envs; fi
   # Out-of-process workers are also tested under that Python 3.9 + numpy 1.x interpreter.
