@@ -277,3 +277,32 @@ def test_which_calls_to_a_model_in_workers_run_where_they_arrive(tmp_path: Path)
         plane, model = server.dataplane, server.repository.get("two")
         model.mean_call_s = 0.0001  # however short: one thread per worker keeps both busy
         assert plane.feeds("two") and not plane.runs_inline("two")
+
+
+def test_a_batched_request_that_is_the_only_call_runs_where_it_arrives(tmp_path: Path) -> None:
+    settings = ModelSettings(use_ope=True, max_batch_size=64, max_queue_delay_ms=0)
+    with ModelServer.from_path(make_adder(tmp_path / "adder"), LOOPBACK, default_settings=settings) as server:
+        client = tritonclient_grpc.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+        x = np.ones((2, 3), np.float32)
+        for _ in range(3):  # one after another: each the only call in progress
+            np.testing.assert_array_equal(client.infer("adder", _inputs(tritonclient_grpc, x)).as_numpy("out"), 2 * x)
+        plane = server.dataplane
+        # Alone, with its feeder idle, a short call runs where it arrived: nothing to batch it with.
+        assert plane.route("adder", alone=True) == "inline"
+        assert plane.route("adder") == "feed"  # with other calls open, it joins a batch
+        server.repository.get("adder").mean_call_s = 0.003  # not short: fed even alone
+        assert plane.route("adder", alone=True) == "feed"
+        statistics = plane.model_statistics("adder")[0]
+        batches = _batch_count(server)
+        client.close()
+    assert statistics["inference_count"] == 6 and statistics["execution_count"] == 3
+    assert batches == 3  # each call counted as a batch, fed or not
+
+
+def _batch_count(server: ModelServer) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    (line,) = [row for row in text.splitlines() if row.startswith('neuropod_batch_size_count{model="adder"}')]
+    return float(line.split()[-1])

@@ -236,6 +236,7 @@ class Feeder:
         self._queue: Deque[Fed] = deque()
         self._changed = threading.Condition(threading.Lock())
         self._closed = False
+        self._running = 0  # calls the feeding threads have taken and not finished
         self._threads = [
             threading.Thread(target=self._feed, name=f"neuropod-feed-{name}", daemon=True) for _ in range(threads)
         ]
@@ -245,6 +246,10 @@ class Feeder:
     @property
     def batching(self) -> bool:
         return self._max_batch_size > 0
+
+    def idle(self) -> bool:
+        """Nothing queued and no call running (a glance: it may change right after)."""
+        return not self._queue and not self._running
 
     def submit(self, fed: Fed) -> None:
         """Queue a checked call; its ``done`` is called on a feeding thread."""
@@ -265,14 +270,19 @@ class Feeder:
                     batch = self._take_batch()
                 else:
                     batch = [self._queue.popleft()]
-            if not batch:
-                continue
-            if len(batch) == 1:
-                if self._on_batch is not None and self._max_batch_size:
-                    self._on_batch(batch[0].rows)
-                self._run_alone(batch[0])  # with its own symbol bindings
-            else:
-                self._run_merged(batch)
+                if not batch:
+                    continue
+                self._running += 1
+            try:
+                if len(batch) == 1:
+                    if self._on_batch is not None and self._max_batch_size:
+                        self._on_batch(batch[0].rows)
+                    self._run_alone(batch[0])  # with its own symbol bindings
+                else:
+                    self._run_merged(batch)
+            finally:
+                with self._changed:
+                    self._running -= 1
 
     def _take_batch(self) -> List[Fed]:
         """The first queued call and those that can join it (the lock is held; waits for company up to the delay).

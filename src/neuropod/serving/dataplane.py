@@ -351,7 +351,7 @@ class DataPlane:
 
     # -- models in worker processes: fed from a queue (see batching.Feeder) ----------
 
-    def route(self, name: str, version: str = "") -> str:
+    def route(self, name: str, version: str = "", alone: bool = False) -> str:
         """Where a request's call runs: :data:`INLINE`, :data:`POOL` or :data:`FEED` (one lookup per request).
 
         * INLINE, on the thread that received it: an unbatched model whose calls are short
@@ -361,12 +361,22 @@ class DataPlane:
           worker keeps them all busy) or whose calls are not short (at most one call per worker is
           in flight; waiting for a busy worker counts as queueing, not as the model's time);
         * POOL, on the thread pool: the other models in this process (batched ones through the loop).
+
+        ``alone``: the receiver holds no other request (the gRPC server has no other call open).
+        A model that would be fed then runs its call where it arrived, when its calls are short
+        and its feeder is idle: there is nothing to batch it with, and the hand-off to a feeding
+        thread and back would cost more than the round trip to the worker.
         """
         try:
             model = self.repository.get(name, version)
         except Exception:
             return INLINE
-        return _route(model)
+        where = _route(model)
+        if where == FEED and alone and _short(model, alone=True):
+            feeder = self._feeders.get(id(model))
+            if feeder is None or feeder.idle():
+                return INLINE
+        return where
 
     def feeds(self, name: str, version: str = "") -> bool:
         """Whether this model's requests are queued to its workers' feeder (see :meth:`route`)."""
@@ -522,17 +532,20 @@ class DataPlane:
         """Whether a call of this model runs on the thread that received it (see :meth:`route`)."""
         return self.route(name, version) == INLINE
 
-    def infer_blocking(self, request: InferRequest, protocol: str) -> InferResponse:
+    def infer_blocking(self, request: InferRequest, protocol: str, feed: bool = True) -> InferResponse:
         """Run one request on the calling thread (batched models go through the loop, models in workers
-        through their feeder)."""
+        through their feeder unless ``feed`` is False: the caller asked :meth:`route` already)."""
         with self._handling(request, protocol) as call:
             if call.batcher is not None and self._loop is not None:
                 outputs = asyncio.run_coroutine_threadsafe(call.batcher.submit(call.inputs), self._loop).result()
                 call.batched()
-            elif _route(call.model) == FEED:
+            elif feed and _route(call.model) == FEED:
                 outputs = self._fed_outputs(call).result()
             else:
                 outputs = call.run()
+                model = call.model
+                if model.settings.max_batch_size and call.bindings and model.batch_symbol:  # a batch of one
+                    self.metrics.batch_size.labels(model.name).observe(call.bindings.get(model.batch_symbol, 1))
             response = self._response(call, outputs)
         return response
 
@@ -597,15 +610,17 @@ def _route(model: ServedModel) -> str:
     return INLINE if not batched and _short(model) else POOL
 
 
-def _short(model: ServedModel) -> bool:
+def _short(model: ServedModel, alone: bool = False) -> bool:
     """Whether the model's calls are short enough to run where they arrive (unknown before the first call).
 
     Under :data:`INLINE_CALL_MAX_S` on average; under :data:`INLINE_WORKER_CALL_MAX_S` for a
-    model in one worker process (with more, only a feeding thread per worker uses them all).
+    model in one worker process (with more, only a feeding thread per worker uses them all,
+    unless the request is ``alone``).
     """
     mean = model.mean_call_s
     if mean is None:
         return False
     if _runs_in_workers(model):
-        return mean < INLINE_WORKER_CALL_MAX_S and len(model.neuropod.executor.workers) == 1  # type: ignore[attr-defined]
+        one_worker = len(model.neuropod.executor.workers) == 1  # type: ignore[attr-defined]
+        return mean < INLINE_WORKER_CALL_MAX_S and (one_worker or alone)
     return mean < INLINE_CALL_MAX_S

@@ -120,6 +120,16 @@ class GrpcAdapter:
         self.dataplane = dataplane
         self._pool = pool
         self._token = BearerToken(token)
+        #: The server's count of calls in progress (see :meth:`watch_calls`); None: not known.
+        self._open_calls: Callable[[], Optional[int]] = lambda: None
+
+    def watch_calls(self, open_calls: Callable[[], Optional[int]]) -> None:
+        """Give the adapter the server's count of calls in progress (``UnaryServer.open_calls``).
+
+        A request that is the only call in progress may run a batched model's call where it
+        arrived (:meth:`DataPlane.route`, ``alone``).
+        """
+        self._open_calls = open_calls
 
     def methods(self) -> Dict[str, Method]:
         """Full method path -> method, for every method of the service."""
@@ -164,7 +174,10 @@ class GrpcAdapter:
             except DecodeError:
                 kind = request_class.DESCRIPTOR.name
                 raise InputValidationError(f"{name}: the request is not a valid {kind} message") from None
-            where = self.dataplane.route(request.model_name, request.model_version) if infer else INLINE
+            where = INLINE
+            if infer:
+                alone = self._open_calls() == 1
+                where = self.dataplane.route(request.model_name, request.model_version, alone)
             if where == FEED:
                 return self._model_infer_fed(request)
             if blocking or where == POOL:
@@ -196,7 +209,8 @@ class GrpcAdapter:
 
     def model_infer(self, request: Any) -> Any:
         infer_request, placed = self._infer_request(request)
-        return self._infer_response(self.dataplane.infer_blocking(infer_request, PROTOCOL), placed)
+        # Routed already (fed models through _model_infer_fed): the call runs on this thread.
+        return self._infer_response(self.dataplane.infer_blocking(infer_request, PROTOCOL, feed=False), placed)
 
     def _model_infer_fed(self, request: Any) -> Future[bytes]:
         """ModelInfer of a model fed to its workers: queued here, answered on the feeding thread."""

@@ -124,6 +124,13 @@ class UnaryServer:
         """Listen on ``host:port`` (port 0: any free one); returns the port, 0 when it cannot."""
         return int(self._server.add_http2_port(address.encode()))
 
+    def open_calls(self) -> int:
+        """Calls the core has handed over that are not finished: 1 while a method runs alone.
+
+        Read on the polling thread (from a method, which it runs), where it is exact.
+        """
+        return self._calls
+
     def add_secure_port(self, address: str, credentials: grpc.ServerCredentials) -> int:
         """As :meth:`add_insecure_port`, speaking TLS with ``credentials``."""
         return int(self._server.add_http2_port(address.encode(), credentials._credentials))
@@ -293,6 +300,10 @@ class StockUnaryServer:
             raise AssertionError("unreachable")
 
         return grpc.unary_unary_rpc_method_handler(unary)  # no (de)serialisers: the methods take bytes
+
+    def open_calls(self) -> Optional[int]:
+        """Not counted here (None): a method cannot tell whether other calls are waiting."""
+        return None
 
     def add_insecure_port(self, address: str) -> int:
         try:

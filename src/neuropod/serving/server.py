@@ -175,6 +175,7 @@ class ModelServer:
                 self._grpc_server = unary_server(
                     adapter.methods(), adapter.failure, options, threads=config.threads + batch_rows
                 )
+                adapter.watch_calls(self._grpc_server.open_calls)
                 address = f"{_bracketed(config.host)}:{config.grpc_port}"
                 if tls is not None:
                     credentials = grpc.ssl_server_credentials([(tls[1], tls[0])])
