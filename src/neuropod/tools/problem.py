@@ -1,22 +1,7 @@
-"""``check``: does a model implement a problem? (Problem files are read by :mod:`neuropod.spec.problem`.)
+"""Does a model implement a problem (:func:`check_problem`), and a problem from whatever names one (:func:`as_problem`).
 
-A problem file holds the input and output specs and, optionally, the
-metrics to evaluate, the tolerances for comparing models, the batch symbol
-and which dataset field labels which output::
-
-    {
-      "name": "addition",
-      "input_spec":  [{"name": "x", "dtype": "float32", "shape": ["batch", null]}, ...],
-      "output_spec": [{"name": "out", "dtype": "float32", "shape": ["batch", null]}],
-      "metrics": ["mae", {"name": "rmse", "output": "out"}],
-      "tolerances": {"rtol": 1e-5, "atol": 1e-6, "outputs": {"out": {"atol": 1e-4}}},
-      "batch_symbol": "batch",
-      "labels": {"out": "target"}
-    }
-
-A Python module sets the same as upper-case globals (``INPUT_SPEC``,
-``OUTPUT_SPEC`` or ``PROBLEM``, ``METRICS`` — names, dicts or callables —,
-``TOLERANCES``, ``BATCH_SYMBOL``, ``LABELS``, ``NAME``).
+Problem files (``problem.json`` or a Python module with metrics, tolerances and labels) are read by
+:mod:`neuropod.spec.problem`; their names are re-exported here, where the tools have always found them.
 """
 
 from __future__ import annotations
