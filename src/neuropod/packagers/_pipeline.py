@@ -39,38 +39,12 @@ from ..spec import problem_specs
 from ..versions import VersionRange, check_platform_version
 from ._failures import framework_failure
 
-__all__ = ["create_neuropod", "normalize_requirements", "shared_options", "SHARED_OPTIONS"]
+__all__ = ["create_neuropod", "normalize_requirements"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: A spec argument: a list of ``{"name", "dtype", "shape"}`` dicts or TensorSpecs (None: the packager infers it).
 Specs = Optional[Sequence[Any]]
 Requirements = Union[None, str, Iterable[str]]
-#: The arguments every packager takes, as explicit keyword parameters, and hands to :func:`create_neuropod`.
-SHARED_OPTIONS = (
-    "input_spec",
-    "output_spec",
-    "problem",
-    "test_input_data",
-    "test_expected_out",
-    "persist_test_data",
-    "package_as_zip",
-    "custom_ops",
-    "platform_version_semver",
-    "input_tensor_device",
-    "default_input_tensor_device",
-    "requirements",
-    "zip_compression",
-    "keep_failed",
-    "self_test_options",
-    "neuropod_load_args",
-)
-
-
-def shared_options(arguments: Mapping[str, Any]) -> Dict[str, Any]:
-    """The shared packaging arguments out of a packager's ``locals()``, to pass on as they are."""
-    return {name: arguments[name] for name in SHARED_OPTIONS}
-
-
 #: Writes the framework artifact into the package tree rooted at the given dir (``0/data`` exists);
 #: returns the ``0/config.json`` settings, in the key order they are written, or None for no such file.
 WriteModel = Callable[[Path], Optional[Mapping[str, Any]]]
