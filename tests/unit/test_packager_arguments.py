@@ -134,3 +134,12 @@ def test_the_pytorch_packager_passes_its_positional_requirements_on(tmp_path):
         output_spec=[{"name": "out", "dtype": "float32", "shape": (None,)}],
     )
     assert (path / "0" / "requirements.lock").read_text() == f"numpy=={np.__version__}\n"
+
+
+@pytest.mark.parametrize("name", ["create_jax_neuropod", "create_onnx_neuropod", "create_torch_export_neuropod"])
+def test_a_packager_that_needs_both_specs_names_itself_when_one_is_missing(tmp_path, name):
+    from neuropod.errors import SpecError
+
+    with pytest.raises(SpecError, match=rf"^{name}: input_spec= and output_spec= are required"):
+        _packager(name)(tmp_path / "p", "m", object(), input_spec=ADDITION_INPUTS)
+    assert not (tmp_path / "p").exists()

@@ -23,6 +23,7 @@ import textwrap
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, Dict, Iterable, Mapping, Optional, Tuple, TypedDict, TypeVar, cast
 
+from ..errors import SpecError
 from ..spec import problem_specs
 from ._pipeline import PathLike, Requirements, Specs
 
@@ -196,14 +197,27 @@ def _documented(doc: Optional[str], shared: Iterable[str]) -> Optional[str]:
     return "\n".join(lines[:end] + entries + lines[end:])
 
 
-def specs_of(shared: CommonArgs, input_spec: Any, output_spec: Any, from_test_data: bool = True) -> Tuple[Any, Any]:
+def specs_of(
+    shared: CommonArgs,
+    input_spec: Any,
+    output_spec: Any,
+    from_test_data: bool = True,
+    required_by: Optional[str] = None,
+) -> Tuple[Any, Any]:
     """The specs for a packager that needs them before the pipeline: as given, or read off ``problem=``.
 
     Without a problem, a spec left out is read off the test data (unless
     ``from_test_data`` is False). The problem is taken out of ``shared``: the
     pipeline gets the specs instead.
+
+    Raises:
+        SpecError: a spec is still missing, and the packager (``required_by``) needs both.
     """
     test_data = (shared["test_input_data"], shared["test_expected_out"]) if from_test_data else ()
     specs = problem_specs(shared["problem"], input_spec, output_spec, *test_data)
     shared["problem"] = None
+    if required_by is not None and any(spec is None for spec in specs):
+        raise SpecError(
+            f"{required_by}: input_spec= and output_spec= are required (or problem=, or test data to read them off)"
+        )
     return specs

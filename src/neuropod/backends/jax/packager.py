@@ -118,12 +118,7 @@ def create_jax_neuropod(
         SpecError: the spec declares string tensors.
         PackageError: ``jax.export`` cannot trace the function with these shapes.
     """
-    input_spec, output_spec = specs_of(shared, input_spec, output_spec)
-    if input_spec is None or output_spec is None:
-        raise SpecError(
-            "create_jax_neuropod: input_spec= and output_spec= are required "
-            "(or problem=, or test data to read them off)"
-        )
+    input_spec, output_spec = specs_of(shared, input_spec, output_spec, required_by="create_jax_neuropod")
     inputs = as_specs(input_spec, "input_spec")
     outputs = as_specs(output_spec, "output_spec")
     strings = [s.name for s in (*inputs, *outputs) if s.dtype == "string"]

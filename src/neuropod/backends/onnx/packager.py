@@ -180,12 +180,7 @@ def create_onnx_neuropod(
         PackageError: the file is missing, or the module cannot be exported.
         SpecError: a torch module with string tensors in its spec.
     """
-    input_spec, output_spec = specs_of(shared, input_spec, output_spec)
-    if input_spec is None or output_spec is None:
-        raise SpecError(
-            "create_onnx_neuropod: input_spec= and output_spec= are required "
-            "(or problem=, or test data to read them off)"
-        )
+    input_spec, output_spec = specs_of(shared, input_spec, output_spec, required_by="create_onnx_neuropod")
     inputs = list(as_specs(input_spec, "input_spec"))
     outputs = list(as_specs(output_spec, "output_spec"))
     if isinstance(model, (str, os.PathLike)):

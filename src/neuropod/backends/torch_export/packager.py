@@ -157,12 +157,7 @@ def create_torch_export_neuropod(
         SpecError: the spec holds string tensors (torch.export has none).
         PackageError: the module cannot be exported with these dynamic shapes.
     """
-    input_spec, output_spec = specs_of(shared, input_spec, output_spec)
-    if input_spec is None or output_spec is None:
-        raise SpecError(
-            "create_torch_export_neuropod: input_spec= and output_spec= are required "
-            "(or problem=, or test data to read them off)"
-        )
+    input_spec, output_spec = specs_of(shared, input_spec, output_spec, required_by="create_torch_export_neuropod")
     strings = _string_specs(input_spec, output_spec)
     if strings:
         raise SpecError(
