@@ -52,8 +52,8 @@ def inspect(path: str, as_json: bool) -> None:
 
     PATH is a package (a directory or a .zip) or a model URL (grpc://host:port/MODEL, http://...).
     """
-    from .trust_cli import trust_lines
     from .package import open_package
+    from .trust_cli import trust_lines
     from .urls import model_url_of
 
     url = model_url_of(path)
