@@ -513,7 +513,7 @@ def stage_rows(rows: Rows, ope_options: Dict[str, Any], args: argparse.Namespace
                 table[column].append(summary.get(column, float("nan")))
         for column, values in table.items():
             print(f"{column:>15} | " + " | ".join(f"{value:>12.1f}" for value in values))
-        print("in-process: the whole Neuropod.infer in this process; total: the OPE call from WorkerProcess.call")
+        print("in-process: the whole Neuropod.infer in this process; total: the OPE call from Connection.call")
     finally:
         stages.disable()
 

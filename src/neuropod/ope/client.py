@@ -82,6 +82,7 @@ class WorkerProcess:
         self.waiting = Waiting(self.spin_policy, CALLER if options.colocate else None)
         self.handle: Optional[ProcessHandle] = None
         self.connection: Optional[Connection] = None
+        self.channel: Optional[Channel] = None  # the connection's, while there is one (the supervisor looks per call)
         self._pid: Optional[int] = None
         self.python_version = ""
         self.numpy_version = ""
@@ -98,11 +99,6 @@ class WorkerProcess:
         """The running incarnation's process (a ``subprocess.Popen`` or a ``ForkedProcess``), None if none."""
         handle = self.handle
         return handle.process if handle is not None else None
-
-    @property
-    def channel(self) -> Optional[Channel]:
-        connection = self.connection
-        return connection.channel if connection is not None else None
 
     @property
     def segments(self) -> object:
@@ -166,7 +162,7 @@ class WorkerProcess:
             raise
         connection.handed_over()  # the worker has its own copies
         self.mailbox_inode = connection.mailbox_inode
-        self.handle, self.connection = handle, connection
+        self.handle, self.connection, self.channel = handle, connection, connection.channel
         self._pid = handle.pid
         self.starts += 1
 
@@ -250,7 +246,7 @@ class WorkerProcess:
 
     def _discard(self) -> None:
         """Forget the dead process (arrays that view its segments stay valid)."""
-        connection, self.connection = self.connection, None
+        connection, self.connection, self.channel = self.connection, None, None
         if connection is not None:
             connection.close()
         handle, self.handle = self.handle, None
