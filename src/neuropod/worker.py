@@ -1,4 +1,4 @@
-"""The worker process: ``python -m neuropod.ope.worker --fd N --package DIR ...``.
+"""The worker process: ``python -m neuropod.worker --fd N --package DIR ...``.
 
 It loads one package through the in-process executor (as a parent would),
 says HELLO, then answers INFER messages until told to shut down or until
@@ -32,18 +32,18 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Un
 
 import numpy as np
 
-from ..errors import OutputValidationError, WireFormatError
-from ..executors.base import Executor
-from ..spec import SpecValidator
-from . import stages, wire
-from .channel import MAILBOX_BYTES, Channel, ChannelClosed
-from .shm import PeerSegments, Segment, SegmentPool
-from .spin import SpinPolicy
-from .tensors import check_crossing_size
-from .waiting import WORKER, Waiting
+from .errors import OutputValidationError, WireFormatError
+from .executors.base import Executor
+from .ope import stages, wire
+from .ope.channel import MAILBOX_BYTES, Channel, ChannelClosed
+from .ope.shm import PeerSegments, Segment, SegmentPool
+from .ope.spin import SpinPolicy
+from .ope.tensors import check_crossing_size
+from .ope.waiting import WORKER, Waiting
+from .spec import SpecValidator
 
 if TYPE_CHECKING:
-    from ..executors.inprocess import InProcessExecutor
+    from .executors.inprocess import InProcessExecutor
 
 __all__ = ["main", "describe_exception", "set_parent_death_signal"]
 
@@ -284,7 +284,7 @@ class _Server:
 
 
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m neuropod.ope.worker", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m neuropod.worker", description=__doc__)
     parser.add_argument("--fd", type=int, required=True, help="inherited control socket (a zygote's: fork orders)")
     parser.add_argument("--mailbox-fd", type=int, default=-1, help="inherited mailbox segment (not for --zygote)")
     parser.add_argument("--zygote", action="store_true", help="load the model, then fork workers on order")
@@ -307,9 +307,9 @@ def _load_model(package_dir: str, options_json: str) -> Tuple[InProcessExecutor,
 
     (The validator names outputs that cannot cross to the parent.)
     """
-    from ..backends import BackendOptions
-    from ..executors.inprocess import InProcessExecutor
-    from ..package import open_package
+    from .backends import BackendOptions
+    from .executors.inprocess import InProcessExecutor
+    from .package import open_package
 
     package = open_package(package_dir, verify=False)  # the parent verified it
     executor = InProcessExecutor(package, BackendOptions.from_json(options_json))
@@ -335,7 +335,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _zygote_main(args: argparse.Namespace) -> int:
     """Load the model, fork workers on the parent's orders; each child goes on in :func:`_serve`."""
-    from . import zygote
+    from .ope import zygote
 
     control = socket.socket(fileno=args.fd)
     os.set_inheritable(args.fd, False)
@@ -382,7 +382,7 @@ def _size_thread_pools(cpu_count: int, options_json: str) -> None:
     torch = sys.modules.get("torch")
     if torch is None:
         return
-    from ..backends import BackendOptions
+    from .backends import BackendOptions
 
     if BackendOptions.from_json(options_json).intra_op_threads is None:
         torch.set_num_threads(cpu_count)

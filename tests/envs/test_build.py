@@ -211,7 +211,7 @@ def test_the_worker_needs_only_numpy_of_neuropods_dependencies():
     The worker must not import neuropod's other dependencies.
     """
     check = (
-        "import sys, neuropod, neuropod.ope.worker, neuropod.envs, neuropod.backends.python.backend\n"
+        "import sys, neuropod, neuropod.worker, neuropod.envs, neuropod.backends.python.backend\n"
         "pulled = {'semantic_version', 'filelock', 'click', 'rich', 'packaging'} & set(sys.modules)\n"
         "assert not pulled, pulled\n"
     )

@@ -355,7 +355,7 @@ def _live_workers():
         except OSError:
             continue
         state, ppid = fields[0], int(fields[1])
-        if state != "Z" and "neuropod.ope.worker" in argv:
+        if state != "Z" and "neuropod.worker" in argv:
             workers[int(entry)] = ppid
     ours = {pid for pid, ppid in workers.items() if ppid == os.getpid()}
     return sorted(pid for pid, ppid in workers.items() if ppid == os.getpid() or ppid in ours)

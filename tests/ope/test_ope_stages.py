@@ -38,7 +38,7 @@ def check_call(call: tuple) -> dict:
 
 def test_off_by_default_and_the_worker_leaves_no_timestamps(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != stages.ENV}
-    code = "import neuropod.ope.stages as s, neuropod.ope.worker; print(s.recorder is None)"
+    code = "import neuropod.ope.stages as s, neuropod.worker; print(s.recorder is None)"
     assert (
         subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "True"
     )

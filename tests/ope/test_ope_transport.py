@@ -275,8 +275,8 @@ def test_the_worker_runs_its_model_through_the_in_process_executor(tool_path):
     # One way to load a model: the worker uses the executor a parent uses, with the options it sent.
     from neuropod.backends import BackendOptions
     from neuropod.executors.inprocess import InProcessExecutor
-    from neuropod.ope.worker import _load_model
     from neuropod.package import open_package
+    from neuropod.worker import _load_model
 
     options = BackendOptions(visible_gpu=None, intra_op_threads=2)
     assert BackendOptions.from_json(options.to_json()) == options

@@ -44,7 +44,7 @@ def _model_process(pid: int) -> int:
     """
     with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
         argv = cmdline.read().split(b"\0")
-    if b"neuropod.ope.worker" in argv and not os.path.basename(argv[0]).startswith(b"bwrap"):
+    if b"neuropod.worker" in argv and not os.path.basename(argv[0]).startswith(b"bwrap"):
         return pid
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

@@ -278,7 +278,7 @@ class Builder:
                 problems = plan.need.problems(found["python"], found["packages"])
                 if problems:
                     self._fail("checking", f"the environment lacks {'; '.join(problems)}", log, log_path)
-                self._run("checking", [python, "-c", "import numpy, neuropod.ope.worker"], log, log_path, progress)
+                self._run("checking", [python, "-c", "import numpy, neuropod.worker"], log, log_path, progress)
                 meta = {
                     "python": found["python"],
                     "interpreter": plan.interpreter.executable,

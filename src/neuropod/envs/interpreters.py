@@ -18,7 +18,7 @@ from .store import probe
 __all__ = ["Interpreter", "discover_interpreters", "find_uv", "MIN_PYTHON"]
 
 #: The oldest Python neuropod's worker runs on. The library itself needs 3.9; its worker
-#: (``neuropod.ope.worker`` and what it imports) keeps to what Python 3.7 has, so
+#: (``neuropod.worker`` and what it imports) keeps to what Python 3.7 has, so
 #: packages of the original's era (torch 1.4: Python <= 3.8; TensorFlow 1.15:
 #: Python <= 3.7) run in environments built on those Pythons.
 MIN_PYTHON = (3, 7)

@@ -1,6 +1,6 @@
 """``isolation="container"``: the worker runs in an OCI container (podman, or a ``launcher``).
 
-The worker command is ``<engine> run ... IMAGE python3 -m neuropod.ope.worker``.
+The worker command is ``<engine> run ... IMAGE python3 -m neuropod.worker``.
 Its control socket and mailbox go in as inherited descriptors 3 and 4
 (``--preserve-fds=2``); every tensor segment's descriptor then travels over
 that socket, so the container shares memory with the caller without sharing

@@ -1,7 +1,7 @@
 """How a worker process is started at each isolation level.
 
 :func:`plan_worker` turns the isolation options into a :class:`WorkerLaunch`:
-the command that goes before ``python -m neuropod.ope.worker``, the
+the command that goes before ``python -m neuropod.worker``, the
 interpreter, the numbers the worker sees its two inherited descriptors under,
 the environment, and what to clean up after the worker is gone. The control
 socket and the mailbox are inherited; every tensor segment's descriptor

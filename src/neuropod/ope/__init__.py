@@ -9,7 +9,7 @@ public API (docs/api.md lists what is).
 * :mod:`~neuropod.ope.spin` — how long a side spins before it sleeps (adaptive spinning).
 * :mod:`~neuropod.ope.stages` — per-stage timing of calls (``NEUROPOD_OPE_STAGES=1``).
 * :mod:`~neuropod.ope.tensors` — numpy arrays to segment references and back.
-* :mod:`~neuropod.ope.worker` — the worker's main (``python -m neuropod.ope.worker``).
+* :mod:`~neuropod.worker` — the worker's main (``python -m neuropod.worker``).
 * :mod:`~neuropod.ope.client` — the parent's handle on one worker.
 * :mod:`~neuropod.ope.zygote` — loads a model once and forks its workers (one copy of the weights).
 * :mod:`~neuropod.ope.options` — the options ``load_neuropod(use_ope=True, ...)`` takes.

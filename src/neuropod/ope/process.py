@@ -77,11 +77,11 @@ def _worker_env(package_root: str, options: OpeOptions) -> Dict[str, str]:
 
 
 def _worker_argv(launch: WorkerLaunch, backend_options_json: str, options: OpeOptions) -> List[str]:
-    """``python -m neuropod.ope.worker`` and the options every worker (and a zygote) takes."""
+    """``python -m neuropod.worker`` and the options every worker (and a zygote) takes."""
     return launch.prefix + [
         launch.python,
         "-m",
-        "neuropod.ope.worker",
+        "neuropod.worker",
         "--fd",
         str(launch.fds[0]),
         "--package",
@@ -154,7 +154,7 @@ class ProcessHandle:
         mailbox_fd: int,
         cpus: Tuple[int, ...],
     ) -> ProcessHandle:
-        """Start ``python -m neuropod.ope.worker`` (under ``isolation``) on the given socket and mailbox."""
+        """Start ``python -m neuropod.worker`` (under ``isolation``) on the given socket and mailbox."""
         launch = plan_worker(
             isolation,
             python=options.python_executable,

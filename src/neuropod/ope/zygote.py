@@ -1,6 +1,6 @@
 """One copy of a model's weights for N workers: load it once in a *zygote*, fork the workers from it.
 
-The zygote is a worker process (``python -m neuropod.ope.worker --zygote``)
+The zygote is a worker process (``python -m neuropod.worker --zygote``)
 that loads the model and then never runs it: it waits on its control socket
 for FORK orders. Each order brings a new worker's control socket and mailbox
 (``SCM_RIGHTS``); the zygote forks, and the child goes on as an ordinary
@@ -430,7 +430,7 @@ def _close(fds: Sequence[int]) -> None:
 
 
 def report_load_failure(control: socket.socket, texts: Sequence[str]) -> None:
-    """Tell the parent the model did not load (``texts`` as :func:`neuropod.ope.worker.describe_exception`)."""
+    """Tell the parent the model did not load (``texts`` as :func:`neuropod.worker.describe_exception`)."""
     _tell(control, encode(Kind.LOAD_FAILED, text="\0".join(texts)))
 
 
@@ -721,7 +721,7 @@ class Zygote:
     """The parent's handle on a model's zygote; started on the first fork, started again if it died.
 
     Args:
-        spawn: starts ``python -m neuropod.ope.worker --zygote`` with the given
+        spawn: starts ``python -m neuropod.worker --zygote`` with the given
             control socket descriptor and returns its ``Popen``.
         model_name: for thread names and messages.
     """
