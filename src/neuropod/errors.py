@@ -46,12 +46,13 @@ given)::
     ├── WireFormatError (ValueError)                        a malformed worker message
     ├── SharedMemoryError (MemoryError)
     ├── ChannelClosed                                       a worker's channel closed (internal)
-    └── ChannelTimeout                                      nothing came on it in time (internal)
+    ├── ChannelTimeout                                      nothing came on it in time (internal)
+    └── ErrorReply                                          a worker answered a call with an error (internal)
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 __all__ = [
     "NeuropodError",
@@ -84,6 +85,7 @@ __all__ = [
     "SharedMemoryError",
     "ChannelClosed",
     "ChannelTimeout",
+    "ErrorReply",
     "OptionError",
     "IsolationError",
     "TrustError",
@@ -224,6 +226,17 @@ class ChannelTimeout(NeuropodError):
 
     Internal: the out-of-process executor turns it into :class:`WorkerTimeoutError`.
     """
+
+
+class ErrorReply(NeuropodError):
+    """A worker answered a call with an error (internal: the pool rebuilds the error it reports).
+
+    ``texts``: the error's type name, message, traceback and module, as the worker sent them.
+    """
+
+    def __init__(self, texts: List[str]) -> None:
+        super().__init__(texts[1] if len(texts) > 1 else "")
+        self.texts = texts
 
 
 class ModelNotFoundError(NeuropodError, LookupError):

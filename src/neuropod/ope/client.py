@@ -24,13 +24,13 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from ..errors import CallNotTaken, ChannelClosed, ChannelTimeout, WireFormatError, WorkerCrashedError
+from ..errors import CallNotTaken, ChannelClosed, ChannelTimeout, ErrorReply, WireFormatError, WorkerCrashedError
 from ..isolation.launch import worker_cpus
 from ..isolation.options import IsolationOptions
 from . import wire
 from .channel import Channel
 from .connection import Connection, LeaseLookup
-from .failures import ErrorReply, Failures, describe_returncode, remote_error
+from .failures import Failures, describe_returncode, remote_error
 from .options import OpeOptions
 from .process import ProcessHandle
 from .shm import SegmentPool

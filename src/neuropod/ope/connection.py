@@ -37,10 +37,9 @@ from typing import Callable, Deque, Dict, List, Optional, Set, Tuple, Union
 
 import numpy as np
 
-from ..errors import InputValidationError, WireFormatError
+from ..errors import ErrorReply, InputValidationError, WireFormatError
 from . import stages, wire
 from .channel import MAILBOX_BYTES, Channel
-from .failures import ErrorReply
 from .options import OpeOptions
 from .shm import PeerSegments, Segment, SegmentPool, leased_array
 from .tensors import check_crossing_size

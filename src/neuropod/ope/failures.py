@@ -9,21 +9,13 @@ status); :class:`Failures` turns that into the exception the caller gets.
 from __future__ import annotations
 
 import signal
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from .. import errors
 from ..errors import WorkerCrashedError, WorkerError, WorkerTimeoutError
 from ..isolation.options import IsolationOptions, format_bytes
 
-__all__ = ["Failures", "ErrorReply", "describe_returncode", "remote_error"]
-
-
-class ErrorReply(Exception):
-    """The worker answered a call with an error (its texts: type, message, traceback, module)."""
-
-    def __init__(self, texts: List[str]) -> None:
-        super().__init__(texts[1] if len(texts) > 1 else "")
-        self.texts = texts
+__all__ = ["Failures", "describe_returncode", "remote_error"]
 
 
 def describe_returncode(returncode: Optional[int]) -> str:
