@@ -321,7 +321,8 @@ class DataPlane:
                     f"requested output(s) {', '.join(repr(n) for n in unknown)} not in the spec of model "
                     f"{model.name!r}; expected any of {', '.join(repr(n) for n in model.output_names)}"
                 )
-        batcher = self._batcher_for(model) if inputs and not _runs_in_workers(model) else None
+        batched = inputs and model.settings.max_batch_size and not _runs_in_workers(model)
+        batcher = self._batcher_for(model) if batched else None
         return _Call(model, request, inputs, bindings, batcher)
 
     def _batcher_for(self, model: ServedModel) -> Optional[DynamicBatcher]:

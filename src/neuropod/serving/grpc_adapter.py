@@ -176,8 +176,9 @@ class GrpcAdapter:
                 raise InputValidationError(f"{name}: the request is not a valid {kind} message") from None
             where = INLINE
             if infer:
-                alone = self._open_calls() == 1
-                where = self.dataplane.route(request.model_name, request.model_version, alone)
+                where = self.dataplane.route(request.model_name, request.model_version)
+                if where == FEED and self._open_calls() == 1:  # asked only where it matters
+                    where = self.dataplane.route(request.model_name, request.model_version, alone=True)
             if where == FEED:
                 return self._model_infer_fed(request)
             if blocking or where == POOL:
