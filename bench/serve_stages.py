@@ -107,9 +107,9 @@ def main() -> None:
         package = make_adder(Path(tmp) / "adder")
         config = ServerConfig(grpc_port=0, http_port=None, threads=args.threads)
         if args.never_inline:
-            dataplane.INLINE_CALL_MAX_S = 0.0
+            dataplane.INLINE_CALL_MAX_S = dataplane.INLINE_WORKER_CALL_MAX_S = 0.0
         if args.always_inline:
-            dataplane.INLINE_CALL_MAX_S = 1.0
+            dataplane.INLINE_CALL_MAX_S = dataplane.INLINE_WORKER_CALL_MAX_S = 1.0
         if args.no_feeder:  # the paths before the feeder: inline or the thread pool, batches on the loop
             dataplane._runs_in_workers = lambda model: False
         with ModelServer.from_path(package, config, default_settings=model_settings) as server:
