@@ -1,6 +1,7 @@
 """The layering of docs/architecture.md holds: each layer imports only those below it, and no cycles.
 
-Imports inside functions count: they run too (those under ``if TYPE_CHECKING:`` never run, and do not). The layers are the import contract in pyproject.toml
+Imports inside functions count: they run too (those under ``if TYPE_CHECKING:`` never run, and do not).
+The layers are the import contract in pyproject.toml
 (``[tool.importlinter]``); ``lint-imports`` checks it in CI as well.
 """
 
