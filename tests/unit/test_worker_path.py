@@ -49,7 +49,7 @@ def test_a_site_packages_with_other_packages_gets_a_copy_of_neuropod_alone(tmp_p
         root = _root_seen_from(site, tmp_path / "cache")
         assert root.is_relative_to(tmp_path / "cache")
         assert _importable(root) == {"neuropod"}
-        assert (root / "neuropod" / "ope" / "worker.py").read_bytes() == (PACKAGE / "ope" / "worker.py").read_bytes()
+        assert (root / "neuropod" / "worker.py").read_bytes() == (PACKAGE / "worker.py").read_bytes()
         assert _root_seen_from(site, tmp_path / "cache") == root  # made once per content
     finally:
         for folder, _, _ in os.walk(site):
@@ -61,6 +61,6 @@ def test_an_edited_install_gets_a_fresh_copy(tmp_path: Path) -> None:
     shutil.copytree(PACKAGE, site / "neuropod", ignore=shutil.ignore_patterns("__pycache__"))
     (site / "other").mkdir()
     first = _root_seen_from(site, tmp_path / "cache")
-    (site / "neuropod" / "ope" / "worker.py").write_text((PACKAGE / "ope" / "worker.py").read_text() + "\n# edited\n")
+    (site / "neuropod" / "worker.py").write_text((PACKAGE / "worker.py").read_text() + "\n# edited\n")
     second = _root_seen_from(site, tmp_path / "cache")
-    assert second != first and (second / "neuropod" / "ope" / "worker.py").read_text().endswith("# edited\n")
+    assert second != first and (second / "neuropod" / "worker.py").read_text().endswith("# edited\n")
