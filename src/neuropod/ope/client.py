@@ -18,7 +18,6 @@ workers out to threads); the input segments come from the executor's
 
 from __future__ import annotations
 
-import logging
 import subprocess
 from typing import Dict, Optional
 
@@ -39,8 +38,6 @@ from .waiting import CALLER, Waiting
 from .zygote import Zygote
 
 __all__ = ["WorkerProcess", "remote_error", "LeaseLookup", "describe_returncode"]
-
-_log = logging.getLogger(__name__)
 
 
 class WorkerProcess:
