@@ -16,13 +16,14 @@ import numpy as np
 
 from ._cli_errors import VERBOSE, UserError, user_errors
 from ._cli_types import ByteSize, Duration
+from ._version import __version__
 from .kserve import DEFAULT_MAX_MESSAGE_BYTES
 
 __all__ = ["main"]
 
 
 @click.group()
-@click.version_option(package_name="neuropod")
+@click.version_option(version=__version__, prog_name="neuropod")  # the distribution is neuropod-python
 @click.option(
     "--verbose",
     is_flag=True,
