@@ -18,6 +18,9 @@ from typing import Any, NoReturn
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+# tests/installed runs against the built wheel in its own venvs (scripts/installed.py), never in this suite.
+collect_ignore = ["installed"]
 #: Packages written by the original Neuropod, kept in the repository (a clone has them).
 LEGACY_FIXTURES = REPO / "tests" / "fixtures" / "legacy"
 

@@ -498,6 +498,9 @@ def test_a_worker_the_zygote_could_not_reap_is_reported_with_an_unknown_status(t
         while executor.ready() and time.monotonic() < deadline:
             time.sleep(0.01)
         executor.restart()
-        assert executor.workers[0].last_failure == "exit status unknown"  # not "exited with code 0"
+        # The parent reads a zombie's status through its pidfd unless the zygote reaped it first; which of
+        # the two wakes first after the kill is the scheduler's choice. Either answer is the truth; what
+        # must never come is "exited with code 0" (what a status reaped by someone else used to read as).
+        assert executor.workers[0].last_failure in ("exit status unknown", "killed by signal 9 (SIGKILL)")
         assert executor.zygote.pid == zygote
         assert model.infer({"x": np.ones(1)})["y"][0] == 2.0
