@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache"
 sys.path.insert(0, str(REPO / "tests" / "docs"))
 from markdown_blocks import Block, read_blocks  # noqa: E402
+from run_markdown import runnable  # noqa: E402
 
 PYTHONS = ("3.9", "3.10", "3.11", "3.12", "3.13")
 MAIN_PYTHON = "3.11"
@@ -215,9 +216,6 @@ def stretches(blocks: Sequence[Block]) -> List[Tuple[Tuple[str, ...], List[Block
 
 
 def run_readme(wheel: Path, python: str, quickstart_only: bool) -> None:
-    sys.path.insert(0, str(REPO / "tests" / "docs"))
-    from run_markdown import runnable
-
     readme = REPO / "README.md"
     blocks = [b for b in read_blocks(readme) if runnable(b, all_python=True)]
     groups = stretches(blocks)

@@ -83,9 +83,10 @@ def _copy_of_package() -> Path:
     from .package.settings import cache_root
 
     bases = [cache_root() / "worker-code", Path(tempfile.gettempdir()) / f"neuropod-worker-code-{os.getuid()}"]
+    name = f"{__version__}-{_fingerprint()}"
     last_error: Optional[OSError] = None
     for base in bases:
-        target = base / f"{__version__}-{_fingerprint()}"
+        target = base / name
         if (target / "neuropod" / "__init__.py").is_file():
             return target
         try:
